@@ -1,0 +1,479 @@
+//! `#[retry_handler(...)]`: parse the options, check the function, register a `HandlerSpec`.
+//!
+//! The function is re-emitted exactly as written, even when the options are wrong, so the rest
+//! of the user's crate (and rust-analyzer) keeps working while the errors are shown.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprArray, ExprCall, ExprLit, FnArg, ItemFn, Lit, LitInt, LitStr, ReturnType, Type};
+
+use crate::duration::parse_millis;
+use crate::errors::Errors;
+use crate::names;
+
+/// At most this many retry levels: each is a topic (or stream) of its own.
+const MAX_LEVELS: usize = 32;
+
+#[derive(Default)]
+struct HandlerArgs {
+    topic: Option<LitStr>,
+    group: Option<LitStr>,
+    /// Delays in milliseconds, one per retry level.
+    retries: Option<Vec<u64>>,
+    retries_span: Option<Span>,
+    dlq: Option<Span>,
+    on_exhausted: Option<(Exhausted, Span)>,
+    timeout_ms: Option<u64>,
+    concurrency: Option<u32>,
+    seen: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Exhausted {
+    DeadLetter,
+    Drop,
+}
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                "#[retry_handler] goes on an `async fn` that takes an event (and optionally a `Context`)",
+            )
+            .into_compile_error();
+            return quote!(#error #item);
+        }
+    };
+    let errors = Errors::default();
+    let parsed = parse_args(args, &errors);
+    let signature = check_signature(&function, &errors);
+    check_policy(&parsed, &errors);
+    if let Some(error) = errors.into_compile_error() {
+        return quote!(#function #error);
+    }
+    let signature = signature.expect("no errors, so the signature was read");
+    let registration = registration(&function, &parsed, &signature);
+    quote!(#function #registration)
+}
+
+fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
+    let mut parsed = HandlerArgs::default();
+    let parser = syn::meta::parser(|meta| {
+        let Some(name) = meta.path.get_ident().map(ToString::to_string) else {
+            errors.spanned(&meta.path, unknown_option_message(&meta));
+            return skip_value(&meta);
+        };
+        if parsed.seen.contains(&name) {
+            errors.spanned(&meta.path, format!("duplicate option `{name}`"));
+            return skip_value(&meta);
+        }
+        parsed.seen.push(name.clone());
+        match name.as_str() {
+            "topic" => {
+                let value: LitStr = meta.value()?.parse()?;
+                if let Err(message) = names::check("topic", &value.value()) {
+                    errors.spanned(&value, message);
+                }
+                parsed.topic = Some(value);
+            }
+            "group" => {
+                let value: LitStr = meta.value()?.parse()?;
+                if let Err(message) = names::check("group", &value.value()) {
+                    errors.spanned(&value, message);
+                }
+                parsed.group = Some(value);
+            }
+            "retries" => {
+                let value: Expr = meta.value()?.parse()?;
+                parsed.retries_span = Some(value.span());
+                parsed.retries = parse_retries(&value, errors);
+            }
+            "dlq" => {
+                if meta.input.peek(syn::Token![=]) {
+                    errors.spanned(&meta.path, "`dlq` is a flag: write `dlq`, without a value");
+                    return skip_value(&meta);
+                }
+                parsed.dlq = Some(meta.path.span());
+            }
+            "on_exhausted" => {
+                let value: LitStr = meta.value()?.parse()?;
+                match value.value().as_str() {
+                    "dlq" => parsed.on_exhausted = Some((Exhausted::DeadLetter, value.span())),
+                    "drop" => parsed.on_exhausted = Some((Exhausted::Drop, value.span())),
+                    other => errors.spanned(
+                        &value,
+                        format!("unknown on_exhausted value {other:?}; expected \"dlq\" or \"drop\""),
+                    ),
+                }
+            }
+            "timeout" => {
+                let value: LitStr = meta.value()?.parse()?;
+                match parse_millis(&value.value()) {
+                    Ok(0) => errors.spanned(&value, "timeout must be longer than zero"),
+                    Ok(ms) => parsed.timeout_ms = Some(ms),
+                    Err(message) => errors.spanned(&value, message),
+                }
+            }
+            "concurrency" => {
+                let value: LitInt = meta.value()?.parse()?;
+                match value.base10_parse::<u32>() {
+                    Ok(0) => errors.spanned(&value, "concurrency must be at least 1"),
+                    Ok(n) if n > 10_000 => errors.spanned(&value, "concurrency must be at most 10000"),
+                    Ok(n) => parsed.concurrency = Some(n),
+                    Err(error) => errors.push(error),
+                }
+            }
+            _ => {
+                errors.spanned(&meta.path, unknown_option_message(&meta));
+                return skip_value(&meta);
+            }
+        }
+        Ok(())
+    });
+    if let Err(error) = syn::parse::Parser::parse2(parser, args) {
+        errors.push(error);
+    }
+    parsed
+}
+
+fn unknown_option_message(meta: &ParseNestedMeta) -> String {
+    let path = &meta.path;
+    format!(
+        "unknown option `{}`; expected one of `topic`, `group`, `retries`, `dlq`, `on_exhausted`, `timeout`, `concurrency`",
+        quote!(#path).to_string().replace(' ', "")
+    )
+}
+
+/// Consumes `= value` (or a parenthesized list) after an option that was already reported, so
+/// the options after it are still checked.
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        let _: Expr = meta.value()?.parse()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.parse_nested_meta(|inner| skip_value(&inner))?;
+    }
+    Ok(())
+}
+
+/// `["10s", "1m"]`, `["30s"; 3]` or `exponential(first = "1s", factor = 2, levels = 5, max = "1m")`.
+fn parse_retries(value: &Expr, errors: &Errors) -> Option<Vec<u64>> {
+    let delays = match value {
+        Expr::Array(ExprArray { elems, .. }) => {
+            let mut delays = Vec::new();
+            for elem in elems {
+                delays.push(duration_lit(elem, errors)?);
+            }
+            delays
+        }
+        Expr::Repeat(repeat) => {
+            let delay = duration_lit(&repeat.expr, errors)?;
+            let count = match &*repeat.len {
+                Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => match n.base10_parse::<usize>() {
+                    Ok(n) => n,
+                    Err(error) => {
+                        errors.push(error);
+                        return None;
+                    }
+                },
+                other => {
+                    errors.spanned(other, "expected the number of retry levels, e.g. `[\"30s\"; 3]`");
+                    return None;
+                }
+            };
+            vec![delay; count]
+        }
+        Expr::Call(call) => exponential(call, errors)?,
+        other => {
+            errors.spanned(
+                other,
+                "expected a list of delays such as `[\"10s\", \"1m\", \"5m\"]`, `[\"30s\"; 3]` or `exponential(first = \"1s\", factor = 2, levels = 5)`",
+            );
+            return None;
+        }
+    };
+    if delays.len() > MAX_LEVELS {
+        errors.spanned(
+            value,
+            format!("{} retry levels; at most {MAX_LEVELS} are allowed", delays.len()),
+        );
+        return None;
+    }
+    Some(delays)
+}
+
+fn duration_lit(expr: &Expr, errors: &Errors) -> Option<u64> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(text), ..
+        }) => match parse_millis(&text.value()) {
+            Ok(ms) => Some(ms),
+            Err(message) => {
+                errors.spanned(text, message);
+                None
+            }
+        },
+        other => {
+            errors.spanned(
+                other,
+                "expected a delay as a string literal, such as \"10s\" or \"250ms\"",
+            );
+            None
+        }
+    }
+}
+
+fn exponential(call: &ExprCall, errors: &Errors) -> Option<Vec<u64>> {
+    let is_exponential = matches!(&*call.func, Expr::Path(p) if p.path.is_ident("exponential"));
+    if !is_exponential {
+        errors.spanned(
+            &call.func,
+            "unknown retry schedule; expected `exponential(...)` or a list of delays",
+        );
+        return None;
+    }
+    let (mut first, mut factor, mut levels, mut max) = (None, None, None, None);
+    for arg in &call.args {
+        let Expr::Assign(assign) = arg else {
+            errors.spanned(
+                arg,
+                "expected `name = value`; the options are `first`, `factor`, `levels`, `max`",
+            );
+            continue;
+        };
+        let name = match &*assign.left {
+            Expr::Path(p) => p.path.get_ident().map(ToString::to_string).unwrap_or_default(),
+            _ => String::new(),
+        };
+        match name.as_str() {
+            "first" => first = duration_lit(&assign.right, errors),
+            "max" => max = duration_lit(&assign.right, errors),
+            "factor" => match &*assign.right {
+                Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => factor = n.base10_parse::<f64>().ok(),
+                Expr::Lit(ExprLit {
+                    lit: Lit::Float(n), ..
+                }) => factor = n.base10_parse::<f64>().ok(),
+                other => errors.spanned(other, "expected a number such as `2` or `1.5`"),
+            },
+            "levels" => match &*assign.right {
+                Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => levels = n.base10_parse::<usize>().ok(),
+                other => errors.spanned(other, "expected the number of retry levels, e.g. `5`"),
+            },
+            _ => errors.spanned(
+                &assign.left,
+                "unknown exponential option; expected `first`, `factor`, `levels` or `max`",
+            ),
+        }
+    }
+    let (Some(first), Some(levels)) = (first, levels) else {
+        errors.spanned(call, "exponential(...) needs `first = \"...\"` and `levels = N`");
+        return None;
+    };
+    let factor = factor.unwrap_or(2.0);
+    if factor < 1.0 {
+        errors.spanned(call, "exponential factor must be at least 1");
+        return None;
+    }
+    let cap = max.unwrap_or(u64::MAX);
+    let mut delays = Vec::with_capacity(levels.min(MAX_LEVELS + 1));
+    let mut delay = first as f64;
+    for _ in 0..levels.min(MAX_LEVELS + 1) {
+        delays.push((delay.min(cap as f64)) as u64);
+        delay *= factor;
+    }
+    Some(delays)
+}
+
+fn check_policy(args: &HandlerArgs, errors: &Errors) {
+    match (args.dlq, args.on_exhausted) {
+        (Some(_), Some((_, span))) => errors.push(syn::Error::new(
+            span,
+            "`dlq` and `on_exhausted` both say what happens after the last retry; keep one",
+        )),
+        (None, None) => errors.push(syn::Error::new(
+            Span::call_site(),
+            "this handler's failures would vanish: add `dlq` to keep messages that exhaust their retries in a dead-letter queue, or `on_exhausted = \"drop\"` to drop them on purpose",
+        )),
+        _ => {}
+    }
+}
+
+struct Signature {
+    event_ty: Type,
+    has_context: bool,
+    output_span: Span,
+}
+
+fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
+    let sig = &function.sig;
+    let mut ok = true;
+    if sig.asyncness.is_none() {
+        errors.spanned(sig.fn_token, "a retry handler must be an `async fn`");
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() {
+        errors.spanned(
+            &sig.generics,
+            "a retry handler cannot be generic: the event type must be known to register it",
+        );
+        ok = false;
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(variadic, "a retry handler cannot be variadic");
+        ok = false;
+    }
+    let mut inputs = sig.inputs.iter();
+    let event_ty = match inputs.next() {
+        Some(FnArg::Typed(arg)) => Some((*arg.ty).clone()),
+        Some(FnArg::Receiver(receiver)) => {
+            errors.spanned(
+                receiver,
+                "a retry handler is a free function; it cannot take `self`",
+            );
+            None
+        }
+        None => {
+            errors.push(syn::Error::new(
+                sig.paren_token.span.join(),
+                "a retry handler takes the event as its first argument, e.g. `async fn charge(order: OrderPlaced)`",
+            ));
+            None
+        }
+    };
+    if let Some(Type::Reference(reference)) = &event_ty {
+        errors.spanned(
+            reference,
+            "take the event by value: the handler owns the decoded event",
+        );
+        ok = false;
+    }
+    let has_context = match inputs.next() {
+        None => false,
+        Some(FnArg::Typed(arg)) => {
+            if !is_context(&arg.ty) {
+                errors.spanned(
+                    &arg.ty,
+                    "the second argument of a retry handler must be `Context`",
+                );
+                ok = false;
+            }
+            true
+        }
+        Some(FnArg::Receiver(receiver)) => {
+            errors.spanned(
+                receiver,
+                "a retry handler is a free function; it cannot take `self`",
+            );
+            false
+        }
+    };
+    for extra in inputs {
+        errors.spanned(
+            extra,
+            "a retry handler takes at most two arguments: the event and a `Context`",
+        );
+        ok = false;
+    }
+    let output_span = match &sig.output {
+        ReturnType::Default => {
+            errors.spanned(
+                &sig.ident,
+                "a retry handler returns `Result<(), E>` so failures can be retried; add `-> Result<(), HandlerError>`",
+            );
+            ok = false;
+            Span::call_site()
+        }
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let event_ty = event_ty?;
+    ok.then_some(Signature {
+        event_ty,
+        has_context,
+        output_span,
+    })
+}
+
+fn is_context(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => {
+            path.qself.is_none()
+                && path
+                    .path
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.ident == "Context" && s.arguments.is_none())
+        }
+        _ => false,
+    }
+}
+
+fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Signature) -> TokenStream {
+    let ident = &function.sig.ident;
+    let function_name = ident.to_string().trim_start_matches("r#").to_owned();
+    let event_ty = &signature.event_ty;
+    let topic = match &args.topic {
+        Some(topic) => quote!(#topic),
+        None => quote!(<#event_ty as ::retry_kafka::Event>::TOPIC),
+    };
+    let group = match &args.group {
+        Some(group) => quote!(#group),
+        None => quote!(#function_name),
+    };
+    let retries = args.retries.clone().unwrap_or_default();
+    let on_exhausted = match args.on_exhausted.map(|(e, _)| e) {
+        Some(Exhausted::Drop) => quote!(::retry_kafka::__private::OnExhausted::Drop),
+        _ => quote!(::retry_kafka::__private::OnExhausted::DeadLetter),
+    };
+    let timeout = match args.timeout_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
+    let concurrency = args.concurrency.unwrap_or(1);
+    let call_fn = format_ident!("__retry_kafka_call_{}", function_name);
+    // Spanned at the user's tokens so a type that is not an `Event`, or a return type that is
+    // not `Result<(), impl Into<HandlerError>>`, is reported where it was written.
+    let decode = quote_spanned! {event_ty.span()=>
+        <#event_ty as ::retry_kafka::Event>::decode(payload)
+    };
+    let context_arg = signature.has_context.then(|| quote!(, context));
+    let outcome = quote_spanned! {signature.output_span=>
+        ::retry_kafka::__private::into_outcome(#ident(event #context_arg).await)
+    };
+    let unused_context = (!signature.has_context).then(|| quote!(let _ = context;));
+    // A handler future that is not `Send` is reported at the function's name.
+    let boxed = quote_spanned! {ident.span()=>
+        ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #outcome }))
+    };
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            fn #call_fn(
+                payload: &[u8],
+                context: ::retry_kafka::Context,
+            ) -> ::core::result::Result<::retry_kafka::__private::HandlerFuture, ::retry_kafka::CodecError> {
+                #unused_context
+                let event = #decode?;
+                #boxed
+            }
+
+            ::retry_kafka::__private::inventory::submit! {
+                ::retry_kafka::HandlerSpec {
+                    name: ::core::concat!(::core::module_path!(), "::", #function_name),
+                    topic: #topic,
+                    group: #group,
+                    event_type: <#event_ty as ::retry_kafka::Event>::TYPE_NAME,
+                    retries_ms: &[#(#retries),*],
+                    on_exhausted: #on_exhausted,
+                    timeout_ms: #timeout,
+                    concurrency: #concurrency,
+                    call: #call_fn,
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,516 @@
+//! The in-process broker: partitions, consumer groups, committed offsets and durable sends, all
+//! in memory and on tokio's clock.
+//!
+//! It exists for unit tests, [`testing`](crate::testing) and the zero-setup demo, and passes
+//! the same conformance suite as the network backends. Nothing survives the process.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::{Backend, Consumer, Delivered, Fetched, OutboundRecord, Record, Subscription};
+use crate::error::BackendError;
+use crate::policy::now_ms;
+
+/// How many messages one fetch takes from a partition under one lock.
+const FETCH_BATCH: usize = 64;
+
+/// An in-process broker.
+///
+/// Cloning it gives another handle to the same broker.
+///
+/// ```
+/// use retry_kafka::{backend::{Backend, OutboundRecord}, InMemory};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let broker = InMemory::new();
+/// broker.create_topic("orders", 3);
+/// let delivered = broker
+///     .send("orders", OutboundRecord { partition: Some(2), payload: Some("hi".into()), ..Default::default() })
+///     .await
+///     .unwrap();
+/// assert_eq!((delivered.partition, delivered.offset), (2, 0));
+/// assert_eq!(broker.end_offsets("orders"), vec![0, 0, 1]);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct InMemory {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    default_partitions: u32,
+    next_member: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<String, Topic>,
+}
+
+struct Topic {
+    partitions: Vec<Vec<Record>>,
+    groups: HashMap<String, Group>,
+    /// Woken on every append and every membership change of the topic.
+    changed: Arc<Notify>,
+    /// Sends that fail on purpose, for tests of failed hand-offs.
+    failing_sends: u32,
+    round_robin: u32,
+}
+
+struct Group {
+    committed: Vec<u64>,
+    /// Member ids, sorted; partition `p` belongs to `members[p % members.len()]`.
+    members: Vec<u64>,
+    generation: u64,
+}
+
+impl Topic {
+    fn new(partitions: u32) -> Self {
+        Self {
+            partitions: (0..partitions).map(|_| Vec::new()).collect(),
+            groups: HashMap::new(),
+            changed: Arc::new(Notify::new()),
+            failing_sends: 0,
+            round_robin: 0,
+        }
+    }
+}
+
+impl Group {
+    fn owner(&self, partition: u32) -> Option<u64> {
+        (!self.members.is_empty()).then(|| self.members[partition as usize % self.members.len()])
+    }
+
+    fn assignment(&self, member: u64, partitions: u32) -> Vec<u32> {
+        (0..partitions)
+            .filter(|&p| self.owner(p) == Some(member))
+            .collect()
+    }
+}
+
+impl Default for InMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemory {
+    /// A broker whose auto-created topics have 4 partitions.
+    pub fn new() -> Self {
+        Self::with_partitions(4)
+    }
+
+    /// A broker whose auto-created topics have `partitions` partitions.
+    pub fn with_partitions(partitions: u32) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                default_partitions: partitions.max(1),
+                next_member: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written: every critical
+        // section below is a handful of infallible pushes and assignments.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates `topic` with `partitions` partitions, unless it exists.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.state()
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Topic::new(partitions.max(1)));
+    }
+
+    /// The partition count of `topic`, if it exists.
+    pub fn partitions(&self, topic: &str) -> Option<u32> {
+        self.state().topics.get(topic).map(|t| t.partitions.len() as u32)
+    }
+
+    /// Makes the next `count` sends to `topic` fail, as a broker outage would.
+    pub fn fail_next_sends(&self, topic: &str, count: u32) {
+        let default = self.shared.default_partitions;
+        self.state()
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Topic::new(default))
+            .failing_sends = count;
+    }
+
+    /// Every message of `topic`, partition by partition, in offset order.
+    pub fn records(&self, topic: &str) -> Vec<Record> {
+        self.state()
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.iter().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The next offset of each partition of `topic` (empty if it does not exist).
+    pub fn end_offsets(&self, topic: &str) -> Vec<u64> {
+        self.state()
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.iter().map(|p| p.len() as u64).collect())
+            .unwrap_or_default()
+    }
+
+    /// The committed offset (next to read) of each partition of `topic` for `group`.
+    pub fn committed(&self, topic: &str, group: &str) -> Vec<u64> {
+        let state = self.state();
+        let Some(t) = state.topics.get(topic) else {
+            return Vec::new();
+        };
+        match t.groups.get(group) {
+            Some(g) => g.committed.clone(),
+            None => vec![0; t.partitions.len()],
+        }
+    }
+
+    /// Messages of `topic` that `group` has not committed yet.
+    pub fn lag(&self, topic: &str, group: &str) -> u64 {
+        let ends = self.end_offsets(topic);
+        let committed = self.committed(topic, group);
+        ends.iter()
+            .zip(&committed)
+            .map(|(end, done)| end.saturating_sub(*done))
+            .sum()
+    }
+}
+
+impl Backend for InMemory {
+    type Consumer = MemoryConsumer;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn provision(&self, main: &str, derived: &[String]) -> Result<(), BackendError> {
+        let default = self.shared.default_partitions;
+        let mut state = self.state();
+        let partitions = state
+            .topics
+            .entry(main.to_owned())
+            .or_insert_with(|| Topic::new(default))
+            .partitions
+            .len() as u32;
+        for topic in derived {
+            let actual = state
+                .topics
+                .entry(topic.clone())
+                .or_insert_with(|| Topic::new(partitions))
+                .partitions
+                .len() as u32;
+            if actual < partitions {
+                return Err(BackendError::TooFewPartitions {
+                    topic: topic.clone(),
+                    actual,
+                    needed: partitions,
+                    main: main.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<MemoryConsumer, BackendError> {
+        let member = self.shared.next_member.fetch_add(1, Ordering::Relaxed);
+        let default = self.shared.default_partitions;
+        let changed = {
+            let mut state = self.state();
+            let topic = state
+                .topics
+                .entry(subscription.topic.clone())
+                .or_insert_with(|| Topic::new(default));
+            let partitions = topic.partitions.len();
+            let group = topic
+                .groups
+                .entry(subscription.group.clone())
+                .or_insert_with(|| Group {
+                    committed: vec![0; partitions],
+                    members: Vec::new(),
+                    generation: 0,
+                });
+            group.members.push(member);
+            group.members.sort_unstable();
+            group.generation += 1;
+            topic.changed.notify_waiters();
+            topic.changed.clone()
+        };
+        Ok(MemoryConsumer {
+            broker: self.clone(),
+            topic: subscription.topic,
+            group: subscription.group,
+            member,
+            changed,
+            generation: 0,
+            assigned: Vec::new(),
+            positions: HashMap::new(),
+            held: HashSet::new(),
+            cursor: 0,
+            buffer: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        let default = self.shared.default_partitions;
+        let mut state = self.state();
+        let t = state
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Topic::new(default));
+        if t.failing_sends > 0 {
+            t.failing_sends -= 1;
+            return Err(BackendError::Produce {
+                topic: topic.to_owned(),
+                reason: "injected failure".into(),
+            });
+        }
+        let count = t.partitions.len() as u32;
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p < count => p,
+            (Some(p), _) => {
+                return Err(BackendError::Produce {
+                    topic: topic.to_owned(),
+                    reason: format!("partition {p} does not exist (the topic has {count})"),
+                })
+            }
+            (None, Some(key)) => partition_for_key(key, count),
+            (None, None) => {
+                t.round_robin = t.round_robin.wrapping_add(1);
+                t.round_robin % count
+            }
+        };
+        let log = &mut t.partitions[partition as usize];
+        let offset = log.len() as u64;
+        log.push(Record {
+            partition,
+            offset,
+            timestamp_ms: Some(now_ms()),
+            key: record.key,
+            payload: record.payload,
+            headers: record.headers,
+        });
+        t.changed.notify_waiters();
+        Ok(Delivered { partition, offset })
+    }
+}
+
+/// Kafka's default partitioner (murmur2 of the key, as the Java client does), so a key lands on
+/// the same partition number here as on a Kafka cluster with Java producers.
+pub(crate) fn partition_for_key(key: &Bytes, partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// A member of an in-memory consumer group. Leaves its group when dropped.
+pub struct MemoryConsumer {
+    broker: InMemory,
+    topic: String,
+    group: String,
+    member: u64,
+    changed: Arc<Notify>,
+    generation: u64,
+    assigned: Vec<u32>,
+    positions: HashMap<u32, u64>,
+    held: HashSet<u32>,
+    cursor: usize,
+    buffer: VecDeque<Record>,
+    events: VecDeque<Fetched>,
+}
+
+impl MemoryConsumer {
+    /// Moves fetched records into the buffer, or records an assignment change. Returns whether
+    /// there is something to deliver.
+    fn poll_state(&mut self) -> bool {
+        let state = self.broker.state();
+        let Some(topic) = state.topics.get(&self.topic) else {
+            return false;
+        };
+        let Some(group) = topic.groups.get(&self.group) else {
+            return false;
+        };
+        if group.generation != self.generation {
+            self.generation = group.generation;
+            let now = group.assignment(self.member, topic.partitions.len() as u32);
+            let revoked: Vec<u32> = self
+                .assigned
+                .iter()
+                .copied()
+                .filter(|p| !now.contains(p))
+                .collect();
+            let added: Vec<u32> = now
+                .iter()
+                .copied()
+                .filter(|p| !self.assigned.contains(p))
+                .collect();
+            for p in &revoked {
+                self.positions.remove(p);
+                self.held.remove(p);
+            }
+            self.buffer.retain(|r| !revoked.contains(&r.partition));
+            for &p in &added {
+                self.positions.insert(p, group.committed[p as usize]);
+            }
+            self.assigned = now;
+            if !revoked.is_empty() {
+                self.events.push_back(Fetched::Revoked(revoked));
+            }
+            if !added.is_empty() {
+                self.events.push_back(Fetched::Assigned(added));
+            }
+            return !self.events.is_empty();
+        }
+        let n = self.assigned.len();
+        for step in 0..n {
+            let p = self.assigned[(self.cursor + step) % n];
+            if self.held.contains(&p) {
+                continue;
+            }
+            let log = &topic.partitions[p as usize];
+            let position = self
+                .positions
+                .get_mut(&p)
+                .expect("assigned partitions have positions");
+            let start = *position as usize;
+            if start < log.len() {
+                let end = (start + FETCH_BATCH).min(log.len());
+                self.buffer.extend(log[start..end].iter().cloned());
+                *position = end as u64;
+                self.cursor = (self.cursor + step + 1) % n;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Consumer for MemoryConsumer {
+    async fn next(&mut self) -> Result<Fetched, BackendError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
+            }
+            if let Some(record) = self.buffer.pop_front() {
+                return Ok(Fetched::Record(record));
+            }
+            let changed = self.changed.clone();
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an append between the look and the wait wakes us.
+            notified.as_mut().enable();
+            if !self.poll_state() {
+                notified.await;
+            }
+        }
+    }
+
+    fn hold(&mut self, partition: u32, offset: u64) {
+        if let Some(position) = self.positions.get_mut(&partition) {
+            *position = offset;
+            self.held.insert(partition);
+            self.buffer.retain(|r| r.partition != partition);
+        }
+    }
+
+    fn resume(&mut self, partition: u32) {
+        self.held.remove(&partition);
+    }
+
+    async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
+        let mut state = self.broker.state();
+        let Some(group) = state
+            .topics
+            .get_mut(&self.topic)
+            .and_then(|t| t.groups.get_mut(&self.group))
+        else {
+            return Ok(());
+        };
+        // A member that lost the partition may not commit it: the new owner redelivers
+        // instead, as a fenced Kafka member would.
+        if group.owner(partition) == Some(self.member) {
+            let slot = &mut group.committed[partition as usize];
+            *slot = (*slot).max(offset + 1);
+        }
+        Ok(())
+    }
+
+    async fn close(self) -> Result<(), BackendError> {
+        drop(self);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        let mut state = self.broker.state();
+        if let Some(topic) = state.topics.get_mut(&self.topic) {
+            if let Some(group) = topic.groups.get_mut(&self.group) {
+                group.members.retain(|&m| m != self.member);
+                group.generation += 1;
+            }
+            topic.changed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+}

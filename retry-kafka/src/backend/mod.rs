@@ -1,0 +1,123 @@
+//! The seam between policy and transport.
+//!
+//! The runtime decides what a failure means (next level, dead letter, headers, due time); a
+//! backend only fetches, holds and resumes partitions, acknowledges and produces durably. A
+//! backend is done when the conformance suite (`tests/conformance`) passes on it.
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::error::BackendError;
+use crate::headers::Headers;
+
+pub mod memory;
+
+/// A message read from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// The broker's timestamp, epoch ms.
+    pub timestamp_ms: Option<i64>,
+    /// The key, if any.
+    pub key: Option<Bytes>,
+    /// The payload; `None` for a Kafka tombstone.
+    pub payload: Option<Bytes>,
+    /// The headers, in order.
+    pub headers: Headers,
+}
+
+/// A message to produce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboundRecord {
+    /// The partition; `None` lets the backend pick by key.
+    pub partition: Option<u32>,
+    /// The key.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub payload: Option<Bytes>,
+    /// The headers.
+    pub headers: Headers,
+}
+
+/// Where a produced message landed, once the broker acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+}
+
+/// What a consumer asks the backend for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The topic to consume.
+    pub topic: String,
+    /// The consumer group.
+    pub group: String,
+}
+
+/// What a consumer receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// A message.
+    Record(Record),
+    /// These partitions now belong to this consumer.
+    Assigned(Vec<u32>),
+    /// These partitions were taken away; acknowledgements for them are ignored from now on.
+    Revoked(Vec<u32>),
+}
+
+/// One member of a consumer group, reading one topic.
+pub trait Consumer: Send + 'static {
+    /// The next message or assignment change. Cancel-safe: dropping the future loses nothing.
+    fn next(&mut self) -> impl Future<Output = Result<Fetched, BackendError>> + Send;
+
+    /// Stops delivering `partition` and rewinds it to `offset`, so that offset is the first
+    /// delivered after [`resume`](Consumer::resume). Messages already fetched past it are
+    /// discarded. The consumer stays in its group while partitions are held.
+    fn hold(&mut self, partition: u32, offset: u64);
+
+    /// Delivers `partition` again, from the offset it was held at.
+    fn resume(&mut self, partition: u32);
+
+    /// Marks every offset up to and including `offset` on `partition` as done.
+    fn ack(&mut self, partition: u32, offset: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Commits what was acknowledged and leaves the group.
+    fn close(self) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// A transport: Kafka, Redis Streams, or the in-process [`InMemory`](crate::InMemory).
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// This backend's consumer.
+    type Consumer: Consumer;
+
+    /// A short name for logs: `memory`, `kafka`, `redis`.
+    fn name(&self) -> &'static str;
+
+    /// Makes sure `main` exists and creates each topic of `derived` that is missing with as
+    /// many partitions as `main`; fails naming the topic when that cannot be done.
+    fn provision(
+        &self,
+        main: &str,
+        derived: &[String],
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Joins `subscription.group` as a new member reading `subscription.topic`.
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+    ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send;
+
+    /// Produces one message and waits until the broker has durably accepted it.
+    fn send(
+        &self,
+        topic: &str,
+        record: OutboundRecord,
+    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
+}

@@ -1,0 +1,363 @@
+//! Message headers and the failure context retry-kafka writes into them.
+//!
+//! This module owns every `rk-*` header name. The set is a public, versioned wire format
+//! (`rk-schema: 1`): values are UTF-8 text so `kcat -J`, Kafka UIs and `redis-cli` show them.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::handler::ErrorKind;
+
+/// Header names of the failure context, schema 1.
+pub mod names {
+    /// The wire-format version: `1`.
+    pub const SCHEMA: &str = "rk-schema";
+    /// Main topic the message was first consumed from.
+    pub const ORIGINAL_TOPIC: &str = "rk-original-topic";
+    /// Partition on the main topic.
+    pub const ORIGINAL_PARTITION: &str = "rk-original-partition";
+    /// Offset on the main topic.
+    pub const ORIGINAL_OFFSET: &str = "rk-original-offset";
+    /// Timestamp of the main-topic message, epoch ms.
+    pub const ORIGINAL_TIMESTAMP: &str = "rk-original-timestamp";
+    /// Consumer group that failed the message.
+    pub const GROUP: &str = "rk-group";
+    /// Attempts that have failed so far (1 after the first failure).
+    pub const ATTEMPTS: &str = "rk-attempts";
+    /// Epoch ms before which the next attempt must not start; absent on dead letters.
+    pub const DUE_AT: &str = "rk-due-at";
+    /// When the first attempt failed, epoch ms.
+    pub const FIRST_FAILURE_AT: &str = "rk-first-failure-at";
+    /// When the latest attempt failed, epoch ms.
+    pub const LAST_FAILURE_AT: &str = "rk-last-failure-at";
+    /// `transient`, `permanent`, `decode`, `panic` or `timeout`.
+    pub const ERROR_KIND: &str = "rk-error-kind";
+    /// The error's display text, at most [`MAX_ERROR_MESSAGE`](super::MAX_ERROR_MESSAGE) bytes.
+    pub const ERROR_MESSAGE: &str = "rk-error-message";
+    /// Times the entry was replayed from the dead-letter queue.
+    pub const REPLAYS: &str = "rk-replays";
+    /// W3C trace context; carried unchanged, never written by retry-kafka.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Prefix of every header retry-kafka owns.
+    pub const PREFIX: &str = "rk-";
+}
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `rk-error-message` is cut to at most this many bytes, on a character boundary.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A message's headers, in order; a name may repeat, as Kafka allows.
+///
+/// ```
+/// use retry_kafka::Headers;
+/// let mut headers = Headers::new();
+/// headers.insert("tenant", "acme");
+/// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// assert_eq!(headers.get_str("tenant"), Some("acme"));
+/// assert_eq!(headers.len(), 2);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(String, Bytes)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a header (an existing one of the same name stays).
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        self.entries.push((name.into(), value.into()));
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| &v[..])
+    }
+
+    /// The first value of `name`, if it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Removes every header for which `keep` returns false.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|(n, _)| keep(n));
+    }
+
+    /// The headers in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), &v[..]))
+    }
+
+    /// The number of headers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(n, v)| (n, String::from_utf8_lossy(v))))
+            .finish()
+    }
+}
+
+impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Self {
+            entries: iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect(),
+        }
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (String, Bytes);
+    type IntoIter = std::vec::IntoIter<(String, Bytes)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// The failure story of a retried or dead-lettered message, as carried in its `rk-*` headers.
+///
+/// ```
+/// use retry_kafka::{ErrorKind, FailureContext, Headers};
+///
+/// let context = FailureContext {
+///     original_topic: "orders".into(),
+///     original_partition: 2,
+///     original_offset: 41,
+///     original_timestamp_ms: Some(1_700_000_000_000),
+///     group: "billing".into(),
+///     attempts: 1,
+///     due_at_ms: Some(1_700_000_010_000),
+///     first_failure_at_ms: 1_700_000_000_100,
+///     last_failure_at_ms: 1_700_000_000_100,
+///     error_kind: ErrorKind::Transient,
+///     error_message: "bank unavailable".into(),
+///     replays: None,
+/// };
+/// let mut headers = Headers::new();
+/// context.write_to(&mut headers);
+/// assert_eq!(headers.get_str("rk-attempts"), Some("1"));
+/// assert_eq!(FailureContext::from_headers(&headers).unwrap(), context);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureContext {
+    /// `rk-original-topic`.
+    pub original_topic: String,
+    /// `rk-original-partition`.
+    pub original_partition: u32,
+    /// `rk-original-offset`.
+    pub original_offset: u64,
+    /// `rk-original-timestamp`, epoch ms.
+    pub original_timestamp_ms: Option<i64>,
+    /// `rk-group`.
+    pub group: String,
+    /// `rk-attempts`: attempts failed so far.
+    pub attempts: u32,
+    /// `rk-due-at`, epoch ms; `None` on dead letters.
+    pub due_at_ms: Option<i64>,
+    /// `rk-first-failure-at`, epoch ms.
+    pub first_failure_at_ms: i64,
+    /// `rk-last-failure-at`, epoch ms.
+    pub last_failure_at_ms: i64,
+    /// `rk-error-kind`.
+    pub error_kind: ErrorKind,
+    /// `rk-error-message`, at most [`MAX_ERROR_MESSAGE`] bytes.
+    pub error_message: String,
+    /// `rk-replays`; `None` until the first replay.
+    pub replays: Option<u32>,
+}
+
+/// A header of the failure context is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// A required header is absent.
+    #[error("header `{0}` is missing")]
+    Missing(&'static str),
+    /// A header's value does not parse.
+    #[error("header `{name}` has the invalid value {value:?}")]
+    Invalid {
+        /// The header's name.
+        name: &'static str,
+        /// Its value, lossily decoded.
+        value: String,
+    },
+}
+
+impl FailureContext {
+    /// Replaces every `rk-*` header in `headers` with this context; other headers stay as they
+    /// are, in order.
+    pub fn write_to(&self, headers: &mut Headers) {
+        headers.retain(|name| !name.starts_with(names::PREFIX));
+        headers.insert(names::SCHEMA, SCHEMA_VERSION.to_string());
+        headers.insert(names::ORIGINAL_TOPIC, self.original_topic.clone());
+        headers.insert(names::ORIGINAL_PARTITION, self.original_partition.to_string());
+        headers.insert(names::ORIGINAL_OFFSET, self.original_offset.to_string());
+        if let Some(timestamp) = self.original_timestamp_ms {
+            headers.insert(names::ORIGINAL_TIMESTAMP, timestamp.to_string());
+        }
+        headers.insert(names::GROUP, self.group.clone());
+        headers.insert(names::ATTEMPTS, self.attempts.to_string());
+        if let Some(due) = self.due_at_ms {
+            headers.insert(names::DUE_AT, due.to_string());
+        }
+        headers.insert(names::FIRST_FAILURE_AT, self.first_failure_at_ms.to_string());
+        headers.insert(names::LAST_FAILURE_AT, self.last_failure_at_ms.to_string());
+        headers.insert(names::ERROR_KIND, self.error_kind.as_str());
+        headers.insert(
+            names::ERROR_MESSAGE,
+            truncate_utf8(&self.error_message, MAX_ERROR_MESSAGE).to_owned(),
+        );
+        if let Some(replays) = self.replays {
+            headers.insert(names::REPLAYS, replays.to_string());
+        }
+    }
+
+    /// Reads the failure context from a retried or dead-lettered message's headers.
+    pub fn from_headers(headers: &Headers) -> Result<Self, HeaderError> {
+        Ok(Self {
+            original_topic: required_str(headers, names::ORIGINAL_TOPIC)?.to_owned(),
+            original_partition: required(headers, names::ORIGINAL_PARTITION)?,
+            original_offset: required(headers, names::ORIGINAL_OFFSET)?,
+            original_timestamp_ms: optional(headers, names::ORIGINAL_TIMESTAMP)?,
+            group: required_str(headers, names::GROUP)?.to_owned(),
+            attempts: required(headers, names::ATTEMPTS)?,
+            due_at_ms: optional(headers, names::DUE_AT)?,
+            first_failure_at_ms: required(headers, names::FIRST_FAILURE_AT)?,
+            last_failure_at_ms: required(headers, names::LAST_FAILURE_AT)?,
+            error_kind: {
+                let text = required_str(headers, names::ERROR_KIND)?;
+                ErrorKind::parse(text).ok_or_else(|| HeaderError::Invalid {
+                    name: names::ERROR_KIND,
+                    value: text.to_owned(),
+                })?
+            },
+            error_message: required_str(headers, names::ERROR_MESSAGE)?.to_owned(),
+            replays: optional(headers, names::REPLAYS)?,
+        })
+    }
+}
+
+fn required_str<'h>(headers: &'h Headers, name: &'static str) -> Result<&'h str, HeaderError> {
+    let value = headers.get(name).ok_or(HeaderError::Missing(name))?;
+    std::str::from_utf8(value).map_err(|_| HeaderError::Invalid {
+        name,
+        value: String::from_utf8_lossy(value).into_owned(),
+    })
+}
+
+fn required<T: std::str::FromStr>(headers: &Headers, name: &'static str) -> Result<T, HeaderError> {
+    let text = required_str(headers, name)?;
+    text.parse().map_err(|_| HeaderError::Invalid {
+        name,
+        value: text.to_owned(),
+    })
+}
+
+fn optional<T: std::str::FromStr>(headers: &Headers, name: &'static str) -> Result<Option<T>, HeaderError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(_) => required(headers, name).map(Some),
+    }
+}
+
+/// Parses one numeric header leniently: `None` when absent or malformed.
+pub(crate) fn parse_number<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
+    headers.get_str(name).and_then(|text| text.parse().ok())
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncates_on_char_boundary() {
+        let text = "é".repeat(600); // 1200 bytes, 2 per char
+        let cut = truncate_utf8(&text, MAX_ERROR_MESSAGE);
+        assert_eq!(cut.len(), 1024);
+        let text = format!("a{}", "é".repeat(600)); // odd offset: 1024 falls inside a char
+        let cut = truncate_utf8(&text, MAX_ERROR_MESSAGE);
+        assert_eq!(cut.len(), 1023);
+        assert!(cut.ends_with('é'));
+    }
+
+    #[test]
+    fn write_replaces_earlier_hop_and_keeps_foreign_headers() {
+        let mut headers: Headers = [
+            ("traceparent", "00-abc-def-01"),
+            ("rk-attempts", "7"),
+            ("tenant", "acme"),
+            ("rk-error-kind", "panic"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n, Bytes::from_static(v.as_bytes())))
+        .collect();
+        let context = FailureContext {
+            original_topic: "orders".into(),
+            original_partition: 0,
+            original_offset: 5,
+            original_timestamp_ms: None,
+            group: "g".into(),
+            attempts: 2,
+            due_at_ms: None,
+            first_failure_at_ms: 1,
+            last_failure_at_ms: 2,
+            error_kind: ErrorKind::Timeout,
+            error_message: "x".repeat(5000),
+            replays: Some(3),
+        };
+        context.write_to(&mut headers);
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(&names[..2], ["traceparent", "tenant"]);
+        assert_eq!(names.iter().filter(|n| **n == "rk-attempts").count(), 1);
+        assert_eq!(headers.get_str("rk-attempts"), Some("2"));
+        assert_eq!(headers.get("rk-due-at"), None);
+        assert_eq!(headers.get("rk-original-timestamp"), None);
+        assert_eq!(
+            headers.get_str("rk-error-message").map(str::len),
+            Some(MAX_ERROR_MESSAGE)
+        );
+        let back = FailureContext::from_headers(&headers).unwrap();
+        assert_eq!(back.error_message.len(), MAX_ERROR_MESSAGE);
+        assert_eq!(back.replays, Some(3));
+        assert_eq!(back.error_kind, ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn reading_names_the_bad_header() {
+        let headers: Headers = [("rk-original-topic", "orders"), ("rk-original-partition", "x")]
+            .into_iter()
+            .map(|(n, v)| (n, Bytes::from_static(v.as_bytes())))
+            .collect();
+        assert_eq!(
+            FailureContext::from_headers(&headers).unwrap_err().to_string(),
+            "header `rk-original-partition` has the invalid value \"x\""
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! # retry-kafka
+//!
+//! Resilient event consumers. Annotate an async fn with `#[retry_handler]` and every failure is
+//! retried on its own retry level (a topic per delay, so nothing blocks), then kept in a
+//! dead-letter queue with the whole failure story in its headers.
+//!
+//! ```
+//! use retry_kafka::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Event, Serialize, Deserialize, Debug)]
+//! #[event(topic = "orders", key = "order_id")]
+//! struct OrderPlaced { order_id: u64, amount_cents: u64 }
+//!
+//! #[retry_handler(topic = "orders", group = "billing", retries = ["10s", "1m", "5m"], dlq)]
+//! async fn charge(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+//!     if order.amount_cents == 0 {
+//!         return Err(HandlerError::permanent("empty order")); // straight to the DLQ
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Start everything with [`run`] (backend from the environment) or [`App::builder`]; test
+//! handlers with [`testing::TestApp`] in virtual time.
+#![warn(missing_docs)]
+
+pub mod backend;
+mod error;
+mod event;
+mod handler;
+mod headers;
+mod policy;
+mod producer;
+mod runtime;
+mod stats;
+pub mod testing;
+
+pub use backend::memory::InMemory;
+pub use error::{BackendError, ConfigError, Error};
+pub use event::{codec, Codec, CodecError, Event, EventKey};
+pub use handler::{registered_handlers, Context, ErrorKind, HandlerError, HandlerSpec, OnExhausted, Origin};
+pub use headers::{
+    names as header_names, FailureContext, HeaderError, Headers, MAX_ERROR_MESSAGE, SCHEMA_VERSION,
+};
+pub use policy::{RetryPolicy, Step, TopicNaming, Topology};
+pub use producer::{Producer, SendError};
+pub use runtime::{run, App, AppBuilder, NoBackend, Running, ShutdownHandle, BACKEND_ENV};
+pub use stats::{HandlerStats, Stats};
+
+/// Derives [`Event`]: `#[event(topic = "...", key = "field", codec = Path, name = "...")]`.
+pub use retry_kafka_macros::Event;
+
+/// Registers an async fn as a handler with retry levels and a dead-letter queue.
+///
+/// ```
+/// use retry_kafka::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Event, Serialize, Deserialize)]
+/// # #[event(topic = "orders")]
+/// # struct OrderPlaced { order_id: u64 }
+///
+/// #[retry_handler(group = "billing", retries = ["10s", "1m", "5m"], dlq, timeout = "30s", concurrency = 4)]
+/// async fn charge(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+///     Ok(())
+/// }
+/// ```
+///
+/// | option | meaning | default |
+/// |---|---|---|
+/// | `topic = "orders"` | main topic | the event's topic |
+/// | `group = "billing"` | consumer group | the function's name |
+/// | `retries = [...]` | one delay per retry level: `["10s", "1m"]`, `["30s"; 3]`, `exponential(first = "1s", factor = 2, levels = 5, max = "1m")` | no retries |
+/// | `dlq` | keep exhausted messages in the dead-letter topic | — |
+/// | `on_exhausted = "drop"` | drop exhausted messages on purpose (logged, counted) | — |
+/// | `timeout = "30s"` | one attempt's time limit | none |
+/// | `concurrency = N` | attempts in flight per consumer | 1 |
+///
+/// One of `dlq` and `on_exhausted` is required: a handler's failures never vanish unless the
+/// code says so. Every option is checked at compile time.
+pub use retry_kafka_macros::retry_handler;
+
+/// Cheaply cloneable bytes, used for keys, payloads and header values.
+pub use bytes::Bytes;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a handler module needs: `use retry_kafka::prelude::*;`.
+pub mod prelude {
+    pub use crate::{retry_handler, App, Context, Event, HandlerError, InMemory, Producer};
+}
+
+/// Paths used by macro expansions. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::{into_outcome, HandlerFuture, OnExhausted};
+    pub use bytes::Bytes;
+    pub use inventory;
+}

@@ -1,0 +1,393 @@
+//! `run()` and [`App`]: collect the handlers, validate them, start one consumer per topic
+//! level, and shut down gracefully.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Subscription};
+use crate::error::{ConfigError, Error};
+use crate::handler::{registered_handlers, HandlerSpec};
+use crate::policy::{RetryPolicy, TopicNaming, Topology};
+use crate::producer::Producer;
+use crate::stats::{Counters, Stats};
+use crate::InMemory;
+
+mod consumer;
+mod validate;
+
+/// How long in-flight handlers may run after shutdown is requested.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Environment variable that picks the backend for [`run`].
+pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
+
+/// Runs every registered handler until SIGINT or SIGTERM, on the backend the environment names.
+///
+/// `RETRY_KAFKA_BACKEND` picks the backend. Today that is `memory` (the in-process broker,
+/// an explicit choice for demos: nothing survives the process). With no backend configured,
+/// `run()` fails at start and names the setting; it never falls back silently. Use
+/// [`App::builder`] to pass a backend and settings in code.
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> retry_kafka::Result<()> {
+///     retry_kafka::run().await
+/// }
+/// ```
+pub async fn run() -> crate::Result<()> {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("memory") => {
+            tracing::warn!(
+                "{BACKEND_ENV}=memory: running on the in-process broker; nothing survives this process"
+            );
+            App::builder().backend(InMemory::new()).build()?.run().await
+        }
+        Ok(other) => Err(ConfigError::Invalid {
+            field: BACKEND_ENV,
+            reason: format!("unknown backend {other:?}; this build supports \"memory\""),
+        }
+        .into()),
+        Err(_) => Err(ConfigError::NoBackend.into()),
+    }
+}
+
+/// Chooses the backend and settings of an [`App`].
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_kafka::{App, InMemory, TopicNaming};
+///
+/// let app = App::builder()
+///     .backend(InMemory::new())
+///     .handlers(|spec| spec.group() == "billing")
+///     .topic_naming(TopicNaming::new("{topic}-{group}-retry-{level}", "{topic}-{group}-dlt").unwrap())
+///     .shutdown_timeout(Duration::from_secs(10))
+///     .build();
+/// // No handler in this doc test is in group "billing":
+/// assert!(app.is_err());
+/// ```
+pub struct AppBuilder<B> {
+    backend: B,
+    filter: Option<HandlerFilter>,
+    naming: TopicNaming,
+    shutdown_timeout: Duration,
+}
+
+type HandlerFilter = Box<dyn Fn(&HandlerSpec) -> bool + Send + Sync>;
+
+/// The state of an [`AppBuilder`] before a backend is chosen.
+pub struct NoBackend;
+
+/// The registered handlers, validated and bound to a backend.
+///
+/// ```
+/// use retry_kafka::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Event, Serialize, Deserialize)]
+/// # #[event(topic = "orders", key = "order_id")]
+/// # struct OrderPlaced { order_id: u64 }
+///
+/// #[retry_handler(group = "billing", retries = ["1s"], dlq)]
+/// async fn charge(order: OrderPlaced) -> Result<(), HandlerError> { Ok(()) }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> retry_kafka::Result<()> {
+/// let app = App::builder().backend(InMemory::new()).build()?;
+/// let running = app.start().await?;
+/// app.producer().send(&OrderPlaced { order_id: 7 }).await.unwrap();
+/// running.shutdown().await
+/// # }
+/// ```
+pub struct App<B: Backend> {
+    backend: B,
+    handlers: Vec<&'static HandlerSpec>,
+    topologies: Vec<Arc<Topology>>,
+    counters: Vec<Arc<Counters>>,
+    shutdown: ShutdownHandle,
+    shutdown_timeout: Duration,
+}
+
+impl App<InMemory> {
+    /// Starts configuring an app.
+    pub fn builder() -> AppBuilder<NoBackend> {
+        AppBuilder {
+            backend: NoBackend,
+            filter: None,
+            naming: TopicNaming::default(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+impl<B> AppBuilder<B> {
+    /// The transport to run on.
+    pub fn backend<N: Backend>(self, backend: N) -> AppBuilder<N> {
+        AppBuilder {
+            backend,
+            filter: self.filter,
+            naming: self.naming,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    /// Runs only the registered handlers for which `keep` returns true.
+    pub fn handlers(mut self, keep: impl Fn(&HandlerSpec) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(keep));
+        self
+    }
+
+    /// How retry and dead-letter topics are named.
+    pub fn topic_naming(mut self, naming: TopicNaming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// How long in-flight handlers may finish after shutdown is requested (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+impl<B: Backend> AppBuilder<B> {
+    /// Collects and validates the handlers. No I/O happens here.
+    pub fn build(self) -> Result<App<B>, ConfigError> {
+        let handlers: Vec<&'static HandlerSpec> = registered_handlers()
+            .filter(|spec| self.filter.as_ref().is_none_or(|keep| keep(spec)))
+            .collect();
+        let topologies = validate::validate(&handlers, &self.naming)?;
+        Ok(App {
+            backend: self.backend,
+            counters: handlers.iter().map(|spec| Counters::new(spec)).collect(),
+            handlers,
+            topologies: topologies.into_iter().map(Arc::new).collect(),
+            shutdown: ShutdownHandle::default(),
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+impl<B: Backend> App<B> {
+    /// The handlers this app runs.
+    pub fn handlers(&self) -> &[&'static HandlerSpec] {
+        &self.handlers
+    }
+
+    /// The topics of the handler at `index` in [`handlers`](App::handlers).
+    pub fn topology(&self, index: usize) -> &Topology {
+        &self.topologies[index]
+    }
+
+    /// A typed producer on this app's backend.
+    pub fn producer(&self) -> Producer<B> {
+        Producer::new(self.backend.clone())
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Counters of every handler.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            handlers: self.counters.iter().map(|c| c.snapshot()).collect(),
+        }
+    }
+
+    /// A handle that stops the app from anywhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Creates the topics, joins every group and starts the consumers; returns once all run.
+    pub async fn start(&self) -> Result<Running, Error> {
+        for topology in &self.topologies {
+            let derived: Vec<String> = topology.derived().map(str::to_owned).collect();
+            self.backend.provision(&topology.main, &derived).await?;
+        }
+        let shutdown = Shutdown {
+            handle: self.shutdown.clone(),
+            timeout: self.shutdown_timeout,
+        };
+        let mut levels = Vec::new();
+        for ((spec, topology), counters) in self.handlers.iter().zip(&self.topologies).zip(&self.counters) {
+            let policy = Arc::new(RetryPolicy::of(spec));
+            let main_topic: Arc<str> = topology.main.as_str().into();
+            for level in 0..=policy.levels() {
+                let topic = topology.level(level);
+                let consumer = self
+                    .backend
+                    .subscribe(Subscription {
+                        topic: topic.to_owned(),
+                        group: spec.group().to_owned(),
+                    })
+                    .await?;
+                let level = consumer::Level {
+                    backend: self.backend.clone(),
+                    spec,
+                    policy: policy.clone(),
+                    topology: topology.clone(),
+                    counters: counters.clone(),
+                    level,
+                    topic: topic.into(),
+                    main_topic: main_topic.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                levels.push((level, consumer));
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for (level, consumer) in levels {
+            let (topic, group) = (level.topic.to_string(), level.spec.group().to_owned());
+            tasks.spawn(async move {
+                level.run(consumer).await.map_err(|error| Error::Consumer {
+                    topic,
+                    group,
+                    reason: error.to_string(),
+                })
+            });
+        }
+        tracing::info!(
+            backend = self.backend.name(),
+            handlers = self.handlers.len(),
+            consumers = tasks.len(),
+            "started"
+        );
+        Ok(Running {
+            tasks,
+            shutdown: self.shutdown.clone(),
+            counters: self.counters.clone(),
+        })
+    }
+
+    /// Starts, then runs until SIGINT, SIGTERM or [`ShutdownHandle::shutdown`], then drains.
+    pub async fn run(&self) -> Result<(), Error> {
+        let running = self.start().await?;
+        let handle = self.shutdown.clone();
+        tokio::select! {
+            _ = termination_signal() => tracing::info!("signal received; shutting down"),
+            _ = handle.token.cancelled() => {}
+        }
+        running.shutdown().await
+    }
+}
+
+/// Resolves on SIGINT or (on Unix) SIGTERM.
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Stops a running [`App`]: fetching stops, in-flight handlers get the shutdown timeout to
+/// finish, what finished is acknowledged, and the consumers leave their groups.
+///
+/// ```
+/// let handle = retry_kafka::ShutdownHandle::default();
+/// let stopper = handle.clone(); // e.g. moved into an admin endpoint
+/// stopper.shutdown();
+/// assert!(handle.is_shutdown());
+/// ```
+#[derive(Clone, Default)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+    requested_at: Arc<OnceLock<Instant>>,
+}
+
+impl ShutdownHandle {
+    /// Requests shutdown. Idempotent.
+    pub fn shutdown(&self) {
+        self.requested_at.get_or_init(Instant::now);
+        self.token.cancel();
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// What a consumer sees of shutdown: the request and the drain deadline.
+#[derive(Clone)]
+pub(crate) struct Shutdown {
+    handle: ShutdownHandle,
+    timeout: Duration,
+}
+
+impl Shutdown {
+    pub(crate) async fn requested(&self) {
+        self.handle.token.cancelled().await
+    }
+
+    /// When in-flight work must have finished; `None` until shutdown is requested.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.handle.requested_at.get().map(|at| *at + self.timeout)
+    }
+}
+
+/// A started [`App`]: its consumer tasks, owned here and joined on shutdown.
+pub struct Running {
+    tasks: JoinSet<Result<(), Error>>,
+    shutdown: ShutdownHandle,
+    counters: Vec<Arc<Counters>>,
+}
+
+impl Running {
+    /// Counters of every handler.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            handlers: self.counters.iter().map(|c| c.snapshot()).collect(),
+        }
+    }
+
+    /// A handle that stops the app.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Requests shutdown and waits until every consumer has drained and left its group.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.shutdown();
+        self.wait().await
+    }
+
+    /// Waits until every consumer has stopped. A consumer that fails stops the others too.
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = joined.unwrap_or_else(|join| {
+                Err(Error::Consumer {
+                    topic: "?".into(),
+                    group: "?".into(),
+                    reason: join.to_string(),
+                })
+            });
+            if let Err(error) = result {
+                tracing::error!(%error, "consumer stopped; shutting the app down");
+                self.shutdown.shutdown();
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

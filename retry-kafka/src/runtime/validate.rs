@@ -1,0 +1,77 @@
+//! Checks the whole set of handlers before any I/O.
+
+use std::collections::HashMap;
+
+use crate::error::ConfigError;
+use crate::handler::HandlerSpec;
+use crate::policy::{TopicNaming, Topology};
+
+/// Fails on the first conflict: two handlers on one topic+group, or one topic name in two
+/// roles (a retry topic that is also someone's main topic, say).
+pub(crate) fn validate(
+    handlers: &[&'static HandlerSpec],
+    naming: &TopicNaming,
+) -> Result<Vec<Topology>, ConfigError> {
+    if handlers.is_empty() {
+        return Err(ConfigError::NoHandlers);
+    }
+    let mut claimed: HashMap<(&str, &str), &HandlerSpec> = HashMap::new();
+    for spec in handlers {
+        if let Some(first) = claimed.insert((spec.topic(), spec.group()), spec) {
+            return Err(ConfigError::DuplicateHandler {
+                topic: spec.topic().to_owned(),
+                group: spec.group().to_owned(),
+                first: describe(first),
+                second: describe(spec),
+            });
+        }
+    }
+    let topologies: Vec<Topology> = handlers.iter().map(|spec| Topology::of(spec, naming)).collect();
+    // Main topics may be shared (one per group); every derived topic has exactly one role.
+    let mut roles: HashMap<&str, String> = HashMap::new();
+    for (spec, topology) in handlers.iter().zip(&topologies) {
+        roles
+            .entry(&topology.main)
+            .or_insert_with(|| format!("a main topic (of `{}`)", spec.name()));
+    }
+    for (spec, topology) in handlers.iter().zip(&topologies) {
+        for topic in topology.derived() {
+            check_name(topic)?;
+            let role = if Some(topic) == topology.dead_letter.as_deref() {
+                format!("the dead-letter topic of `{}`", spec.name())
+            } else {
+                format!("a retry topic of `{}`", spec.name())
+            };
+            if let Some(first) = roles.insert(topic, role.clone()) {
+                return Err(ConfigError::TopicConflict {
+                    topic: topic.to_owned(),
+                    first,
+                    second: role,
+                });
+            }
+        }
+    }
+    Ok(topologies)
+}
+
+fn describe(spec: &HandlerSpec) -> String {
+    format!("`{}` ({})", spec.name(), spec.location())
+}
+
+/// Derived names come from user patterns, so they are checked here: Kafka's topic rule, which
+/// is also safe for Redis keys.
+fn check_name(topic: &str) -> Result<(), ConfigError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "topic_naming",
+            reason: format!("it makes the topic name {topic:?}; use 1-249 of [a-zA-Z0-9._-]"),
+        })
+    }
+}

@@ -1,0 +1,948 @@
+//! The delivery contract (`shared/DESIGN.md`) as one suite, generic over the backend.
+//!
+//! A backend's test binary implements [`Harness`] and calls `conformance_suite!(make_harness)`,
+//! which turns every case below into a `#[tokio::test]`. Each case has its own topics and groups,
+//! so cases may share one broker. Everything runs in real time with short delays, so the same
+//! cases hold on a network broker.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Record};
+use retry_kafka::prelude::*;
+use retry_kafka::{Bytes, ErrorKind, FailureContext, Headers, Running};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// What a backend's test binary provides.
+pub trait Harness: Send + Sync + 'static {
+    type Backend: Backend;
+
+    /// A handle to the broker under test.
+    fn backend(&self) -> Self::Backend;
+
+    /// Creates `topic` with `partitions` partitions.
+    fn create_topic(&self, topic: &str, partitions: u32) -> impl Future<Output = ()> + Send;
+
+    /// Every message on `topic`, read from the beginning, partition by partition.
+    fn records(&self, topic: &str) -> impl Future<Output = Vec<Record>> + Send;
+
+    /// `group`'s committed offset (next to read) of each partition of `topic`.
+    fn committed(&self, topic: &str, group: &str) -> impl Future<Output = Vec<u64>> + Send;
+
+    /// The next offset of each partition of `topic`.
+    fn end_offsets(&self, topic: &str) -> impl Future<Output = Vec<u64>> + Send;
+
+    /// Makes the next `count` produce requests to `topic` fail.
+    fn fail_next_sends(&self, topic: &str, count: u32) -> impl Future<Output = ()> + Send;
+}
+
+/// Expands to one `#[tokio::test]` per case, each calling `$harness()` for its harness.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance_suite!(@cases $harness;
+            success_acknowledges_and_is_not_redelivered,
+            transient_failure_walks_the_levels_then_dead_letters,
+            permanent_failure_goes_straight_to_the_dead_letter_queue,
+            undecodable_bytes_are_dead_lettered_byte_for_byte,
+            payload_bytes_are_identical_across_attempts,
+            main_topic_rk_headers_are_not_trusted_and_messages_are_capped,
+            two_groups_on_one_topic_stay_isolated,
+            a_held_retry_partition_does_not_hold_back_others,
+            panics_and_timeouts_are_failures,
+            shutdown_acknowledges_exactly_what_finished,
+            shutdown_lets_in_flight_work_finish,
+            a_failed_hand_off_is_retried_and_the_partition_waits,
+            concurrency_runs_in_parallel_and_acknowledges_everything,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let harness = $harness().await;
+            conformance::$case(&harness).await;
+        }
+    )*};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events, handlers and what they saw
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(topic = "conf.orders", key = "id")]
+pub struct Order {
+    pub id: u64,
+    pub note: String,
+}
+
+fn order(id: u64) -> Order {
+    Order {
+        id,
+        note: format!("order {id}"),
+    }
+}
+
+/// One handler invocation.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub case: &'static str,
+    pub order: Order,
+    pub attempt: u32,
+    pub at: Instant,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub origin_offset: u64,
+    pub first_failure_ms: Option<i64>,
+    pub replays: u32,
+}
+
+static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+
+fn log() -> MutexGuard<'static, Vec<Seen>> {
+    SEEN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn record(case: &'static str, order: &Order, ctx: &Context) {
+    log().push(Seen {
+        case,
+        order: order.clone(),
+        attempt: ctx.attempt(),
+        at: Instant::now(),
+        topic: ctx.topic().to_owned(),
+        partition: ctx.partition(),
+        offset: ctx.offset(),
+        origin_offset: ctx.origin().offset,
+        first_failure_ms: ctx.first_failure_at_ms(),
+        replays: ctx.replays(),
+    });
+}
+
+fn seen(case: &str) -> Vec<Seen> {
+    log().iter().filter(|s| s.case == case).cloned().collect()
+}
+
+async fn start<H: Harness>(harness: &H, group: &'static str) -> (App<H::Backend>, Running) {
+    start_with(harness, group, Duration::from_secs(10)).await
+}
+
+async fn start_with<H: Harness>(
+    harness: &H,
+    group: &'static str,
+    shutdown_timeout: Duration,
+) -> (App<H::Backend>, Running) {
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(move |spec| spec.group() == group)
+        .shutdown_timeout(shutdown_timeout)
+        .build()
+        .expect("valid handlers");
+    let running = app.start().await.expect("app starts");
+    (app, running)
+}
+
+async fn publish<B: Backend>(app: &App<B>, topic: &str, order: &Order) -> Delivered {
+    app.producer()
+        .send_to(topic, order, Headers::new())
+        .await
+        .expect("publish")
+}
+
+async fn publish_raw<B: Backend>(
+    app: &App<B>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: Headers,
+) -> Delivered {
+    let record = OutboundRecord {
+        partition: None,
+        key: Some(Bytes::copy_from_slice(key)),
+        payload: Some(Bytes::copy_from_slice(payload)),
+        headers,
+    };
+    app.producer().send_raw(topic, record).await.expect("publish raw")
+}
+
+/// Polls `condition` until it holds, failing the test with `what` after `limit`.
+async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn records_eventually<H: Harness>(harness: &H, topic: &str, count: usize) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = harness.records(topic).await;
+        if records.len() >= count {
+            assert_eq!(
+                records.len(),
+                count,
+                "more messages than expected on {topic}: {records:#?}"
+            );
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {count} messages on {topic}; have {}",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn assert_fully_committed<H: Harness>(harness: &H, topic: &str, group: &str) {
+    let ends = harness.end_offsets(topic).await;
+    let committed = harness.committed(topic, group).await;
+    assert_eq!(committed, ends, "{group} has not committed everything on {topic}");
+}
+
+fn header<'r>(record: &'r Record, name: &str) -> Option<&'r str> {
+    record.headers.get_str(name)
+}
+
+fn count_header(record: &Record, name: &str) -> usize {
+    record.headers.iter().filter(|(n, _)| *n == name).count()
+}
+
+fn context(record: &Record) -> FailureContext {
+    FailureContext::from_headers(&record.headers).expect("failure context headers")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Success
+
+#[retry_handler(topic = "conf.success", group = "conf-success", retries = ["200ms"], dlq)]
+async fn succeed(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("success", &order, &ctx);
+    Ok(())
+}
+
+pub async fn success_acknowledges_and_is_not_redelivered<H: Harness>(harness: &H) {
+    harness.create_topic("conf.success", 2).await;
+    let (app, running) = start(harness, "conf-success").await;
+    for id in 0..10 {
+        publish(&app, "conf.success", &order(id)).await;
+    }
+    eventually(Duration::from_secs(20), "10 successes", || {
+        seen("success").len() >= 10
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    assert_fully_committed(harness, "conf.success", "conf-success").await;
+    let mut ids: Vec<u64> = seen("success").iter().map(|s| s.order.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    assert!(seen("success")
+        .iter()
+        .all(|s| s.attempt == 1 && s.first_failure_ms.is_none()));
+    assert_eq!(app.stats().handler("succeed").unwrap().succeeded, 10);
+
+    // A restarted member of the group resumes after the committed offsets.
+    let (_app, running) = start(harness, "conf-success").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        seen("success").len(),
+        10,
+        "acknowledged messages were delivered again"
+    );
+    assert!(harness
+        .records("conf.success.conf-success.retry.1")
+        .await
+        .is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transient failures walk the levels, never early, then the DLQ
+
+const TRANSIENT_DELAYS_MS: [i64; 3] = [300, 600, 900];
+
+#[retry_handler(topic = "conf.transient", group = "conf-transient", retries = ["300ms", "600ms", "900ms"], dlq)]
+async fn always_transient(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("transient", &order, &ctx);
+    Err(HandlerError::transient(format!(
+        "bank down for order {}",
+        order.id
+    )))
+}
+
+pub async fn transient_failure_walks_the_levels_then_dead_letters<H: Harness>(harness: &H) {
+    harness.create_topic("conf.transient", 2).await;
+    let (app, running) = start(harness, "conf-transient").await;
+    let payload = Order::encode(&order(7)).unwrap();
+    let sent = publish(&app, "conf.transient", &order(7)).await;
+
+    let dead = records_eventually(harness, "conf.transient.conf-transient.dlq", 1).await;
+    let attempts = seen("transient");
+    assert_eq!(
+        attempts.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    for (k, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1].at.duration_since(pair[0].at).as_millis() as i64;
+        let delay = TRANSIENT_DELAYS_MS[k];
+        // Due times are whole epoch milliseconds, so allow 2 ms of rounding; never earlier.
+        assert!(
+            gap >= delay - 2,
+            "attempt {} ran {gap} ms after attempt {}, before its {delay} ms delay",
+            k + 2,
+            k + 1
+        );
+        assert!(
+            gap <= delay + 3000,
+            "attempt {} ran {gap} ms after attempt {}, long after its {delay} ms delay",
+            k + 2,
+            k + 1
+        );
+    }
+    for s in &attempts {
+        assert_eq!(s.order, order(7));
+        assert_eq!((s.origin_offset, s.replays), (sent.offset, 0));
+    }
+    assert_eq!(attempts[0].first_failure_ms, None);
+    let first_failure = attempts[1]
+        .first_failure_ms
+        .expect("retries know the first failure");
+    assert!(attempts[2..]
+        .iter()
+        .all(|s| s.first_failure_ms == Some(first_failure)));
+
+    // One message per level, each with the attempt count so far and its level's exact delay.
+    for level in 1..=3u32 {
+        let topic = format!("conf.transient.conf-transient.retry.{level}");
+        let records = harness.records(&topic).await;
+        assert_eq!(records.len(), 1, "{topic}");
+        let retry = &records[0];
+        assert_eq!(retry.payload.as_deref(), Some(&payload[..]));
+        assert_eq!(retry.key.as_deref(), Some(&b"7"[..]));
+        assert_eq!(
+            retry.partition, sent.partition,
+            "retries stay on the original partition number"
+        );
+        let ctx = context(retry);
+        assert_eq!(ctx.attempts, level);
+        assert_eq!(
+            ctx.due_at_ms.unwrap() - ctx.last_failure_at_ms,
+            TRANSIENT_DELAYS_MS[level as usize - 1]
+        );
+        assert_eq!(ctx.first_failure_at_ms, first_failure);
+        assert_eq!(ctx.error_kind, ErrorKind::Transient);
+    }
+
+    let dead = &dead[0];
+    assert_eq!(dead.payload.as_deref(), Some(&payload[..]));
+    assert_eq!(dead.key.as_deref(), Some(&b"7"[..]));
+    assert_eq!(header(dead, "rk-schema"), Some("1"));
+    assert_eq!(header(dead, "rk-original-topic"), Some("conf.transient"));
+    assert_eq!(
+        header(dead, "rk-original-partition"),
+        Some(sent.partition.to_string().as_str())
+    );
+    assert_eq!(
+        header(dead, "rk-original-offset"),
+        Some(sent.offset.to_string().as_str())
+    );
+    assert!(header(dead, "rk-original-timestamp").is_some());
+    assert_eq!(header(dead, "rk-group"), Some("conf-transient"));
+    assert_eq!(header(dead, "rk-attempts"), Some("4"));
+    assert_eq!(header(dead, "rk-due-at"), None, "dead letters are not due");
+    assert_eq!(header(dead, "rk-error-kind"), Some("transient"));
+    assert_eq!(header(dead, "rk-error-message"), Some("bank down for order 7"));
+    assert_eq!(header(dead, "rk-replays"), None);
+    for name in ["rk-attempts", "rk-schema", "rk-group", "rk-error-kind"] {
+        assert_eq!(count_header(dead, name), 1, "{name} repeated");
+    }
+    let ctx = context(dead);
+    assert_eq!(ctx.first_failure_at_ms, first_failure);
+    assert!(ctx.last_failure_at_ms - ctx.first_failure_at_ms >= 1800 - 6);
+
+    running.shutdown().await.unwrap();
+    let stats = app.stats();
+    let stats = stats.handler("always_transient").unwrap();
+    assert_eq!((stats.succeeded, stats.failed, stats.dead_lettered), (0, 4, 1));
+    assert_eq!(stats.retried, [1, 1, 1]);
+    for topic in [
+        "conf.transient",
+        "conf.transient.conf-transient.retry.1",
+        "conf.transient.conf-transient.retry.2",
+        "conf.transient.conf-transient.retry.3",
+    ] {
+        assert_fully_committed(harness, topic, "conf-transient").await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Permanent failures and undecodable bytes skip the retries
+
+#[retry_handler(topic = "conf.permanent", group = "conf-permanent", retries = ["200ms", "200ms"], dlq)]
+async fn always_permanent(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("permanent", &order, &ctx);
+    Err(HandlerError::permanent("card number is invalid"))
+}
+
+pub async fn permanent_failure_goes_straight_to_the_dead_letter_queue<H: Harness>(harness: &H) {
+    harness.create_topic("conf.permanent", 2).await;
+    let (app, running) = start(harness, "conf-permanent").await;
+    let sent = publish(&app, "conf.permanent", &order(3)).await;
+    let dead = records_eventually(harness, "conf.permanent.conf-permanent.dlq", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen("permanent").len(), 1, "a permanent failure is not retried");
+    let ctx = context(&dead[0]);
+    assert_eq!(
+        (ctx.attempts, ctx.error_kind, ctx.original_offset),
+        (1, ErrorKind::Permanent, sent.offset)
+    );
+    assert_eq!(ctx.error_message, "card number is invalid");
+    assert_eq!(
+        dead[0].payload.as_deref(),
+        Some(&Order::encode(&order(3)).unwrap()[..])
+    );
+    assert!(harness
+        .records("conf.permanent.conf-permanent.retry.1")
+        .await
+        .is_empty());
+    running.shutdown().await.unwrap();
+    assert_fully_committed(harness, "conf.permanent", "conf-permanent").await;
+}
+
+#[retry_handler(topic = "conf.decode", group = "conf-decode", retries = ["200ms"], dlq)]
+async fn decode_target(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("decode", &order, &ctx);
+    Ok(())
+}
+
+pub async fn undecodable_bytes_are_dead_lettered_byte_for_byte<H: Harness>(harness: &H) {
+    harness.create_topic("conf.decode", 2).await;
+    let (app, running) = start(harness, "conf-decode").await;
+    let garbage: &[u8] = b"\xff\xfe\x00not json at all\x80";
+    let mut headers = Headers::new();
+    headers.insert("tenant", "acme");
+    headers.insert("binary", Bytes::from_static(b"\x00\x01"));
+    let sent = publish_raw(&app, "conf.decode", b"poison-key", garbage, headers).await;
+    // The consumer carries on: a valid message on the same partition after the poison one.
+    let mut valid = Order::encode(&order(11)).unwrap();
+    valid.push(b' ');
+    let after = app
+        .producer()
+        .send_raw(
+            "conf.decode",
+            OutboundRecord {
+                partition: Some(sent.partition),
+                key: None,
+                payload: Some(valid.into()),
+                headers: Headers::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(after.offset > sent.offset);
+
+    let dead = records_eventually(harness, "conf.decode.conf-decode.dlq", 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "the valid message after the poison one",
+        || !seen("decode").is_empty(),
+    )
+    .await;
+    let dead = &dead[0];
+    assert_eq!(dead.payload.as_deref(), Some(garbage));
+    assert_eq!(dead.key.as_deref(), Some(&b"poison-key"[..]));
+    assert_eq!(dead.headers.get("tenant"), Some(&b"acme"[..]));
+    assert_eq!(dead.headers.get("binary"), Some(&b"\x00\x01"[..]));
+    let ctx = context(dead);
+    assert_eq!((ctx.error_kind, ctx.attempts), (ErrorKind::Decode, 1));
+    assert_eq!(
+        (ctx.original_partition, ctx.original_offset),
+        (sent.partition, sent.offset)
+    );
+    assert!(
+        ctx.error_message.starts_with("codec error:"),
+        "{}",
+        ctx.error_message
+    );
+    assert!(
+        harness
+            .records("conf.decode.conf-decode.retry.1")
+            .await
+            .is_empty(),
+        "decode failures skip the retries"
+    );
+    assert_eq!(
+        seen("decode").iter().map(|s| s.order.id).collect::<Vec<_>>(),
+        [11]
+    );
+    running.shutdown().await.unwrap();
+    assert_fully_committed(harness, "conf.decode", "conf-decode").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The payload never changes
+
+#[retry_handler(topic = "conf.identical", group = "conf-identical", retries = ["100ms", "100ms"], dlq)]
+async fn fails_twice(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("identical", &order, &ctx);
+    if ctx.attempt() < 3 {
+        return Err(std::io::Error::other("not yet").into());
+    }
+    Ok(())
+}
+
+pub async fn payload_bytes_are_identical_across_attempts<H: Harness>(harness: &H) {
+    harness.create_topic("conf.identical", 2).await;
+    let (app, running) = start(harness, "conf-identical").await;
+    // Unusual but valid JSON: re-encoding would change these bytes.
+    let raw = "{ \"note\" : \"\u{e9} \u{fc}n\u{ef}code \\u00e9\",\n  \"id\":5 }".as_bytes();
+    let sent = publish_raw(&app, "conf.identical", b"5", raw, Headers::new()).await;
+    eventually(Duration::from_secs(20), "the third attempt", || {
+        seen("identical").len() >= 3
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    let attempts = seen("identical");
+    assert_eq!(attempts.iter().map(|s| s.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(attempts
+        .iter()
+        .all(|s| s.order == attempts[0].order && s.origin_offset == sent.offset));
+    assert_eq!(attempts[0].order.note, "\u{e9} \u{fc}n\u{ef}code \u{e9}");
+    for (level, attempt) in attempts.iter().enumerate().skip(1) {
+        let topic = format!("conf.identical.conf-identical.retry.{level}");
+        let records = harness.records(&topic).await;
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].payload.as_deref(),
+            Some(raw),
+            "level {level} changed the payload"
+        );
+        assert_eq!(attempt.topic, topic);
+    }
+    assert!(harness
+        .records("conf.identical.conf-identical.dlq")
+        .await
+        .is_empty());
+    assert_eq!(app.stats().handler("fails_twice").unwrap().succeeded, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forged rk-* headers on the main topic; capped error messages; foreign headers kept
+
+#[retry_handler(topic = "conf.forged", group = "conf-forged", retries = ["5m"], dlq)]
+async fn long_error(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("forged", &order, &ctx);
+    Err(HandlerError::permanent(format!(
+        "{}{}",
+        "x".repeat(1023),
+        "é".repeat(2000)
+    )))
+}
+
+pub async fn main_topic_rk_headers_are_not_trusted_and_messages_are_capped<H: Harness>(harness: &H) {
+    harness.create_topic("conf.forged", 2).await;
+    let (app, running) = start(harness, "conf-forged").await;
+    let mut headers = Headers::new();
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    headers.insert("rk-attempts", "99");
+    headers.insert("rk-due-at", "99999999999999");
+    headers.insert("rk-first-failure-at", "1");
+    headers.insert("rk-replays", "2");
+    let payload = Order::encode(&order(1)).unwrap();
+    let started = Instant::now();
+    publish_raw(&app, "conf.forged", b"1", &payload, headers).await;
+    let dead = records_eventually(harness, "conf.forged.conf-forged.dlq", 1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a forged rk-due-at delayed a main-topic message"
+    );
+    let s = &seen("forged")[0];
+    assert_eq!((s.attempt, s.first_failure_ms, s.replays), (1, None, 2));
+    let dead = &dead[0];
+    let ctx = context(dead);
+    assert_eq!((ctx.attempts, ctx.replays), (1, Some(2)));
+    assert!(ctx.first_failure_at_ms > 1);
+    assert_eq!(
+        header(dead, "traceparent"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(count_header(dead, "rk-attempts"), 1);
+    assert_eq!(header(dead, "rk-due-at"), None);
+    // 1023 ASCII bytes, then a 2-byte character that would cross the 1 KiB limit.
+    assert_eq!(ctx.error_message.len(), 1023);
+    assert_eq!(ctx.error_message, "x".repeat(1023));
+    running.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Groups are isolated
+
+#[retry_handler(topic = "conf.groups", group = "conf-groups-a", retries = ["200ms"], dlq)]
+async fn group_a_fails(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("groups-a", &order, &ctx);
+    Err(HandlerError::transient("a is down"))
+}
+
+#[retry_handler(topic = "conf.groups", group = "conf-groups-b", retries = ["200ms"], dlq)]
+async fn group_b_succeeds(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("groups-b", &order, &ctx);
+    Ok(())
+}
+
+pub async fn two_groups_on_one_topic_stay_isolated<H: Harness>(harness: &H) {
+    harness.create_topic("conf.groups", 2).await;
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(|spec| spec.topic() == "conf.groups")
+        .build()
+        .unwrap();
+    assert_eq!(app.handlers().len(), 2);
+    let running = app.start().await.unwrap();
+    for id in 0..5 {
+        publish(&app, "conf.groups", &order(id)).await;
+    }
+    records_eventually(harness, "conf.groups.conf-groups-a.dlq", 5).await;
+    eventually(Duration::from_secs(10), "group b's 5 messages", || {
+        seen("groups-b").len() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.shutdown().await.unwrap();
+    let b = seen("groups-b");
+    assert_eq!(b.len(), 5, "group b saw group a's retries: {b:#?}");
+    assert!(b.iter().all(|s| s.attempt == 1 && s.topic == "conf.groups"));
+    let a = seen("groups-a");
+    assert_eq!(a.len(), 10);
+    assert_eq!(a.iter().filter(|s| s.attempt == 2).count(), 5);
+    assert!(a
+        .iter()
+        .filter(|s| s.attempt == 2)
+        .all(|s| s.topic == "conf.groups.conf-groups-a.retry.1"));
+    assert_eq!(
+        harness.records("conf.groups.conf-groups-a.retry.1").await.len(),
+        5
+    );
+    assert!(harness
+        .records("conf.groups.conf-groups-b.retry.1")
+        .await
+        .is_empty());
+    assert!(harness.records("conf.groups.conf-groups-b.dlq").await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A message waiting on one partition holds back nothing else
+
+#[retry_handler(topic = "conf.hold", group = "conf-hold", retries = ["3s"], dlq)]
+async fn first_attempt_of_one_fails(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("hold", &order, &ctx);
+    if order.id == 1 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("try again later"));
+    }
+    Ok(())
+}
+
+pub async fn a_held_retry_partition_does_not_hold_back_others<H: Harness>(harness: &H) {
+    harness.create_topic("conf.hold", 2).await;
+    let (app, running) = start(harness, "conf-hold").await;
+    let held = publish(&app, "conf.hold", &order(1)).await;
+    let retry_topic = "conf.hold.conf-hold.retry.1";
+    let waiting = records_eventually(harness, retry_topic, 1).await;
+    let failed_at = Instant::now();
+    let due = context(&waiting[0]).due_at_ms.unwrap();
+
+    // The main topic flows while the retry waits.
+    for id in 2..10 {
+        publish(&app, "conf.hold", &order(id)).await;
+    }
+    // A retry that is already due, on the other partition of the retry level, runs at once.
+    let other = (held.partition + 1) % 2;
+    let mut headers = Headers::new();
+    FailureContext {
+        original_topic: "conf.hold".into(),
+        original_partition: other,
+        original_offset: 0,
+        original_timestamp_ms: None,
+        group: "conf-hold".into(),
+        attempts: 1,
+        due_at_ms: Some(due - 3000),
+        first_failure_at_ms: due - 3000,
+        last_failure_at_ms: due - 3000,
+        error_kind: ErrorKind::Transient,
+        error_message: "earlier".into(),
+        replays: None,
+    }
+    .write_to(&mut headers);
+    let due_now = OutboundRecord {
+        partition: Some(other),
+        key: None,
+        payload: Some(Order::encode(&order(100)).unwrap().into()),
+        headers,
+    };
+    app.producer().send_raw(retry_topic, due_now).await.unwrap();
+
+    eventually(
+        Duration::from_millis(2500),
+        "the main topic and the due retry while id 1 waits",
+        || {
+            let seen = seen("hold");
+            seen.iter().filter(|s| (2..10).contains(&s.order.id)).count() == 8
+                && seen.iter().any(|s| s.order.id == 100)
+        },
+    )
+    .await;
+    assert!(
+        !seen("hold").iter().any(|s| s.order.id == 1 && s.attempt == 2),
+        "id 1 ran before its due time"
+    );
+    assert!(
+        failed_at.elapsed() < Duration::from_millis(2900),
+        "the other work was held back until id 1 was due"
+    );
+    eventually(Duration::from_secs(10), "id 1's second attempt", || {
+        seen("hold").iter().any(|s| s.order.id == 1 && s.attempt == 2)
+    })
+    .await;
+    let second = seen("hold")
+        .into_iter()
+        .find(|s| s.order.id == 1 && s.attempt == 2)
+        .unwrap();
+    let first = seen("hold")
+        .into_iter()
+        .find(|s| s.order.id == 1 && s.attempt == 1)
+        .unwrap();
+    assert!(second.at.duration_since(first.at) >= Duration::from_millis(2998));
+    running.shutdown().await.unwrap();
+    assert_fully_committed(harness, retry_topic, "conf-hold").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics and timeouts
+
+#[retry_handler(topic = "conf.panic", group = "conf-panic", retries = ["100ms"], dlq, timeout = "300ms")]
+async fn panics_or_hangs_once(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("panic", &order, &ctx);
+    if ctx.attempt() == 1 {
+        match order.id {
+            1 => panic!("boom on order {}", order.id),
+            2 => tokio::time::sleep(Duration::from_secs(30)).await,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub async fn panics_and_timeouts_are_failures<H: Harness>(harness: &H) {
+    harness.create_topic("conf.panic", 1).await;
+    let (app, running) = start(harness, "conf-panic").await;
+    for id in 1..=3 {
+        publish(&app, "conf.panic", &order(id)).await;
+    }
+    let retries = records_eventually(harness, "conf.panic.conf-panic.retry.1", 2).await;
+    eventually(
+        Duration::from_secs(10),
+        "both second attempts and order 3",
+        || {
+            let seen = seen("panic");
+            seen.iter().filter(|s| s.attempt == 2).count() == 2 && seen.iter().any(|s| s.order.id == 3)
+        },
+    )
+    .await;
+    running.shutdown().await.unwrap();
+    let by_kind: HashMap<ErrorKind, FailureContext> = retries
+        .iter()
+        .map(|r| (context(r).error_kind, context(r)))
+        .collect();
+    let panic = &by_kind[&ErrorKind::Panic];
+    assert_eq!(panic.error_message, "handler panicked: boom on order 1");
+    let timeout = &by_kind[&ErrorKind::Timeout];
+    assert!(
+        timeout.error_message.contains("timed out after 300ms"),
+        "{}",
+        timeout.error_message
+    );
+    let hang = seen("panic")
+        .into_iter()
+        .filter(|s| s.order.id == 2)
+        .collect::<Vec<_>>();
+    assert!(hang[1].at.duration_since(hang[0].at) >= Duration::from_millis(398));
+    assert_eq!(app.stats().handler("panics_or_hangs_once").unwrap().succeeded, 3);
+    assert!(harness.records("conf.panic.conf-panic.dlq").await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+static GATE_OPEN: AtomicBool = AtomicBool::new(false);
+
+#[retry_handler(topic = "conf.shutdown", group = "conf-shutdown", retries = ["100ms"], dlq)]
+async fn blocks_on_three(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("shutdown", &order, &ctx);
+    while order.id == 3 && !GATE_OPEN.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+pub async fn shutdown_acknowledges_exactly_what_finished<H: Harness>(harness: &H) {
+    harness.create_topic("conf.shutdown", 1).await;
+    let (app, running) = start_with(harness, "conf-shutdown", Duration::from_millis(300)).await;
+    for id in 0..6 {
+        publish(&app, "conf.shutdown", &order(id)).await;
+    }
+    eventually(Duration::from_secs(10), "order 3 to start", || {
+        seen("shutdown").iter().any(|s| s.order.id == 3)
+    })
+    .await;
+    let stopping = Instant::now();
+    running.shutdown().await.unwrap();
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(290),
+        "shutdown did not wait for in-flight work"
+    );
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        harness.committed("conf.shutdown", "conf-shutdown").await,
+        [3],
+        "exactly offsets 0..=2 finished"
+    );
+    assert_eq!(app.stats().handler("blocks_on_three").unwrap().succeeded, 3);
+
+    GATE_OPEN.store(true, Ordering::SeqCst);
+    let (_app, running) = start(harness, "conf-shutdown").await;
+    eventually(Duration::from_secs(10), "orders 3..6 after the restart", || {
+        seen("shutdown").len() >= 7
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    let ids: Vec<u64> = seen("shutdown").iter().map(|s| s.order.id).collect();
+    assert_eq!(
+        ids,
+        [0, 1, 2, 3, 3, 4, 5],
+        "only the unfinished message is delivered again"
+    );
+    assert_eq!(harness.committed("conf.shutdown", "conf-shutdown").await, [6]);
+}
+
+#[retry_handler(topic = "conf.drain", group = "conf-drain", retries = ["100ms"], dlq)]
+async fn slow_but_finishes(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("drain", &order, &ctx);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Ok(())
+}
+
+pub async fn shutdown_lets_in_flight_work_finish<H: Harness>(harness: &H) {
+    harness.create_topic("conf.drain", 1).await;
+    let (app, running) = start_with(harness, "conf-drain", Duration::from_secs(5)).await;
+    publish(&app, "conf.drain", &order(0)).await;
+    publish(&app, "conf.drain", &order(1)).await;
+    eventually(Duration::from_secs(10), "order 0 to start", || {
+        !seen("drain").is_empty()
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    // Order 0 was in flight and finished; fetching stopped, so order 1 never started.
+    assert_eq!(seen("drain").iter().map(|s| s.order.id).collect::<Vec<_>>(), [0]);
+    assert_eq!(harness.committed("conf.drain", "conf-drain").await, [1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A failed hand-off is retried; the message is acknowledged only once it is on the next level
+
+#[retry_handler(topic = "conf.handoff", group = "conf-handoff", retries = ["100ms"], dlq)]
+async fn fails_first_time(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("handoff", &order, &ctx);
+    if order.id == 1 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("first time fails"));
+    }
+    Ok(())
+}
+
+pub async fn a_failed_hand_off_is_retried_and_the_partition_waits<H: Harness>(harness: &H) {
+    harness.create_topic("conf.handoff", 1).await;
+    let retry_topic = "conf.handoff.conf-handoff.retry.1";
+    let (app, running) = start(harness, "conf-handoff").await;
+    harness.fail_next_sends(retry_topic, 4).await;
+    publish(&app, "conf.handoff", &order(1)).await;
+    publish(&app, "conf.handoff", &order(2)).await;
+    eventually(Duration::from_secs(10), "the first attempt", || {
+        !seen("handoff").is_empty()
+    })
+    .await;
+    // Backoff 50+100+200+400 ms: while the hand-off fails, nothing is acknowledged and the
+    // partition waits (order 2 is not started).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(harness.committed("conf.handoff", "conf-handoff").await, [0]);
+    assert_eq!(
+        seen("handoff").len(),
+        1,
+        "the partition moved on during a failed hand-off"
+    );
+    eventually(Duration::from_secs(10), "order 1's retry", || {
+        seen("handoff").iter().any(|s| s.order.id == 1 && s.attempt == 2)
+    })
+    .await;
+    eventually(Duration::from_secs(10), "order 2", || {
+        seen("handoff").iter().any(|s| s.order.id == 2)
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        harness.records(retry_topic).await.len(),
+        1,
+        "the hand-off was written exactly once"
+    );
+    assert_fully_committed(harness, "conf.handoff", "conf-handoff").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency
+
+static ACTIVE: AtomicU32 = AtomicU32::new(0);
+static MAX_ACTIVE: AtomicU32 = AtomicU32::new(0);
+
+#[retry_handler(topic = "conf.concurrent", group = "conf-concurrent", retries = ["100ms"], dlq, concurrency = 4)]
+async fn concurrent(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    let now = ACTIVE.fetch_add(1, Ordering::SeqCst) + 1;
+    MAX_ACTIVE.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20 + (order.id % 4) * 30)).await;
+    record("concurrent", &order, &ctx);
+    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+pub async fn concurrency_runs_in_parallel_and_acknowledges_everything<H: Harness>(harness: &H) {
+    harness.create_topic("conf.concurrent", 1).await;
+    let (app, running) = start(harness, "conf-concurrent").await;
+    for id in 0..40 {
+        publish(&app, "conf.concurrent", &order(id)).await;
+    }
+    eventually(Duration::from_secs(20), "40 messages", || {
+        seen("concurrent").len() >= 40
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    let max = MAX_ACTIVE.load(Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&max),
+        "at most 4 and more than one at once, saw {max}"
+    );
+    assert_eq!(
+        harness.committed("conf.concurrent", "conf-concurrent").await,
+        [40]
+    );
+    let mut ids: Vec<u64> = seen("concurrent").iter().map(|s| s.order.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..40).collect::<Vec<_>>());
+}

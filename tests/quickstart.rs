@@ -1,0 +1,38 @@
+//! The quickstart runs and its summary holds.
+
+#[allow(dead_code)]
+#[path = "../examples/quickstart.rs"]
+mod quickstart;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_summary() {
+    let summary = quickstart::run_demo(300).await.expect("the demo runs");
+    let billing = summary.stats.handler("charge").expect("charge ran");
+    // 300 orders: #13 is permanent, #99 always fails, 6 orders (id % 50 == 7) fail twice and
+    // 29 more (id % 10 == 3, not 13) fail once.
+    assert_eq!(billing.succeeded, 298);
+    assert_eq!(billing.retried, [36, 7, 1]);
+    assert_eq!(billing.failed, 29 + 6 * 2 + 4 + 1);
+    assert_eq!(billing.dead_lettered, 2);
+    assert_eq!(billing.dropped, 0);
+    let mut dead: Vec<(String, String, String)> = summary
+        .dead_letters
+        .iter()
+        .map(|r| {
+            let h = |n| r.headers.get_str(n).unwrap().to_owned();
+            (
+                String::from_utf8(r.key.as_deref().unwrap().to_vec()).unwrap(),
+                h("rk-attempts"),
+                h("rk-error-kind"),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            ("13".to_owned(), "1".to_owned(), "permanent".to_owned()),
+            ("99".to_owned(), "4".to_owned(), "transient".to_owned()),
+        ]
+    );
+}
