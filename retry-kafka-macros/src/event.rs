@@ -43,7 +43,19 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     errors.finish()?;
 
     let ident = &input.ident;
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let codec = match &attrs.codec {
+        Some(path) => quote!(#path),
+        None => quote!(::retry_kafka::codec::Json),
+    };
+    // A generic event is an `Event` for the parameters its codec can handle.
+    let mut generics = input.generics.clone();
+    if !generics.params.is_empty() {
+        let (_, ty_generics, _) = input.generics.split_for_impl();
+        let predicates = &mut generics.make_where_clause().predicates;
+        predicates.push(syn::parse_quote!(#ident #ty_generics: ::core::marker::Send + 'static));
+        predicates.push(syn::parse_quote!(#codec: ::retry_kafka::Codec<#ident #ty_generics>));
+    }
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let topic = topic.expect("checked above");
     let type_name = match &attrs.name {
         Some(name) => quote!(#name),
@@ -51,10 +63,6 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             let name = ident.to_string();
             quote!(#name)
         }
-    };
-    let codec = match &attrs.codec {
-        Some(path) => quote!(#path),
-        None => quote!(::retry_kafka::codec::Json),
     };
     let key_fn = key.map(|expr| {
         quote! {

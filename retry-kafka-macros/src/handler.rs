@@ -27,6 +27,8 @@ struct HandlerArgs {
     on_exhausted: Option<(Exhausted, Span)>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
+    /// `on_exhausted` was given but unreadable; reported already, so not "missing" too.
+    exhaustion_misspelled: bool,
     seen: Vec<String>,
 }
 
@@ -93,21 +95,24 @@ fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
                 parsed.retries = parse_retries(&value, errors);
             }
             "dlq" => {
+                parsed.dlq = Some(meta.path.span());
                 if meta.input.peek(syn::Token![=]) {
                     errors.spanned(&meta.path, "`dlq` is a flag: write `dlq`, without a value");
                     return skip_value(&meta);
                 }
-                parsed.dlq = Some(meta.path.span());
             }
             "on_exhausted" => {
                 let value: LitStr = meta.value()?.parse()?;
                 match value.value().as_str() {
                     "dlq" => parsed.on_exhausted = Some((Exhausted::DeadLetter, value.span())),
                     "drop" => parsed.on_exhausted = Some((Exhausted::Drop, value.span())),
-                    other => errors.spanned(
-                        &value,
-                        format!("unknown on_exhausted value {other:?}; expected \"dlq\" or \"drop\""),
-                    ),
+                    other => {
+                        errors.spanned(
+                            &value,
+                            format!("unknown on_exhausted value {other:?}; expected \"dlq\" or \"drop\""),
+                        );
+                        parsed.exhaustion_misspelled = true;
+                    }
                 }
             }
             "timeout" => {
@@ -251,13 +256,20 @@ fn exponential(call: &ExprCall, errors: &Errors) -> Option<Vec<u64>> {
         match name.as_str() {
             "first" => first = duration_lit(&assign.right, errors),
             "max" => max = duration_lit(&assign.right, errors),
-            "factor" => match &*assign.right {
-                Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => factor = n.base10_parse::<f64>().ok(),
-                Expr::Lit(ExprLit {
-                    lit: Lit::Float(n), ..
-                }) => factor = n.base10_parse::<f64>().ok(),
-                other => errors.spanned(other, "expected a number such as `2` or `1.5`"),
-            },
+            "factor" => {
+                let value = match &*assign.right {
+                    Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => n.base10_parse::<f64>().ok(),
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Float(n), ..
+                    }) => n.base10_parse::<f64>().ok(),
+                    _ => None,
+                };
+                match value {
+                    Some(f) if f >= 1.0 => factor = Some(f),
+                    Some(_) => errors.spanned(&assign.right, "exponential factor must be at least 1"),
+                    None => errors.spanned(&assign.right, "expected a number such as `2` or `1.5`"),
+                }
+            }
             "levels" => match &*assign.right {
                 Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => levels = n.base10_parse::<usize>().ok(),
                 other => errors.spanned(other, "expected the number of retry levels, e.g. `5`"),
@@ -273,10 +285,6 @@ fn exponential(call: &ExprCall, errors: &Errors) -> Option<Vec<u64>> {
         return None;
     };
     let factor = factor.unwrap_or(2.0);
-    if factor < 1.0 {
-        errors.spanned(call, "exponential factor must be at least 1");
-        return None;
-    }
     let cap = max.unwrap_or(u64::MAX);
     let mut delays = Vec::with_capacity(levels.min(MAX_LEVELS + 1));
     let mut delay = first as f64;
@@ -293,7 +301,7 @@ fn check_policy(args: &HandlerArgs, errors: &Errors) {
             span,
             "`dlq` and `on_exhausted` both say what happens after the last retry; keep one",
         )),
-        (None, None) => errors.push(syn::Error::new(
+        (None, None) if !args.exhaustion_misspelled => errors.push(syn::Error::new(
             Span::call_site(),
             "this handler's failures would vanish: add `dlq` to keep messages that exhaust their retries in a dead-letter queue, or `on_exhausted = \"drop\"` to drop them on purpose",
         )),
@@ -333,7 +341,7 @@ fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
                 receiver,
                 "a retry handler is a free function; it cannot take `self`",
             );
-            None
+            return None;
         }
         None => {
             errors.push(syn::Error::new(
@@ -386,7 +394,7 @@ fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
             ok = false;
             Span::call_site()
         }
-        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Type(_, ty) => error_type(ty).unwrap_or(ty).span(),
     };
     let event_ty = event_ty?;
     ok.then_some(Signature {
@@ -394,6 +402,19 @@ fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
         has_context,
         output_span,
     })
+}
+
+/// `E` in `Result<(), E>`, where a wrong error type is best reported.
+fn error_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.iter().nth(1)? {
+        syn::GenericArgument::Type(error) if last.ident == "Result" => Some(error),
+        _ => None,
+    }
 }
 
 fn is_context(ty: &Type) -> bool {

@@ -1,0 +1,10 @@
+use retry_kafka::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(topic = "")]
+struct OrderPlaced {
+    order_id: u64,
+}
+
+fn main() {}

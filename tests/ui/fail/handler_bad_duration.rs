@@ -1,0 +1,15 @@
+use retry_kafka::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(topic = "orders", key = "order_id")]
+struct OrderPlaced {
+    order_id: u64,
+}
+
+#[retry_handler(retries = ["10s", "10q", "1m"], dlq)]
+async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
+    let _ = order;
+    Ok(())
+}
+fn main() {}

@@ -1,0 +1,14 @@
+use retry_kafka::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(topic = "orders", key = "order_id")]
+struct OrderPlaced {
+    order_id: u64,
+}
+
+#[retry_handler(topic = "orders", dlq)]
+async fn charge() -> Result<(), HandlerError> {
+    Ok(())
+}
+fn main() {}
