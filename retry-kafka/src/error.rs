@@ -26,8 +26,8 @@ pub enum Error {
 pub enum ConfigError {
     /// No backend was chosen.
     #[error(
-        "no backend configured: choose one with App::builder().backend(...) \
-         (the in-process broker is retry_kafka::InMemory)"
+        "no backend configured: set RETRY_KAFKA_BACKEND (\"memory\" runs the in-process broker) \
+         or choose one in code with App::builder().backend(...)"
     )]
     NoBackend,
     /// A setting has an invalid value.

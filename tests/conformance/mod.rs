@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             shutdown_lets_in_flight_work_finish,
             a_failed_hand_off_is_retried_and_the_partition_waits,
             concurrency_runs_in_parallel_and_acknowledges_everything,
+            group_members_share_partitions_and_take_over,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
@@ -945,4 +946,66 @@ pub async fn concurrency_runs_in_parallel_and_acknowledges_everything<H: Harness
     let mut ids: Vec<u64> = seen("concurrent").iter().map(|s| s.order.id).collect();
     ids.sort_unstable();
     assert_eq!(ids, (0..40).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two members of one group share the partitions; when one leaves, the other takes over
+
+#[retry_handler(topic = "conf.members", group = "conf-members", retries = ["200ms"], dlq)]
+async fn member(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    record("members", &order, &ctx);
+    Ok(())
+}
+
+pub async fn group_members_share_partitions_and_take_over<H: Harness>(harness: &H) {
+    harness.create_topic("conf.members", 4).await;
+    let (first, first_running) = start(harness, "conf-members").await;
+    let (second, second_running) = start(harness, "conf-members").await;
+    for id in 0..40 {
+        publish(&first, "conf.members", &order(id)).await;
+    }
+    eventually(Duration::from_secs(30), "the first 40", || {
+        seen("members")
+            .iter()
+            .map(|s| s.order.id)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 40
+    })
+    .await;
+    let by_first = first.stats().handler("member").unwrap().succeeded;
+    let by_second = second.stats().handler("member").unwrap().succeeded;
+    assert!(
+        by_first > 0 && by_second > 0,
+        "one member did all the work: {by_first} / {by_second}"
+    );
+    let partitions: std::collections::HashSet<u32> = seen("members").iter().map(|s| s.partition).collect();
+    assert_eq!(partitions.len(), 4, "keys spread over every partition");
+
+    // The first member leaves; the second takes its partitions over and loses nothing.
+    first_running.shutdown().await.unwrap();
+    for id in 40..80 {
+        publish(&second, "conf.members", &order(id)).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "all 80 after the first member left",
+        || {
+            seen("members")
+                .iter()
+                .map(|s| s.order.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 80
+        },
+    )
+    .await;
+    second_running.shutdown().await.unwrap();
+    assert_fully_committed(harness, "conf.members", "conf-members").await;
+    let after = second.stats().handler("member").unwrap().succeeded;
+    assert!(
+        after >= by_second + 40,
+        "the remaining member handled every later message"
+    );
 }

@@ -266,36 +266,57 @@ impl<B: Backend> App<B> {
 
     /// Starts, then runs until SIGINT, SIGTERM or [`ShutdownHandle::shutdown`], then drains.
     pub async fn run(&self) -> Result<(), Error> {
+        // Installed before anything starts, so a signal can never kill a half-started app.
+        let mut signals = TerminationSignals::install()?;
         let running = self.start().await?;
-        let handle = self.shutdown.clone();
         tokio::select! {
-            _ = termination_signal() => tracing::info!("signal received; shutting down"),
-            _ = handle.token.cancelled() => {}
+            _ = signals.recv() => tracing::info!("signal received; shutting down"),
+            _ = self.shutdown.token.cancelled() => {}
         }
         running.shutdown().await
     }
 }
 
-/// Resolves on SIGINT or (on Unix) SIGTERM.
-async fn termination_signal() {
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), listened to from creation on.
+struct TerminationSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    streams: [tokio::signal::unix::Signal; 2],
+}
+
+impl TerminationSignals {
+    fn install() -> Result<Self, Error> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind| {
+                signal(kind).map_err(|error| {
+                    Error::Config(ConfigError::Invalid {
+                        field: "signal handlers",
+                        reason: error.to_string(),
+                    })
+                })
+            };
+            Ok(Self {
+                streams: [listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let [interrupt, terminate] = &mut self.streams;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -1,0 +1,132 @@
+//! The whole set of handlers and the settings are checked before any I/O, with messages that
+//! name what is wrong.
+
+use retry_kafka::prelude::*;
+use retry_kafka::{ConfigError, TopicNaming};
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(topic = "val.orders")]
+struct Order {
+    id: u64,
+}
+
+#[retry_handler(group = "val-dup", dlq)]
+async fn first_claim(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[retry_handler(group = "val-dup", dlq)]
+async fn second_claim(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+// Its retry topic, `val.orders.val-a.retry.1`, is the main topic of the handler below.
+#[retry_handler(group = "val-a", retries = ["1s"], dlq)]
+async fn makes_a_retry_topic(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[retry_handler(topic = "val.orders.val-a.retry.1", group = "val-b", dlq)]
+async fn reads_that_topic(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+fn build(
+    keep: impl Fn(&retry_kafka::HandlerSpec) -> bool + Send + Sync + 'static,
+) -> Result<(), ConfigError> {
+    App::builder()
+        .backend(InMemory::new())
+        .handlers(keep)
+        .build()
+        .map(drop)
+}
+
+#[test]
+fn two_handlers_on_one_topic_and_group_are_rejected_by_name() {
+    let error = build(|spec| spec.group() == "val-dup").unwrap_err();
+    assert!(matches!(error, ConfigError::DuplicateHandler { .. }));
+    let message = error.to_string();
+    assert!(
+        message.contains("validation::first_claim") && message.contains("validation::second_claim"),
+        "{message}"
+    );
+    assert!(
+        message.contains("\"val.orders\"") && message.contains("\"val-dup\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("tests/validation.rs:"),
+        "the message points at the source: {message}"
+    );
+}
+
+#[test]
+fn a_topic_in_two_roles_is_rejected() {
+    let error = build(|spec| ["val-a", "val-b"].contains(&spec.group())).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "topic \"val.orders.val-a.retry.1\" is a main topic (of `validation::reads_that_topic`) and also a retry \
+         topic of `validation::makes_a_retry_topic`; rename a group or change the topic naming"
+    );
+    // Each alone is fine.
+    build(|spec| spec.group() == "val-a").unwrap();
+    build(|spec| spec.group() == "val-b").unwrap();
+}
+
+#[test]
+fn topic_naming_is_checked() {
+    let error = TopicNaming::new("{topic}.retry.{level}", "{topic}.{group}.dlq").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid retry_topic_pattern: pattern \"{topic}.retry.{level}\" lacks {group}"
+    );
+    let error = TopicNaming::new("{topic}.{group}.retry", "{topic}.{group}.dlq").unwrap_err();
+    assert!(error.to_string().contains("lacks {level}"));
+    let error = TopicNaming::new("{topic}.{group}.retry.{level}", "dead-letters").unwrap_err();
+    assert!(matches!(
+        error,
+        ConfigError::Invalid {
+            field: "dead_letter_topic_pattern",
+            ..
+        }
+    ));
+
+    let slashes = TopicNaming::new("{topic}/{group}/{level}", "{topic}.{group}.dlq").unwrap();
+    let error = App::builder()
+        .backend(InMemory::new())
+        .handlers(|spec| spec.group() == "val-a")
+        .topic_naming(slashes)
+        .build()
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid topic_naming: it makes the topic name \"val.orders/val-a/1\"; use 1-249 of [a-zA-Z0-9._-]"
+    );
+}
+
+#[test]
+fn no_handlers_is_an_error_that_explains_linking() {
+    let error = build(|_| false).unwrap_err();
+    assert_eq!(error, ConfigError::NoHandlers);
+    assert!(error.to_string().contains("use that_crate as _;"));
+}
+
+#[tokio::test]
+async fn run_without_a_backend_fails_naming_the_setting() {
+    // One test touches the environment, so no other test races with it.
+    std::env::remove_var(retry_kafka::BACKEND_ENV);
+    let error = retry_kafka::run().await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.starts_with("no backend configured"), "{message}");
+    assert!(message.contains("RETRY_KAFKA_BACKEND"), "{message}");
+
+    std::env::set_var(retry_kafka::BACKEND_ENV, "kafak");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "invalid RETRY_KAFKA_BACKEND: unknown backend \"kafak\"; this build supports \"memory\""
+    );
+    std::env::remove_var(retry_kafka::BACKEND_ENV);
+}
