@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
             a_failed_hand_off_is_retried_and_the_partition_waits,
             concurrency_runs_in_parallel_and_acknowledges_everything,
             group_members_share_partitions_and_take_over,
+            out_of_order_completion_acknowledges_only_the_finished_prefix,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
@@ -1008,4 +1009,46 @@ pub async fn group_members_share_partitions_and_take_over<H: Harness>(harness: &
         after >= by_second + 40,
         "the remaining member handled every later message"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// With concurrency, a slow early message holds the acknowledgement of later finished ones
+
+static SLOW_GATE_OPEN: AtomicBool = AtomicBool::new(false);
+
+#[retry_handler(topic = "conf.prefix", group = "conf-prefix", retries = ["100ms"], dlq, concurrency = 4)]
+async fn first_is_slow(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("prefix", &order, &ctx);
+    while order.id == 0 && !SLOW_GATE_OPEN.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+pub async fn out_of_order_completion_acknowledges_only_the_finished_prefix<H: Harness>(harness: &H) {
+    harness.create_topic("conf.prefix", 1).await;
+    let (app, running) = start_with(harness, "conf-prefix", Duration::from_millis(300)).await;
+    for id in 0..4 {
+        publish(&app, "conf.prefix", &order(id)).await;
+    }
+    eventually(Duration::from_secs(10), "all four to start", || {
+        seen("prefix").len() == 4
+    })
+    .await;
+    eventually(Duration::from_secs(10), "orders 1..4 to finish", || {
+        app.stats().handler("first_is_slow").unwrap().succeeded == 3
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    // Offsets 1..=3 finished but offset 0 did not: nothing may be acknowledged.
+    assert_eq!(harness.committed("conf.prefix", "conf-prefix").await, [0]);
+
+    SLOW_GATE_OPEN.store(true, Ordering::SeqCst);
+    let (_app, running) = start(harness, "conf-prefix").await;
+    eventually(Duration::from_secs(10), "the redelivery", || {
+        seen("prefix").len() == 8
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    assert_eq!(harness.committed("conf.prefix", "conf-prefix").await, [4]);
 }
