@@ -5,7 +5,7 @@ mod conformance;
 use retry_kafka::backend::Record;
 use retry_kafka::InMemory;
 
-use conformance::Harness;
+use conformance::{FaultInjection, Harness};
 
 struct Memory {
     broker: InMemory,
@@ -33,7 +33,9 @@ impl Harness for Memory {
     async fn end_offsets(&self, topic: &str) -> Vec<u64> {
         self.broker.end_offsets(topic)
     }
+}
 
+impl FaultInjection for Memory {
     async fn fail_next_sends(&self, topic: &str, count: u32) {
         self.broker.fail_next_sends(topic, count);
     }
@@ -46,3 +48,4 @@ async fn memory() -> Memory {
 }
 
 conformance_suite!(memory);
+fault_injection_suite!(memory);

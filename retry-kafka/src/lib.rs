@@ -36,6 +36,8 @@ mod runtime;
 mod stats;
 pub mod testing;
 
+#[cfg(feature = "kafka")]
+pub use backend::kafka;
 pub use backend::memory::InMemory;
 pub use error::{BackendError, ConfigError, Error};
 pub use event::{codec, Codec, CodecError, Event, EventKey};

@@ -121,3 +121,6 @@ pub trait Backend: Clone + Send + Sync + 'static {
         record: OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
 }
+
+#[cfg(feature = "kafka")]
+pub mod kafka;

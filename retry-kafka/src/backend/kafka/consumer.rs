@@ -1,0 +1,662 @@
+//! A Kafka consumer: a poll thread that owns the librdkafka handle, and the handle the runtime
+//! holds.
+//!
+//! The thread polls all the time, so the member stays in its group however long a handler or
+//! a retry delay takes (librdkafka's `max.poll.interval.ms` counts time between polls). Every
+//! call on the librdkafka handle (pause, seek, resume, store offsets) happens on that thread,
+//! between polls, in the order the runtime asked for it. Records travel to the runtime in
+//! batches over a bounded channel; when it is full, the thread pauses its partitions and keeps
+//! polling.
+//!
+//! A hold rewinds a partition, so records fetched before it are stale. Each record carries the
+//! partition's assignment generation and hold epoch at fetch time; the handle counts holds and
+//! resumes the same way, in the same order, and drops records whose tags are not current. No
+//! stale record reaches the runtime, and nothing fetched after a rewind is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{transport, Kafka};
+use crate::backend::{Consumer, Fetched, Record, Subscription};
+use crate::error::BackendError;
+
+/// Records per batch sent to the runtime.
+const BATCH: usize = 256;
+/// Batches in flight between the poll thread and the runtime.
+const CHANNEL_BATCHES: usize = 8;
+/// How long closing keeps trying to commit while the group rebalances.
+const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
+/// How long one poll waits for a message; also the most a command (e.g. a resume) waits.
+const POLL_WAIT: Duration = Duration::from_millis(20);
+
+pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // At least once: an offset is stored only when the runtime acknowledges it.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // The levels of a handler share its group but read different topics: with the
+        // cooperative protocol a member joining for one level takes nothing from the others,
+        // so starting, scaling and stopping do not revoke (and redeliver) work in flight.
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// What the poll thread sends to the handle, in fetch order.
+enum Item {
+    Record {
+        generation: u64,
+        epoch: u64,
+        record: Record,
+    },
+    Assigned(Vec<(u32, u64)>),
+    Revoked(Vec<u32>),
+}
+
+/// What the handle asks the poll thread to do. Each carries the partition's generation; the
+/// thread ignores requests about an assignment that has since changed.
+enum Command {
+    Hold {
+        partition: u32,
+        generation: u64,
+        epoch: u64,
+        offset: u64,
+    },
+    Resume {
+        partition: u32,
+        generation: u64,
+        epoch: u64,
+    },
+    Ack {
+        partition: u32,
+        generation: u64,
+        offset: u64,
+    },
+    Close(oneshot::Sender<Result<(), BackendError>>),
+}
+
+#[derive(Clone, Copy)]
+struct PartitionView {
+    generation: u64,
+    epoch: u64,
+    held: bool,
+}
+
+/// A member of a Kafka consumer group reading one topic.
+pub struct KafkaConsumer {
+    items: mpsc::Receiver<Vec<Item>>,
+    buffer: VecDeque<Item>,
+    commands: std_mpsc::Sender<Command>,
+    partitions: HashMap<u32, PartitionView>,
+    thread: Option<JoinHandle<()>>,
+    topic: String,
+    /// Keeps an embedded cluster alive until this consumer's client is gone.
+    _backend: Kafka,
+}
+
+impl KafkaConsumer {
+    pub(crate) fn start(
+        backend: Kafka,
+        brokers: &str,
+        subscription: Subscription,
+        properties: &[(String, String)],
+    ) -> Result<Self, BackendError> {
+        let context = RebalanceLog {
+            topic: subscription.topic.clone(),
+            events: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<RebalanceLog> = config(brokers, &subscription.group, properties)
+            .create_with_context(context)
+            .map_err(transport)?;
+        consumer.subscribe(&[&subscription.topic]).map_err(transport)?;
+        let (items_tx, items) = mpsc::channel(CHANNEL_BATCHES);
+        let (commands, commands_rx) = std_mpsc::channel();
+        let topic = subscription.topic.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("rk-poll-{}", subscription.topic))
+            .spawn(move || PollThread::new(subscription.topic, items_tx, commands_rx).run(consumer))
+            .map_err(transport)?;
+        Ok(Self {
+            items,
+            buffer: VecDeque::new(),
+            commands,
+            partitions: HashMap::new(),
+            thread: Some(thread),
+            topic,
+            _backend: backend,
+        })
+    }
+
+    fn command(&self, command: Command) {
+        // The thread only stops after Close or when the handle is gone; a send error here means
+        // it died, which `next` reports.
+        let _ = self.commands.send(command);
+    }
+}
+
+impl Consumer for KafkaConsumer {
+    async fn next(&mut self) -> Result<Fetched, BackendError> {
+        loop {
+            while let Some(item) = self.buffer.pop_front() {
+                match item {
+                    Item::Record {
+                        generation,
+                        epoch,
+                        record,
+                    } => {
+                        let current = self.partitions.get(&record.partition);
+                        if current.is_some_and(|v| v.generation == generation && v.epoch == epoch && !v.held)
+                        {
+                            return Ok(Fetched::Record(record));
+                        }
+                    }
+                    Item::Assigned(assigned) => {
+                        for &(partition, generation) in &assigned {
+                            self.partitions.insert(
+                                partition,
+                                PartitionView {
+                                    generation,
+                                    epoch: 0,
+                                    held: false,
+                                },
+                            );
+                        }
+                        return Ok(Fetched::Assigned(assigned.into_iter().map(|(p, _)| p).collect()));
+                    }
+                    Item::Revoked(revoked) => {
+                        for partition in &revoked {
+                            self.partitions.remove(partition);
+                        }
+                        return Ok(Fetched::Revoked(revoked));
+                    }
+                }
+            }
+            match self.items.recv().await {
+                Some(batch) => self.buffer.extend(batch),
+                None => {
+                    return Err(transport(format!(
+                        "the poll thread of topic {:?} stopped",
+                        self.topic
+                    )))
+                }
+            }
+        }
+    }
+
+    fn hold(&mut self, partition: u32, offset: u64) {
+        if let Some(view) = self.partitions.get_mut(&partition) {
+            view.epoch += 1;
+            view.held = true;
+            let (generation, epoch) = (view.generation, view.epoch);
+            self.command(Command::Hold {
+                partition,
+                generation,
+                epoch,
+                offset,
+            });
+        }
+    }
+
+    fn resume(&mut self, partition: u32) {
+        if let Some(view) = self.partitions.get_mut(&partition) {
+            view.epoch += 1;
+            view.held = false;
+            let (generation, epoch) = (view.generation, view.epoch);
+            self.command(Command::Resume {
+                partition,
+                generation,
+                epoch,
+            });
+        }
+    }
+
+    async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
+        if let Some(view) = self.partitions.get(&partition) {
+            self.command(Command::Ack {
+                partition,
+                generation: view.generation,
+                offset,
+            });
+        }
+        Ok(())
+    }
+
+    async fn close(mut self) -> Result<(), BackendError> {
+        let (reply, done) = oneshot::channel();
+        self.command(Command::Close(reply));
+        let result = done
+            .await
+            .unwrap_or_else(|_| Err(transport("the poll thread stopped before closing")));
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Not closed (the task was aborted): ask the thread to commit and leave; it ends by
+            // itself shortly after.
+            let (reply, _) = oneshot::channel();
+            self.command(Command::Close(reply));
+        }
+    }
+}
+
+/// Collects rebalance events raised inside `poll`, so the thread can put them in order with
+/// the records.
+struct RebalanceLog {
+    topic: String,
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<u32>),
+    Revoked(Vec<u32>),
+}
+
+impl RebalanceLog {
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<u32> {
+        list.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition() as u32)
+            .collect()
+    }
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            // Commit what was acknowledged before the partitions go to another member.
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(topic = %self.topic, %error, "commit on revoke");
+            }
+            let revoked = self.partitions(list);
+            tracing::debug!(topic = %self.topic, ?revoked, "partitions revoked");
+            self.events
+                .lock()
+                .expect("never poisoned")
+                .push(RebalanceEvent::Revoked(revoked));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let assigned = self.partitions(list);
+                tracing::debug!(topic = %self.topic, ?assigned, "partitions assigned");
+                self.events
+                    .lock()
+                    .expect("never poisoned")
+                    .push(RebalanceEvent::Assigned(assigned));
+            }
+            Rebalance::Error(error) => tracing::warn!(topic = %self.topic, %error, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// The poll thread's view of one assigned partition.
+struct Assigned {
+    generation: u64,
+    epoch: u64,
+    /// Held at this offset until resumed.
+    held: Option<u64>,
+    /// The offset after the last record handed to the runtime.
+    next: Option<u64>,
+}
+
+type RawConsumer = BaseConsumer<RebalanceLog>;
+
+struct PollThread {
+    topic: String,
+    items: mpsc::Sender<Vec<Item>>,
+    commands: std_mpsc::Receiver<Command>,
+    partitions: HashMap<u32, Assigned>,
+    generations: u64,
+    /// A batch the runtime had no room for yet.
+    pending: Option<Vec<Item>>,
+    /// Partitions paused because the runtime is behind (not because of a hold).
+    backpressure: bool,
+}
+
+impl PollThread {
+    fn new(topic: String, items: mpsc::Sender<Vec<Item>>, commands: std_mpsc::Receiver<Command>) -> Self {
+        Self {
+            topic,
+            items,
+            commands,
+            partitions: HashMap::new(),
+            generations: 0,
+            pending: None,
+            backpressure: false,
+        }
+    }
+
+    fn run(mut self, consumer: RawConsumer) {
+        loop {
+            loop {
+                match self.commands.try_recv() {
+                    Ok(Command::Close(reply)) => return self.close(consumer, reply),
+                    Ok(command) => self.apply(&consumer, command),
+                    Err(std_mpsc::TryRecvError::Empty) => break,
+                    // The handle is gone without closing: commit and leave anyway.
+                    Err(std_mpsc::TryRecvError::Disconnected) => {
+                        return self.close(consumer, oneshot::channel().0)
+                    }
+                }
+            }
+            if !self.flush(&consumer) {
+                return self.close(consumer, oneshot::channel().0);
+            }
+            let mut batch = Vec::new();
+            let mut wait = if self.pending.is_some() {
+                Duration::from_millis(5)
+            } else {
+                POLL_WAIT
+            };
+            while batch.len() < BATCH {
+                let polled = consumer.poll(wait);
+                self.take_rebalances(&consumer, &mut batch);
+                match polled {
+                    None => break,
+                    Some(Ok(message)) => self.push_record(&message, &mut batch),
+                    Some(Err(error)) => {
+                        tracing::warn!(topic = %self.topic, %error, "consumer error; librdkafka retries");
+                        break;
+                    }
+                }
+                wait = Duration::ZERO;
+            }
+            if !batch.is_empty() {
+                match &mut self.pending {
+                    Some(pending) => pending.extend(batch),
+                    None => self.pending = Some(batch),
+                }
+                if !self.flush(&consumer) {
+                    return self.close(consumer, oneshot::channel().0);
+                }
+            }
+        }
+    }
+
+    /// Hands the pending batch to the runtime if there is room; pauses fetching if not.
+    /// Returns false when the runtime is gone.
+    fn flush(&mut self, consumer: &RawConsumer) -> bool {
+        let Some(batch) = self.pending.take() else {
+            return true;
+        };
+        match self.items.try_send(batch) {
+            Ok(()) => {
+                if self.backpressure {
+                    self.backpressure = false;
+                    let fetching: Vec<(u32, Option<u64>)> = self
+                        .partitions
+                        .iter()
+                        .filter(|(_, a)| a.held.is_none())
+                        .map(|(&p, a)| (p, a.next))
+                        .collect();
+                    for (partition, next) in fetching {
+                        self.resume_at(consumer, partition, next);
+                    }
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                self.pending = Some(batch);
+                if !self.backpressure {
+                    self.backpressure = true;
+                    let fetching: Vec<u32> = self
+                        .partitions
+                        .iter()
+                        .filter(|(_, a)| a.held.is_none())
+                        .map(|(&p, _)| p)
+                        .collect();
+                    self.pause(consumer, &fetching);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn take_rebalances(&mut self, consumer: &RawConsumer, batch: &mut Vec<Item>) {
+        let events = std::mem::take(&mut *consumer.context().events.lock().expect("never poisoned"));
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(revoked) => {
+                    for partition in &revoked {
+                        self.partitions.remove(partition);
+                    }
+                    if let Some(pending) = &mut self.pending {
+                        pending.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
+                    }
+                    batch.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
+                    batch.push(Item::Revoked(revoked));
+                }
+                RebalanceEvent::Assigned(assigned) => {
+                    let mut tagged = Vec::with_capacity(assigned.len());
+                    for partition in assigned {
+                        self.generations += 1;
+                        let generation = self.generations;
+                        self.partitions.insert(
+                            partition,
+                            Assigned {
+                                generation,
+                                epoch: 0,
+                                held: None,
+                                next: None,
+                            },
+                        );
+                        tagged.push((partition, generation));
+                    }
+                    // A partition may come back paused from an earlier assignment; start fresh,
+                    // unless the runtime is behind.
+                    let partitions: Vec<u32> = tagged.iter().map(|(p, _)| *p).collect();
+                    if self.backpressure {
+                        self.pause(consumer, &partitions);
+                    } else {
+                        self.resume(consumer, &partitions);
+                    }
+                    batch.push(Item::Assigned(tagged));
+                }
+            }
+        }
+    }
+
+    fn push_record(&mut self, message: &BorrowedMessage<'_>, batch: &mut Vec<Item>) {
+        let partition = message.partition() as u32;
+        let Some(assigned) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let offset = message.offset() as u64;
+        assigned.next = Some(offset + 1);
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        batch.push(Item::Record {
+            generation: assigned.generation,
+            epoch: assigned.epoch,
+            record: Record {
+                partition,
+                offset,
+                timestamp_ms: message.timestamp().to_millis(),
+                key: message.key().map(Bytes::copy_from_slice),
+                payload: message.payload().map(Bytes::copy_from_slice),
+                headers,
+            },
+        });
+    }
+
+    fn apply(&mut self, consumer: &RawConsumer, command: Command) {
+        match command {
+            Command::Hold {
+                partition,
+                generation,
+                epoch,
+                offset,
+            } => {
+                let Some(assigned) = self.current(partition, generation) else {
+                    return;
+                };
+                assigned.epoch = epoch;
+                assigned.held = Some(offset);
+                assigned.next = Some(offset);
+                self.pause(consumer, &[partition]);
+            }
+            Command::Resume {
+                partition,
+                generation,
+                epoch,
+            } => {
+                let Some(assigned) = self.current(partition, generation) else {
+                    return;
+                };
+                assigned.epoch = epoch;
+                let Some(offset) = assigned.held.take() else {
+                    return;
+                };
+                if !self.backpressure {
+                    self.resume_at(consumer, partition, Some(offset));
+                }
+            }
+            Command::Ack {
+                partition,
+                generation,
+                offset,
+            } => {
+                if self.current(partition, generation).is_none() {
+                    return;
+                }
+                let mut list = TopicPartitionList::with_capacity(1);
+                let stored = list
+                    .add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset as i64 + 1))
+                    .and_then(|()| consumer.store_offsets(&list));
+                if let Err(error) = stored {
+                    tracing::warn!(topic = %self.topic, partition, offset, %error, "storing the offset failed");
+                }
+            }
+            Command::Close(_) => unreachable!("handled by run"),
+        }
+    }
+
+    fn current(&mut self, partition: u32, generation: u64) -> Option<&mut Assigned> {
+        self.partitions
+            .get_mut(&partition)
+            .filter(|a| a.generation == generation)
+    }
+
+    fn pause(&self, consumer: &RawConsumer, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(error) = consumer.pause(&self.list(partitions)) {
+            tracing::warn!(topic = %self.topic, ?partitions, %error, "pause failed");
+        }
+    }
+
+    fn resume(&self, consumer: &RawConsumer, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(error) = consumer.resume(&self.list(partitions)) {
+            tracing::warn!(topic = %self.topic, ?partitions, %error, "resume failed");
+        }
+    }
+
+    /// Resumes `partition`, first rewinding it to `offset`: librdkafka drops prefetched
+    /// messages on pause, and a hold must start again at the held message.
+    fn resume_at(&self, consumer: &RawConsumer, partition: u32, offset: Option<u64>) {
+        self.resume(consumer, &[partition]);
+        if let Some(offset) = offset {
+            let seek = consumer.seek(
+                &self.topic,
+                partition as i32,
+                Offset::Offset(offset as i64),
+                Duration::from_secs(5),
+            );
+            if let Err(error) = seek {
+                tracing::warn!(topic = %self.topic, partition, offset, %error, "seek failed");
+            }
+        }
+    }
+
+    fn list(&self, partitions: &[u32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition as i32);
+        }
+        list
+    }
+
+    fn close(self, consumer: RawConsumer, reply: oneshot::Sender<Result<(), BackendError>>) {
+        // Other members of the group (the other levels) may be leaving at the same moment; a
+        // commit during their rebalance is refused, so keep serving the group and try again.
+        let deadline = std::time::Instant::now() + CLOSE_COMMIT_LIMIT;
+        let committed = loop {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last commit is not a failure.
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => break Ok(()),
+                Err(KafkaError::ConsumerCommit(code))
+                    if retriable(code) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(topic = %self.topic, %code, "commit on close refused; retrying");
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+                Err(error) => break Err(transport(error)),
+            }
+        };
+        consumer.unsubscribe();
+        // Dropping the consumer closes it: it leaves the group now, not after a session timeout.
+        drop(consumer);
+        let _ = reply.send(committed);
+    }
+}
+
+/// Commit errors that pass once the group settles.
+fn retriable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::RequestTimedOut
+    )
+}

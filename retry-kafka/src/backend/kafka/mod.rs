@@ -1,0 +1,415 @@
+//! The Kafka backend, on rdkafka with a bundled librdkafka.
+//!
+//! Transport only: consumers that fetch, hold and resume partitions and store offsets; a
+//! producer that waits for the broker's acknowledgement; topic provisioning at start. What a
+//! failure means is decided by the runtime, as for every backend.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use super::{Backend, Delivered, OutboundRecord, Subscription};
+use crate::error::{BackendError, ConfigError};
+
+mod consumer;
+mod embedded;
+
+pub use consumer::KafkaConsumer;
+pub use embedded::EmbeddedKafka;
+
+/// Environment variable with the bootstrap servers, read by [`Kafka::from_env`].
+pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
+/// Environment variable with the bootstrap servers of the cluster holding retry and DLQ topics.
+pub const RETRY_BROKERS_ENV: &str = "KAFKA_RETRY_BROKERS";
+
+/// What [`App::start`](crate::App::start) does about retry and dead-letter topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provisioning {
+    /// Create missing ones with the main topic's partition count (the default).
+    #[default]
+    Create,
+    /// Only check they exist with enough partitions; fail naming the first one that does not.
+    Verify,
+    /// Neither create nor check.
+    Off,
+}
+
+/// Kafka through rdkafka.
+///
+/// ```no_run
+/// use retry_kafka::kafka::{Kafka, Provisioning};
+///
+/// let kafka = Kafka::builder("broker-1:9092,broker-2:9092")
+///     .consumer_property("session.timeout.ms", "10000")
+///     .property("security.protocol", "SASL_SSL") // consumers and producer alike
+///     .provisioning(Provisioning::Verify)
+///     .build()?;
+/// # Ok::<(), retry_kafka::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Kafka {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    // Clients first: fields drop in order, and an embedded cluster must outlive its clients.
+    main: Cluster,
+    retry: Option<Cluster>,
+    /// Topics that live on the retry cluster (when there is one).
+    derived: RwLock<HashSet<String>>,
+    consumer_properties: Vec<(String, String)>,
+    provisioning: Provisioning,
+    replication_factor: i32,
+    embedded: Option<Arc<EmbeddedKafka>>,
+}
+
+struct Cluster {
+    brokers: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+/// Settings of a [`Kafka`] backend.
+pub struct KafkaBuilder {
+    brokers: String,
+    retry_brokers: Option<String>,
+    consumer_properties: Vec<(String, String)>,
+    producer_properties: Vec<(String, String)>,
+    provisioning: Provisioning,
+    replication_factor: i32,
+    embedded: Option<Arc<EmbeddedKafka>>,
+}
+
+impl Kafka {
+    /// Settings for the cluster at `brokers` (`bootstrap.servers`).
+    pub fn builder(brokers: impl Into<String>) -> KafkaBuilder {
+        KafkaBuilder {
+            brokers: brokers.into(),
+            retry_brokers: None,
+            consumer_properties: Vec::new(),
+            producer_properties: Vec::new(),
+            provisioning: Provisioning::Create,
+            replication_factor: -1,
+            embedded: None,
+        }
+    }
+
+    /// The cluster named by `KAFKA_BROKERS` (and `KAFKA_RETRY_BROKERS`, if set).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let brokers = std::env::var(BROKERS_ENV).map_err(|_| ConfigError::Invalid {
+            field: BROKERS_ENV,
+            reason: "not set; give the bootstrap servers, e.g. localhost:9092".into(),
+        })?;
+        let mut builder = Self::builder(brokers);
+        if let Ok(retry) = std::env::var(RETRY_BROKERS_ENV) {
+            builder = builder.retry_brokers(retry);
+        }
+        builder.build()
+    }
+
+    /// A new embedded cluster (librdkafka's in-process mock) and a backend on it.
+    pub fn embedded() -> Result<Self, BackendError> {
+        let cluster = Arc::new(EmbeddedKafka::start(1)?);
+        Self::on_embedded(cluster).map_err(|error| BackendError::Transport {
+            backend: "kafka",
+            source: error.into(),
+        })
+    }
+
+    /// A backend on an embedded cluster that is already running.
+    pub fn on_embedded(cluster: Arc<EmbeddedKafka>) -> Result<Self, ConfigError> {
+        let mut builder = Self::builder(cluster.bootstrap_servers());
+        for (key, value) in EmbeddedKafka::consumer_defaults() {
+            builder = builder.consumer_property(key, value);
+        }
+        builder.embedded = Some(cluster);
+        builder.build()
+    }
+
+    /// The embedded cluster this backend runs on, if any.
+    pub fn embedded_cluster(&self) -> Option<&Arc<EmbeddedKafka>> {
+        self.shared.embedded.as_ref()
+    }
+
+    /// The main cluster's bootstrap servers.
+    pub fn brokers(&self) -> &str {
+        &self.shared.main.brokers
+    }
+
+    /// Creates `topic` on the main cluster with `partitions` partitions, if it does not exist.
+    pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
+        self.create_on(&self.shared.main, topic, partitions).await
+    }
+
+    fn cluster_of(&self, topic: &str) -> &Cluster {
+        match &self.shared.retry {
+            Some(retry)
+                if self
+                    .shared
+                    .derived
+                    .read()
+                    .expect("never poisoned")
+                    .contains(topic) =>
+            {
+                retry
+            }
+            _ => &self.shared.main,
+        }
+    }
+
+    async fn create_on(&self, cluster: &Cluster, topic: &str, partitions: u32) -> Result<(), BackendError> {
+        if let (Some(embedded), true) = (&self.shared.embedded, std::ptr::eq(cluster, &self.shared.main)) {
+            return embedded.create_topic(topic, partitions);
+        }
+        let new = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(self.shared.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = cluster
+            .admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(transport)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BackendError::Transport {
+                        backend: "kafka",
+                        source: format!("creating topic {name:?} failed: {code}").into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The partition count of `topic`, or `None` if it does not exist.
+    async fn partitions(&self, cluster: &Cluster, topic: &str) -> Result<Option<u32>, BackendError> {
+        let producer = cluster.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(transport)?;
+            Ok(metadata.topics().first().and_then(|t| match t.error() {
+                None if !t.partitions().is_empty() => Some(t.partitions().len() as u32),
+                _ => None,
+            }))
+        })
+        .await
+        .map_err(transport)?
+    }
+}
+
+impl KafkaBuilder {
+    /// Puts retry and dead-letter topics on another cluster.
+    pub fn retry_brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.retry_brokers = Some(brokers.into());
+        self
+    }
+
+    /// A librdkafka property for consumers and producers alike (security, SASL, TLS, ...).
+    pub fn property(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let (key, value) = (key.into(), value.into());
+        self.consumer_property(key.clone(), value.clone())
+            .producer_property(key, value)
+    }
+
+    /// A librdkafka property for consumers only.
+    pub fn consumer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// A librdkafka property for the producer only.
+    pub fn producer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// What to do about missing retry and dead-letter topics at start.
+    pub fn provisioning(mut self, provisioning: Provisioning) -> Self {
+        self.provisioning = provisioning;
+        self
+    }
+
+    /// The replication factor of created topics; -1 (the default) takes the broker's default.
+    pub fn replication_factor(mut self, factor: i32) -> Self {
+        self.replication_factor = factor;
+        self
+    }
+
+    /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it.
+    pub fn build(self) -> Result<Kafka, ConfigError> {
+        let cluster = |brokers: &str| -> Result<Cluster, ConfigError> {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", brokers)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                // Java's partitioner: a key lands on the same partition as with Java producers.
+                .set("partitioner", "murmur2_random")
+                .set("linger.ms", "2")
+                .set("message.timeout.ms", "30000");
+            for (key, value) in &self.producer_properties {
+                config.set(key, value);
+            }
+            let producer: FutureProducer = config
+                .create()
+                .map_err(|error| invalid("producer property", error))?;
+            let admin = config
+                .create()
+                .map_err(|error| invalid("producer property", error))?;
+            Ok(Cluster {
+                brokers: brokers.to_owned(),
+                producer,
+                admin,
+            })
+        };
+        let main = cluster(&self.brokers)?;
+        let retry = self.retry_brokers.as_deref().map(cluster).transpose()?;
+        // Consumer properties are checked now too, so a typo fails at start, not at subscribe.
+        consumer::config(
+            &self.brokers,
+            "retry-kafka-config-check",
+            &self.consumer_properties,
+        )
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(|error| invalid("consumer property", error))?;
+        Ok(Kafka {
+            shared: Arc::new(Shared {
+                main,
+                retry,
+                derived: RwLock::new(HashSet::new()),
+                consumer_properties: self.consumer_properties,
+                provisioning: self.provisioning,
+                replication_factor: self.replication_factor,
+                embedded: self.embedded,
+            }),
+        })
+    }
+}
+
+fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: error.to_string(),
+    }
+}
+
+pub(crate) fn transport(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
+    BackendError::Transport {
+        backend: "kafka",
+        source: error.into(),
+    }
+}
+
+impl Backend for Kafka {
+    type Consumer = KafkaConsumer;
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn provision(&self, main: &str, derived: &[String]) -> Result<(), BackendError> {
+        self.shared
+            .derived
+            .write()
+            .expect("never poisoned")
+            .extend(derived.iter().cloned());
+        if self.shared.provisioning == Provisioning::Off {
+            return Ok(());
+        }
+        let partitions =
+            self.partitions(&self.shared.main, main)
+                .await?
+                .ok_or_else(|| BackendError::UnknownTopic {
+                    topic: main.to_owned(),
+                    hint: "; create it first: its retry and dead-letter topics copy its partition count"
+                        .into(),
+                })?;
+        for topic in derived {
+            let cluster = self.cluster_of(topic);
+            let actual = match self.partitions(cluster, topic).await? {
+                Some(actual) => actual,
+                None if self.shared.provisioning == Provisioning::Create => {
+                    tracing::info!(%topic, partitions, "creating topic");
+                    self.create_on(cluster, topic, partitions).await?;
+                    continue;
+                }
+                None => {
+                    return Err(BackendError::UnknownTopic {
+                        topic: topic.clone(),
+                        hint: " and topic creation is off".into(),
+                    })
+                }
+            };
+            if actual < partitions {
+                return Err(BackendError::TooFewPartitions {
+                    topic: topic.clone(),
+                    actual,
+                    needed: partitions,
+                    main: main.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {
+        let brokers = self.cluster_of(&subscription.topic).brokers.clone();
+        KafkaConsumer::start(
+            self.clone(),
+            &brokers,
+            subscription,
+            &self.shared.consumer_properties,
+        )
+    }
+
+    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in record.headers.iter() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut outbound: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(partition) = record.partition {
+            outbound = outbound.partition(partition as i32);
+        }
+        if let Some(key) = record.key.as_deref() {
+            outbound = outbound.key(key);
+        }
+        if let Some(payload) = record.payload.as_deref() {
+            outbound = outbound.payload(payload);
+        }
+        match self
+            .cluster_of(topic)
+            .producer
+            .send(outbound, Timeout::Never)
+            .await
+        {
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition as u32,
+                offset: delivery.offset as u64,
+            }),
+            Err((error, _)) => Err(BackendError::Produce {
+                topic: topic.to_owned(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+}

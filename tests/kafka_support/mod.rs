@@ -1,0 +1,271 @@
+//! Kafka test support: the conformance harness over a `Kafka` backend, and a real
+//! Kafka-protocol broker process (tansu) started on a free loopback port and stopped on drop.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use retry_kafka::backend::Record;
+use retry_kafka::kafka::Kafka;
+use retry_kafka::{Bytes, Headers};
+
+use crate::conformance::Harness;
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// The conformance harness on any Kafka cluster.
+pub struct KafkaHarness {
+    pub backend: Kafka,
+    /// Keeps a broker process alive as long as the harness.
+    pub broker: Option<Tansu>,
+}
+
+impl KafkaHarness {
+    fn client(&self, group: Option<&str>) -> BaseConsumer {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.backend.brokers())
+            .set("group.id", group.unwrap_or("retry-kafka-inspector"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        config.create().expect("inspection client")
+    }
+
+    fn partitions(&self, client: &BaseConsumer, topic: &str) -> u32 {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        metadata.topics().first().map_or(0, |t| {
+            if t.error().is_some() {
+                0
+            } else {
+                t.partitions().len() as u32
+            }
+        })
+    }
+
+    fn blocking_end_offsets(&self, topic: &str) -> Vec<u64> {
+        let client = self.client(None);
+        (0..self.partitions(&client, topic))
+            .map(|p| {
+                client
+                    .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1 as u64
+            })
+            .collect()
+    }
+
+    fn blocking_records(&self, topic: &str) -> Vec<Record> {
+        let ends = self.blocking_end_offsets(topic);
+        let mut records = Vec::new();
+        for (partition, &end) in ends.iter().enumerate() {
+            if end == 0 {
+                continue;
+            }
+            let client = self.client(None);
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, partition as i32, Offset::Beginning)
+                .unwrap();
+            client.assign(&list).expect("assign");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "reading {topic}[{partition}] up to {end} timed out"
+                );
+                let Some(message) = client.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let message = message.expect("read");
+                let headers: Headers = message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    partition: partition as u32,
+                    offset: message.offset() as u64,
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(Bytes::copy_from_slice),
+                    payload: message.payload().map(Bytes::copy_from_slice),
+                    headers,
+                });
+                if message.offset() as u64 + 1 >= end {
+                    break;
+                }
+            }
+        }
+        records
+    }
+
+    fn blocking_committed(&self, topic: &str, group: &str) -> Vec<u64> {
+        let client = self.client(Some(group));
+        let partitions = self.partitions(&client, topic);
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(topic, partition as i32);
+        }
+        let committed = client
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(
+                |p| match committed.find_partition(topic, p as i32).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => offset as u64,
+                    _ => 0,
+                },
+            )
+            .collect()
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("inspection task")
+}
+
+impl Harness for KafkaHarness {
+    type Backend = Kafka;
+
+    fn backend(&self) -> Kafka {
+        self.backend.clone()
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: u32) {
+        self.backend
+            .create_topic(topic, partitions)
+            .await
+            .expect("create topic");
+        // Wait until the topic is visible, so the app's provisioning sees it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.end_offsets(topic).await.len() != partitions as usize {
+            assert!(Instant::now() < deadline, "topic {topic} did not appear");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn records(&self, topic: &str) -> Vec<Record> {
+        let this = self.shallow();
+        let topic = topic.to_owned();
+        blocking(move || this.blocking_records(&topic)).await
+    }
+
+    async fn committed(&self, topic: &str, group: &str) -> Vec<u64> {
+        let this = self.shallow();
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        blocking(move || this.blocking_committed(&topic, &group)).await
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Vec<u64> {
+        let this = self.shallow();
+        let topic = topic.to_owned();
+        blocking(move || this.blocking_end_offsets(&topic)).await
+    }
+}
+
+impl KafkaHarness {
+    /// A harness on the same backend without the broker process, for blocking helpers.
+    fn shallow(&self) -> KafkaHarness {
+        KafkaHarness {
+            backend: self.backend.clone(),
+            broker: None,
+        }
+    }
+}
+
+/// A tansu broker process (Apache Kafka protocol, memory storage) on a free loopback port.
+pub struct Tansu {
+    child: Child,
+    pub bootstrap: String,
+    log: PathBuf,
+}
+
+impl Tansu {
+    /// The binary: `$TANSU_BIN`, or `.tools/bin/tansu` as `scripts/test.sh` installs it.
+    pub fn binary() -> PathBuf {
+        let path = std::env::var_os("TANSU_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/tansu"));
+        assert!(
+            path.is_file(),
+            "the tansu broker is not installed at {}: run ./scripts/test.sh (or ./scripts/install-test-deps.sh) \
+             to install it, or set TANSU_BIN",
+            path.display()
+        );
+        path
+    }
+
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("retry-kafka-tansu-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("broker log file");
+        let child = Command::new(Self::binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::from(log_file.try_clone().unwrap()))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("start tansu");
+        let mut broker = Tansu {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!(
+                    "tansu exited with {status}; log: {}",
+                    std::fs::read_to_string(&broker.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {port} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        // Only the process this test started, by its own handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
