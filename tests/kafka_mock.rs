@@ -30,3 +30,64 @@ impl FaultInjection for KafkaHarness {
 
 conformance_suite!(mock);
 fault_injection_suite!(mock);
+
+// Provisioning, on the mock cluster (its topics are created through the mock's own API).
+
+use conformance::Harness;
+use retry_kafka::{App, Provisioning};
+
+async fn start_error(harness: &KafkaHarness, provisioning: Provisioning) -> String {
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(|spec| spec.group() == "conf-permanent")
+        .provisioning(provisioning)
+        .build()
+        .unwrap();
+    match app.start().await {
+        Ok(_) => panic!("start should fail"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_main_topic_fails_start_naming_it() {
+    let harness = mock().await;
+    assert_eq!(
+        start_error(&harness, Provisioning::Create).await,
+        "topic \"conf.permanent\" does not exist; create it first: its retry and dead-letter topics copy its \
+         partition count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_mode_names_the_missing_retry_topic() {
+    let harness = mock().await;
+    harness.create_topic("conf.permanent", 3).await;
+    assert_eq!(
+        start_error(&harness, Provisioning::Verify).await,
+        "topic \"conf.permanent.conf-permanent.retry.1\" does not exist and topic creation is off \
+         (Provisioning::Verify)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_mode_copies_the_partition_count_and_rejects_smaller_topics() {
+    let harness = mock().await;
+    harness.create_topic("conf.permanent", 3).await;
+    harness
+        .create_topic("conf.permanent.conf-permanent.retry.2", 2)
+        .await;
+    assert_eq!(
+        start_error(&harness, Provisioning::Create).await,
+        "topic \"conf.permanent.conf-permanent.retry.2\" has 2 partitions but needs at least 3 (as many as \
+         \"conf.permanent\")"
+    );
+    // Level 1 was created before level 2 was found too small, with the main topic's count.
+    assert_eq!(
+        harness
+            .end_offsets("conf.permanent.conf-permanent.retry.1")
+            .await
+            .len(),
+        3
+    );
+}

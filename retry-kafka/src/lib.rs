@@ -47,7 +47,7 @@ pub use headers::{
 };
 pub use policy::{RetryPolicy, Step, TopicNaming, Topology};
 pub use producer::{Producer, SendError};
-pub use runtime::{run, App, AppBuilder, NoBackend, Running, ShutdownHandle, BACKEND_ENV};
+pub use runtime::{run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV};
 pub use stats::{HandlerStats, Stats};
 
 /// Derives [`Event`]: `#[event(topic = "...", key = "field", codec = Path, name = "...")]`.

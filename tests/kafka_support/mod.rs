@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use retry_kafka::backend::Record;
+use retry_kafka::backend::{Backend, Record};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::{Bytes, Headers};
 
@@ -153,8 +153,7 @@ impl Harness for KafkaHarness {
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) {
-        self.backend
-            .create_topic(topic, partitions)
+        Backend::create_topic(&self.backend, topic, partitions)
             .await
             .expect("create topic");
         // Wait until the topic is visible, so the app's provisioning sees it.

@@ -196,31 +196,23 @@ impl Backend for InMemory {
         "memory"
     }
 
-    async fn provision(&self, main: &str, derived: &[String]) -> Result<(), BackendError> {
+    /// Topics are created on first use, as on a Kafka cluster with
+    /// `auto.create.topics.enable`, with the broker's default partition count.
+    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
         let default = self.shared.default_partitions;
         let mut state = self.state();
-        let partitions = state
-            .topics
-            .entry(main.to_owned())
-            .or_insert_with(|| Topic::new(default))
-            .partitions
-            .len() as u32;
-        for topic in derived {
-            let actual = state
+        Ok(Some(
+            state
                 .topics
-                .entry(topic.clone())
-                .or_insert_with(|| Topic::new(partitions))
+                .entry(topic.to_owned())
+                .or_insert_with(|| Topic::new(default))
                 .partitions
-                .len() as u32;
-            if actual < partitions {
-                return Err(BackendError::TooFewPartitions {
-                    topic: topic.clone(),
-                    actual,
-                    needed: partitions,
-                    main: main.to_owned(),
-                });
-            }
-        }
+                .len() as u32,
+        ))
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
+        InMemory::create_topic(self, topic, partitions);
         Ok(())
     }
 

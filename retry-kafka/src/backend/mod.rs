@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::error::BackendError;
 use crate::headers::Headers;
+use crate::policy::Topology;
 
 pub mod memory;
 
@@ -100,12 +101,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// A short name for logs: `memory`, `kafka`, `redis`.
     fn name(&self) -> &'static str;
 
-    /// Makes sure `main` exists and creates each topic of `derived` that is missing with as
-    /// many partitions as `main`; fails naming the topic when that cannot be done.
-    fn provision(
+    /// Learns the topics of one handler before anything else happens to them (a backend
+    /// that keeps retry topics on another cluster routes by this).
+    fn prepare(&self, topology: &Topology) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = topology;
+        async { Ok(()) }
+    }
+
+    /// The partition count of `topic`, or `None` if it does not exist.
+    fn partitions(&self, topic: &str) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send;
+
+    /// Creates `topic` with `partitions` partitions (no error if it already exists).
+    fn create_topic(
         &self,
-        main: &str,
-        derived: &[String],
+        topic: &str,
+        partitions: u32,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Joins `subscription.group` as a new member reading `subscription.topic`.

@@ -17,7 +17,10 @@ use crate::stats::{Counters, Stats};
 use crate::InMemory;
 
 mod consumer;
+mod provision;
 mod validate;
+
+pub use provision::Provisioning;
 
 /// How long in-flight handlers may run after shutdown is requested.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +78,7 @@ pub struct AppBuilder<B> {
     filter: Option<HandlerFilter>,
     naming: TopicNaming,
     shutdown_timeout: Duration,
+    provisioning: Provisioning,
 }
 
 type HandlerFilter = Box<dyn Fn(&HandlerSpec) -> bool + Send + Sync>;
@@ -108,6 +112,7 @@ pub struct App<B: Backend> {
     counters: Vec<Arc<Counters>>,
     shutdown: ShutdownHandle,
     shutdown_timeout: Duration,
+    provisioning: Provisioning,
 }
 
 impl App<InMemory> {
@@ -118,6 +123,7 @@ impl App<InMemory> {
             filter: None,
             naming: TopicNaming::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            provisioning: Provisioning::default(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl<B> AppBuilder<B> {
             filter: self.filter,
             naming: self.naming,
             shutdown_timeout: self.shutdown_timeout,
+            provisioning: self.provisioning,
         }
     }
 
@@ -142,6 +149,12 @@ impl<B> AppBuilder<B> {
     /// How retry and dead-letter topics are named.
     pub fn topic_naming(mut self, naming: TopicNaming) -> Self {
         self.naming = naming;
+        self
+    }
+
+    /// What to do about missing retry and dead-letter topics at start (default: create them).
+    pub fn provisioning(mut self, provisioning: Provisioning) -> Self {
+        self.provisioning = provisioning;
         self
     }
 
@@ -166,6 +179,7 @@ impl<B: Backend> AppBuilder<B> {
             topologies: topologies.into_iter().map(Arc::new).collect(),
             shutdown: ShutdownHandle::default(),
             shutdown_timeout: self.shutdown_timeout,
+            provisioning: self.provisioning,
         })
     }
 }
@@ -206,8 +220,7 @@ impl<B: Backend> App<B> {
     /// Creates the topics, joins every group and starts the consumers; returns once all run.
     pub async fn start(&self) -> Result<Running, Error> {
         for topology in &self.topologies {
-            let derived: Vec<String> = topology.derived().map(str::to_owned).collect();
-            self.backend.provision(&topology.main, &derived).await?;
+            provision::provision(&self.backend, topology, self.provisioning).await?;
         }
         let shutdown = Shutdown {
             handle: self.shutdown.clone(),

@@ -11,13 +11,15 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use super::{Backend, Delivered, OutboundRecord, Subscription};
 use crate::error::{BackendError, ConfigError};
+use crate::policy::Topology;
 
 mod consumer;
 mod embedded;
@@ -30,27 +32,14 @@ pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
 /// Environment variable with the bootstrap servers of the cluster holding retry and DLQ topics.
 pub const RETRY_BROKERS_ENV: &str = "KAFKA_RETRY_BROKERS";
 
-/// What [`App::start`](crate::App::start) does about retry and dead-letter topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Provisioning {
-    /// Create missing ones with the main topic's partition count (the default).
-    #[default]
-    Create,
-    /// Only check they exist with enough partitions; fail naming the first one that does not.
-    Verify,
-    /// Neither create nor check.
-    Off,
-}
-
 /// Kafka through rdkafka.
 ///
 /// ```no_run
-/// use retry_kafka::kafka::{Kafka, Provisioning};
+/// use retry_kafka::kafka::Kafka;
 ///
 /// let kafka = Kafka::builder("broker-1:9092,broker-2:9092")
 ///     .consumer_property("session.timeout.ms", "10000")
 ///     .property("security.protocol", "SASL_SSL") // consumers and producer alike
-///     .provisioning(Provisioning::Verify)
 ///     .build()?;
 /// # Ok::<(), retry_kafka::ConfigError>(())
 /// ```
@@ -66,7 +55,6 @@ struct Shared {
     /// Topics that live on the retry cluster (when there is one).
     derived: RwLock<HashSet<String>>,
     consumer_properties: Vec<(String, String)>,
-    provisioning: Provisioning,
     replication_factor: i32,
     embedded: Option<Arc<EmbeddedKafka>>,
 }
@@ -75,6 +63,9 @@ struct Cluster {
     brokers: String,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
+    /// Answers metadata questions without creating topics (a producer's metadata request may
+    /// auto-create the topic it asks about).
+    metadata: Arc<BaseConsumer>,
 }
 
 /// Settings of a [`Kafka`] backend.
@@ -83,7 +74,6 @@ pub struct KafkaBuilder {
     retry_brokers: Option<String>,
     consumer_properties: Vec<(String, String)>,
     producer_properties: Vec<(String, String)>,
-    provisioning: Provisioning,
     replication_factor: i32,
     embedded: Option<Arc<EmbeddedKafka>>,
 }
@@ -96,7 +86,6 @@ impl Kafka {
             retry_brokers: None,
             consumer_properties: Vec::new(),
             producer_properties: Vec::new(),
-            provisioning: Provisioning::Create,
             replication_factor: -1,
             embedded: None,
         }
@@ -142,11 +131,6 @@ impl Kafka {
     /// The main cluster's bootstrap servers.
     pub fn brokers(&self) -> &str {
         &self.shared.main.brokers
-    }
-
-    /// Creates `topic` on the main cluster with `partitions` partitions, if it does not exist.
-    pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
-        self.create_on(&self.shared.main, topic, partitions).await
     }
 
     fn cluster_of(&self, topic: &str) -> &Cluster {
@@ -195,12 +179,11 @@ impl Kafka {
     }
 
     /// The partition count of `topic`, or `None` if it does not exist.
-    async fn partitions(&self, cluster: &Cluster, topic: &str) -> Result<Option<u32>, BackendError> {
-        let producer = cluster.producer.clone();
+    async fn partitions_on(&self, cluster: &Cluster, topic: &str) -> Result<Option<u32>, BackendError> {
+        let client = cluster.metadata.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
-            let metadata = producer
-                .client()
+            let metadata = client
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
                 .map_err(transport)?;
             Ok(metadata.topics().first().and_then(|t| match t.error() {
@@ -239,12 +222,6 @@ impl KafkaBuilder {
         self
     }
 
-    /// What to do about missing retry and dead-letter topics at start.
-    pub fn provisioning(mut self, provisioning: Provisioning) -> Self {
-        self.provisioning = provisioning;
-        self
-    }
-
     /// The replication factor of created topics; -1 (the default) takes the broker's default.
     pub fn replication_factor(mut self, factor: i32) -> Self {
         self.replication_factor = factor;
@@ -272,29 +249,26 @@ impl KafkaBuilder {
             let admin = config
                 .create()
                 .map_err(|error| invalid("producer property", error))?;
+            // Consumer properties are checked here too, so a typo fails at start.
+            let metadata = consumer::config(brokers, "retry-kafka-metadata", &self.consumer_properties)
+                .set("allow.auto.create.topics", "false")
+                .create()
+                .map_err(|error| invalid("consumer property", error))?;
             Ok(Cluster {
                 brokers: brokers.to_owned(),
                 producer,
                 admin,
+                metadata: Arc::new(metadata),
             })
         };
         let main = cluster(&self.brokers)?;
         let retry = self.retry_brokers.as_deref().map(cluster).transpose()?;
-        // Consumer properties are checked now too, so a typo fails at start, not at subscribe.
-        consumer::config(
-            &self.brokers,
-            "retry-kafka-config-check",
-            &self.consumer_properties,
-        )
-        .create::<rdkafka::consumer::BaseConsumer>()
-        .map_err(|error| invalid("consumer property", error))?;
         Ok(Kafka {
             shared: Arc::new(Shared {
                 main,
                 retry,
                 derived: RwLock::new(HashSet::new()),
                 consumer_properties: self.consumer_properties,
-                provisioning: self.provisioning,
                 replication_factor: self.replication_factor,
                 embedded: self.embedded,
             }),
@@ -323,49 +297,21 @@ impl Backend for Kafka {
         "kafka"
     }
 
-    async fn provision(&self, main: &str, derived: &[String]) -> Result<(), BackendError> {
+    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
         self.shared
             .derived
             .write()
             .expect("never poisoned")
-            .extend(derived.iter().cloned());
-        if self.shared.provisioning == Provisioning::Off {
-            return Ok(());
-        }
-        let partitions =
-            self.partitions(&self.shared.main, main)
-                .await?
-                .ok_or_else(|| BackendError::UnknownTopic {
-                    topic: main.to_owned(),
-                    hint: "; create it first: its retry and dead-letter topics copy its partition count"
-                        .into(),
-                })?;
-        for topic in derived {
-            let cluster = self.cluster_of(topic);
-            let actual = match self.partitions(cluster, topic).await? {
-                Some(actual) => actual,
-                None if self.shared.provisioning == Provisioning::Create => {
-                    tracing::info!(%topic, partitions, "creating topic");
-                    self.create_on(cluster, topic, partitions).await?;
-                    continue;
-                }
-                None => {
-                    return Err(BackendError::UnknownTopic {
-                        topic: topic.clone(),
-                        hint: " and topic creation is off".into(),
-                    })
-                }
-            };
-            if actual < partitions {
-                return Err(BackendError::TooFewPartitions {
-                    topic: topic.clone(),
-                    actual,
-                    needed: partitions,
-                    main: main.to_owned(),
-                });
-            }
-        }
+            .extend(topology.derived().map(str::to_owned));
         Ok(())
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
+        self.partitions_on(self.cluster_of(topic), topic).await
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
+        self.create_on(self.cluster_of(topic), topic, partitions).await
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {

@@ -1,0 +1,67 @@
+//! Topic provisioning at start, the same rule on every backend: the main topic must exist, and
+//! each retry and dead-letter topic has at least as many partitions (a failed message keeps its
+//! partition number on every hop).
+
+use crate::backend::Backend;
+use crate::error::BackendError;
+use crate::policy::Topology;
+
+/// What [`App::start`](crate::App::start) does about retry and dead-letter topics.
+///
+/// ```
+/// use retry_kafka::{App, InMemory, Provisioning};
+/// let builder = App::builder().backend(InMemory::new()).provisioning(Provisioning::Verify);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provisioning {
+    /// Create the missing ones with the main topic's partition count (the default).
+    #[default]
+    Create,
+    /// Only check that they exist with enough partitions; fail naming the first that does not.
+    Verify,
+    /// Neither create nor check (topics are managed elsewhere).
+    Off,
+}
+
+pub(crate) async fn provision<B: Backend>(
+    backend: &B,
+    topology: &Topology,
+    mode: Provisioning,
+) -> Result<(), BackendError> {
+    backend.prepare(topology).await?;
+    if mode == Provisioning::Off {
+        return Ok(());
+    }
+    let main = &topology.main;
+    let needed = backend
+        .partitions(main)
+        .await?
+        .ok_or_else(|| BackendError::UnknownTopic {
+            topic: main.clone(),
+            hint: "; create it first: its retry and dead-letter topics copy its partition count".into(),
+        })?;
+    for topic in topology.derived() {
+        match backend.partitions(topic).await? {
+            Some(actual) if actual < needed => {
+                return Err(BackendError::TooFewPartitions {
+                    topic: topic.to_owned(),
+                    actual,
+                    needed,
+                    main: main.clone(),
+                })
+            }
+            Some(_) => {}
+            None if mode == Provisioning::Create => {
+                tracing::info!(%topic, partitions = needed, "creating topic");
+                backend.create_topic(topic, needed).await?;
+            }
+            None => {
+                return Err(BackendError::UnknownTopic {
+                    topic: topic.to_owned(),
+                    hint: " and topic creation is off (Provisioning::Verify)".into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
