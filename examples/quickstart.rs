@@ -6,11 +6,15 @@
 //! ```
 //!
 //! It publishes 300 orders, waits until every retry has settled, prints what happened and
-//! exits 0. With nothing configured it runs on the embedded in-process broker and says so.
+//! exits 0. With nothing configured it runs the full Kafka path on an embedded Kafka cluster
+//! (librdkafka's in-process mock broker) and says so; with `KAFKA_BROKERS` set it runs on that
+//! cluster.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use retry_kafka::backend::Backend as _;
+use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::Stats;
 use serde::{Deserialize, Serialize};
@@ -68,57 +72,117 @@ pub struct Summary {
     pub dead_letters: Vec<retry_kafka::backend::Record>,
 }
 
-/// Runs the service on an embedded broker until every retry has settled.
-pub async fn run_demo(orders: u64) -> anyhow::Result<Summary> {
-    let broker = InMemory::new();
-    let app = App::builder().backend(broker.clone()).build()?;
+/// The cluster named by `KAFKA_BROKERS`, or an embedded one; says which.
+pub fn kafka_from_env() -> anyhow::Result<(Kafka, String)> {
+    Ok(match std::env::var(retry_kafka::kafka::BROKERS_ENV) {
+        Ok(brokers) => (Kafka::from_env()?, format!("running on the Kafka cluster at {brokers}")),
+        Err(_) => (
+            Kafka::embedded()?,
+            "no KAFKA_BROKERS set, running on an embedded Kafka cluster (librdkafka's in-process mock broker)"
+                .to_owned(),
+        ),
+    })
+}
+
+/// Runs the service until every retry has settled.
+pub async fn run_demo(kafka: Kafka, orders: u64) -> anyhow::Result<Summary> {
+    // The main topic must exist; its retry and dead-letter topics are created to match it.
+    kafka.create_topic("orders", 4).await?;
+    let app = App::builder().backend(kafka.clone()).build()?;
     let running = app.start().await?;
 
     let producer = app.producer();
     for order_id in 0..orders {
         let amount_cents = if order_id == 13 { 0 } else { 500 + order_id * 7 };
-        producer
-            .send(&OrderPlaced {
-                order_id,
-                amount_cents,
-                customer: format!("customer-{}", order_id % 17),
-            })
-            .await?;
+        let order = OrderPlaced {
+            order_id,
+            amount_cents,
+            customer: format!("customer-{}", order_id % 17),
+        };
+        producer.send(&order).await?;
     }
 
-    // Settled when the group has acknowledged everything on the main topic and every level.
-    let topology = app.topology(0).clone();
-    let group = app.handlers()[0].group();
+    // Settled when every level has acknowledged everything published to it.
     let settled = async {
         loop {
-            let backlog: u64 = std::iter::once(&topology.main)
-                .chain(&topology.retries)
-                .map(|topic| broker.lag(topic, group))
-                .sum();
-            if backlog == 0 {
-                break;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if app.backlog().await? == 0 && app.stats().handler("charge").is_some_and(|s| s.succeeded > 0) {
+                return anyhow::Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), settled)
+    tokio::time::timeout(Duration::from_secs(120), settled)
         .await
-        .context("retries did not settle within 60 s")?;
+        .context("retries did not settle within 120 s")??;
     running.shutdown().await?;
 
+    let topology = app.topology(0);
     let dead_letter_topic = topology
         .dead_letter
         .as_deref()
         .context("billing keeps dead letters")?;
     Ok(Summary {
         stats: app.stats(),
-        dead_letters: broker.records(dead_letter_topic),
+        dead_letters: read_all(&kafka, dead_letter_topic).await?,
     })
+}
+
+/// Reads a whole topic from the beginning, as any Kafka client would.
+async fn read_all(kafka: &Kafka, topic: &str) -> anyhow::Result<Vec<retry_kafka::backend::Record>> {
+    let brokers = kafka.brokers().to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers as _, Message};
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "quickstart-reader")
+            .create()?;
+        let timeout = Duration::from_secs(10);
+        let partitions = client.fetch_metadata(Some(&topic), timeout)?.topics()[0]
+            .partitions()
+            .len() as i32;
+        let mut records = Vec::new();
+        for partition in 0..partitions {
+            let (low, high) = client.fetch_watermarks(&topic, partition, timeout)?;
+            if high <= low {
+                continue;
+            }
+            let mut list = rdkafka::TopicPartitionList::new();
+            list.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(low))?;
+            client.assign(&list)?;
+            while let Some(message) = client.poll(timeout) {
+                let message = message?;
+                let headers = message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(retry_kafka::backend::Record {
+                    partition: partition as u32,
+                    offset: message.offset() as u64,
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(retry_kafka::Bytes::copy_from_slice),
+                    payload: message.payload().map(retry_kafka::Bytes::copy_from_slice),
+                    headers,
+                });
+                if message.offset() + 1 >= high {
+                    break;
+                }
+            }
+        }
+        anyhow::Ok(records)
+    })
+    .await?
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    println!("retry-kafka quickstart: no broker configured, running on the embedded in-process broker");
+    let (kafka, where_) = kafka_from_env()?;
+    println!("retry-kafka quickstart: {where_}");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
@@ -126,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let started = std::time::Instant::now();
-    let summary = run_demo(300).await?;
+    let summary = run_demo(kafka, 300).await?;
     let Some(billing) = summary.stats.handler("charge") else {
         bail!("the charge handler did not run")
     };

@@ -12,6 +12,9 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 cargo --version
 
+step "test dependencies (pinned, into .tools/)"
+./scripts/install-test-deps.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

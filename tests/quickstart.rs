@@ -6,7 +6,9 @@ mod quickstart;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_summary() {
-    let summary = quickstart::run_demo(300).await.expect("the demo runs");
+    // The embedded Kafka cluster, as `cargo run --example quickstart` uses with nothing set.
+    let kafka = retry_kafka::kafka::Kafka::embedded().expect("embedded cluster");
+    let summary = quickstart::run_demo(kafka, 300).await.expect("the demo runs");
     let billing = summary.stats.handler("charge").expect("charge ran");
     // 300 orders: #13 is permanent, #99 always fails, 6 orders (id % 50 == 7) fail twice and
     // 29 more (id % 10 == 3, not 13) fail once.

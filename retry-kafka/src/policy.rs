@@ -191,6 +191,29 @@ impl Topology {
         }
     }
 
+    /// The consumer group that reads level `level`: the handler's own group on the main topic,
+    /// and on a retry level a group named like the level's topic.
+    ///
+    /// Each level is a group of its own, so a member joining or leaving one level never
+    /// rebalances (and pauses) another, and every group reads exactly one topic.
+    ///
+    /// ```
+    /// # use retry_kafka::Topology;
+    /// let topology = Topology {
+    ///     main: "orders".into(),
+    ///     retries: vec!["orders.billing.retry.1".into()],
+    ///     dead_letter: Some("orders.billing.dlq".into()),
+    /// };
+    /// assert_eq!(topology.consumer_group("billing", 0), "billing");
+    /// assert_eq!(topology.consumer_group("billing", 1), "orders.billing.retry.1");
+    /// ```
+    pub fn consumer_group<'a>(&'a self, group: &'a str, level: u32) -> &'a str {
+        match level {
+            0 => group,
+            n => &self.retries[n as usize - 1],
+        }
+    }
+
     /// Every topic the handler writes to.
     pub fn derived(&self) -> impl Iterator<Item = &str> {
         self.retries.iter().chain(&self.dead_letter).map(String::as_str)

@@ -159,10 +159,13 @@ impl TestApp {
         let mut backlog = Vec::new();
         for (index, spec) in self.app.handlers().iter().enumerate() {
             let topology = self.app.topology(index);
-            for topic in std::iter::once(&topology.main).chain(&topology.retries) {
-                let lag = self.broker().lag(topic, spec.group());
+            for level in 0..=topology.retries.len() as u32 {
+                let topic = topology.level(level);
+                let lag = self
+                    .broker()
+                    .lag_of(topic, topology.consumer_group(spec.group(), level));
                 if lag > 0 {
-                    backlog.push((topic.clone(), lag));
+                    backlog.push((topic.to_owned(), lag));
                 }
             }
         }
@@ -173,7 +176,9 @@ impl TestApp {
     pub fn waiting(&self, handler: &str, level: u32) -> Vec<Record> {
         let (spec, topology) = self.find(handler);
         let topic = topology.level(level);
-        let committed = self.broker().committed(topic, spec.group());
+        let committed = self
+            .broker()
+            .committed(topic, topology.consumer_group(spec.group(), level));
         self.broker()
             .records(topic)
             .into_iter()

@@ -265,6 +265,8 @@ impl Drop for Tansu {
         // Only the process this test started, by its own handle.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        if std::env::var_os("RK_KEEP_BROKER_LOG").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

@@ -179,7 +179,7 @@ impl InMemory {
     }
 
     /// Messages of `topic` that `group` has not committed yet.
-    pub fn lag(&self, topic: &str, group: &str) -> u64 {
+    pub fn lag_of(&self, topic: &str, group: &str) -> u64 {
         let ends = self.end_offsets(topic);
         let committed = self.committed(topic, group);
         ends.iter()
@@ -214,6 +214,10 @@ impl Backend for InMemory {
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
         InMemory::create_topic(self, topic, partitions);
         Ok(())
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
+        Ok(self.lag_of(topic, group))
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<MemoryConsumer, BackendError> {

@@ -118,6 +118,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
         partitions: u32,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// Messages of `topic` that `group` has not committed yet (consumer lag).
+    fn lag(&self, topic: &str, group: &str) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
     /// Joins `subscription.group` as a new member reading `subscription.topic`.
     fn subscribe(
         &self,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Subscription};
-use crate::error::{ConfigError, Error};
+use crate::error::{BackendError, ConfigError, Error};
 use crate::handler::{registered_handlers, HandlerSpec};
 use crate::policy::{RetryPolicy, TopicNaming, Topology};
 use crate::producer::Producer;
@@ -212,6 +212,19 @@ impl<B: Backend> App<B> {
         }
     }
 
+    /// Messages not yet acknowledged on every handler's main topic and retry levels: 0 when
+    /// everything published so far has settled (succeeded, dead-lettered or dropped).
+    pub async fn backlog(&self) -> Result<u64, BackendError> {
+        let mut backlog = 0;
+        for (spec, topology) in self.handlers.iter().zip(&self.topologies) {
+            for level in 0..=topology.retries.len() as u32 {
+                let group = topology.consumer_group(spec.group(), level);
+                backlog += self.backend.lag(topology.level(level), group).await?;
+            }
+        }
+        Ok(backlog)
+    }
+
     /// A handle that stops the app from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -236,7 +249,7 @@ impl<B: Backend> App<B> {
                     .backend
                     .subscribe(Subscription {
                         topic: topic.to_owned(),
-                        group: spec.group().to_owned(),
+                        group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
                 let level = consumer::Level {

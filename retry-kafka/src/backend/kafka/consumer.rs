@@ -641,7 +641,6 @@ impl PollThread {
                 Err(error) => break Err(transport(error)),
             }
         };
-        consumer.unsubscribe();
         // Dropping the consumer closes it: it leaves the group now, not after a session timeout.
         drop(consumer);
         let _ = reply.send(committed);

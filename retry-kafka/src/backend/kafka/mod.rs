@@ -16,6 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Backend, Delivered, OutboundRecord, Subscription};
 use crate::error::{BackendError, ConfigError};
@@ -312,6 +313,44 @@ impl Backend for Kafka {
 
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
         self.create_on(self.cluster_of(topic), topic, partitions).await
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
+        let config = consumer::config(
+            &self.cluster_of(topic).brokers,
+            group,
+            &self.shared.consumer_properties,
+        );
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            // A client in the group that never joins it: it only reads the committed offsets.
+            let client: BaseConsumer = config.create().map_err(transport)?;
+            let timeout = Duration::from_secs(10);
+            let metadata = client.fetch_metadata(Some(&topic), timeout).map_err(transport)?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len() as i32);
+            let mut list = TopicPartitionList::new();
+            for partition in 0..partitions {
+                list.add_partition(&topic, partition);
+            }
+            let committed = client.committed_offsets(list, timeout).map_err(transport)?;
+            let mut lag = 0;
+            for partition in 0..partitions {
+                let (low, high) = client
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map_err(transport)?;
+                let done = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => offset.max(low),
+                    _ => low,
+                };
+                lag += (high - done).max(0) as u64;
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(transport)?
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {

