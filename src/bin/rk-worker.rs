@@ -1,0 +1,61 @@
+//! A worker process for the process-level Kafka tests (`tests/kafka_processes.rs`): the way a
+//! service runs, through `retry_kafka::run()` with `KAFKA_BROKERS` from the environment.
+//!
+//! Every attempt appends `id attempt outcome` to `$WORKER_LOG`, so a test can tell what was
+//! done even after the process was killed with SIGKILL.
+
+use std::io::Write;
+use std::time::Duration;
+
+use retry_kafka::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "proc.orders", key = "id")]
+struct Order {
+    id: u64,
+}
+
+fn log(line: &str) {
+    let path = std::env::var("WORKER_LOG").expect("WORKER_LOG is set");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("worker log");
+    // One small O_APPEND write per line: whole lines, even when the process is killed.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("write worker log");
+}
+
+/// Fails transiently on the first attempt of every 7th order, permanently for orders ending in
+/// 13 of each 50, and takes a few milliseconds, so a kill lands mid-run.
+#[retry_handler(group = "proc-workers", retries = ["500ms"], dlq)]
+async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let outcome = if order.id % 50 == 13 {
+        Err(HandlerError::permanent(format!("order {} is invalid", order.id)))
+    } else if order.id % 7 == 0 && ctx.attempt() == 1 {
+        Err(HandlerError::transient("try again"))
+    } else {
+        Ok(())
+    };
+    log(&format!(
+        "{} {} {}",
+        order.id,
+        ctx.attempt(),
+        if outcome.is_ok() { "ok" } else { "failed" }
+    ));
+    outcome
+}
+
+#[tokio::main]
+async fn main() -> retry_kafka::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    retry_kafka::run().await
+}
