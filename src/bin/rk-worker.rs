@@ -35,7 +35,7 @@ async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let outcome = if order.id % 50 == 13 {
         Err(HandlerError::permanent(format!("order {} is invalid", order.id)))
-    } else if order.id % 7 == 0 && ctx.attempt() == 1 {
+    } else if order.id.is_multiple_of(7) && ctx.attempt() == 1 {
         Err(HandlerError::transient("try again"))
     } else {
         Ok(())
