@@ -91,3 +91,81 @@ async fn create_mode_copies_the_partition_count_and_rejects_smaller_topics() {
         3
     );
 }
+
+// A broker outage mid-run: fetches, hand-offs and commits fail for a while; nothing is lost.
+
+use retry_kafka::prelude::{retry_handler, Context, Event, HandlerError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(topic = "mock.outage", key = "id")]
+struct Payment {
+    id: u64,
+}
+
+static SUCCEEDED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+#[retry_handler(group = "mock-outage", retries = ["300ms"], dlq)]
+async fn settle_payment(payment: Payment, ctx: Context) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    if payment.id % 5 == 0 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("bank busy"));
+    }
+    SUCCEEDED.lock().unwrap().push(payment.id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_mid_run_loses_nothing() {
+    let harness = mock().await;
+    harness.create_topic("mock.outage", 2).await;
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(|spec| spec.group() == "mock-outage")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    let producer = app.producer();
+    for id in 0..200 {
+        producer.send(&Payment { id }).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while SUCCEEDED.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "processing never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cluster = harness.backend.embedded_cluster().unwrap().clone();
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(1).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done: HashSet<u64> = SUCCEEDED.lock().unwrap().iter().copied().collect();
+        if done.len() == 200 && app.backlog().await.unwrap_or(1) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 200 done after the outage",
+            done.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.shutdown().await.unwrap();
+    assert!(harness.records("mock.outage.mock-outage.dlq").await.is_empty());
+    let stats = app.stats();
+    let stats = stats.handler("settle_payment").unwrap();
+    assert!(
+        stats.retried[0] >= 40,
+        "every 5th payment went through the retry level"
+    );
+    eprintln!(
+        "outage of 3 s: 200 payments done, {} successful attempts in all ({} repeats)",
+        stats.succeeded,
+        stats.succeeded - 200
+    );
+}

@@ -109,8 +109,6 @@ pub struct KafkaConsumer {
     partitions: HashMap<u32, PartitionView>,
     thread: Option<JoinHandle<()>>,
     topic: String,
-    /// Keeps an embedded cluster alive until this consumer's client is gone.
-    _backend: Kafka,
 }
 
 impl KafkaConsumer {
@@ -133,7 +131,11 @@ impl KafkaConsumer {
         let topic = subscription.topic.clone();
         let thread = std::thread::Builder::new()
             .name(format!("rk-poll-{}", subscription.topic))
-            .spawn(move || PollThread::new(subscription.topic, items_tx, commands_rx).run(consumer))
+            .spawn(move || {
+                PollThread::new(subscription.topic, items_tx, commands_rx).run(consumer);
+                // Only now may an embedded cluster go: its clients are closed.
+                drop(backend);
+            })
             .map_err(transport)?;
         Ok(Self {
             items,
@@ -142,7 +144,6 @@ impl KafkaConsumer {
             partitions: HashMap::new(),
             thread: Some(thread),
             topic,
-            _backend: backend,
         })
     }
 
