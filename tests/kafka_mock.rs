@@ -111,7 +111,7 @@ static SUCCEEDED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 #[retry_handler(group = "mock-outage", retries = ["300ms"], dlq)]
 async fn settle_payment(payment: Payment, ctx: Context) -> Result<(), HandlerError> {
     tokio::time::sleep(Duration::from_millis(10)).await;
-    if payment.id % 5 == 0 && ctx.attempt() == 1 {
+    if payment.id.is_multiple_of(5) && ctx.attempt() == 1 {
         return Err(HandlerError::transient("bank busy"));
     }
     SUCCEEDED.lock().unwrap().push(payment.id);
