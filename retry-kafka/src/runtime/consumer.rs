@@ -155,13 +155,16 @@ impl<B: Backend> Level<B> {
         // Held partitions and when their head message is due.
         let mut held: HashMap<u32, i64> = HashMap::new();
         let mut stopping = false;
+        // Registered once, not once per message.
+        let requested = self.shutdown.requested();
+        tokio::pin!(requested);
 
         loop {
             let next_due = held.values().min().map(|&due| instant_at(due));
             let drain_deadline = self.shutdown.deadline();
             tokio::select! {
                 biased;
-                _ = self.shutdown.requested(), if !stopping => {
+                _ = &mut requested, if !stopping => {
                     stopping = true;
                     tracing::debug!(topic = %self.topic, group = self.spec.group(), in_flight = in_flight.len(), "stopping");
                 }

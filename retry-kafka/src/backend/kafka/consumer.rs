@@ -35,6 +35,8 @@ use crate::error::BackendError;
 const BATCH: usize = 256;
 /// Batches in flight between the poll thread and the runtime.
 const CHANNEL_BATCHES: usize = 8;
+/// How long the runtime may be behind before the poll thread pauses fetching.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How long closing keeps trying to commit while the group rebalances.
 const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long one poll waits for a message; also the most a command (e.g. a resume) waits.
@@ -343,6 +345,8 @@ struct PollThread {
     pending: Option<Vec<Item>>,
     /// Partitions paused because the runtime is behind (not because of a hold).
     backpressure: bool,
+    /// Since when the runtime has had no room for records.
+    behind_since: Option<std::time::Instant>,
 }
 
 impl PollThread {
@@ -355,93 +359,134 @@ impl PollThread {
             generations: 0,
             pending: None,
             backpressure: false,
+            behind_since: None,
         }
     }
 
     fn run(mut self, consumer: RawConsumer) {
         loop {
-            loop {
-                match self.commands.try_recv() {
-                    Ok(Command::Close(reply)) => return self.close(consumer, reply),
-                    Ok(command) => self.apply(&consumer, command),
-                    Err(std_mpsc::TryRecvError::Empty) => break,
-                    // The handle is gone without closing: commit and leave anyway.
-                    Err(std_mpsc::TryRecvError::Disconnected) => {
-                        return self.close(consumer, oneshot::channel().0)
+            if let Err(reply) = self.drain_commands(&consumer) {
+                return self.close(consumer, reply);
+            }
+            if let Some(batch) = self.pending.take() {
+                // The runtime is behind. Wait a little for room; if it stays behind, pause
+                // fetching but keep polling, so the member stays in its group.
+                let unsent = match wait_for_room(&self.items, POLL_WAIT) {
+                    Room::Ready(permit) => {
+                        permit.send(batch);
+                        Ok(())
+                    }
+                    Room::Full => Err(Some(batch)),
+                    Room::Closed => Err(None),
+                };
+                match unsent {
+                    Err(None) => return self.close(consumer, oneshot::channel().0),
+                    Ok(()) => {
+                        self.behind_since = None;
+                        if self.backpressure {
+                            self.backpressure = false;
+                            let fetching: Vec<(u32, Option<u64>)> = self
+                                .partitions
+                                .iter()
+                                .filter(|(_, a)| a.held.is_none())
+                                .map(|(&p, a)| (p, a.next))
+                                .collect();
+                            for (partition, next) in fetching {
+                                self.resume_at(&consumer, partition, next);
+                            }
+                        }
+                    }
+                    Err(Some(batch)) => {
+                        self.pending = Some(batch);
+                        let since = *self.behind_since.get_or_insert_with(std::time::Instant::now);
+                        if !self.backpressure && since.elapsed() >= PAUSE_AFTER {
+                            self.backpressure = true;
+                            let fetching: Vec<u32> = self
+                                .partitions
+                                .iter()
+                                .filter(|(_, a)| a.held.is_none())
+                                .map(|(&p, _)| p)
+                                .collect();
+                            self.pause(&consumer, &fetching);
+                        }
+                        if self.backpressure {
+                            let mut late = Vec::new();
+                            self.poll_batch(&consumer, Duration::ZERO, &mut late);
+                            self.pending.as_mut().expect("kept above").extend(late);
+                        }
                     }
                 }
-            }
-            if !self.flush(&consumer) {
-                return self.close(consumer, oneshot::channel().0);
+                continue;
             }
             let mut batch = Vec::new();
-            let mut wait = if self.pending.is_some() {
-                Duration::from_millis(5)
-            } else {
-                POLL_WAIT
-            };
-            while batch.len() < BATCH {
-                let polled = consumer.poll(wait);
-                self.take_rebalances(&consumer, &mut batch);
-                match polled {
-                    None => break,
-                    Some(Ok(message)) => self.push_record(&message, &mut batch),
-                    Some(Err(error)) => {
-                        tracing::warn!(topic = %self.topic, %error, "consumer error; librdkafka retries");
-                        break;
-                    }
-                }
-                wait = Duration::ZERO;
-            }
+            self.poll_batch(&consumer, POLL_WAIT, &mut batch);
             if !batch.is_empty() {
-                match &mut self.pending {
-                    Some(pending) => pending.extend(batch),
-                    None => self.pending = Some(batch),
-                }
-                if !self.flush(&consumer) {
-                    return self.close(consumer, oneshot::channel().0);
-                }
+                self.pending = Some(batch);
             }
         }
     }
 
-    /// Hands the pending batch to the runtime if there is room; pauses fetching if not.
-    /// Returns false when the runtime is gone.
-    fn flush(&mut self, consumer: &RawConsumer) -> bool {
-        let Some(batch) = self.pending.take() else {
-            return true;
-        };
-        match self.items.try_send(batch) {
-            Ok(()) => {
-                if self.backpressure {
-                    self.backpressure = false;
-                    let fetching: Vec<(u32, Option<u64>)> = self
-                        .partitions
-                        .iter()
-                        .filter(|(_, a)| a.held.is_none())
-                        .map(|(&p, a)| (p, a.next))
-                        .collect();
-                    for (partition, next) in fetching {
-                        self.resume_at(consumer, partition, next);
+    /// Applies every queued command; acknowledgements are folded into one offset store per
+    /// round. Returns the reply channel of a close request.
+    fn drain_commands(
+        &mut self,
+        consumer: &RawConsumer,
+    ) -> Result<(), oneshot::Sender<Result<(), BackendError>>> {
+        let mut acks: Vec<(u32, u64)> = Vec::new();
+        let result = loop {
+            match self.commands.try_recv() {
+                Ok(Command::Close(reply)) => break Err(reply),
+                Ok(Command::Ack {
+                    partition,
+                    generation,
+                    offset,
+                }) => {
+                    if self.current(partition, generation).is_some() {
+                        match acks.iter_mut().find(|(p, _)| *p == partition) {
+                            Some(ack) => ack.1 = ack.1.max(offset),
+                            None => acks.push((partition, offset)),
+                        }
                     }
                 }
-                true
+                Ok(command) => self.apply(consumer, command),
+                Err(std_mpsc::TryRecvError::Empty) => break Ok(()),
+                // The handle is gone without closing: commit and leave anyway.
+                Err(std_mpsc::TryRecvError::Disconnected) => break Err(oneshot::channel().0),
             }
-            Err(mpsc::error::TrySendError::Full(batch)) => {
-                self.pending = Some(batch);
-                if !self.backpressure {
-                    self.backpressure = true;
-                    let fetching: Vec<u32> = self
-                        .partitions
-                        .iter()
-                        .filter(|(_, a)| a.held.is_none())
-                        .map(|(&p, _)| p)
-                        .collect();
-                    self.pause(consumer, &fetching);
+        };
+        if !acks.is_empty() {
+            let mut list = TopicPartitionList::with_capacity(acks.len());
+            for &(partition, offset) in &acks {
+                // The committed offset is the next one to read.
+                let _ = list.add_partition_offset(
+                    &self.topic,
+                    partition as i32,
+                    Offset::Offset(offset as i64 + 1),
+                );
+            }
+            if let Err(error) = consumer.store_offsets(&list) {
+                tracing::warn!(topic = %self.topic, ?acks, %error, "storing offsets failed");
+            }
+        }
+        result
+    }
+
+    /// Polls up to a batch of records (waiting at most `wait` for the first), with the
+    /// rebalance events raised meanwhile in their place.
+    fn poll_batch(&mut self, consumer: &RawConsumer, mut wait: Duration, batch: &mut Vec<Item>) {
+        let start = batch.len();
+        while batch.len() - start < BATCH {
+            let polled = consumer.poll(wait);
+            self.take_rebalances(consumer, batch);
+            match polled {
+                None => break,
+                Some(Ok(message)) => self.push_record(&message, batch),
+                Some(Err(error)) => {
+                    tracing::warn!(topic = %self.topic, %error, "consumer error; librdkafka retries");
+                    break;
                 }
-                true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            wait = Duration::ZERO;
         }
     }
 
@@ -556,22 +601,7 @@ impl PollThread {
                     self.resume_at(consumer, partition, Some(offset));
                 }
             }
-            Command::Ack {
-                partition,
-                generation,
-                offset,
-            } => {
-                if self.current(partition, generation).is_none() {
-                    return;
-                }
-                let mut list = TopicPartitionList::with_capacity(1);
-                let stored = list
-                    .add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset as i64 + 1))
-                    .and_then(|()| consumer.store_offsets(&list));
-                if let Err(error) = stored {
-                    tracing::warn!(topic = %self.topic, partition, offset, %error, "storing the offset failed");
-                }
-            }
+            Command::Ack { .. } => unreachable!("folded by drain_commands"),
             Command::Close(_) => unreachable!("handled by run"),
         }
     }
@@ -659,4 +689,42 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::NotCoordinator
             | RDKafkaErrorCode::RequestTimedOut
     )
+}
+
+enum Room<'a> {
+    Ready(mpsc::Permit<'a, Vec<Item>>),
+    Full,
+    Closed,
+}
+
+/// Waits up to `limit` for room in the channel to the runtime, parking this (non-runtime)
+/// thread until the runtime takes a batch, rather than spinning.
+fn wait_for_room(items: &mpsc::Sender<Vec<Item>>, limit: Duration) -> Room<'_> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut reserve = std::pin::pin!(items.reserve());
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match reserve.as_mut().poll(&mut context) {
+            Poll::Ready(Ok(permit)) => return Room::Ready(permit),
+            Poll::Ready(Err(_)) => return Room::Closed,
+            Poll::Pending => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Room::Full;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+        }
+    }
 }
