@@ -239,3 +239,25 @@ async fn garbage_is_dead_lettered_through_the_testing_api() {
     assert_eq!(garbage[0].context.attempts, 1);
     app.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_and_dead_letter_topics_copy_the_main_topic_partition_count() {
+    let broker = retry_kafka::InMemory::with_partitions(2);
+    broker.create_topic("vt.orders", 6);
+    let app = App::builder()
+        .backend(broker.clone())
+        .handlers(|spec| spec.function() == "always_fails")
+        .build()
+        .unwrap();
+    let app = TestApp::start_with(app).await;
+    for level in 1..=3 {
+        assert_eq!(
+            broker.partitions(&format!("vt.orders.vt-billing.retry.{level}")),
+            Some(6)
+        );
+    }
+    assert_eq!(broker.partitions("vt.orders.vt-billing.dlq"), Some(6));
+    // Nothing is created for topics no running handler uses.
+    assert_eq!(broker.partitions("vt.audit"), None);
+    app.shutdown().await;
+}

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::{Backend, Consumer, Delivered, Fetched, OutboundRecord, Record, Subscription};
 use crate::error::BackendError;
-use crate::policy::now_ms;
+use crate::policy::{now_ms, Topology};
 
 /// How many messages one fetch takes from a partition under one lock.
 const FETCH_BATCH: usize = 64;
@@ -196,19 +196,19 @@ impl Backend for InMemory {
         "memory"
     }
 
-    /// Topics are created on first use, as on a Kafka cluster with
+    /// A main topic is created on first use, as on a Kafka cluster with
     /// `auto.create.topics.enable`, with the broker's default partition count.
-    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
+    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
         let default = self.shared.default_partitions;
-        let mut state = self.state();
-        Ok(Some(
-            state
-                .topics
-                .entry(topic.to_owned())
-                .or_insert_with(|| Topic::new(default))
-                .partitions
-                .len() as u32,
-        ))
+        self.state()
+            .topics
+            .entry(topology.main.clone())
+            .or_insert_with(|| Topic::new(default));
+        Ok(())
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
+        Ok(InMemory::partitions(self, topic))
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
