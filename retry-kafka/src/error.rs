@@ -102,6 +102,14 @@ pub enum BackendError {
         /// Why.
         reason: String,
     },
+    /// A consumer can deliver nothing more (its client is gone); the app must stop.
+    #[error("the consumer of topic {topic:?} stopped: {reason}")]
+    ConsumerStopped {
+        /// The topic it read.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
     /// The backend's connection or client failed.
     #[error("{backend} backend: {source}")]
     Transport {

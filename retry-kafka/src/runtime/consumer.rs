@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::Shutdown;
 use crate::backend::{Backend, Consumer, Fetched, OutboundRecord, Record};
-use crate::error::Error;
+use crate::error::{BackendError, Error};
 use crate::handler::{Context, ErrorKind, HandlerSpec, Origin};
 use crate::headers::{names, parse_number, FailureContext};
 use crate::policy::{instant_at, now_ms, RetryPolicy, Step, Topology};
@@ -212,6 +212,7 @@ impl<B: Backend> Level<B> {
                             progress.remove(&partition);
                         }
                     }
+                    Err(error @ BackendError::ConsumerStopped { .. }) => return Err(error.into()),
                     Err(error) => {
                         tracing::warn!(topic = %self.topic, group = self.spec.group(), %error, "fetch failed; retrying");
                         tokio::time::sleep(FETCH_BACKOFF).await;
