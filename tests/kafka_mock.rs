@@ -169,3 +169,136 @@ async fn a_broker_outage_mid_run_loses_nothing() {
         stats.succeeded - 200
     );
 }
+
+// Retry and dead-letter topics on another cluster (`retry_brokers`), as KafkaConsumerRetry
+// allows; and keys partitioned as on every other client.
+
+use retry_kafka::kafka::EmbeddedKafka;
+use std::sync::Arc;
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(topic = "mock.split", key = "id")]
+struct Transfer {
+    id: u64,
+}
+
+#[retry_handler(group = "mock-split", retries = ["200ms"], dlq)]
+async fn transfer(transfer: Transfer) -> Result<(), HandlerError> {
+    Err(HandlerError::transient(format!(
+        "transfer {} refused",
+        transfer.id
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_topics_may_live_on_another_cluster() {
+    kafka_support::init_tracing();
+    let main = Arc::new(EmbeddedKafka::start(1).unwrap());
+    let retry = Arc::new(EmbeddedKafka::start(1).unwrap());
+    main.create_topic("mock.split", 2).unwrap();
+    // The mock cluster cannot create topics over the protocol: make them on the retry cluster.
+    retry.create_topic("mock.split.mock-split.retry.1", 2).unwrap();
+    retry.create_topic("mock.split.mock-split.dlq", 2).unwrap();
+    let backend = Kafka::builder(main.bootstrap_servers())
+        .retry_brokers(retry.bootstrap_servers())
+        .consumer_property("session.timeout.ms", "1500")
+        .consumer_property("heartbeat.interval.ms", "300")
+        .build()
+        .unwrap();
+    let app = App::builder()
+        .backend(backend.clone())
+        .handlers(|spec| spec.group() == "mock-split")
+        .provisioning(Provisioning::Verify)
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    app.producer().send(&Transfer { id: 9 }).await.unwrap();
+
+    let on_retry_cluster = KafkaHarness {
+        backend: Kafka::builder(retry.bootstrap_servers()).build().unwrap(),
+        broker: None,
+    };
+    let on_main_cluster = KafkaHarness {
+        backend: Kafka::builder(main.bootstrap_servers()).build().unwrap(),
+        broker: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_retry_cluster
+        .records("mock.split.mock-split.dlq")
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the message never reached the DLQ on the retry cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        on_retry_cluster
+            .records("mock.split.mock-split.retry.1")
+            .await
+            .len(),
+        1
+    );
+    let dead = on_retry_cluster.records("mock.split.mock-split.dlq").await;
+    assert_eq!(dead[0].headers.get_str("rk-attempts"), Some("2"));
+    assert_eq!(dead[0].headers.get_str("rk-original-topic"), Some("mock.split"));
+    // Nothing of the retry path exists on the main cluster.
+    assert!(on_main_cluster
+        .end_offsets("mock.split.mock-split.dlq")
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_on_the_same_partition_as_with_java_producers() {
+    let harness = mock().await;
+    harness.create_topic("mock.keys", 5).await;
+    let memory = retry_kafka::InMemory::new();
+    memory.create_topic("mock.keys", 5);
+    let kafka_producer = retry_kafka::Producer::new(harness.backend());
+    let memory_producer = retry_kafka::Producer::new(memory);
+    for id in 0..50 {
+        let event = Transfer { id };
+        let on_kafka = kafka_producer
+            .send_to("mock.keys", &event, retry_kafka::Headers::new())
+            .await
+            .unwrap();
+        let in_memory = memory_producer
+            .send_to("mock.keys", &event, retry_kafka::Headers::new())
+            .await
+            .unwrap();
+        assert_eq!(on_kafka.partition, in_memory.partition, "key {id}");
+    }
+}
+
+#[test]
+fn security_properties_pass_through_and_unknown_ones_are_named() {
+    // SASL PLAIN is built into the default build (TLS needs the `kafka-ssl` feature).
+    Kafka::builder("127.0.0.1:1")
+        .property("security.protocol", "SASL_PLAINTEXT")
+        .property("sasl.mechanism", "PLAIN")
+        .property("sasl.username", "billing")
+        .property("sasl.password", "secret")
+        .build()
+        .expect("SASL PLAIN settings are accepted");
+    let error = Kafka::builder("127.0.0.1:1")
+        .consumer_property("sesion.timeout.ms", "1000")
+        .build()
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(message.starts_with("invalid consumer property"), "{message}");
+    assert!(
+        message.contains("sesion.timeout.ms"),
+        "the message names the property: {message}"
+    );
+    let error = Kafka::builder("127.0.0.1:1")
+        .producer_property("acks", "most")
+        .build()
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("acks"), "{error}");
+}
