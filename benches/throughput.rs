@@ -11,9 +11,6 @@
 //! message, so group joins are not measured. Rounds alternate, and the median of each side is
 //! reported with the ratio.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::sync::Mutex;
@@ -26,6 +23,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use retry_kafka::backend::Backend as _;
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
+use retry_kafka_suite::Tansu;
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.orders";
@@ -62,60 +60,26 @@ async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// The cluster named by `KAFKA_BROKERS`, or a tansu broker started for the benchmark.
 struct Broker {
-    child: Option<Child>,
+    _tansu: Option<Tansu>,
     bootstrap: String,
 }
 
 impl Broker {
     fn start() -> Self {
-        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
-            return Broker {
-                child: None,
+        match std::env::var("KAFKA_BROKERS") {
+            Ok(bootstrap) => Broker {
+                _tansu: None,
                 bootstrap,
-            };
-        }
-        let binary = std::env::var_os("TANSU_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/tansu"));
-        assert!(
-            binary.is_file(),
-            "tansu is missing: run ./scripts/install-test-deps.sh or set KAFKA_BROKERS"
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Broker {
-            child: Some(child),
-            bootstrap: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
+            },
+            Err(_) => {
+                let tansu = Tansu::start();
+                Broker {
+                    bootstrap: tansu.bootstrap.clone(),
+                    _tansu: Some(tansu),
+                }
+            }
         }
     }
 }
