@@ -56,7 +56,11 @@ pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]
         // The levels of a handler share its group but read different topics: with the
         // cooperative protocol a member joining for one level takes nothing from the others,
         // so starting, scaling and stopping do not revoke (and redeliver) work in flight.
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Records wait in librdkafka's queue while the handlers catch up; when that queue is over
+        // its threshold librdkafka postpones the next fetch by this much (default 1 s), which
+        // left the consumer idle: 10 ms keeps it fed (measured: ~170k -> ~650k msg/s).
+        .set("fetch.queue.backoff.ms", "10");
     for (key, value) in properties {
         config.set(key, value);
     }
