@@ -153,6 +153,15 @@ impl KafkaConsumer {
         })
     }
 
+    /// Starts a new hold epoch for `partition` (records fetched before it become stale) and
+    /// returns its generation and epoch, for the command that tells the poll thread.
+    fn next_epoch(&mut self, partition: u32, held: bool) -> Option<(u64, u64)> {
+        let view = self.partitions.get_mut(&partition)?;
+        view.epoch += 1;
+        view.held = held;
+        Some((view.generation, view.epoch))
+    }
+
     fn command(&self, command: Command) {
         // The thread only stops after Close or when the handle is gone; a send error here means
         // it died, which `next` reports.
@@ -200,20 +209,17 @@ impl Consumer for KafkaConsumer {
             match self.items.recv().await {
                 Some(batch) => self.buffer.extend(batch),
                 None => {
-                    return Err(transport(format!(
-                        "the poll thread of topic {:?} stopped",
-                        self.topic
-                    )))
+                    return Err(BackendError::ConsumerStopped {
+                        topic: self.topic.clone(),
+                        reason: "its poll thread ended".into(),
+                    })
                 }
             }
         }
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {
-        if let Some(view) = self.partitions.get_mut(&partition) {
-            view.epoch += 1;
-            view.held = true;
-            let (generation, epoch) = (view.generation, view.epoch);
+        if let Some((generation, epoch)) = self.next_epoch(partition, true) {
             self.command(Command::Hold {
                 partition,
                 generation,
@@ -224,10 +230,7 @@ impl Consumer for KafkaConsumer {
     }
 
     fn resume(&mut self, partition: u32) {
-        if let Some(view) = self.partitions.get_mut(&partition) {
-            view.epoch += 1;
-            view.held = false;
-            let (generation, epoch) = (view.generation, view.epoch);
+        if let Some((generation, epoch)) = self.next_epoch(partition, false) {
             self.command(Command::Resume {
                 partition,
                 generation,
@@ -389,13 +392,7 @@ impl PollThread {
                         self.behind_since = None;
                         if self.backpressure {
                             self.backpressure = false;
-                            let fetching: Vec<(u32, Option<u64>)> = self
-                                .partitions
-                                .iter()
-                                .filter(|(_, a)| a.held.is_none())
-                                .map(|(&p, a)| (p, a.next))
-                                .collect();
-                            for (partition, next) in fetching {
+                            for (partition, next) in self.unheld() {
                                 self.resume_at(&consumer, partition, next);
                             }
                         }
@@ -405,12 +402,7 @@ impl PollThread {
                         let since = *self.behind_since.get_or_insert_with(std::time::Instant::now);
                         if !self.backpressure && since.elapsed() >= PAUSE_AFTER {
                             self.backpressure = true;
-                            let fetching: Vec<u32> = self
-                                .partitions
-                                .iter()
-                                .filter(|(_, a)| a.held.is_none())
-                                .map(|(&p, _)| p)
-                                .collect();
+                            let fetching: Vec<u32> = self.unheld().into_iter().map(|(p, _)| p).collect();
                             self.pause(&consumer, &fetching);
                         }
                         if self.backpressure {
@@ -608,6 +600,15 @@ impl PollThread {
             Command::Ack { .. } => unreachable!("folded by drain_commands"),
             Command::Close(_) => unreachable!("handled by run"),
         }
+    }
+
+    /// Assigned partitions that are not held, with the offset to resume them at.
+    fn unheld(&self) -> Vec<(u32, Option<u64>)> {
+        self.partitions
+            .iter()
+            .filter(|(_, a)| a.held.is_none())
+            .map(|(&p, a)| (p, a.next))
+            .collect()
     }
 
     fn current(&mut self, partition: u32, generation: u64) -> Option<&mut Assigned> {
