@@ -8,14 +8,15 @@
 //! It publishes 300 orders, waits until every retry has settled, prints what happened and
 //! exits 0. With nothing configured it runs the full Kafka path on an embedded Kafka cluster
 //! (librdkafka's in-process mock broker) and says so; with `KAFKA_BROKERS` set it runs on that
-//! cluster.
+//! cluster, with `REDIS_URL` set on that Redis server.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use retry_kafka::backend::Backend as _;
+use retry_kafka::backend::{Backend, Record};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
+use retry_kafka::redis::Redis;
 use retry_kafka::Stats;
 use serde::{Deserialize, Serialize};
 
@@ -69,26 +70,60 @@ mod gateway {
 /// What the demo did, for the summary and for the test that checks it.
 pub struct Summary {
     pub stats: Stats,
-    pub dead_letters: Vec<retry_kafka::backend::Record>,
+    pub dead_letters: Vec<Record>,
 }
 
-/// The cluster named by `KAFKA_BROKERS`, or an embedded one; says which.
-pub fn kafka_from_env() -> anyhow::Result<(Kafka, String)> {
+/// Where the demo runs: Redis when `REDIS_URL` is set, the Kafka cluster named by
+/// `KAFKA_BROKERS`, or an embedded Kafka cluster; the text says which.
+pub enum DemoBackend {
+    Kafka(Kafka),
+    Redis(Redis),
+}
+
+pub fn backend_from_env() -> anyhow::Result<(DemoBackend, String)> {
+    if let Ok(url) = std::env::var(retry_kafka::redis::URL_ENV) {
+        let redis = Redis::from_env()?;
+        let shown = url.split('@').next_back().unwrap_or(&url).to_owned();
+        return Ok((DemoBackend::Redis(redis), format!("running on Redis at {shown}")));
+    }
     Ok(match std::env::var(retry_kafka::kafka::BROKERS_ENV) {
-        Ok(brokers) => (Kafka::from_env()?, format!("running on the Kafka cluster at {brokers}")),
+        Ok(brokers) => (
+            DemoBackend::Kafka(Kafka::from_env()?),
+            format!("running on the Kafka cluster at {brokers}"),
+        ),
         Err(_) => (
-            Kafka::embedded()?,
-            "no KAFKA_BROKERS set, running on an embedded Kafka cluster (librdkafka's in-process mock broker)"
+            DemoBackend::Kafka(Kafka::embedded()?),
+            "no KAFKA_BROKERS or REDIS_URL set, running on an embedded Kafka cluster (librdkafka's in-process mock broker)"
                 .to_owned(),
         ),
     })
 }
 
+/// Reads a topic back from the beginning; both backends can.
+pub trait ReadTopic {
+    fn read_topic(
+        &self,
+        topic: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<Record>, retry_kafka::BackendError>>;
+}
+
+impl ReadTopic for Kafka {
+    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::BackendError> {
+        Kafka::read_topic(self, topic).await
+    }
+}
+
+impl ReadTopic for Redis {
+    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::BackendError> {
+        Redis::read_topic(self, topic).await
+    }
+}
+
 /// Runs the service until every retry has settled.
-pub async fn run_demo(kafka: Kafka, orders: u64) -> anyhow::Result<Summary> {
+pub async fn run_demo<B: Backend + ReadTopic>(backend: B, orders: u64) -> anyhow::Result<Summary> {
     // The main topic must exist; its retry and dead-letter topics are created to match it.
-    kafka.create_topic("orders", 4).await?;
-    let app = App::builder().backend(kafka.clone()).build()?;
+    backend.create_topic("orders", 4).await?;
+    let app = App::builder().backend(backend.clone()).build()?;
     let running = app.start().await?;
 
     let producer = app.producer();
@@ -123,65 +158,13 @@ pub async fn run_demo(kafka: Kafka, orders: u64) -> anyhow::Result<Summary> {
         .context("billing keeps dead letters")?;
     Ok(Summary {
         stats: app.stats(),
-        dead_letters: read_all(&kafka, dead_letter_topic).await?,
+        dead_letters: backend.read_topic(dead_letter_topic).await?,
     })
-}
-
-/// Reads a whole topic from the beginning, as any Kafka client would.
-async fn read_all(kafka: &Kafka, topic: &str) -> anyhow::Result<Vec<retry_kafka::backend::Record>> {
-    let brokers = kafka.brokers().to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::message::{Headers as _, Message};
-        let client: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "quickstart-reader")
-            .create()?;
-        let timeout = Duration::from_secs(10);
-        let partitions = client.fetch_metadata(Some(&topic), timeout)?.topics()[0]
-            .partitions()
-            .len() as i32;
-        let mut records = Vec::new();
-        for partition in 0..partitions {
-            let (low, high) = client.fetch_watermarks(&topic, partition, timeout)?;
-            if high <= low {
-                continue;
-            }
-            let mut list = rdkafka::TopicPartitionList::new();
-            list.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(low))?;
-            client.assign(&list)?;
-            while let Some(message) = client.poll(timeout) {
-                let message = message?;
-                let headers = message
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                records.push(retry_kafka::backend::Record {
-                    partition: partition as u32,
-                    offset: message.offset() as u64,
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(retry_kafka::Bytes::copy_from_slice),
-                    payload: message.payload().map(retry_kafka::Bytes::copy_from_slice),
-                    headers,
-                });
-                if message.offset() + 1 >= high {
-                    break;
-                }
-            }
-        }
-        anyhow::Ok(records)
-    })
-    .await?
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (kafka, where_) = kafka_from_env()?;
+    let (backend, where_) = backend_from_env()?;
     println!("retry-kafka quickstart: {where_}");
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -190,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let started = std::time::Instant::now();
-    let summary = run_demo(kafka, 300).await?;
+    let summary = match backend {
+        DemoBackend::Kafka(kafka) => run_demo(kafka, 300).await?,
+        DemoBackend::Redis(redis) => run_demo(redis, 300).await?,
+    };
     let Some(billing) = summary.stats.handler("charge") else {
         bail!("the charge handler did not run")
     };

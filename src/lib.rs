@@ -1,10 +1,18 @@
-//! Examples and integration tests for retry-kafka, and what they share: a real
-//! Kafka-protocol broker process for tests and benchmarks.
+//! Examples and integration tests for retry-kafka, and what they share: real broker and server
+//! processes (tansu for Kafka, redis-server) for tests and benchmarks.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_test_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
 
 /// A tansu broker process (Apache Kafka protocol, memory storage) on a free loopback port.
 pub struct Tansu {
@@ -81,5 +89,144 @@ impl Drop for Tansu {
         if std::env::var_os("RK_KEEP_BROKER_LOG").is_none() {
             let _ = std::fs::remove_file(&self.log);
         }
+    }
+}
+
+/// A `redis-server` process on a free loopback port, with its data in a directory of its own.
+/// Stopped (SIGKILL, by its own handle) on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    password: Option<String>,
+    append_only: bool,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// The binary: `$REDIS_SERVER_BIN`, or `redis-server` as `scripts/install-test-deps.sh`
+    /// installs it (Debian's package).
+    pub fn binary() -> PathBuf {
+        if let Some(path) = std::env::var_os("REDIS_SERVER_BIN") {
+            return PathBuf::from(path);
+        }
+        let found = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("redis-server"))
+                .find(|candidate| candidate.is_file())
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "redis-server is not installed: run ./scripts/test.sh (or ./scripts/install-test-deps.sh) \
+                 to install it, or set REDIS_SERVER_BIN"
+            )
+        })
+    }
+
+    /// A server without persistence or password.
+    pub fn start() -> Self {
+        Self::start_with(None, false)
+    }
+
+    /// A server that requires `password` (when given) and, with `append_only`, logs every write
+    /// to an append-only file (fsync every write) so a restart keeps what was acknowledged.
+    pub fn start_with(password: Option<&str>, append_only: bool) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis data directory");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            password: password.map(str::to_owned),
+            append_only,
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    /// `redis://[:password@]127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The URL without the password.
+    pub fn url_without_password(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server the way an operator does (SIGTERM: it writes its append-only file and
+    /// exits), then starts it again on the same port and data directory.
+    pub fn restart(&mut self, down_for: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        std::thread::sleep(down_for);
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let log = self.dir.join("server.log");
+        let mut command = Command::new(Self::binary());
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.to_str().expect("utf-8 temp dir")])
+            .args([
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                log.to_str().unwrap(),
+            ]);
+        if self.append_only {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "redis-server exited with {status}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {} within 20 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

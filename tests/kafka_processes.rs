@@ -5,22 +5,20 @@
 
 mod conformance;
 mod kafka_support;
+mod process_support;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use conformance::Harness;
 use kafka_support::{KafkaHarness, Tansu};
+use process_support::{publish_orders, Worker, DLQ, TOPIC};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::{ErrorKind, FailureContext};
 use serde::{Deserialize, Serialize};
-
-const TOPIC: &str = "proc.orders";
-const DLQ: &str = "proc.orders.proc-workers.dlq";
 
 async fn broker() -> KafkaHarness {
     kafka_support::init_tracing();
@@ -36,178 +34,43 @@ async fn broker() -> KafkaHarness {
     }
 }
 
-/// A `rk-worker` process; killed with SIGKILL on drop if still running.
-struct Worker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn spawn(harness: &KafkaHarness, name: &str) -> Self {
-        let dir = std::env::temp_dir();
-        let log = dir.join(format!("rk-worker-{}-{name}.log", std::process::id()));
-        let _ = std::fs::remove_file(&log);
-        let child = Command::new(env!("CARGO_BIN_EXE_rk-worker"))
-            .env("KAFKA_BROKERS", harness.backend.brokers())
-            .env("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000")
-            .env("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500")
-            .env("WORKER_LOG", &log)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rk-worker");
-        Worker { child, log }
-    }
-
-    /// `(id, attempt, ok)` for every attempt this worker finished.
-    fn attempts(&self) -> Vec<(u64, u32, bool)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let mut parts = line.split(' ');
-                let id = parts.next().unwrap().parse().unwrap();
-                let attempt = parts.next().unwrap().parse().unwrap();
-                (id, attempt, parts.next() == Some("ok"))
-            })
-            .collect()
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the worker");
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-#[derive(Event, Serialize, Deserialize, Debug)]
-#[event(topic = "proc.orders", key = "id")]
-struct Order {
-    id: u64,
-}
-
-async fn publish_orders(harness: &KafkaHarness, ids: std::ops::Range<u64>) {
-    let producer = Producer::new(harness.backend.clone());
-    for id in ids {
-        producer.send(&Order { id }).await.unwrap();
-    }
-}
-
-/// Waits until every order is done: succeeded (by any worker) or dead-lettered. Returns the
-/// dead-lettered ids and how many successful attempts were repeats.
-async fn wait_until_done(harness: &KafkaHarness, workers: &[&Worker], count: u64) -> (HashSet<u64>, usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let attempts: Vec<(u64, u32, bool)> = workers.iter().flat_map(|w| w.attempts()).collect();
-        let succeeded: HashSet<u64> = attempts.iter().filter(|a| a.2).map(|a| a.0).collect();
-        let dead: HashSet<u64> = harness
-            .records(DLQ)
-            .await
-            .iter()
-            .map(|r| {
-                serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["id"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        let missing: Vec<u64> = (0..count)
-            .filter(|id| !succeeded.contains(id) && !dead.contains(id))
-            .collect();
-        if missing.is_empty() {
-            let successes = attempts.iter().filter(|a| a.2).count();
-            return (dead, successes - succeeded.len());
-        }
-        assert!(Instant::now() < deadline, "orders never finished: {missing:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn expected_dead(count: u64) -> HashSet<u64> {
-    (0..count).filter(|id| id % 50 == 13).collect()
+fn spawn_worker(harness: &KafkaHarness, name: &str) -> Worker {
+    Worker::spawn(
+        name,
+        &[
+            ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
+            ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
+            ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
     let harness = broker().await;
-    harness.create_topic(TOPIC, 4).await;
-    publish_orders(&harness, 0..400).await;
-    let mut first = Worker::spawn(&harness, "first");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while first.attempts().len() < 100 {
-        assert!(Instant::now() < deadline, "the first worker did not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    first.kill();
-    let done_before_kill = first.attempts().len();
-
-    let second = Worker::spawn(&harness, "second");
-    let (dead, repeats) = wait_until_done(&harness, &[&first, &second], 400).await;
-    assert_eq!(
-        dead,
-        expected_dead(400),
-        "exactly the invalid orders are dead-lettered"
-    );
-    eprintln!(
-        "SIGKILL after {done_before_kill} attempts: every order done; {repeats} successful attempts were repeats, {} \
-         dead letters for {} invalid orders",
-        harness.records(DLQ).await.len(),
-        dead.len()
-    );
     // Repeats are bounded by what was in flight or not yet committed at the kill (1 s of auto-commit).
-    assert!(repeats < 200, "{repeats} repeats");
+    process_support::a_killed_worker_restarted_loses_nothing(
+        &harness,
+        |name| spawn_worker(&harness, name),
+        200,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_group_and_one_finishes_what_a_killed_one_left() {
     let harness = broker().await;
-    harness.create_topic(TOPIC, 4).await;
-    let mut first = Worker::spawn(&harness, "a");
-    let second = Worker::spawn(&harness, "b");
-    let mut published = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while first.attempts().is_empty() || second.attempts().is_empty() {
-        assert!(Instant::now() < deadline, "both workers never got partitions");
-        publish_orders(&harness, published..published + 20).await;
-        published += 20;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let partitions_of = |worker: &Worker| -> usize {
-        worker
-            .attempts()
-            .iter()
-            .map(|a| a.0)
-            .collect::<HashSet<_>>()
-            .len()
-    };
-    assert!(partitions_of(&first) > 0 && partitions_of(&second) > 0);
-
-    first.kill();
-    publish_orders(&harness, published..published + 200).await;
-    published += 200;
-    let (dead, repeats) = wait_until_done(&harness, &[&first, &second], published).await;
-    assert_eq!(dead, expected_dead(published));
-    let by_survivor: HashSet<u64> = second.attempts().iter().map(|a| a.0).collect();
-    let after_kill: HashSet<u64> = (published - 200..published).collect();
-    assert!(
-        after_kill.is_subset(&by_survivor),
-        "the survivor did all the work after the kill"
-    );
-    eprintln!("two workers, one killed: {published} orders done, {repeats} repeated successes");
+    process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, |name| {
+        spawn_worker(&harness, name)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_a_foreign_client_is_dead_lettered_byte_for_byte() {
     let harness = broker().await;
     harness.create_topic(TOPIC, 1).await;
-    let worker = Worker::spawn(&harness, "garbage");
+    let worker = spawn_worker(&harness, "garbage");
     // confluent-kafka (Python, librdkafka of its own) writes bytes no codec can read.
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python");
     assert!(

@@ -9,6 +9,10 @@ async fn quickstart_summary() {
     // The embedded Kafka cluster, as `cargo run --example quickstart` uses with nothing set.
     let kafka = retry_kafka::kafka::Kafka::embedded().expect("embedded cluster");
     let summary = quickstart::run_demo(kafka, 300).await.expect("the demo runs");
+    assert_summary(&summary);
+}
+
+fn assert_summary(summary: &quickstart::Summary) {
     let billing = summary.stats.handler("charge").expect("charge ran");
     // 300 orders: #13 is permanent, #99 always fails, 6 orders (id % 50 == 7) fail twice and
     // 29 more (id % 10 == 3, not 13) fail once.
@@ -37,4 +41,17 @@ async fn quickstart_summary() {
             ("99".to_owned(), "4".to_owned(), "transient".to_owned()),
         ]
     );
+}
+
+/// With `REDIS_URL` set the quickstart runs on Redis: the same numbers, the same dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_summary_on_redis() {
+    let server = tokio::task::spawn_blocking(retry_kafka_suite::RedisServer::start)
+        .await
+        .unwrap();
+    let redis = retry_kafka::redis::Redis::builder(server.url())
+        .build()
+        .expect("redis backend");
+    let summary = quickstart::run_demo(redis, 300).await.expect("the demo runs");
+    assert_summary(&summary);
 }

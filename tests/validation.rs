@@ -118,6 +118,7 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     // One test touches the environment, so no other test races with it.
     std::env::remove_var(retry_kafka::BACKEND_ENV);
     std::env::remove_var("KAFKA_BROKERS");
+    std::env::remove_var("REDIS_URL");
     let error = retry_kafka::run().await.unwrap_err();
     let message = error.to_string();
     assert!(message.starts_with("no backend configured"), "{message}");
@@ -138,7 +139,36 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     assert_eq!(
         message,
         "invalid RETRY_KAFKA_BACKEND: unknown backend \"kafak\"; this build supports \"kafka\", \
-         \"kafka-embedded\" and \"memory\""
+         \"kafka-embedded\", \"redis\", \"kafka+redis\" and \"memory\""
     );
+
+    std::env::set_var(retry_kafka::BACKEND_ENV, "redis");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "invalid REDIS_URL: not set; give the server's URL, e.g. redis://127.0.0.1:6379"
+    );
+    std::env::set_var("REDIS_URL", "redis://127.0.0.1:1");
+    std::env::set_var("REDIS_SESSION_TIMEOUT_MS", "10s");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "invalid REDIS_SESSION_TIMEOUT_MS: \"10s\" is not a whole number"
+    );
+    std::env::remove_var("REDIS_SESSION_TIMEOUT_MS");
+    std::env::set_var("REDIS_URL", "http://127.0.0.1:1");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert!(
+        message.starts_with("invalid REDIS_URL: http://127.0.0.1:1: "),
+        "{message}"
+    );
+
+    // Both set: the choice must be made, and the message names the three.
+    std::env::remove_var(retry_kafka::BACKEND_ENV);
+    std::env::set_var("KAFKA_BROKERS", "127.0.0.1:1");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert!(message.contains("\"kafka+redis\""), "{message}");
+    std::env::remove_var("KAFKA_BROKERS");
+    std::env::remove_var("REDIS_URL");
     std::env::remove_var(retry_kafka::BACKEND_ENV);
 }

@@ -26,8 +26,9 @@ pub enum Error {
 pub enum ConfigError {
     /// No backend was chosen.
     #[error(
-        "no backend configured: set KAFKA_BROKERS (or RETRY_KAFKA_BACKEND to \"kafka-embedded\" or \
-         \"memory\" for an in-process broker), or choose one in code with App::builder().backend(...)"
+        "no backend configured: set KAFKA_BROKERS or REDIS_URL (or RETRY_KAFKA_BACKEND to \
+         \"kafka-embedded\" or \"memory\" for an in-process broker), or choose one in code with \
+         App::builder().backend(...)"
     )]
     NoBackend,
     /// A setting has an invalid value.

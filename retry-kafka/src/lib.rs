@@ -39,6 +39,8 @@ pub mod testing;
 #[cfg(feature = "kafka")]
 pub use backend::kafka;
 pub use backend::memory::InMemory;
+#[cfg(feature = "redis")]
+pub use backend::redis;
 pub use error::{BackendError, ConfigError, Error};
 pub use event::{codec, Codec, CodecError, Event, EventKey};
 pub use handler::{registered_handlers, Context, ErrorKind, HandlerError, HandlerSpec, OnExhausted, Origin};

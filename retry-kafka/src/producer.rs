@@ -64,6 +64,7 @@ impl<B: Backend> Producer<B> {
             key: event.key(),
             payload: Some(Bytes::from(event.encode()?)),
             headers,
+            not_before_ms: None,
         };
         Ok(self.backend.send(topic, record).await?)
     }

@@ -181,6 +181,7 @@ async fn publish_raw<B: Backend>(
         key: Some(Bytes::copy_from_slice(key)),
         payload: Some(Bytes::copy_from_slice(payload)),
         headers,
+        not_before_ms: None,
     };
     app.producer().send_raw(topic, record).await.expect("publish raw")
 }
@@ -457,6 +458,7 @@ pub async fn undecodable_bytes_are_dead_lettered_byte_for_byte<H: Harness>(harne
                 key: None,
                 payload: Some(valid.into()),
                 headers: Headers::new(),
+                not_before_ms: None,
             },
         )
         .await
@@ -702,6 +704,7 @@ pub async fn a_held_retry_partition_does_not_hold_back_others<H: Harness>(harnes
         key: None,
         payload: Some(Order::encode(&order(100)).unwrap().into()),
         headers,
+        not_before_ms: None,
     };
     app.producer().send_raw(retry_topic, due_now).await.unwrap();
 

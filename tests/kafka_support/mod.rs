@@ -7,22 +7,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use retry_kafka::backend::{Backend, Record};
 use retry_kafka::kafka::Kafka;
-use retry_kafka::{Bytes, Headers};
 pub use retry_kafka_suite::Tansu;
 
 use crate::conformance::Harness;
 
-/// Logs to the test's output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+#[allow(unused_imports)]
+pub use retry_kafka_suite::init_test_tracing as init_tracing;
 
 /// The conformance harness on any Kafka cluster.
 pub struct KafkaHarness {
@@ -65,57 +58,6 @@ impl KafkaHarness {
                     .1 as u64
             })
             .collect()
-    }
-
-    fn blocking_records(&self, topic: &str) -> Vec<Record> {
-        let ends = self.blocking_end_offsets(topic);
-        let mut records = Vec::new();
-        for (partition, &end) in ends.iter().enumerate() {
-            if end == 0 {
-                continue;
-            }
-            let client = self.client(None);
-            let mut list = TopicPartitionList::new();
-            list.add_partition_offset(topic, partition as i32, Offset::Beginning)
-                .unwrap();
-            client.assign(&list).expect("assign");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                assert!(
-                    Instant::now() < deadline,
-                    "reading {topic}[{partition}] up to {end} timed out"
-                );
-                let Some(message) = client.poll(Duration::from_millis(100)) else {
-                    continue;
-                };
-                let message = message.expect("read");
-                let headers: Headers = message
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                records.push(Record {
-                    partition: partition as u32,
-                    offset: message.offset() as u64,
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(Bytes::copy_from_slice),
-                    payload: message.payload().map(Bytes::copy_from_slice),
-                    headers,
-                });
-                if message.offset() as u64 + 1 >= end {
-                    break;
-                }
-            }
-        }
-        records
     }
 
     fn blocking_committed(&self, topic: &str, group: &str) -> Vec<u64> {
@@ -163,9 +105,7 @@ impl Harness for KafkaHarness {
     }
 
     async fn records(&self, topic: &str) -> Vec<Record> {
-        let this = self.shallow();
-        let topic = topic.to_owned();
-        blocking(move || this.blocking_records(&topic)).await
+        self.backend.read_topic(topic).await.expect("read topic")
     }
 
     async fn committed(&self, topic: &str, group: &str) -> Vec<u64> {

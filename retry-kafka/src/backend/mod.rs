@@ -13,6 +13,9 @@ use crate::headers::Headers;
 use crate::policy::Topology;
 
 pub mod memory;
+mod tiered;
+
+pub use tiered::{Tiered, TieredConsumer};
 
 /// A message read from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub struct OutboundRecord {
     pub payload: Option<Bytes>,
     /// The headers.
     pub headers: Headers,
+    /// When the message is due (epoch ms), for a retry. A backend with a delay store (Redis)
+    /// keeps it out of sight until then; the others deliver it at once and the consumer holds
+    /// the partition until it is due.
+    pub not_before_ms: Option<i64>,
 }
 
 /// Where a produced message landed, once the broker acknowledged it.
@@ -133,7 +140,27 @@ pub trait Backend: Clone + Send + Sync + 'static {
         topic: &str,
         record: OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
+
+    /// Hands a failed message on: produces `record` to `topic` (the next level or the
+    /// dead-letter queue) for the message `consumer` delivered at `partition`/`offset`. The
+    /// runtime acknowledges that message afterwards either way; a backend that can write the
+    /// hand-off and acknowledge the source atomically (Redis) does so here.
+    fn hand_off(
+        &self,
+        consumer: &mut Self::Consumer,
+        partition: u32,
+        offset: u64,
+        topic: &str,
+        record: OutboundRecord,
+    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send {
+        let _ = (consumer, partition, offset);
+        self.send(topic, record)
+    }
 }
+
+pub(crate) use memory::partition_for_key;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "redis")]
+pub mod redis;

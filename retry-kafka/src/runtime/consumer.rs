@@ -170,7 +170,7 @@ impl<B: Backend> Level<B> {
                 }
                 done = in_flight.next(), if in_flight.len() > 0 => {
                     let (partition, offset) = (done.record.partition, done.record.offset);
-                    if !self.settle(done).await {
+                    if !self.settle(done, &mut consumer).await {
                         // Shut down mid hand-off: leave the message unacknowledged.
                         break;
                     }
@@ -333,7 +333,7 @@ impl<B: Backend> Level<B> {
 
     /// Acts on a finished attempt. Returns false when shutdown cut a hand-off short, in which
     /// case the message must not be acknowledged.
-    async fn settle(&self, done: Done) -> bool {
+    async fn settle(&self, done: Done, consumer: &mut B::Consumer) -> bool {
         let Done {
             record,
             lineage,
@@ -396,8 +396,12 @@ impl<B: Backend> Level<B> {
             key: record.key,
             payload: record.payload,
             headers,
+            not_before_ms: due_at_ms,
         };
-        if !self.hand_off(topic, outbound).await {
+        if !self
+            .hand_off(consumer, (record.partition, record.offset), topic, outbound)
+            .await
+        {
             return false;
         }
         match step {
@@ -410,10 +414,20 @@ impl<B: Backend> Level<B> {
     /// Produces to the next level or the dead-letter queue until the broker acknowledges it.
     /// The partition waits meanwhile; nothing is skipped. Gives up only when shutdown's
     /// deadline passes.
-    async fn hand_off(&self, topic: &str, record: OutboundRecord) -> bool {
+    async fn hand_off(
+        &self,
+        consumer: &mut B::Consumer,
+        (partition, offset): (u32, u64),
+        topic: &str,
+        record: OutboundRecord,
+    ) -> bool {
         let mut backoff = HAND_OFF_BACKOFF.0;
         loop {
-            match self.backend.send(topic, record.clone()).await {
+            let sent = self
+                .backend
+                .hand_off(consumer, partition, offset, topic, record.clone())
+                .await;
+            match sent {
                 Ok(_) => return true,
                 Err(error) => {
                     tracing::warn!(%topic, %error, retry_in = ?backoff, "hand-off failed; retrying");

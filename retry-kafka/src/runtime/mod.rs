@@ -35,6 +35,9 @@ pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
 /// | `KAFKA_BROKERS=host:9092,...` | Kafka (retry and DLQ topics on `KAFKA_RETRY_BROKERS` if set) |
 /// | `RETRY_KAFKA_BACKEND=kafka` | Kafka, and `KAFKA_BROKERS` must be set |
 /// | `RETRY_KAFKA_BACKEND=kafka-embedded` | an embedded Kafka cluster in this process (demos) |
+/// | `REDIS_URL=redis://host:6379` | Redis Streams |
+/// | `RETRY_KAFKA_BACKEND=redis` | Redis Streams, and `REDIS_URL` must be set |
+/// | `RETRY_KAFKA_BACKEND=kafka+redis` | main topics on Kafka, retries and dead letters on Redis ([`Tiered`](crate::backend::Tiered)) |
 /// | `RETRY_KAFKA_BACKEND=memory` | the in-process broker (demos) |
 ///
 /// The embedded choices are explicit: nothing survives the process, and a warning says so.
@@ -53,15 +56,19 @@ pub async fn run() -> crate::Result<()> {
     let kafka_configured = std::env::var_os(crate::kafka::BROKERS_ENV).is_some();
     #[cfg(not(feature = "kafka"))]
     let kafka_configured = false;
-    match (choice.as_deref(), kafka_configured) {
-        (Some("memory"), _) => {
+    #[cfg(feature = "redis")]
+    let redis_configured = std::env::var_os(crate::redis::URL_ENV).is_some();
+    #[cfg(not(feature = "redis"))]
+    let redis_configured = false;
+    match (choice.as_deref(), kafka_configured, redis_configured) {
+        (Some("memory"), _, _) => {
             tracing::warn!(
                 "{BACKEND_ENV}=memory: running on the in-process broker; nothing survives this process"
             );
             App::builder().backend(InMemory::new()).build()?.run().await
         }
         #[cfg(feature = "kafka")]
-        (Some("kafka-embedded"), _) => {
+        (Some("kafka-embedded"), _, _) => {
             tracing::warn!("{BACKEND_ENV}=kafka-embedded: running on an in-process Kafka cluster; nothing survives this process");
             App::builder()
                 .backend(crate::kafka::Kafka::embedded()?)
@@ -70,29 +77,65 @@ pub async fn run() -> crate::Result<()> {
                 .await
         }
         #[cfg(feature = "kafka")]
-        (Some("kafka"), _) | (None, true) => {
+        (Some("kafka"), _, _) | (None, true, false) => {
             App::builder()
                 .backend(crate::kafka::Kafka::from_env()?)
                 .build()?
                 .run()
                 .await
         }
-        (Some(other), _) => Err(ConfigError::Invalid {
+        #[cfg(feature = "redis")]
+        (Some("redis"), _, _) | (None, false, true) => {
+            App::builder()
+                .backend(crate::redis::Redis::from_env()?)
+                .build()?
+                .run()
+                .await
+        }
+        #[cfg(all(feature = "kafka", feature = "redis"))]
+        (Some("kafka+redis"), _, _) => {
+            let backend = crate::backend::Tiered::new(
+                crate::kafka::Kafka::from_env()?,
+                crate::redis::Redis::from_env()?,
+            );
+            App::builder().backend(backend).build()?.run().await
+        }
+        (None, true, true) => Err(ConfigError::Invalid {
+            field: BACKEND_ENV,
+            reason:
+                "both KAFKA_BROKERS and REDIS_URL are set; set RETRY_KAFKA_BACKEND to \"kafka\", \"redis\" \
+                     or \"kafka+redis\" (Kafka main topics, retries and dead letters on Redis)"
+                    .into(),
+        }
+        .into()),
+        (Some(other), _, _) => Err(ConfigError::Invalid {
             field: BACKEND_ENV,
             reason: format!(
                 "unknown backend {other:?}; this build supports {}",
-                SUPPORTED_BACKENDS
+                match SUPPORTED_BACKENDS.split_last() {
+                    Some((last, [])) => (*last).to_owned(),
+                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                    None => String::new(),
+                }
             ),
         }
         .into()),
-        (None, _) => Err(ConfigError::NoBackend.into()),
+        (None, _, _) => Err(ConfigError::NoBackend.into()),
     }
 }
 
-#[cfg(feature = "kafka")]
-const SUPPORTED_BACKENDS: &str = "\"kafka\", \"kafka-embedded\" and \"memory\"";
-#[cfg(not(feature = "kafka"))]
-const SUPPORTED_BACKENDS: &str = "\"memory\"";
+/// The values of `RETRY_KAFKA_BACKEND` this build understands.
+const SUPPORTED_BACKENDS: &[&str] = &[
+    #[cfg(feature = "kafka")]
+    "\"kafka\"",
+    #[cfg(feature = "kafka")]
+    "\"kafka-embedded\"",
+    #[cfg(feature = "redis")]
+    "\"redis\"",
+    #[cfg(all(feature = "kafka", feature = "redis"))]
+    "\"kafka+redis\"",
+    "\"memory\"",
+];
 
 /// Chooses the backend and settings of an [`App`].
 ///

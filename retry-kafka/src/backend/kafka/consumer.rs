@@ -42,6 +42,32 @@ const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long one poll waits for a message; also the most a command (e.g. a resume) waits.
 const POLL_WAIT: Duration = Duration::from_millis(20);
 
+/// A fetched message as a [`Record`] (one copy out of librdkafka's buffer).
+pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> Record {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        partition: message.partition() as u32,
+        offset: message.offset() as u64,
+        timestamp_ms: message.timestamp().to_millis(),
+        key: message.key().map(Bytes::copy_from_slice),
+        payload: message.payload().map(Bytes::copy_from_slice),
+        headers,
+    }
+}
+
 pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -535,33 +561,12 @@ impl PollThread {
         let Some(assigned) = self.partitions.get_mut(&partition) else {
             return;
         };
-        let offset = message.offset() as u64;
-        assigned.next = Some(offset + 1);
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let record = record_of(message);
+        assigned.next = Some(record.offset + 1);
         batch.push(Item::Record {
             generation: assigned.generation,
             epoch: assigned.epoch,
-            record: Record {
-                partition,
-                offset,
-                timestamp_ms: message.timestamp().to_millis(),
-                key: message.key().map(Bytes::copy_from_slice),
-                payload: message.payload().map(Bytes::copy_from_slice),
-                headers,
-            },
+            record,
         });
     }
 

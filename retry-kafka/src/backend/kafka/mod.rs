@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Backend, Delivered, OutboundRecord, Subscription};
+use super::{Backend, Delivered, OutboundRecord, Record, Subscription};
 use crate::error::{BackendError, ConfigError};
 use crate::policy::Topology;
 
@@ -152,6 +152,62 @@ impl Kafka {
     /// The main cluster's bootstrap servers.
     pub fn brokers(&self) -> &str {
         &self.shared.main.brokers
+    }
+
+    /// Every message of `topic` from the low watermark to the current end, partition by
+    /// partition (a dead-letter topic, for instance). Reads with a client of its own, outside
+    /// any group.
+    pub async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
+        let cluster = self.cluster_of(topic);
+        let config = consumer::config(
+            &cluster.brokers,
+            "retry-kafka-reader",
+            &self.shared.consumer_properties,
+        );
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = config.create().map_err(transport)?;
+            let timeout = Duration::from_secs(10);
+            let partitions = partition_count(&client, &topic)?;
+            let mut records = Vec::new();
+            for partition in 0..partitions {
+                let (low, high) = client
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map_err(transport)?;
+                if high <= low {
+                    continue;
+                }
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(&topic, partition, Offset::Offset(low))
+                    .map_err(transport)?;
+                client.assign(&list).map_err(transport)?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if std::time::Instant::now() > deadline {
+                        return Err(BackendError::Transport {
+                            backend: "kafka",
+                            source: format!("reading {topic}[{partition}] up to offset {high} timed out")
+                                .into(),
+                        });
+                    }
+                    let Some(message) = client.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let record = consumer::record_of(&message.map_err(transport)?);
+                    let done = record.offset + 1 >= high as u64;
+                    records.push(record);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            Ok(records)
+        })
+        .await
+        .map_err(|error| BackendError::Transport {
+            backend: "kafka",
+            source: error.into(),
+        })?
     }
 
     fn cluster_of(&self, topic: &str) -> &Cluster {
@@ -297,6 +353,18 @@ impl KafkaBuilder {
     }
 }
 
+/// The partition count of `topic` as `client` sees it; 0 when it does not exist.
+fn partition_count(client: &BaseConsumer, topic: &str) -> Result<i32, BackendError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(transport)?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
 fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -346,11 +414,7 @@ impl Backend for Kafka {
             // A client in the group that never joins it: it only reads the committed offsets.
             let client: BaseConsumer = config.create().map_err(transport)?;
             let timeout = Duration::from_secs(10);
-            let metadata = client.fetch_metadata(Some(&topic), timeout).map_err(transport)?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .map_or(0, |t| t.partitions().len() as i32);
+            let partitions = partition_count(&client, &topic)?;
             let mut list = TopicPartitionList::new();
             for partition in 0..partitions {
                 list.add_partition(&topic, partition);

@@ -1,0 +1,242 @@
+//! Consumer throughput on Redis: retry-kafka's Redis backend against a hand-written
+//! XREADGROUP/XACK loop, same server, same streams, same run.
+//!
+//! ```text
+//! cargo bench --bench redis_throughput            # starts redis-server (scripts/install-test-deps.sh)
+//! REDIS_URL=redis://host:6379 cargo bench --bench redis_throughput
+//! ```
+//!
+//! Both sides read `MESSAGES` JSON events from a 4-partition topic (4 streams) from the
+//! beginning, decode each one and acknowledge it (at least once). The raw loop reads 256
+//! entries per XREADGROUP and acknowledges each batch with one XACK per stream, pipelined
+//! with its next read; retry-kafka does the same work through the runtime (one consumer,
+//! leases, acknowledgements sent with the next read). The clock starts at the first message.
+//! Rounds alternate; the median of each side is reported with the ratio.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use retry_kafka::backend::Backend as _;
+use retry_kafka::prelude::*;
+use retry_kafka::redis::Redis;
+use retry_kafka_suite::RedisServer;
+use serde::{Deserialize, Serialize};
+
+const TOPIC: &str = "bench.redis.orders";
+const PARTITIONS: u32 = 4;
+const BATCH: usize = 256;
+
+/// Messages per round (`BENCH_MESSAGES`, default 200000) and rounds (`BENCH_ROUNDS`, default 3).
+static MESSAGES: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_MESSAGES", 200_000));
+static ROUNDS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_ROUNDS", 3));
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "bench.redis.orders", key = "order_id")]
+struct OrderPlaced {
+    order_id: u64,
+    amount_cents: u64,
+    customer: String,
+}
+
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+static FIRST: Mutex<Option<Instant>> = Mutex::new(None);
+
+#[retry_handler(group = "bench-rk", retries = ["1s"], dlq)]
+async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
+    if HANDLED.fetch_add(1, Ordering::Relaxed) == 0 {
+        *FIRST.lock().unwrap() = Some(Instant::now());
+    }
+    std::hint::black_box(order);
+    Ok(())
+}
+
+fn stream(p: u32) -> String {
+    format!("{{{TOPIC}}}:{p}")
+}
+
+/// Writes the events through the backend's own producer path, pipelined for speed.
+async fn produce(redis: &Redis) {
+    let producer = Producer::new(redis.clone());
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for order_id in 0..*MESSAGES {
+        let producer = producer.clone();
+        sends.push(async move {
+            let event = OrderPlaced {
+                order_id,
+                amount_cents: 500 + order_id % 1000,
+                customer: format!("customer-{}", order_id % 97),
+            };
+            producer.send(&event).await.unwrap();
+        });
+        if sends.len() >= 256 {
+            futures::StreamExt::next(&mut sends).await;
+        }
+    }
+    futures::StreamExt::collect::<Vec<()>>(sends).await;
+}
+
+/// The hand-written loop: XREADGROUP a batch from every stream, decode, XACK the batch with
+/// the next read.
+async fn raw_round(url: &str, group: &str) -> f64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for p in 0..PARTITIONS {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream(p))
+            .arg(group)
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut first = None;
+    let mut seen = 0u64;
+    let mut acks: Vec<(u32, Vec<String>)> = Vec::new();
+    while seen < *MESSAGES {
+        let mut pipe = redis::pipe();
+        for (p, ids) in acks.drain(..) {
+            pipe.cmd("XACK").arg(stream(p)).arg(group).arg(ids).ignore();
+        }
+        let read = pipe.cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(group)
+            .arg("raw")
+            .arg("COUNT")
+            .arg(BATCH / PARTITIONS as usize)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS");
+        for p in 0..PARTITIONS {
+            read.arg(stream(p));
+        }
+        for _ in 0..PARTITIONS {
+            read.arg(">");
+        }
+        let (reply,): (Value,) = pipe.query_async(&mut conn).await.unwrap();
+        let Value::Array(streams) = reply else { continue };
+        for entry in streams {
+            let Value::Array(pair) = entry else { continue };
+            let Value::BulkString(key) = &pair[0] else {
+                continue;
+            };
+            let p: u32 = std::str::from_utf8(key)
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let Value::Array(entries) = &pair[1] else { continue };
+            let mut ids = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Value::Array(parts) = entry else { continue };
+                let Value::BulkString(id) = &parts[0] else {
+                    continue;
+                };
+                let Value::Array(fields) = &parts[1] else { continue };
+                let payload = fields
+                    .chunks(2)
+                    .find(|f| matches!(&f[0], Value::BulkString(n) if n == b"payload"))
+                    .map(|f| match &f[1] {
+                        Value::BulkString(v) => v.as_slice(),
+                        _ => &[],
+                    })
+                    .unwrap();
+                first.get_or_insert_with(Instant::now);
+                let order = OrderPlaced::decode(payload).unwrap();
+                std::hint::black_box(order);
+                ids.push(String::from_utf8(id.clone()).unwrap());
+                seen += 1;
+            }
+            acks.push((p, ids));
+        }
+    }
+    let elapsed = first.unwrap().elapsed();
+    *MESSAGES as f64 / elapsed.as_secs_f64()
+}
+
+/// retry-kafka: one registered handler, run by the app until it has handled every message.
+async fn retry_kafka_round(redis: &Redis, url: &str) -> f64 {
+    // A fresh group each round, so every round reads everything.
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for p in 0..PARTITIONS {
+        let _: Value = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(stream(p))
+            .arg("bench-rk")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    HANDLED.store(0, Ordering::SeqCst);
+    *FIRST.lock().unwrap() = None;
+    let app = App::builder().backend(redis.clone()).build().unwrap();
+    let running = app.start().await.unwrap();
+    while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = FIRST.lock().unwrap().unwrap().elapsed();
+    running.shutdown().await.unwrap();
+    *MESSAGES as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let (server, url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    // Acknowledged entries stay, so every round reads the same streams.
+    let redis = Redis::builder(url.clone())
+        .keep_acknowledged(Duration::from_secs(86_400))
+        .build()
+        .unwrap();
+    redis.create_topic(TOPIC, PARTITIONS).await.unwrap();
+    produce(&redis).await;
+    println!(
+        "{} messages of ~70 bytes on {PARTITIONS} streams at {url}",
+        *MESSAGES
+    );
+
+    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..*ROUNDS {
+        let rate = raw_round(&url, &format!("bench-raw-{round}")).await;
+        println!("round {round}: raw redis loop    {:>9.0} msg/s", rate);
+        raw.push(rate);
+        let rate = retry_kafka_round(&redis, &url).await;
+        println!("round {round}: retry-kafka       {:>9.0} msg/s", rate);
+        ours.push(rate);
+    }
+    let (raw, ours) = (median(raw), median(ours));
+    println!(
+        "median: raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
+        ours / raw
+    );
+    drop(server);
+}

@@ -1,0 +1,182 @@
+//! Main topics on one backend, retry levels and dead letters on another: Kafka for the
+//! events, Redis for the waiting retries (exact delays in a sorted set, no extra Kafka topics).
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use super::{Backend, Consumer, Delivered, Fetched, OutboundRecord, Subscription};
+use crate::error::BackendError;
+use crate::policy::Topology;
+
+/// A backend whose main topics live on `M` and whose retry and dead-letter topics live on `R`.
+///
+/// Every rule of the delivery contract holds across the two: a message leaves the main topic
+/// only after the retry store has durably taken it, and hand-offs between retry levels are as
+/// atomic as `R` makes them (on Redis: one script writes the next hop and acknowledges).
+///
+/// ```no_run
+/// use retry_kafka::backend::Tiered;
+/// use retry_kafka::kafka::Kafka;
+/// use retry_kafka::redis::Redis;
+/// use retry_kafka::App;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let backend = Tiered::new(Kafka::from_env()?, Redis::from_env()?);
+/// let app = App::builder().backend(backend).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Tiered<M, R> {
+    main: M,
+    retries: R,
+    /// Topics that live on the retry store, learnt from each handler's topology.
+    derived: Arc<RwLock<HashSet<String>>>,
+}
+
+impl<M: Backend, R: Backend> Tiered<M, R> {
+    /// Main topics on `main`, retry and dead-letter topics on `retries`.
+    pub fn new(main: M, retries: R) -> Self {
+        Tiered {
+            main,
+            retries,
+            derived: Arc::default(),
+        }
+    }
+
+    /// The backend of the main topics.
+    pub fn main(&self) -> &M {
+        &self.main
+    }
+
+    /// The backend of the retry and dead-letter topics.
+    pub fn retries(&self) -> &R {
+        &self.retries
+    }
+
+    /// Whether `topic` is a retry or dead-letter topic of a handler this backend has prepared
+    /// (and so lives on the retry store).
+    pub fn is_retry_topic(&self, topic: &str) -> bool {
+        self.derived.read().expect("never poisoned").contains(topic)
+    }
+}
+
+/// A consumer of a [`Tiered`] backend: of a main topic, or of a retry level.
+pub enum TieredConsumer<M, R> {
+    /// Reads a main topic.
+    Main(M),
+    /// Reads a retry level.
+    Retry(R),
+}
+
+impl<M: Consumer, R: Consumer> Consumer for TieredConsumer<M, R> {
+    async fn next(&mut self) -> Result<Fetched, BackendError> {
+        match self {
+            TieredConsumer::Main(c) => c.next().await,
+            TieredConsumer::Retry(c) => c.next().await,
+        }
+    }
+
+    fn hold(&mut self, partition: u32, offset: u64) {
+        match self {
+            TieredConsumer::Main(c) => c.hold(partition, offset),
+            TieredConsumer::Retry(c) => c.hold(partition, offset),
+        }
+    }
+
+    fn resume(&mut self, partition: u32) {
+        match self {
+            TieredConsumer::Main(c) => c.resume(partition),
+            TieredConsumer::Retry(c) => c.resume(partition),
+        }
+    }
+
+    async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
+        match self {
+            TieredConsumer::Main(c) => c.ack(partition, offset).await,
+            TieredConsumer::Retry(c) => c.ack(partition, offset).await,
+        }
+    }
+
+    async fn close(self) -> Result<(), BackendError> {
+        match self {
+            TieredConsumer::Main(c) => c.close().await,
+            TieredConsumer::Retry(c) => c.close().await,
+        }
+    }
+}
+
+impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
+    type Consumer = TieredConsumer<M::Consumer, R::Consumer>;
+
+    fn name(&self) -> &'static str {
+        "tiered"
+    }
+
+    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
+        self.derived
+            .write()
+            .expect("never poisoned")
+            .extend(topology.derived().map(str::to_owned));
+        self.main.prepare(topology).await?;
+        self.retries.prepare(topology).await
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
+        if self.is_retry_topic(topic) {
+            self.retries.partitions(topic).await
+        } else {
+            self.main.partitions(topic).await
+        }
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
+        if self.is_retry_topic(topic) {
+            self.retries.create_topic(topic, partitions).await
+        } else {
+            self.main.create_topic(topic, partitions).await
+        }
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
+        if self.is_retry_topic(topic) {
+            self.retries.lag(topic, group).await
+        } else {
+            self.main.lag(topic, group).await
+        }
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<Self::Consumer, BackendError> {
+        Ok(if self.is_retry_topic(&subscription.topic) {
+            TieredConsumer::Retry(self.retries.subscribe(subscription).await?)
+        } else {
+            TieredConsumer::Main(self.main.subscribe(subscription).await?)
+        })
+    }
+
+    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        if self.is_retry_topic(topic) {
+            self.retries.send(topic, record).await
+        } else {
+            self.main.send(topic, record).await
+        }
+    }
+
+    /// From a retry level to the next level or the DLQ, the retry store's own hand-off (atomic
+    /// on Redis); from a main topic, a durable write to the retry store, after which the
+    /// runtime acknowledges the main topic's offset.
+    async fn hand_off(
+        &self,
+        consumer: &mut Self::Consumer,
+        partition: u32,
+        offset: u64,
+        topic: &str,
+        record: OutboundRecord,
+    ) -> Result<Delivered, BackendError> {
+        match consumer {
+            TieredConsumer::Retry(c) if self.is_retry_topic(topic) => {
+                self.retries.hand_off(c, partition, offset, topic, record).await
+            }
+            _ => self.send(topic, record).await,
+        }
+    }
+}

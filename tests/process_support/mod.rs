@@ -1,0 +1,199 @@
+//! Worker processes (`rk-worker`, which runs `retry_kafka::run()` as a service does) for the
+//! process-level tests of every network backend, and what those tests check about them.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use retry_kafka::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::conformance::Harness;
+
+/// The worker's main topic and dead-letter topic.
+pub const TOPIC: &str = "proc.orders";
+pub const DLQ: &str = "proc.orders.proc-workers.dlq";
+
+/// The worker's event (the same definition as in `src/bin/rk-worker.rs`).
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "proc.orders", key = "id")]
+pub struct Order {
+    pub id: u64,
+}
+
+/// A `rk-worker` process; killed with SIGKILL on drop if still running.
+pub struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Starts a worker with `env` (the backend's settings) and nothing inherited that picks
+    /// another backend.
+    pub fn spawn(name: &str, env: &[(&str, String)]) -> Self {
+        let log = std::env::temp_dir().join(format!("rk-worker-{}-{name}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rk-worker"));
+        for name in ["KAFKA_BROKERS", "REDIS_URL", "RETRY_KAFKA_BACKEND"] {
+            command.env_remove(name);
+        }
+        let child = command
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("WORKER_LOG", &log)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rk-worker");
+        Worker { child, log }
+    }
+
+    /// `(id, attempt, ok)` for every attempt this worker finished.
+    pub fn attempts(&self) -> Vec<(u64, u32, bool)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let mut parts = line.split(' ');
+                let id = parts.next().unwrap().parse().unwrap();
+                let attempt = parts.next().unwrap().parse().unwrap();
+                (id, attempt, parts.next() == Some("ok"))
+            })
+            .collect()
+    }
+
+    /// Waits until this worker has finished `count` attempts.
+    pub async fn wait_for_attempts(&self, count: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.attempts().len() < count {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the worker");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub async fn publish_orders<H: Harness>(harness: &H, ids: std::ops::Range<u64>) {
+    let producer = Producer::new(harness.backend());
+    for id in ids {
+        producer.send(&Order { id }).await.unwrap();
+    }
+}
+
+/// Waits until every order is done: succeeded (by any worker) or dead-lettered. Returns the
+/// dead-lettered ids and how many successful attempts were repeats.
+pub async fn wait_until_done<H: Harness>(
+    harness: &H,
+    workers: &[&Worker],
+    count: u64,
+) -> (HashSet<u64>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let attempts: Vec<(u64, u32, bool)> = workers.iter().flat_map(|w| w.attempts()).collect();
+        let succeeded: HashSet<u64> = attempts.iter().filter(|a| a.2).map(|a| a.0).collect();
+        let dead: HashSet<u64> = harness
+            .records(DLQ)
+            .await
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        let missing: Vec<u64> = (0..count)
+            .filter(|id| !succeeded.contains(id) && !dead.contains(id))
+            .collect();
+        if missing.is_empty() {
+            let successes = attempts.iter().filter(|a| a.2).count();
+            return (dead, successes - succeeded.len());
+        }
+        assert!(Instant::now() < deadline, "orders never finished: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The orders the worker's handler rejects as invalid.
+pub fn expected_dead(count: u64) -> HashSet<u64> {
+    (0..count).filter(|id| id % 50 == 13).collect()
+}
+
+/// Publishes 400 orders, SIGKILLs the first worker after 100 attempts and starts a second:
+/// every order is done, exactly the invalid ones are dead-lettered, and fewer than
+/// `max_repeats` successes are repeated. Returns the repeats.
+pub async fn a_killed_worker_restarted_loses_nothing<H: Harness>(
+    harness: &H,
+    spawn: impl Fn(&str) -> Worker,
+    max_repeats: usize,
+) -> usize {
+    harness.create_topic(TOPIC, 4).await;
+    publish_orders(harness, 0..400).await;
+    let mut first = spawn("first");
+    first
+        .wait_for_attempts(100, "the first worker did not get going")
+        .await;
+    first.kill();
+    let done_before_kill = first.attempts().len();
+
+    let second = spawn("second");
+    let (dead, repeats) = wait_until_done(harness, &[&first, &second], 400).await;
+    assert_eq!(
+        dead,
+        expected_dead(400),
+        "exactly the invalid orders are dead-lettered"
+    );
+    eprintln!(
+        "SIGKILL after {done_before_kill} attempts: every order done; {repeats} successful attempts were repeats, {} \
+         dead letters for {} invalid orders",
+        harness.records(DLQ).await.len(),
+        dead.len()
+    );
+    assert!(repeats < max_repeats, "{repeats} repeats");
+    repeats
+}
+
+/// Two workers share the group until both have work; one is killed, 200 more orders are
+/// published, and the survivor does every one of them.
+pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
+    harness: &H,
+    spawn: impl Fn(&str) -> Worker,
+) {
+    harness.create_topic(TOPIC, 4).await;
+    let mut first = spawn("a");
+    let second = spawn("b");
+    let mut published = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while first.attempts().is_empty() || second.attempts().is_empty() {
+        assert!(Instant::now() < deadline, "both workers never got partitions");
+        publish_orders(harness, published..published + 20).await;
+        published += 20;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.kill();
+    publish_orders(harness, published..published + 200).await;
+    published += 200;
+    let (dead, repeats) = wait_until_done(harness, &[&first, &second], published).await;
+    assert_eq!(dead, expected_dead(published));
+    let by_survivor: HashSet<u64> = second.attempts().iter().map(|a| a.0).collect();
+    let after_kill: HashSet<u64> = (published - 200..published).collect();
+    assert!(
+        after_kill.is_subset(&by_survivor),
+        "the survivor did all the work after the kill"
+    );
+    eprintln!("two workers, one killed: {published} orders done, {repeats} repeated successes");
+}

@@ -1,0 +1,367 @@
+//! Redis behaviour that needs real processes and a real `redis-server`: a worker killed with
+//! SIGKILL loses nothing, two workers share a group and one finishes what the other left,
+//! a server restart (append-only file on) loses nothing acknowledged and the consumers resume
+//! by themselves, garbage written with `redis-cli XADD` is dead-lettered unchanged, a password
+//! is required and named when missing, and memory stays bounded after 100k entries.
+
+mod conformance;
+mod process_support;
+mod redis_support;
+
+use std::os::unix::ffi::OsStrExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use conformance::Harness;
+use process_support::{expected_dead, publish_orders, wait_until_done, Worker, DLQ, TOPIC};
+use redis_support::{connect, stream, test_backend, RedisHarness, RedisServer};
+use retry_kafka::backend::Backend;
+use retry_kafka::prelude::*;
+use retry_kafka::redis::Redis;
+use retry_kafka::{ErrorKind, FailureContext};
+use serde::{Deserialize, Serialize};
+
+fn spawn_worker(harness: &RedisHarness, name: &str) -> Worker {
+    Worker::spawn(
+        name,
+        &[
+            ("REDIS_URL", harness.server.url()),
+            ("REDIS_SESSION_TIMEOUT_MS", "1500".into()),
+            ("REDIS_KEEP_ACKNOWLEDGED_MS", "3600000".into()),
+        ],
+    )
+}
+
+async fn server() -> RedisHarness {
+    tokio::task::spawn_blocking(RedisHarness::start).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
+    let harness = server().await;
+    // Repeats are bounded by what was acknowledged but not yet sent (XACK) at the kill.
+    process_support::a_killed_worker_restarted_loses_nothing(
+        &harness,
+        |name| spawn_worker(&harness, name),
+        100,
+    )
+    .await;
+    assert_nothing_pending(&harness, TOPIC, "proc-workers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_group_and_one_finishes_what_a_killed_one_left() {
+    let harness = server().await;
+    process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, |name| {
+        spawn_worker(&harness, name)
+    })
+    .await;
+    assert_nothing_pending(&harness, TOPIC, "proc-workers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_loses_nothing_acknowledged_and_workers_resume() {
+    let mut harness = tokio::task::spawn_blocking(|| RedisHarness::start_with(None, true))
+        .await
+        .unwrap();
+    harness.create_topic(TOPIC, 2).await;
+    publish_orders(&harness, 0..300).await;
+    let worker = spawn_worker(&harness, "restart");
+    worker.wait_for_attempts(60, "the worker did not get going").await;
+    tokio::task::block_in_place(|| harness.server.restart(Duration::from_millis(1500)));
+    let at_restart = worker.attempts().len();
+    assert!(
+        at_restart < 300,
+        "the restart came too late to matter ({at_restart} attempts)"
+    );
+
+    // Published after the restart: the worker must be reading again by itself.
+    publish_orders(&harness, 300..350).await;
+    let (dead, repeats) = wait_until_done(&harness, &[&worker], 350).await;
+    assert_eq!(dead, expected_dead(350));
+    eprintln!("redis restarted after {at_restart} attempts: all 350 done, {repeats} repeats");
+    assert_nothing_pending(&harness, TOPIC, "proc-workers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_redis_cli_is_dead_lettered_unchanged() {
+    let harness = server().await;
+    harness.create_topic(TOPIC, 1).await;
+    let worker = spawn_worker(&harness, "garbage");
+    let cli = RedisServer::binary().with_file_name("redis-cli");
+    assert!(cli.is_file(), "redis-cli is not installed next to redis-server");
+    let status = Command::new(&cli)
+        .args([
+            "-p",
+            &harness.server.port.to_string(),
+            "XADD",
+            &stream(TOPIC, 0),
+            "*",
+        ])
+        .args([
+            "payload".as_ref(),
+            std::ffi::OsStr::from_bytes(b"\x01\x02garbage\xff{"),
+        ])
+        .args(["origin", "legacy-billing", "key", "some-key"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "redis-cli XADD failed");
+    publish_orders(&harness, 1..2).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let records = harness.records(DLQ).await;
+        if !records.is_empty() && worker.attempts().iter().any(|a| a.0 == 1 && a.2) {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "garbage never reached the DLQ, or order 1 was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    let dead = &dead[0];
+    assert_eq!(dead.payload.as_deref(), Some(&b"\x01\x02garbage\xff{"[..]));
+    assert_eq!(dead.key.as_deref(), Some(&b"some-key"[..]));
+    assert_eq!(dead.headers.get("origin"), Some(&b"legacy-billing"[..]));
+    let context = FailureContext::from_headers(&dead.headers).unwrap();
+    assert_eq!((context.error_kind, context.attempts), (ErrorKind::Decode, 1));
+    assert_eq!(context.original_topic, TOPIC);
+    // The DLQ entry's own fields: the original ones unchanged, then the failure context.
+    let mut conn = harness.connection().await;
+    let fields: redis::Value = redis::cmd("XRANGE")
+        .arg(stream(DLQ, 0))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let text = format!("{fields:?}");
+    for name in ["rk-schema", "rk-error-kind", "rk-original-topic", "rk-attempts"] {
+        assert!(text.contains(name), "{name} missing from {text}");
+    }
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "redis.secure", key = "id")]
+struct Secure {
+    id: u64,
+}
+
+#[retry_handler(group = "redis-secure", retries = ["100ms"], dlq)]
+async fn secure(_event: Secure) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_server_works_with_the_password_and_names_it_without() {
+    init();
+    let server = tokio::task::spawn_blocking(|| RedisServer::start_with(Some("s3cret pass"), false))
+        .await
+        .unwrap();
+    let app = |url: String| {
+        App::builder()
+            .backend(test_backend(&url))
+            .handlers(|s| s.group() == "redis-secure")
+            .build()
+            .unwrap()
+    };
+
+    let without = app(server.url_without_password())
+        .start()
+        .await
+        .err()
+        .expect("no password: start fails");
+    let message = without.to_string();
+    assert!(message.contains("NOAUTH"), "{message}");
+    assert!(
+        message.contains("redis://:password@host:port"),
+        "the fix is named: {message}"
+    );
+    let wrong = app(format!("redis://:wrong@127.0.0.1:{}", server.port))
+        .start()
+        .await
+        .err()
+        .expect("wrong password");
+    assert!(wrong.to_string().contains("password was refused"), "{wrong}");
+    assert!(
+        !wrong.to_string().contains("wrong@"),
+        "the password is not printed: {wrong}"
+    );
+
+    let app = app(server.url().replace(' ', "%20"));
+    let running = app.start().await.expect("starts with the password");
+    app.producer().send(&Secure { id: 1 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.stats().handler("secure").unwrap().succeeded < 1 {
+        assert!(Instant::now() < deadline, "the event was not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "redis.bulk", key = "id")]
+struct Bulk {
+    id: u64,
+}
+
+#[retry_handler(group = "redis-bulk", retries = ["200ms"], dlq, concurrency = 8)]
+async fn bulk(event: Bulk, ctx: Context) -> Result<(), HandlerError> {
+    if event.id % 1000 == 7 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("one in a thousand fails once"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_after_100k_entries() {
+    init();
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let backend = Redis::builder(server.url())
+        .session_timeout(Duration::from_millis(1500))
+        .trim_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    backend.create_topic("redis.bulk", 2).await.unwrap();
+    let app = App::builder()
+        .backend(backend.clone())
+        .handlers(|s| s.group() == "redis-bulk")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    let mut conn = connect(&server.url()).await;
+    let used = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let baseline = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .unwrap(),
+    );
+
+    const COUNT: u64 = 100_000;
+    let producer = app.producer();
+    let mut sends = futures::stream::FuturesUnordered::new();
+    let mut peak_len = 0u64;
+    for id in 0..COUNT {
+        let producer = producer.clone();
+        sends.push(async move { producer.send(&Bulk { id }).await });
+        if sends.len() >= 64 {
+            use futures::StreamExt;
+            sends.next().await.unwrap().unwrap();
+        }
+        if id % 10_000 == 0 {
+            peak_len = peak_len.max(stream_lengths(&mut conn, "redis.bulk").await);
+        }
+    }
+    futures::StreamExt::for_each(sends, |r| async {
+        r.unwrap();
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while app.stats().handler("bulk").unwrap().succeeded < COUNT {
+        assert!(
+            Instant::now() < deadline,
+            "not all entries were processed: {:?}",
+            app.stats()
+        );
+        peak_len = peak_len.max(stream_lengths(&mut conn, "redis.bulk").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Trimming runs every 200 ms on the owner of each stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = stream_lengths(&mut conn, "redis.bulk").await
+            + stream_lengths(&mut conn, "redis.bulk.redis-bulk.retry.1").await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} acknowledged entries were never trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut usage = 0u64;
+    for p in 0..2 {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(stream("redis.bulk", p))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        usage += bytes.unwrap_or(0);
+    }
+    let after = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .unwrap(),
+    );
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    eprintln!(
+        "100k entries processed: longest backlog seen {peak_len} entries; streams now 0 entries, {usage} bytes; \
+         used_memory {baseline} -> {after} bytes; {keys} keys"
+    );
+    assert!(usage < 8 * 1024, "two empty streams use {usage} bytes");
+    assert!(
+        after < baseline + 2 * 1024 * 1024,
+        "used_memory grew from {baseline} to {after}"
+    );
+    assert!(keys < 20, "{keys} keys left");
+    let stats = app.stats();
+    let stats = stats.handler("bulk").unwrap();
+    assert_eq!((stats.retried[0], stats.dead_lettered), (100, 0));
+    running.shutdown().await.unwrap();
+    assert_nothing_pending_on(&backend, "redis.bulk", "redis-bulk").await;
+}
+
+async fn stream_lengths(conn: &mut redis::aio::MultiplexedConnection, topic: &str) -> u64 {
+    let mut total = 0;
+    for p in 0..2 {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(stream(topic, p))
+            .query_async(conn)
+            .await
+            .unwrap();
+        total += len;
+    }
+    total
+}
+
+/// Nothing pending in `group` on `topic` and its first retry level: crash recovery claimed it.
+async fn assert_nothing_pending(harness: &RedisHarness, topic: &str, group: &str) {
+    assert_nothing_pending_on(&harness.backend, topic, group).await;
+}
+
+async fn assert_nothing_pending_on(backend: &Redis, topic: &str, group: &str) {
+    let retry = format!("{topic}.{group}.retry.1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let main = backend.lag(topic, group).await.unwrap();
+        let retry = backend.lag(&retry, &retry).await.unwrap();
+        if main == 0 && retry == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries left unacknowledged: {main} on {topic}, {retry} on its retry level"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn init() {
+    redis_support::init_tracing();
+}

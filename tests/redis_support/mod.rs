@@ -1,0 +1,194 @@
+//! Redis test support: the conformance harness over a `Redis` backend on a real
+//! `redis-server` process started on a free loopback port and stopped on drop.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use retry_kafka::backend::{Backend, Record};
+use retry_kafka::redis::Redis;
+pub use retry_kafka_suite::RedisServer;
+
+use crate::conformance::Harness;
+
+#[allow(unused_imports)]
+pub use retry_kafka_suite::init_test_tracing as init_tracing;
+
+/// Settings for tests: short session timeout, and acknowledged entries kept for an hour so a
+/// test can read a whole topic afterwards (trimming has tests of its own).
+pub fn test_backend(url: &str) -> Redis {
+    Redis::builder(url)
+        .session_timeout(Duration::from_millis(1500))
+        .keep_acknowledged(Duration::from_secs(3600))
+        .build()
+        .expect("redis backend")
+}
+
+/// The conformance harness on one redis-server.
+pub struct RedisHarness {
+    pub backend: Redis,
+    pub server: RedisServer,
+}
+
+impl RedisHarness {
+    pub fn start() -> Self {
+        Self::start_with(None, false)
+    }
+
+    /// A harness on a server with `password` and, with `append_only`, an fsynced append-only
+    /// file.
+    pub fn start_with(password: Option<&str>, append_only: bool) -> Self {
+        init_tracing();
+        let server = RedisServer::start_with(password, append_only);
+        let backend = test_backend(&server.url());
+        RedisHarness { backend, server }
+    }
+
+    pub async fn connection(&self) -> MultiplexedConnection {
+        connect(&self.server.url()).await
+    }
+
+    async fn partitions(&self, topic: &str) -> u32 {
+        self.backend
+            .partitions(topic)
+            .await
+            .expect("partitions")
+            .unwrap_or(0)
+    }
+}
+
+pub async fn connect(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+/// The stream of `topic`'s partition `p`.
+pub fn stream(topic: &str, p: u32) -> String {
+    format!("{{{topic}}}:{p}")
+}
+
+/// The entry IDs of a stream, in order.
+pub async fn ids(conn: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
+    let entries: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Value::Array(parts) => match parts.first() {
+                Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("stream id");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// How many entries of `stream` `group` has acknowledged as one prefix: the position of its
+/// oldest pending entry, or of the first entry after the last it read.
+pub async fn committed_position(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
+    let ids = ids(conn, stream).await;
+    let groups: redis::RedisResult<Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await;
+    let Ok(Value::Array(groups)) = groups else {
+        return 0;
+    };
+    let field = |group: &Value, name: &str| -> Option<Value> {
+        let Value::Array(flat) = group else { return None };
+        flat.chunks(2)
+            .find(|pair| matches!(&pair[0], Value::BulkString(n) if n == name.as_bytes()))
+            .map(|pair| pair[1].clone())
+    };
+    let Some(info) = groups
+        .iter()
+        .find(|g| matches!(field(g, "name"), Some(Value::BulkString(n)) if n == group.as_bytes()))
+    else {
+        return 0;
+    };
+    let pending = matches!(field(info, "pending"), Some(Value::Int(n)) if n > 0);
+    if pending {
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(conn)
+            .await
+            .unwrap();
+        let Value::Array(parts) = summary else {
+            unreachable!()
+        };
+        let Value::BulkString(oldest) = &parts[1] else {
+            unreachable!()
+        };
+        let oldest = id_key(&String::from_utf8_lossy(oldest));
+        ids.iter().filter(|id| id_key(id) < oldest).count() as u64
+    } else {
+        let Some(Value::BulkString(last)) = field(info, "last-delivered-id") else {
+            return 0;
+        };
+        let last = id_key(&String::from_utf8_lossy(&last));
+        ids.iter().filter(|id| id_key(id) <= last).count() as u64
+    }
+}
+
+impl Harness for RedisHarness {
+    type Backend = Redis;
+
+    fn backend(&self) -> Redis {
+        self.backend.clone()
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: u32) {
+        self.backend
+            .create_topic(topic, partitions)
+            .await
+            .expect("create topic");
+    }
+
+    async fn records(&self, topic: &str) -> Vec<Record> {
+        self.backend.read_topic(topic).await.expect("read topic")
+    }
+
+    /// Positions, not offsets: Redis offsets are IDs, and the suite counts messages.
+    async fn committed(&self, topic: &str, group: &str) -> Vec<u64> {
+        let mut conn = self.connection().await;
+        let mut positions = Vec::new();
+        for p in 0..self.partitions(topic).await {
+            positions.push(committed_position(&mut conn, &stream(topic, p), group).await);
+        }
+        positions
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Vec<u64> {
+        let mut conn = self.connection().await;
+        let mut ends = Vec::new();
+        for p in 0..self.partitions(topic).await {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(stream(topic, p))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            ends.push(len);
+        }
+        ends
+    }
+}
