@@ -1,15 +1,18 @@
-//! Consumer throughput: retry-kafka against a hand-written rdkafka loop, same broker, same
-//! topic, same run.
+//! Consumer throughput: retry-kafka against hand-written loops on the same server, same
+//! topic, same run: a raw rdkafka loop on Kafka, a raw XREADGROUP/XACK loop on Redis.
 //!
 //! ```text
-//! cargo bench --bench throughput            # starts tansu from .tools/ (scripts/install-test-deps.sh)
-//! KAFKA_BROKERS=host:9092 cargo bench --bench throughput
+//! cargo bench --bench throughput            # starts tansu and redis-server (scripts/install-test-deps.sh)
+//! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench throughput
+//! BENCH_BACKEND=redis cargo bench --bench throughput   # one backend: kafka or redis
 //! ```
 //!
 //! Both sides read `MESSAGES` JSON events from a 4-partition topic from the beginning, decode
-//! each one, and store its offset for commit (at least once). The clock starts at the first
-//! message, so group joins are not measured. Rounds alternate, and the median of each side is
-//! reported with the ratio.
+//! each one, and acknowledge it (at least once): on Kafka they store the offset for commit; on
+//! Redis the raw loop reads 256 entries per XREADGROUP and acknowledges each batch with one
+//! XACK per stream, pipelined with its next read, as retry-kafka does. The clock starts at the
+//! first message, so group joins are not measured. Rounds alternate, and the median of each
+//! side is reported with the ratio.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -20,10 +23,12 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use redis::Value;
 use retry_kafka::backend::Backend as _;
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
-use retry_kafka_suite::Tansu;
+use retry_kafka::redis::Redis;
+use retry_kafka_suite::{RedisServer, Tansu};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.orders";
@@ -176,6 +181,144 @@ fn reset_group(bootstrap: &str, group: &str) {
     consumer.commit(&list, CommitMode::Sync).unwrap();
 }
 
+fn redis_stream(p: u32) -> String {
+    format!("{{{TOPIC}}}:{p}")
+}
+
+/// Writes the events to Redis through the backend's own producer path, pipelined.
+async fn redis_produce(redis: &Redis) {
+    let producer = Producer::new(redis.clone());
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for order_id in 0..*MESSAGES {
+        let producer = producer.clone();
+        sends.push(async move {
+            let event = OrderPlaced {
+                order_id,
+                amount_cents: 500 + order_id % 1000,
+                customer: format!("customer-{}", order_id % 97),
+            };
+            producer.send(&event).await.unwrap();
+        });
+        if sends.len() >= 256 {
+            futures::StreamExt::next(&mut sends).await;
+        }
+    }
+    futures::StreamExt::collect::<Vec<()>>(sends).await;
+}
+
+/// The hand-written Redis loop: XREADGROUP a batch from every stream, decode, XACK the batch with
+/// the next read.
+async fn redis_raw_round(url: &str, group: &str) -> f64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for p in 0..PARTITIONS {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(redis_stream(p))
+            .arg(group)
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut first = None;
+    let mut seen = 0u64;
+    let mut acks: Vec<(u32, Vec<String>)> = Vec::new();
+    while seen < *MESSAGES {
+        let mut pipe = redis::pipe();
+        for (p, ids) in acks.drain(..) {
+            pipe.cmd("XACK").arg(redis_stream(p)).arg(group).arg(ids).ignore();
+        }
+        let read = pipe.cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(group)
+            .arg("raw")
+            .arg("COUNT")
+            .arg(256 / PARTITIONS as usize)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS");
+        for p in 0..PARTITIONS {
+            read.arg(redis_stream(p));
+        }
+        for _ in 0..PARTITIONS {
+            read.arg(">");
+        }
+        let (reply,): (Value,) = pipe.query_async(&mut conn).await.unwrap();
+        let Value::Array(streams) = reply else { continue };
+        for entry in streams {
+            let Value::Array(pair) = entry else { continue };
+            let Value::BulkString(key) = &pair[0] else {
+                continue;
+            };
+            let p: u32 = std::str::from_utf8(key)
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let Value::Array(entries) = &pair[1] else { continue };
+            let mut ids = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Value::Array(parts) = entry else { continue };
+                let Value::BulkString(id) = &parts[0] else {
+                    continue;
+                };
+                let Value::Array(fields) = &parts[1] else { continue };
+                let payload = fields
+                    .chunks(2)
+                    .find(|f| matches!(&f[0], Value::BulkString(n) if n == b"payload"))
+                    .map(|f| match &f[1] {
+                        Value::BulkString(v) => v.as_slice(),
+                        _ => &[],
+                    })
+                    .unwrap();
+                first.get_or_insert_with(Instant::now);
+                let order = OrderPlaced::decode(payload).unwrap();
+                std::hint::black_box(order);
+                ids.push(String::from_utf8(id.clone()).unwrap());
+                seen += 1;
+            }
+            acks.push((p, ids));
+        }
+    }
+    let elapsed = first.unwrap().elapsed();
+    *MESSAGES as f64 / elapsed.as_secs_f64()
+}
+
+/// retry-kafka on Redis: the same handler, run by the app until it has handled every message.
+async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> f64 {
+    // A fresh group each round, so every round reads everything.
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for p in 0..PARTITIONS {
+        let _: Value = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(redis_stream(p))
+            .arg("bench-rk")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    HANDLED.store(0, Ordering::SeqCst);
+    *FIRST.lock().unwrap() = None;
+    let app = App::builder().backend(redis.clone()).build().unwrap();
+    let running = app.start().await.unwrap();
+    while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = FIRST.lock().unwrap().unwrap().elapsed();
+    running.shutdown().await.unwrap();
+    *MESSAGES as f64 / elapsed.as_secs_f64()
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
@@ -183,6 +326,16 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_default();
+    if backend != "redis" {
+        kafka_rounds().await;
+    }
+    if backend != "kafka" {
+        redis_rounds().await;
+    }
+}
+
+async fn kafka_rounds() {
     let broker = Broker::start();
     let kafka = Kafka::builder(broker.bootstrap.clone()).build().unwrap();
     kafka.create_topic(TOPIC, PARTITIONS).await.unwrap();
@@ -210,7 +363,45 @@ async fn main() {
     }
     let (raw, ours) = (median(raw), median(ours));
     println!(
-        "median: raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
+        "median (kafka): raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
         ours / raw
     );
+}
+
+async fn redis_rounds() {
+    let (server, url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    // Acknowledged entries stay, so every round reads the same streams.
+    let redis = Redis::builder(url.clone())
+        .keep_acknowledged(Duration::from_secs(86_400))
+        .build()
+        .unwrap();
+    redis.create_topic(TOPIC, PARTITIONS).await.unwrap();
+    redis_produce(&redis).await;
+    println!(
+        "{} messages of ~70 bytes on {PARTITIONS} Redis streams at {url}",
+        *MESSAGES
+    );
+
+    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..*ROUNDS {
+        let rate = redis_raw_round(&url, &format!("bench-raw-{round}")).await;
+        println!("round {round}: raw redis loop    {:>9.0} msg/s", rate);
+        raw.push(rate);
+        let rate = redis_retry_kafka_round(&redis, &url).await;
+        println!("round {round}: retry-kafka       {:>9.0} msg/s", rate);
+        ours.push(rate);
+    }
+    let (raw, ours) = (median(raw), median(ours));
+    println!(
+        "median (redis): raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
+        ours / raw
+    );
+    drop(server);
 }

@@ -400,8 +400,29 @@ impl Reader {
                 .collect();
             (acks, control.epochs.clone(), replay, live)
         };
+        let replaying = !replay.is_empty();
+        if !replaying && live.is_empty() {
+            // Nothing owned, or everything held: send what was acknowledged, then wait for a
+            // change rather than spin.
+            if !acks.is_empty() {
+                let sent: Result<(), RedisError> = self.acking(&acks).query_async(&mut self.conn).await;
+                if let Err(error) = sent {
+                    self.control.lock().unwrap().restore_acks(acks);
+                    return Err(error);
+                }
+            }
+            let pause = next_heartbeat
+                .saturating_duration_since(Instant::now())
+                .min(self.settings.block);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+            return Ok(());
+        }
         let mut pipe = self.acking(&acks);
         let now = now_ms();
+        // Only a member that reads moves due retries, in the same round trip as its read.
         let moving = self.delayed.is_some() && self.next_due.is_none_or(|due| due <= now);
         if let (Some(delayed), true) = (&self.delayed, moving) {
             pipe.cmd("EVAL")
@@ -411,7 +432,6 @@ impl Reader {
                 .arg(now)
                 .arg(1000);
         }
-        let replaying = !replay.is_empty();
         let streams: Vec<(u32, String)> = if replaying {
             // History reads do not block: read the pending entries first.
             replay.iter().map(|&(p, after)| (p, after.to_string())).collect()
@@ -432,35 +452,22 @@ impl Reader {
             }
             Some(block.max(Duration::from_millis(1)))
         };
-        if !streams.is_empty() {
-            let per_stream = (self.settings.batch / streams.len()).max(1);
-            let read = pipe.cmd("XREADGROUP");
-            read.arg("GROUP")
-                .arg(&self.group)
-                .arg(&self.member)
-                .arg("COUNT")
-                .arg(per_stream);
-            if let Some(block) = block {
-                read.arg("BLOCK").arg(block.as_millis() as u64);
-            }
-            read.arg("STREAMS");
-            for (p, _) in &streams {
-                read.arg(&self.streams[*p as usize]);
-            }
-            for (_, id) in &streams {
-                read.arg(id);
-            }
+        let per_stream = (self.settings.batch / streams.len()).max(1);
+        let read = pipe.cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.member)
+            .arg("COUNT")
+            .arg(per_stream);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
         }
-        if pipe.is_empty() {
-            // Nothing owned, or everything held: wait for a change rather than spin.
-            let pause = next_heartbeat
-                .saturating_duration_since(Instant::now())
-                .min(self.settings.block);
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(pause) => {}
-            }
-            return Ok(());
+        read.arg("STREAMS");
+        for (p, _) in &streams {
+            read.arg(&self.streams[*p as usize]);
+        }
+        for (_, id) in &streams {
+            read.arg(id);
         }
         let replies: Vec<Value> = match pipe.query_async(&mut self.blocking).await {
             Ok(replies) => replies,
@@ -489,25 +496,33 @@ impl Reader {
                 continue;
             };
             let mut last = None;
+            let mut unsent = None;
             for (id, fields) in parse_entries(entries) {
-                last = Some(id);
                 if fields.is_empty() {
                     // Deleted while pending: nothing to deliver, only to acknowledge.
                     self.control.lock().unwrap().acks[p].push(id);
+                    last = Some(id);
                     continue;
                 }
-                let record = decode(p as u32, id, fields);
-                let Some(permit) = permits.next() else { break };
+                let Some(permit) = permits.next() else {
+                    // No room (cannot happen with COUNT sized to the permits): the rest is in
+                    // this member's pending list; read it from there.
+                    unsent = Some(id);
+                    break;
+                };
                 permit.send(Item::Record {
                     epoch: epochs[p],
                     id,
-                    record,
+                    record: decode(p as u32, id, fields),
                 });
+                last = Some(id);
             }
-            read_any[p] = last.is_some();
-            if replaying {
-                let mut control = self.control.lock().unwrap();
-                if control.epochs[p] == epochs[p] {
+            read_any[p] = last.is_some() || unsent.is_some();
+            let mut control = self.control.lock().unwrap();
+            if control.epochs[p] == epochs[p] {
+                if let Some(first) = unsent {
+                    control.replay_after[p] = Some(first.before());
+                } else if replaying {
                     control.replay_after[p] = last;
                 }
             }
