@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use conformance::Harness;
 use process_support::{expected_dead, publish_orders, wait_until_done, Worker, DLQ, TOPIC};
-use redis_support::{connect, stream, test_backend, RedisHarness, RedisServer};
+use redis_support::{
+    assert_nothing_pending, assert_nothing_pending_on, connect, stream, test_backend, RedisHarness,
+    RedisServer,
+};
 use retry_kafka::backend::Backend;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
@@ -338,28 +341,6 @@ async fn stream_lengths(conn: &mut redis::aio::MultiplexedConnection, topic: &st
         total += len;
     }
     total
-}
-
-/// Nothing pending in `group` on `topic` and its first retry level: crash recovery claimed it.
-async fn assert_nothing_pending(harness: &RedisHarness, topic: &str, group: &str) {
-    assert_nothing_pending_on(&harness.backend, topic, group).await;
-}
-
-async fn assert_nothing_pending_on(backend: &Redis, topic: &str, group: &str) {
-    let retry = format!("{topic}.{group}.retry.1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let main = backend.lag(topic, group).await.unwrap();
-        let retry = backend.lag(&retry, &retry).await.unwrap();
-        if main == 0 && retry == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "entries left unacknowledged: {main} on {topic}, {retry} on its retry level"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn init() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use retry_kafka::backend::{Backend, Record};
-use retry_kafka::redis::Redis;
+use retry_kafka::redis::{Redis, RedisBuilder};
 pub use retry_kafka_suite::RedisServer;
 
 use crate::conformance::Harness;
@@ -19,11 +19,13 @@ pub use retry_kafka_suite::init_test_tracing as init_tracing;
 /// Settings for tests: short session timeout, and acknowledged entries kept for an hour so a
 /// test can read a whole topic afterwards (trimming has tests of its own).
 pub fn test_backend(url: &str) -> Redis {
+    test_settings(url).build().expect("redis backend")
+}
+
+pub fn test_settings(url: &str) -> RedisBuilder {
     Redis::builder(url)
         .session_timeout(Duration::from_millis(1500))
         .keep_acknowledged(Duration::from_secs(3600))
-        .build()
-        .expect("redis backend")
 }
 
 /// The conformance harness on one redis-server.
@@ -43,6 +45,17 @@ impl RedisHarness {
         init_tracing();
         let server = RedisServer::start_with(password, append_only);
         let backend = test_backend(&server.url());
+        RedisHarness { backend, server }
+    }
+
+    /// A harness whose members all read every partition ([`RedisBuilder::unordered`]).
+    pub fn start_unordered() -> Self {
+        init_tracing();
+        let server = RedisServer::start();
+        let backend = test_settings(&server.url())
+            .unordered()
+            .build()
+            .expect("redis backend");
         RedisHarness { backend, server }
     }
 
@@ -190,5 +203,27 @@ impl Harness for RedisHarness {
             ends.push(len);
         }
         ends
+    }
+}
+
+/// Nothing pending in `group` on `topic` and its first retry level: crash recovery claimed it.
+pub async fn assert_nothing_pending(harness: &RedisHarness, topic: &str, group: &str) {
+    assert_nothing_pending_on(&harness.backend, topic, group).await;
+}
+
+pub async fn assert_nothing_pending_on(backend: &Redis, topic: &str, group: &str) {
+    let retry = format!("{topic}.{group}.retry.1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let main = backend.lag(topic, group).await.unwrap();
+        let retry = backend.lag(&retry, &retry).await.unwrap();
+        if main == 0 && retry == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries left unacknowledged: {main} on {topic}, {retry} on its retry level"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -113,7 +113,7 @@ impl InFlight {
 
 /// Per partition: offsets in flight and finished ones not yet acknowledged, so only a
 /// contiguous prefix of finished work is acknowledged when attempts finish out of order.
-/// Offsets are dispatched in increasing order, so `in_flight` stays sorted as a queue whose
+/// Offsets are mostly dispatched in increasing order, so `in_flight` is a sorted queue whose
 /// capacity is reused: the common case allocates nothing per message.
 #[derive(Default)]
 struct Progress {
@@ -123,7 +123,15 @@ struct Progress {
 
 impl Progress {
     fn start(&mut self, offset: u64) {
-        self.in_flight.push_back(offset);
+        // Partitions arrive in offset order, except where a backend hands this member entries
+        // another member left behind (Redis, unordered): keep the queue sorted either way.
+        match self.in_flight.back() {
+            Some(&last) if last > offset => {
+                let at = self.in_flight.partition_point(|&o| o < offset);
+                self.in_flight.insert(at, offset);
+            }
+            _ => self.in_flight.push_back(offset),
+        }
     }
 
     /// Marks `offset` finished; returns the offset up to which everything is now done, if that
@@ -510,5 +518,17 @@ mod tests {
         assert_eq!(progress.finish(13), Some(14));
         progress.start(15);
         assert_eq!(progress.finish(15), Some(15));
+    }
+
+    #[test]
+    fn an_older_offset_dispatched_late_holds_the_prefix_back() {
+        let mut progress = Progress::default();
+        [10, 12].into_iter().for_each(|o| progress.start(o));
+        progress.start(3); // handed over late, e.g. claimed from a member that left
+        progress.start(7);
+        assert_eq!(progress.finish(7), None, "3 is still in flight");
+        assert_eq!(progress.finish(10), None);
+        assert_eq!(progress.finish(3), Some(10));
+        assert_eq!(progress.finish(12), Some(12));
     }
 }

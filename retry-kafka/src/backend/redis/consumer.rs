@@ -127,6 +127,7 @@ impl RedisConsumer {
             owned: BTreeSet::new(),
             lease_until: Instant::now(),
             next_due: None,
+            sweep: false,
         };
         tracing::debug!(%topic, %group, member = %reader.member, "redis consumer joining");
         let reader = tokio::spawn(reader.run());
@@ -172,12 +173,18 @@ impl Consumer for RedisConsumer {
                             continue;
                         }
                     }
-                    // Delivery order: a re-read of an earlier entry (after a hold or a take-over)
-                    // rewinds what this member counts as delivered.
+                    // Kept in offset order: entries arrive in order, except re-reads (after a
+                    // take-over) and entries claimed from another member (unordered).
                     let delivered = self.delivered.entry(record.partition).or_default();
-                    let from = delivered.partition_point(|&(o, _)| o < record.offset);
-                    delivered.truncate(from);
-                    delivered.push_back((record.offset, id));
+                    match delivered.back() {
+                        Some(&(last, _)) if last >= record.offset => {
+                            let at = delivered.partition_point(|&(o, _)| o < record.offset);
+                            if delivered.get(at).is_none_or(|&(o, _)| o != record.offset) {
+                                delivered.insert(at, (record.offset, id));
+                            }
+                        }
+                        _ => delivered.push_back((record.offset, id)),
+                    }
                     return Ok(Fetched::Record(record));
                 }
                 Some(Item::Event(event)) => {
@@ -309,6 +316,8 @@ struct Reader {
     lease_until: Instant,
     /// When the next entry in the delay set is due (epoch ms), if known.
     next_due: Option<i64>,
+    /// Unordered: claim what other members left pending, in the next round.
+    sweep: bool,
 }
 
 impl Reader {
@@ -321,14 +330,19 @@ impl Reader {
         let sender = self.sender.clone();
         while !self.stop.is_cancelled() {
             if Instant::now() >= next_heartbeat {
-                match self.rebalance().await {
+                let renewed = if self.settings.unordered {
+                    self.renew_unordered().await
+                } else {
+                    self.rebalance().await
+                };
+                match renewed {
                     Ok(()) => next_heartbeat = Instant::now() + heartbeat,
                     Err(error) => {
                         tracing::warn!(topic = %self.topic, group = %self.group, %error, "redis membership renewal failed; retrying");
                         next_heartbeat = Instant::now() + heartbeat.min(Duration::from_millis(500));
                     }
                 }
-                if Instant::now() >= self.lease_until && !self.owned.is_empty() {
+                if !self.settings.unordered && Instant::now() >= self.lease_until && !self.owned.is_empty() {
                     // Leases not renewed in time may belong to another member by now.
                     let lost: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
                     tracing::warn!(topic = %self.topic, group = %self.group, partitions = ?lost, "leases expired; partitions given up");
@@ -421,6 +435,10 @@ impl Reader {
             return Ok(());
         }
         let mut pipe = self.acking(&acks);
+        if self.sweep && !replaying {
+            self.sweep = false;
+            return self.claim_idle(pipe, acks, permits, &live, &epochs).await;
+        }
         let now = now_ms();
         // Only a member that reads moves due retries, in the same round trip as its read.
         let moving = self.delayed.is_some() && self.next_due.is_none_or(|due| due <= now);
@@ -624,6 +642,109 @@ impl Reader {
         Ok(())
     }
 
+    /// Unordered: renews membership, reads every partition, keeps this member's own pending
+    /// entries from looking idle (so none is claimed while its handler runs), and asks for a
+    /// sweep of what other members left.
+    async fn renew_unordered(&mut self) -> Result<(), RedisError> {
+        let ttl = self.settings.session_timeout;
+        let now = now_ms();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&self.members)
+            .arg(now + ttl.as_millis() as i64)
+            .arg(&self.member)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&self.members)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .query_async::<()>(&mut self.conn)
+            .await?;
+        if self.owned.is_empty() {
+            let all: Vec<u32> = (0..self.streams.len() as u32).collect();
+            self.owned.extend(all.iter().copied());
+            let _ = self.sender.try_send(Item::Event(Fetched::Assigned(all)));
+        }
+        let touch_after = (ttl / 3).as_millis() as u64;
+        for stream in self.streams.clone() {
+            let pending: Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&self.group)
+                .arg("IDLE")
+                .arg(touch_after)
+                .arg("-")
+                .arg("+")
+                .arg(1000)
+                .arg(&self.member)
+                .query_async(&mut self.conn)
+                .await?;
+            let ids = pending_ids(&pending);
+            if !ids.is_empty() {
+                redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(&self.group)
+                    .arg(&self.member)
+                    .arg(0)
+                    .arg(ids)
+                    .arg("JUSTID")
+                    .query_async::<()>(&mut self.conn)
+                    .await?;
+            }
+        }
+        self.sweep = true;
+        Ok(())
+    }
+
+    /// Unordered: claims entries idle longer than the session timeout (their member died or
+    /// left them) and delivers them here.
+    async fn claim_idle(
+        &mut self,
+        mut pipe: redis::Pipeline,
+        acks: Acks,
+        permits: mpsc::PermitIterator<'_, Item>,
+        partitions: &[u32],
+        epochs: &[u64],
+    ) -> Result<(), RedisError> {
+        let per_stream = (self.settings.batch / partitions.len()).max(1);
+        for &p in partitions {
+            pipe.cmd("XAUTOCLAIM")
+                .arg(&self.streams[p as usize])
+                .arg(&self.group)
+                .arg(&self.member)
+                .arg(self.settings.session_timeout.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(per_stream);
+        }
+        let replies: Vec<Value> = match pipe.query_async(&mut self.conn).await {
+            Ok(replies) => replies,
+            Err(error) => {
+                self.control.lock().unwrap().restore_acks(acks);
+                return Err(error);
+            }
+        };
+        let mut permits = permits;
+        let mut claimed = 0usize;
+        for (&p, reply) in partitions.iter().zip(&replies) {
+            let Value::Array(parts) = reply else { continue };
+            let Some(entries) = parts.get(1) else { continue };
+            for (id, fields) in parse_entries(entries) {
+                let Some(permit) = permits.next() else { break };
+                claimed += 1;
+                permit.send(Item::Record {
+                    epoch: epochs[p as usize],
+                    id,
+                    record: decode(p, id, fields),
+                });
+            }
+        }
+        if claimed > 0 {
+            tracing::info!(topic = %self.topic, group = %self.group, claimed, "claimed entries other members left pending");
+        }
+        Ok(())
+    }
+
     /// Claims every entry the group left pending on partition `p` (its previous owner is gone
     /// or gave it up), to be read again from this member's pending list.
     async fn take_over(&mut self, p: u32) -> Result<(), RedisError> {
@@ -772,6 +893,38 @@ impl Reader {
         Ok(())
     }
 
+    /// Unordered: marks this member's unfinished entries as long idle, so the next sweep of
+    /// any member claims them at once instead of after the session timeout.
+    async fn hand_over_pending(&mut self) {
+        let idle = self.settings.session_timeout.as_millis() as u64 * 10;
+        for stream in self.streams.clone() {
+            let pending: Result<Value, RedisError> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&self.group)
+                .arg("-")
+                .arg("+")
+                .arg(10_000)
+                .arg(&self.member)
+                .query_async(&mut self.conn)
+                .await;
+            let ids = pending.map(|p| pending_ids(&p)).unwrap_or_default();
+            if ids.is_empty() {
+                continue;
+            }
+            let _: Result<Value, RedisError> = redis::cmd("XCLAIM")
+                .arg(&stream)
+                .arg(&self.group)
+                .arg(&self.member)
+                .arg(0)
+                .arg(ids)
+                .arg("IDLE")
+                .arg(idle)
+                .arg("JUSTID")
+                .query_async(&mut self.conn)
+                .await;
+        }
+    }
+
     /// Sends the last acknowledgements, gives up leases and membership, and removes this
     /// member's name from the group when it has nothing pending.
     async fn leave(mut self) -> Result<(), BackendError> {
@@ -782,6 +935,9 @@ impl Reader {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
             flushed = self.flush_acks().await;
+        }
+        if self.settings.unordered {
+            self.hand_over_pending().await;
         }
         let owned: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
         let mut pipe = self.releasing(&owned);
@@ -809,6 +965,20 @@ impl Reader {
         }
         flushed.map_err(transport)
     }
+}
+
+/// The IDs of an extended XPENDING reply (`[[id, consumer, idle, deliveries], ...]`).
+fn pending_ids(value: &Value) -> Vec<String> {
+    let Value::Array(entries) = value else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Value::Array(parts) => Some(String::from_utf8_lossy(bytes_of(parts.first()?)?).into_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `[[key, entries], ...]` of an XREADGROUP reply (nil when nothing came).

@@ -45,6 +45,8 @@ pub const URL_ENV: &str = "REDIS_URL";
 pub const SESSION_TIMEOUT_ENV: &str = "REDIS_SESSION_TIMEOUT_MS";
 /// Environment variable for [`RedisBuilder::keep_acknowledged`], in milliseconds.
 pub const KEEP_ACKNOWLEDGED_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_MS";
+/// Environment variable for [`RedisBuilder::unordered`]: `true` or `false`.
+pub const UNORDERED_ENV: &str = "REDIS_UNORDERED";
 /// Environment variable for [`RedisBuilder::default_partitions`].
 pub const DEFAULT_PARTITIONS_ENV: &str = "REDIS_DEFAULT_PARTITIONS";
 
@@ -98,6 +100,7 @@ pub(crate) struct Settings {
     pub(crate) trim_interval: Duration,
     pub(crate) default_partitions: u32,
     pub(crate) response_timeout: Duration,
+    pub(crate) unordered: bool,
 }
 
 /// Settings of a [`Redis`] backend.
@@ -128,13 +131,14 @@ impl Redis {
                 trim_interval: Duration::from_secs(5),
                 default_partitions: 1,
                 response_timeout: Duration::from_secs(10),
+                unordered: false,
             },
         }
     }
 
     /// The server named by `REDIS_URL`, with settings from the environment where given:
-    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`, `REDIS_DEFAULT_PARTITIONS`.
-    /// A value that is not a number fails, naming the variable.
+    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`, `REDIS_DEFAULT_PARTITIONS`,
+    /// `REDIS_UNORDERED`. A value that does not parse fails, naming the variable.
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = std::env::var(URL_ENV).map_err(|_| ConfigError::Invalid {
             field: URL_ENV,
@@ -149,6 +153,16 @@ impl Redis {
         }
         if let Some(partitions) = env_number(DEFAULT_PARTITIONS_ENV)? {
             builder = builder.default_partitions(partitions.try_into().unwrap_or(u32::MAX));
+        }
+        match std::env::var(UNORDERED_ENV).as_deref() {
+            Err(_) | Ok("" | "0" | "false") => {}
+            Ok("1" | "true") => builder = builder.unordered(),
+            Ok(other) => {
+                return Err(ConfigError::Invalid {
+                    field: UNORDERED_ENV,
+                    reason: format!("{other:?} is neither true nor false"),
+                })
+            }
         }
         builder.build()
     }
@@ -280,6 +294,16 @@ impl RedisBuilder {
     /// entries reclaimed (default 10 s). Members renew their leases three times per timeout.
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.settings.session_timeout = timeout;
+        self
+    }
+
+    /// Lets every member of a group read every partition (M:N) instead of one owner per
+    /// partition: more readers than partitions share the load, and order per key is given up.
+    /// Entries a member leaves pending longer than the session timeout (it died, or left with
+    /// them unfinished) are claimed by another; a live member keeps its own from being claimed,
+    /// however long its handler takes.
+    pub fn unordered(mut self) -> Self {
+        self.settings.unordered = true;
         self
     }
 
