@@ -403,5 +403,105 @@ async fn redis_rounds() {
         "median (redis): raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
         ours / raw
     );
+    redis_waiting_memory(&redis, &url).await;
     drop(server);
+}
+
+/// What waiting retries cost in Redis memory: `BENCH_WAITING` (default 1,000,000) of the
+/// bench's events, each with the failure context of a first retry, handed to a retry level's
+/// delay set through the backend, as the runtime does.
+async fn redis_waiting_memory(redis: &Redis, url: &str) {
+    use retry_kafka::backend::OutboundRecord;
+    use retry_kafka::{ErrorKind, FailureContext, Headers};
+    let waiting = env_or("BENCH_WAITING", 1_000_000);
+    let topic = "bench.orders.bench-rk.retry.1";
+    redis.create_topic(topic, PARTITIONS).await.unwrap();
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let used = |info: String| -> u64 {
+        let line = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap();
+        line.trim().parse().unwrap()
+    };
+    let before = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .unwrap(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let due = now.as_millis() as i64 + 3_600_000;
+    let started = Instant::now();
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for order_id in 0..waiting {
+        let redis = redis.clone();
+        sends.push(async move {
+            let event = OrderPlaced {
+                order_id,
+                amount_cents: 500 + order_id % 1000,
+                customer: format!("customer-{}", order_id % 97),
+            };
+            let mut headers = Headers::new();
+            FailureContext {
+                original_topic: TOPIC.into(),
+                original_partition: (order_id % 4) as u32,
+                original_offset: order_id,
+                original_timestamp_ms: Some(due - 3_600_000),
+                group: "bench-rk".into(),
+                attempts: 1,
+                due_at_ms: Some(due),
+                first_failure_at_ms: due - 3_600_000,
+                last_failure_at_ms: due - 3_600_000,
+                error_kind: ErrorKind::Transient,
+                error_message: format!("gateway unavailable for order {order_id}"),
+                replays: None,
+            }
+            .write_to(&mut headers);
+            let record = OutboundRecord {
+                partition: Some((order_id % 4) as u32),
+                key: Some(order_id.to_string().into()),
+                payload: Some(event.encode().unwrap().into()),
+                headers,
+                not_before_ms: Some(due),
+            };
+            redis.send(topic, record).await.unwrap();
+        });
+        if sends.len() >= 256 {
+            futures::StreamExt::next(&mut sends).await;
+        }
+    }
+    futures::StreamExt::collect::<Vec<()>>(sends).await;
+    let after = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .unwrap(),
+    );
+    let set: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(format!("{{{topic}}}:delayed"))
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    println!(
+        "{waiting} waiting retries (~70-byte event + failure context) written in {:.1} s: used_memory +{:.1} MiB \
+         ({} bytes each; the delay set alone {:.1} MiB)",
+        started.elapsed().as_secs_f64(),
+        (after - before) as f64 / 1048576.0,
+        (after - before) / waiting,
+        set as f64 / 1048576.0
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{{topic}}}:delayed"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

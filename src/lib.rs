@@ -99,6 +99,8 @@ pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
     append_only: bool,
+    /// Serves TLS only, with a self-signed certificate for 127.0.0.1.
+    tls: bool,
     dir: PathBuf,
 }
 
@@ -142,14 +144,102 @@ impl RedisServer {
             port,
             password: password.map(str::to_owned),
             append_only,
+            tls: false,
             dir,
         };
         server.launch();
         server
     }
 
+    /// A server that speaks TLS only (`rediss://`), with a certificate for 127.0.0.1 signed by
+    /// a CA made for it with `openssl`: [`RedisServer::ca_file`] is the root to trust.
+    pub fn start_tls() -> Self {
+        let mut server = Self::start_with(None, false);
+        if let Some(mut child) = server.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A CA, and a server certificate for 127.0.0.1 that it signs (rustls refuses a
+        // self-signed certificate used as both).
+        let dir = server.dir.clone();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is not installed: run ./scripts/install-test-deps.sh");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=retry-kafka test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        server.tls = true;
+        server.launch();
+        server
+    }
+
+    /// The certificate of the CA that signed a TLS server's certificate, PEM.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
     /// `redis://[:password@]127.0.0.1:port`.
     pub fn url(&self) -> String {
+        if self.tls {
+            return format!("rediss://127.0.0.1:{}", self.port);
+        }
         match &self.password {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
@@ -178,8 +268,22 @@ impl RedisServer {
     fn launch(&mut self) {
         let log = self.dir.join("server.log");
         let mut command = Command::new(Self::binary());
+        if self.tls {
+            let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&cert)
+                .arg("--tls-key-file")
+                .arg(&key)
+                .arg("--tls-ca-cert-file")
+                .arg(self.ca_file())
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--dir", self.dir.to_str().expect("utf-8 temp dir")])
             .args([
                 "--save",

@@ -2,7 +2,8 @@
 //! SIGKILL loses nothing, two workers share a group and one finishes what the other left,
 //! a server restart (append-only file on) loses nothing acknowledged and the consumers resume
 //! by themselves, garbage written with `redis-cli XADD` is dead-lettered unchanged, a password
-//! is required and named when missing, and memory stays bounded after 100k entries.
+//! is required and named when missing, TLS works with a private CA, and memory stays bounded
+//! after 100k entries.
 
 mod conformance;
 mod process_support;
@@ -43,7 +44,8 @@ async fn server() -> RedisHarness {
 async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
     let harness = server().await;
     // Repeats are bounded by what was acknowledged but not yet sent (XACK) at the kill.
-    process_support::a_killed_worker_restarted_loses_nothing(
+    // The workers run until the check below: what is pending is theirs to finish.
+    let _workers = process_support::a_killed_worker_restarted_loses_nothing(
         &harness,
         |name| spawn_worker(&harness, name),
         100,
@@ -55,7 +57,8 @@ async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_group_and_one_finishes_what_a_killed_one_left() {
     let harness = server().await;
-    process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, |name| {
+    // The workers run until the check below: what is pending is theirs to finish.
+    let _workers = process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, |name| {
         spawn_worker(&harness, name)
     })
     .await;
@@ -203,6 +206,89 @@ async fn a_password_protected_server_works_with_the_password_and_names_it_withou
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_works_with_the_servers_root_certificate_and_fails_clearly_without() {
+    init();
+    let server = tokio::task::spawn_blocking(RedisServer::start_tls).await.unwrap();
+    let app = |redis: Redis| {
+        App::builder()
+            .backend(redis)
+            .handlers(|s| s.group() == "redis-secure")
+            .build()
+            .unwrap()
+    };
+    assert!(server.url().starts_with("rediss://"));
+
+    // Only the system's roots: the self-signed certificate is refused, and start says why.
+    let untrusted = app(Redis::builder(server.url()).build().unwrap())
+        .start()
+        .await
+        .err()
+        .expect("untrusted");
+    let message = untrusted.to_string();
+    assert!(message.contains("refused a PING"), "{message}");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+
+    // Trusted through REDIS_TLS_CA_FILE, as run() reads it.
+    std::env::set_var("REDIS_URL", server.url());
+    std::env::set_var("REDIS_TLS_CA_FILE", server.ca_file());
+    let redis = Redis::from_env().expect("TLS settings from the environment");
+    std::env::remove_var("REDIS_URL");
+    std::env::remove_var("REDIS_TLS_CA_FILE");
+    let app = app(redis);
+    let running = app.start().await.expect("starts over TLS");
+    app.producer().send(&Secure { id: 2 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.stats().handler("secure").unwrap().succeeded < 1 {
+        assert!(Instant::now() < deadline, "the event was not handled over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_that_vanishes_is_created_again() {
+    let harness = server().await;
+    harness.create_topic("redis.secure", 1).await;
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(|s| s.group() == "redis-secure")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    let handled = |app: &App<Redis>| app.stats().handler("secure").unwrap().succeeded;
+    app.producer().send(&Secure { id: 1 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled(&app) < 1 {
+        assert!(Instant::now() < deadline, "the first event was not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An operator (or a FLUSH of the group) removes it while the consumer reads.
+    let mut conn = harness.connection().await;
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(stream("redis.secure", 0))
+        .arg("redis-secure")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 1);
+    app.producer().send(&Secure { id: 2 }).await.unwrap();
+    // The group comes back from the start of the stream: event 1 again (its progress was in the
+    // group), then event 2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled(&app) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not carry on: {} handled",
+            handled(&app)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await.unwrap();
+    assert_eq!(harness.committed("redis.secure", "redis-secure").await, [2]);
 }
 
 #[derive(Event, Serialize, Deserialize, Debug)]

@@ -116,6 +116,7 @@ async fn a_survivor_claims_what_a_killed_worker_left() {
             ],
         )
     };
-    process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, spawn).await;
+    // The workers run until the check below: what is pending is theirs to finish.
+    let _workers = process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, spawn).await;
     redis_support::assert_nothing_pending(&harness, process_support::TOPIC, "proc-workers").await;
 }

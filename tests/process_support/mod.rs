@@ -31,19 +31,25 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker with `env` (the backend's settings) and nothing inherited that picks
-    /// another backend.
+    /// Starts a worker with `env` (the backend's settings) and no backend setting inherited
+    /// from this process.
     pub fn spawn(name: &str, env: &[(&str, String)]) -> Self {
         let log = std::env::temp_dir().join(format!("rk-worker-{}-{name}.log", std::process::id()));
         let _ = std::fs::remove_file(&log);
         let mut command = Command::new(env!("CARGO_BIN_EXE_rk-worker"));
-        for name in ["KAFKA_BROKERS", "REDIS_URL", "RETRY_KAFKA_BACKEND"] {
-            command.env_remove(name);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("KAFKA_") || name.starts_with("REDIS_") || name == "RETRY_KAFKA_BACKEND" {
+                command.env_remove(name);
+            }
         }
         let child = command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("WORKER_LOG", &log)
-            .env("RUST_LOG", "error")
+            // RK_WORKER_LOG=debug (say) shows what the workers do.
+            .env(
+                "RUST_LOG",
+                std::env::var("RK_WORKER_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -135,12 +141,13 @@ pub fn expected_dead(count: u64) -> HashSet<u64> {
 
 /// Publishes 400 orders, SIGKILLs the first worker after 100 attempts and starts a second:
 /// every order is done, exactly the invalid ones are dead-lettered, and fewer than
-/// `max_repeats` successes are repeated. Returns the repeats.
+/// `max_repeats` successes are repeated. Returns the workers, still running, for checks of
+/// their own.
 pub async fn a_killed_worker_restarted_loses_nothing<H: Harness>(
     harness: &H,
     spawn: impl Fn(&str) -> Worker,
     max_repeats: usize,
-) -> usize {
+) -> [Worker; 2] {
     harness.create_topic(TOPIC, 4).await;
     publish_orders(harness, 0..400).await;
     let mut first = spawn("first");
@@ -164,15 +171,16 @@ pub async fn a_killed_worker_restarted_loses_nothing<H: Harness>(
         dead.len()
     );
     assert!(repeats < max_repeats, "{repeats} repeats");
-    repeats
+    [first, second]
 }
 
 /// Two workers share the group until both have work; one is killed, 200 more orders are
-/// published, and the survivor does every one of them.
+/// published, and the survivor does every one of them. Returns the workers, the survivor still
+/// running, for checks of their own.
 pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
     harness: &H,
     spawn: impl Fn(&str) -> Worker,
-) {
+) -> [Worker; 2] {
     harness.create_topic(TOPIC, 4).await;
     let mut first = spawn("a");
     let second = spawn("b");
@@ -196,4 +204,5 @@ pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
         "the survivor did all the work after the kill"
     );
     eprintln!("two workers, one killed: {published} orders done, {repeats} repeated successes");
+    [first, second]
 }

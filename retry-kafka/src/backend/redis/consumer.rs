@@ -242,6 +242,7 @@ impl Consumer for RedisConsumer {
             return Ok(());
         };
         let upto = delivered.partition_point(|&(o, _)| o <= offset);
+        tracing::trace!(topic = %self.topic, partition, offset, entries = upto, "acknowledged");
         if upto == 0 {
             return Ok(());
         }
@@ -368,7 +369,7 @@ impl Reader {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures += 1;
-                    if error.code() == Some("NOGROUP") {
+                    if is_missing_group(&error) {
                         // The server lost the group (restart without persistence, or the
                         // stream was deleted): create it again and go on.
                         tracing::warn!(topic = %self.topic, group = %self.group, "consumer group missing; creating it again");
@@ -965,6 +966,16 @@ impl Reader {
         }
         flushed.map_err(transport)
     }
+}
+
+/// Whether the server said a consumer group is missing (`NOGROUP`), alone or among the errors
+/// of a pipeline.
+fn is_missing_group(error: &RedisError) -> bool {
+    error.code() == Some("NOGROUP")
+        || error
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "NOGROUP"))
 }
 
 /// The IDs of an extended XPENDING reply (`[[id, consumer, idle, deliveries], ...]`).

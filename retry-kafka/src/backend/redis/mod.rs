@@ -103,6 +103,10 @@ pub(crate) struct Settings {
     pub(crate) unordered: bool,
 }
 
+/// Environment variable with the path of a PEM file of root certificates to trust for
+/// `rediss://` (a private CA), read by [`Redis::from_env`]; needs the `redis-tls` feature.
+pub const TLS_CA_FILE_ENV: &str = "REDIS_TLS_CA_FILE";
+
 /// Settings of a [`Redis`] backend.
 ///
 /// ```
@@ -114,6 +118,7 @@ pub(crate) struct Settings {
 pub struct RedisBuilder {
     url: String,
     settings: Settings,
+    tls_root: Option<Vec<u8>>,
 }
 
 impl Redis {
@@ -133,6 +138,7 @@ impl Redis {
                 response_timeout: Duration::from_secs(10),
                 unordered: false,
             },
+            tls_root: None,
         }
     }
 
@@ -153,6 +159,13 @@ impl Redis {
         }
         if let Some(partitions) = env_number(DEFAULT_PARTITIONS_ENV)? {
             builder = builder.default_partitions(partitions.try_into().unwrap_or(u32::MAX));
+        }
+        if let Some(path) = std::env::var_os(TLS_CA_FILE_ENV) {
+            let pem = std::fs::read(&path).map_err(|error| ConfigError::Invalid {
+                field: TLS_CA_FILE_ENV,
+                reason: format!("cannot read {}: {error}", std::path::Path::new(&path).display()),
+            })?;
+            builder = builder.tls_root_certificate(pem);
         }
         match std::env::var(UNORDERED_ENV).as_deref() {
             Err(_) | Ok("" | "0" | "false") => {}
@@ -345,14 +358,38 @@ impl RedisBuilder {
         self
     }
 
+    /// Root certificates (PEM) to trust for `rediss://`, for a server whose certificate a
+    /// private CA signed. Without it the system's root certificates are trusted.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
     /// The backend; fails naming the URL when it is malformed. Connects on first use.
     pub fn build(self) -> Result<Redis, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
             field: URL_ENV,
             reason,
         };
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|error| invalid(format!("{}: {error}", redact(&self.url))))?;
+        let client = match self.tls_root {
+            None => redis::Client::open(self.url.as_str()),
+            #[cfg(feature = "redis-tls")]
+            Some(root) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            ),
+            #[cfg(not(feature = "redis-tls"))]
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: TLS_CA_FILE_ENV,
+                    reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
+                })
+            }
+        }
+        .map_err(|error| invalid(format!("{}: {error}", redact(&self.url))))?;
         if self.settings.session_timeout < Duration::from_millis(300) {
             return Err(ConfigError::Invalid {
                 field: "session_timeout",
