@@ -416,6 +416,88 @@ async fn memory_stays_bounded_after_100k_entries() {
     assert_nothing_pending_on(&backend, "redis.bulk", "redis-bulk").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_acknowledged_entries_and_never_an_unacknowledged_one() {
+    init();
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let backend = Redis::builder(server.url())
+        .session_timeout(Duration::from_millis(1500))
+        .trim_interval(Duration::from_millis(100))
+        .keep_acknowledged_entries(5)
+        .build()
+        .unwrap();
+    backend.create_topic("redis.secure", 1).await.unwrap();
+    let app = App::builder()
+        .backend(backend.clone())
+        .handlers(|s| s.group() == "redis-secure")
+        .build()
+        .unwrap();
+    // A second group that reads nothing: what it has not acknowledged must stay.
+    let mut conn = connect(&server.url()).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream("redis.secure", 0))
+        .arg("idle-group")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let running = app.start().await.unwrap();
+    for id in 0..20 {
+        app.producer().send(&Secure { id }).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.stats().handler("secure").unwrap().succeeded < 20 {
+        assert!(Instant::now() < deadline, "not everything was handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stream_len(&mut conn, "redis.secure").await,
+        20,
+        "the idle group still needs every entry"
+    );
+
+    // The idle group goes; now only the newest 5 acknowledged entries stay.
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(stream("redis.secure", 0))
+        .arg("idle-group")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stream_len(&mut conn, "redis.secure").await != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream was not trimmed to 5 entries"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.unwrap();
+    let kept: Vec<u64> = backend
+        .read_topic("redis.secure")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(kept, [15, 16, 17, 18, 19]);
+}
+
+async fn stream_len(conn: &mut redis::aio::MultiplexedConnection, topic: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream(topic, 0))
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 async fn stream_lengths(conn: &mut redis::aio::MultiplexedConnection, topic: &str) -> u64 {
     let mut total = 0;
     for p in 0..2 {

@@ -853,6 +853,7 @@ impl Reader {
             ms: (now_ms().max(0) as u64).saturating_sub(keep),
             seq: 0,
         };
+        let keep_entries = self.settings.keep_acknowledged_entries;
         for &p in &self.owned {
             let stream = &self.streams[p as usize];
             let groups: Value = redis::cmd("XINFO")
@@ -864,7 +865,11 @@ impl Reader {
             if groups.is_empty() {
                 continue;
             }
-            let mut keep_from = horizon;
+            // Everything before the oldest entry some group still needs is acknowledged.
+            let mut needed = StreamId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            };
             for group in groups {
                 let oldest = if group.pending > 0 {
                     let summary: Value = redis::cmd("XPENDING")
@@ -880,13 +885,32 @@ impl Reader {
                 } else {
                     group.last_delivered.after()
                 };
-                keep_from = keep_from.min(oldest);
+                needed = needed.min(oldest);
             }
-            if keep_from > StreamId::ZERO {
+            let mut trim_before = needed.min(horizon);
+            if keep_entries > 0 && trim_before > StreamId::ZERO {
+                // Keep the newest `keep_entries` acknowledged entries as well.
+                let kept: Value = redis::cmd("XREVRANGE")
+                    .arg(stream)
+                    .arg(format!("({needed}"))
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(keep_entries)
+                    .query_async(&mut self.conn)
+                    .await?;
+                let kept = parse_entries(&kept);
+                trim_before = match kept.last() {
+                    Some((oldest_kept, _)) if kept.len() as u64 == keep_entries => {
+                        trim_before.min(*oldest_kept)
+                    }
+                    _ => StreamId::ZERO, // fewer than that: keep them all
+                };
+            }
+            if trim_before > StreamId::ZERO {
                 let _: u64 = redis::cmd("XTRIM")
                     .arg(stream)
                     .arg("MINID")
-                    .arg(keep_from.to_string())
+                    .arg(trim_before.to_string())
                     .query_async(&mut self.conn)
                     .await?;
             }

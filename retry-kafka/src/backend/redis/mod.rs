@@ -45,6 +45,8 @@ pub const URL_ENV: &str = "REDIS_URL";
 pub const SESSION_TIMEOUT_ENV: &str = "REDIS_SESSION_TIMEOUT_MS";
 /// Environment variable for [`RedisBuilder::keep_acknowledged`], in milliseconds.
 pub const KEEP_ACKNOWLEDGED_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_MS";
+/// Environment variable for [`RedisBuilder::keep_acknowledged_entries`].
+pub const KEEP_ACKNOWLEDGED_ENTRIES_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_ENTRIES";
 /// Environment variable for [`RedisBuilder::unordered`]: `true` or `false`.
 pub const UNORDERED_ENV: &str = "REDIS_UNORDERED";
 /// Environment variable for [`RedisBuilder::default_partitions`].
@@ -97,6 +99,7 @@ pub(crate) struct Settings {
     pub(crate) due_poll: Duration,
     pub(crate) batch: usize,
     pub(crate) keep_acknowledged: Duration,
+    pub(crate) keep_acknowledged_entries: u64,
     pub(crate) trim_interval: Duration,
     pub(crate) default_partitions: u32,
     pub(crate) response_timeout: Duration,
@@ -133,6 +136,7 @@ impl Redis {
                 due_poll: Duration::from_millis(50),
                 batch: 256,
                 keep_acknowledged: Duration::ZERO,
+                keep_acknowledged_entries: 0,
                 trim_interval: Duration::from_secs(5),
                 default_partitions: 1,
                 response_timeout: Duration::from_secs(10),
@@ -143,8 +147,9 @@ impl Redis {
     }
 
     /// The server named by `REDIS_URL`, with settings from the environment where given:
-    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`, `REDIS_DEFAULT_PARTITIONS`,
-    /// `REDIS_UNORDERED`. A value that does not parse fails, naming the variable.
+    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`,
+    /// `REDIS_KEEP_ACKNOWLEDGED_ENTRIES`, `REDIS_DEFAULT_PARTITIONS`, `REDIS_UNORDERED`,
+    /// `REDIS_TLS_CA_FILE`. A value that does not parse fails, naming the variable.
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = std::env::var(URL_ENV).map_err(|_| ConfigError::Invalid {
             field: URL_ENV,
@@ -156,6 +161,9 @@ impl Redis {
         }
         if let Some(ms) = env_number(KEEP_ACKNOWLEDGED_ENV)? {
             builder = builder.keep_acknowledged(Duration::from_millis(ms));
+        }
+        if let Some(entries) = env_number(KEEP_ACKNOWLEDGED_ENTRIES_ENV)? {
+            builder = builder.keep_acknowledged_entries(entries);
         }
         if let Some(partitions) = env_number(DEFAULT_PARTITIONS_ENV)? {
             builder = builder.default_partitions(partitions.try_into().unwrap_or(u32::MAX));
@@ -343,6 +351,15 @@ impl RedisBuilder {
     /// trimmed at the next trim). Unacknowledged entries are never trimmed.
     pub fn keep_acknowledged(mut self, age: Duration) -> Self {
         self.settings.keep_acknowledged = age;
+        self
+    }
+
+    /// How many acknowledged entries a stream keeps at least, newest first (default 0), for
+    /// inspection or replay. With [`keep_acknowledged`](Self::keep_acknowledged) too, an entry
+    /// goes once it is older than that age and not among these. Unacknowledged entries are
+    /// never trimmed.
+    pub fn keep_acknowledged_entries(mut self, entries: u64) -> Self {
+        self.settings.keep_acknowledged_entries = entries;
         self
     }
 
