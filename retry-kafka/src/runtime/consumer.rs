@@ -494,7 +494,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     format!("handler panicked: {text}")
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+/// Sleeps until `at`, or forever: a `select!` branch that is off while there is no deadline.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

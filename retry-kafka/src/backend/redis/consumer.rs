@@ -19,11 +19,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    bytes_of, decode, keys, parse_entries, parse_groups, scripts, transport, Redis, Source, StreamId,
+    bytes_of, decode, into_bytes, keys, parse_entries, parse_groups, scripts, transport, Redis, Source,
+    StreamId,
 };
 use crate::backend::{Consumer, Fetched, Record, Subscription};
 use crate::error::BackendError;
 use crate::policy::now_ms;
+use crate::runtime::sleep_until_opt;
+
+/// The longest an acknowledgement waits for company while the reader has nothing to read.
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// What the reader hands the consumer.
 enum Item {
@@ -329,6 +334,7 @@ impl Reader {
         let mut failures = 0u32;
         // A handle of its own, so waiting for room does not borrow `self`.
         let sender = self.sender.clone();
+        let mut ack_due: Option<Instant> = None;
         while !self.stop.is_cancelled() {
             if Instant::now() >= next_heartbeat {
                 let renewed = if self.settings.unordered {
@@ -362,7 +368,16 @@ impl Reader {
                     Ok(permits) => self.read(permits, next_heartbeat).await,
                     Err(_) => break, // the consumer is gone
                 },
-                _ = self.acked.notified() => self.flush_acks().await,
+                // Acknowledgements made while the reader waits go out within ACK_DELAY, in one
+                // round trip however many there are (a read sends them sooner).
+                _ = self.acked.notified(), if ack_due.is_none() => {
+                    ack_due = Some(Instant::now() + ACK_DELAY);
+                    Ok(())
+                }
+                _ = sleep_until_opt(ack_due), if ack_due.is_some() => {
+                    ack_due = None;
+                    self.flush_acks().await
+                }
                 _ = tokio::time::sleep_until(next_heartbeat) => Ok(()),
             };
             match result {
@@ -510,7 +525,7 @@ impl Reader {
         };
         let mut permits = permits;
         let mut read_any = vec![false; self.streams.len()];
-        for (key, entries) in stream_replies(&reply) {
+        for (key, entries) in stream_replies(reply) {
             let Some(p) = self.streams.iter().position(|s| s.as_bytes() == key) else {
                 continue;
             };
@@ -727,9 +742,11 @@ impl Reader {
         };
         let mut permits = permits;
         let mut claimed = 0usize;
-        for (&p, reply) in partitions.iter().zip(&replies) {
+        for (&p, reply) in partitions.iter().zip(replies) {
             let Value::Array(parts) = reply else { continue };
-            let Some(entries) = parts.get(1) else { continue };
+            let Some(entries) = parts.into_iter().nth(1) else {
+                continue;
+            };
             for (id, fields) in parse_entries(entries) {
                 let Some(permit) = permits.next() else { break };
                 claimed += 1;
@@ -898,7 +915,7 @@ impl Reader {
                     .arg(keep_entries)
                     .query_async(&mut self.conn)
                     .await?;
-                let kept = parse_entries(&kept);
+                let kept = parse_entries(kept);
                 trim_before = match kept.last() {
                     Some((oldest_kept, _)) if kept.len() as u64 == keep_entries => {
                         trim_before.min(*oldest_kept)
@@ -1017,16 +1034,22 @@ fn pending_ids(value: &Value) -> Vec<String> {
 }
 
 /// `[[key, entries], ...]` of an XREADGROUP reply (nil when nothing came).
-fn stream_replies(value: &Value) -> Vec<(&[u8], &Value)> {
+fn stream_replies(value: Value) -> Vec<(Vec<u8>, Value)> {
     match value {
         Value::Array(streams) => streams
-            .iter()
+            .into_iter()
             .filter_map(|s| match s {
-                Value::Array(pair) => Some((bytes_of(pair.first()?)?, pair.get(1)?)),
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    Some((into_bytes(pair.next()?)?, pair.next()?))
+                }
                 _ => None,
             })
             .collect(),
-        Value::Map(map) => map.iter().filter_map(|(k, v)| Some((bytes_of(k)?, v))).collect(),
+        Value::Map(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| Some((into_bytes(k)?, v)))
+            .collect(),
         _ => Vec::new(),
     }
 }

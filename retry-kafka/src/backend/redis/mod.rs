@@ -261,7 +261,7 @@ impl Redis {
                     .query_async(&mut conn)
                     .await
                     .map_err(transport)?;
-                let entries = parse_entries(&reply);
+                let entries = parse_entries(reply);
                 let Some((last, _)) = entries.last() else { break };
                 from = format!("({last}");
                 records.extend(
@@ -852,8 +852,12 @@ pub(crate) fn decode(partition: u32, id: StreamId, fields: Fields) -> Record {
             b"payload" if payload.is_none() => payload = Some(Bytes::from(value)),
             b"key" if key.is_none() => key = Some(Bytes::from(value)),
             _ => {
-                let name = String::from_utf8_lossy(&name);
-                let name = name.strip_prefix(ESCAPE).unwrap_or(&name);
+                let name = String::from_utf8(name)
+                    .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+                let name = match name.strip_prefix(ESCAPE) {
+                    Some(escaped) => escaped.to_owned(),
+                    None => name,
+                };
                 headers.insert(name, Bytes::from(value));
             }
         }
@@ -913,25 +917,41 @@ mod msgpack {
 
 /// `[[id, [field, value, ...]], ...]` as entries; an entry whose fields are nil (deleted while
 /// pending) has none.
-pub(crate) fn parse_entries(value: &Value) -> Vec<(StreamId, Fields)> {
+pub(crate) fn parse_entries(value: Value) -> Vec<(StreamId, Fields)> {
     let Value::Array(entries) = value else {
         return Vec::new();
     };
     entries
-        .iter()
+        .into_iter()
         .filter_map(|entry| {
             let Value::Array(parts) = entry else { return None };
-            let id = StreamId::parse(bytes_of(parts.first()?)?)?;
-            let fields = match parts.get(1) {
-                Some(Value::Array(flat)) => flat
-                    .chunks(2)
-                    .filter_map(|pair| Some((bytes_of(&pair[0])?.to_vec(), bytes_of(pair.get(1)?)?.to_vec())))
-                    .collect(),
+            let mut parts = parts.into_iter();
+            let id = StreamId::parse(bytes_of(&parts.next()?)?)?;
+            let fields = match parts.next() {
+                // The client's buffers move into the record: no copy per field.
+                Some(Value::Array(flat)) => {
+                    let mut fields = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                        if let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) {
+                            fields.push((name, value));
+                        }
+                    }
+                    fields
+                }
                 _ => Vec::new(),
             };
             Some((id, fields))
         })
         .collect()
+}
+
+pub(crate) fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
 }
 
 pub(crate) fn bytes_of(value: &Value) -> Option<&[u8]> {
