@@ -170,12 +170,17 @@ impl<B: Backend> Level<B> {
         loop {
             let next_due = held.values().min().map(|&due| instant_at(due));
             let drain_deadline = self.shutdown.deadline();
+            // A plain load each round: the request is seen even while messages keep coming,
+            // and the waiting future below is polled only when there is nothing else to do.
+            if !stopping && drain_deadline.is_some() {
+                stopping = true;
+                tracing::debug!(topic = %self.topic, group = self.spec.group(), in_flight = in_flight.len(), "stopping");
+            }
+            if stopping && in_flight.len() == 0 {
+                break;
+            }
             tokio::select! {
                 biased;
-                _ = &mut requested, if !stopping => {
-                    stopping = true;
-                    tracing::debug!(topic = %self.topic, group = self.spec.group(), in_flight = in_flight.len(), "stopping");
-                }
                 done = in_flight.next(), if in_flight.len() > 0 => {
                     let (partition, offset) = (done.record.partition, done.record.offset);
                     if !self.settle(done, &mut consumer).await {
@@ -231,9 +236,8 @@ impl<B: Backend> Level<B> {
                         "shutdown deadline reached; unfinished messages stay unacknowledged");
                     break;
                 }
-            }
-            if stopping && in_flight.len() == 0 {
-                break;
+                // Wakes an idle consumer; the check above does the rest.
+                _ = &mut requested, if !stopping => {}
             }
         }
         // Dropping what is still in flight cancels it (and aborts spawned attempts) before the

@@ -14,6 +14,7 @@
 //! stale record reaches the runtime, and nothing fetched after a rewind is dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -153,6 +154,7 @@ impl KafkaConsumer {
         let context = RebalanceLog {
             topic: subscription.topic.clone(),
             events: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<RebalanceLog> = config(brokers, &subscription.group, properties)
             .create_with_context(context)
@@ -305,6 +307,8 @@ impl Drop for KafkaConsumer {
 struct RebalanceLog {
     topic: String,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Whether `events` has something: checked after every poll without taking the lock.
+    pending: AtomicBool,
 }
 
 enum RebalanceEvent {
@@ -313,6 +317,18 @@ enum RebalanceEvent {
 }
 
 impl RebalanceLog {
+    fn log(&self, event: RebalanceEvent) {
+        self.events.lock().expect("never poisoned").push(event);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<RebalanceEvent> {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.events.lock().expect("never poisoned"))
+    }
+
     fn partitions(&self, list: &TopicPartitionList) -> Vec<u32> {
         list.elements()
             .iter()
@@ -333,10 +349,7 @@ impl ConsumerContext for RebalanceLog {
             }
             let revoked = self.partitions(list);
             tracing::debug!(topic = %self.topic, ?revoked, "partitions revoked");
-            self.events
-                .lock()
-                .expect("never poisoned")
-                .push(RebalanceEvent::Revoked(revoked));
+            self.log(RebalanceEvent::Revoked(revoked));
         }
     }
 
@@ -345,10 +358,7 @@ impl ConsumerContext for RebalanceLog {
             Rebalance::Assign(list) => {
                 let assigned = self.partitions(list);
                 tracing::debug!(topic = %self.topic, ?assigned, "partitions assigned");
-                self.events
-                    .lock()
-                    .expect("never poisoned")
-                    .push(RebalanceEvent::Assigned(assigned));
+                self.log(RebalanceEvent::Assigned(assigned));
             }
             Rebalance::Error(error) => tracing::warn!(topic = %self.topic, %error, "rebalance failed"),
             Rebalance::Revoke(_) => {}
@@ -513,7 +523,7 @@ impl PollThread {
     }
 
     fn take_rebalances(&mut self, consumer: &RawConsumer, batch: &mut Vec<Item>) {
-        let events = std::mem::take(&mut *consumer.context().events.lock().expect("never poisoned"));
+        let events = consumer.context().take();
         for event in events {
             match event {
                 RebalanceEvent::Revoked(revoked) => {
