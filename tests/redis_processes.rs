@@ -292,6 +292,73 @@ async fn a_consumer_group_that_vanishes_is_created_again() {
 }
 
 #[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "redis.timely", key = "id")]
+struct Timely {
+    id: u64,
+}
+
+static TIMELY: std::sync::Mutex<Vec<(u64, u32, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+#[retry_handler(group = "redis-timely", retries = ["300ms", "700ms"], dlq)]
+async fn timely(event: Timely, ctx: Context) -> Result<(), HandlerError> {
+    TIMELY
+        .lock()
+        .unwrap()
+        .push((event.id, ctx.attempt(), Instant::now()));
+    if ctx.attempt() < 3 {
+        return Err(HandlerError::transient("not yet"));
+    }
+    Ok(())
+}
+
+/// Retries wait in a sorted set and move when due: each attempt starts at its due time, not
+/// before, and late only by the mover's poll (50 ms) and scheduling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_start_at_their_due_time() {
+    let harness = server().await;
+    harness.create_topic("redis.timely", 2).await;
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(|s| s.group() == "redis-timely")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    for id in 0..10 {
+        app.producer().send(&Timely { id }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.stats().handler("timely").unwrap().succeeded < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "not every event reached its third attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await.unwrap();
+    let attempts = TIMELY.lock().unwrap().clone();
+    let at = |id: u64, attempt: u32| attempts.iter().find(|a| a.0 == id && a.1 == attempt).unwrap().2;
+    let mut lateness = Vec::new();
+    for id in 0..10 {
+        for (attempt, delay) in [(2, 300), (3, 700)] {
+            let waited = at(id, attempt).duration_since(at(id, attempt - 1));
+            assert!(
+                waited >= Duration::from_millis(delay - 2),
+                "attempt {attempt} of {id} after {waited:?}"
+            );
+            lateness.push(waited.as_millis() as u64 - delay);
+        }
+    }
+    lateness.sort_unstable();
+    let (median, worst) = (lateness[lateness.len() / 2], lateness[lateness.len() - 1]);
+    eprintln!("retry lateness over 20 retries: median {median} ms, worst {worst} ms");
+    assert!(
+        median <= 100 && worst <= 500,
+        "retries started late: median {median} ms, worst {worst} ms"
+    );
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
 #[event(topic = "redis.bulk", key = "id")]
 struct Bulk {
     id: u64,
