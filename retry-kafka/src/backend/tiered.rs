@@ -61,6 +61,20 @@ impl<M: Backend, R: Backend> Tiered<M, R> {
 }
 
 /// A consumer of a [`Tiered`] backend: of a main topic, or of a retry level.
+///
+/// ```no_run
+/// use retry_kafka::backend::{Backend, Subscription, Tiered, TieredConsumer};
+/// use retry_kafka::kafka::Kafka;
+/// use retry_kafka::redis::Redis;
+///
+/// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::BackendError> {
+/// let subscription = Subscription { topic: "orders".into(), group: "audit".into() };
+/// match backend.subscribe(subscription).await? {
+///     TieredConsumer::Main(_kafka) => println!("orders is read from Kafka"),
+///     TieredConsumer::Retry(_redis) => println!("orders is a retry level, read from Redis"),
+/// }
+/// # Ok(()) }
+/// ```
 pub enum TieredConsumer<M, R> {
     /// Reads a main topic.
     Main(M),

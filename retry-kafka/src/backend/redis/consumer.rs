@@ -74,6 +74,24 @@ impl Control {
 }
 
 /// One member of a Redis consumer group, reading one topic. See [`Redis`].
+///
+/// The runtime drives consumers; reading a topic by hand looks like this:
+///
+/// ```no_run
+/// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription};
+/// use retry_kafka::redis::Redis;
+///
+/// # async fn audit() -> Result<(), retry_kafka::BackendError> {
+/// let redis = Redis::builder("redis://127.0.0.1:6379").build().expect("valid URL");
+/// let subscription = Subscription { topic: "orders".into(), group: "audit".into() };
+/// let mut consumer = redis.subscribe(subscription).await?;
+/// if let Fetched::Record(record) = consumer.next().await? {
+///     println!("{:?}", record.payload);
+///     consumer.ack(record.partition, record.offset).await?;
+/// }
+/// consumer.close().await // sends the acknowledgement, gives up the partitions
+/// # }
+/// ```
 pub struct RedisConsumer {
     topic: String,
     group: String,
