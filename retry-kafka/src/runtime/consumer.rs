@@ -182,16 +182,8 @@ impl<B: Backend> Level<B> {
             tokio::select! {
                 biased;
                 done = in_flight.next(), if in_flight.len() > 0 => {
-                    let (partition, offset) = (done.record.partition, done.record.offset);
-                    if !self.settle(done, &mut consumer).await {
-                        // Shut down mid hand-off: leave the message unacknowledged.
+                    if !self.conclude(done, &mut consumer, &mut progress).await {
                         break;
-                    }
-                    let upto = progress.get_mut(&partition).and_then(|p| p.finish(offset));
-                    if let Some(upto) = upto {
-                        if let Err(error) = consumer.ack(partition, upto).await {
-                            tracing::warn!(topic = %self.topic, partition, offset = upto, %error, "acknowledge failed; the message may be redelivered");
-                        }
                     }
                 }
                 _ = sleep_until_opt(next_due), if next_due.is_some() && !stopping => {
@@ -213,7 +205,18 @@ impl<B: Backend> Level<B> {
                             continue;
                         }
                         progress.entry(record.partition).or_default().start(record.offset);
-                        in_flight.push(self.attempt(record));
+                        let mut attempt = self.attempt(record);
+                        // One at a time, an attempt that finishes without waiting (a handler that
+                        // never awaits) is concluded here, not in another round of the loop.
+                        if let InFlight::Inline(_) = in_flight {
+                            if let Some(done) = (&mut attempt).now_or_never() {
+                                if !self.conclude(done, &mut consumer, &mut progress).await {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                        in_flight.push(attempt);
                     }
                     Ok(Fetched::Assigned(partitions)) => {
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "assigned");
@@ -341,6 +344,27 @@ impl<B: Backend> Level<B> {
             }
             .instrument(span),
         )
+    }
+
+    /// Settles a finished attempt and acknowledges what that completes. Returns false when
+    /// shutdown cut a hand-off short: the message stays unacknowledged and the loop ends.
+    async fn conclude(
+        &self,
+        done: Done,
+        consumer: &mut B::Consumer,
+        progress: &mut HashMap<u32, Progress>,
+    ) -> bool {
+        let (partition, offset) = (done.record.partition, done.record.offset);
+        if !self.settle(done, consumer).await {
+            return false;
+        }
+        let upto = progress.get_mut(&partition).and_then(|p| p.finish(offset));
+        if let Some(upto) = upto {
+            if let Err(error) = consumer.ack(partition, upto).await {
+                tracing::warn!(topic = %self.topic, partition, offset = upto, %error, "acknowledge failed; the message may be redelivered");
+            }
+        }
+        true
     }
 
     /// Acts on a finished attempt. Returns false when shutdown cut a hand-off short, in which
