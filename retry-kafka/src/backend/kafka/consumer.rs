@@ -107,6 +107,9 @@ enum Item {
 
 /// What the handle asks the poll thread to do. Each carries the partition's generation; the
 /// thread ignores requests about an assignment that has since changed.
+/// Acknowledgements folded on the runtime's side before they go to the poll thread anyway.
+const ACK_FLUSH: usize = 256;
+
 enum Command {
     Hold {
         partition: u32,
@@ -140,6 +143,10 @@ pub struct KafkaConsumer {
     buffer: VecDeque<Item>,
     commands: std_mpsc::Sender<Command>,
     partitions: HashMap<u32, PartitionView>,
+    /// Acknowledgements not yet sent to the poll thread: (partition, generation, offset),
+    /// the highest per partition.
+    acks: Vec<(u32, u64, u64)>,
+    acked_since_flush: usize,
     thread: Option<JoinHandle<()>>,
     topic: String,
 }
@@ -176,6 +183,8 @@ impl KafkaConsumer {
             buffer: VecDeque::new(),
             commands,
             partitions: HashMap::new(),
+            acks: Vec::new(),
+            acked_since_flush: 0,
             thread: Some(thread),
             topic,
         })
@@ -190,10 +199,25 @@ impl KafkaConsumer {
         Some((view.generation, view.epoch))
     }
 
-    fn command(&self, command: Command) {
+    fn command(&mut self, command: Command) {
+        // Acknowledgements go first, in the order they were made.
+        self.flush_acks();
         // The thread only stops after Close or when the handle is gone; a send error here means
         // it died, which `next` reports.
         let _ = self.commands.send(command);
+    }
+
+    /// Hands the folded acknowledgements to the poll thread: once per batch of records, not
+    /// once per message.
+    fn flush_acks(&mut self) {
+        self.acked_since_flush = 0;
+        for (partition, generation, offset) in self.acks.drain(..) {
+            let _ = self.commands.send(Command::Ack {
+                partition,
+                generation,
+                offset,
+            });
+        }
     }
 }
 
@@ -234,6 +258,8 @@ impl Consumer for KafkaConsumer {
                     }
                 }
             }
+            // The runtime has had every record fetched so far: send what it acknowledged.
+            self.flush_acks();
             match self.items.recv().await {
                 Some(batch) => self.buffer.extend(batch),
                 None => {
@@ -267,13 +293,20 @@ impl Consumer for KafkaConsumer {
         }
     }
 
+    /// Folded here and sent to the poll thread with the next batch (or every `ACK_FLUSH`
+    /// acknowledgements, or before any other command or close); the thread stores the offsets
+    /// for the next commit.
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         if let Some(view) = self.partitions.get(&partition) {
-            self.command(Command::Ack {
-                partition,
-                generation: view.generation,
-                offset,
-            });
+            let generation = view.generation;
+            match self.acks.iter_mut().find(|a| a.0 == partition && a.1 == generation) {
+                Some(ack) => ack.2 = ack.2.max(offset),
+                None => self.acks.push((partition, generation, offset)),
+            }
+            self.acked_since_flush += 1;
+            if self.acked_since_flush >= ACK_FLUSH {
+                self.flush_acks();
+            }
         }
         Ok(())
     }
