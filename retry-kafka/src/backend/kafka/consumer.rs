@@ -299,7 +299,11 @@ impl Consumer for KafkaConsumer {
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         if let Some(view) = self.partitions.get(&partition) {
             let generation = view.generation;
-            match self.acks.iter_mut().find(|a| a.0 == partition && a.1 == generation) {
+            match self
+                .acks
+                .iter_mut()
+                .find(|a| a.0 == partition && a.1 == generation)
+            {
                 Some(ack) => ack.2 = ack.2.max(offset),
                 None => self.acks.push((partition, generation, offset)),
             }
