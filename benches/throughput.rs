@@ -154,9 +154,14 @@ fn raw_round(bootstrap: &str, group: &str) -> f64 {
 /// retry-kafka: one registered handler, run by the app until it has handled every message.
 async fn retry_kafka_round(kafka: &Kafka) -> f64 {
     reset_group(kafka.brokers(), "bench-rk");
+    app_round(kafka.clone()).await
+}
+
+/// Runs the registered handler on `backend` until it has handled every message; its rate.
+async fn app_round<B: retry_kafka::backend::Backend>(backend: B) -> f64 {
     HANDLED.store(0, Ordering::SeqCst);
     *FIRST.lock().unwrap() = None;
-    let app = App::builder().backend(kafka.clone()).build().unwrap();
+    let app = App::builder().backend(backend).build().unwrap();
     let running = app.start().await.unwrap();
     while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -307,16 +312,7 @@ async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> f64 {
             .await
             .unwrap();
     }
-    HANDLED.store(0, Ordering::SeqCst);
-    *FIRST.lock().unwrap() = None;
-    let app = App::builder().backend(redis.clone()).build().unwrap();
-    let running = app.start().await.unwrap();
-    while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = FIRST.lock().unwrap().unwrap().elapsed();
-    running.shutdown().await.unwrap();
-    *MESSAGES as f64 / elapsed.as_secs_f64()
+    app_round(redis.clone()).await
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use conformance::Harness;
 use kafka_support::{KafkaHarness, Tansu};
-use process_support::{publish_orders, Worker, DLQ, TOPIC};
+use process_support::{publish_orders, Worker, TOPIC};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::{ErrorKind, FailureContext};
@@ -93,22 +93,7 @@ assert p.flush(10) == 0
     // A valid order after the garbage: the consumer carries on.
     publish_orders(&harness, 1..2).await;
 
-    let dead = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let records = harness.records(DLQ).await;
-            if !records.is_empty() && worker.attempts().iter().any(|a| a.0 == 1 && a.2) {
-                break records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "garbage never reached the DLQ, or order 1 was never handled"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    assert_eq!(dead.len(), 1);
-    let dead = &dead[0];
+    let dead = &process_support::garbage_dead_letter(&harness, &worker).await;
     assert_eq!(dead.payload.as_deref(), Some(&b"\x00\x01\x02garbage\xff{"[..]));
     assert_eq!(dead.key.as_deref(), Some(&b"\xfe\xffkey"[..]));
     assert_eq!(dead.headers.get("origin"), Some(&b"legacy-billing"[..]));

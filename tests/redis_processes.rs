@@ -115,20 +115,7 @@ async fn garbage_from_redis_cli_is_dead_lettered_unchanged() {
     assert!(status.success(), "redis-cli XADD failed");
     publish_orders(&harness, 1..2).await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let records = harness.records(DLQ).await;
-        if !records.is_empty() && worker.attempts().iter().any(|a| a.0 == 1 && a.2) {
-            break records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "garbage never reached the DLQ, or order 1 was never handled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(dead.len(), 1);
-    let dead = &dead[0];
+    let dead = &process_support::garbage_dead_letter(&harness, &worker).await;
     assert_eq!(dead.payload.as_deref(), Some(&b"\x01\x02garbage\xff{"[..]));
     assert_eq!(dead.key.as_deref(), Some(&b"some-key"[..]));
     assert_eq!(dead.headers.get("origin"), Some(&b"legacy-billing"[..]));
@@ -200,11 +187,14 @@ async fn a_password_protected_server_works_with_the_password_and_names_it_withou
     let app = app(server.url().replace(' ', "%20"));
     let running = app.start().await.expect("starts with the password");
     app.producer().send(&Secure { id: 1 }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.stats().handler("secure").unwrap().succeeded < 1 {
-        assert!(Instant::now() < deadline, "the event was not handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conformance::succeeded_eventually(
+        &app,
+        "secure",
+        1,
+        Duration::from_secs(10),
+        "the event was not handled",
+    )
+    .await;
     running.shutdown().await.unwrap();
 }
 
@@ -240,11 +230,14 @@ async fn tls_works_with_the_servers_root_certificate_and_fails_clearly_without()
     let app = app(redis);
     let running = app.start().await.expect("starts over TLS");
     app.producer().send(&Secure { id: 2 }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.stats().handler("secure").unwrap().succeeded < 1 {
-        assert!(Instant::now() < deadline, "the event was not handled over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conformance::succeeded_eventually(
+        &app,
+        "secure",
+        1,
+        Duration::from_secs(10),
+        "the event was not handled over TLS",
+    )
+    .await;
     running.shutdown().await.unwrap();
 }
 
@@ -258,13 +251,15 @@ async fn a_consumer_group_that_vanishes_is_created_again() {
         .build()
         .unwrap();
     let running = app.start().await.unwrap();
-    let handled = |app: &App<Redis>| app.stats().handler("secure").unwrap().succeeded;
     app.producer().send(&Secure { id: 1 }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while handled(&app) < 1 {
-        assert!(Instant::now() < deadline, "the first event was not handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conformance::succeeded_eventually(
+        &app,
+        "secure",
+        1,
+        Duration::from_secs(10),
+        "the first event handled",
+    )
+    .await;
     // An operator (or a FLUSH of the group) removes it while the consumer reads.
     let mut conn = harness.connection().await;
     let destroyed: i64 = redis::cmd("XGROUP")
@@ -278,15 +273,14 @@ async fn a_consumer_group_that_vanishes_is_created_again() {
     app.producer().send(&Secure { id: 2 }).await.unwrap();
     // The group comes back from the start of the stream: event 1 again (its progress was in the
     // group), then event 2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while handled(&app) < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the consumer did not carry on: {} handled",
-            handled(&app)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conformance::succeeded_eventually(
+        &app,
+        "secure",
+        3,
+        Duration::from_secs(10),
+        "the consumer to carry on",
+    )
+    .await;
     running.shutdown().await.unwrap();
     assert_eq!(harness.committed("redis.secure", "redis-secure").await, [2]);
 }
@@ -327,14 +321,14 @@ async fn retries_start_at_their_due_time() {
         app.producer().send(&Timely { id }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(37)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.stats().handler("timely").unwrap().succeeded < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "not every event reached its third attempt"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conformance::succeeded_eventually(
+        &app,
+        "timely",
+        10,
+        Duration::from_secs(20),
+        "not every event reached its third attempt",
+    )
+    .await;
     running.shutdown().await.unwrap();
     let attempts = TIMELY.lock().unwrap().clone();
     let at = |id: u64, attempt: u32| attempts.iter().find(|a| a.0 == id && a.1 == attempt).unwrap().2;
@@ -424,6 +418,7 @@ async fn memory_stays_bounded_after_100k_entries() {
         r.unwrap();
     })
     .await;
+    // Sampling the backlog on the way (an async read, so not `succeeded_eventually`).
     let deadline = Instant::now() + Duration::from_secs(120);
     while app.stats().handler("bulk").unwrap().succeeded < COUNT {
         assert!(
@@ -514,11 +509,14 @@ async fn retention_keeps_the_newest_acknowledged_entries_and_never_an_unacknowle
     for id in 0..20 {
         app.producer().send(&Secure { id }).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.stats().handler("secure").unwrap().succeeded < 20 {
-        assert!(Instant::now() < deadline, "not everything was handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conformance::succeeded_eventually(
+        &app,
+        "secure",
+        20,
+        Duration::from_secs(10),
+        "not everything was handled",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         stream_len(&mut conn, "redis.secure").await,
@@ -548,11 +546,7 @@ async fn retention_keeps_the_newest_acknowledged_entries_and_never_an_unacknowle
         .await
         .unwrap()
         .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(process_support::order_id)
         .collect();
     assert_eq!(kept, [15, 16, 17, 18, 19]);
 }

@@ -187,7 +187,7 @@ async fn publish_raw<B: Backend>(
 }
 
 /// Polls `condition` until it holds, failing the test with `what` after `limit`.
-async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
+pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
     let deadline = Instant::now() + limit;
     while !condition() {
         assert!(
@@ -196,6 +196,20 @@ async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut conditi
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until `handler` of `app` has succeeded `count` times, failing with `what` after `limit`.
+pub async fn succeeded_eventually<B: Backend>(
+    app: &App<B>,
+    handler: &str,
+    count: u64,
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, what, || {
+        app.stats().handler(handler).is_some_and(|h| h.succeeded >= count)
+    })
+    .await;
 }
 
 async fn records_eventually<H: Harness>(harness: &H, topic: &str, count: usize) -> Vec<Record> {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use retry_kafka::backend::Record;
 use retry_kafka::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -112,16 +113,7 @@ pub async fn wait_until_done<H: Harness>(
     loop {
         let attempts: Vec<(u64, u32, bool)> = workers.iter().flat_map(|w| w.attempts()).collect();
         let succeeded: HashSet<u64> = attempts.iter().filter(|a| a.2).map(|a| a.0).collect();
-        let dead: HashSet<u64> = harness
-            .records(DLQ)
-            .await
-            .iter()
-            .map(|r| {
-                serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["id"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let dead: HashSet<u64> = harness.records(DLQ).await.iter().map(order_id).collect();
         let missing: Vec<u64> = (0..count)
             .filter(|id| !succeeded.contains(id) && !dead.contains(id))
             .collect();
@@ -132,6 +124,31 @@ pub async fn wait_until_done<H: Harness>(
         assert!(Instant::now() < deadline, "orders never finished: {missing:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The `id` of a JSON event, as the workers' events and the tests' carry it.
+pub fn order_id(record: &Record) -> u64 {
+    let event: serde_json::Value = serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
+    event["id"].as_u64().unwrap()
+}
+
+/// Waits until the garbage written by a foreign client is in the DLQ and the valid order 1
+/// published after it was handled (the consumer carried on); returns the one dead letter.
+pub async fn garbage_dead_letter<H: Harness>(harness: &H, worker: &Worker) -> Record {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        let records = harness.records(DLQ).await;
+        if !records.is_empty() && worker.attempts().iter().any(|a| a.0 == 1 && a.2) {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "garbage never reached the DLQ, or order 1 was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    dead.into_iter().next().unwrap()
 }
 
 /// The orders the worker's handler rejects as invalid.
