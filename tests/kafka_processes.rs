@@ -26,6 +26,8 @@ async fn broker() -> KafkaHarness {
     let backend = Kafka::builder(broker.bootstrap.clone())
         .consumer_property("session.timeout.ms", "6000")
         .consumer_property("heartbeat.interval.ms", "500")
+        // tansu's high watermark counts a multi-record batch as one record (see kafka_broker.rs).
+        .producer_property("batch.num.messages", "1")
         .build()
         .unwrap();
     KafkaHarness {
@@ -41,6 +43,8 @@ fn spawn_worker(harness: &KafkaHarness, name: &str) -> Worker {
             ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
             ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
             ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
+            // tansu's high watermark counts a multi-record batch as one record (see kafka_broker.rs).
+            ("KAFKA_PRODUCER_BATCH_NUM_MESSAGES", "1".into()),
         ],
     )
 }

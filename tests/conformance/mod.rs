@@ -75,6 +75,8 @@ macro_rules! conformance_suite {
             concurrency_runs_in_parallel_and_acknowledges_everything,
             group_members_share_partitions_and_take_over,
             out_of_order_completion_acknowledges_only_the_finished_prefix,
+            many_failures_in_flight_on_one_partition_keep_their_order,
+            a_retry_kept_in_memory_runs_when_due_and_not_before,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
@@ -245,6 +247,10 @@ fn header<'r>(record: &'r Record, name: &str) -> Option<&'r str> {
 
 fn count_header(record: &Record, name: &str) -> usize {
     record.headers.iter().filter(|(n, _)| *n == name).count()
+}
+
+fn decode(record: &Record) -> Order {
+    serde_json::from_slice(record.payload.as_deref().expect("a payload")).expect("an order")
 }
 
 fn context(record: &Record) -> FailureContext {
@@ -917,14 +923,14 @@ pub async fn a_failed_hand_off_is_retried_and_the_partition_waits<H: FaultInject
     .await;
     harness.fail_next_sends(retry_topic, 4).await;
     HAND_OFF_GATE.store(true, Ordering::SeqCst);
-    // Backoff 50+100+200+400 ms: while the hand-off fails, nothing is acknowledged and the
-    // partition waits (order 2 is not started).
+    // Backoff 50+100+200+400 ms: while the hand-off fails, order 1 is not acknowledged, and
+    // so neither is anything after it. (Order 2 may run meanwhile: hand-offs are pipelined,
+    // so it can start before the write's failure is known; once known, the partition waits.)
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(harness.committed("conf.handoff", "conf-handoff").await, [0]);
-    assert_eq!(
-        seen("handoff").len(),
-        1,
-        "the partition moved on during a failed hand-off"
+    assert!(
+        seen("handoff").iter().all(|s| s.attempt == 1),
+        "order 1 was retried before its hand-off was written"
     );
     eventually(Duration::from_secs(10), "order 1's retry", || {
         seen("handoff").iter().any(|s| s.order.id == 1 && s.attempt == 2)
@@ -1089,4 +1095,127 @@ pub async fn out_of_order_completion_acknowledges_only_the_finished_prefix<H: Ha
     .await;
     running.shutdown().await.unwrap();
     assert_eq!(harness.committed("conf.prefix", "conf-prefix").await, [4]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-offs are pipelined: many failures of one partition are in flight at once, and they
+// reach the next level, and run there, in the order they failed
+
+#[retry_handler(topic = "conf.burst", group = "conf-burst", retries = ["300ms"], dlq)]
+async fn fails_once_each(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("burst", &order, &ctx);
+    if ctx.attempt() == 1 {
+        return Err(HandlerError::transient("first attempt fails"));
+    }
+    Ok(())
+}
+
+pub async fn many_failures_in_flight_on_one_partition_keep_their_order<H: Harness>(harness: &H) {
+    const COUNT: u64 = 200;
+    harness.create_topic("conf.burst", 1).await;
+    let (app, running) = start(harness, "conf-burst").await;
+    for id in 0..COUNT {
+        publish(&app, "conf.burst", &order(id)).await;
+    }
+    succeeded_eventually(
+        &app,
+        "fails_once_each",
+        COUNT,
+        Duration::from_secs(30),
+        "every retry",
+    )
+    .await;
+    running.shutdown().await.unwrap();
+
+    let retry_topic = "conf.burst.conf-burst.retry.1";
+    let handed: Vec<u64> = harness
+        .records(retry_topic)
+        .await
+        .iter()
+        .map(|r| decode(r).id)
+        .collect();
+    assert_eq!(
+        handed,
+        (0..COUNT).collect::<Vec<_>>(),
+        "the retry level holds every failure once, in failure order"
+    );
+    let seen = seen("burst");
+    let retried: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.attempt == 2)
+        .map(|s| s.order.id)
+        .collect();
+    assert_eq!(
+        retried,
+        (0..COUNT).collect::<Vec<_>>(),
+        "retries run in failure order"
+    );
+    for retry in seen.iter().filter(|s| s.attempt == 2) {
+        let first = seen
+            .iter()
+            .find(|s| s.attempt == 1 && s.order.id == retry.order.id)
+            .expect("a first attempt");
+        let waited = retry.at - first.at;
+        assert!(
+            waited >= Duration::from_millis(295),
+            "order {} retried {waited:?} after its failure, before its 300 ms delay",
+            retry.order.id
+        );
+    }
+    assert_fully_committed(harness, "conf.burst", "conf-burst").await;
+    assert_fully_committed(harness, retry_topic, "conf.burst.conf-burst.retry.1").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A retry fetched before it is due is kept in memory and started at its due time: not before,
+// and not a fetch round trip after
+
+#[retry_handler(topic = "conf.ontime", group = "conf-ontime", retries = ["700ms"], dlq)]
+async fn on_time(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("ontime", &order, &ctx);
+    if ctx.attempt() == 1 {
+        return Err(HandlerError::transient("first attempt fails"));
+    }
+    Ok(())
+}
+
+pub async fn a_retry_kept_in_memory_runs_when_due_and_not_before<H: Harness>(harness: &H) {
+    harness.create_topic("conf.ontime", 2).await;
+    let (app, running) = start(harness, "conf-ontime").await;
+    for id in 0..20 {
+        publish(&app, "conf.ontime", &order(id)).await;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    succeeded_eventually(&app, "on_time", 20, Duration::from_secs(30), "every retry").await;
+    running.shutdown().await.unwrap();
+
+    let retry_topic = "conf.ontime.conf-ontime.retry.1";
+    let records = harness.records(retry_topic).await;
+    assert_eq!(records.len(), 20);
+    let seen = seen("ontime");
+    let mut late = Vec::new();
+    for record in &records {
+        let id = decode(record).id;
+        let due = context(record).due_at_ms.expect("a retry has a due time");
+        let retry = seen
+            .iter()
+            .find(|s| s.attempt == 2 && s.order.id == id)
+            .expect("retried");
+        // The handler's clock and rk-due-at are both wall-clock ms; Instant only orders.
+        let first = seen.iter().find(|s| s.attempt == 1 && s.order.id == id).unwrap();
+        let waited = (retry.at - first.at).as_millis() as i64;
+        assert!(
+            waited >= 695,
+            "order {id} ran {waited} ms after failing, before its 700 ms delay (due {due})"
+        );
+        late.push(waited - 700);
+    }
+    late.sort_unstable();
+    let worst = *late.last().unwrap();
+    // Generous for shared CI machines; the lateness benchmark measures it precisely.
+    assert!(
+        worst < 400,
+        "a retry ran {worst} ms after its due time; lateness: {late:?}"
+    );
+    assert_fully_committed(harness, retry_topic, "conf.ontime.conf-ontime.retry.1").await;
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{Backend, Consumer, Delivered, Fetched, OutboundRecord, Record, Subscription};
+use super::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, Subscription};
 use crate::error::BackendError;
 use crate::policy::{now_ms, Topology};
 
@@ -57,8 +57,10 @@ struct Topic {
     groups: HashMap<String, Group>,
     /// Woken on every append and every membership change of the topic.
     changed: Arc<Notify>,
-    /// Sends that fail on purpose, for tests of failed hand-offs.
+    /// Sends that fail on purpose, for tests of failed hand-offs (to one partition only, if
+    /// `failing_partition` is set).
     failing_sends: u32,
+    failing_partition: Option<u32>,
     round_robin: u32,
 }
 
@@ -76,6 +78,7 @@ impl Topic {
             groups: HashMap::new(),
             changed: Arc::new(Notify::new()),
             failing_sends: 0,
+            failing_partition: None,
             round_robin: 0,
         }
     }
@@ -140,12 +143,24 @@ impl InMemory {
 
     /// Makes the next `count` sends to `topic` fail, as a broker outage would.
     pub fn fail_next_sends(&self, topic: &str, count: u32) {
+        self.fail_sends(topic, None, count);
+    }
+
+    /// Makes the next `count` sends to `partition` of `topic` fail; sends to its other
+    /// partitions go through.
+    pub fn fail_next_sends_to(&self, topic: &str, partition: u32, count: u32) {
+        self.fail_sends(topic, Some(partition), count);
+    }
+
+    fn fail_sends(&self, topic: &str, partition: Option<u32>, count: u32) {
         let default = self.shared.default_partitions;
-        self.state()
+        let mut state = self.state();
+        let topic = state
             .topics
             .entry(topic.to_owned())
-            .or_insert_with(|| Topic::new(default))
-            .failing_sends = count;
+            .or_insert_with(|| Topic::new(default));
+        topic.failing_sends = count;
+        topic.failing_partition = partition;
     }
 
     /// Every message of `topic`, partition by partition, in offset order.
@@ -261,19 +276,19 @@ impl Backend for InMemory {
     }
 
     async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        self.append(topic, record)
+    }
+}
+
+impl InMemory {
+    /// Appends `record` to `topic`: durable at once, as far as this broker goes.
+    fn append(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
         let default = self.shared.default_partitions;
         let mut state = self.state();
         let t = state
             .topics
             .entry(topic.to_owned())
             .or_insert_with(|| Topic::new(default));
-        if t.failing_sends > 0 {
-            t.failing_sends -= 1;
-            return Err(BackendError::Produce {
-                topic: topic.to_owned(),
-                reason: "injected failure".into(),
-            });
-        }
         let count = t.partitions.len() as u32;
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < count => p,
@@ -289,6 +304,13 @@ impl Backend for InMemory {
                 t.round_robin % count
             }
         };
+        if t.failing_sends > 0 && t.failing_partition.is_none_or(|p| p == partition) {
+            t.failing_sends -= 1;
+            return Err(BackendError::Produce {
+                topic: topic.to_owned(),
+                reason: "injected failure".into(),
+            });
+        }
         let log = &mut t.partitions[partition as usize];
         let offset = log.len() as u64;
         log.push(Record {
@@ -441,6 +463,10 @@ impl Consumer for MemoryConsumer {
                 notified.await;
             }
         }
+    }
+
+    fn hand_off(&mut self, _partition: u32, _offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+        Box::pin(std::future::ready(self.broker.append(topic, record.clone())))
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {

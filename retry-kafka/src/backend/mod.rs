@@ -5,6 +5,7 @@
 //! backend is done when the conformance suite (`tests/conformance`) passes on it.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 
@@ -80,6 +81,10 @@ pub enum Fetched {
     Revoked(Vec<u32>),
 }
 
+/// A hand-off under way: resolves once the next hop is durably written (see
+/// [`Consumer::hand_off`]). It owns what it needs, so many can be in flight at once.
+pub type HandOff = Pin<Box<dyn Future<Output = Result<Delivered, BackendError>> + Send>>;
+
 /// One member of a consumer group, reading one topic.
 pub trait Consumer: Send + 'static {
     /// The next message or assignment change. Cancel-safe: dropping the future loses nothing.
@@ -92,6 +97,17 @@ pub trait Consumer: Send + 'static {
 
     /// Delivers `partition` again, from the offset it was held at.
     fn resume(&mut self, partition: u32);
+
+    /// Starts handing the message delivered at `partition`/`offset` on: writes `record` to
+    /// `topic` (the next retry level or the dead-letter queue). The returned future resolves
+    /// once the write is durable (broker acknowledgement awaited); the runtime acknowledges the
+    /// source only then, and tries a failed hand-off again later. Hand-offs started one after
+    /// another to one partition of `topic` are written in that order. A backend that can write
+    /// the next hop and acknowledge the source in one step (Redis) does so here.
+    ///
+    /// The future does not borrow the consumer: the runtime keeps a window of hand-offs in
+    /// flight instead of waiting for each in line.
+    fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff;
 
     /// Marks every offset up to and including `offset` on `partition` as done.
     fn ack(&mut self, partition: u32, offset: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
@@ -140,22 +156,6 @@ pub trait Backend: Clone + Send + Sync + 'static {
         topic: &str,
         record: OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
-
-    /// Hands a failed message on: produces `record` to `topic` (the next level or the
-    /// dead-letter queue) for the message `consumer` delivered at `partition`/`offset`. The
-    /// runtime acknowledges that message afterwards either way; a backend that can write the
-    /// hand-off and acknowledge the source atomically (Redis) does so here.
-    fn hand_off(
-        &self,
-        consumer: &mut Self::Consumer,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        record: OutboundRecord,
-    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send {
-        let _ = (consumer, partition, offset);
-        self.send(topic, record)
-    }
 }
 
 pub(crate) use memory::partition_for_key;

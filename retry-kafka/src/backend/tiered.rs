@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use super::{Backend, Consumer, Delivered, Fetched, OutboundRecord, Subscription};
+use super::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Subscription};
 use crate::error::BackendError;
 use crate::policy::Topology;
 
@@ -70,57 +70,75 @@ impl<M: Backend, R: Backend> Tiered<M, R> {
 /// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::BackendError> {
 /// let subscription = Subscription { topic: "orders".into(), group: "audit".into() };
 /// match backend.subscribe(subscription).await? {
-///     TieredConsumer::Main(_kafka) => println!("orders is read from Kafka"),
+///     TieredConsumer::Main { .. } => println!("orders is read from Kafka"),
 ///     TieredConsumer::Retry(_redis) => println!("orders is a retry level, read from Redis"),
 /// }
 /// # Ok(()) }
 /// ```
-pub enum TieredConsumer<M, R> {
-    /// Reads a main topic.
-    Main(M),
+pub enum TieredConsumer<M: Backend, R: Backend> {
+    /// Reads a main topic; hands failures to the retry store.
+    Main {
+        /// The main topic's consumer.
+        consumer: M::Consumer,
+        /// Where its failures go: every retry level and the dead-letter queue.
+        retries: R,
+    },
     /// Reads a retry level.
-    Retry(R),
+    Retry(R::Consumer),
 }
 
-impl<M: Consumer, R: Consumer> Consumer for TieredConsumer<M, R> {
+impl<M: Backend, R: Backend> Consumer for TieredConsumer<M, R> {
     async fn next(&mut self) -> Result<Fetched, BackendError> {
         match self {
-            TieredConsumer::Main(c) => c.next().await,
+            TieredConsumer::Main { consumer, .. } => consumer.next().await,
             TieredConsumer::Retry(c) => c.next().await,
+        }
+    }
+
+    /// From a main topic, a durable write to the retry store (after which the runtime
+    /// acknowledges the main topic's offset); from a retry level, the retry store's own
+    /// hand-off (atomic on Redis).
+    fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+        match self {
+            TieredConsumer::Main { retries, .. } => {
+                let (retries, topic, record) = (retries.clone(), topic.to_owned(), record.clone());
+                Box::pin(async move { retries.send(&topic, record).await })
+            }
+            TieredConsumer::Retry(c) => c.hand_off(partition, offset, topic, record),
         }
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {
         match self {
-            TieredConsumer::Main(c) => c.hold(partition, offset),
+            TieredConsumer::Main { consumer, .. } => consumer.hold(partition, offset),
             TieredConsumer::Retry(c) => c.hold(partition, offset),
         }
     }
 
     fn resume(&mut self, partition: u32) {
         match self {
-            TieredConsumer::Main(c) => c.resume(partition),
+            TieredConsumer::Main { consumer, .. } => consumer.resume(partition),
             TieredConsumer::Retry(c) => c.resume(partition),
         }
     }
 
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         match self {
-            TieredConsumer::Main(c) => c.ack(partition, offset).await,
+            TieredConsumer::Main { consumer, .. } => consumer.ack(partition, offset).await,
             TieredConsumer::Retry(c) => c.ack(partition, offset).await,
         }
     }
 
     async fn close(self) -> Result<(), BackendError> {
         match self {
-            TieredConsumer::Main(c) => c.close().await,
+            TieredConsumer::Main { consumer, .. } => consumer.close().await,
             TieredConsumer::Retry(c) => c.close().await,
         }
     }
 }
 
 impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
-    type Consumer = TieredConsumer<M::Consumer, R::Consumer>;
+    type Consumer = TieredConsumer<M, R>;
 
     fn name(&self) -> &'static str {
         "tiered"
@@ -163,7 +181,10 @@ impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
         Ok(if self.is_retry_topic(&subscription.topic) {
             TieredConsumer::Retry(self.retries.subscribe(subscription).await?)
         } else {
-            TieredConsumer::Main(self.main.subscribe(subscription).await?)
+            TieredConsumer::Main {
+                consumer: self.main.subscribe(subscription).await?,
+                retries: self.retries.clone(),
+            }
         })
     }
 
@@ -172,25 +193,6 @@ impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
             self.retries.send(topic, record).await
         } else {
             self.main.send(topic, record).await
-        }
-    }
-
-    /// From a retry level to the next level or the DLQ, the retry store's own hand-off (atomic
-    /// on Redis); from a main topic, a durable write to the retry store, after which the
-    /// runtime acknowledges the main topic's offset.
-    async fn hand_off(
-        &self,
-        consumer: &mut Self::Consumer,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        match consumer {
-            TieredConsumer::Retry(c) if self.is_retry_topic(topic) => {
-                self.retries.hand_off(c, partition, offset, topic, record).await
-            }
-            _ => self.send(topic, record).await,
         }
     }
 }

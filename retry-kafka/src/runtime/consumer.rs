@@ -1,20 +1,22 @@
 //! One consumer per handler and level: fetch, wait for due time, run the handler, hand failures
 //! on, acknowledge. Every backend runs this same loop; it is where the delivery contract lives.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Shutdown;
-use crate::backend::{Backend, Consumer, Fetched, OutboundRecord, Record};
+use crate::backend::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record};
 use crate::error::{BackendError, Error};
 use crate::handler::{Context, ErrorKind, HandlerSpec, Origin};
 use crate::headers::{names, parse_number, FailureContext};
@@ -28,7 +30,6 @@ const FETCH_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Everything one level's consumer needs; shared by the levels of a handler.
 pub(crate) struct Level<B: Backend> {
-    pub(crate) backend: B,
     pub(crate) spec: &'static HandlerSpec,
     pub(crate) policy: Arc<RetryPolicy>,
     pub(crate) topology: Arc<Topology>,
@@ -39,7 +40,17 @@ pub(crate) struct Level<B: Backend> {
     pub(crate) topic: Arc<str>,
     pub(crate) main_topic: Arc<str>,
     pub(crate) shutdown: Shutdown,
+    /// The most hand-offs under way at once (started or waiting to be tried again).
+    pub(crate) hand_off_window: usize,
+    pub(crate) backend: std::marker::PhantomData<fn() -> B>,
 }
+
+/// Records kept in memory per partition while they wait (not due yet, or behind a failed
+/// hand-off); past this the partition is held, so memory stays bounded.
+const WAITING_LIMIT: usize = 128;
+/// A held partition is fetched again once this few records are left waiting, so the next
+/// ones arrive before the kept ones run out.
+const RESUME_BELOW: usize = WAITING_LIMIT / 4;
 
 /// Why an attempt failed.
 struct Failure {
@@ -51,6 +62,8 @@ struct Failure {
 struct Done {
     record: Record,
     lineage: Lineage,
+    /// The partition's incarnation when the attempt started; a revoke in between makes it stale.
+    generation: u32,
     result: Result<(), Failure>,
 }
 
@@ -137,6 +150,7 @@ impl Progress {
     /// Marks `offset` finished; returns the offset up to which everything is now done, if that
     /// moved: the highest finished offset below every offset still in flight.
     fn finish(&mut self, offset: u64) -> Option<u64> {
+        // Mostly the oldest one finishes: look from the front.
         if let Some(index) = self.in_flight.iter().position(|&o| o == offset) {
             self.in_flight.remove(index);
         }
@@ -151,81 +165,192 @@ impl Progress {
     }
 }
 
+/// Where a failed message goes.
+#[derive(Clone, Copy)]
+enum Target {
+    Level(u32),
+    DeadLetter,
+}
+
+/// A failed message on its way to the next level or the dead-letter queue. Its source offset
+/// stays in flight until the write is durable.
+struct PendingHandOff {
+    partition: u32,
+    offset: u64,
+    generation: u32,
+    target: Target,
+    record: OutboundRecord,
+    /// Whether it is being tried again after a failure.
+    again: bool,
+}
+
+/// A hand-off under way, with what it hands on (kept to try again if it fails).
+struct Sending {
+    hand_off: Option<PendingHandOff>,
+    write: HandOff,
+}
+
+impl Future for Sending {
+    type Output = (PendingHandOff, Result<Delivered, BackendError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.write.as_mut().poll(cx));
+        Poll::Ready((self.hand_off.take().expect("polled after completion"), result))
+    }
+}
+
+/// One partition as this level sees it.
+struct Partition {
+    /// Bumped when the partition is revoked: attempts and hand-offs from before are stale.
+    generation: u32,
+    progress: Progress,
+    /// Fetched records not started yet, in offset order, with their due time (epoch ms; 0
+    /// when due): retries that are not due yet, and whatever arrived behind them or behind a
+    /// failed hand-off. The head is started from here when due, without fetching it again.
+    waiting: VecDeque<(i64, Record)>,
+    /// Whether the consumer holds the partition (rewound to after the last waiting record).
+    held: bool,
+    /// Hand-offs that failed, in source offset order, to be tried again at `retry_at`.
+    failed: Vec<PendingHandOff>,
+    retry_at: Option<Instant>,
+    /// Failed hand-offs tried again and not finished yet.
+    retrying: usize,
+    backoff: Duration,
+}
+
+impl Partition {
+    fn new(generation: u32) -> Self {
+        Self {
+            generation,
+            progress: Progress::default(),
+            waiting: VecDeque::new(),
+            held: false,
+            failed: Vec::new(),
+            retry_at: None,
+            retrying: 0,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// A partition whose hand-off failed starts nothing new until it is through: later
+    /// failures would overtake it on the next level.
+    fn blocked(&self) -> bool {
+        !self.failed.is_empty() || self.retrying > 0
+    }
+
+    fn keep_failed(&mut self, hand_off: PendingHandOff) {
+        let at = self.failed.partition_point(|h| h.offset < hand_off.offset);
+        self.failed.insert(at, hand_off);
+    }
+}
+
+/// What is under way on one level: the consumer, attempts, hand-offs, partition states.
+struct Work<C: Consumer> {
+    consumer: C,
+    /// Indexed by partition number (partitions are small, dense numbers).
+    partitions: Vec<Partition>,
+    in_flight: InFlight,
+    sending: FuturesUnordered<Sending>,
+    /// Records waiting and failed hand-offs, over all partitions: when both are 0 there is
+    /// nothing to look for in `partitions` on the way round.
+    waiting: usize,
+    failed: usize,
+}
+
+impl<C: Consumer> Work<C> {
+    fn partition(&mut self, partition: u32) -> &mut Partition {
+        let index = partition as usize;
+        if index >= self.partitions.len() {
+            self.partitions.resize_with(index + 1, || Partition::new(0));
+        }
+        &mut self.partitions[index]
+    }
+
+    /// Hand-offs under way or waiting to be tried again: bounded by the window.
+    fn hand_offs(&self) -> usize {
+        self.sending.len() + self.failed
+    }
+
+    /// Acknowledges what finishing `offset` completes.
+    async fn finish(&mut self, partition: u32, offset: u64, topic: &str) {
+        let upto = self.partition(partition).progress.finish(offset);
+        if let Some(upto) = upto {
+            if let Err(error) = self.consumer.ack(partition, upto).await {
+                tracing::warn!(%topic, partition, offset = upto, %error, "acknowledge failed; the message may be redelivered");
+            }
+        }
+    }
+
+    fn revoke(&mut self, partition: u32) {
+        let state = self.partition(partition);
+        let generation = state.generation.wrapping_add(1);
+        let stale = std::mem::replace(state, Partition::new(generation));
+        self.waiting -= stale.waiting.len();
+        self.failed -= stale.failed.len();
+    }
+}
+
 impl<B: Backend> Level<B> {
-    pub(crate) async fn run(self, mut consumer: B::Consumer) -> Result<(), Error> {
+    pub(crate) async fn run(self, consumer: B::Consumer) -> Result<(), Error> {
         let concurrency = self.spec.concurrency().max(1) as usize;
-        let mut in_flight = if concurrency == 1 {
-            InFlight::Inline(None)
-        } else {
-            InFlight::Spawned(JoinSet::new())
+        let window = self.hand_off_window.max(1);
+        let mut work = Work {
+            consumer,
+            partitions: Vec::new(),
+            in_flight: if concurrency == 1 {
+                InFlight::Inline(None)
+            } else {
+                InFlight::Spawned(JoinSet::new())
+            },
+            sending: FuturesUnordered::new(),
+            waiting: 0,
+            failed: 0,
         };
-        let mut progress: HashMap<u32, Progress> = HashMap::new();
-        // Held partitions and when their head message is due.
-        let mut held: HashMap<u32, i64> = HashMap::new();
         let mut stopping = false;
         // Registered once, not once per message.
         let requested = self.shutdown.requested();
         tokio::pin!(requested);
 
         loop {
-            let next_due = held.values().min().map(|&due| instant_at(due));
             let drain_deadline = self.shutdown.deadline();
             // A plain load each round: the request is seen even while messages keep coming,
             // and the waiting future below is polled only when there is nothing else to do.
             if !stopping && drain_deadline.is_some() {
                 stopping = true;
-                tracing::debug!(topic = %self.topic, group = self.spec.group(), in_flight = in_flight.len(), "stopping");
+                tracing::debug!(topic = %self.topic, group = self.spec.group(), in_flight = work.in_flight.len(),
+                    hand_offs = work.hand_offs(), "stopping");
             }
-            if stopping && in_flight.len() == 0 {
+            if !stopping && work.waiting > 0 {
+                self.start_waiting(&mut work, concurrency).await;
+            }
+            if stopping && work.in_flight.len() == 0 && work.hand_offs() == 0 {
                 break;
             }
+            let next_wake = if work.waiting > 0 || work.failed > 0 {
+                next_wake(&work.partitions, stopping)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
-                done = in_flight.next(), if in_flight.len() > 0 => {
-                    if !self.conclude(done, &mut consumer, &mut progress).await {
-                        break;
-                    }
+                done = work.in_flight.next(), if work.in_flight.len() > 0 => {
+                    self.conclude(done, &mut work).await;
                 }
-                _ = sleep_until_opt(next_due), if next_due.is_some() && !stopping => {
-                    let now = now_ms();
-                    held.retain(|&partition, &mut due| {
-                        let waiting = due > now;
-                        if !waiting {
-                            consumer.resume(partition);
-                        }
-                        waiting
-                    });
+                Some((hand_off, result)) = work.sending.next(), if !work.sending.is_empty() => {
+                    self.sent(hand_off, result, &mut work).await;
                 }
-                fetched = consumer.next(), if !stopping && in_flight.len() < concurrency => match fetched {
-                    Ok(Fetched::Record(record)) => {
-                        if let Some(due) = self.due_at(&record) {
-                            // Not due yet: hold the partition at this offset and go on with others.
-                            consumer.hold(record.partition, record.offset);
-                            held.insert(record.partition, due);
-                            continue;
-                        }
-                        progress.entry(record.partition).or_default().start(record.offset);
-                        let mut attempt = self.attempt(record);
-                        // One at a time, an attempt that finishes without waiting (a handler that
-                        // never awaits) is concluded here, not in another round of the loop.
-                        if let InFlight::Inline(_) = in_flight {
-                            if let Some(done) = (&mut attempt).now_or_never() {
-                                if !self.conclude(done, &mut consumer, &mut progress).await {
-                                    break;
-                                }
-                                continue;
-                            }
-                        }
-                        in_flight.push(attempt);
-                    }
+                _ = sleep_until_opt(next_wake), if next_wake.is_some() => {
+                    self.try_failed_again(&mut work);
+                }
+                fetched = work.consumer.next(), if !stopping && work.in_flight.len() < concurrency && work.hand_offs() < window => match fetched {
+                    Ok(Fetched::Record(record)) => self.take(record, &mut work).await,
                     Ok(Fetched::Assigned(partitions)) => {
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "assigned");
                     }
                     Ok(Fetched::Revoked(partitions)) => {
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "revoked");
                         for partition in partitions {
-                            held.remove(&partition);
-                            progress.remove(&partition);
+                            work.revoke(partition);
                         }
                     }
                     Err(error @ BackendError::ConsumerStopped { .. }) => return Err(error.into()),
@@ -235,7 +360,8 @@ impl<B: Backend> Level<B> {
                     }
                 },
                 _ = sleep_until_opt(drain_deadline), if stopping && drain_deadline.is_some() => {
-                    tracing::warn!(topic = %self.topic, group = self.spec.group(), in_flight = in_flight.len(),
+                    tracing::warn!(topic = %self.topic, group = self.spec.group(), in_flight = work.in_flight.len(),
+                        hand_offs = work.hand_offs(),
                         "shutdown deadline reached; unfinished messages stay unacknowledged");
                     break;
                 }
@@ -245,8 +371,80 @@ impl<B: Backend> Level<B> {
         }
         // Dropping what is still in flight cancels it (and aborts spawned attempts) before the
         // consumer commits, so nothing unfinished is acknowledged.
+        let Work {
+            consumer,
+            in_flight,
+            sending,
+            ..
+        } = work;
         drop(in_flight);
+        drop(sending);
         consumer.close().await.map_err(Error::from)
+    }
+
+    /// A fetched record: started now, or kept until it is due (retry levels) or until the
+    /// partition's failed hand-off is through.
+    async fn take(&self, record: Record, work: &mut Work<B::Consumer>) {
+        let due = self.due_at(&record);
+        let state = work.partition(record.partition);
+        if due.is_none() && state.waiting.is_empty() && !state.blocked() {
+            let generation = state.generation;
+            return self.start(record, generation, work).await;
+        }
+        let (partition, offset) = (record.partition, record.offset);
+        state.waiting.push_back((due.unwrap_or(0), record));
+        let full = state.waiting.len() >= WAITING_LIMIT && !state.held;
+        if full {
+            // Kept records are not fetched again: the consumer resumes after them.
+            state.held = true;
+            work.consumer.hold(partition, offset + 1);
+        }
+        work.waiting += 1;
+    }
+
+    /// Starts waiting records that are due, oldest first per partition, while there is room.
+    async fn start_waiting(&self, work: &mut Work<B::Consumer>, concurrency: usize) {
+        let now = now_ms();
+        for index in 0..work.partitions.len() {
+            loop {
+                if work.in_flight.len() >= concurrency {
+                    return;
+                }
+                let state = &mut work.partitions[index];
+                if state.blocked() {
+                    break;
+                }
+                let Some(&(due, _)) = state.waiting.front() else {
+                    break;
+                };
+                if due > now {
+                    break;
+                }
+                let (_, record) = state.waiting.pop_front().expect("looked at above");
+                let generation = state.generation;
+                if state.held && state.waiting.len() < RESUME_BELOW {
+                    state.held = false;
+                    work.consumer.resume(record.partition);
+                }
+                work.waiting -= 1;
+                self.start(record, generation, work).await;
+            }
+        }
+    }
+
+    /// Runs an attempt.
+    async fn start(&self, record: Record, generation: u32, work: &mut Work<B::Consumer>) {
+        work.partition(record.partition).progress.start(record.offset);
+        let mut attempt = self.attempt(record, generation);
+        // One at a time, an attempt that finishes without waiting (a handler that never
+        // awaits) is concluded here, not in another round of the loop.
+        if let InFlight::Inline(_) = work.in_flight {
+            if let Some(done) = (&mut attempt).now_or_never() {
+                self.conclude(done, work).await;
+                return;
+            }
+        }
+        work.in_flight.push(attempt);
     }
 
     /// On a retry level, the due time of a message that must wait longer.
@@ -297,7 +495,7 @@ impl<B: Backend> Level<B> {
         }
     }
 
-    fn attempt(&self, record: Record) -> AttemptFuture {
+    fn attempt(&self, record: Record, generation: u32) -> AttemptFuture {
         let lineage = self.lineage(&record);
         let context = Context {
             attempt: self.level + 1,
@@ -339,6 +537,7 @@ impl<B: Backend> Level<B> {
                 Done {
                     record,
                     lineage,
+                    generation,
                     result,
                 }
             }
@@ -346,39 +545,25 @@ impl<B: Backend> Level<B> {
         )
     }
 
-    /// Settles a finished attempt and acknowledges what that completes. Returns false when
-    /// shutdown cut a hand-off short: the message stays unacknowledged and the loop ends.
-    async fn conclude(
-        &self,
-        done: Done,
-        consumer: &mut B::Consumer,
-        progress: &mut HashMap<u32, Progress>,
-    ) -> bool {
-        let (partition, offset) = (done.record.partition, done.record.offset);
-        if !self.settle(done, consumer).await {
-            return false;
-        }
-        let upto = progress.get_mut(&partition).and_then(|p| p.finish(offset));
-        if let Some(upto) = upto {
-            if let Err(error) = consumer.ack(partition, upto).await {
-                tracing::warn!(topic = %self.topic, partition, offset = upto, %error, "acknowledge failed; the message may be redelivered");
-            }
-        }
-        true
-    }
-
-    /// Acts on a finished attempt. Returns false when shutdown cut a hand-off short, in which
-    /// case the message must not be acknowledged.
-    async fn settle(&self, done: Done, consumer: &mut B::Consumer) -> bool {
+    /// Settles a finished attempt: a success is acknowledged (as far as the partition's
+    /// finished prefix reaches), a failure is handed on without waiting for the write.
+    async fn conclude(&self, done: Done, work: &mut Work<B::Consumer>) {
         let Done {
             record,
             lineage,
+            generation,
             result,
         } = done;
+        let (partition, offset) = (record.partition, record.offset);
+        if work.partition(partition).generation != generation {
+            // Revoked meanwhile: the partition's new owner runs it again.
+            return;
+        }
         let failure = match result {
             Ok(()) => {
                 self.counters.succeeded();
-                return true;
+                work.finish(partition, offset, &self.topic).await;
+                return;
             }
             Err(failure) => failure,
         };
@@ -386,29 +571,22 @@ impl<B: Backend> Level<B> {
         let now = now_ms();
         let step = self.policy.next(self.level, failure.kind);
         tracing::warn!(
-            topic = %self.topic, partition = record.partition, offset = record.offset,
+            topic = %self.topic, partition, offset,
             group = self.spec.group(), attempt = self.level + 1, kind = %failure.kind,
             error = %failure.message, next = ?step, "attempt failed",
         );
-        let (topic, due_at_ms) = match step {
-            Step::Retry { level, delay } => {
-                (self.topology.level(level), Some(now + delay.as_millis() as i64))
-            }
-            Step::DeadLetter => (
-                self.topology
-                    .dead_letter
-                    .as_deref()
-                    .expect("a dead-letter policy has a dead-letter topic"),
-                None,
-            ),
+        let (target, due_at_ms) = match step {
+            Step::Retry { level, delay } => (Target::Level(level), Some(now + delay.as_millis() as i64)),
+            Step::DeadLetter => (Target::DeadLetter, None),
             Step::Drop => {
                 tracing::error!(
-                    topic = %self.topic, partition = record.partition, offset = record.offset,
+                    topic = %self.topic, partition, offset,
                     group = self.spec.group(), kind = %failure.kind, error = %failure.message,
                     "message dropped after its last attempt (on_exhausted = \"drop\")",
                 );
                 self.counters.dropped();
-                return true;
+                work.finish(partition, offset, &self.topic).await;
+                return;
             }
         };
         let context = FailureContext {
@@ -427,60 +605,126 @@ impl<B: Backend> Level<B> {
         };
         let mut headers = record.headers;
         context.write_to(&mut headers);
-        let outbound = OutboundRecord {
-            partition: Some(record.partition),
-            key: record.key,
-            payload: record.payload,
-            headers,
-            not_before_ms: due_at_ms,
+        let hand_off = PendingHandOff {
+            partition,
+            offset,
+            generation,
+            target,
+            record: OutboundRecord {
+                partition: Some(partition),
+                key: record.key,
+                payload: record.payload,
+                headers,
+                not_before_ms: due_at_ms,
+            },
+            again: false,
         };
-        if !self
-            .hand_off(consumer, (record.partition, record.offset), topic, outbound)
-            .await
-        {
-            return false;
+        let state = work.partition(partition);
+        if state.blocked() {
+            // Behind a failed hand-off of this partition: in failure order, after it.
+            state.keep_failed(hand_off);
+            work.failed += 1;
+        } else {
+            self.send(hand_off, work);
         }
-        match step {
-            Step::Retry { level, .. } => self.counters.retried(level),
-            _ => self.counters.dead_lettered(),
-        }
-        true
     }
 
-    /// Produces to the next level or the dead-letter queue until the broker acknowledges it.
-    /// The partition waits meanwhile; nothing is skipped. Gives up only when shutdown's
-    /// deadline passes.
-    async fn hand_off(
+    fn send(&self, hand_off: PendingHandOff, work: &mut Work<B::Consumer>) {
+        let topic = match hand_off.target {
+            Target::Level(level) => self.topology.level(level),
+            Target::DeadLetter => self
+                .topology
+                .dead_letter
+                .as_deref()
+                .expect("a dead-letter policy has a dead-letter topic"),
+        };
+        let write = work
+            .consumer
+            .hand_off(hand_off.partition, hand_off.offset, topic, &hand_off.record);
+        work.sending.push(Sending {
+            hand_off: Some(hand_off),
+            write,
+        });
+    }
+
+    /// A hand-off finished: acknowledged when durable; otherwise kept to be tried again, and
+    /// its partition starts nothing new meanwhile (other partitions go on).
+    async fn sent(
         &self,
-        consumer: &mut B::Consumer,
-        (partition, offset): (u32, u64),
-        topic: &str,
-        record: OutboundRecord,
-    ) -> bool {
-        let mut backoff = HAND_OFF_BACKOFF.0;
-        loop {
-            let sent = self
-                .backend
-                .hand_off(consumer, partition, offset, topic, record.clone())
-                .await;
-            match sent {
-                Ok(_) => return true,
-                Err(error) => {
-                    tracing::warn!(%topic, %error, retry_in = ?backoff, "hand-off failed; retrying");
+        hand_off: PendingHandOff,
+        result: Result<Delivered, BackendError>,
+        work: &mut Work<B::Consumer>,
+    ) {
+        let state = work.partition(hand_off.partition);
+        if state.generation != hand_off.generation {
+            return;
+        }
+        if hand_off.again {
+            state.retrying -= 1;
+        }
+        match result {
+            Ok(_) => {
+                if !state.blocked() {
+                    state.backoff = Duration::ZERO;
                 }
-            }
-            let wake = Instant::now() + backoff;
-            match self.shutdown.deadline() {
-                Some(deadline) if deadline <= wake => {
-                    tokio::time::sleep_until(deadline).await;
-                    tracing::warn!(%topic, "shutdown deadline reached during hand-off; the message stays unacknowledged");
-                    return false;
+                match hand_off.target {
+                    Target::Level(level) => self.counters.retried(level),
+                    Target::DeadLetter => self.counters.dead_lettered(),
                 }
-                _ => tokio::time::sleep_until(wake).await,
+                work.finish(hand_off.partition, hand_off.offset, &self.topic)
+                    .await;
             }
-            backoff = (backoff * 2).min(HAND_OFF_BACKOFF.1);
+            Err(error) => {
+                if state.retry_at.is_none() {
+                    state.backoff = (state.backoff * 2).clamp(HAND_OFF_BACKOFF.0, HAND_OFF_BACKOFF.1);
+                    state.retry_at = Some(Instant::now() + state.backoff);
+                }
+                tracing::warn!(
+                    topic = %self.topic, partition = hand_off.partition, offset = hand_off.offset,
+                    %error, retry_in = ?state.backoff, "hand-off failed; the partition waits and it is tried again",
+                );
+                state.keep_failed(hand_off);
+                work.failed += 1;
+            }
         }
     }
+
+    /// Starts again, in order, the failed hand-offs whose pause is over.
+    fn try_failed_again(&self, work: &mut Work<B::Consumer>) {
+        if work.failed == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for index in 0..work.partitions.len() {
+            let state = &mut work.partitions[index];
+            if state.retry_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            state.retry_at = None;
+            let again = std::mem::take(&mut state.failed);
+            state.retrying += again.len();
+            work.failed -= again.len();
+            for mut hand_off in again {
+                hand_off.again = true;
+                self.send(hand_off, work);
+            }
+        }
+    }
+}
+
+/// When the loop must look again without being woken: the next waiting record's due time or
+/// the next try of a failed hand-off (only the latter while stopping).
+fn next_wake(partitions: &[Partition], stopping: bool) -> Option<Instant> {
+    partitions
+        .iter()
+        .flat_map(|p| {
+            let due = match p.waiting.front() {
+                Some(&(due, _)) if !stopping && !p.blocked() => Some(instant_at(due)),
+                _ => None,
+            };
+            due.into_iter().chain(p.retry_at)
+        })
+        .min()
 }
 
 async fn run_guarded(

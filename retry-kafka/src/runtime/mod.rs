@@ -26,6 +26,8 @@ pub use provision::Provisioning;
 
 /// How long in-flight handlers may run after shutdown is requested.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Hand-offs each consumer may have under way at once.
+const DEFAULT_HAND_OFF_WINDOW: usize = 1024;
 
 /// Environment variable that picks the backend for [`run`].
 pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
@@ -160,6 +162,7 @@ pub struct AppBuilder<B> {
     naming: TopicNaming,
     shutdown_timeout: Duration,
     provisioning: Provisioning,
+    hand_off_window: usize,
 }
 
 type HandlerFilter = Box<dyn Fn(&HandlerSpec) -> bool + Send + Sync>;
@@ -194,6 +197,7 @@ pub struct App<B: Backend> {
     shutdown: ShutdownHandle,
     shutdown_timeout: Duration,
     provisioning: Provisioning,
+    hand_off_window: usize,
 }
 
 impl App<InMemory> {
@@ -205,6 +209,7 @@ impl App<InMemory> {
             naming: TopicNaming::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             provisioning: Provisioning::default(),
+            hand_off_window: DEFAULT_HAND_OFF_WINDOW,
         }
     }
 }
@@ -218,6 +223,7 @@ impl<B> AppBuilder<B> {
             naming: self.naming,
             shutdown_timeout: self.shutdown_timeout,
             provisioning: self.provisioning,
+            hand_off_window: self.hand_off_window,
         }
     }
 
@@ -236,6 +242,25 @@ impl<B> AppBuilder<B> {
     /// What to do about missing retry and dead-letter topics at start (default: create them).
     pub fn provisioning(mut self, provisioning: Provisioning) -> Self {
         self.provisioning = provisioning;
+        self
+    }
+
+    /// How many failed messages each consumer may be handing on at once (default 1024).
+    ///
+    /// A failure's hand-off to the next retry level or the dead-letter queue is started, not
+    /// waited for in line: the consumer goes on while the broker acknowledges the write, and a
+    /// message is acknowledged once everything before it in its partition has settled. When
+    /// this many hand-offs are under way (or waiting to be tried again after an error), the
+    /// consumer stops fetching until some finish. Each keeps its message in memory meanwhile.
+    /// 0 is taken as 1.
+    ///
+    /// ```
+    /// use retry_kafka::{App, InMemory};
+    ///
+    /// let builder = App::builder().backend(InMemory::new()).hand_off_window(256);
+    /// ```
+    pub fn hand_off_window(mut self, window: usize) -> Self {
+        self.hand_off_window = window.max(1);
         self
     }
 
@@ -261,6 +286,7 @@ impl<B: Backend> AppBuilder<B> {
             shutdown: ShutdownHandle::default(),
             shutdown_timeout: self.shutdown_timeout,
             provisioning: self.provisioning,
+            hand_off_window: self.hand_off_window,
         })
     }
 }
@@ -333,8 +359,9 @@ impl<B: Backend> App<B> {
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
-                let level = consumer::Level {
-                    backend: self.backend.clone(),
+                let level = consumer::Level::<B> {
+                    backend: std::marker::PhantomData,
+                    hand_off_window: self.hand_off_window,
                     spec,
                     policy: policy.clone(),
                     topology: topology.clone(),

@@ -29,7 +29,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{transport, Kafka};
-use crate::backend::{Consumer, Fetched, Record, Subscription};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription};
 use crate::error::BackendError;
 
 /// Records per batch sent to the runtime.
@@ -149,6 +149,8 @@ pub struct KafkaConsumer {
     acked_since_flush: usize,
     thread: Option<JoinHandle<()>>,
     topic: String,
+    /// Produces hand-offs (to this cluster or the retry cluster).
+    kafka: Kafka,
 }
 
 impl KafkaConsumer {
@@ -170,6 +172,7 @@ impl KafkaConsumer {
         let (items_tx, items) = mpsc::channel(CHANNEL_BATCHES);
         let (commands, commands_rx) = std_mpsc::channel();
         let topic = subscription.topic.clone();
+        let kafka = backend.clone();
         let thread = std::thread::Builder::new()
             .name(format!("rk-poll-{}", subscription.topic))
             .spawn(move || {
@@ -187,6 +190,7 @@ impl KafkaConsumer {
             acked_since_flush: 0,
             thread: Some(thread),
             topic,
+            kafka,
         })
     }
 
@@ -270,6 +274,10 @@ impl Consumer for KafkaConsumer {
                 }
             }
         }
+    }
+
+    fn hand_off(&mut self, _partition: u32, _offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+        Box::pin(self.kafka.produce(topic, record))
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {

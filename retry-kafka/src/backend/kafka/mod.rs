@@ -5,6 +5,7 @@
 //! failure means is decided by the runtime, as for every backend.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,7 +16,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Backend, Delivered, OutboundRecord, Record, Subscription};
@@ -448,6 +448,19 @@ impl Backend for Kafka {
     }
 
     async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        self.produce(topic, &record).await
+    }
+}
+
+impl Kafka {
+    /// Queues `record` for `topic` in the producer and returns a future of the broker's
+    /// acknowledgement. Queuing happens now, so records queued one after another to one
+    /// partition are written in that order (the producer is idempotent).
+    pub(crate) fn produce(
+        &self,
+        topic: &str,
+        record: &OutboundRecord,
+    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send + 'static {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in record.headers.iter() {
             headers = headers.insert(Header {
@@ -465,20 +478,35 @@ impl Backend for Kafka {
         if let Some(payload) = record.payload.as_deref() {
             outbound = outbound.payload(payload);
         }
-        match self
-            .cluster_of(topic)
-            .producer
-            .send(outbound, Timeout::Never)
-            .await
-        {
-            Ok(delivery) => Ok(Delivered {
-                partition: delivery.partition as u32,
-                offset: delivery.offset as u64,
-            }),
-            Err((error, _)) => Err(BackendError::Produce {
-                topic: topic.to_owned(),
-                reason: error.to_string(),
-            }),
+        let queued = self.cluster_of(topic).producer.send_result(outbound);
+        let failed = |error: KafkaError| BackendError::Produce {
+            topic: topic.to_owned(),
+            reason: error.to_string(),
+        };
+        // The topic is only needed for an error: named now, kept only on failure paths.
+        let (queued, early) = match queued {
+            Ok(delivery) => (Some((delivery, topic.to_owned())), None),
+            Err((error, _)) => (None, Some(failed(error))),
+        };
+        async move {
+            if let Some(error) = early {
+                return Err(error);
+            }
+            let (delivery, topic) = queued.expect("queued when there is no early error");
+            match delivery.await {
+                Ok(Ok(delivery)) => Ok(Delivered {
+                    partition: delivery.partition as u32,
+                    offset: delivery.offset as u64,
+                }),
+                Ok(Err((error, _))) => Err(BackendError::Produce {
+                    topic,
+                    reason: error.to_string(),
+                }),
+                Err(_) => Err(BackendError::Produce {
+                    topic,
+                    reason: "the producer was closed before the broker answered".into(),
+                }),
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use super::{
     bytes_of, decode, into_bytes, keys, parse_entries, parse_groups, scripts, transport, Redis, Source,
     StreamId,
 };
-use crate::backend::{Consumer, Fetched, Record, Subscription};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription};
 use crate::error::BackendError;
 use crate::policy::now_ms;
 use crate::runtime::sleep_until_opt;
@@ -105,6 +105,8 @@ pub struct RedisConsumer {
     reader: Option<JoinHandle<Result<(), BackendError>>>,
     /// Entries delivered and not acknowledged, per partition, in offset order.
     delivered: HashMap<u32, VecDeque<(u64, StreamId)>>,
+    /// Writes hand-offs.
+    redis: Redis,
 }
 
 impl RedisConsumer {
@@ -165,6 +167,7 @@ impl RedisConsumer {
             stop,
             reader: Some(reader),
             delivered: HashMap::new(),
+            redis,
         })
     }
 
@@ -228,13 +231,33 @@ impl Consumer for RedisConsumer {
         }
     }
 
+    /// One hand-off script per call: it writes the next hop (ZADD into the level's delay set,
+    /// or XADD to the dead-letter stream) and XACKs the source in one step. Many run at once on
+    /// the shared multiplexed connection, pipelined.
+    fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+        let source = self.source_of(partition, offset);
+        let redis = self.redis.clone();
+        let topic = topic.to_owned();
+        let record = record.clone();
+        Box::pin(async move {
+            let target = redis.pick_partition(&topic, &record).await?;
+            redis.write(&topic, target, &record, source).await
+        })
+    }
+
     fn hold(&mut self, partition: u32, offset: u64) {
         let p = partition as usize;
+        // Entries from `offset` on are read again after the resume: from the first delivered
+        // one at or after it, or, when the runtime kept everything delivered (it holds after
+        // the records it keeps), from the one after the last delivered.
         let held = self.delivered.get_mut(&partition).and_then(|delivered| {
             let start = delivered.partition_point(|&(o, _)| o < offset);
-            let id = delivered.get(start).map(|&(_, id)| id);
+            let after = match delivered.get(start) {
+                Some(&(_, id)) => Some(id.before()),
+                None => start.checked_sub(1).map(|last| delivered[last].1),
+            };
             delivered.truncate(start);
-            id
+            after
         });
         let mut control = self.control();
         if p < control.epochs.len() {
@@ -242,7 +265,7 @@ impl Consumer for RedisConsumer {
             control.paused[p] = true;
             // Entries from the held one on are re-read from this member's pending list (all
             // of it if the held entry is unknown, which only a misuse can cause).
-            control.replay_after[p] = Some(held.map_or(StreamId::ZERO, StreamId::before));
+            control.replay_after[p] = Some(held.unwrap_or(StreamId::ZERO));
         }
     }
 

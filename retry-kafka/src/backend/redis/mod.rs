@@ -535,21 +535,6 @@ impl Backend for Redis {
         let partition = self.pick_partition(topic, &record).await?;
         self.write(topic, partition, &record, None).await
     }
-
-    /// Writes the next hop and acknowledges the source entry in one script, so the entry is
-    /// never in both places or in neither.
-    async fn hand_off(
-        &self,
-        consumer: &mut RedisConsumer,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        let target = self.pick_partition(topic, &record).await?;
-        let source = consumer.source_of(partition, offset);
-        self.write(topic, target, &record, source).await
-    }
 }
 
 /// The entry a hand-off acknowledges: its stream, group and ID.

@@ -1,0 +1,794 @@
+//! The failure path, measured against the success path in the same run.
+//!
+//! ```text
+//! cargo bench --bench failures                        # tansu and redis-server from .tools/ / Debian
+//! BENCH_BACKEND=kafka cargo bench --bench failures    # one backend: kafka or redis
+//! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench failures
+//! ```
+//!
+//! Workloads (each round on fresh retry and dead-letter topics; the main topic is written once
+//! and read again from the start by each round):
+//!
+//! 1. **failures**: `BENCH_EVENTS` (200,000) events on 4 partitions; 10% fail once (one 1 s
+//!    level), 1% always fail (dead-lettered after the retry). Beside it the same run with no
+//!    failures. Reported: the main topic's drain rate (events/s until every first attempt has
+//!    concluded: handled, or handed off and acknowledged by the broker), CPU-µs per event
+//!    while draining, and the settle time (first event to every event succeeded or
+//!    dead-lettered).
+//! 2. **outage**: every event of the first half fails once, the second half succeeds: hand-offs
+//!    per second from the main topic to level 1, against producing the same records (payload
+//!    and failure headers) with a plain client on the same server, 1,024 in flight.
+//! 3. **lateness**: every event fails once into a 2 s level, produced at 1,000/s for 5 s, then
+//!    20,000 in one burst: attempt start − `rk-due-at`, p50 / p99 / max, and how many were early.
+//! 4. **peer** (Kafka): kafkajs-async-retry 1.0.0 on kafkajs 2.2.4 (Node.js, from npm) against
+//!    retry-kafka on the same broker and main topic: 10% fail once, one 1 s level.
+//!
+//! Rounds (`BENCH_ROUNDS`, 3) alternate; medians and the spread (min–max) are printed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use redis::Value;
+use retry_kafka::backend::{Backend, OutboundRecord};
+use retry_kafka::kafka::Kafka;
+use retry_kafka::prelude::*;
+use retry_kafka::redis::Redis;
+use retry_kafka::{ErrorKind, FailureContext, Headers, TopicNaming};
+use retry_kafka_suite::{process_cpu_time, RedisServer, Tansu};
+use serde::{Deserialize, Serialize};
+
+const TOPIC: &str = "bench.fail";
+const LATE_TOPIC: &str = "bench.late";
+const PARTITIONS: u32 = 4;
+
+static EVENTS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_EVENTS", 200_000));
+static ROUNDS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_ROUNDS", 3));
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "bench.fail", key = "order_id")]
+struct OrderPlaced {
+    order_id: u64,
+    amount_cents: u64,
+    customer: String,
+}
+
+fn event(order_id: u64) -> OrderPlaced {
+    OrderPlaced {
+        order_id,
+        amount_cents: 1000 + order_id,
+        customer: format!("customer-{}", order_id % 1000),
+    }
+}
+
+/// What `charge` does with an event, by workload.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Mode {
+    NoFailures = 0,
+    /// 10% fail once, 1% always.
+    Failures = 1,
+    /// The first half fails once.
+    Outage = 2,
+    /// 10% fail once (the peer's workload).
+    Peer = 3,
+}
+
+static MODE: AtomicU8 = AtomicU8::new(0);
+/// First attempts that succeeded.
+static FIRST_OK: AtomicU64 = AtomicU64::new(0);
+/// When the first event arrived, and the process's CPU time then.
+static FIRST: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+fn mark_first() {
+    STARTED.store(true, Ordering::Relaxed);
+    let mut first = FIRST.lock().unwrap();
+    if first.is_none() {
+        *first = Some((Instant::now(), process_cpu_time()));
+    }
+}
+
+#[retry_handler(group = "bench-fail", retries = ["1s"], dlq)]
+async fn charge(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+    if !STARTED.load(Ordering::Relaxed) {
+        // Once per run: the lock is not on the measured path.
+        mark_first();
+    }
+    let id = order.order_id;
+    let fails = match Mode::from(MODE.load(Ordering::Relaxed)) {
+        Mode::NoFailures => false,
+        Mode::Failures => id % 100 == 1 || (id.is_multiple_of(10) && ctx.attempt() == 1),
+        Mode::Outage => id < *EVENTS / 2 && ctx.attempt() == 1,
+        Mode::Peer => id.is_multiple_of(10) && ctx.attempt() == 1,
+    };
+    if fails {
+        return Err(HandlerError::transient("payment gateway unavailable"));
+    }
+    if ctx.attempt() == 1 {
+        FIRST_OK.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+impl From<u8> for Mode {
+    fn from(value: u8) -> Self {
+        match value {
+            1 => Mode::Failures,
+            2 => Mode::Outage,
+            3 => Mode::Peer,
+            _ => Mode::NoFailures,
+        }
+    }
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "bench.late", key = "order_id")]
+struct Late {
+    order_id: u64,
+}
+
+/// Attempt start − rk-due-at of each retry, ms.
+static LATENESS: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+static LATE_RETRIED: AtomicU64 = AtomicU64::new(0);
+
+#[retry_handler(group = "bench-late", retries = ["2s"], dlq)]
+async fn late(_event: Late, ctx: Context) -> Result<(), HandlerError> {
+    if ctx.attempt() == 1 {
+        return Err(HandlerError::transient("fails once"));
+    }
+    let due: i64 = ctx
+        .headers()
+        .get_str("rk-due-at")
+        .and_then(|v| v.parse().ok())
+        .expect("a retry carries rk-due-at");
+    LATENESS.lock().unwrap().push(epoch_ms() - due);
+    LATE_RETRIED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// One run of `charge` on `backend`, from a fresh start of its group on the main topic.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// First event to every first attempt concluded on the main topic.
+    drain: Duration,
+    /// CPU time of this process over `drain`.
+    drain_cpu: Duration,
+    /// First event to every event settled.
+    settle: Duration,
+    /// First event to the last hand-off of the outage's failing half.
+    hand_offs: Duration,
+}
+
+impl Run {
+    fn drain_rate(&self) -> f64 {
+        *EVENTS as f64 / self.drain.as_secs_f64()
+    }
+
+    fn cpu_us(&self) -> f64 {
+        self.drain_cpu.as_secs_f64() * 1e6 / *EVENTS as f64
+    }
+}
+
+async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
+    MODE.store(mode as u8, Ordering::SeqCst);
+    FIRST_OK.store(0, Ordering::SeqCst);
+    *FIRST.lock().unwrap() = None;
+    STARTED.store(false, Ordering::SeqCst);
+    let suffix = format!("{mode:?}-{round}").to_lowercase();
+    let app = App::builder()
+        .backend(backend)
+        .handlers(|spec| spec.group() == "bench-fail")
+        .topic_naming(
+            TopicNaming::new(
+                format!("{{topic}}.{{group}}.{suffix}.retry.{{level}}"),
+                format!("{{topic}}.{{group}}.{suffix}.dlq"),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    let events = *EVENTS;
+    let half = events / 2;
+    let (mut drain, mut drain_cpu, mut hand_offs) = (None, Duration::ZERO, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let settle = loop {
+        assert!(
+            Instant::now() < deadline,
+            "{mode:?} round {round} did not settle in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let Some((first, cpu_first)) = *FIRST.lock().unwrap() else {
+            continue;
+        };
+        let stats = app.stats();
+        let stats = stats.handler("charge").unwrap();
+        let retried = stats.retried[0];
+        if drain.is_none() && FIRST_OK.load(Ordering::Relaxed) + retried >= events {
+            drain = Some(first.elapsed());
+            drain_cpu = process_cpu_time() - cpu_first;
+        }
+        if mode == Mode::Outage && hand_offs.is_none() && retried >= half {
+            hand_offs = Some(first.elapsed());
+        }
+        if drain.is_some() && stats.succeeded + stats.dead_lettered >= events {
+            break first.elapsed();
+        }
+    };
+    running.shutdown().await.unwrap();
+    Run {
+        drain: drain.unwrap(),
+        drain_cpu,
+        settle,
+        hand_offs: hand_offs.unwrap_or_default(),
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}–{max:.2}")
+}
+
+/// Where the rounds run: the main topic reset between rounds and a plain producer to compare.
+trait Bench {
+    type B: Backend;
+    fn name(&self) -> &'static str;
+    fn backend(&self) -> Self::B;
+    /// Makes the next round of group `group` read the main topic from the start.
+    async fn reset(&self, group: &str);
+    /// Produces `count` copies of `record` to a fresh topic with a plain client, `window` in
+    /// flight; returns the time taken.
+    async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration;
+}
+
+struct KafkaBench {
+    _tansu: Option<Tansu>,
+    bootstrap: String,
+    kafka: Kafka,
+}
+
+impl KafkaBench {
+    async fn start() -> Self {
+        let (tansu, bootstrap) = match std::env::var("KAFKA_BROKERS") {
+            Ok(bootstrap) => (None, bootstrap),
+            Err(_) => {
+                let tansu = Tansu::start();
+                let bootstrap = tansu.bootstrap.clone();
+                (Some(tansu), bootstrap)
+            }
+        };
+        let kafka = Kafka::builder(bootstrap.clone()).build().unwrap();
+        for topic in [TOPIC, LATE_TOPIC] {
+            kafka.create_topic(topic, PARTITIONS).await.unwrap();
+        }
+        let bench = KafkaBench {
+            _tansu: tansu,
+            bootstrap,
+            kafka,
+        };
+        let bootstrap = bench.bootstrap.clone();
+        tokio::task::spawn_blocking(move || produce_events(&bootstrap))
+            .await
+            .unwrap();
+        bench
+    }
+}
+
+fn produce_events(bootstrap: &str) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    for order_id in 0..*EVENTS {
+        let payload = event(order_id).encode().unwrap();
+        let key = order_id.to_string();
+        while producer
+            .send(BaseRecord::to(TOPIC).key(&key).payload(&payload))
+            .is_err()
+        {
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+impl Bench for KafkaBench {
+    type B = Kafka;
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn backend(&self) -> Kafka {
+        self.kafka.clone()
+    }
+
+    async fn reset(&self, group: &str) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        for partition in 0..PARTITIONS as i32 {
+            list.add_partition_offset(TOPIC, partition, Offset::Offset(0))
+                .unwrap();
+        }
+        consumer.commit(&list, CommitMode::Sync).unwrap();
+    }
+
+    async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
+        self.kafka.create_topic(topic, PARTITIONS).await.unwrap();
+        // The backend's producer settings, on a plain client.
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .create()
+            .unwrap();
+        let headers = {
+            let mut headers = rdkafka::message::OwnedHeaders::new();
+            for (name, value) in record.headers.iter() {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            headers
+        };
+        let started = Instant::now();
+        let mut sends = futures::stream::FuturesUnordered::new();
+        for i in 0..count {
+            let partition = (i % PARTITIONS as u64) as i32;
+            let delivery = producer
+                .send_result(
+                    FutureRecord::to(topic)
+                        .partition(partition)
+                        .key(record.key.as_deref().unwrap())
+                        .payload(record.payload.as_deref().unwrap())
+                        .headers(headers.clone()),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+            sends.push(delivery);
+            if sends.len() >= 1024 {
+                sends.next().await.unwrap().unwrap().unwrap();
+            }
+        }
+        while let Some(delivery) = sends.next().await {
+            delivery.unwrap().unwrap();
+        }
+        started.elapsed()
+    }
+}
+
+struct RedisBench {
+    _server: Option<RedisServer>,
+    url: String,
+    redis: Redis,
+}
+
+impl RedisBench {
+    async fn start() -> Self {
+        let (server, url) = match std::env::var("REDIS_URL") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let server = RedisServer::start();
+                let url = server.url();
+                (Some(server), url)
+            }
+        };
+        // Acknowledged entries stay, so every round reads the same main streams.
+        let redis = Redis::builder(url.clone())
+            .keep_acknowledged(Duration::from_secs(86_400))
+            .build()
+            .unwrap();
+        for topic in [TOPIC, LATE_TOPIC] {
+            redis.create_topic(topic, PARTITIONS).await.unwrap();
+        }
+        let producer = Producer::new(redis.clone());
+        let mut sends = futures::stream::FuturesUnordered::new();
+        for order_id in 0..*EVENTS {
+            let producer = producer.clone();
+            sends.push(async move { producer.send(&event(order_id)).await.unwrap() });
+            if sends.len() >= 1024 {
+                sends.next().await;
+            }
+        }
+        while sends.next().await.is_some() {}
+        RedisBench {
+            _server: server,
+            url,
+            redis,
+        }
+    }
+
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Bench for RedisBench {
+    type B = Redis;
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn backend(&self) -> Redis {
+        self.redis.clone()
+    }
+
+    async fn reset(&self, group: &str) {
+        let mut conn = self.connection().await;
+        for p in 0..PARTITIONS {
+            let _: Value = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(format!("{{{TOPIC}}}:{p}"))
+                .arg(group)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// XADD of the same fields (payload, key, one per header), 1,024 in flight on one
+    /// multiplexed connection.
+    async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
+        let conn = self.connection().await;
+        let started = Instant::now();
+        let mut sends = futures::stream::FuturesUnordered::new();
+        for i in 0..count {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(format!("{{{topic}}}:{}", i % PARTITIONS as u64))
+                .arg("*")
+                .arg("payload")
+                .arg(record.payload.as_deref().unwrap())
+                .arg("key")
+                .arg(record.key.as_deref().unwrap());
+            for (name, value) in record.headers.iter() {
+                cmd.arg(name).arg(value);
+            }
+            let mut conn = conn.clone();
+            sends.push(async move {
+                let _: Value = cmd.query_async(&mut conn).await.unwrap();
+            });
+            if sends.len() >= 1024 {
+                sends.next().await;
+            }
+        }
+        while sends.next().await.is_some() {}
+        started.elapsed()
+    }
+}
+
+/// A failed event as the runtime hands it on: the event with a first failure's headers.
+fn failed_record() -> OutboundRecord {
+    let now = epoch_ms();
+    let mut headers = Headers::new();
+    FailureContext {
+        original_topic: TOPIC.into(),
+        original_partition: 1,
+        original_offset: 12_345,
+        original_timestamp_ms: Some(now),
+        group: "bench-fail".into(),
+        attempts: 1,
+        due_at_ms: Some(now + 1000),
+        first_failure_at_ms: now,
+        last_failure_at_ms: now,
+        error_kind: ErrorKind::Transient,
+        error_message: "payment gateway unavailable".into(),
+        replays: None,
+    }
+    .write_to(&mut headers);
+    OutboundRecord {
+        partition: None,
+        key: Some("12345".into()),
+        payload: Some(event(12_345).encode().unwrap().into()),
+        headers,
+        not_before_ms: None,
+    }
+}
+
+async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
+    let (mut clean, mut failing) = (Vec::new(), Vec::new());
+    for round in 0..*ROUNDS {
+        bench.reset("bench-fail").await;
+        let run = run_charge(bench.backend(), Mode::NoFailures, round).await;
+        println!(
+            "{} round {round}: no failures     drain {:>8.0} ev/s  {:>5.2} CPU-µs/ev  settle {:>6.2} s",
+            bench.name(),
+            run.drain_rate(),
+            run.cpu_us(),
+            run.settle.as_secs_f64()
+        );
+        clean.push(run);
+        bench.reset("bench-fail").await;
+        let run = run_charge(bench.backend(), Mode::Failures, round).await;
+        println!(
+            "{} round {round}: 10% once + 1%   drain {:>8.0} ev/s  {:>5.2} CPU-µs/ev  settle {:>6.2} s",
+            bench.name(),
+            run.drain_rate(),
+            run.cpu_us(),
+            run.settle.as_secs_f64()
+        );
+        failing.push(run);
+    }
+    let ratios: Vec<f64> = clean
+        .iter()
+        .zip(&failing)
+        .map(|(c, f)| f.drain_rate() / c.drain_rate())
+        .collect();
+    let settle_ratios: Vec<f64> = clean
+        .iter()
+        .zip(&failing)
+        .map(|(c, f)| f.settle.as_secs_f64() / (c.settle.as_secs_f64() + 1.0))
+        .collect();
+    let m = |runs: &[Run], f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    println!(
+        "median ({}) failures: drain {:.0} ev/s ({:.2} CPU-µs/ev) vs no failures {:.0} ev/s ({:.2} CPU-µs/ev): \
+         ratio {:.2} (spread {}; target ≥ 0.85); settle {:.2} s vs no-failure settle + 1 s delay {:.2} s: \
+         ratio {:.2} (spread {}; target ≤ 1.1)",
+        bench.name(),
+        m(&failing, Run::drain_rate),
+        m(&failing, Run::cpu_us),
+        m(&clean, Run::drain_rate),
+        m(&clean, Run::cpu_us),
+        median(&ratios),
+        spread(&ratios),
+        m(&failing, |r| r.settle.as_secs_f64()),
+        m(&clean, |r| r.settle.as_secs_f64()) + 1.0,
+        median(&settle_ratios),
+        spread(&settle_ratios),
+    );
+    (clean, failing)
+}
+
+async fn outage<X: Bench>(bench: &X) {
+    let half = *EVENTS / 2;
+    let record = failed_record();
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..*ROUNDS {
+        let took = bench
+            .raw_produce(&format!("bench.raw-produce.{round}"), &record, half)
+            .await;
+        let raw_rate = half as f64 / took.as_secs_f64();
+        bench.reset("bench-fail").await;
+        let run = run_charge(bench.backend(), Mode::Outage, round).await;
+        let rate = half as f64 / run.hand_offs.as_secs_f64();
+        println!(
+            "{} round {round}: outage: {half} hand-offs at {rate:>8.0}/s, plain produce {raw_rate:>8.0}/s, \
+             ratio {:.2}; main drained in {:.2} s, settled in {:.2} s",
+            bench.name(),
+            rate / raw_rate,
+            run.drain.as_secs_f64(),
+            run.settle.as_secs_f64()
+        );
+        ours.push(rate);
+        raw.push(raw_rate);
+    }
+    let ratios: Vec<f64> = ours.iter().zip(&raw).map(|(o, r)| o / r).collect();
+    println!(
+        "median ({}) outage: hand-offs {:.0}/s vs plain produce {:.0}/s: ratio {:.2} (spread {}; target ≥ 0.5)",
+        bench.name(),
+        median(&ours),
+        median(&raw),
+        median(&ratios),
+        spread(&ratios)
+    );
+}
+
+/// Runs `late` while `count` events are produced `every` apart (or all at once when zero);
+/// prints the lateness of their retries.
+async fn lateness<X: Bench>(bench: &X, what: &str, count: u64, every: Duration) {
+    LATENESS.lock().unwrap().clear();
+    LATE_RETRIED.store(0, Ordering::SeqCst);
+    let app = App::builder()
+        .backend(bench.backend())
+        .handlers(|spec| spec.group() == "bench-late")
+        .topic_naming(
+            TopicNaming::new(
+                format!("{{topic}}.{{group}}.{what}.retry.{{level}}"),
+                format!("{{topic}}.{{group}}.{what}.dlq"),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    // One event through both levels first, so both consumers have joined before measuring.
+    app.producer().send(&Late { order_id: u64::MAX }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while LATE_RETRIED.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up retry did not run in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    LATENESS.lock().unwrap().clear();
+    LATE_RETRIED.store(0, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    // Each send its own task, so pacing never waits for an acknowledgement.
+    let mut sends = tokio::task::JoinSet::new();
+    for order_id in 0..count {
+        if !every.is_zero() {
+            tokio::time::sleep_until(started + every * order_id as u32).await;
+        }
+        let producer = app.producer();
+        sends.spawn(async move { producer.send(&Late { order_id }).await.unwrap() });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while LATE_RETRIED.load(Ordering::SeqCst) < count {
+        assert!(Instant::now() < deadline, "{what}: retries missing after 300 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.shutdown().await.unwrap();
+    let mut late = LATENESS.lock().unwrap().clone();
+    late.sort_unstable();
+    let at = |q: f64| late[((late.len() - 1) as f64 * q).round() as usize];
+    let early = late.iter().filter(|&&l| l < 0).count();
+    println!(
+        "{} lateness, {what} ({count} events, 2 s level): p50 {} ms, p99 {} ms, max {} ms, early {early} (target p99 ≤ 25 ms, 0 early)",
+        bench.name(),
+        at(0.5),
+        at(0.99),
+        late.last().unwrap(),
+    );
+}
+
+/// kafkajs-async-retry on the same main topic, against retry-kafka's run of the same workload.
+async fn peer(bench: &KafkaBench) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer/kafkajs-async-retry");
+    let installed = std::process::Command::new("npm")
+        .args(["ci", "--silent", "--no-audit", "--no-fund", "--prefix", dir])
+        .status();
+    if !matches!(installed, Ok(status) if status.success()) {
+        println!("peer: not run: `npm ci --prefix {dir}` failed (Node.js 20 and npm are needed)");
+        return;
+    }
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..*ROUNDS {
+        bench.reset("bench-fail").await;
+        let run = run_charge(bench.backend(), Mode::Peer, round).await;
+        println!(
+            "kafka round {round}: retry-kafka, 10% fail once: drain {:>8.0} ev/s, settle {:.2} s",
+            run.drain_rate(),
+            run.settle.as_secs_f64()
+        );
+        let output = tokio::process::Command::new("node")
+            .arg(format!("{dir}/bench.js"))
+            .env("KAFKA_BROKERS", &bench.bootstrap)
+            .env("BENCH_TOPIC", TOPIC)
+            .env("BENCH_EVENTS", EVENTS.to_string())
+            .env("BENCH_GROUP", format!("peer-kafkajs-{round}"))
+            .env("BENCH_RETRY_DELAY_MS", "1000")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .expect("run node");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let Some(line) = text.lines().rev().find(|l| l.starts_with('{')) else {
+            println!(
+                "peer: kafkajs-async-retry printed no result ({}); output: {text}",
+                output.status
+            );
+            return;
+        };
+        let result: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (drain, settle) = (
+            result["drain_s"].as_f64().unwrap(),
+            result["settle_s"].as_f64().unwrap(),
+        );
+        println!(
+            "kafka round {round}: kafkajs-async-retry:        drain {:>8.0} ev/s, settle {settle:.2} s, group join {} ms",
+            *EVENTS as f64 / drain,
+            result["join_ms"]
+        );
+        ours.push(run);
+        theirs.push((drain, settle));
+    }
+    let ratio: Vec<f64> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(o, t)| o.drain_rate() / (*EVENTS as f64 / t.0))
+        .collect();
+    let settle: Vec<f64> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(o, t)| t.1 / o.settle.as_secs_f64())
+        .collect();
+    println!(
+        "median (kafka) vs kafkajs-async-retry: drain rate ratio {:.1}× (spread {}; target ≥ 30×), \
+         settle time {:.1}× shorter (spread {})",
+        median(&ratio),
+        spread(&ratio),
+        median(&settle),
+        spread(&settle)
+    );
+}
+
+async fn lateness_runs<X: Bench>(bench: &X) {
+    lateness(bench, "paced", 5_000, Duration::from_millis(1)).await;
+    lateness(bench, "burst", 20_000, Duration::ZERO).await;
+}
+
+#[tokio::main]
+async fn main() {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_default();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |what: &str| only.is_empty() || only.split(',').any(|o| o == what);
+    println!(
+        "{} events of ~70 bytes on {PARTITIONS} partitions, {} rounds; {} cores",
+        *EVENTS,
+        *ROUNDS,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if backend != "redis" {
+        let bench = KafkaBench::start().await;
+        println!("kafka: tansu at {}", bench.bootstrap);
+        if wants("failures") {
+            failures(&bench).await;
+        }
+        if wants("outage") {
+            outage(&bench).await;
+        }
+        if wants("lateness") {
+            lateness_runs(&bench).await;
+        }
+        if wants("peer") {
+            peer(&bench).await;
+        }
+    }
+    if backend != "kafka" {
+        let bench = RedisBench::start().await;
+        println!("redis: redis-server at {}", bench.url);
+        if wants("failures") {
+            failures(&bench).await;
+        }
+        if wants("outage") {
+            outage(&bench).await;
+        }
+        if wants("lateness") {
+            lateness_runs(&bench).await;
+        }
+    }
+}
