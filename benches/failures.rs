@@ -497,6 +497,52 @@ impl Bench for RedisBench {
     }
 }
 
+/// The in-process broker: what the runtime itself costs, with no network and no broker.
+struct MemoryBench {
+    broker: Mutex<retry_kafka::InMemory>,
+}
+
+impl MemoryBench {
+    async fn fresh() -> retry_kafka::InMemory {
+        let broker = retry_kafka::InMemory::new();
+        broker.create_topic(TOPIC, PARTITIONS);
+        broker.create_topic(LATE_TOPIC, PARTITIONS);
+        let producer = Producer::new(broker.clone());
+        for order_id in 0..*EVENTS {
+            producer.send(&event(order_id)).await.unwrap();
+        }
+        broker
+    }
+}
+
+impl Bench for MemoryBench {
+    type B = retry_kafka::InMemory;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn backend(&self) -> retry_kafka::InMemory {
+        self.broker.lock().unwrap().clone()
+    }
+
+    /// A new broker with the events, so the group starts from nothing.
+    async fn reset(&self, _group: &str) {
+        let fresh = Self::fresh().await;
+        *self.broker.lock().unwrap() = fresh;
+    }
+
+    async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
+        let broker = self.backend();
+        broker.create_topic(topic, PARTITIONS);
+        let started = Instant::now();
+        for _ in 0..count {
+            broker.send(topic, record.clone()).await.unwrap();
+        }
+        started.elapsed()
+    }
+}
+
 /// A failed event as the runtime hands it on: the event with a first failure's headers.
 fn failed_record() -> OutboundRecord {
     let now = epoch_ms();
@@ -529,6 +575,11 @@ async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
     let (mut clean, mut failing) = (Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
         bench.reset("bench-fail").await;
+        if std::env::var_os("BENCH_PROFILE_FAILURES").is_some() {
+            // Only the failing run, for a profiler: `perf record -- .../failures --bench`.
+            run_charge(bench.backend(), Mode::Failures, round).await;
+            continue;
+        }
         let run = run_charge(bench.backend(), Mode::NoFailures, round).await;
         println!(
             "{} round {round}: no failures     drain {:>8.0} ev/s  {:>5.2} CPU-µs/ev  settle {:>6.2} s",
@@ -548,6 +599,9 @@ async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
             run.settle.as_secs_f64()
         );
         failing.push(run);
+    }
+    if clean.is_empty() {
+        return (clean, failing);
     }
     let ratios: Vec<f64> = clean
         .iter()
@@ -777,6 +831,18 @@ async fn main() {
         if wants("peer") {
             peer(&bench).await;
         }
+    }
+    if backend == "memory" {
+        let bench = MemoryBench {
+            broker: Mutex::new(MemoryBench::fresh().await),
+        };
+        if wants("failures") {
+            failures(&bench).await;
+        }
+        if wants("outage") {
+            outage(&bench).await;
+        }
+        return;
     }
     if backend != "kafka" {
         let bench = RedisBench::start().await;

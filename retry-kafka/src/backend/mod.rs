@@ -90,9 +90,12 @@ pub trait Consumer: Send + 'static {
     /// The next message or assignment change. Cancel-safe: dropping the future loses nothing.
     fn next(&mut self) -> impl Future<Output = Result<Fetched, BackendError>> + Send;
 
-    /// Stops delivering `partition` and rewinds it to `offset`, so that offset is the first
-    /// delivered after [`resume`](Consumer::resume). Messages already fetched past it are
-    /// discarded. The consumer stays in its group while partitions are held.
+    /// Stops delivering `partition` until [`resume`](Consumer::resume); the first message
+    /// delivered after it is the one at `offset` (or the next one that exists). The runtime
+    /// holds a partition after the last message it keeps, so nothing is delivered twice. A
+    /// backend may keep what it fetched already and deliver it first on resume (Kafka), or
+    /// read it again (Redis, in-process). The consumer stays in its group while partitions are
+    /// held.
     fn hold(&mut self, partition: u32, offset: u64);
 
     /// Delivers `partition` again, from the offset it was held at.

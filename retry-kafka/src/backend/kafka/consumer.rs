@@ -8,10 +8,11 @@
 //! batches over a bounded channel; when it is full, the thread pauses its partitions and keeps
 //! polling.
 //!
-//! A hold rewinds a partition, so records fetched before it are stale. Each record carries the
-//! partition's assignment generation and hold epoch at fetch time; the handle counts holds and
-//! resumes the same way, in the same order, and drops records whose tags are not current. No
-//! stale record reaches the runtime, and nothing fetched after a rewind is dropped.
+//! A hold pauses fetching the partition; records of it that were fetched already (in the
+//! channel, or in the handle's buffer) are parked in the handle, not dropped, and delivered
+//! first on resume, so a held partition is never fetched twice. The thread resumes fetching
+//! where it stopped handing records over. Each record carries the partition's assignment
+//! generation at fetch time; the handle drops records of an assignment that has since changed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,11 +97,7 @@ pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]
 
 /// What the poll thread sends to the handle, in fetch order.
 enum Item {
-    Record {
-        generation: u64,
-        epoch: u64,
-        record: Record,
-    },
+    Record { generation: u64, record: Record },
     Assigned(Vec<(u32, u64)>),
     Revoked(Vec<u32>),
 }
@@ -114,13 +111,10 @@ enum Command {
     Hold {
         partition: u32,
         generation: u64,
-        epoch: u64,
-        offset: u64,
     },
     Resume {
         partition: u32,
         generation: u64,
-        epoch: u64,
     },
     Ack {
         partition: u32,
@@ -130,17 +124,22 @@ enum Command {
     Close(oneshot::Sender<Result<(), BackendError>>),
 }
 
-#[derive(Clone, Copy)]
+/// The handle's view of one assigned partition.
+#[derive(Default)]
 struct PartitionView {
     generation: u64,
-    epoch: u64,
-    held: bool,
+    /// Held: records from this offset on are parked until the resume.
+    held_from: Option<u64>,
+    /// Records fetched before or while the partition was held, in offset order.
+    parked: VecDeque<Record>,
 }
 
 /// A member of a Kafka consumer group reading one topic.
 pub struct KafkaConsumer {
     items: mpsc::Receiver<Vec<Item>>,
     buffer: VecDeque<Item>,
+    /// Parked records of resumed partitions, delivered before anything else.
+    ready: VecDeque<Record>,
     commands: std_mpsc::Sender<Command>,
     partitions: HashMap<u32, PartitionView>,
     /// Acknowledgements not yet sent to the poll thread: (partition, generation, offset),
@@ -184,6 +183,7 @@ impl KafkaConsumer {
         Ok(Self {
             items,
             buffer: VecDeque::new(),
+            ready: VecDeque::new(),
             commands,
             partitions: HashMap::new(),
             acks: Vec::new(),
@@ -192,15 +192,6 @@ impl KafkaConsumer {
             topic,
             kafka,
         })
-    }
-
-    /// Starts a new hold epoch for `partition` (records fetched before it become stale) and
-    /// returns its generation and epoch, for the command that tells the poll thread.
-    fn next_epoch(&mut self, partition: u32, held: bool) -> Option<(u64, u64)> {
-        let view = self.partitions.get_mut(&partition)?;
-        view.epoch += 1;
-        view.held = held;
-        Some((view.generation, view.epoch))
     }
 
     fn command(&mut self, command: Command) {
@@ -228,27 +219,33 @@ impl KafkaConsumer {
 impl Consumer for KafkaConsumer {
     async fn next(&mut self) -> Result<Fetched, BackendError> {
         loop {
+            if let Some(record) = self.ready.pop_front() {
+                return Ok(Fetched::Record(record));
+            }
             while let Some(item) = self.buffer.pop_front() {
                 match item {
-                    Item::Record {
-                        generation,
-                        epoch,
-                        record,
-                    } => {
-                        let current = self.partitions.get(&record.partition);
-                        if current.is_some_and(|v| v.generation == generation && v.epoch == epoch && !v.held)
-                        {
-                            return Ok(Fetched::Record(record));
+                    Item::Record { generation, record } => {
+                        let Some(view) = self.partitions.get_mut(&record.partition) else {
+                            continue;
+                        };
+                        if view.generation != generation {
+                            continue;
+                        }
+                        match view.held_from {
+                            None => return Ok(Fetched::Record(record)),
+                            Some(from) if record.offset >= from => view.parked.push_back(record),
+                            // Delivered already: the runtime keeps what it was given.
+                            Some(_) => {}
                         }
                     }
                     Item::Assigned(assigned) => {
                         for &(partition, generation) in &assigned {
+                            self.ready.retain(|r| r.partition != partition);
                             self.partitions.insert(
                                 partition,
                                 PartitionView {
                                     generation,
-                                    epoch: 0,
-                                    held: false,
+                                    ..PartitionView::default()
                                 },
                             );
                         }
@@ -258,6 +255,7 @@ impl Consumer for KafkaConsumer {
                         for partition in &revoked {
                             self.partitions.remove(partition);
                         }
+                        self.ready.retain(|r| !revoked.contains(&r.partition));
                         return Ok(Fetched::Revoked(revoked));
                     }
                 }
@@ -280,25 +278,44 @@ impl Consumer for KafkaConsumer {
         Box::pin(self.kafka.produce(topic, record))
     }
 
+    /// Pauses fetching the partition. Records of it from `offset` on that were fetched already
+    /// stay parked here and come first after the resume: nothing is fetched twice.
     fn hold(&mut self, partition: u32, offset: u64) {
-        if let Some((generation, epoch)) = self.next_epoch(partition, true) {
-            self.command(Command::Hold {
-                partition,
-                generation,
-                epoch,
-                offset,
-            });
+        let Some(view) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if view.held_from.is_none() {
+            // Resumed records not delivered yet go back in front of the parked ones.
+            let (mine, others): (VecDeque<Record>, VecDeque<Record>) = std::mem::take(&mut self.ready)
+                .into_iter()
+                .partition(|r| r.partition == partition);
+            self.ready = others;
+            let mut parked = mine;
+            parked.append(&mut view.parked);
+            view.parked = parked;
         }
+        view.parked.retain(|r| r.offset >= offset);
+        view.held_from = Some(offset);
+        let generation = view.generation;
+        self.command(Command::Hold {
+            partition,
+            generation,
+        });
     }
 
     fn resume(&mut self, partition: u32) {
-        if let Some((generation, epoch)) = self.next_epoch(partition, false) {
-            self.command(Command::Resume {
-                partition,
-                generation,
-                epoch,
-            });
+        let Some(view) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if view.held_from.take().is_none() {
+            return;
         }
+        self.ready.append(&mut view.parked);
+        let generation = view.generation;
+        self.command(Command::Resume {
+            partition,
+            generation,
+        });
     }
 
     /// Folded here and sent to the poll thread with the next batch (or every `ACK_FLUSH`
@@ -414,9 +431,8 @@ impl ConsumerContext for RebalanceLog {
 /// The poll thread's view of one assigned partition.
 struct Assigned {
     generation: u64,
-    epoch: u64,
-    /// Held at this offset until resumed.
-    held: Option<u64>,
+    /// Paused by the runtime until resumed.
+    held: bool,
     /// The offset after the last record handed to the runtime.
     next: Option<u64>,
 }
@@ -590,8 +606,7 @@ impl PollThread {
                             partition,
                             Assigned {
                                 generation,
-                                epoch: 0,
-                                held: None,
+                                held: false,
                                 next: None,
                             },
                         );
@@ -620,7 +635,6 @@ impl PollThread {
         assigned.next = Some(record.offset + 1);
         batch.push(Item::Record {
             generation: assigned.generation,
-            epoch: assigned.epoch,
             record,
         });
     }
@@ -630,31 +644,28 @@ impl PollThread {
             Command::Hold {
                 partition,
                 generation,
-                epoch,
-                offset,
             } => {
                 let Some(assigned) = self.current(partition, generation) else {
                     return;
                 };
-                assigned.epoch = epoch;
-                assigned.held = Some(offset);
-                assigned.next = Some(offset);
+                // What was handed over stays with the handle (parked); fetching stops here and
+                // goes on from `next` after the resume.
+                assigned.held = true;
                 self.pause(consumer, &[partition]);
             }
             Command::Resume {
                 partition,
                 generation,
-                epoch,
             } => {
                 let Some(assigned) = self.current(partition, generation) else {
                     return;
                 };
-                assigned.epoch = epoch;
-                let Some(offset) = assigned.held.take() else {
+                if !std::mem::take(&mut assigned.held) {
                     return;
-                };
+                }
+                let next = assigned.next;
                 if !self.backpressure {
-                    self.resume_at(consumer, partition, Some(offset));
+                    self.resume_at(consumer, partition, next);
                 }
             }
             Command::Ack { .. } => unreachable!("folded by drain_commands"),
@@ -666,7 +677,7 @@ impl PollThread {
     fn unheld(&self) -> Vec<(u32, Option<u64>)> {
         self.partitions
             .iter()
-            .filter(|(_, a)| a.held.is_none())
+            .filter(|(_, a)| !a.held)
             .map(|(&p, a)| (p, a.next))
             .collect()
     }
@@ -695,8 +706,8 @@ impl PollThread {
         }
     }
 
-    /// Resumes `partition`, first rewinding it to `offset`: librdkafka drops prefetched
-    /// messages on pause, and a hold must start again at the held message.
+    /// Resumes `partition` at `offset`, the one after the last record handed over: librdkafka
+    /// drops prefetched messages on pause, so fetching must go on from there explicitly.
     fn resume_at(&self, consumer: &RawConsumer, partition: u32, offset: Option<u64>) {
         self.resume(consumer, &[partition]);
         if let Some(offset) = offset {
