@@ -452,6 +452,22 @@ impl Reader {
         permits: mpsc::PermitIterator<'_, Item>,
         next_heartbeat: Instant,
     ) -> Result<(), RedisError> {
+        // A retry level that knows when its next entry is due waits for it here, on a precise
+        // timer, rather than in the server: a blocked read's timeout is only noticed on the
+        // server's next tick (100 ms at the default `hz`), which made retries up to ~100 ms
+        // late. Nothing has been taken yet, so being cancelled meanwhile loses nothing.
+        let mut waited_for_due = false;
+        if let (Some(_), Some(due)) = (&self.delayed, self.next_due) {
+            let wait = due - now_ms();
+            if wait > 0 {
+                let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
+                let wait = Duration::from_millis(wait as u64)
+                    .min(self.settings.block)
+                    .min(until_heartbeat);
+                tokio::time::sleep(wait).await;
+                waited_for_due = true;
+            }
+        }
         let (acks, epochs, replay, live) = {
             let mut control = self.control.lock().unwrap();
             let acks = control.take_acks();
@@ -518,7 +534,10 @@ impl Reader {
         } else {
             let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
             let mut block = self.settings.block.min(until_heartbeat);
-            if self.delayed.is_some() {
+            if waited_for_due {
+                // Waited already: only read what is there (and what the move just added).
+                block = Duration::from_millis(1);
+            } else if self.delayed.is_some() {
                 let until_due = match self.next_due {
                     Some(due) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
                     None => self.settings.due_poll,
