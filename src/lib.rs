@@ -1,8 +1,8 @@
 //! Examples and integration tests for retry-kafka, and what they share: real broker and server
-//! processes (tansu for Kafka, redis-server) for tests and benchmarks.
+//! processes (tansu and Apache Kafka for Kafka, redis-server) for tests and benchmarks.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,52 @@ pub fn process_cpu_time() -> Duration {
     let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
     assert_eq!(status, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The Kafka broker a benchmark runs on: the cluster `KAFKA_BROKERS` names, tansu with
+/// `BENCH_KAFKA=tansu`, or else Apache Kafka with a JVM sized as deployed (`RK_KAFKA_JVM_OPTS`
+/// overrides it). Stopped on drop.
+pub struct BenchKafka {
+    _process: Option<BenchKafkaProcess>,
+    /// Its bootstrap servers.
+    pub bootstrap: String,
+    /// What it is, for the printed figures.
+    pub description: String,
+}
+
+enum BenchKafkaProcess {
+    Apache(#[allow(dead_code)] ApacheKafka),
+    Tansu(#[allow(dead_code)] Tansu),
+}
+
+impl BenchKafka {
+    pub fn start() -> Self {
+        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
+            return BenchKafka {
+                _process: None,
+                description: format!("the cluster at {bootstrap}"),
+                bootstrap,
+            };
+        }
+        if std::env::var("BENCH_KAFKA").as_deref() == Ok("tansu") {
+            let tansu = Tansu::start();
+            return BenchKafka {
+                bootstrap: tansu.bootstrap.clone(),
+                description: "tansu 0.6 (memory storage)".into(),
+                _process: Some(BenchKafkaProcess::Tansu(tansu)),
+            };
+        }
+        if std::env::var_os("RK_KAFKA_JVM_OPTS").is_none() {
+            // A broker as deployed, not the tests' quick-start JVM.
+            std::env::set_var("RK_KAFKA_JVM_OPTS", "-Xms1g -Xmx1g -XX:+UseG1GC");
+        }
+        let kafka = ApacheKafka::start();
+        BenchKafka {
+            bootstrap: kafka.bootstrap.clone(),
+            description: format!("Apache Kafka {APACHE_KAFKA_VERSION} (KRaft, one broker, 1 GiB heap)"),
+            _process: Some(BenchKafkaProcess::Apache(kafka)),
+        }
+    }
 }
 
 /// Logs to the test's output when `RUST_LOG` is set.
@@ -103,6 +149,297 @@ impl Drop for Tansu {
             let _ = std::fs::remove_file(&self.log);
         }
     }
+}
+
+/// The Apache Kafka release that `scripts/install-test-deps.sh` installs into
+/// `.tools/kafka-<version>/libs/` (`scripts/kafka/pom.xml` says why this one).
+pub const APACHE_KAFKA_VERSION: &str = "4.4.0";
+
+/// A real Apache Kafka broker: one KRaft node in combined mode (broker and controller in one
+/// JVM) on two free loopback ports, with its log directories, configuration and logs in a fresh
+/// temporary directory. The JVM (its own child, by its handle) is killed and the directory
+/// removed on drop; `RK_KEEP_BROKER_LOG` keeps the directory.
+///
+/// The JVM runs with a small heap and flags that start it quickly (C1 only, serial GC):
+/// `RK_KAFKA_JVM_OPTS` replaces them, e.g. `-Xms1g -Xmx1g -XX:+UseG1GC` for a benchmark that
+/// wants the broker's steady-state speed (C2).
+pub struct ApacheKafka {
+    child: Child,
+    pub bootstrap: String,
+    /// From the start of [`ApacheKafka::start`] until the broker answered a metadata request.
+    pub startup: Duration,
+    dir: PathBuf,
+}
+
+impl ApacheKafka {
+    /// The jars: `$KAFKA_LIBS` (any Kafka 4.x `libs/` directory), or
+    /// `.tools/kafka-<version>/libs` as `scripts/install-test-deps.sh` installs them.
+    pub fn libs() -> PathBuf {
+        let path = std::env::var_os("KAFKA_LIBS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join(format!(".tools/kafka-{APACHE_KAFKA_VERSION}/libs"))
+            });
+        let has_broker = std::fs::read_dir(&path).is_ok_and(|entries| {
+            entries.flatten().any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("kafka_2.13-") && name.ends_with(".jar")
+            })
+        });
+        assert!(
+            has_broker,
+            "the Apache Kafka broker is not installed at {} (no kafka_2.13-*.jar): run \
+             ./scripts/install-test-deps.sh to install it, or set KAFKA_LIBS",
+            path.display()
+        );
+        path
+    }
+
+    /// `$JAVA_HOME/bin/java`, or `java` on the `PATH`: Java 17 or newer.
+    pub fn java() -> PathBuf {
+        let from_home = std::env::var_os("JAVA_HOME")
+            .map(|home| PathBuf::from(home).join("bin/java"))
+            .filter(|java| java.is_file());
+        let on_path = || {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("java"))
+                    .find(|candidate| candidate.is_file())
+            })
+        };
+        from_home.or_else(on_path).unwrap_or_else(|| {
+            panic!(
+                "java is not installed: the Apache Kafka broker needs Java 17+; install it with \
+                 `sudo apt-get install openjdk-17-jre-headless`, or set JAVA_HOME"
+            )
+        })
+    }
+
+    /// Formats the storage of a new cluster, starts the broker and waits until it answers a
+    /// metadata request (60 s at most).
+    pub fn start() -> Self {
+        let started = Instant::now();
+        let (java, libs) = (Self::java(), Self::libs());
+        // Both ports held at once, so they differ.
+        let (listener, controller_listener) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let port = listener.local_addr().unwrap().port();
+        let controller = controller_listener.local_addr().unwrap().port();
+        drop((listener, controller_listener));
+
+        let dir =
+            std::env::temp_dir().join(format!("retry-kafka-apache-kafka-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        let config = dir.join("server.properties");
+        std::fs::write(
+            &config,
+            format!(
+                "process.roles=broker,controller\n\
+                 node.id=1\n\
+                 controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 inter.broker.listener.name=PLAINTEXT\n\
+                 controller.listener.names=CONTROLLER\n\
+                 log.dirs={}\n\
+                 offsets.topic.replication.factor=1\n\
+                 transaction.state.log.replication.factor=1\n\
+                 transaction.state.log.min.isr=1\n\
+                 share.coordinator.state.topic.replication.factor=1\n\
+                 share.coordinator.state.topic.min.isr=1\n\
+                 group.initial.rebalance.delay.ms=0\n\
+                 num.partitions=1\n\
+                 auto.create.topics.enable=false\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("broker configuration");
+
+        let java_command = || {
+            let mut command = Command::new(&java);
+            command
+                .args(jvm_options())
+                .arg(format!("-Dkafka.logs.dir={}", dir.display()))
+                .arg("-cp")
+                .arg(libs.join("*"));
+            if let Some(logging) = log4j_configuration(&libs) {
+                command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
+            }
+            command
+        };
+
+        // A single-node dynamic quorum (KIP-853): the node is the one voter of its controller.
+        let cluster_id = random_cluster_id();
+        let format = java_command()
+            .args(["kafka.tools.StorageTool", "format", "--cluster-id", &cluster_id])
+            .arg("--config")
+            .arg(&config)
+            .arg("--standalone")
+            .output()
+            .unwrap_or_else(|error| panic!("start {} (Java 17+): {error}", java.display()));
+        assert!(
+            format.status.success(),
+            "formatting the Apache Kafka storage failed ({}; the broker needs Java 17+): {}{}",
+            format.status,
+            String::from_utf8_lossy(&format.stdout),
+            String::from_utf8_lossy(&format.stderr)
+        );
+
+        let output = std::fs::File::create(dir.join("stdout.log")).expect("broker output file");
+        let child = java_command()
+            .arg("kafka.Kafka")
+            .arg(&config)
+            .stdout(Stdio::from(output.try_clone().unwrap()))
+            .stderr(Stdio::from(output))
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {}: {error}", java.display()));
+        let mut broker = ApacheKafka {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+            startup: Duration::ZERO,
+            dir,
+        };
+        broker.wait_until_ready(port, started + Duration::from_secs(60));
+        broker.startup = started.elapsed();
+        broker
+    }
+
+    /// The broker's log (WARN and up, and `kafka.server` at INFO).
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// Waits for a TCP connection, then for an answer to a metadata request that lists the
+    /// broker (the port is bound before the broker handles requests).
+    fn wait_until_ready(&mut self, port: u16, deadline: Instant) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mut client: Option<BaseConsumer> = None;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Apache Kafka exited with {status}; {}", self.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Apache Kafka did not answer on {} within 60 s; {}",
+                self.bootstrap,
+                self.log_tail()
+            );
+            // A client only once the port listens: librdkafka would log every refused connection.
+            if client.is_some() || TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let client = client.get_or_insert_with(|| {
+                    rdkafka::ClientConfig::new()
+                        .set("bootstrap.servers", &self.bootstrap)
+                        .create()
+                        .expect("metadata client")
+                });
+                let answered = client
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .is_ok_and(|metadata| !metadata.brokers().is_empty());
+                if answered {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the broker's log and of the JVM's own output, for a panic message.
+    fn log_tail(&self) -> String {
+        let tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        format!(
+            "log {}:\n{}\nJVM output:\n{}",
+            self.log().display(),
+            tail(&self.log()),
+            tail(&self.dir.join("stdout.log"))
+        )
+    }
+}
+
+impl Drop for ApacheKafka {
+    fn drop(&mut self) {
+        // Only the JVM this test started, by its own handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("RK_KEEP_BROKER_LOG").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("Apache Kafka's directory kept: {}", self.dir.display());
+        }
+    }
+}
+
+/// The broker's JVM flags: `RK_KAFKA_JVM_OPTS`, or a small heap and a quick start. Measured on
+/// 2 cores (format + broker until "Kafka Server started"): G1 with C2 7-12 s, serial GC 6-8 s,
+/// serial GC and C1 only (`TieredStopAtLevel=1`) 5-6 s.
+fn jvm_options() -> Vec<String> {
+    match std::env::var("RK_KAFKA_JVM_OPTS") {
+        Ok(options) if !options.trim().is_empty() => options.split_whitespace().map(str::to_owned).collect(),
+        _ => [
+            "-Xms256m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            // No /tmp/hsperfdata_<user>/<pid> file, which a killed JVM would leave behind.
+            "-XX:-UsePerfData",
+            "-Djava.awt.headless=true",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    }
+}
+
+/// The log4j2 configuration next to the jars: `config/log4j2.properties` as the install script
+/// writes it, or `config/log4j2.yaml` of an Apache Kafka distribution.
+fn log4j_configuration(libs: &Path) -> Option<PathBuf> {
+    let config = libs.parent()?.join("config");
+    ["log4j2.properties", "log4j2.yaml"]
+        .iter()
+        .map(|name| config.join(name))
+        .find(|path| path.is_file())
+}
+
+/// A new cluster id: 16 random bytes, base64url without padding, as Kafka's `Uuid` prints it
+/// (not starting with `-`, which the format command would take for an option).
+fn random_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for (index, chunk) in bytes.chunks_mut(8).enumerate() {
+        // A RandomState is seeded from the OS once per thread and advanced for each new one.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_usize(index);
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    bytes[0] &= 0x7f; // the first character is one of A-Za-f
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut id, mut buffer, mut bits) = (String::with_capacity(22), 0u32, 0u32);
+    for byte in bytes {
+        buffer = ((buffer << 8) | u32::from(byte)) & 0xffff;
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            id.push(ALPHABET[((buffer >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        id.push(ALPHABET[((buffer << (6 - bits)) & 63) as usize] as char);
+    }
+    id
 }
 
 /// A `redis-server` process on a free loopback port, with its data in a directory of its own.

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::Shutdown;
 use crate::backend::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record};
 use crate::error::{BackendError, Error};
-use crate::handler::{Context, ErrorKind, HandlerSpec, Origin};
+use crate::handler::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{names, parse_number, FailureContext};
 use crate::policy::{instant_at, now_ms, RetryPolicy, Step, Topology};
 use crate::stats::Counters;
@@ -56,6 +56,32 @@ const RESUME_BELOW: usize = WAITING_LIMIT / 4;
 struct Failure {
     kind: ErrorKind,
     message: String,
+}
+
+impl Failure {
+    fn panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        Failure {
+            kind: ErrorKind::Panic,
+            message: panic_message(payload),
+        }
+    }
+}
+
+impl From<HandlerError> for Failure {
+    fn from(error: HandlerError) -> Self {
+        Failure {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// A started attempt: finished at once, or under way.
+// `Done` is returned and taken apart at once; boxing it would add the allocation this saves.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    Done(Done),
+    Running(AttemptFuture),
 }
 
 /// A finished attempt, with the record it was for.
@@ -435,16 +461,13 @@ impl<B: Backend> Level<B> {
     /// Runs an attempt.
     async fn start(&self, record: Record, generation: u32, work: &mut Work<B::Consumer>) {
         work.partition(record.partition).progress.start(record.offset);
-        let mut attempt = self.attempt(record, generation);
         // One at a time, an attempt that finishes without waiting (a handler that never
         // awaits) is concluded here, not in another round of the loop.
-        if let InFlight::Inline(_) = work.in_flight {
-            if let Some(done) = (&mut attempt).now_or_never() {
-                self.conclude(done, work).await;
-                return;
-            }
+        let inline = matches!(work.in_flight, InFlight::Inline(_));
+        match self.attempt(record, generation, inline) {
+            Attempt::Done(done) => self.conclude(done, work).await,
+            Attempt::Running(attempt) => work.in_flight.push(attempt),
         }
-        work.in_flight.push(attempt);
     }
 
     /// On a retry level, the due time of a message that must wait longer.
@@ -495,7 +518,11 @@ impl<B: Backend> Level<B> {
         }
     }
 
-    fn attempt(&self, record: Record, generation: u32) -> AttemptFuture {
+    /// Starts an attempt. With `poll_now` (one attempt at a time, run inline) the handler is
+    /// polled once here: one that finishes without waiting (most do, or decode errors) is done
+    /// without the attempt's own boxed future; one that waits is boxed with its state and
+    /// polled again by the loop with a real waker, before anything else is started.
+    fn attempt(&self, record: Record, generation: u32, poll_now: bool) -> Attempt {
         let lineage = self.lineage(&record);
         let context = Context {
             attempt: self.level + 1,
@@ -519,21 +546,55 @@ impl<B: Backend> Level<B> {
         );
         let payload = record.payload.as_deref().unwrap_or_default();
         let call = self.spec.call;
-        let started = std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context)));
-        let timeout = self.spec.timeout();
-        Box::pin(
-            async move {
-                let result = match started {
-                    Err(panic) => Err(Failure {
-                        kind: ErrorKind::Panic,
-                        message: panic_message(&*panic),
-                    }),
-                    Ok(Err(decode)) => Err(Failure {
-                        kind: ErrorKind::Decode,
-                        message: decode.to_string(),
-                    }),
-                    Ok(Ok(handler)) => run_guarded(handler, timeout).await,
+        let started = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context)))
+        };
+        let handler = match started {
+            Err(panic) => Err(Failure::panic(&*panic)),
+            Ok(Err(decode)) => Err(Failure {
+                kind: ErrorKind::Decode,
+                message: decode.to_string(),
+            }),
+            Ok(Ok(handler)) => Ok(handler),
+        };
+        let finished = match handler {
+            Err(failure) => Some(Err(failure)),
+            Ok(mut handler) if poll_now => {
+                let polled = {
+                    let _entered = span.enter();
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx)))
                 };
+                match polled {
+                    Ok(Poll::Pending) => return self.running(record, lineage, generation, handler, span),
+                    Ok(Poll::Ready(outcome)) => Some(outcome.map_err(Failure::from)),
+                    Err(panic) => Some(Err(Failure::panic(&*panic))),
+                }
+            }
+            Ok(handler) => return self.running(record, lineage, generation, handler, span),
+        };
+        Attempt::Done(Done {
+            record,
+            lineage,
+            generation,
+            result: finished.expect("every other case returned"),
+        })
+    }
+
+    /// An attempt whose handler is waiting: boxed, to run in the loop or on its own task.
+    fn running(
+        &self,
+        record: Record,
+        lineage: Lineage,
+        generation: u32,
+        handler: crate::handler::HandlerFuture,
+        span: tracing::Span,
+    ) -> Attempt {
+        let timeout = self.spec.timeout();
+        Attempt::Running(Box::pin(
+            async move {
+                let result = run_guarded(handler, timeout).await;
                 Done {
                     record,
                     lineage,
@@ -542,7 +603,7 @@ impl<B: Backend> Level<B> {
                 }
             }
             .instrument(span),
-        )
+        ))
     }
 
     /// Settles a finished attempt: a success is acknowledged (as far as the partition's
@@ -746,14 +807,8 @@ async fn run_guarded(
     };
     match outcome {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Failure {
-            kind: error.kind(),
-            message: error.to_string(),
-        }),
-        Err(panic) => Err(Failure {
-            kind: ErrorKind::Panic,
-            message: panic_message(&*panic),
-        }),
+        Ok(Err(error)) => Err(Failure::from(error)),
+        Err(panic) => Err(Failure::panic(&*panic)),
     }
 }
 

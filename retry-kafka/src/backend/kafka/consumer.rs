@@ -14,7 +14,7 @@
 //! where it stopped handing records over. Each record carries the partition's assignment
 //! generation at fetch time; the handle drops records of an assignment that has since changed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
@@ -124,6 +124,47 @@ enum Command {
     Close(oneshot::Sender<Result<(), BackendError>>),
 }
 
+/// Per partition number: partitions are small dense numbers, so a vector, not a hash map, on
+/// the per-record path.
+struct ByPartition<T>(Vec<Option<T>>);
+
+impl<T> Default for ByPartition<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> ByPartition<T> {
+    fn get(&self, partition: u32) -> Option<&T> {
+        self.0.get(partition as usize).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, partition: u32) -> Option<&mut T> {
+        self.0.get_mut(partition as usize).and_then(Option::as_mut)
+    }
+
+    fn insert(&mut self, partition: u32, value: T) {
+        let index = partition as usize;
+        if index >= self.0.len() {
+            self.0.resize_with(index + 1, || None);
+        }
+        self.0[index] = Some(value);
+    }
+
+    fn remove(&mut self, partition: u32) {
+        if let Some(slot) = self.0.get_mut(partition as usize) {
+            *slot = None;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(p, v)| v.as_ref().map(|v| (p as u32, v)))
+    }
+}
+
 /// The handle's view of one assigned partition.
 #[derive(Default)]
 struct PartitionView {
@@ -141,7 +182,7 @@ pub struct KafkaConsumer {
     /// Parked records of resumed partitions, delivered before anything else.
     ready: VecDeque<Record>,
     commands: std_mpsc::Sender<Command>,
-    partitions: HashMap<u32, PartitionView>,
+    partitions: ByPartition<PartitionView>,
     /// Acknowledgements not yet sent to the poll thread: (partition, generation, offset),
     /// the highest per partition.
     acks: Vec<(u32, u64, u64)>,
@@ -185,7 +226,7 @@ impl KafkaConsumer {
             buffer: VecDeque::new(),
             ready: VecDeque::new(),
             commands,
-            partitions: HashMap::new(),
+            partitions: ByPartition::default(),
             acks: Vec::new(),
             acked_since_flush: 0,
             thread: Some(thread),
@@ -225,7 +266,7 @@ impl Consumer for KafkaConsumer {
             while let Some(item) = self.buffer.pop_front() {
                 match item {
                     Item::Record { generation, record } => {
-                        let Some(view) = self.partitions.get_mut(&record.partition) else {
+                        let Some(view) = self.partitions.get_mut(record.partition) else {
                             continue;
                         };
                         if view.generation != generation {
@@ -253,7 +294,7 @@ impl Consumer for KafkaConsumer {
                     }
                     Item::Revoked(revoked) => {
                         for partition in &revoked {
-                            self.partitions.remove(partition);
+                            self.partitions.remove(*partition);
                         }
                         self.ready.retain(|r| !revoked.contains(&r.partition));
                         return Ok(Fetched::Revoked(revoked));
@@ -281,7 +322,7 @@ impl Consumer for KafkaConsumer {
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already
     /// stay parked here and come first after the resume: nothing is fetched twice.
     fn hold(&mut self, partition: u32, offset: u64) {
-        let Some(view) = self.partitions.get_mut(&partition) else {
+        let Some(view) = self.partitions.get_mut(partition) else {
             return;
         };
         if view.held_from.is_none() {
@@ -304,7 +345,7 @@ impl Consumer for KafkaConsumer {
     }
 
     fn resume(&mut self, partition: u32) {
-        let Some(view) = self.partitions.get_mut(&partition) else {
+        let Some(view) = self.partitions.get_mut(partition) else {
             return;
         };
         if view.held_from.take().is_none() {
@@ -322,7 +363,7 @@ impl Consumer for KafkaConsumer {
     /// acknowledgements, or before any other command or close); the thread stores the offsets
     /// for the next commit.
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
-        if let Some(view) = self.partitions.get(&partition) {
+        if let Some(view) = self.partitions.get(partition) {
             let generation = view.generation;
             match self
                 .acks
@@ -443,7 +484,7 @@ struct PollThread {
     topic: String,
     items: mpsc::Sender<Vec<Item>>,
     commands: std_mpsc::Receiver<Command>,
-    partitions: HashMap<u32, Assigned>,
+    partitions: ByPartition<Assigned>,
     generations: u64,
     /// A batch the runtime had no room for yet.
     pending: Option<Vec<Item>>,
@@ -459,7 +500,7 @@ impl PollThread {
             topic,
             items,
             commands,
-            partitions: HashMap::new(),
+            partitions: ByPartition::default(),
             generations: 0,
             pending: None,
             backpressure: false,
@@ -589,7 +630,7 @@ impl PollThread {
             match event {
                 RebalanceEvent::Revoked(revoked) => {
                     for partition in &revoked {
-                        self.partitions.remove(partition);
+                        self.partitions.remove(*partition);
                     }
                     if let Some(pending) = &mut self.pending {
                         pending.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
@@ -628,7 +669,7 @@ impl PollThread {
 
     fn push_record(&mut self, message: &BorrowedMessage<'_>, batch: &mut Vec<Item>) {
         let partition = message.partition() as u32;
-        let Some(assigned) = self.partitions.get_mut(&partition) else {
+        let Some(assigned) = self.partitions.get_mut(partition) else {
             return;
         };
         let record = record_of(message);
@@ -678,13 +719,13 @@ impl PollThread {
         self.partitions
             .iter()
             .filter(|(_, a)| !a.held)
-            .map(|(&p, a)| (p, a.next))
+            .map(|(p, a)| (p, a.next))
             .collect()
     }
 
     fn current(&mut self, partition: u32, generation: u64) -> Option<&mut Assigned> {
         self.partitions
-            .get_mut(&partition)
+            .get_mut(partition)
             .filter(|a| a.generation == generation)
     }
 

@@ -252,6 +252,19 @@ impl Kafka {
                 }
             }
         }
+        // Apache Kafka answers before every broker's metadata has the topic (seen: up to 1.6 s
+        // later): wait for it, so what follows (provisioning, a consumer) finds it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.partitions_on(cluster, topic).await?.is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BackendError::Transport {
+                    backend: "kafka",
+                    source: format!("topic {topic:?} was created but is not in the metadata after 30 s")
+                        .into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(())
     }
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every benchmark, as the README's benchmark section shows them: the success path against
+# hand-written loops, then the failure path (failures, outage, lateness, the kafkajs peer).
+# Installs the servers first (scripts/install-test-deps.sh). Release build; ~15 minutes on
+# 2 cores. BENCH_ROUNDS (default 3), BENCH_BACKEND=kafka|redis, KAFKA_BROKERS / REDIS_URL to
+# use servers of your own; see the header of each file in benches/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-test-deps.sh >/dev/null
+command -v node >/dev/null || { echo "node is missing (the peer benchmark runs kafkajs): apt-get install -y nodejs npm" >&2; exit 1; }
+
+echo "== machine: $(nproc) cores, $(uname -sr); $(rustc --version); node $(node --version)"
+echo "== success path: cargo bench --bench throughput"
+BENCH_WAITING="${BENCH_WAITING:-100000}" cargo bench --bench throughput 2>/dev/null
+echo "== failure path: cargo bench --bench failures"
+cargo bench --bench failures 2>/dev/null
