@@ -52,6 +52,9 @@ const PARTITIONS: u32 = 4;
 
 static EVENTS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_EVENTS", 200_000));
 static ROUNDS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_ROUNDS", 3));
+/// Hand-offs in flight per consumer (`App::hand_off_window`), and the plain producer's window
+/// in the outage comparison: `BENCH_WINDOW`, default the app's default.
+static WINDOW: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_WINDOW", 1024));
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -211,6 +214,7 @@ async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
     let suffix = format!("{mode:?}-{round}").to_lowercase();
     let app = App::builder()
         .backend(backend)
+        .hand_off_window(*WINDOW as usize)
         .handlers(|spec| spec.group() == "bench-fail")
         .topic_naming(
             TopicNaming::new(
@@ -391,7 +395,7 @@ impl Bench for KafkaBench {
                 .map_err(|(e, _)| e)
                 .unwrap();
             sends.push(delivery);
-            if sends.len() >= 1024 {
+            if sends.len() as u64 >= *WINDOW {
                 sends.next().await.unwrap().unwrap().unwrap();
             }
         }
@@ -497,7 +501,7 @@ impl Bench for RedisBench {
             sends.push(async move {
                 let _: Value = cmd.query_async(&mut conn).await.unwrap();
             });
-            if sends.len() >= 1024 {
+            if sends.len() as u64 >= *WINDOW {
                 sends.next().await;
             }
         }
@@ -647,19 +651,22 @@ async fn outage<X: Bench>(bench: &X) {
     let record = failed_record();
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
+        let cpu_before = process_cpu_time();
         let took = bench
             .raw_produce(&format!("bench.raw-produce.{round}"), &record, half)
             .await;
+        let raw_cpu = (process_cpu_time() - cpu_before).as_secs_f64() * 1e6 / half as f64;
         let raw_rate = half as f64 / took.as_secs_f64();
         bench.reset("bench-fail").await;
         let run = run_charge(bench.backend(), Mode::Outage, round).await;
         let rate = half as f64 / run.hand_offs.as_secs_f64();
         println!(
-            "{} round {round}: outage: {half} hand-offs at {rate:>8.0}/s, plain produce {raw_rate:>8.0}/s, \
-             ratio {:.2}; main drained in {:.2} s, settled in {:.2} s",
+            "{} round {round}: outage: {half} hand-offs at {rate:>8.0}/s, plain produce {raw_rate:>8.0}/s \
+             ({raw_cpu:.1} CPU-µs each), ratio {:.2}; main drained in {:.2} s ({:.1} CPU-µs/event), settled in {:.2} s",
             bench.name(),
             rate / raw_rate,
             run.drain.as_secs_f64(),
+            run.cpu_us(),
             run.settle.as_secs_f64()
         );
         ours.push(rate);
