@@ -296,7 +296,11 @@ impl KafkaBench {
     async fn start() -> Self {
         let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
         let bootstrap = broker.bootstrap.clone();
-        let kafka = Kafka::builder(bootstrap.clone()).build().unwrap();
+        let mut kafka = Kafka::builder(bootstrap.clone());
+        if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
+            kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
+        }
+        let kafka = kafka.build().unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
             kafka.create_topic(topic, PARTITIONS).await.unwrap();
         }

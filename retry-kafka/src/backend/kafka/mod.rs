@@ -33,6 +33,9 @@ pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
 /// Environment variable with the bootstrap servers of the cluster holding retry and DLQ topics.
 pub const RETRY_BROKERS_ENV: &str = "KAFKA_RETRY_BROKERS";
 
+/// `fetch.wait.max.ms` of retry-level consumers, unless set with `consumer_property`.
+const RETRY_LEVEL_FETCH_WAIT_MS: &str = "25";
+
 /// Kafka through rdkafka.
 ///
 /// ```no_run
@@ -452,12 +455,26 @@ impl Backend for Kafka {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {
         let brokers = self.cluster_of(&subscription.topic).brokers.clone();
-        KafkaConsumer::start(
-            self.clone(),
-            &brokers,
-            subscription,
-            &self.shared.consumer_properties,
-        )
+        let retry_level = self
+            .shared
+            .derived
+            .read()
+            .expect("never poisoned")
+            .contains(&subscription.topic);
+        let set_by_user = |key: &str| self.shared.consumer_properties.iter().any(|(k, _)| k == key);
+        let mut properties = Vec::new();
+        if retry_level && !set_by_user("fetch.wait.max.ms") {
+            // A retry level pauses and resumes partitions as retries come due; a resumed
+            // partition is fetched only when the fetch already waiting at the broker returns,
+            // after up to this long (librdkafka's default, 500 ms, made a burst of retries up to
+            // ~490 ms late; 25 ms keeps an idle level's fetches cheap).
+            properties.push((
+                "fetch.wait.max.ms".to_owned(),
+                RETRY_LEVEL_FETCH_WAIT_MS.to_owned(),
+            ));
+        }
+        properties.extend(self.shared.consumer_properties.iter().cloned());
+        KafkaConsumer::start(self.clone(), &brokers, subscription, &properties)
     }
 
     async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
