@@ -353,7 +353,10 @@ impl<B: Backend> Level<B> {
                 break;
             }
             let next_wake = if work.waiting > 0 || work.failed > 0 {
-                next_wake(&work.partitions, stopping)
+                // Due records matter only when one could start now; otherwise a head that is
+                // due already would wake the loop again at once, round after round.
+                let can_start = !stopping && work.in_flight.len() < concurrency;
+                next_wake(&work.partitions, can_start)
             } else {
                 None
             };
@@ -773,14 +776,14 @@ impl<B: Backend> Level<B> {
     }
 }
 
-/// When the loop must look again without being woken: the next waiting record's due time or
-/// the next try of a failed hand-off (only the latter while stopping).
-fn next_wake(partitions: &[Partition], stopping: bool) -> Option<Instant> {
+/// When the loop must look again without being woken: the next try of a failed hand-off and,
+/// when an attempt could start, the next waiting record's due time.
+fn next_wake(partitions: &[Partition], can_start: bool) -> Option<Instant> {
     partitions
         .iter()
         .flat_map(|p| {
             let due = match p.waiting.front() {
-                Some(&(due, _)) if !stopping && !p.blocked() => Some(instant_at(due)),
+                Some(&(due, _)) if can_start && !p.blocked() => Some(instant_at(due)),
                 _ => None,
             };
             due.into_iter().chain(p.retry_at)
