@@ -43,6 +43,7 @@ use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
 use retry_kafka::{ErrorKind, FailureContext, Headers, TopicNaming};
+use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka, RedisServer};
 use serde::{Deserialize, Serialize};
 
@@ -55,13 +56,6 @@ static ROUNDS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_ROUNDS", 3));
 /// Hand-offs in flight per consumer (`App::hand_off_window`), and the plain producer's window
 /// in the outage comparison: `BENCH_WINDOW`, default the app's default.
 static WINDOW: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_WINDOW", 1024));
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Event, Serialize, Deserialize, Debug)]
 #[event(topic = "bench.fail", key = "order_id")]
@@ -260,18 +254,6 @@ async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
         settle,
         hand_offs: hand_offs.unwrap_or_default(),
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn spread(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}–{max:.2}")
 }
 
 /// Where the rounds run: the main topic reset between rounds and a plain producer to compare.

@@ -28,6 +28,7 @@ use retry_kafka::backend::Backend as _;
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
+use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka, RedisServer};
 use serde::{Deserialize, Serialize};
 
@@ -37,13 +38,6 @@ const PARTITIONS: u32 = 4;
 /// Messages per round (`BENCH_MESSAGES`, default 200000) and rounds (`BENCH_ROUNDS`, default 3).
 static MESSAGES: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_MESSAGES", 200_000));
 static ROUNDS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_ROUNDS", 3));
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Event, Serialize, Deserialize, Debug)]
 #[event(topic = "bench.orders", key = "order_id")]
@@ -311,18 +305,6 @@ async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> Rate {
             .unwrap();
     }
     app_round(redis.clone()).await
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn spread(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}–{max:.2}")
 }
 
 /// Prints one round of both sides.

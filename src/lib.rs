@@ -65,6 +65,31 @@ impl BenchKafka {
     }
 }
 
+/// What the benchmarks share to read settings and report rounds.
+pub mod figures {
+    /// The number in environment variable `name`, or `default`.
+    pub fn env_or(name: &str, default: u64) -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The median of `values` (the upper one of an even count).
+    pub fn median(values: &[f64]) -> f64 {
+        let mut values = values.to_vec();
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        values[values.len() / 2]
+    }
+
+    /// `min–max` of `values`, two decimals.
+    pub fn spread(values: &[f64]) -> String {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{min:.2}–{max:.2}")
+    }
+}
+
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_test_tracing() {
     let _ = tracing_subscriber::fmt()
