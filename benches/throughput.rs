@@ -29,7 +29,7 @@ use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
 use retry_kafka_suite::figures::{env_or, median, spread};
-use retry_kafka_suite::{process_cpu_time, BenchKafka, RedisServer};
+use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.orders";
@@ -379,14 +379,8 @@ async fn kafka_rounds() {
 }
 
 async fn redis_rounds() {
-    let (server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let server = BenchRedis::start();
+    let url = server.url.clone();
     // Acknowledged entries stay, so every round reads the same streams.
     let redis = Redis::builder(url.clone())
         .keep_acknowledged(Duration::from_secs(86_400))

@@ -65,6 +65,29 @@ impl BenchKafka {
     }
 }
 
+/// The Redis server a benchmark runs on: the one `REDIS_URL` names, or a `redis-server` started
+/// for it (stopped on drop).
+pub struct BenchRedis {
+    _server: Option<RedisServer>,
+    /// Its URL.
+    pub url: String,
+}
+
+impl BenchRedis {
+    pub fn start() -> Self {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => BenchRedis { _server: None, url },
+            Err(_) => {
+                let server = RedisServer::start();
+                BenchRedis {
+                    url: server.url(),
+                    _server: Some(server),
+                }
+            }
+        }
+    }
+}
+
 /// What the benchmarks share to read settings and report rounds.
 pub mod figures {
     /// The number in environment variable `name`, or `default`.
