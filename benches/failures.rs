@@ -27,7 +27,9 @@
 //!    included) against bare rdkafka consumers.
 //!
 //! Rounds (`BENCH_ROUNDS`, 3) alternate; medians and the spread (min–max) are printed.
-//! `BENCH_ONLY=failures,outage,lateness,idle,peer` picks workloads.
+//! `BENCH_ONLY=failures,outage,lateness,idle,peer` picks workloads; `BENCH_WINDOW` sets the
+//! hand-off window (and the plain producer's), `BENCH_FETCH_WAIT_MS` the consumers'
+//! `fetch.wait.max.ms`, `BENCH_PROFILE_FAILURES=1` runs only the failing rounds (for `perf`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{LazyLock, Mutex};
