@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
             out_of_order_completion_acknowledges_only_the_finished_prefix,
             many_failures_in_flight_on_one_partition_keep_their_order,
             a_retry_kept_in_memory_runs_when_due_and_not_before,
+            kept_retries_survive_a_rebalance_and_run_when_due,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
@@ -1218,4 +1219,67 @@ pub async fn a_retry_kept_in_memory_runs_when_due_and_not_before<H: Harness>(har
         "a retry ran {worst} ms after its due time; lateness: {late:?}"
     );
     assert_fully_committed(harness, retry_topic, "conf.ontime.conf-ontime.retry.1").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retries kept in memory by one member move with their partition when a second member joins:
+// the new owner runs them, and nobody runs them before they are due
+
+#[retry_handler(topic = "conf.keptmove", group = "conf-keptmove", retries = ["10s"], dlq)]
+async fn kept_move(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    record("keptmove", &order, &ctx);
+    if ctx.attempt() == 1 {
+        return Err(HandlerError::transient("first attempt fails"));
+    }
+    Ok(())
+}
+
+pub async fn kept_retries_survive_a_rebalance_and_run_when_due<H: Harness>(harness: &H) {
+    const COUNT: u64 = 40;
+    harness.create_topic("conf.keptmove", 4).await;
+    let (first, first_running) = start(harness, "conf-keptmove").await;
+    for id in 0..COUNT {
+        publish(&first, "conf.keptmove", &order(id)).await;
+    }
+    let retry_topic = "conf.keptmove.conf-keptmove.retry.1";
+    records_eventually(harness, retry_topic, COUNT as usize).await;
+    // Every retry is waiting, most in the first member's memory; a second member joins and
+    // takes some of the retry level's partitions (the 10 s delay leaves time for a Kafka
+    // group to rebalance; tansu took more than 5 s).
+    let (second, second_running) = start(harness, "conf-keptmove").await;
+    let retried = |app: &App<H::Backend>| app.stats().handler("kept_move").unwrap().succeeded;
+    eventually(Duration::from_secs(30), "every retry", || {
+        let seen = seen("keptmove");
+        (0..COUNT).all(|id| seen.iter().any(|s| s.order.id == id && s.attempt == 2))
+    })
+    .await;
+    let (by_first, by_second) = (retried(&first), retried(&second));
+    let total = by_first + by_second;
+    second_running.shutdown().await.unwrap();
+    first_running.shutdown().await.unwrap();
+
+    let seen = seen("keptmove");
+    for retry in seen.iter().filter(|s| s.attempt == 2) {
+        let first = seen
+            .iter()
+            .find(|s| s.attempt == 1 && s.order.id == retry.order.id)
+            .expect("a first attempt");
+        let waited = retry.at - first.at;
+        assert!(
+            waited >= Duration::from_millis(9995),
+            "order {} retried {waited:?} after its failure, before its 10 s delay",
+            retry.order.id
+        );
+    }
+    let repeats = total.saturating_sub(COUNT);
+    assert!(
+        by_second > 0,
+        "the member that joined ran none of the waiting retries ({by_first} by the first)"
+    );
+    eprintln!(
+        "{COUNT} kept retries across a rebalance: {total} runs ({by_first} by the first member, \
+         {by_second} by the one that joined), {repeats} repeated"
+    );
+    assert_fully_committed(harness, "conf.keptmove", "conf-keptmove").await;
+    assert_fully_committed(harness, retry_topic, retry_topic).await;
 }
