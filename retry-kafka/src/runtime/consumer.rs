@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Shutdown;
-use crate::backend::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record};
+use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record};
 use crate::error::{BackendError, Error};
 use crate::handler::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{names, parse_number, FailureContext};
@@ -29,7 +29,7 @@ const HAND_OFF_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Durat
 const FETCH_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Everything one level's consumer needs; shared by the levels of a handler.
-pub(crate) struct Level<B: Backend> {
+pub(crate) struct Level {
     pub(crate) spec: &'static HandlerSpec,
     pub(crate) policy: Arc<RetryPolicy>,
     pub(crate) topology: Arc<Topology>,
@@ -42,7 +42,6 @@ pub(crate) struct Level<B: Backend> {
     pub(crate) shutdown: Shutdown,
     /// The most hand-offs under way at once (started or waiting to be tried again).
     pub(crate) hand_off_window: usize,
-    pub(crate) backend: std::marker::PhantomData<fn() -> B>,
 }
 
 /// Records kept in memory per partition while they wait (not due yet, or behind a failed
@@ -316,8 +315,8 @@ impl<C: Consumer> Work<C> {
     }
 }
 
-impl<B: Backend> Level<B> {
-    pub(crate) async fn run(self, consumer: B::Consumer) -> Result<(), Error> {
+impl Level {
+    pub(crate) async fn run<C: Consumer>(self, consumer: C) -> Result<(), Error> {
         let concurrency = self.spec.concurrency().max(1) as usize;
         let window = self.hand_off_window.max(1);
         let mut work = Work {
@@ -413,7 +412,7 @@ impl<B: Backend> Level<B> {
 
     /// A fetched record: started now, or kept until it is due (retry levels) or until the
     /// partition's failed hand-off is through.
-    async fn take(&self, record: Record, work: &mut Work<B::Consumer>) {
+    async fn take(&self, record: Record, work: &mut Work<impl Consumer>) {
         let due = self.due_at(&record);
         let state = work.partition(record.partition);
         if due.is_none() && state.waiting.is_empty() && !state.blocked() {
@@ -432,7 +431,7 @@ impl<B: Backend> Level<B> {
     }
 
     /// Starts waiting records that are due, oldest first per partition, while there is room.
-    async fn start_waiting(&self, work: &mut Work<B::Consumer>, concurrency: usize) {
+    async fn start_waiting(&self, work: &mut Work<impl Consumer>, concurrency: usize) {
         let now = now_ms();
         for index in 0..work.partitions.len() {
             loop {
@@ -462,7 +461,7 @@ impl<B: Backend> Level<B> {
     }
 
     /// Runs an attempt.
-    async fn start(&self, record: Record, generation: u32, work: &mut Work<B::Consumer>) {
+    async fn start(&self, record: Record, generation: u32, work: &mut Work<impl Consumer>) {
         work.partition(record.partition).progress.start(record.offset);
         // One at a time, an attempt that finishes without waiting (a handler that never
         // awaits) is concluded here, not in another round of the loop.
@@ -611,7 +610,7 @@ impl<B: Backend> Level<B> {
 
     /// Settles a finished attempt: a success is acknowledged (as far as the partition's
     /// finished prefix reaches), a failure is handed on without waiting for the write.
-    async fn conclude(&self, done: Done, work: &mut Work<B::Consumer>) {
+    async fn conclude(&self, done: Done, work: &mut Work<impl Consumer>) {
         let Done {
             record,
             lineage,
@@ -693,7 +692,7 @@ impl<B: Backend> Level<B> {
         }
     }
 
-    fn send(&self, hand_off: PendingHandOff, work: &mut Work<B::Consumer>) {
+    fn send(&self, hand_off: PendingHandOff, work: &mut Work<impl Consumer>) {
         let topic = match hand_off.target {
             Target::Level(level) => self.topology.level(level),
             Target::DeadLetter => self
@@ -717,7 +716,7 @@ impl<B: Backend> Level<B> {
         &self,
         hand_off: PendingHandOff,
         result: Result<Delivered, BackendError>,
-        work: &mut Work<B::Consumer>,
+        work: &mut Work<impl Consumer>,
     ) {
         let state = work.partition(hand_off.partition);
         if state.generation != hand_off.generation {
@@ -754,7 +753,7 @@ impl<B: Backend> Level<B> {
     }
 
     /// Starts again, in order, the failed hand-offs whose pause is over.
-    fn try_failed_again(&self, work: &mut Work<B::Consumer>) {
+    fn try_failed_again(&self, work: &mut Work<impl Consumer>) {
         if work.failed == 0 {
             return;
         }

@@ -359,8 +359,7 @@ impl<B: Backend> App<B> {
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
-                let level = consumer::Level::<B> {
-                    backend: std::marker::PhantomData,
+                let level = consumer::Level {
                     hand_off_window: self.hand_off_window,
                     spec,
                     policy: policy.clone(),
