@@ -113,6 +113,13 @@ pub mod figures {
     }
 }
 
+/// `N` distinct free loopback ports (all held at once while they are picked, so they differ).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"));
+    listeners.map(|listener| listener.local_addr().expect("a bound address").port())
+}
+
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_test_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -144,11 +151,7 @@ impl Tansu {
     }
 
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let [port] = free_ports();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("retry-kafka-tansu-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("broker log file");
@@ -270,14 +273,7 @@ impl ApacheKafka {
     pub fn start() -> Self {
         let started = Instant::now();
         let (java, libs) = (Self::java(), Self::libs());
-        // Both ports held at once, so they differ.
-        let (listener, controller_listener) = (
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-        );
-        let port = listener.local_addr().unwrap().port();
-        let controller = controller_listener.local_addr().unwrap().port();
-        drop((listener, controller_listener));
+        let [port, controller] = free_ports();
 
         let dir =
             std::env::temp_dir().join(format!("retry-kafka-apache-kafka-{port}-{}", std::process::id()));
@@ -530,11 +526,7 @@ impl RedisServer {
     /// A server that requires `password` (when given) and, with `append_only`, logs every write
     /// to an append-only file (fsync every write) so a restart keeps what was acknowledged.
     pub fn start_with(password: Option<&str>, append_only: bool) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let [port] = free_ports();
         let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis data directory");
         let mut server = RedisServer {
