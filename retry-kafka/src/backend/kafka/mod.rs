@@ -513,7 +513,7 @@ impl Kafka {
             topic: topic.to_owned(),
             reason: error.to_string(),
         };
-        // The topic is only needed for an error: named now, kept only on failure paths.
+        // The topic names a delivery error, which comes later: an owned copy per record.
         let (queued, early) = match queued {
             Ok(delivery) => (Some((delivery, topic.to_owned())), None),
             Err((error, _)) => (None, Some(failed(error))),

@@ -231,9 +231,10 @@ impl Consumer for RedisConsumer {
         }
     }
 
-    /// One hand-off script per call: it writes the next hop (ZADD into the level's delay set,
-    /// or XADD to the dead-letter stream) and XACKs the source in one step. Many run at once on
-    /// the shared multiplexed connection, pipelined.
+    /// One MULTI/EXEC per call: it writes the next hop (ZADD into the level's delay set, or
+    /// XADD to the dead-letter stream) and XACKs the source in one step. Many run at once on
+    /// the shared multiplexed connection, pipelined. (The record is cloned into the future:
+    /// measured as part of the ~32 CPU-µs a Redis hand-off costs this process.)
     fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
         let source = self.source_of(partition, offset);
         let redis = self.redis.clone();
