@@ -26,10 +26,12 @@
 //! 5. **idle** (Kafka): CPU of an app whose consumers have nothing to do for 10 s (group join
 //!    included) against bare rdkafka consumers.
 //!
-//! Rounds (`BENCH_ROUNDS`, 3) alternate; medians and the spread (min–max) are printed.
+//! Rounds (`BENCH_ROUNDS`, 3) alternate, after `BENCH_WARMUP` (1) unmeasured rounds of the
+//! failures workload that warm the broker up; medians and the spread (min–max) are printed.
 //! `BENCH_ONLY=failures,outage,lateness,idle,peer` picks workloads; `BENCH_WINDOW` sets the
 //! hand-off window (and the plain producer's), `BENCH_FETCH_WAIT_MS` the consumers'
-//! `fetch.wait.max.ms`, `BENCH_PROFILE_FAILURES=1` runs only the failing rounds (for `perf`).
+//! `fetch.wait.max.ms`, `BENCH_PRODUCER=linger.ms=20,...` producer properties (the app's and the
+//! plain producer's), `BENCH_PROFILE_FAILURES=1` runs only the failing rounds (for `perf`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -58,6 +60,10 @@ static ROUNDS: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_ROUNDS", 3));
 /// Hand-offs in flight per consumer (`App::hand_off_window`), and the plain producer's window
 /// in the outage comparison: `BENCH_WINDOW`, default the app's default.
 static WINDOW: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_WINDOW", 1024));
+/// Unmeasured rounds of each mode before the measured ones (`BENCH_WARMUP`, default 1): a
+/// freshly started broker compiles its produce and fetch paths (JIT) during its first minute,
+/// on the same two cores, and would charge that to whichever run came first.
+static WARMUP: LazyLock<u64> = LazyLock::new(|| env_or("BENCH_WARMUP", 1));
 
 #[derive(Event, Serialize, Deserialize, Debug)]
 #[event(topic = "bench.fail", key = "order_id")]
@@ -270,6 +276,17 @@ trait Bench {
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration;
 }
 
+/// Producer properties for experiments, on both the app and the plain producer:
+/// `BENCH_PRODUCER=linger.ms=5,batch.size=65536`.
+fn producer_properties() -> Vec<(String, String)> {
+    std::env::var("BENCH_PRODUCER")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 struct KafkaBench {
     broker: BenchKafka,
     bootstrap: String,
@@ -283,6 +300,9 @@ impl KafkaBench {
         let mut kafka = Kafka::builder(bootstrap.clone());
         if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
             kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
+        }
+        for (key, value) in producer_properties() {
+            kafka = kafka.producer_property(key, value);
         }
         let kafka = kafka.build().unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
@@ -351,13 +371,16 @@ impl Bench for KafkaBench {
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
         self.kafka.create_topic(topic, PARTITIONS).await.unwrap();
         // The backend's producer settings, on a plain client.
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("linger.ms", "2")
-            .create()
-            .unwrap();
+            .set("linger.ms", "2");
+        for (key, value) in producer_properties() {
+            config.set(key, value);
+        }
+        let producer: FutureProducer = config.create().unwrap();
         let headers = {
             let mut headers = rdkafka::message::OwnedHeaders::new();
             for (name, value) in record.headers.iter() {
@@ -568,6 +591,17 @@ fn failed_record() -> OutboundRecord {
 
 async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
     let (mut clean, mut failing) = (Vec::new(), Vec::new());
+    for round in 0..*WARMUP {
+        for mode in [Mode::NoFailures, Mode::Failures] {
+            bench.reset("bench-fail").await;
+            let run = run_charge(bench.backend(), mode, 1000 + round).await;
+            println!(
+                "{} warm-up {round}: {mode:?}: drain {:>8.0} ev/s, not counted",
+                bench.name(),
+                run.drain_rate()
+            );
+        }
+    }
     for round in 0..*ROUNDS {
         bench.reset("bench-fail").await;
         if std::env::var_os("BENCH_PROFILE_FAILURES").is_some() {
