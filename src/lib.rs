@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod kafka_cluster;
+pub use kafka_cluster::KafkaCluster;
+
 /// CPU time this process has used so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`): what the
 /// benchmarks divide by messages, steadier than wall time on a shared machine.
 pub fn process_cpu_time() -> Duration {
