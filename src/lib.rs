@@ -274,6 +274,12 @@ impl ApacheKafka {
     /// Formats the storage of a new cluster, starts the broker and waits until it answers a
     /// metadata request (60 s at most).
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`start`](Self::start) with broker properties of the caller's appended to the
+    /// configuration (`name=value` lines; a later line wins).
+    pub fn start_with(extra_properties: &str) -> Self {
         let started = Instant::now();
         let (java, libs) = (Self::java(), Self::libs());
         let [port, controller] = free_ports();
@@ -302,7 +308,8 @@ impl ApacheKafka {
                  share.coordinator.state.topic.min.isr=1\n\
                  group.initial.rebalance.delay.ms=0\n\
                  num.partitions=1\n\
-                 auto.create.topics.enable=false\n",
+                 auto.create.topics.enable=false\n\
+                 {extra_properties}\n",
                 dir.join("data").display()
             ),
         )

@@ -52,8 +52,7 @@ impl KafkaHarness {
         let client = self.client(None);
         (0..self.partitions(&client, topic))
             .map(|p| {
-                client
-                    .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
+                until_settled(|| client.fetch_watermarks(topic, p as i32, Duration::from_secs(10)))
                     .expect("watermarks")
                     .1 as u64
             })
@@ -78,6 +77,20 @@ impl KafkaHarness {
                 },
             )
             .collect()
+    }
+}
+
+/// Runs `query` again (10 s at most) while it fails: right after a topic is created, or while
+/// a leader moves, Apache Kafka answers NotLeaderForPartition for a moment.
+fn until_settled<T>(
+    mut query: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match query() {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            result => return result,
+        }
     }
 }
 

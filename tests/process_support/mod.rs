@@ -85,6 +85,22 @@ impl Worker {
         self.child.kill().expect("SIGKILL the worker");
         self.child.wait().unwrap();
     }
+
+    /// Stops the worker as a service manager does: SIGTERM, then waits for it to drain and
+    /// exit (30 s at most, then SIGKILL).
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                eprintln!("a worker did not stop within 30 s of SIGTERM; killing it");
+                self.kill();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Worker {

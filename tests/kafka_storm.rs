@@ -1,0 +1,178 @@
+//! A rebalance storm on Apache Kafka: three worker processes (`rk-worker`, `retry_kafka::run()`)
+//! share a group while they join and leave every 3 s for a minute under load (stopped with
+//! SIGTERM or killed with SIGKILL in turn, and started again). At the end every order is handled
+//! or dead-lettered (exactly the invalid ones dead-lettered), the orders published last are
+//! handled on every partition (none was left paused) and the group's lag on the main and the
+//! retry topic is 0. Repeats (at least once) are counted and printed.
+//!
+//! Run once with the classic group protocol (cooperative-sticky assignment) and once with the
+//! consumer group protocol of KIP-848 (`group.protocol=consumer`), which librdkafka 2.12 and
+//! Apache Kafka 4 support; each test on a broker of its own, one after the other.
+
+mod conformance;
+mod kafka_support;
+mod process_support;
+
+use std::time::{Duration, Instant};
+
+use conformance::Harness;
+use kafka_support::KafkaHarness;
+use process_support::{expected_dead, publish_orders, wait_until_done, Worker, TOPIC};
+use retry_kafka::kafka::Kafka;
+use retry_kafka_suite::ApacheKafka;
+
+const RETRY_TOPIC: &str = "proc.orders.proc-workers.retry.1";
+const PARTITIONS: u32 = 6;
+/// How long the storm lasts, and how often a worker joins or leaves.
+const STORM: Duration = Duration::from_secs(60);
+const EVERY: Duration = Duration::from_secs(3);
+/// Orders published per second during the storm.
+const PER_SECOND: u64 = 100;
+
+/// One broker (and storm) at a time: three workers and a JVM already fill two cores.
+static ONE_STORM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+enum Protocol {
+    Classic,
+    Consumer,
+}
+
+async fn storm(protocol: Protocol) {
+    let _turn = ONE_STORM.lock().await;
+    kafka_support::init_tracing();
+    // The consumer protocol's session and heartbeat are the broker's (45 s and 5 s by
+    // default); the classic protocol's are the client's. Both as short for the test.
+    let broker_properties = match protocol {
+        Protocol::Classic => "",
+        Protocol::Consumer => {
+            "group.consumer.session.timeout.ms=6000\n\
+             group.consumer.min.session.timeout.ms=6000\n\
+             group.consumer.heartbeat.interval.ms=500\n\
+             group.consumer.min.heartbeat.interval.ms=500"
+        }
+    };
+    let broker = tokio::task::spawn_blocking(move || ApacheKafka::start_with(broker_properties))
+        .await
+        .unwrap();
+    let harness = KafkaHarness {
+        backend: Kafka::builder(broker.bootstrap.clone())
+            .replication_factor(1)
+            .build()
+            .unwrap(),
+        broker: None,
+    };
+    harness.create_topic(TOPIC, PARTITIONS).await;
+    let mut env = vec![("KAFKA_BROKERS", broker.bootstrap.clone())];
+    match protocol {
+        Protocol::Classic => {
+            env.push(("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()));
+            env.push(("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()));
+        }
+        Protocol::Consumer => env.push(("KAFKA_CONSUMER_GROUP_PROTOCOL", "consumer".into())),
+    }
+    let spawn = |name: &str| Worker::spawn(name, &env);
+
+    // Three slots; every worker that ever ran is kept, so its log of attempts is read at the end.
+    let mut slots: [Option<Worker>; 3] = [Some(spawn("w0")), Some(spawn("w1")), Some(spawn("w2"))];
+    let mut retired: Vec<Worker> = Vec::new();
+    let started = Instant::now();
+    let publishing = {
+        let harness = KafkaHarness {
+            backend: harness.backend.clone(),
+            broker: None,
+        };
+        tokio::spawn(async move {
+            let mut next = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while started.elapsed() < STORM {
+                tick.tick().await;
+                publish_orders(&harness, next..next + PER_SECOND).await;
+                next += PER_SECOND;
+            }
+            next
+        })
+    };
+    let (mut joins, mut leaves, mut kills) = (0, 0, 0);
+    let mut step = 0;
+    while started.elapsed() < STORM {
+        tokio::time::sleep(EVERY).await;
+        let slot = step % 3;
+        match slots[slot].take() {
+            Some(mut worker) => {
+                // Leaving in turn politely (SIGTERM: the app drains and leaves its group) and
+                // not (SIGKILL: the group notices when the session times out).
+                if (leaves + kills) % 2 == 0 {
+                    tokio::task::block_in_place(|| worker.terminate());
+                    leaves += 1;
+                } else {
+                    worker.kill();
+                    kills += 1;
+                }
+                retired.push(worker);
+            }
+            None => {
+                slots[slot] = Some(spawn(&format!("w{slot}-{step}")));
+                joins += 1;
+            }
+        }
+        step += 1;
+    }
+    let published = publishing.await.unwrap();
+    for (slot, worker) in slots.iter_mut().enumerate() {
+        if worker.is_none() {
+            *worker = Some(spawn(&format!("w{slot}-final")));
+        }
+    }
+    // Published after the storm, on every partition: a partition left paused would keep some.
+    let total = published + 120;
+    publish_orders(&harness, published..total).await;
+
+    let workers: Vec<&Worker> = slots.iter().flatten().chain(retired.iter()).collect();
+    let (dead, repeats) = wait_until_done(&harness, &workers, total).await;
+    assert_eq!(
+        dead,
+        expected_dead(total),
+        "exactly the invalid orders are dead-lettered"
+    );
+    // A retry level reads in a group of its own, named after its topic.
+    for (topic, group) in [(TOPIC, "proc-workers"), (RETRY_TOPIC, RETRY_TOPIC)] {
+        assert_lag_is_zero(&harness, topic, group).await;
+    }
+    eprintln!(
+        "rebalance storm ({}): {total} orders over {:.0} s with {joins} joins, {leaves} SIGTERM leaves and {kills} \
+         SIGKILLs: lost 0, {} dead-lettered as expected, {repeats} repeated successes; lag 0",
+        match protocol {
+            Protocol::Classic => "classic protocol",
+            Protocol::Consumer => "consumer protocol, KIP-848",
+        },
+        STORM.as_secs_f64(),
+        dead.len()
+    );
+}
+
+/// Waits (30 s at most) until `group` has committed every partition of `topic` to its end.
+async fn assert_lag_is_zero(harness: &KafkaHarness, topic: &str, group: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let end = harness.end_offsets(topic).await;
+        let committed = harness.committed(topic, group).await;
+        if end == committed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: the lag of group {group} is not 0 after 30 s: committed {committed:?}, end {end:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_on_the_classic_protocol_loses_nothing() {
+    storm(Protocol::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_on_the_consumer_protocol_loses_nothing() {
+    storm(Protocol::Consumer).await;
+}
