@@ -5,7 +5,9 @@
 #   confluent-kafka 2.16 (Python, in .tools/venv): a foreign Kafka client for the tests that
 #   write bytes retry-kafka did not produce.
 #   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo),
-#   and openssl, which makes the certificate of the TLS test's server.
+#   and openssl, which makes the certificates of the TLS tests' servers.
+#   libssl-dev and pkg-config (Debian's), for the kafka-ssl feature the tests build with (TLS
+#   and SASL/SCRAM against Apache Kafka).
 #   The tests start their own servers on free loopback ports; the package's own service is
 #   stopped so nothing listens on 6379 behind the tests' back.
 #   Apache Kafka 4.4.0, the real broker (KRaft), as jars from Maven Central into
@@ -57,6 +59,17 @@ install_foreign_client() {
     python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check "confluent-kafka==2.16.*"
     "$TOOLS/venv/bin/python" -c 'import confluent_kafka; print("confluent-kafka", confluent_kafka.__version__)'
+}
+
+install_ssl_headers() {
+    if pkg-config --exists openssl 2>/dev/null; then
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libssl-dev pkg-config >/dev/null
+    echo "openssl $(pkg-config --modversion openssl) headers for rdkafka's ssl feature"
 }
 
 install_redis() {
@@ -134,4 +147,5 @@ install_tansu
 install_foreign_client
 install_kafka
 install_redis
+install_ssl_headers
 echo "test dependencies ready in $TOOLS"

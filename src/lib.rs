@@ -280,14 +280,77 @@ impl ApacheKafka {
     /// [`start`](Self::start) with broker properties of the caller's appended to the
     /// configuration (`name=value` lines; a later line wins).
     pub fn start_with(extra_properties: &str) -> Self {
+        Self::start_configured(|_, _| (extra_properties.to_owned(), Vec::new()))
+    }
+
+    /// A broker with three more listeners beside its plaintext one, each on a free loopback
+    /// port: TLS, SASL/SCRAM-SHA-512 over TLS and SASL/PLAIN, with certificates made by
+    /// `openssl` for this broker (see [`SecuredKafka`]).
+    pub fn start_secured() -> SecuredKafka {
+        let mut ports = [0; 3];
+        let mut ca_file = PathBuf::new();
+        let broker = Self::start_configured(|dir, [tls, scram, plain]| {
+            ports = [tls, scram, plain];
+            let certificates = dir.join("tls");
+            std::fs::create_dir_all(&certificates).expect("certificate directory");
+            make_certificates(&certificates);
+            // Kafka's PEM key store: the (unencrypted PKCS#8) key and the certificate chain.
+            let key = std::fs::read_to_string(certificates.join("key.pem")).unwrap();
+            let cert = std::fs::read_to_string(certificates.join("cert.pem")).unwrap();
+            std::fs::write(certificates.join("keystore.pem"), key + &cert).unwrap();
+            ca_file = certificates.join("ca.pem");
+            let properties = format!(
+                "listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},\
+                 SSL://127.0.0.1:{tls},SASL_SSL://127.0.0.1:{scram},SASL_PLAINTEXT://127.0.0.1:{plain}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{tls},\
+                 SASL_SSL://127.0.0.1:{scram},SASL_PLAINTEXT://127.0.0.1:{plain}\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,\
+                 SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT\n\
+                 ssl.keystore.type=PEM\n\
+                 ssl.keystore.location={keystore}\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN\n\
+                 listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+                 org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n\
+                 listener.name.sasl_plaintext.plain.sasl.jaas.config=\
+                 org.apache.kafka.common.security.plain.PlainLoginModule required \
+                 user_{PLAIN_USER}=\"{PLAIN_PASSWORD}\";\n",
+                port = "{port}",
+                controller = "{controller}",
+                keystore = certificates.join("keystore.pem").display(),
+            );
+            // SCRAM credentials live in the cluster's metadata: written when it is formatted.
+            let scram_user = format!("SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]");
+            (properties, vec!["--add-scram".into(), scram_user])
+        });
+        let at = |port: u16| format!("127.0.0.1:{port}");
+        SecuredKafka {
+            tls: at(ports[0]),
+            sasl_ssl: at(ports[1]),
+            sasl_plaintext: at(ports[2]),
+            ca_file,
+            broker,
+        }
+    }
+
+    /// Starts a broker whose configuration ends with the properties `extra` returns, given the
+    /// broker's directory and three more free ports, and whose storage is formatted with the
+    /// arguments it returns too. `{port}` and `{controller}` in the properties are replaced by
+    /// the plaintext and controller ports.
+    fn start_configured(extra: impl FnOnce(&Path, [u16; 3]) -> (String, Vec<String>)) -> Self {
         let started = Instant::now();
         let (java, libs) = (Self::java(), Self::libs());
-        let [port, controller] = free_ports();
+        let [port, controller, more1, more2, more3] = free_ports();
 
         let dir =
             std::env::temp_dir().join(format!("retry-kafka-apache-kafka-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("broker directory");
+        let (extra_properties, format_args) = extra(&dir, [more1, more2, more3]);
+        let extra_properties = extra_properties
+            .replace("{port}", &port.to_string())
+            .replace("{controller}", &controller.to_string());
         let config = dir.join("server.properties");
         std::fs::write(
             &config,
@@ -335,6 +398,7 @@ impl ApacheKafka {
             .arg("--config")
             .arg(&config)
             .arg("--standalone")
+            .args(&format_args)
             .output()
             .unwrap_or_else(|error| panic!("start {} (Java 17+): {error}", java.display()));
         assert!(
@@ -432,6 +496,29 @@ impl Drop for ApacheKafka {
     }
 }
 
+/// The SCRAM-SHA-512 user of [`ApacheKafka::start_secured`] and its password.
+pub const SCRAM_USER: &str = "alice";
+pub const SCRAM_PASSWORD: &str = "alice-scram-secret";
+/// The SASL/PLAIN user of [`ApacheKafka::start_secured`] and its password.
+pub const PLAIN_USER: &str = "bob";
+pub const PLAIN_PASSWORD: &str = "bob-plain-secret";
+
+/// An Apache Kafka broker with a listener per security protocol (its plaintext one is
+/// `broker.bootstrap`). Every listener's certificate is signed by the CA in [`ca_file`].
+///
+/// [`ca_file`]: SecuredKafka::ca_file
+pub struct SecuredKafka {
+    pub broker: ApacheKafka,
+    /// `SSL`: TLS, no client authentication.
+    pub tls: String,
+    /// `SASL_SSL` with SCRAM-SHA-512 ([`SCRAM_USER`]).
+    pub sasl_ssl: String,
+    /// `SASL_PLAINTEXT` with PLAIN ([`PLAIN_USER`]).
+    pub sasl_plaintext: String,
+    /// The CA certificate (PEM) to trust.
+    pub ca_file: PathBuf,
+}
+
 /// The broker's JVM flags: `RK_KAFKA_JVM_OPTS`, or a small heap and a quick start. Measured on
 /// 2 cores (format + broker until "Kafka Server started"): G1 with C2 7-12 s, serial GC 6-8 s,
 /// serial GC and C1 only (`TieredStopAtLevel=1`) 5-6 s.
@@ -494,6 +581,77 @@ fn random_cluster_id() -> String {
         id.push(ALPHABET[((buffer << (6 - bits)) & 63) as usize] as char);
     }
     id
+}
+
+/// In `dir`: a CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 it signs
+/// (`cert.pem`, its unencrypted PKCS#8 key `key.pem`), made with `openssl` for a test's TLS
+/// server.
+fn make_certificates(dir: &Path) {
+    // A CA, and a server certificate for 127.0.0.1 that it signs (rustls refuses a
+    // self-signed certificate used as both).
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is not installed: run ./scripts/install-test-deps.sh");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=retry-kafka test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "cert.pem",
+    ]);
 }
 
 /// A `redis-server` process on a free loopback port, with its data in a directory of its own.
@@ -559,72 +717,7 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // A CA, and a server certificate for 127.0.0.1 that it signs (rustls refuses a
-        // self-signed certificate used as both).
-        let dir = server.dir.clone();
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl is not installed: run ./scripts/install-test-deps.sh");
-            assert!(status.success(), "openssl {args:?} failed");
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=retry-kafka test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "server.csr",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "cert.pem",
-        ]);
+        make_certificates(&server.dir);
         server.tls = true;
         server.launch();
         server

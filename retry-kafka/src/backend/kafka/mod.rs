@@ -68,8 +68,53 @@ struct Cluster {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     /// Answers metadata questions without creating topics (a producer's metadata request may
-    /// auto-create the topic it asks about).
-    metadata: Arc<BaseConsumer>,
+    /// auto-create the topic it asks about). The first client an app's start uses: it notes
+    /// why the brokers refused it, if they did.
+    metadata: Arc<BaseConsumer<Refusals>>,
+}
+
+/// The last reason the brokers refused a client (a SASL authentication failure, a TLS
+/// handshake that failed), as librdkafka reported it, so an error at start can name it instead
+/// of librdkafka's "broker transport failure". librdkafka's reasons carry no secrets.
+#[derive(Clone, Default)]
+struct Refusals {
+    last: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl rdkafka::ClientContext for Refusals {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let refused = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+        ) || reason.contains("SSL handshake failed")
+            || reason.contains("authentication");
+        if refused {
+            *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.to_owned());
+        }
+        // What rdkafka's default context does.
+        tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Refusals {}
+
+impl Refusals {
+    /// `error` as a backend error: the brokers' refusal when there was one.
+    fn explain(&self, error: KafkaError) -> BackendError {
+        match self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            Some(reason) => BackendError::Refused {
+                backend: "kafka",
+                reason,
+                source: Box::new(error),
+            },
+            None => transport(error),
+        }
+    }
 }
 
 /// Settings of a [`Kafka`] backend.
@@ -278,7 +323,13 @@ impl Kafka {
         tokio::task::spawn_blocking(move || {
             let metadata = client
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(transport)?;
+                .map_err(|error| {
+                    // librdkafka hands its error events (the refusal's reason) to the context
+                    // only when the client is polled, and may queue them just after failing
+                    // the request: a short wait, on the failure path only.
+                    let _ = client.poll(Duration::from_millis(200));
+                    client.context().explain(error)
+                })?;
             Ok(metadata.topics().first().and_then(|t| match t.error() {
                 None if !t.partitions().is_empty() => Some(t.partitions().len() as u32),
                 _ => None,
@@ -345,7 +396,7 @@ impl KafkaBuilder {
             // Consumer properties are checked here too, so a typo fails at start.
             let metadata = consumer::config(brokers, "retry-kafka-metadata", &self.consumer_properties)
                 .set("allow.auto.create.topics", "false")
-                .create()
+                .create_with_context(Refusals::default())
                 .map_err(|error| invalid("consumer property", error))?;
             Ok(Cluster {
                 brokers: brokers.to_owned(),
