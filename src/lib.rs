@@ -1,9 +1,11 @@
 //! Examples and integration tests for retry-kafka, and what they share: real broker and server
 //! processes (tansu and Apache Kafka for Kafka, redis-server) for tests and benchmarks.
 
+use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod kafka_cluster;
@@ -123,6 +125,53 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     listeners.map(|listener| listener.local_addr().expect("a bound address").port())
 }
 
+/// Spawns `command` so that the kernel SIGKILLs the child when this process ends, however it
+/// ends (a failed test, SIGKILL, a CI timeout), with `PR_SET_PDEATHSIG`. The kernel sends that
+/// signal when the *thread* that spawned the child exits, so every such child is spawned by one
+/// thread that lives as long as the process, not by a test's or a blocking pool's thread.
+fn spawn_dying_with_this_process(command: Command) -> io::Result<Child> {
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, received) = mpsc::channel::<Request>();
+        // Its loop never ends: the static sender is never dropped.
+        std::thread::Builder::new()
+            .name("child-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in received {
+                    let _ = reply.send(spawn_with_parent_death_signal(&mut command));
+                }
+            })
+            .expect("the child-spawner thread");
+        requests
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .send((command, reply))
+        .expect("the child-spawner thread runs");
+    answer.recv().expect("the child-spawner thread answers")
+}
+
+fn spawn_with_parent_death_signal(command: &mut Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec; it calls only async-signal-safe
+    // functions (prctl, getppid) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // This process ended before the signal was armed: nothing would kill the child.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_test_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -212,13 +261,15 @@ pub const APACHE_KAFKA_VERSION: &str = "4.4.0";
 /// A real Apache Kafka broker: one KRaft node in combined mode (broker and controller in one
 /// JVM) on two free loopback ports, with its log directories, configuration and logs in a fresh
 /// temporary directory. The JVM (its own child, by its handle) is killed and the directory
-/// removed on drop; `RK_KEEP_BROKER_LOG` keeps the directory.
+/// removed on drop; `RK_KEEP_BROKER_LOG` keeps the directory. The JVM also dies with the process
+/// that started it, so a test binary that is killed leaves no broker behind.
 ///
 /// The JVM runs with a small heap and flags that start it quickly (C1 only, serial GC):
 /// `RK_KAFKA_JVM_OPTS` replaces them, e.g. `-Xms1g -Xmx1g -XX:+UseG1GC` for a benchmark that
 /// wants the broker's steady-state speed (C2).
 pub struct ApacheKafka {
-    child: Child,
+    /// Locked only to stop it: a shared broker is stopped through a `&'static` at exit.
+    child: Mutex<Child>,
     pub bootstrap: String,
     /// From the start of [`ApacheKafka::start`] until the broker answered a metadata request.
     pub startup: Duration,
@@ -268,6 +319,26 @@ impl ApacheKafka {
                 "java is not installed: the Apache Kafka broker needs Java 17+; install it with \
                  `sudo apt-get install openjdk-17-jre-headless`, or set JAVA_HOME"
             )
+        })
+    }
+
+    /// One broker for all the tests of this process that can share it (each with topics and
+    /// groups of its own), started on first use: a JVM start costs 5-10 s on 2 cores. A static
+    /// is never dropped, so the broker is killed and its directory removed when the process
+    /// exits, failed tests included; were the process killed, its JVM dies with it all the same.
+    pub fn shared() -> &'static ApacheKafka {
+        static SHARED: OnceLock<ApacheKafka> = OnceLock::new();
+        extern "C" fn stop_shared() {
+            if let Some(broker) = SHARED.get() {
+                broker.stop();
+            }
+        }
+        SHARED.get_or_init(|| {
+            let broker = ApacheKafka::start();
+            // SAFETY: registers a function that takes nothing and returns nothing.
+            let registered = unsafe { libc::atexit(stop_shared) };
+            assert_eq!(registered, 0, "atexit refused the shared broker's cleanup");
+            broker
         })
     }
 
@@ -410,15 +481,16 @@ impl ApacheKafka {
         );
 
         let output = std::fs::File::create(dir.join("stdout.log")).expect("broker output file");
-        let child = java_command()
+        let mut broker_command = java_command();
+        broker_command
             .arg("kafka.Kafka")
             .arg(&config)
             .stdout(Stdio::from(output.try_clone().unwrap()))
-            .stderr(Stdio::from(output))
-            .spawn()
+            .stderr(Stdio::from(output));
+        let child = spawn_dying_with_this_process(broker_command)
             .unwrap_or_else(|error| panic!("start {}: {error}", java.display()));
         let mut broker = ApacheKafka {
-            child,
+            child: Mutex::new(child),
             bootstrap: format!("127.0.0.1:{port}"),
             startup: Duration::ZERO,
             dir,
@@ -439,7 +511,11 @@ impl ApacheKafka {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let mut client: Option<BaseConsumer> = None;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            let child = self
+                .child
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!("Apache Kafka exited with {status}; {}", self.log_tail());
             }
             assert!(
@@ -481,18 +557,24 @@ impl ApacheKafka {
             tail(&self.dir.join("stdout.log"))
         )
     }
-}
 
-impl Drop for ApacheKafka {
-    fn drop(&mut self) {
-        // Only the JVM this test started, by its own handle.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Kills the JVM (by its handle: only the child this process started, and not again once
+    /// it is reaped) and removes the directory, unless `RK_KEEP_BROKER_LOG` is set.
+    fn stop(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
         if std::env::var_os("RK_KEEP_BROKER_LOG").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("Apache Kafka's directory kept: {}", self.dir.display());
         }
+    }
+}
+
+impl Drop for ApacheKafka {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -825,5 +907,77 @@ impl Drop for RedisServer {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// Run only by the test below, in a process of its own (`RK_SPAWN_HELPER` set): spawns a
+    /// long `sleep` that should die with this process, not with the thread that asked for it,
+    /// prints its pid and waits for it (to be killed meanwhile).
+    #[test]
+    #[ignore = "a helper process of a_child_dies_with_the_process_not_with_the_thread_that_spawned_it"]
+    fn helper_spawns_a_sleep_and_waits() {
+        if std::env::var_os("RK_SPAWN_HELPER").is_none() {
+            return;
+        }
+        let mut sleep = Command::new("sleep");
+        sleep.arg("60");
+        // Asked for by a thread that ends at once, as a test's or a blocking pool's thread does.
+        let mut child = std::thread::spawn(move || spawn_dying_with_this_process(sleep))
+            .join()
+            .expect("the asking thread")
+            .expect("spawn sleep");
+        println!("sleep pid {}", child.id());
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_child_dies_with_the_process_not_with_the_thread_that_spawned_it() {
+        let mut helper = Command::new(std::env::current_exe().expect("this test binary"))
+            .args(["--exact", "tests::helper_spawns_a_sleep_and_waits"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env("RK_SPAWN_HELPER", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the helper process");
+        let output = BufReader::new(helper.stdout.take().expect("the helper's output"));
+        let pid: u32 = output
+            .lines()
+            .map_while(Result::ok)
+            // libtest has printed `test <name> ... ` on the same line.
+            .find_map(|line| line.split_once("sleep pid ")?.1.trim().parse().ok())
+            .expect("the helper printed its child's pid");
+        // Dead: gone, or a zombie until whoever inherited it reaps it.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let alive = !dead();
+
+        // The helper's own process, by its handle: SIGKILL, so nothing of it runs after.
+        helper.kill().expect("SIGKILL the helper");
+        helper.wait().expect("reap the helper");
+        assert!(
+            alive,
+            "the helper's child {pid} died with the thread that asked for it"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dead() {
+            if Instant::now() > deadline {
+                // SAFETY: a signal to the sleep this test had spawned, seen alive just now.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                panic!("the helper's child {pid} outlived it by 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

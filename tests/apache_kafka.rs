@@ -1,7 +1,8 @@
 //! The real Apache Kafka broker of the tests and benchmarks (`retry_kafka_suite::ApacheKafka`,
-//! installed by `scripts/install-test-deps.sh`): it starts, the Kafka backend creates topics on
-//! it, and what rdkafka produces in multi-record batches comes back whole, with watermarks that
-//! count every record (tansu 0.6 counts a batch as one record there; Apache Kafka must not).
+//! installed by `scripts/install-test-deps.sh`), one shared by the tests of this binary: it
+//! starts, the Kafka backend creates topics on it, and what rdkafka produces in multi-record
+//! batches comes back whole, with watermarks that count every record (tansu 0.6 counts a batch
+//! as one record there; Apache Kafka must not).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -40,12 +41,22 @@ fn payload(index: usize) -> String {
     format!("apache-kafka-message-{index:04}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apache_kafka_round_trip_and_watermarks_of_batched_records() {
+/// The broker this binary's tests share, and a backend on it.
+async fn shared_broker() -> (&'static ApacheKafka, Kafka) {
     retry_kafka_suite::init_test_tracing();
-    let broker = tokio::task::spawn_blocking(ApacheKafka::start)
+    let broker = tokio::task::spawn_blocking(ApacheKafka::shared)
         .await
         .expect("start Apache Kafka");
+    let backend = Kafka::builder(broker.bootstrap.clone())
+        .replication_factor(1)
+        .build()
+        .expect("kafka backend");
+    (broker, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apache_kafka_round_trip_and_watermarks_of_batched_records() {
+    let (broker, backend) = shared_broker().await;
     println!(
         "Apache Kafka {} started at {} in {:.2} s",
         retry_kafka_suite::APACHE_KAFKA_VERSION,
@@ -56,10 +67,6 @@ async fn apache_kafka_round_trip_and_watermarks_of_batched_records() {
     // The backend creates the topic, as an application's start does. Kafka answers CreateTopics
     // once the controller has the topic; the broker's metadata has it a moment later (measured:
     // `partitions` said None right after `create_topic` in about half the runs).
-    let backend = Kafka::builder(broker.bootstrap.clone())
-        .replication_factor(1)
-        .build()
-        .expect("kafka backend");
     let created = Instant::now();
     backend
         .create_topic(TOPIC, PARTITIONS)
