@@ -1,8 +1,8 @@
 //! The real Apache Kafka broker of the tests and benchmarks (`retry_kafka_suite::ApacheKafka`,
 //! installed by `scripts/install-test-deps.sh`), one shared by the tests of this binary: it
-//! starts, the Kafka backend creates topics on it, and what rdkafka produces in multi-record
-//! batches comes back whole, with watermarks that count every record (tansu 0.6 counts a batch
-//! as one record there; Apache Kafka must not).
+//! starts, the Kafka backend creates topics on it and can read them and their lag at once, and
+//! what rdkafka produces in multi-record batches comes back whole, with watermarks that count
+//! every record.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -195,4 +195,23 @@ async fn apache_kafka_round_trip_and_watermarks_of_batched_records() {
     assert_eq!(records, MESSAGES, "no record twice");
     assert_eq!(seen, expected, "every record, unchanged");
     assert_eq!(bytes, expected.iter().map(String::len).sum::<usize>());
+}
+
+/// Right after a topic is in the metadata, Apache Kafka answers offset requests for its
+/// partitions with NotLeaderForPartition for a moment, and a group's first offset fetch with
+/// NotCoordinator while the offsets topic is created: reading the topic and its lag wait for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_is_readable_as_soon_as_it_is_created() {
+    let (_, backend) = shared_broker().await;
+    for index in 0..20 {
+        let topic = format!("apache-kafka-new-{index}");
+        backend.create_topic(&topic, 4).await.expect("create topic");
+        let records = backend.read_topic(&topic).await.expect("read a new topic");
+        assert!(records.is_empty(), "{topic}: {records:?}");
+        let lag = backend
+            .lag(&topic, "apache-kafka-new")
+            .await
+            .expect("lag of a new topic");
+        assert_eq!(lag, 0, "{topic}");
+    }
 }

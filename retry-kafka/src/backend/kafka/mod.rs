@@ -13,7 +13,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -219,9 +219,8 @@ impl Kafka {
             let partitions = partition_count(&client, &topic)?;
             let mut records = Vec::new();
             for partition in 0..partitions {
-                let (low, high) = client
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .map_err(transport)?;
+                let (low, high) =
+                    until_settled(timeout, |left| client.fetch_watermarks(&topic, partition, left))?;
                 if high <= low {
                     continue;
                 }
@@ -432,6 +431,42 @@ fn partition_count(client: &BaseConsumer, topic: &str) -> Result<i32, BackendErr
         .map_or(0, |t| t.partitions().len() as i32))
 }
 
+/// Runs `query`, a librdkafka call given the time left, until it succeeds, fails for good, or
+/// `timeout` has passed. A partition's leadership and a group's coordinator settle a moment after
+/// a topic or the first group is created, or while a broker restarts, and librdkafka's watermark
+/// and committed-offset queries return those errors instead of retrying them (Apache Kafka 4.4:
+/// NotLeaderForPartition right after a topic is in the metadata, NotCoordinator while the
+/// offsets topic is created).
+fn until_settled<T>(
+    timeout: Duration,
+    mut query: impl FnMut(Duration) -> KafkaResult<T>,
+) -> Result<T, BackendError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match query(left) {
+            Err(error) if is_settling(&error) && !left.is_zero() => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.map_err(transport),
+        }
+    }
+}
+
+/// A leader or a group coordinator not (yet) in place: asking again later succeeds.
+fn is_settling(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+        )
+    )
+}
+
 fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -486,12 +521,11 @@ impl Backend for Kafka {
             for partition in 0..partitions {
                 list.add_partition(&topic, partition);
             }
-            let committed = client.committed_offsets(list, timeout).map_err(transport)?;
+            let committed = until_settled(timeout, |left| client.committed_offsets(list.clone(), left))?;
             let mut lag = 0;
             for partition in 0..partitions {
-                let (low, high) = client
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .map_err(transport)?;
+                let (low, high) =
+                    until_settled(timeout, |left| client.fetch_watermarks(&topic, partition, left))?;
                 let done = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
                     Some(Offset::Offset(offset)) => offset.max(low),
                     _ => low,
