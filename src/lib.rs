@@ -414,8 +414,8 @@ impl ApacheKafka {
         let (java, libs) = (Self::java(), Self::libs());
         let [port, controller, more1, more2, more3] = free_ports();
 
-        let dir =
-            std::env::temp_dir().join(format!("retry-kafka-apache-kafka-{port}-{}", std::process::id()));
+        remove_directories_of_killed_processes(APACHE_KAFKA_DIRECTORY);
+        let dir = std::env::temp_dir().join(format!("{APACHE_KAFKA_DIRECTORY}{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("broker directory");
         let (extra_properties, format_args) = extra(&dir, [more1, more2, more3]);
@@ -599,6 +599,27 @@ pub struct SecuredKafka {
     pub sasl_plaintext: String,
     /// The CA certificate (PEM) to trust.
     pub ca_file: PathBuf,
+}
+
+/// How the temporary directory of an Apache Kafka broker begins; `<port>-<pid>` follows.
+const APACHE_KAFKA_DIRECTORY: &str = "retry-kafka-apache-kafka-";
+
+/// Removes the temporary directories named `<prefix><anything>-<pid>` whose process is gone: a
+/// test process that was killed had no chance to remove its broker's.
+fn remove_directories_of_killed_processes(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(prefix)) else {
+            continue;
+        };
+        let pid = rest.rsplit('-').next().and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The broker's JVM flags: `RK_KAFKA_JVM_OPTS`, or a small heap and a quick start. Measured on
