@@ -1,36 +1,21 @@
-//! The conformance suite on a real Kafka-protocol broker process: tansu (Apache Kafka
-//! compatible, memory storage), started per test on a free loopback port and stopped after.
+//! The conformance suite on the real Apache Kafka broker (4.4.0, KRaft): one broker for the
+//! whole binary ([`ApacheKafka::shared`](retry_kafka_suite::ApacheKafka::shared)), since every
+//! case has topics and groups of its own; its JVM dies with the test process.
 //!
 //! A broker process cannot fail produce requests on demand, so the fault-injection cases run
 //! on the mock cluster (`tests/kafka_mock.rs`) and the in-process broker only.
+//!
+//! One case by hand: `cargo test --test kafka_broker success_acknowledges_and_is_not_redelivered`
+//! (`RUST_LOG=retry_kafka=debug` for the framework's log, `RK_KEEP_BROKER_LOG=1` to keep the
+//! broker's directory and log).
 
 mod conformance;
 mod kafka_support;
 
-use kafka_support::{KafkaHarness, Tansu};
-use retry_kafka::kafka::Kafka;
+use kafka_support::KafkaHarness;
 
-async fn tansu() -> KafkaHarness {
-    kafka_support::init_tracing();
-    let broker = tokio::task::spawn_blocking(Tansu::start)
-        .await
-        .expect("start tansu");
-    let backend = Kafka::builder(broker.bootstrap.clone())
-        .consumer_property("session.timeout.ms", "6000")
-        .consumer_property("heartbeat.interval.ms", "500")
-        .consumer_property("topic.metadata.refresh.interval.ms", "1000")
-        // tansu 0.6 reports a partition's high watermark as the last batch's base offset + 1,
-        // so a batch of several records looks shorter than it is to the inspection client
-        // (measured: 20 records in two batches, watermark 11). One record per batch keeps its
-        // watermarks right; consumers read every record either way.
-        .producer_property("batch.num.messages", "1")
-        .replication_factor(1)
-        .build()
-        .expect("kafka backend");
-    KafkaHarness {
-        backend,
-        broker: Some(broker),
-    }
+async fn apache_kafka() -> KafkaHarness {
+    KafkaHarness::on_shared_broker(|settings| settings).await
 }
 
-conformance_suite!(tansu);
+conformance_suite!(apache_kafka);

@@ -1,7 +1,12 @@
-//! Kafka behaviour that needs real processes and a real broker (tansu): workers killed with
-//! SIGKILL lose nothing, two workers share a group and one finishes what the other left, a
-//! foreign client's garbage is dead-lettered byte for byte, and neither a long handler nor a
-//! long retry delay makes a consumer leave its group.
+//! Kafka behaviour that needs real processes and the real broker (Apache Kafka 4.4.0): workers
+//! killed with SIGKILL lose nothing, two workers share a group and one finishes what the other
+//! left, a foreign client's garbage is dead-lettered byte for byte, and neither a long handler
+//! nor a long retry delay makes a consumer leave its group.
+//!
+//! The worker process (`rk-worker`) has its topic and group built in, so no two tests that run
+//! workers may share a broker: the foreign-client test runs them on the broker this binary
+//! shares (with the in-process test, whose topics are its own), the others on brokers of their
+//! own.
 
 mod conformance;
 mod kafka_support;
@@ -13,29 +18,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use conformance::Harness;
-use kafka_support::{KafkaHarness, Tansu};
+use kafka_support::KafkaHarness;
 use process_support::{publish_orders, Worker, TOPIC};
-use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::{ErrorKind, FailureContext};
 use serde::{Deserialize, Serialize};
 
-async fn broker() -> KafkaHarness {
-    kafka_support::init_tracing();
-    let broker = tokio::task::spawn_blocking(Tansu::start).await.unwrap();
-    let backend = Kafka::builder(broker.bootstrap.clone())
-        .consumer_property("session.timeout.ms", "6000")
-        .consumer_property("heartbeat.interval.ms", "500")
-        // tansu's high watermark counts a multi-record batch as one record (see kafka_broker.rs).
-        .producer_property("batch.num.messages", "1")
-        .build()
-        .unwrap();
-    KafkaHarness {
-        backend,
-        broker: Some(broker),
-    }
+/// A broker of the test's own: the workers' topic and group are the same in every test, and the
+/// foreign-client test has them on the shared broker.
+async fn own_broker() -> KafkaHarness {
+    KafkaHarness::on_own_broker(|settings| settings).await
 }
 
+/// A worker on the harness's broker, with the consumer settings of `kafka_support::test_settings`.
 fn spawn_worker(harness: &KafkaHarness, name: &str) -> Worker {
     Worker::spawn(
         name,
@@ -43,15 +38,13 @@ fn spawn_worker(harness: &KafkaHarness, name: &str) -> Worker {
             ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
             ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
             ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
-            // tansu's high watermark counts a multi-record batch as one record (see kafka_broker.rs).
-            ("KAFKA_PRODUCER_BATCH_NUM_MESSAGES", "1".into()),
         ],
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
-    let harness = broker().await;
+    let harness = own_broker().await;
     // Repeats are bounded by what was in flight or not yet committed at the kill (1 s of auto-commit).
     process_support::a_killed_worker_restarted_loses_nothing(
         &harness,
@@ -63,7 +56,7 @@ async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_group_and_one_finishes_what_a_killed_one_left() {
-    let harness = broker().await;
+    let harness = own_broker().await;
     process_support::a_survivor_finishes_what_a_killed_worker_left(&harness, |name| {
         spawn_worker(&harness, name)
     })
@@ -72,7 +65,8 @@ async fn two_workers_share_the_group_and_one_finishes_what_a_killed_one_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_a_foreign_client_is_dead_lettered_byte_for_byte() {
-    let harness = broker().await;
+    // The only test with workers on the shared broker (see the module's header).
+    let harness = KafkaHarness::on_shared_broker(|settings| settings).await;
     harness.create_topic(TOPIC, 1).await;
     let worker = spawn_worker(&harness, "garbage");
     // confluent-kafka (Python, librdkafka of its own) writes bytes no codec can read.
@@ -135,18 +129,11 @@ async fn slower_than_max_poll(slow: Slow, ctx: Context) -> Result<(), HandlerErr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neither_a_long_handler_nor_a_long_delay_leaves_the_group() {
-    let broker = tokio::task::spawn_blocking(Tansu::start).await.unwrap();
-    let backend = Kafka::builder(broker.bootstrap.clone())
-        .consumer_property("session.timeout.ms", "6000")
-        .consumer_property("heartbeat.interval.ms", "500")
+    let harness = KafkaHarness::on_shared_broker(|settings| {
         // librdkafka's smallest allowed value: not below the session timeout.
-        .consumer_property("max.poll.interval.ms", "6000")
-        .build()
-        .unwrap();
-    let harness = KafkaHarness {
-        backend,
-        broker: Some(broker),
-    };
+        settings.consumer_property("max.poll.interval.ms", "6000")
+    })
+    .await;
     harness.create_topic("proc.slow", 2).await;
     let app = App::builder()
         .backend(harness.backend())

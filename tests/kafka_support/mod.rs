@@ -1,5 +1,6 @@
-//! Kafka test support: the conformance harness over a `Kafka` backend, and a real
-//! Kafka-protocol broker process (tansu) started on a free loopback port and stopped on drop.
+//! Kafka test support: the conformance harness over a `Kafka` backend, and the real Apache
+//! Kafka broker (`retry_kafka_suite::ApacheKafka`): one shared by a test binary, or one of a
+//! test's own.
 
 #![allow(dead_code)]
 
@@ -9,10 +10,20 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use retry_kafka::backend::{Backend, Record};
-use retry_kafka::kafka::Kafka;
-pub use retry_kafka_suite::Tansu;
+use retry_kafka::kafka::{Kafka, KafkaBuilder};
+pub use retry_kafka_suite::ApacheKafka;
 
 use crate::conformance::Harness;
+
+/// The backend's settings for the tests on the broker at `bootstrap` (`tests/kafka_processes.rs`
+/// gives its workers the same): a member that dies is noticed after 6 s, the smallest session
+/// timeout Apache Kafka allows (`group.min.session.timeout.ms`).
+pub fn test_settings(bootstrap: &str) -> KafkaBuilder {
+    Kafka::builder(bootstrap)
+        .consumer_property("session.timeout.ms", "6000")
+        .consumer_property("heartbeat.interval.ms", "500")
+        .replication_factor(1)
+}
 
 #[allow(unused_imports)]
 pub use retry_kafka_suite::init_test_tracing as init_tracing;
@@ -20,11 +31,37 @@ pub use retry_kafka_suite::init_test_tracing as init_tracing;
 /// The conformance harness on any Kafka cluster.
 pub struct KafkaHarness {
     pub backend: Kafka,
-    /// Keeps a broker process alive as long as the harness.
-    pub broker: Option<Tansu>,
+    /// A broker of the test's own, alive as long as the harness (a shared one is never dropped).
+    pub broker: Option<ApacheKafka>,
 }
 
 impl KafkaHarness {
+    /// A harness on the broker this test binary shares ([`ApacheKafka::shared`]).
+    pub async fn on_shared_broker(settings: impl FnOnce(KafkaBuilder) -> KafkaBuilder) -> Self {
+        let broker = tokio::task::spawn_blocking(ApacheKafka::shared)
+            .await
+            .expect("start Apache Kafka");
+        Self::on(&broker.bootstrap, None, settings)
+    }
+
+    /// A harness on a broker of its own, for a test that cannot share one.
+    pub async fn on_own_broker(settings: impl FnOnce(KafkaBuilder) -> KafkaBuilder) -> Self {
+        let broker = tokio::task::spawn_blocking(ApacheKafka::start)
+            .await
+            .expect("start Apache Kafka");
+        Self::on(&broker.bootstrap.clone(), Some(broker), settings)
+    }
+
+    fn on(
+        bootstrap: &str,
+        broker: Option<ApacheKafka>,
+        settings: impl FnOnce(KafkaBuilder) -> KafkaBuilder,
+    ) -> Self {
+        init_tracing();
+        let backend = settings(test_settings(bootstrap)).build().expect("kafka backend");
+        KafkaHarness { backend, broker }
+    }
+
     fn client(&self, group: Option<&str>) -> BaseConsumer {
         let mut config = ClientConfig::new();
         config
