@@ -1,7 +1,7 @@
 //! The failure path, measured against the success path in the same run.
 //!
 //! ```text
-//! cargo bench --bench failures                        # tansu and redis-server from .tools/ / Debian
+//! cargo bench --bench failures                        # starts Apache Kafka and redis-server (scripts/install-test-deps.sh)
 //! BENCH_BACKEND=kafka cargo bench --bench failures    # one backend: kafka or redis
 //! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench failures
 //! ```

@@ -2,7 +2,7 @@
 //! topic, same run: a raw rdkafka loop on Kafka, a raw XREADGROUP/XACK loop on Redis.
 //!
 //! ```text
-//! cargo bench --bench throughput            # starts Apache Kafka and redis-server (scripts/install-test-deps.sh); BENCH_KAFKA=tansu for tansu
+//! cargo bench --bench throughput            # starts Apache Kafka and redis-server (scripts/install-test-deps.sh)
 //! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench throughput
 //! BENCH_BACKEND=redis cargo bench --bench throughput   # one backend: kafka or redis
 //! ```

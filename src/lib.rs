@@ -1,5 +1,5 @@
 //! Examples and integration tests for retry-kafka, and what they share: real broker and server
-//! processes (tansu and Apache Kafka for Kafka, redis-server) for tests and benchmarks.
+//! processes (Apache Kafka, redis-server) for tests and benchmarks.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -24,37 +24,23 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-/// The Kafka broker a benchmark runs on: the cluster `KAFKA_BROKERS` names, tansu with
-/// `BENCH_KAFKA=tansu`, or else Apache Kafka with a JVM sized as deployed (`RK_KAFKA_JVM_OPTS`
-/// overrides it). Stopped on drop.
+/// The Kafka broker a benchmark runs on: the cluster `KAFKA_BROKERS` names, or else Apache Kafka
+/// with a JVM sized as deployed (`RK_KAFKA_JVM_OPTS` overrides it). Stopped on drop.
 pub struct BenchKafka {
-    _process: Option<BenchKafkaProcess>,
+    _broker: Option<ApacheKafka>,
     /// Its bootstrap servers.
     pub bootstrap: String,
     /// What it is, for the printed figures.
     pub description: String,
 }
 
-enum BenchKafkaProcess {
-    Apache(#[allow(dead_code)] ApacheKafka),
-    Tansu(#[allow(dead_code)] Tansu),
-}
-
 impl BenchKafka {
     pub fn start() -> Self {
         if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
             return BenchKafka {
-                _process: None,
+                _broker: None,
                 description: format!("the cluster at {bootstrap}"),
                 bootstrap,
-            };
-        }
-        if std::env::var("BENCH_KAFKA").as_deref() == Ok("tansu") {
-            let tansu = Tansu::start();
-            return BenchKafka {
-                bootstrap: tansu.bootstrap.clone(),
-                description: "tansu 0.6 (memory storage)".into(),
-                _process: Some(BenchKafkaProcess::Tansu(tansu)),
             };
         }
         if std::env::var_os("RK_KAFKA_JVM_OPTS").is_none() {
@@ -65,7 +51,7 @@ impl BenchKafka {
         BenchKafka {
             bootstrap: kafka.bootstrap.clone(),
             description: format!("Apache Kafka {APACHE_KAFKA_VERSION} (KRaft, one broker, 1 GiB heap)"),
-            _process: Some(BenchKafkaProcess::Apache(kafka)),
+            _broker: Some(kafka),
         }
     }
 }
@@ -178,80 +164,6 @@ pub fn init_test_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-/// A tansu broker process (Apache Kafka protocol, memory storage) on a free loopback port.
-pub struct Tansu {
-    child: Child,
-    pub bootstrap: String,
-    log: PathBuf,
-}
-
-impl Tansu {
-    /// The binary: `$TANSU_BIN`, or `.tools/bin/tansu` as `scripts/test.sh` installs it.
-    pub fn binary() -> PathBuf {
-        let path = std::env::var_os("TANSU_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/tansu"));
-        assert!(
-            path.is_file(),
-            "the tansu broker is not installed at {}: run ./scripts/test.sh (or ./scripts/install-test-deps.sh) \
-             to install it, or set TANSU_BIN",
-            path.display()
-        );
-        path
-    }
-
-    pub fn start() -> Self {
-        let [port] = free_ports();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("retry-kafka-tansu-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("broker log file");
-        let child = Command::new(Self::binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::from(log_file.try_clone().unwrap()))
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("start tansu");
-        let mut broker = Tansu {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!(
-                    "tansu exited with {status}; log: {}",
-                    std::fs::read_to_string(&broker.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {port} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        // Only the process this test started, by its own handle.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::env::var_os("RK_KEEP_BROKER_LOG").is_none() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
 }
 
 /// The Apache Kafka release that `scripts/install-test-deps.sh` installs into

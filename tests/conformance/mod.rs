@@ -1242,8 +1242,8 @@ pub async fn kept_retries_survive_a_rebalance_and_run_when_due<H: Harness>(harne
     let retry_topic = "conf.keptmove.conf-keptmove.retry.1";
     records_eventually(harness, retry_topic, COUNT as usize).await;
     // Every retry is waiting, most in the first member's memory; a second member joins and
-    // takes some of the retry level's partitions (the 10 s delay leaves time for a Kafka
-    // group to rebalance; tansu took more than 5 s).
+    // takes some of the retry level's partitions (the 10 s delay leaves a Kafka group time to
+    // rebalance, on a slow machine too).
     let (second, second_running) = start(harness, "conf-keptmove").await;
     let retried = |app: &App<H::Backend>| app.stats().handler("kept_move").unwrap().succeeded;
     eventually(Duration::from_secs(30), "every retry", || {
