@@ -9,10 +9,17 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::{free_ports, jvm_options, log4j_configuration, random_cluster_id, ApacheKafka};
+use crate::{
+    free_ports, jvm_options, log4j_configuration, random_cluster_id, remove_directories_of_killed_processes,
+    spawn_dying_with_this_process, ApacheKafka,
+};
+
+/// How the cluster's temporary directory begins; `<port>-<pid>` follows.
+const CLUSTER_DIRECTORY: &str = "retry-kafka-cluster-";
 
 /// Three Apache Kafka nodes on free loopback ports, their data in a fresh temporary directory
-/// (removed on drop unless `RK_KEEP_BROKER_LOG` is set). Every JVM is killed on drop.
+/// (removed on drop unless `RK_KEEP_BROKER_LOG` is set). Every JVM is killed on drop, and dies
+/// with the test process if that is killed first.
 ///
 /// Failure detection is tuned down for tests (the broker's session 3 s instead of 9 s), so a
 /// killed leader is replaced within seconds, as on a cluster with fast heartbeats.
@@ -40,8 +47,9 @@ impl KafkaCluster {
         let started = Instant::now();
         let ports: [u16; 6] = free_ports();
         let (listeners, controllers) = ports.split_at(3);
+        remove_directories_of_killed_processes(CLUSTER_DIRECTORY);
         let dir = std::env::temp_dir().join(format!(
-            "retry-kafka-cluster-{}-{}",
+            "{CLUSTER_DIRECTORY}{}-{}",
             listeners[0],
             std::process::id()
         ));
@@ -298,14 +306,13 @@ impl Node {
             .append(true)
             .open(self.logs.join("stdout.log"))
             .expect("node output file");
-        let child = self
-            .java_command()
+        let mut command = self.java_command();
+        command
             .arg("kafka.Kafka")
             .arg(&self.config)
             .stdout(Stdio::from(output.try_clone().unwrap()))
-            .stderr(Stdio::from(output))
-            .spawn()
-            .expect("start the Apache Kafka node (Java 17+)");
+            .stderr(Stdio::from(output));
+        let child = spawn_dying_with_this_process(command).expect("start the Apache Kafka node (Java 17+)");
         self.child = Some(child);
     }
 
