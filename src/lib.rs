@@ -848,15 +848,10 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
 
-    /// Run only by the test below, in a process of its own (`RK_SPAWN_HELPER` set): spawns a
-    /// long `sleep` that should die with this process, not with the thread that asked for it,
-    /// prints its pid and waits for it (to be killed meanwhile).
-    #[test]
-    #[ignore = "a helper process of a_child_dies_with_the_process_not_with_the_thread_that_spawned_it"]
-    fn helper_spawns_a_sleep_and_waits() {
-        if std::env::var_os("RK_SPAWN_HELPER").is_none() {
-            return;
-        }
+    /// The helper process's part (`RK_SPAWN_HELPER` set): spawns a long `sleep` that should die
+    /// with this process, not with the thread that asked for it, prints its pid and waits for
+    /// it (to be killed meanwhile).
+    fn spawn_a_sleep_and_wait() {
         let mut sleep = Command::new("sleep");
         sleep.arg("60");
         // Asked for by a thread that ends at once, as a test's or a blocking pool's thread does.
@@ -870,9 +865,16 @@ mod tests {
 
     #[test]
     fn a_child_dies_with_the_process_not_with_the_thread_that_spawned_it() {
+        // This test runs itself again as the helper process (no ignored test to stand in).
+        if std::env::var_os("RK_SPAWN_HELPER").is_some() {
+            return spawn_a_sleep_and_wait();
+        }
         let mut helper = Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["--exact", "tests::helper_spawns_a_sleep_and_waits"])
-            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "tests::a_child_dies_with_the_process_not_with_the_thread_that_spawned_it",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
             .env("RK_SPAWN_HELPER", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -114,15 +114,14 @@ pub enum BackendError {
     /// The servers refused this client: a wrong user or password, or a server certificate
     /// the client does not trust. The reason is the server's or the TLS library's; it never
     /// holds the password.
-    #[error(
-        "{backend} backend: the servers refused this client: {reason}; check the credentials \
-         (sasl.username, sasl.password) and the TLS settings (ssl.ca.location)"
-    )]
+    #[error("{backend} backend: the servers refused this client: {reason}; {hint}")]
     Refused {
         /// The backend's name.
         backend: &'static str,
         /// Why, as the server or the TLS library said it.
         reason: String,
+        /// Which settings to check, in the backend's words.
+        hint: &'static str,
         /// The client's error that followed.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -112,6 +112,8 @@ impl Refusals {
             Some(reason) => BackendError::Refused {
                 backend: "kafka",
                 reason,
+                hint: "check the credentials (sasl.username, sasl.password) and the TLS settings \
+                       (ssl.ca.location)",
                 source: Box::new(error),
             },
             None => transport(error),
