@@ -26,10 +26,12 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod clock;
 mod error;
 mod event;
 mod handler;
 mod headers;
+mod partitioner;
 mod policy;
 mod producer;
 mod runtime;

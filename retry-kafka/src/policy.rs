@@ -1,8 +1,7 @@
 //! Retry policy shared by every backend: which level a failure goes to, when it is due, and
 //! what the topics (or streams) of each level are called.
 
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::handler::{ErrorKind, HandlerSpec, OnExhausted};
@@ -218,26 +217,4 @@ impl Topology {
     pub fn derived(&self) -> impl Iterator<Item = &str> {
         self.retries.iter().chain(&self.dead_letter).map(String::as_str)
     }
-}
-
-/// Wall-clock time in epoch milliseconds, advanced by tokio's clock.
-///
-/// Due times cross processes, so they are epoch ms; they are measured on tokio's clock so a
-/// test that pauses time (`tokio::time::pause`) drives retry delays in virtual time.
-pub(crate) fn now_ms() -> i64 {
-    static ANCHOR: OnceLock<(i64, tokio::time::Instant)> = OnceLock::new();
-    let (epoch_ms, instant) = ANCHOR.get_or_init(|| {
-        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        (epoch.as_millis() as i64, tokio::time::Instant::now())
-    });
-    epoch_ms
-        + tokio::time::Instant::now()
-            .saturating_duration_since(*instant)
-            .as_millis() as i64
-}
-
-/// The tokio instant at which epoch-ms time `due_ms` arrives.
-pub(crate) fn instant_at(due_ms: i64) -> tokio::time::Instant {
-    let wait = due_ms.saturating_sub(now_ms()).max(0) as u64;
-    tokio::time::Instant::now() + Duration::from_millis(wait)
 }

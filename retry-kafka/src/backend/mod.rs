@@ -161,8 +161,6 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
 }
 
-pub(crate) use memory::partition_for_key;
-
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "redis")]

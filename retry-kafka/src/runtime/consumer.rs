@@ -17,10 +17,11 @@ use tracing::Instrument;
 
 use super::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record};
+use crate::clock::{instant_at, now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handler::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{names, parse_number, FailureContext};
-use crate::policy::{instant_at, now_ms, RetryPolicy, Step, Topology};
+use crate::policy::{RetryPolicy, Step, Topology};
 use crate::stats::Counters;
 
 /// First and longest pause between attempts to hand a failed message on.
@@ -821,14 +822,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(non-text panic payload)");
     format!("handler panicked: {text}")
-}
-
-/// Sleeps until `at`, or forever: a `select!` branch that is off while there is no deadline.
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

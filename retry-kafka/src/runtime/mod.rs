@@ -17,8 +17,6 @@ use crate::stats::{Counters, Stats};
 use crate::InMemory;
 
 mod consumer;
-
-pub(crate) use consumer::sleep_until_opt;
 mod provision;
 mod validate;
 

@@ -23,9 +23,8 @@ use super::{
     StreamId,
 };
 use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription};
+use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::BackendError;
-use crate::policy::now_ms;
-use crate::runtime::sleep_until_opt;
 
 /// The longest an acknowledgement waits for company while the reader has nothing to read.
 const ACK_DELAY: Duration = Duration::from_millis(5);

@@ -555,7 +555,7 @@ impl Redis {
                     reason: format!("partition {p} does not exist (the topic has {count})"),
                 })
             }
-            (None, Some(key)) => super::partition_for_key(key, count),
+            (None, Some(key)) => crate::partitioner::partition_for_key(key, count),
             (None, None) => (self.shared.next_member.fetch_add(1, Ordering::Relaxed) % count as u64) as u32,
         })
     }
