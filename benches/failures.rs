@@ -42,7 +42,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
-use retry_kafka::backend::{Backend, OutboundRecord};
+use retry_kafka::backend::{Backend, OutboundRecord, Publish as _, TopicAdmin as _, TopicRole};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
@@ -306,7 +306,10 @@ impl KafkaBench {
         }
         let kafka = kafka.build().unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
-            kafka.create_topic(topic, PARTITIONS).await.unwrap();
+            kafka
+                .create_topic(topic, TopicRole::Main, PARTITIONS)
+                .await
+                .unwrap();
         }
         let bench = KafkaBench {
             broker,
@@ -369,7 +372,10 @@ impl Bench for KafkaBench {
     }
 
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
-        self.kafka.create_topic(topic, PARTITIONS).await.unwrap();
+        self.kafka
+            .create_topic(topic, TopicRole::Main, PARTITIONS)
+            .await
+            .unwrap();
         // The backend's producer settings, on a plain client.
         let mut config = ClientConfig::new();
         config
@@ -433,7 +439,10 @@ impl RedisBench {
             .build()
             .unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
-            redis.create_topic(topic, PARTITIONS).await.unwrap();
+            redis
+                .create_topic(topic, TopicRole::Main, PARTITIONS)
+                .await
+                .unwrap();
         }
         let producer = Producer::new(redis.clone());
         let mut sends = futures::stream::FuturesUnordered::new();
@@ -555,7 +564,7 @@ impl Bench for MemoryBench {
         broker.create_topic(topic, PARTITIONS);
         let started = Instant::now();
         for _ in 0..count {
-            broker.send(topic, record.clone()).await.unwrap();
+            broker.send(topic, TopicRole::Main, record.clone()).await.unwrap();
         }
         started.elapsed()
     }
@@ -585,7 +594,6 @@ fn failed_record() -> OutboundRecord {
         key: Some("12345".into()),
         payload: Some(event(12_345).encode().unwrap().into()),
         headers,
-        not_before_ms: None,
     }
 }
 
@@ -838,7 +846,11 @@ async fn peer(bench: &KafkaBench) {
 async fn idle_cpu(bench: &KafkaBench) {
     const IDLE_FOR: Duration = Duration::from_secs(10);
     for topic in ["bench.idle", "bench.idle.bare.0", "bench.idle.bare.1"] {
-        bench.kafka.create_topic(topic, PARTITIONS).await.unwrap();
+        bench
+            .kafka
+            .create_topic(topic, TopicRole::Main, PARTITIONS)
+            .await
+            .unwrap();
     }
     let before = process_cpu_time();
     let app = App::builder()

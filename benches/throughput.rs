@@ -24,7 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
-use retry_kafka::backend::Backend as _;
+use retry_kafka::backend::{Publish as _, TopicAdmin as _, TopicRole};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
@@ -353,7 +353,10 @@ async fn main() {
 async fn kafka_rounds() {
     let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
     let kafka = Kafka::builder(broker.bootstrap.clone()).build().unwrap();
-    kafka.create_topic(TOPIC, PARTITIONS).await.unwrap();
+    kafka
+        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
+        .await
+        .unwrap();
     let bootstrap = broker.bootstrap.clone();
     tokio::task::spawn_blocking(move || produce(&bootstrap))
         .await
@@ -386,7 +389,10 @@ async fn redis_rounds() {
         .keep_acknowledged(Duration::from_secs(86_400))
         .build()
         .unwrap();
-    redis.create_topic(TOPIC, PARTITIONS).await.unwrap();
+    redis
+        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
+        .await
+        .unwrap();
     redis_produce(&redis).await;
     println!(
         "{} messages of ~70 bytes on {PARTITIONS} Redis streams at {url}",
@@ -414,7 +420,10 @@ async fn redis_waiting_memory(redis: &Redis, url: &str) {
     use retry_kafka::{ErrorKind, FailureContext, Headers};
     let waiting = env_or("BENCH_WAITING", 1_000_000);
     let topic = "bench.orders.bench-rk.retry.1";
-    redis.create_topic(topic, PARTITIONS).await.unwrap();
+    redis
+        .create_topic(topic, TopicRole::Retry { level: 1 }, PARTITIONS)
+        .await
+        .unwrap();
     let mut conn = redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -466,9 +475,11 @@ async fn redis_waiting_memory(redis: &Redis, url: &str) {
                 key: Some(order_id.to_string().into()),
                 payload: Some(event.encode().unwrap().into()),
                 headers,
-                not_before_ms: Some(due),
             };
-            redis.send(topic, record).await.unwrap();
+            redis
+                .send(topic, TopicRole::Retry { level: 1 }, record)
+                .await
+                .unwrap();
         });
         if sends.len() >= 256 {
             futures::StreamExt::next(&mut sends).await;

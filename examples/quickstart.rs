@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use retry_kafka::backend::{Backend, Record};
+use retry_kafka::backend::{Backend, Record, TopicRole};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
@@ -109,7 +109,7 @@ pub trait ReadTopic {
 
 impl ReadTopic for Kafka {
     async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::BackendError> {
-        Kafka::read_topic(self, topic).await
+        Kafka::read_topic(self, topic, TopicRole::DeadLetter).await
     }
 }
 
@@ -122,7 +122,7 @@ impl ReadTopic for Redis {
 /// Runs the service until every retry has settled.
 pub async fn run_demo<B: Backend + ReadTopic>(backend: B, orders: u64) -> anyhow::Result<Summary> {
     // The main topic must exist; its retry and dead-letter topics are created to match it.
-    backend.create_topic("orders", 4).await?;
+    backend.create_topic("orders", TopicRole::Main, 4).await?;
     let app = App::builder().backend(backend.clone()).build()?;
     let running = app.start().await?;
 

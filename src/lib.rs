@@ -104,6 +104,20 @@ pub mod figures {
     }
 }
 
+/// The role of a topic named by the default [`TopicNaming`](retry_kafka::TopicNaming)
+/// (`{topic}.{group}.retry.{level}`, `{topic}.{group}.dlq`), for test harnesses that are
+/// given only a topic's name.
+pub fn role_of(topic: &str) -> retry_kafka::backend::TopicRole {
+    use retry_kafka::backend::TopicRole;
+    if topic.ends_with(".dlq") {
+        return TopicRole::DeadLetter;
+    }
+    match topic.rsplit_once(".retry.").map(|(_, level)| level.parse()) {
+        Some(Ok(level)) => TopicRole::Retry { level },
+        _ => TopicRole::Main,
+    }
+}
+
 /// `N` distinct free loopback ports (all held at once while they are picked, so they differ).
 pub fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: [TcpListener; N] =

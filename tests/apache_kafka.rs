@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use retry_kafka::backend::Backend;
+use retry_kafka::backend::{TopicAdmin, TopicRole};
 use retry_kafka::kafka::Kafka;
 use retry_kafka_suite::ApacheKafka;
 
@@ -69,12 +69,16 @@ async fn apache_kafka_round_trip_and_watermarks_of_batched_records() {
     // `partitions` said None right after `create_topic` in about half the runs).
     let created = Instant::now();
     backend
-        .create_topic(TOPIC, PARTITIONS)
+        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
         .await
         .expect("create topic");
     let deadline = created + Duration::from_secs(10);
     loop {
-        match backend.partitions(TOPIC).await.expect("partitions") {
+        match backend
+            .partitions(TOPIC, TopicRole::Main)
+            .await
+            .expect("partitions")
+        {
             Some(partitions) => {
                 assert_eq!(partitions, PARTITIONS);
                 break;
@@ -205,11 +209,17 @@ async fn a_topic_is_readable_as_soon_as_it_is_created() {
     let (_, backend) = shared_broker().await;
     for index in 0..20 {
         let topic = format!("apache-kafka-new-{index}");
-        backend.create_topic(&topic, 4).await.expect("create topic");
-        let records = backend.read_topic(&topic).await.expect("read a new topic");
+        backend
+            .create_topic(&topic, TopicRole::Main, 4)
+            .await
+            .expect("create topic");
+        let records = backend
+            .read_topic(&topic, TopicRole::Main)
+            .await
+            .expect("read a new topic");
         assert!(records.is_empty(), "{topic}: {records:?}");
         let lag = backend
-            .lag(&topic, "apache-kafka-new")
+            .lag(&topic, TopicRole::Main, "apache-kafka-new")
             .await
             .expect("lag of a new topic");
         assert_eq!(lag, 0, "{topic}");

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use retry_kafka::backend::Backend as _;
+use retry_kafka::backend::{TopicAdmin as _, TopicRole};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka::Running;
@@ -122,7 +122,10 @@ async fn setup(topic: &str, group: &'static str) -> Setup {
         .consumer_property("topic.metadata.refresh.interval.ms", "1000")
         .build()
         .unwrap();
-    kafka.create_topic(topic, PARTITIONS).await.unwrap();
+    kafka
+        .create_topic(topic, TopicRole::Main, PARTITIONS)
+        .await
+        .unwrap();
     let app = App::builder()
         .backend(kafka.clone())
         .handlers(move |spec| spec.group() == group)
@@ -165,7 +168,7 @@ async fn assert_all_done(kafka: &Kafka, count: u64, within: Duration) -> usize {
     loop {
         let handled = handled();
         let dead: Vec<u64> = kafka
-            .read_topic(ORDERS_DLQ)
+            .read_topic(ORDERS_DLQ, TopicRole::DeadLetter)
             .await
             .unwrap_or_default()
             .iter()
@@ -362,7 +365,7 @@ async fn the_retry_topics_leader_killed_while_records_wait_delays_none_beyond_th
     );
     assert!(
         kafka
-            .read_topic("cluster.waiting.cluster-waiting.dlq")
+            .read_topic("cluster.waiting.cluster-waiting.dlq", TopicRole::DeadLetter)
             .await
             .unwrap_or_default()
             .is_empty(),

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use retry_kafka::backend::Backend as _;
+use retry_kafka::backend::{TopicAdmin as _, TopicRole};
 use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka_suite::{ApacheKafka, SecuredKafka, PLAIN_PASSWORD, PLAIN_USER, SCRAM_PASSWORD, SCRAM_USER};
@@ -76,7 +76,10 @@ fn plain(broker: &SecuredKafka, password: &str) -> Kafka {
 /// Runs the app on `kafka` for orders `ids`; checks every order was handled or dead-lettered
 /// (payload byte for byte) as the handler decides.
 async fn round_trip(listener: &str, kafka: Kafka, ids: std::ops::Range<u64>) {
-    kafka.create_topic("secure.orders", 2).await.unwrap();
+    kafka
+        .create_topic("secure.orders", TopicRole::Main, 2)
+        .await
+        .unwrap();
     let app = App::builder()
         .backend(kafka.clone())
         .handlers(|spec| spec.group() == "secure-workers")
@@ -92,7 +95,10 @@ async fn round_trip(listener: &str, kafka: Kafka, ids: std::ops::Range<u64>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let dead = loop {
         let handled: HashSet<u64> = HANDLED.lock().unwrap().iter().copied().collect();
-        let records = kafka.read_topic(DLQ).await.unwrap_or_default();
+        let records = kafka
+            .read_topic(DLQ, TopicRole::DeadLetter)
+            .await
+            .unwrap_or_default();
         let dead: HashSet<u64> = records
             .iter()
             .filter_map(|r| serde_json::from_slice::<Order>(r.payload.as_deref()?).ok())

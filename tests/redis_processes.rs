@@ -19,7 +19,7 @@ use redis_support::{
     assert_nothing_pending, assert_nothing_pending_on, connect, stream, test_backend, RedisHarness,
     RedisServer,
 };
-use retry_kafka::backend::Backend;
+use retry_kafka::backend::{TopicAdmin, TopicRole};
 use retry_kafka::prelude::*;
 use retry_kafka::redis::Redis;
 use retry_kafka::{ErrorKind, FailureContext};
@@ -377,7 +377,10 @@ async fn memory_stays_bounded_after_100k_entries() {
         .trim_interval(Duration::from_millis(200))
         .build()
         .unwrap();
-    backend.create_topic("redis.bulk", 2).await.unwrap();
+    backend
+        .create_topic("redis.bulk", TopicRole::Main, 2)
+        .await
+        .unwrap();
     let app = App::builder()
         .backend(backend.clone())
         .handlers(|s| s.group() == "redis-bulk")
@@ -490,7 +493,10 @@ async fn retention_keeps_the_newest_acknowledged_entries_and_never_an_unacknowle
         .keep_acknowledged_entries(5)
         .build()
         .unwrap();
-    backend.create_topic("redis.secure", 1).await.unwrap();
+    backend
+        .create_topic("redis.secure", TopicRole::Main, 1)
+        .await
+        .unwrap();
     let app = App::builder()
         .backend(backend.clone())
         .handlers(|s| s.group() == "redis-secure")

@@ -44,7 +44,7 @@ impl Harness for TieredHarness {
     }
 
     async fn records(&self, topic: &str) -> Vec<Record> {
-        if self.backend.is_retry_topic(topic) {
+        if retry_kafka_suite::role_of(topic).is_derived() {
             self.redis.records(topic).await
         } else {
             self.kafka.records(topic).await
@@ -52,7 +52,7 @@ impl Harness for TieredHarness {
     }
 
     async fn committed(&self, topic: &str, group: &str) -> Vec<u64> {
-        if self.backend.is_retry_topic(topic) {
+        if retry_kafka_suite::role_of(topic).is_derived() {
             self.redis.committed(topic, group).await
         } else {
             self.kafka.committed(topic, group).await
@@ -60,7 +60,7 @@ impl Harness for TieredHarness {
     }
 
     async fn end_offsets(&self, topic: &str) -> Vec<u64> {
-        if self.backend.is_retry_topic(topic) {
+        if retry_kafka_suite::role_of(topic).is_derived() {
             self.redis.end_offsets(topic).await
         } else {
             self.kafka.end_offsets(topic).await
@@ -85,7 +85,7 @@ async fn rejects(_order: Order) -> Result<(), retry_kafka::HandlerError> {
 /// letter is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_and_dead_letter_topics_live_only_on_redis() {
-    use retry_kafka::backend::Backend;
+    use retry_kafka::backend::{TopicAdmin, TopicRole};
     let harness = tiered().await;
     harness.create_topic("tiered.orders", 2).await;
     let app = retry_kafka::App::builder()
@@ -103,18 +103,26 @@ async fn retry_and_dead_letter_topics_live_only_on_redis() {
     }
     running.shutdown().await.unwrap();
     for topic in ["tiered.orders.tiered.retry.1", dlq] {
-        assert!(harness.backend.is_retry_topic(topic));
         assert_eq!(
-            harness.kafka.backend.partitions(topic).await.unwrap(),
+            harness
+                .kafka
+                .backend
+                .partitions(topic, TopicRole::Main)
+                .await
+                .unwrap(),
             None,
             "{topic} on Kafka"
         );
         assert_eq!(
-            harness.redis.backend.partitions(topic).await.unwrap(),
+            harness
+                .redis
+                .backend
+                .partitions(topic, TopicRole::Main)
+                .await
+                .unwrap(),
             Some(2),
             "{topic} on Redis"
         );
     }
     assert_eq!(harness.redis.backend.read_topic(dlq).await.unwrap().len(), 1);
-    assert!(!harness.backend.is_retry_topic("tiered.orders"));
 }

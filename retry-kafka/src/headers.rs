@@ -275,8 +275,43 @@ fn optional<T: std::str::FromStr>(headers: &Headers, name: &'static str) -> Resu
     }
 }
 
+/// `rk-due-at` of a retry, read leniently: `None` when absent or malformed.
+pub(crate) fn due_at_ms(headers: &Headers) -> Option<i64> {
+    parse_number(headers, names::DUE_AT)
+}
+
+/// `rk-replays`, read leniently: the one header that carries forward onto a main topic (a
+/// replayed dead letter keeps its count).
+pub(crate) fn replays(headers: &Headers) -> Option<u32> {
+    parse_number(headers, names::REPLAYS)
+}
+
+/// What a record read on a retry level says about its earlier hops, read leniently: a value
+/// that is missing or malformed is `None`, and the runtime falls back to the record's own
+/// coordinates, so a damaged header never stops a retry. [`FailureContext::from_headers`] is
+/// the strict reader, for tools that must know a header is wrong.
+pub(crate) struct EarlierHops<'h> {
+    pub(crate) original_topic: Option<&'h str>,
+    pub(crate) original_partition: Option<u32>,
+    pub(crate) original_offset: Option<u64>,
+    pub(crate) original_timestamp_ms: Option<i64>,
+    pub(crate) first_failure_at_ms: Option<i64>,
+}
+
+impl<'h> EarlierHops<'h> {
+    pub(crate) fn read(headers: &'h Headers) -> Self {
+        EarlierHops {
+            original_topic: headers.get_str(names::ORIGINAL_TOPIC),
+            original_partition: parse_number(headers, names::ORIGINAL_PARTITION),
+            original_offset: parse_number(headers, names::ORIGINAL_OFFSET),
+            original_timestamp_ms: parse_number(headers, names::ORIGINAL_TIMESTAMP),
+            first_failure_at_ms: parse_number(headers, names::FIRST_FAILURE_AT),
+        }
+    }
+}
+
 /// Parses one numeric header leniently: `None` when absent or malformed.
-pub(crate) fn parse_number<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
+fn parse_number<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
     headers.get_str(name).and_then(|text| text.parse().ok())
 }
 

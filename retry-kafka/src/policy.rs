@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::backend::TopicRole;
 use crate::error::ConfigError;
 use crate::handler::{ErrorKind, HandlerSpec, OnExhausted};
 
@@ -213,8 +214,15 @@ impl Topology {
         }
     }
 
-    /// Every topic the handler writes to.
-    pub fn derived(&self) -> impl Iterator<Item = &str> {
-        self.retries.iter().chain(&self.dead_letter).map(String::as_str)
+    /// Every topic the handler writes to, with its role.
+    pub fn derived(&self) -> impl Iterator<Item = (&str, TopicRole)> {
+        let retries = (1..)
+            .zip(&self.retries)
+            .map(|(level, topic)| (topic.as_str(), TopicRole::Retry { level }));
+        retries.chain(
+            self.dead_letter
+                .as_deref()
+                .map(|topic| (topic, TopicRole::DeadLetter)),
+        )
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, Delivered, OutboundRecord};
+use crate::backend::{Backend, Delivered, OutboundRecord, TopicRole};
 use crate::error::BackendError;
 use crate::event::{CodecError, Event};
 use crate::headers::Headers;
@@ -64,13 +64,12 @@ impl<B: Backend> Producer<B> {
             key: event.key(),
             payload: Some(Bytes::from(event.encode()?)),
             headers,
-            not_before_ms: None,
         };
-        Ok(self.backend.send(topic, record).await?)
+        Ok(self.backend.send(topic, TopicRole::Main, record).await?)
     }
 
     /// Publishes raw bytes, as any other client could.
     pub async fn send_raw(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, SendError> {
-        Ok(self.backend.send(topic, record).await?)
+        Ok(self.backend.send(topic, TopicRole::Main, record).await?)
     }
 }

@@ -123,7 +123,6 @@ impl TestApp {
             key: key.map(Bytes::copy_from_slice),
             payload: Some(Bytes::copy_from_slice(payload)),
             headers,
-            not_before_ms: None,
         };
         self.app
             .producer()

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Record};
+use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Publish as _, Record, TopicRole};
 use retry_kafka::prelude::*;
 use retry_kafka::{Bytes, ErrorKind, FailureContext, Headers, Running};
 use serde::{Deserialize, Serialize};
@@ -184,7 +184,6 @@ async fn publish_raw<B: Backend>(
         key: Some(Bytes::copy_from_slice(key)),
         payload: Some(Bytes::copy_from_slice(payload)),
         headers,
-        not_before_ms: None,
     };
     app.producer().send_raw(topic, record).await.expect("publish raw")
 }
@@ -509,7 +508,6 @@ pub async fn undecodable_bytes_are_dead_lettered_byte_for_byte<H: Harness>(harne
                 key: None,
                 payload: Some(valid.into()),
                 headers: Headers::new(),
-                not_before_ms: None,
             },
         )
         .await
@@ -755,9 +753,11 @@ pub async fn a_held_retry_partition_does_not_hold_back_others<H: Harness>(harnes
         key: None,
         payload: Some(Order::encode(&order(100)).unwrap().into()),
         headers,
-        not_before_ms: None,
     };
-    app.producer().send_raw(retry_topic, due_now).await.unwrap();
+    app.backend()
+        .send(retry_topic, TopicRole::Retry { level: 1 }, due_now)
+        .await
+        .unwrap();
 
     eventually(
         Duration::from_millis(2500),

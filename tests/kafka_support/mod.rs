@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use retry_kafka::backend::{Backend, Record};
+use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
 use retry_kafka::kafka::{Kafka, KafkaBuilder};
 pub use retry_kafka_suite::ApacheKafka;
 
@@ -143,7 +143,7 @@ impl Harness for KafkaHarness {
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) {
-        Backend::create_topic(&self.backend, topic, partitions)
+        TopicAdmin::create_topic(&self.backend, topic, TopicRole::Main, partitions)
             .await
             .expect("create topic");
         // Wait until the topic is visible, so the app's provisioning sees it.
@@ -155,7 +155,10 @@ impl Harness for KafkaHarness {
     }
 
     async fn records(&self, topic: &str) -> Vec<Record> {
-        self.backend.read_topic(topic).await.expect("read topic")
+        self.backend
+            .read_topic(topic, retry_kafka_suite::role_of(topic))
+            .await
+            .expect("read topic")
     }
 
     async fn committed(&self, topic: &str, group: &str) -> Vec<u64> {

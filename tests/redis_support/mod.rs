@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use retry_kafka::backend::{Backend, Record};
+use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
 use retry_kafka::redis::{Redis, RedisBuilder};
 pub use retry_kafka_suite::RedisServer;
 
@@ -65,7 +65,7 @@ impl RedisHarness {
 
     async fn partitions(&self, topic: &str) -> u32 {
         self.backend
-            .partitions(topic)
+            .partitions(topic, retry_kafka_suite::role_of(topic))
             .await
             .expect("partitions")
             .unwrap_or(0)
@@ -172,7 +172,7 @@ impl Harness for RedisHarness {
 
     async fn create_topic(&self, topic: &str, partitions: u32) {
         self.backend
-            .create_topic(topic, partitions)
+            .create_topic(topic, TopicRole::Main, partitions)
             .await
             .expect("create topic");
     }
@@ -215,8 +215,11 @@ pub async fn assert_nothing_pending_on(backend: &Redis, topic: &str, group: &str
     let retry = format!("{topic}.{group}.retry.1");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let main = backend.lag(topic, group).await.unwrap();
-        let retry = backend.lag(&retry, &retry).await.unwrap();
+        let main = backend.lag(topic, TopicRole::Main, group).await.unwrap();
+        let retry = backend
+            .lag(&retry, TopicRole::Retry { level: 1 }, &retry)
+            .await
+            .unwrap();
         if main == 0 && retry == 0 {
             return;
         }

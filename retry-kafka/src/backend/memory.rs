@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, Subscription};
+use super::{
+    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Publish, Record, Subscription,
+    TopicAdmin, TopicRole,
+};
 use crate::clock::now_ms;
 use crate::error::BackendError;
 use crate::partitioner::partition_for_key;
-use crate::policy::Topology;
 
 /// How many messages one fetch takes from a partition under one lock.
 const FETCH_BATCH: usize = 64;
@@ -24,13 +26,13 @@ const FETCH_BATCH: usize = 64;
 /// Cloning it gives another handle to the same broker.
 ///
 /// ```
-/// use retry_kafka::{backend::{Backend, OutboundRecord}, InMemory};
+/// use retry_kafka::{backend::{OutboundRecord, Publish, TopicRole}, InMemory};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let broker = InMemory::new();
 /// broker.create_topic("orders", 3);
 /// let delivered = broker
-///     .send("orders", OutboundRecord { partition: Some(2), payload: Some("hi".into()), ..Default::default() })
+///     .send("orders", TopicRole::Main, OutboundRecord { partition: Some(2), payload: Some("hi".into()), ..Default::default() })
 ///     .await
 ///     .unwrap();
 /// assert_eq!((delivered.partition, delivered.offset), (2, 0));
@@ -205,35 +207,43 @@ impl InMemory {
     }
 }
 
+impl TopicAdmin for InMemory {
+    async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
+        Ok(InMemory::partitions(self, topic))
+    }
+
+    async fn create_topic(&self, topic: &str, _role: TopicRole, partitions: u32) -> Result<(), BackendError> {
+        InMemory::create_topic(self, topic, partitions);
+        Ok(())
+    }
+
+    async fn lag(&self, topic: &str, _role: TopicRole, group: &str) -> Result<u64, BackendError> {
+        Ok(self.lag_of(topic, group))
+    }
+
+    /// A topic is created on first use, as on a Kafka cluster with
+    /// `auto.create.topics.enable`, with the broker's default partition count.
+    fn default_partitions(&self) -> Option<u32> {
+        Some(self.shared.default_partitions)
+    }
+}
+
+impl Publish for InMemory {
+    async fn send(
+        &self,
+        topic: &str,
+        _role: TopicRole,
+        record: OutboundRecord,
+    ) -> Result<Delivered, BackendError> {
+        self.append(topic, record)
+    }
+}
+
 impl Backend for InMemory {
     type Consumer = MemoryConsumer;
 
     fn name(&self) -> &'static str {
         "memory"
-    }
-
-    /// A main topic is created on first use, as on a Kafka cluster with
-    /// `auto.create.topics.enable`, with the broker's default partition count.
-    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
-        let default = self.shared.default_partitions;
-        self.state()
-            .topics
-            .entry(topology.main.clone())
-            .or_insert_with(|| Topic::new(default));
-        Ok(())
-    }
-
-    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
-        Ok(InMemory::partitions(self, topic))
-    }
-
-    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
-        InMemory::create_topic(self, topic, partitions);
-        Ok(())
-    }
-
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
-        Ok(self.lag_of(topic, group))
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<MemoryConsumer, BackendError> {
@@ -274,10 +284,6 @@ impl Backend for InMemory {
             buffer: VecDeque::new(),
             events: VecDeque::new(),
         })
-    }
-
-    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
-        self.append(topic, record)
     }
 }
 
@@ -429,7 +435,14 @@ impl Consumer for MemoryConsumer {
         }
     }
 
-    fn hand_off(&mut self, _partition: u32, _offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+    fn hand_off(
+        &mut self,
+        _partition: u32,
+        _offset: u64,
+        topic: &str,
+        _role: TopicRole,
+        record: &OutboundRecord,
+    ) -> HandOff {
         Box::pin(std::future::ready(self.broker.append(topic, record.clone())))
     }
 

@@ -11,7 +11,6 @@ use bytes::Bytes;
 
 use crate::error::BackendError;
 use crate::headers::Headers;
-use crate::policy::Topology;
 
 pub mod memory;
 mod tiered;
@@ -46,10 +45,48 @@ pub struct OutboundRecord {
     pub payload: Option<Bytes>,
     /// The headers.
     pub headers: Headers,
-    /// When the message is due (epoch ms), for a retry. A backend with a delay store (Redis)
-    /// keeps it out of sight until then; the others deliver it at once and the consumer holds
-    /// the partition until it is due.
-    pub not_before_ms: Option<i64>,
+}
+
+impl OutboundRecord {
+    /// When a retry is due (epoch ms), from its `rk-due-at` header: the runtime writes it, a
+    /// backend with a delay store (Redis) keeps the record out of sight until then, the others
+    /// deliver it at once and the consumer holds the partition until it is due.
+    pub fn due_at_ms(&self) -> Option<i64> {
+        crate::headers::due_at_ms(&self.headers)
+    }
+}
+
+/// What a topic is for in a handler's topology. The runtime names it wherever a backend may
+/// treat topics differently: [`Tiered`] keeps retry levels and dead letters on its second
+/// backend, Kafka may keep them on a cluster of their own, Redis keeps a retry level's records
+/// in a delay set until due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TopicRole {
+    /// A main topic: what producers write and a handler's group reads first.
+    Main,
+    /// Retry level `level` (1-based) of a handler.
+    Retry {
+        /// The level, 1 for the first retry.
+        level: u32,
+    },
+    /// A handler's dead-letter queue.
+    DeadLetter,
+}
+
+impl TopicRole {
+    /// The role of a handler's level `level`: 0 is the main topic, `n` retry level `n`.
+    pub fn of_level(level: u32) -> Self {
+        match level {
+            0 => TopicRole::Main,
+            level => TopicRole::Retry { level },
+        }
+    }
+
+    /// Whether the topic is a retry level or a dead-letter queue: written only by the runtime.
+    pub fn is_derived(self) -> bool {
+        !matches!(self, TopicRole::Main)
+    }
 }
 
 /// Where a produced message landed, once the broker acknowledged it.
@@ -66,6 +103,8 @@ pub struct Delivered {
 pub struct Subscription {
     /// The topic to consume.
     pub topic: String,
+    /// What the topic is for.
+    pub role: TopicRole,
     /// The consumer group.
     pub group: String,
 }
@@ -110,7 +149,14 @@ pub trait Consumer: Send + 'static {
     ///
     /// The future does not borrow the consumer: the runtime keeps a window of hand-offs in
     /// flight instead of waiting for each in line.
-    fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff;
+    fn hand_off(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        topic: &str,
+        role: TopicRole,
+        record: &OutboundRecord,
+    ) -> HandOff;
 
     /// Marks every offset up to and including `offset` on `partition` as done.
     fn ack(&mut self, partition: u32, offset: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
@@ -119,46 +165,64 @@ pub trait Consumer: Send + 'static {
     fn close(self) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
-/// A transport: Kafka, Redis Streams, or the in-process [`InMemory`](crate::InMemory).
-pub trait Backend: Clone + Send + Sync + 'static {
+/// Topics: how many partitions they have, creating them, and how far a group is behind.
+pub trait TopicAdmin: Send + Sync {
+    /// The partition count of `topic`, or `None` if it does not exist.
+    fn partitions(
+        &self,
+        topic: &str,
+        role: TopicRole,
+    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send;
+
+    /// Creates `topic` with `partitions` partitions (no error if it already exists).
+    fn create_topic(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        partitions: u32,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Messages of `topic` that `group` has not committed yet (consumer lag).
+    fn lag(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        group: &str,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
+    /// The partition count a topic gets when it is first written or read, for a transport that
+    /// creates topics on use (Redis, in-process); `None` where topics are created beforehand
+    /// (Kafka). The runtime creates a missing main topic with it at start.
+    fn default_partitions(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Producing: one message written durably.
+pub trait Publish: Send + Sync {
+    /// Produces one message and waits until the broker has durably accepted it.
+    fn send(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        record: OutboundRecord,
+    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
+}
+
+/// A transport: Kafka, Redis Streams, or the in-process [`InMemory`](crate::InMemory). Topic
+/// admin and producing are traits of their own; this adds consumer groups.
+pub trait Backend: TopicAdmin + Publish + Clone + 'static {
     /// This backend's consumer.
     type Consumer: Consumer;
 
     /// A short name for logs: `memory`, `kafka`, `redis`.
     fn name(&self) -> &'static str;
 
-    /// Learns the topics of one handler before anything else happens to them (a backend
-    /// that keeps retry topics on another cluster routes by this).
-    fn prepare(&self, topology: &Topology) -> impl Future<Output = Result<(), BackendError>> + Send {
-        let _ = topology;
-        async { Ok(()) }
-    }
-
-    /// The partition count of `topic`, or `None` if it does not exist.
-    fn partitions(&self, topic: &str) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send;
-
-    /// Creates `topic` with `partitions` partitions (no error if it already exists).
-    fn create_topic(
-        &self,
-        topic: &str,
-        partitions: u32,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-
-    /// Messages of `topic` that `group` has not committed yet (consumer lag).
-    fn lag(&self, topic: &str, group: &str) -> impl Future<Output = Result<u64, BackendError>> + Send;
-
     /// Joins `subscription.group` as a new member reading `subscription.topic`.
     fn subscribe(
         &self,
         subscription: Subscription,
     ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send;
-
-    /// Produces one message and waits until the broker has durably accepted it.
-    fn send(
-        &self,
-        topic: &str,
-        record: OutboundRecord,
-    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
 }
 
 #[cfg(feature = "kafka")]

@@ -1,12 +1,11 @@
 //! Main topics on one backend, retry levels and dead letters on another: Kafka for the
 //! events, Redis for the waiting retries (exact delays in a sorted set, no extra Kafka topics).
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
-
-use super::{Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Subscription};
+use super::{
+    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Publish, Subscription, TopicAdmin,
+    TopicRole,
+};
 use crate::error::BackendError;
-use crate::policy::Topology;
 
 /// A backend whose main topics live on `M` and whose retry and dead-letter topics live on `R`.
 ///
@@ -29,18 +28,12 @@ use crate::policy::Topology;
 pub struct Tiered<M, R> {
     main: M,
     retries: R,
-    /// Topics that live on the retry store, learnt from each handler's topology.
-    derived: Arc<RwLock<HashSet<String>>>,
 }
 
 impl<M: Backend, R: Backend> Tiered<M, R> {
     /// Main topics on `main`, retry and dead-letter topics on `retries`.
     pub fn new(main: M, retries: R) -> Self {
-        Tiered {
-            main,
-            retries,
-            derived: Arc::default(),
-        }
+        Tiered { main, retries }
     }
 
     /// The backend of the main topics.
@@ -52,23 +45,17 @@ impl<M: Backend, R: Backend> Tiered<M, R> {
     pub fn retries(&self) -> &R {
         &self.retries
     }
-
-    /// Whether `topic` is a retry or dead-letter topic of a handler this backend has prepared
-    /// (and so lives on the retry store).
-    pub fn is_retry_topic(&self, topic: &str) -> bool {
-        self.derived.read().expect("never poisoned").contains(topic)
-    }
 }
 
 /// A consumer of a [`Tiered`] backend: of a main topic, or of a retry level.
 ///
 /// ```no_run
-/// use retry_kafka::backend::{Backend, Subscription, Tiered, TieredConsumer};
+/// use retry_kafka::backend::{Backend, Subscription, Tiered, TieredConsumer, TopicRole};
 /// use retry_kafka::kafka::Kafka;
 /// use retry_kafka::redis::Redis;
 ///
 /// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::BackendError> {
-/// let subscription = Subscription { topic: "orders".into(), group: "audit".into() };
+/// let subscription = Subscription { topic: "orders".into(), role: TopicRole::Main, group: "audit".into() };
 /// match backend.subscribe(subscription).await? {
 ///     TieredConsumer::Main { .. } => println!("orders is read from Kafka"),
 ///     TieredConsumer::Retry(_redis) => println!("orders is a retry level, read from Redis"),
@@ -98,13 +85,20 @@ impl<M: Backend, R: Backend> Consumer for TieredConsumer<M, R> {
     /// From a main topic, a durable write to the retry store (after which the runtime
     /// acknowledges the main topic's offset); from a retry level, the retry store's own
     /// hand-off (atomic on Redis).
-    fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+    fn hand_off(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        topic: &str,
+        role: TopicRole,
+        record: &OutboundRecord,
+    ) -> HandOff {
         match self {
             TieredConsumer::Main { retries, .. } => {
                 let (retries, topic, record) = (retries.clone(), topic.to_owned(), record.clone());
-                Box::pin(async move { retries.send(&topic, record).await })
+                Box::pin(async move { retries.send(&topic, role, record).await })
             }
-            TieredConsumer::Retry(c) => c.hand_off(partition, offset, topic, record),
+            TieredConsumer::Retry(c) => c.hand_off(partition, offset, topic, role, record),
         }
     }
 
@@ -137,6 +131,53 @@ impl<M: Backend, R: Backend> Consumer for TieredConsumer<M, R> {
     }
 }
 
+/// Retry levels and dead letters live on the retry store, main topics on the main backend.
+impl<M: Backend, R: Backend> TopicAdmin for Tiered<M, R> {
+    async fn partitions(&self, topic: &str, role: TopicRole) -> Result<Option<u32>, BackendError> {
+        if role.is_derived() {
+            self.retries.partitions(topic, role).await
+        } else {
+            self.main.partitions(topic, role).await
+        }
+    }
+
+    async fn create_topic(&self, topic: &str, role: TopicRole, partitions: u32) -> Result<(), BackendError> {
+        if role.is_derived() {
+            self.retries.create_topic(topic, role, partitions).await
+        } else {
+            self.main.create_topic(topic, role, partitions).await
+        }
+    }
+
+    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
+        if role.is_derived() {
+            self.retries.lag(topic, role, group).await
+        } else {
+            self.main.lag(topic, role, group).await
+        }
+    }
+
+    /// Main topics are what this default is for: the main backend's.
+    fn default_partitions(&self) -> Option<u32> {
+        self.main.default_partitions()
+    }
+}
+
+impl<M: Backend, R: Backend> Publish for Tiered<M, R> {
+    async fn send(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        record: OutboundRecord,
+    ) -> Result<Delivered, BackendError> {
+        if role.is_derived() {
+            self.retries.send(topic, role, record).await
+        } else {
+            self.main.send(topic, role, record).await
+        }
+    }
+}
+
 impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
     type Consumer = TieredConsumer<M, R>;
 
@@ -144,41 +185,8 @@ impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
         "tiered"
     }
 
-    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
-        self.derived
-            .write()
-            .expect("never poisoned")
-            .extend(topology.derived().map(str::to_owned));
-        self.main.prepare(topology).await?;
-        self.retries.prepare(topology).await
-    }
-
-    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
-        if self.is_retry_topic(topic) {
-            self.retries.partitions(topic).await
-        } else {
-            self.main.partitions(topic).await
-        }
-    }
-
-    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
-        if self.is_retry_topic(topic) {
-            self.retries.create_topic(topic, partitions).await
-        } else {
-            self.main.create_topic(topic, partitions).await
-        }
-    }
-
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
-        if self.is_retry_topic(topic) {
-            self.retries.lag(topic, group).await
-        } else {
-            self.main.lag(topic, group).await
-        }
-    }
-
     async fn subscribe(&self, subscription: Subscription) -> Result<Self::Consumer, BackendError> {
-        Ok(if self.is_retry_topic(&subscription.topic) {
+        Ok(if subscription.role.is_derived() {
             TieredConsumer::Retry(self.retries.subscribe(subscription).await?)
         } else {
             TieredConsumer::Main {
@@ -186,13 +194,5 @@ impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
                 retries: self.retries.clone(),
             }
         })
-    }
-
-    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
-        if self.is_retry_topic(topic) {
-            self.retries.send(topic, record).await
-        } else {
-            self.main.send(topic, record).await
-        }
     }
 }

@@ -16,11 +16,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Shutdown;
-use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record};
+use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, TopicRole};
 use crate::clock::{instant_at, now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handler::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
-use crate::headers::{names, parse_number, FailureContext};
+use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
 use crate::stats::Counters;
 
@@ -478,45 +478,47 @@ impl Level {
         if self.level == 0 {
             return None;
         }
-        let due: i64 = parse_number(&record.headers, names::DUE_AT)?;
-        (due > now_ms()).then_some(due)
+        headers::due_at_ms(&record.headers).filter(|&due| due > now_ms())
     }
 
     fn lineage(&self, record: &Record) -> Lineage {
-        let headers = &record.headers;
-        let replays = parse_number(headers, names::REPLAYS);
+        let replays = headers::replays(&record.headers);
         // On the main topic rk-* headers may be forged or left over from a replay: counting
         // starts here. Only rk-replays carries forward.
-        let from_headers = self.level > 0;
-        let origin_topic = from_headers
-            .then(|| headers.get_str(names::ORIGINAL_TOPIC))
-            .flatten();
-        let origin = match (origin_topic, from_headers) {
-            (Some(topic), true) => Origin {
+        if self.level == 0 {
+            return Lineage {
+                origin: Origin {
+                    topic: self.main_topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
+                },
+                first_failure_ms: None,
+                replays,
+            };
+        }
+        let earlier = EarlierHops::read(&record.headers);
+        let origin = match earlier.original_topic {
+            Some(topic) => Origin {
                 topic: if *topic == *self.main_topic {
                     self.main_topic.clone()
                 } else {
                     topic.into()
                 },
-                partition: parse_number(headers, names::ORIGINAL_PARTITION).unwrap_or(record.partition),
-                offset: parse_number(headers, names::ORIGINAL_OFFSET).unwrap_or(record.offset),
-                timestamp_ms: parse_number(headers, names::ORIGINAL_TIMESTAMP),
+                partition: earlier.original_partition.unwrap_or(record.partition),
+                offset: earlier.original_offset.unwrap_or(record.offset),
+                timestamp_ms: earlier.original_timestamp_ms,
             },
-            _ => Origin {
+            None => Origin {
                 topic: self.main_topic.clone(),
                 partition: record.partition,
                 offset: record.offset,
                 timestamp_ms: record.timestamp_ms,
             },
         };
-        let first_failure_ms = if from_headers {
-            parse_number(headers, names::FIRST_FAILURE_AT)
-        } else {
-            None
-        };
         Lineage {
             origin,
-            first_failure_ms,
+            first_failure_ms: earlier.first_failure_at_ms,
             replays,
         }
     }
@@ -679,7 +681,6 @@ impl Level {
                 key: record.key,
                 payload: record.payload,
                 headers,
-                not_before_ms: due_at_ms,
             },
             again: false,
         };
@@ -694,17 +695,19 @@ impl Level {
     }
 
     fn send(&self, hand_off: PendingHandOff, work: &mut Work<impl Consumer>) {
-        let topic = match hand_off.target {
-            Target::Level(level) => self.topology.level(level),
-            Target::DeadLetter => self
-                .topology
-                .dead_letter
-                .as_deref()
-                .expect("a dead-letter policy has a dead-letter topic"),
+        let (topic, role) = match hand_off.target {
+            Target::Level(level) => (self.topology.level(level), TopicRole::Retry { level }),
+            Target::DeadLetter => (
+                self.topology
+                    .dead_letter
+                    .as_deref()
+                    .expect("a dead-letter policy has a dead-letter topic"),
+                TopicRole::DeadLetter,
+            ),
         };
-        let write = work
-            .consumer
-            .hand_off(hand_off.partition, hand_off.offset, topic, &hand_off.record);
+        let write =
+            work.consumer
+                .hand_off(hand_off.partition, hand_off.offset, topic, role, &hand_off.record);
         work.sending.push(Sending {
             hand_off: Some(hand_off),
             write,

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, Subscription};
+use crate::backend::{Backend, Subscription, TopicRole};
 use crate::error::{BackendError, ConfigError, Error};
 use crate::handler::{registered_handlers, HandlerSpec};
 use crate::policy::{RetryPolicy, TopicNaming, Topology};
@@ -324,7 +324,10 @@ impl<B: Backend> App<B> {
         for (spec, topology) in self.handlers.iter().zip(&self.topologies) {
             for level in 0..=topology.retries.len() as u32 {
                 let group = topology.consumer_group(spec.group(), level);
-                backlog += self.backend.lag(topology.level(level), group).await?;
+                backlog += self
+                    .backend
+                    .lag(topology.level(level), TopicRole::of_level(level), group)
+                    .await?;
             }
         }
         Ok(backlog)
@@ -354,6 +357,7 @@ impl<B: Backend> App<B> {
                     .backend
                     .subscribe(Subscription {
                         topic: topic.to_owned(),
+                        role: TopicRole::of_level(level),
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;

@@ -2,7 +2,7 @@
 //! each retry and dead-letter topic has at least as many partitions (a failed message keeps its
 //! partition number on every hop).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, TopicRole};
 use crate::error::BackendError;
 use crate::policy::Topology;
 
@@ -28,20 +28,27 @@ pub(crate) async fn provision<B: Backend>(
     topology: &Topology,
     mode: Provisioning,
 ) -> Result<(), BackendError> {
-    backend.prepare(topology).await?;
+    let main = &topology.main;
+    // Where topics are created on use (Redis, in-process), the main topic is created now, so
+    // that its retry topics can copy its partition count.
+    if let Some(default) = backend.default_partitions() {
+        if backend.partitions(main, TopicRole::Main).await?.is_none() {
+            backend.create_topic(main, TopicRole::Main, default).await?;
+        }
+    }
     if mode == Provisioning::Off {
         return Ok(());
     }
-    let main = &topology.main;
-    let needed = backend
-        .partitions(main)
-        .await?
-        .ok_or_else(|| BackendError::UnknownTopic {
-            topic: main.clone(),
-            hint: "; create it first: its retry and dead-letter topics copy its partition count".into(),
-        })?;
-    for topic in topology.derived() {
-        match backend.partitions(topic).await? {
+    let needed =
+        backend
+            .partitions(main, TopicRole::Main)
+            .await?
+            .ok_or_else(|| BackendError::UnknownTopic {
+                topic: main.clone(),
+                hint: "; create it first: its retry and dead-letter topics copy its partition count".into(),
+            })?;
+    for (topic, role) in topology.derived() {
+        match backend.partitions(topic, role).await? {
             Some(actual) if actual < needed => {
                 return Err(BackendError::TooFewPartitions {
                     topic: topic.to_owned(),
@@ -53,7 +60,7 @@ pub(crate) async fn provision<B: Backend>(
             Some(_) => {}
             None if mode == Provisioning::Create => {
                 tracing::info!(%topic, partitions = needed, "creating topic");
-                backend.create_topic(topic, needed).await?;
+                backend.create_topic(topic, role, needed).await?;
             }
             None => {
                 return Err(BackendError::UnknownTopic {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use crate::backend::TopicRole;
 use crate::error::ConfigError;
 use crate::handler::HandlerSpec;
 use crate::policy::{TopicNaming, Topology};
@@ -35,9 +36,9 @@ pub(crate) fn validate(
             .or_insert_with(|| format!("a main topic (of `{}`)", spec.name()));
     }
     for (spec, topology) in handlers.iter().zip(&topologies) {
-        for topic in topology.derived() {
+        for (topic, role) in topology.derived() {
             check_name(topic)?;
-            let role = if Some(topic) == topology.dead_letter.as_deref() {
+            let role = if role == TopicRole::DeadLetter {
                 format!("the dead-letter topic of `{}`", spec.name())
             } else {
                 format!("a retry topic of `{}`", spec.name())

@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{transport, Kafka};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription, TopicRole};
 use crate::error::BackendError;
 
 /// Records per batch sent to the runtime.
@@ -322,8 +322,15 @@ impl Consumer for KafkaConsumer {
         }
     }
 
-    fn hand_off(&mut self, _partition: u32, _offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
-        Box::pin(self.kafka.produce(topic, record))
+    fn hand_off(
+        &mut self,
+        _partition: u32,
+        _offset: u64,
+        topic: &str,
+        role: TopicRole,
+        record: &OutboundRecord,
+    ) -> HandOff {
+        Box::pin(self.kafka.produce(topic, role, record))
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already

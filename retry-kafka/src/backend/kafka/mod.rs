@@ -4,9 +4,8 @@
 //! producer that waits for the broker's acknowledgement; topic provisioning at start. What a
 //! failure means is decided by the runtime, as for every backend.
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -18,9 +17,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Backend, Delivered, OutboundRecord, Record, Subscription};
+use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
 use crate::error::{BackendError, ConfigError};
-use crate::policy::Topology;
 
 mod consumer;
 mod embedded;
@@ -57,9 +55,8 @@ pub struct Kafka {
 struct Shared {
     // Clients first: fields drop in order, and an embedded cluster must outlive its clients.
     main: Cluster,
+    /// Where retry levels and dead letters live, when not on `main`.
     retry: Option<Cluster>,
-    /// Topics that live on the retry cluster (when there is one).
-    derived: RwLock<HashSet<String>>,
     consumer_properties: Vec<(String, String)>,
     replication_factor: i32,
     embedded: Option<Arc<EmbeddedKafka>>,
@@ -209,8 +206,8 @@ impl Kafka {
     /// Every message of `topic` from the low watermark to the current end, partition by
     /// partition (a dead-letter topic, for instance). Reads with a client of its own, outside
     /// any group.
-    pub async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
-        let cluster = self.cluster_of(topic);
+    pub async fn read_topic(&self, topic: &str, role: TopicRole) -> Result<Vec<Record>, BackendError> {
+        let cluster = self.cluster_of(role);
         let mut config = consumer::config(
             &cluster.brokers,
             "retry-kafka-reader",
@@ -265,18 +262,10 @@ impl Kafka {
         })?
     }
 
-    fn cluster_of(&self, topic: &str) -> &Cluster {
+    /// The cluster a topic of `role` lives on.
+    fn cluster_of(&self, role: TopicRole) -> &Cluster {
         match &self.shared.retry {
-            Some(retry)
-                if self
-                    .shared
-                    .derived
-                    .read()
-                    .expect("never poisoned")
-                    .contains(topic) =>
-            {
-                retry
-            }
+            Some(retry) if role.is_derived() => retry,
             _ => &self.shared.main,
         }
     }
@@ -418,7 +407,6 @@ impl KafkaBuilder {
             shared: Arc::new(Shared {
                 main,
                 retry,
-                derived: RwLock::new(HashSet::new()),
                 consumer_properties: self.consumer_properties,
                 replication_factor: self.replication_factor,
                 embedded: self.embedded,
@@ -489,33 +477,18 @@ pub(crate) fn transport(error: impl Into<Box<dyn std::error::Error + Send + Sync
     }
 }
 
-impl Backend for Kafka {
-    type Consumer = KafkaConsumer;
-
-    fn name(&self) -> &'static str {
-        "kafka"
+impl TopicAdmin for Kafka {
+    async fn partitions(&self, topic: &str, role: TopicRole) -> Result<Option<u32>, BackendError> {
+        self.partitions_on(self.cluster_of(role), topic).await
     }
 
-    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
-        self.shared
-            .derived
-            .write()
-            .expect("never poisoned")
-            .extend(topology.derived().map(str::to_owned));
-        Ok(())
+    async fn create_topic(&self, topic: &str, role: TopicRole, partitions: u32) -> Result<(), BackendError> {
+        self.create_on(self.cluster_of(role), topic, partitions).await
     }
 
-    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
-        self.partitions_on(self.cluster_of(topic), topic).await
-    }
-
-    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
-        self.create_on(self.cluster_of(topic), topic, partitions).await
-    }
-
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
+    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
         let config = consumer::config(
-            &self.cluster_of(topic).brokers,
+            &self.cluster_of(role).brokers,
             group,
             &self.shared.consumer_properties,
         );
@@ -545,15 +518,29 @@ impl Backend for Kafka {
         .await
         .map_err(transport)?
     }
+}
+
+impl Publish for Kafka {
+    async fn send(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        record: OutboundRecord,
+    ) -> Result<Delivered, BackendError> {
+        self.produce(topic, role, &record).await
+    }
+}
+
+impl Backend for Kafka {
+    type Consumer = KafkaConsumer;
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {
-        let brokers = self.cluster_of(&subscription.topic).brokers.clone();
-        let retry_level = self
-            .shared
-            .derived
-            .read()
-            .expect("never poisoned")
-            .contains(&subscription.topic);
+        let brokers = self.cluster_of(subscription.role).brokers.clone();
+        let retry_level = matches!(subscription.role, TopicRole::Retry { .. });
         let set_by_user = |key: &str| self.shared.consumer_properties.iter().any(|(k, _)| k == key);
         let mut properties = Vec::new();
         if retry_level && !set_by_user("fetch.wait.max.ms") {
@@ -569,10 +556,6 @@ impl Backend for Kafka {
         properties.extend(self.shared.consumer_properties.iter().cloned());
         KafkaConsumer::start(self.clone(), &brokers, subscription, &properties)
     }
-
-    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
-        self.produce(topic, &record).await
-    }
 }
 
 impl Kafka {
@@ -582,6 +565,7 @@ impl Kafka {
     pub(crate) fn produce(
         &self,
         topic: &str,
+        role: TopicRole,
         record: &OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send + 'static {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -601,7 +585,7 @@ impl Kafka {
         if let Some(payload) = record.payload.as_deref() {
             outbound = outbound.payload(payload);
         }
-        let queued = self.cluster_of(topic).producer.send_result(outbound);
+        let queued = self.cluster_of(role).producer.send_result(outbound);
         let failed = |error: KafkaError| BackendError::Produce {
             topic: topic.to_owned(),
             reason: error.to_string(),

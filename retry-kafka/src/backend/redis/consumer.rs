@@ -22,7 +22,7 @@ use super::{
     bytes_of, decode, into_bytes, keys, parse_entries, parse_groups, scripts, transport, Redis, Source,
     StreamId,
 };
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription, TopicRole};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::BackendError;
 
@@ -77,12 +77,12 @@ impl Control {
 /// The runtime drives consumers; reading a topic by hand looks like this:
 ///
 /// ```no_run
-/// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription};
+/// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription, TopicRole};
 /// use retry_kafka::redis::Redis;
 ///
 /// # async fn audit() -> Result<(), retry_kafka::BackendError> {
 /// let redis = Redis::builder("redis://127.0.0.1:6379").build().expect("valid URL");
-/// let subscription = Subscription { topic: "orders".into(), group: "audit".into() };
+/// let subscription = Subscription { topic: "orders".into(), role: TopicRole::Main, group: "audit".into() };
 /// let mut consumer = redis.subscribe(subscription).await?;
 /// if let Fetched::Record(record) = consumer.next().await? {
 ///     println!("{:?}", record.payload);
@@ -114,7 +114,7 @@ impl RedisConsumer {
         subscription: Subscription,
         partitions: u32,
     ) -> Result<Self, BackendError> {
-        let Subscription { topic, group } = subscription;
+        let Subscription { topic, role, group } = subscription;
         let streams: Vec<String> = (0..partitions).map(|p| keys::stream(&topic, p)).collect();
         let mut conn = redis.connection();
         for stream in &streams {
@@ -134,7 +134,7 @@ impl RedisConsumer {
         let stop = CancellationToken::new();
         let reader = Reader {
             member: redis.member_name(),
-            delayed: redis.is_delayed(&topic).then(|| keys::delayed(&topic)),
+            delayed: matches!(role, TopicRole::Retry { .. }).then(|| keys::delayed(&topic)),
             members: keys::members(&topic, &group),
             leases: (0..partitions).map(|p| keys::lease(&topic, &group, p)).collect(),
             blocking: redis.blocking_connection().await?,
@@ -234,14 +234,21 @@ impl Consumer for RedisConsumer {
     /// XADD to the dead-letter stream) and XACKs the source in one step. Many run at once on
     /// the shared multiplexed connection, pipelined. (The record is cloned into the future:
     /// measured as part of the ~32 CPU-µs a Redis hand-off costs this process.)
-    fn hand_off(&mut self, partition: u32, offset: u64, topic: &str, record: &OutboundRecord) -> HandOff {
+    fn hand_off(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        topic: &str,
+        role: TopicRole,
+        record: &OutboundRecord,
+    ) -> HandOff {
         let source = self.source_of(partition, offset);
         let redis = self.redis.clone();
         let topic = topic.to_owned();
         let record = record.clone();
         Box::pin(async move {
             let target = redis.pick_partition(&topic, &record).await?;
-            redis.write(&topic, target, &record, source).await
+            redis.write(&topic, role, target, &record, source).await
         })
     }
 

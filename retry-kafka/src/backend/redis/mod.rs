@@ -21,7 +21,7 @@
 //! `h:…` is written as `h:<name>`). An entry's offset is its ID as one number,
 //! `ms × 2^20 + seq`, so offsets grow in stream order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,10 +30,10 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
 
-use super::{Backend, Delivered, OutboundRecord, Record, Subscription};
+use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
+use crate::clock::now_ms;
 use crate::error::{BackendError, ConfigError};
 use crate::headers::Headers;
-use crate::policy::Topology;
 
 mod consumer;
 
@@ -87,8 +87,6 @@ struct Shared {
     conn: ConnectionManager,
     settings: Settings,
     partitions: Mutex<HashMap<String, u32>>,
-    /// Retry topics: their consumers move due entries out of the delay set.
-    delayed: Mutex<HashSet<String>>,
     next_member: AtomicU64,
 }
 
@@ -221,8 +219,32 @@ impl Redis {
         format!("{host}-{}-{nanos:08x}-{n}", std::process::id())
     }
 
-    pub(crate) fn is_delayed(&self, topic: &str) -> bool {
-        self.shared.delayed.lock().unwrap().contains(topic)
+    /// The first call an app's start makes: a refused connection is explained here (a missing
+    /// or wrong password).
+    async fn stored_partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
+        let count: Result<Option<u32>, RedisError> = redis::cmd("HGET")
+            .arg(keys::meta(topic))
+            .arg("partitions")
+            .query_async(&mut self.connection())
+            .await;
+        let count = match count {
+            Ok(count) => count,
+            Err(error) => {
+                return Err(self
+                    .check_connection()
+                    .await
+                    .err()
+                    .unwrap_or_else(|| transport(error)))
+            }
+        };
+        if let Some(count) = count {
+            self.shared
+                .partitions
+                .lock()
+                .unwrap()
+                .insert(topic.to_owned(), count);
+        }
+        Ok(count)
     }
 
     /// The partition count of `topic`, creating the topic with the default count if it has
@@ -231,12 +253,12 @@ impl Redis {
         if let Some(&count) = self.shared.partitions.lock().unwrap().get(topic) {
             return Ok(count);
         }
-        let count = match self.partitions(topic).await? {
+        let count = match self.stored_partitions(topic).await? {
             Some(count) => count,
             None => {
-                self.create_topic(topic, self.shared.settings.default_partitions)
+                self.create_topic(topic, TopicRole::Main, self.shared.settings.default_partitions)
                     .await?;
-                self.partitions(topic).await?.unwrap_or(1)
+                self.stored_partitions(topic).await?.unwrap_or(1)
             }
         };
         Ok(count)
@@ -247,7 +269,7 @@ impl Redis {
     /// stream ID yet). Reads a dead-letter stream, for instance.
     pub async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
         let mut conn = self.connection();
-        let partitions = self.partitions(topic).await?.unwrap_or(0);
+        let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
         let mut records = Vec::new();
         for partition in 0..partitions {
             let mut from = "-".to_owned();
@@ -426,51 +448,18 @@ impl RedisBuilder {
                 conn,
                 settings: self.settings,
                 partitions: Mutex::new(HashMap::new()),
-                delayed: Mutex::new(HashSet::new()),
                 next_member: AtomicU64::new(0),
             }),
         })
     }
 }
 
-impl Backend for Redis {
-    type Consumer = RedisConsumer;
-
-    fn name(&self) -> &'static str {
-        "redis"
+impl TopicAdmin for Redis {
+    async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
+        self.stored_partitions(topic).await
     }
 
-    /// Checks the connection (a missing password is named here, at start), creates the main
-    /// topic if it has no partition count yet, and notes which topics are retry levels.
-    async fn prepare(&self, topology: &Topology) -> Result<(), BackendError> {
-        self.check_connection().await?;
-        self.partition_count(&topology.main).await?;
-        self.shared
-            .delayed
-            .lock()
-            .unwrap()
-            .extend(topology.retries.iter().cloned());
-        Ok(())
-    }
-
-    async fn partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
-        let count: Option<u32> = redis::cmd("HGET")
-            .arg(keys::meta(topic))
-            .arg("partitions")
-            .query_async(&mut self.connection())
-            .await
-            .map_err(transport)?;
-        if let Some(count) = count {
-            self.shared
-                .partitions
-                .lock()
-                .unwrap()
-                .insert(topic.to_owned(), count);
-        }
-        Ok(count)
-    }
-
-    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
+    async fn create_topic(&self, topic: &str, _role: TopicRole, partitions: u32) -> Result<(), BackendError> {
         let _: i64 = redis::cmd("HSETNX")
             .arg(keys::meta(topic))
             .arg("partitions")
@@ -483,9 +472,9 @@ impl Backend for Redis {
 
     /// Entries the group has not read, plus those read and not yet acknowledged, plus the
     /// retries waiting in the topic's delay set.
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
+    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
         let mut conn = self.connection();
-        let partitions = self.partitions(topic).await?.unwrap_or(0);
+        let partitions = self.partitions(topic, role).await?.unwrap_or(0);
         let mut lag = 0;
         for partition in 0..partitions {
             let key = keys::stream(topic, partition);
@@ -526,14 +515,35 @@ impl Backend for Redis {
         Ok(lag + waiting)
     }
 
+    /// A topic is created on first use, as on a Kafka cluster with
+    /// `auto.create.topics.enable`.
+    fn default_partitions(&self) -> Option<u32> {
+        Some(self.shared.settings.default_partitions)
+    }
+}
+
+impl Publish for Redis {
+    async fn send(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        record: OutboundRecord,
+    ) -> Result<Delivered, BackendError> {
+        let partition = self.pick_partition(topic, &record).await?;
+        self.write(topic, role, partition, &record, None).await
+    }
+}
+
+impl Backend for Redis {
+    type Consumer = RedisConsumer;
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn subscribe(&self, subscription: Subscription) -> Result<RedisConsumer, BackendError> {
         let partitions = self.partition_count(&subscription.topic).await?;
         RedisConsumer::start(self.clone(), subscription, partitions).await
-    }
-
-    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
-        let partition = self.pick_partition(topic, &record).await?;
-        self.write(topic, partition, &record, None).await
     }
 }
 
@@ -567,6 +577,7 @@ impl Redis {
     async fn write(
         &self,
         topic: &str,
+        role: TopicRole,
         partition: u32,
         record: &OutboundRecord,
         source: Option<Source>,
@@ -577,8 +588,14 @@ impl Redis {
         if source.is_some() {
             pipe.atomic();
         }
-        let delayed = record.not_before_ms.is_some();
-        match record.not_before_ms {
+        // Only a retry level keeps records in a delay set, until due: one due already goes
+        // straight to the stream. Elsewhere `rk-due-at` is just a header.
+        let due = match role {
+            TopicRole::Retry { .. } => record.due_at_ms().filter(|&due| due > now_ms()),
+            _ => None,
+        };
+        let delayed = due.is_some();
+        match due {
             Some(due) => {
                 let member_id = match &source {
                     Some(source) => format!("{}/{}/{}", source.stream, source.group, source.id),
@@ -1051,7 +1068,6 @@ mod tests {
             key: Some(Bytes::from_static(b"k\x00")),
             payload: Some(Bytes::from_static(b"\xff\xfe body")),
             headers: headers.clone(),
-            not_before_ms: None,
         };
         let fields: Fields = encode(&record)
             .into_iter()
