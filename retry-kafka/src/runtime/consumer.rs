@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
@@ -24,8 +25,11 @@ use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
 use crate::stats::Counters;
 
-/// First and longest pause between attempts to hand a failed message on.
-const HAND_OFF_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+/// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
+const HAND_OFF_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
 /// Pause after a fetch error before fetching again.
 const FETCH_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -241,7 +245,8 @@ struct Partition {
     retry_at: Option<Instant>,
     /// Failed hand-offs tried again and not finished yet.
     retrying: usize,
-    backoff: Duration,
+    /// The pauses before trying failed hand-offs again, from the first failure in a row on.
+    backoff: Option<ExponentialBackoff>,
 }
 
 impl Partition {
@@ -254,7 +259,7 @@ impl Partition {
             failed: Vec::new(),
             retry_at: None,
             retrying: 0,
-            backoff: Duration::ZERO,
+            backoff: None,
         }
     }
 
@@ -732,7 +737,7 @@ impl Level {
         match result {
             Ok(_) => {
                 if !state.blocked() {
-                    state.backoff = Duration::ZERO;
+                    state.backoff = None;
                 }
                 match hand_off.target {
                     Target::Level(level) => self.counters.retried(level),
@@ -742,13 +747,21 @@ impl Level {
                     .await;
             }
             Err(error) => {
-                if state.retry_at.is_none() {
-                    state.backoff = (state.backoff * 2).clamp(HAND_OFF_BACKOFF.0, HAND_OFF_BACKOFF.1);
-                    state.retry_at = Some(Instant::now() + state.backoff);
-                }
+                let retry_at = match state.retry_at {
+                    Some(at) => at,
+                    None => {
+                        let pause = state
+                            .backoff
+                            .get_or_insert_with(|| HAND_OFF_BACKOFF.build())
+                            .next()
+                            .unwrap_or(Duration::from_secs(5));
+                        *state.retry_at.insert(Instant::now() + pause)
+                    }
+                };
                 tracing::warn!(
                     topic = %self.topic, partition = hand_off.partition, offset = hand_off.offset,
-                    %error, retry_in = ?state.backoff, "hand-off failed; the partition waits and it is tried again",
+                    %error, retry_in = ?retry_at.saturating_duration_since(Instant::now()),
+                    "hand-off failed; the partition waits and it is tried again",
                 );
                 state.keep_failed(hand_off);
                 work.failed += 1;

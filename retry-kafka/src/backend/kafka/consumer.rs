@@ -109,25 +109,34 @@ enum Item {
     Revoked(Vec<u32>),
 }
 
-/// What the handle asks the poll thread to do. Each carries the partition's generation; the
-/// thread ignores requests about an assignment that has since changed.
 /// Acknowledgements folded on the runtime's side before they go to the poll thread anyway.
 const ACK_FLUSH: usize = 256;
 
+/// Acknowledgements folded to the highest offset per partition and assignment generation. The
+/// handle folds what the runtime acknowledges and sends it once per batch; the poll thread folds
+/// what arrived since its last round and stores the offsets once.
+#[derive(Debug, Default)]
+struct Acks(Vec<(u32, u64, u64)>);
+
+impl Acks {
+    fn add(&mut self, partition: u32, generation: u64, offset: u64) {
+        match self.0.iter_mut().find(|a| a.0 == partition && a.1 == generation) {
+            Some(ack) => ack.2 = ack.2.max(offset),
+            None => self.0.push((partition, generation, offset)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the handle asks the poll thread to do. Each carries the partition's generation; the
+/// thread ignores requests about an assignment that has since changed.
 enum Command {
-    Hold {
-        partition: u32,
-        generation: u64,
-    },
-    Resume {
-        partition: u32,
-        generation: u64,
-    },
-    Ack {
-        partition: u32,
-        generation: u64,
-        offset: u64,
-    },
+    Hold { partition: u32, generation: u64 },
+    Resume { partition: u32, generation: u64 },
+    Acks(Acks),
     Close(oneshot::Sender<Result<(), BackendError>>),
 }
 
@@ -190,9 +199,8 @@ pub struct KafkaConsumer {
     ready: VecDeque<Record>,
     commands: std_mpsc::Sender<Command>,
     partitions: ByPartition<PartitionView>,
-    /// Acknowledgements not yet sent to the poll thread: (partition, generation, offset),
-    /// the highest per partition.
-    acks: Vec<(u32, u64, u64)>,
+    /// Acknowledgements not yet sent to the poll thread.
+    acks: Acks,
     acked_since_flush: usize,
     thread: Option<JoinHandle<()>>,
     topic: String,
@@ -234,7 +242,7 @@ impl KafkaConsumer {
             ready: VecDeque::new(),
             commands,
             partitions: ByPartition::default(),
-            acks: Vec::new(),
+            acks: Acks::default(),
             acked_since_flush: 0,
             thread: Some(thread),
             topic,
@@ -254,12 +262,8 @@ impl KafkaConsumer {
     /// once per message.
     fn flush_acks(&mut self) {
         self.acked_since_flush = 0;
-        for (partition, generation, offset) in self.acks.drain(..) {
-            let _ = self.commands.send(Command::Ack {
-                partition,
-                generation,
-                offset,
-            });
+        if !self.acks.is_empty() {
+            let _ = self.commands.send(Command::Acks(std::mem::take(&mut self.acks)));
         }
     }
 }
@@ -378,15 +382,7 @@ impl Consumer for KafkaConsumer {
     /// for the next commit.
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         if let Some(view) = self.partitions.get(partition) {
-            let generation = view.generation;
-            match self
-                .acks
-                .iter_mut()
-                .find(|a| a.0 == partition && a.1 == generation)
-            {
-                Some(ack) => ack.2 = ack.2.max(offset),
-                None => self.acks.push((partition, generation, offset)),
-            }
+            self.acks.add(partition, view.generation, offset);
             self.acked_since_flush += 1;
             if self.acked_since_flush >= ACK_FLUSH {
                 self.flush_acks();
@@ -580,20 +576,13 @@ impl PollThread {
         &mut self,
         consumer: &RawConsumer,
     ) -> Result<(), oneshot::Sender<Result<(), BackendError>>> {
-        let mut acks: Vec<(u32, u64)> = Vec::new();
+        let mut acks = Acks::default();
         let result = loop {
             match self.commands.try_recv() {
                 Ok(Command::Close(reply)) => break Err(reply),
-                Ok(Command::Ack {
-                    partition,
-                    generation,
-                    offset,
-                }) => {
-                    if self.current(partition, generation).is_some() {
-                        match acks.iter_mut().find(|(p, _)| *p == partition) {
-                            Some(ack) => ack.1 = ack.1.max(offset),
-                            None => acks.push((partition, offset)),
-                        }
+                Ok(Command::Acks(Acks(received))) => {
+                    for (partition, generation, offset) in received {
+                        acks.add(partition, generation, offset);
                     }
                 }
                 Ok(command) => self.apply(consumer, command),
@@ -602,9 +591,12 @@ impl PollThread {
                 Err(std_mpsc::TryRecvError::Disconnected) => break Err(oneshot::channel().0),
             }
         };
+        // Acknowledgements of an assignment that has since changed are stale.
+        acks.0
+            .retain(|&(partition, generation, _)| self.current(partition, generation).is_some());
         if !acks.is_empty() {
-            let mut list = TopicPartitionList::with_capacity(acks.len());
-            for &(partition, offset) in &acks {
+            let mut list = TopicPartitionList::with_capacity(acks.0.len());
+            for &(partition, _, offset) in &acks.0 {
                 // The committed offset is the next one to read.
                 let _ = list.add_partition_offset(
                     &self.topic,
@@ -723,7 +715,7 @@ impl PollThread {
                     self.resume_at(consumer, partition, next);
                 }
             }
-            Command::Ack { .. } => unreachable!("folded by drain_commands"),
+            Command::Acks(_) => unreachable!("folded by drain_commands"),
             Command::Close(_) => unreachable!("handled by run"),
         }
     }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BlockingRetryable as _, ConstantBuilder, Retryable as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -299,17 +300,29 @@ impl Kafka {
         // Apache Kafka answers before every broker's metadata has the topic (seen: up to 1.6 s
         // later): wait for it, so what follows (provisioning, a consumer) finds it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.partitions_on(cluster, topic).await?.is_none() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(BackendError::Transport {
+        // `None`: not in the metadata yet.
+        let in_metadata = || async {
+            match self.partitions_on(cluster, topic).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(None),
+                Err(error) => Err(Some(error)),
+            }
+        };
+        in_metadata
+            .retry(
+                ConstantBuilder::new()
+                    .with_delay(Duration::from_millis(50))
+                    .without_max_times(),
+            )
+            .when(|error| error.is_none() && tokio::time::Instant::now() < deadline)
+            .await
+            .map_err(|error| {
+                error.unwrap_or_else(|| BackendError::Transport {
                     backend: "kafka",
                     source: format!("topic {topic:?} was created but is not in the metadata after 30 s")
                         .into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+                })
+            })
     }
 
     /// The partition count of `topic`, or `None` if it does not exist.
@@ -438,15 +451,16 @@ fn until_settled<T>(
     mut query: impl FnMut(Duration) -> KafkaResult<T>,
 ) -> Result<T, BackendError> {
     let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match query(left) {
-            Err(error) if is_settling(&error) && !left.is_zero() => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            result => return result.map_err(transport),
-        }
-    }
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    (|| query(left()))
+        .retry(
+            ConstantBuilder::new()
+                .with_delay(Duration::from_millis(20))
+                .without_max_times(),
+        )
+        .when(|error| is_settling(error) && !left().is_zero())
+        .call()
+        .map_err(transport)
 }
 
 /// A leader or a group coordinator not (yet) in place: asking again later succeeds.
