@@ -27,6 +27,7 @@
 
 pub mod backend;
 mod clock;
+mod config;
 mod error;
 mod event;
 mod handler;

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Subscription, TopicRole};
+use crate::config::BackendChoice;
 use crate::error::{BackendError, ConfigError, Error};
 use crate::handler::{registered_handlers, HandlerSpec};
 use crate::policy::{RetryPolicy, TopicNaming, Topology};
@@ -53,24 +54,15 @@ pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
 /// }
 /// ```
 pub async fn run() -> crate::Result<()> {
-    let choice = std::env::var(BACKEND_ENV).ok();
-    #[cfg(feature = "kafka")]
-    let kafka_configured = std::env::var_os(crate::kafka::BROKERS_ENV).is_some();
-    #[cfg(not(feature = "kafka"))]
-    let kafka_configured = false;
-    #[cfg(feature = "redis")]
-    let redis_configured = std::env::var_os(crate::redis::URL_ENV).is_some();
-    #[cfg(not(feature = "redis"))]
-    let redis_configured = false;
-    match (choice.as_deref(), kafka_configured, redis_configured) {
-        (Some("memory"), _, _) => {
+    match BackendChoice::from_env()? {
+        BackendChoice::Memory => {
             tracing::warn!(
                 "{BACKEND_ENV}=memory: running on the in-process broker; nothing survives this process"
             );
             App::builder().backend(InMemory::new()).build()?.run().await
         }
         #[cfg(feature = "kafka")]
-        (Some("kafka-embedded"), _, _) => {
+        BackendChoice::KafkaEmbedded => {
             tracing::warn!("{BACKEND_ENV}=kafka-embedded: running on an in-process Kafka cluster; nothing survives this process");
             App::builder()
                 .backend(crate::kafka::Kafka::embedded()?)
@@ -79,7 +71,7 @@ pub async fn run() -> crate::Result<()> {
                 .await
         }
         #[cfg(feature = "kafka")]
-        (Some("kafka"), _, _) | (None, true, false) => {
+        BackendChoice::Kafka => {
             App::builder()
                 .backend(crate::kafka::Kafka::from_env()?)
                 .build()?
@@ -87,7 +79,7 @@ pub async fn run() -> crate::Result<()> {
                 .await
         }
         #[cfg(feature = "redis")]
-        (Some("redis"), _, _) | (None, false, true) => {
+        BackendChoice::Redis => {
             App::builder()
                 .backend(crate::redis::Redis::from_env()?)
                 .build()?
@@ -95,49 +87,15 @@ pub async fn run() -> crate::Result<()> {
                 .await
         }
         #[cfg(all(feature = "kafka", feature = "redis"))]
-        (Some("kafka+redis"), _, _) => {
+        BackendChoice::KafkaRedis => {
             let backend = crate::backend::Tiered::new(
                 crate::kafka::Kafka::from_env()?,
                 crate::redis::Redis::from_env()?,
             );
             App::builder().backend(backend).build()?.run().await
         }
-        (None, true, true) => Err(ConfigError::Invalid {
-            field: BACKEND_ENV,
-            reason:
-                "both KAFKA_BROKERS and REDIS_URL are set; set RETRY_KAFKA_BACKEND to \"kafka\", \"redis\" \
-                     or \"kafka+redis\" (Kafka main topics, retries and dead letters on Redis)"
-                    .into(),
-        }
-        .into()),
-        (Some(other), _, _) => Err(ConfigError::Invalid {
-            field: BACKEND_ENV,
-            reason: format!(
-                "unknown backend {other:?}; this build supports {}",
-                match SUPPORTED_BACKENDS.split_last() {
-                    Some((last, [])) => (*last).to_owned(),
-                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
-                    None => String::new(),
-                }
-            ),
-        }
-        .into()),
-        (None, _, _) => Err(ConfigError::NoBackend.into()),
     }
 }
-
-/// The values of `RETRY_KAFKA_BACKEND` this build understands.
-const SUPPORTED_BACKENDS: &[&str] = &[
-    #[cfg(feature = "kafka")]
-    "\"kafka\"",
-    #[cfg(feature = "kafka")]
-    "\"kafka-embedded\"",
-    #[cfg(feature = "redis")]
-    "\"redis\"",
-    #[cfg(all(feature = "kafka", feature = "redis"))]
-    "\"kafka+redis\"",
-    "\"memory\"",
-];
 
 /// Chooses the backend and settings of an [`App`].
 ///

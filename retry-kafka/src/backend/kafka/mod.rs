@@ -19,6 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
+use crate::config;
 use crate::error::{BackendError, ConfigError};
 
 mod consumer;
@@ -149,28 +150,21 @@ impl Kafka {
     /// is the property's in capitals with `_` for `.`: `KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL`,
     /// `KAFKA_CONSUMER_SESSION_TIMEOUT_MS=10000`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let brokers = std::env::var(BROKERS_ENV).map_err(|_| ConfigError::Invalid {
-            field: BROKERS_ENV,
-            reason: "not set; give the bootstrap servers, e.g. localhost:9092".into(),
-        })?;
-        let mut builder = Self::builder(brokers);
-        if let Ok(retry) = std::env::var(RETRY_BROKERS_ENV) {
+        let mut builder = Self::builder(config::required(
+            BROKERS_ENV,
+            "the bootstrap servers, e.g. localhost:9092",
+        )?);
+        if let Some(retry) = config::optional(RETRY_BROKERS_ENV) {
             builder = builder.retry_brokers(retry);
         }
-        let mut variables: Vec<(String, String)> = std::env::vars().collect();
-        variables.sort();
-        for (name, value) in variables {
-            let property = |prefix: &str| {
-                name.strip_prefix(prefix)
-                    .map(|rest| rest.to_lowercase().replace('_', "."))
-            };
-            if let Some(key) = property("KAFKA_CLIENT_") {
-                builder = builder.property(key, value);
-            } else if let Some(key) = property("KAFKA_CONSUMER_") {
-                builder = builder.consumer_property(key, value);
-            } else if let Some(key) = property("KAFKA_PRODUCER_") {
-                builder = builder.producer_property(key, value);
-            }
+        for (key, value) in config::properties("KAFKA_CLIENT_") {
+            builder = builder.property(key, value);
+        }
+        for (key, value) in config::properties("KAFKA_CONSUMER_") {
+            builder = builder.consumer_property(key, value);
+        }
+        for (key, value) in config::properties("KAFKA_PRODUCER_") {
+            builder = builder.producer_property(key, value);
         }
         builder.build()
     }

@@ -32,6 +32,7 @@ use redis::{RedisError, Value};
 
 use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
 use crate::clock::now_ms;
+use crate::config;
 use crate::error::{BackendError, ConfigError};
 use crate::headers::Headers;
 
@@ -51,16 +52,6 @@ pub const KEEP_ACKNOWLEDGED_ENTRIES_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_ENTRIES
 pub const UNORDERED_ENV: &str = "REDIS_UNORDERED";
 /// Environment variable for [`RedisBuilder::default_partitions`].
 pub const DEFAULT_PARTITIONS_ENV: &str = "REDIS_DEFAULT_PARTITIONS";
-
-fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
-    match std::env::var(name) {
-        Err(_) => Ok(None),
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| ConfigError::Invalid {
-            field: name,
-            reason: format!("{text:?} is not a whole number"),
-        }),
-    }
-}
 
 /// Redis Streams.
 ///
@@ -149,39 +140,27 @@ impl Redis {
     /// `REDIS_KEEP_ACKNOWLEDGED_ENTRIES`, `REDIS_DEFAULT_PARTITIONS`, `REDIS_UNORDERED`,
     /// `REDIS_TLS_CA_FILE`. A value that does not parse fails, naming the variable.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let url = std::env::var(URL_ENV).map_err(|_| ConfigError::Invalid {
-            field: URL_ENV,
-            reason: "not set; give the server's URL, e.g. redis://127.0.0.1:6379".into(),
-        })?;
-        let mut builder = Self::builder(url);
-        if let Some(ms) = env_number(SESSION_TIMEOUT_ENV)? {
+        let mut builder = Self::builder(config::required(
+            URL_ENV,
+            "the server's URL, e.g. redis://127.0.0.1:6379",
+        )?);
+        if let Some(ms) = config::number(SESSION_TIMEOUT_ENV)? {
             builder = builder.session_timeout(Duration::from_millis(ms));
         }
-        if let Some(ms) = env_number(KEEP_ACKNOWLEDGED_ENV)? {
+        if let Some(ms) = config::number(KEEP_ACKNOWLEDGED_ENV)? {
             builder = builder.keep_acknowledged(Duration::from_millis(ms));
         }
-        if let Some(entries) = env_number(KEEP_ACKNOWLEDGED_ENTRIES_ENV)? {
+        if let Some(entries) = config::number(KEEP_ACKNOWLEDGED_ENTRIES_ENV)? {
             builder = builder.keep_acknowledged_entries(entries);
         }
-        if let Some(partitions) = env_number(DEFAULT_PARTITIONS_ENV)? {
+        if let Some(partitions) = config::number(DEFAULT_PARTITIONS_ENV)? {
             builder = builder.default_partitions(partitions.try_into().unwrap_or(u32::MAX));
         }
-        if let Some(path) = std::env::var_os(TLS_CA_FILE_ENV) {
-            let pem = std::fs::read(&path).map_err(|error| ConfigError::Invalid {
-                field: TLS_CA_FILE_ENV,
-                reason: format!("cannot read {}: {error}", std::path::Path::new(&path).display()),
-            })?;
+        if let Some(pem) = config::file(TLS_CA_FILE_ENV)? {
             builder = builder.tls_root_certificate(pem);
         }
-        match std::env::var(UNORDERED_ENV).as_deref() {
-            Err(_) | Ok("" | "0" | "false") => {}
-            Ok("1" | "true") => builder = builder.unordered(),
-            Ok(other) => {
-                return Err(ConfigError::Invalid {
-                    field: UNORDERED_ENV,
-                    reason: format!("{other:?} is neither true nor false"),
-                })
-            }
+        if config::flag(UNORDERED_ENV)? {
+            builder = builder.unordered();
         }
         builder.build()
     }

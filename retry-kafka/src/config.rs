@@ -1,0 +1,148 @@
+//! Settings from the environment, read in one place: which backend [`run`](crate::run) starts,
+//! and the values `Kafka::from_env` and `Redis::from_env` take. A value that does not parse
+//! fails at start, naming the variable.
+// A build without one of the backends leaves some readers unused.
+#![cfg_attr(not(all(feature = "kafka", feature = "redis")), allow(dead_code))]
+
+use crate::error::ConfigError;
+use crate::runtime::BACKEND_ENV;
+
+/// The backend the environment chooses for [`run`](crate::run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackendChoice {
+    Memory,
+    #[cfg(feature = "kafka")]
+    KafkaEmbedded,
+    #[cfg(feature = "kafka")]
+    Kafka,
+    #[cfg(feature = "redis")]
+    Redis,
+    #[cfg(all(feature = "kafka", feature = "redis"))]
+    KafkaRedis,
+}
+
+/// The values of `RETRY_KAFKA_BACKEND` this build understands.
+const SUPPORTED_BACKENDS: &[&str] = &[
+    #[cfg(feature = "kafka")]
+    "\"kafka\"",
+    #[cfg(feature = "kafka")]
+    "\"kafka-embedded\"",
+    #[cfg(feature = "redis")]
+    "\"redis\"",
+    #[cfg(all(feature = "kafka", feature = "redis"))]
+    "\"kafka+redis\"",
+    "\"memory\"",
+];
+
+impl BackendChoice {
+    /// `RETRY_KAFKA_BACKEND`, or else the one backend whose address is set.
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
+        let choice = optional(BACKEND_ENV);
+        #[cfg(feature = "kafka")]
+        let kafka_configured = is_set(crate::kafka::BROKERS_ENV);
+        #[cfg(not(feature = "kafka"))]
+        let kafka_configured = false;
+        #[cfg(feature = "redis")]
+        let redis_configured = is_set(crate::redis::URL_ENV);
+        #[cfg(not(feature = "redis"))]
+        let redis_configured = false;
+        match (choice.as_deref(), kafka_configured, redis_configured) {
+            (Some("memory"), _, _) => Ok(BackendChoice::Memory),
+            #[cfg(feature = "kafka")]
+            (Some("kafka-embedded"), _, _) => Ok(BackendChoice::KafkaEmbedded),
+            #[cfg(feature = "kafka")]
+            (Some("kafka"), _, _) | (None, true, false) => Ok(BackendChoice::Kafka),
+            #[cfg(feature = "redis")]
+            (Some("redis"), _, _) | (None, false, true) => Ok(BackendChoice::Redis),
+            #[cfg(all(feature = "kafka", feature = "redis"))]
+            (Some("kafka+redis"), _, _) => Ok(BackendChoice::KafkaRedis),
+            (None, true, true) => Err(ConfigError::Invalid {
+                field: BACKEND_ENV,
+                reason: "both KAFKA_BROKERS and REDIS_URL are set; set RETRY_KAFKA_BACKEND to \"kafka\", \
+                         \"redis\" or \"kafka+redis\" (Kafka main topics, retries and dead letters on Redis)"
+                    .into(),
+            }),
+            (Some(other), _, _) => Err(ConfigError::Invalid {
+                field: BACKEND_ENV,
+                reason: format!(
+                    "unknown backend {other:?}; this build supports {}",
+                    match SUPPORTED_BACKENDS.split_last() {
+                        Some((last, [])) => (*last).to_owned(),
+                        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                        None => String::new(),
+                    }
+                ),
+            }),
+            (None, _, _) => Err(ConfigError::NoBackend),
+        }
+    }
+}
+
+/// Whether `name` is set (to anything).
+pub(crate) fn is_set(name: &str) -> bool {
+    std::env::var_os(name).is_some()
+}
+
+/// The value of `name`, if set and UTF-8.
+pub(crate) fn optional(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The value of `name`; unset fails with `what` to give, e.g. "the bootstrap servers, e.g.
+/// localhost:9092".
+pub(crate) fn required(name: &'static str, what: &str) -> Result<String, ConfigError> {
+    std::env::var(name).map_err(|_| ConfigError::Invalid {
+        field: name,
+        reason: format!("not set; give {what}"),
+    })
+}
+
+/// A whole number in `name`, if set.
+pub(crate) fn number(name: &'static str) -> Result<Option<u64>, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| ConfigError::Invalid {
+            field: name,
+            reason: format!("{text:?} is not a whole number"),
+        }),
+    }
+}
+
+/// `true`/`1` or `false`/`0`/empty in `name`; unset is false.
+pub(crate) fn flag(name: &'static str) -> Result<bool, ConfigError> {
+    match std::env::var(name).as_deref() {
+        Err(_) | Ok("" | "0" | "false") => Ok(false),
+        Ok("1" | "true") => Ok(true),
+        Ok(other) => Err(ConfigError::Invalid {
+            field: name,
+            reason: format!("{other:?} is neither true nor false"),
+        }),
+    }
+}
+
+/// The contents of the file `name` points at, if set.
+pub(crate) fn file(name: &'static str) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(path) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    std::fs::read(&path)
+        .map(Some)
+        .map_err(|error| ConfigError::Invalid {
+            field: name,
+            reason: format!("cannot read {}: {error}", std::path::Path::new(&path).display()),
+        })
+}
+
+/// Every variable that starts with `prefix`, as a client property: the rest of the name in
+/// lower case with `.` for `_` (`KAFKA_CLIENT_SECURITY_PROTOCOL` gives `security.protocol`),
+/// sorted by name so the result does not depend on the environment's order.
+pub(crate) fn properties(prefix: &str) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix(prefix)?.to_lowercase().replace('_', ".");
+            Some((key, value))
+        })
+        .collect();
+    found.sort();
+    found
+}
