@@ -280,48 +280,32 @@ async fn refusals_fail_at_once_and_name_what_to_change() {
             .unwrap();
         let started = Instant::now();
         let error = app.start().await.err().expect(case).to_string();
-        let took = started.elapsed();
-        eprintln!("{case}: start failed in {took:?}: {error}");
-        assert!(
-            took < Duration::from_secs(2),
-            "{case}: start failed after {took:?}: {error}"
-        );
-        assert!(
-            error.contains(hint),
-            "{case}: start names the fix ({hint}): {error}"
-        );
-        assert!(
-            !error.contains(password),
-            "{case}: start prints the password: {error}"
-        );
+        assert_refused_at_once(case, "start", started, &error, hint, password);
 
-        let producer = App::builder()
-            .backend(Redis::builder(&url).build().unwrap())
-            .handlers(|s| s.group() == "redis-secure")
-            .build()
-            .unwrap()
-            .producer();
+        // A producer of its own: a backend that never reached the server.
+        let producer = Producer::new(Redis::builder(&url).build().unwrap());
         let started = Instant::now();
-        let error = producer
-            .send(&Secure { id: 3 })
-            .await
-            .expect_err(case)
-            .to_string();
-        let took = started.elapsed();
-        eprintln!("{case}: send failed in {took:?}: {error}");
-        assert!(
-            took < Duration::from_secs(2),
-            "{case}: send failed after {took:?}: {error}"
-        );
-        assert!(
-            error.contains(hint),
-            "{case}: send names the fix ({hint}): {error}"
-        );
-        assert!(
-            !error.contains(password),
-            "{case}: send prints the password: {error}"
-        );
+        let error = producer.send(&Secure { id: 3 }).await.expect_err(case);
+        assert_refused_at_once(case, "send", started, &error.to_string(), hint, password);
     }
+}
+
+/// `error`, from `what` begun at `started`, came within 2 s, names `hint` and not `password`.
+fn assert_refused_at_once(case: &str, what: &str, started: Instant, error: &str, hint: &str, password: &str) {
+    let took = started.elapsed();
+    eprintln!("{case}: {what} failed in {took:?}: {error}");
+    assert!(
+        took < Duration::from_secs(2),
+        "{case}: {what} failed after {took:?}: {error}"
+    );
+    assert!(
+        error.contains(hint),
+        "{case}: {what} names the fix ({hint}): {error}"
+    );
+    assert!(
+        !error.contains(password),
+        "{case}: {what} prints the password: {error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
