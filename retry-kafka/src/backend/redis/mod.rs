@@ -17,8 +17,8 @@
 //! | `{orders}:lease:<group>:<p>` | string | the member that owns partition *p* (expires unless renewed) |
 //!
 //! An entry's fields are `payload`, `key` (absent when there is none) and one field per header
-//! under the header's name ([`fields`]). An entry's offset is its ID as one number,
-//! `ms × 2^20 + seq`, so offsets grow in stream order ([`stream_id`]).
+//! under the header's name (`fields.rs`). An entry's offset is its ID as one number,
+//! `ms × 2^20 + seq`, so offsets grow in stream order (`stream_id.rs`).
 //!
 //! # Files
 //!
@@ -27,7 +27,11 @@
 //! | `mod.rs` | the [`Redis`] handle, its connections, and its [`Backend`] impl |
 //! | `builder.rs` | [`RedisBuilder`], the settings and the environment variables |
 //! | `produce.rs` | writes: XADD, the delay set, a hand-off's write-and-acknowledge |
-//! | `consumer.rs`, `consumer/` | [`RedisConsumer`] and the reader task behind it |
+//! | `consumer/mod.rs` | [`RedisConsumer`]: what the runtime calls, and the state it shares with its reader |
+//! | `consumer/reader.rs` | the reader task: a loop over heartbeat, trim, ack flush and read; recovery |
+//! | `consumer/pacing.rs` | the reader's timers (heartbeat, trim, ack debounce) and back-off |
+//! | `consumer/membership.rs` | membership, leases, take-over, claims of idle entries, leaving |
+//! | `consumer/trim.rs` | trimming what every group acknowledged |
 //! | `error.rs` | a `redis` error as a `BackendError`, with what to change when refused |
 //! | `keys.rs` | key names |
 //! | `scripts.rs` | the Lua scripts, run by their SHA1 |

@@ -21,6 +21,31 @@ use crate::clock::now_ms;
 use crate::error::BackendError;
 
 impl Reader {
+    /// Renews membership and leases, then gives up what expired meanwhile. Whether the
+    /// renewal succeeded.
+    pub(super) async fn heartbeat(&mut self) -> bool {
+        let renewed = if self.settings.unordered {
+            self.renew_unordered().await
+        } else {
+            self.rebalance().await
+        };
+        if let Err(error) = &renewed {
+            tracing::warn!(topic = %self.topic, group = %self.group, %error, "redis membership renewal failed; retrying");
+        }
+        self.give_up_expired_leases().await;
+        renewed.is_ok()
+    }
+
+    /// Leases not renewed in time may belong to another member by now: their partitions are
+    /// given up (ordered consumers only; unordered ones hold no leases).
+    async fn give_up_expired_leases(&mut self) {
+        if !self.settings.unordered && Instant::now() >= self.lease_until && !self.owned.is_empty() {
+            let lost: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
+            tracing::warn!(topic = %self.topic, group = %self.group, partitions = ?lost, "leases expired; partitions given up");
+            self.revoke(lost).await;
+        }
+    }
+
     /// Renews membership, computes this member's share of the partitions, gives up what is no
     /// longer its share, and takes what is (once the previous owner's lease is gone).
     pub(super) async fn rebalance(&mut self) -> Result<(), RedisError> {

@@ -4,6 +4,7 @@
 //! `pacing.rs`.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use crate::backend::redis::{scripts, Settings};
 use crate::clock::now_ms;
 use crate::error::BackendError;
 
-/// The task behind a [`RedisConsumer`].
+/// The task behind a [`RedisConsumer`](super::RedisConsumer).
 pub(super) struct Reader {
     pub(super) topic: String,
     pub(super) group: String,
@@ -81,45 +82,39 @@ impl Reader {
                 _ = acks.elapsed(), if acks.is_waiting() => self.flush_acks().await,
                 _ = tokio::time::sleep_until(heartbeat.next) => Ok(()),
             };
-            match result {
-                Ok(()) => recovery.succeeded(),
-                Err(error) => match recovery.failed(&error) {
-                    Recover::CreateGroup => {
-                        tracing::warn!(topic = %self.topic, group = %self.group, "consumer group missing; creating it again");
-                        for stream in self.streams.clone() {
-                            let _ = create_group(&mut self.conn, &stream, &self.group).await;
-                        }
-                    }
-                    Recover::Pause(pause) => {
-                        tracing::warn!(topic = %self.topic, group = %self.group, %error, retry_in = ?pause, "redis read failed; retrying");
-                        tokio::select! {
-                            _ = self.stop.cancelled() => break,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                    }
-                },
+            if self.recover(&mut recovery, result).await.is_break() {
+                break;
             }
         }
         self.leave().await
     }
 
-    /// Renews membership and leases; gives up the partitions whose leases expired meanwhile
-    /// (they may belong to another member by now). Whether the renewal succeeded.
-    pub(super) async fn heartbeat(&mut self) -> bool {
-        let renewed = if self.settings.unordered {
-            self.renew_unordered().await
-        } else {
-            self.rebalance().await
+    /// After a round: on success, nothing; after a failure, what [`Recovery`] says. Breaks
+    /// when stopped meanwhile.
+    async fn recover(&mut self, recovery: &mut Recovery, result: Result<(), RedisError>) -> ControlFlow<()> {
+        let error = match result {
+            Ok(()) => {
+                recovery.succeeded();
+                return ControlFlow::Continue(());
+            }
+            Err(error) => error,
         };
-        if let Err(error) = &renewed {
-            tracing::warn!(topic = %self.topic, group = %self.group, %error, "redis membership renewal failed; retrying");
+        match recovery.failed(&error) {
+            Recover::CreateGroup => {
+                tracing::warn!(topic = %self.topic, group = %self.group, "consumer group missing; creating it again");
+                for stream in self.streams.clone() {
+                    let _ = create_group(&mut self.conn, &stream, &self.group).await;
+                }
+            }
+            Recover::Pause(pause) => {
+                tracing::warn!(topic = %self.topic, group = %self.group, %error, retry_in = ?pause, "redis read failed; retrying");
+                tokio::select! {
+                    _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
         }
-        if !self.settings.unordered && Instant::now() >= self.lease_until && !self.owned.is_empty() {
-            let lost: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
-            tracing::warn!(topic = %self.topic, group = %self.group, partitions = ?lost, "leases expired; partitions given up");
-            self.revoke(lost).await;
-        }
-        renewed.is_ok()
+        ControlFlow::Continue(())
     }
 
     /// One round trip: send pending acknowledgements, move due retries, and read.
