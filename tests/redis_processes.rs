@@ -2,8 +2,10 @@
 //! SIGKILL loses nothing, two workers share a group and one finishes what the other left,
 //! a server restart (append-only file on) loses nothing acknowledged and the consumers resume
 //! by themselves, garbage written with `redis-cli XADD` is dead-lettered unchanged, a password
-//! is required and named when missing, TLS works with a private CA, and memory stays bounded
-//! after 100k entries.
+//! is required and named when missing, TLS works with a private CA, a wrong password, an
+//! untrusted certificate and a plain URL for a TLS port fail at once naming the fix, retries
+//! still move after the server forgets its scripts, and memory stays bounded after 100k
+//! entries.
 
 mod conformance;
 mod process_support;
@@ -243,6 +245,69 @@ async fn tls_works_with_the_servers_root_certificate_and_fails_clearly_without()
     running.shutdown().await.unwrap();
 }
 
+/// A refusal that no retry mends fails `start` and `send` at once (within 2 s; these took
+/// ~7.5 s of reconnects), says what to change, and never prints the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_fail_at_once_and_name_what_to_change() {
+    init();
+    let protected = tokio::task::spawn_blocking(|| RedisServer::start_with(Some("s3cret pass"), false))
+        .await
+        .unwrap();
+    let tls = tokio::task::spawn_blocking(RedisServer::start_tls).await.unwrap();
+    let password = "hunter2-never-printed";
+    let cases = [
+        (
+            "a wrong password",
+            format!("redis://:{password}@127.0.0.1:{}", protected.port),
+            "password was refused",
+        ),
+        (
+            "an untrusted certificate",
+            format!("rediss://:{password}@127.0.0.1:{}", tls.port),
+            "REDIS_TLS_CA_FILE",
+        ),
+        (
+            "a plain URL for a TLS port",
+            format!("redis://:{password}@127.0.0.1:{}", tls.port),
+            "rediss://",
+        ),
+    ];
+    for (case, url, hint) in cases {
+        let app = App::builder()
+            .backend(Redis::builder(&url).build().unwrap())
+            .handlers(|s| s.group() == "redis-secure")
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let error = app.start().await.err().expect(case).to_string();
+        assert_refused_at_once(case, "start", started, &error, hint, password);
+
+        // A producer of its own: a backend that never reached the server.
+        let producer = Producer::new(Redis::builder(&url).build().unwrap());
+        let started = Instant::now();
+        let error = producer.send(&Secure { id: 3 }).await.expect_err(case);
+        assert_refused_at_once(case, "send", started, &error.to_string(), hint, password);
+    }
+}
+
+/// `error`, from `what` begun at `started`, came within 2 s, names `hint` and not `password`.
+fn assert_refused_at_once(case: &str, what: &str, started: Instant, error: &str, hint: &str, password: &str) {
+    let took = started.elapsed();
+    eprintln!("{case}: {what} failed in {took:?}: {error}");
+    assert!(
+        took < Duration::from_secs(2),
+        "{case}: {what} failed after {took:?}: {error}"
+    );
+    assert!(
+        error.contains(hint),
+        "{case}: {what} names the fix ({hint}): {error}"
+    );
+    assert!(
+        !error.contains(password),
+        "{case}: {what} prints the password: {error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_that_vanishes_is_created_again() {
     let harness = server().await;
@@ -285,6 +350,51 @@ async fn a_consumer_group_that_vanishes_is_created_again() {
     .await;
     running.shutdown().await.unwrap();
     assert_eq!(harness.committed("redis.secure", "redis-secure").await, [2]);
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "redis.flushed", key = "id")]
+struct Flushed {
+    id: u64,
+}
+
+#[retry_handler(group = "redis-flushed", retries = ["200ms"], dlq)]
+async fn flushed(_event: Flushed, ctx: Context) -> Result<(), HandlerError> {
+    if ctx.attempt() < 2 {
+        return Err(HandlerError::transient("once more"));
+    }
+    Ok(())
+}
+
+/// Scripts run by their SHA1: a server that forgot them (`SCRIPT FLUSH`, as after a restart)
+/// gets them again, and retries still move when due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_move_after_the_server_forgets_the_scripts() {
+    let harness = server().await;
+    let app = App::builder()
+        .backend(harness.backend())
+        .handlers(|s| s.group() == "redis-flushed")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    app.producer().send(&Flushed { id: 1 }).await.unwrap();
+    conformance::succeeded_eventually(&app, "flushed", 1, Duration::from_secs(10), "the first retry").await;
+    let mut conn = harness.connection().await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    app.producer().send(&Flushed { id: 2 }).await.unwrap();
+    conformance::succeeded_eventually(
+        &app,
+        "flushed",
+        2,
+        Duration::from_secs(10),
+        "a retry after SCRIPT FLUSH",
+    )
+    .await;
+    running.shutdown().await.unwrap();
 }
 
 #[derive(Event, Serialize, Deserialize, Debug)]

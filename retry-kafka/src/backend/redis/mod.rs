@@ -17,41 +17,63 @@
 //! | `{orders}:lease:<group>:<p>` | string | the member that owns partition *p* (expires unless renewed) |
 //!
 //! An entry's fields are `payload`, `key` (absent when there is none) and one field per header
-//! under the header's name (`rk-attempts`, `traceparent`, …; a header named `payload`, `key` or
-//! `h:…` is written as `h:<name>`). An entry's offset is its ID as one number,
-//! `ms × 2^20 + seq`, so offsets grow in stream order.
+//! under the header's name (`fields.rs`). An entry's offset is its ID as one number,
+//! `ms × 2^20 + seq`, so offsets grow in stream order (`stream_id.rs`).
+//!
+//! # Files
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the [`Redis`] handle, its connections, and its [`Backend`] impl |
+//! | `builder.rs` | [`RedisBuilder`], the settings and the environment variables |
+//! | `produce.rs` | writes: XADD, the delay set, a hand-off's write-and-acknowledge |
+//! | `consumer/mod.rs` | [`RedisConsumer`]: what the runtime calls, and the state it shares with its reader |
+//! | `consumer/reader.rs` | the reader task: a loop over heartbeat, trim, ack flush and read; recovery |
+//! | `consumer/pacing.rs` | the reader's timers (heartbeat, trim, ack debounce) and back-off |
+//! | `consumer/membership.rs` | membership, leases, take-over, claims of idle entries, leaving |
+//! | `consumer/trim.rs` | trimming what every group acknowledged |
+//! | `error.rs` | a `redis` error as a `BackendError`, with what to change when refused |
+//! | `keys.rs` | key names |
+//! | `scripts.rs` | the Lua scripts, run by their SHA1 |
+//! | `stream_id.rs` | stream entry IDs as offsets |
+//! | `fields.rs` | a record as stream fields and as a delay-set member, and back |
+//! | `msgpack.rs` | the msgpack strings a delay-set member is packed in |
+//! | `reply.rs` | reading the server's replies |
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Value};
+use redis::{AsyncConnectionConfig, RedisError, Value};
 
 use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
-use crate::clock::now_ms;
-use crate::config;
-use crate::error::{BackendError, ConfigError};
-use crate::headers::Headers;
+use crate::error::BackendError;
+use error::{explain, transport, Doing};
+use fields::{decode, unpack_delayed};
+use reply::{parse_entries, parse_groups};
+use stream_id::StreamId;
 
+mod builder;
 mod consumer;
+mod error;
+mod fields;
+mod keys;
+mod msgpack;
+mod produce;
+mod reply;
+mod scripts;
+mod stream_id;
 
+pub(crate) use builder::Settings;
+pub use builder::{
+    RedisBuilder, DEFAULT_PARTITIONS_ENV, KEEP_ACKNOWLEDGED_ENTRIES_ENV, KEEP_ACKNOWLEDGED_ENV,
+    SESSION_TIMEOUT_ENV, TLS_CA_FILE_ENV, UNORDERED_ENV, URL_ENV,
+};
 pub use consumer::RedisConsumer;
-
-/// Environment variable with the server's URL, read by [`Redis::from_env`].
-pub const URL_ENV: &str = "REDIS_URL";
-/// Environment variable for [`RedisBuilder::session_timeout`], in milliseconds.
-pub const SESSION_TIMEOUT_ENV: &str = "REDIS_SESSION_TIMEOUT_MS";
-/// Environment variable for [`RedisBuilder::keep_acknowledged`], in milliseconds.
-pub const KEEP_ACKNOWLEDGED_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_MS";
-/// Environment variable for [`RedisBuilder::keep_acknowledged_entries`].
-pub const KEEP_ACKNOWLEDGED_ENTRIES_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_ENTRIES";
-/// Environment variable for [`RedisBuilder::unordered`]: `true` or `false`.
-pub const UNORDERED_ENV: &str = "REDIS_UNORDERED";
-/// Environment variable for [`RedisBuilder::default_partitions`].
-pub const DEFAULT_PARTITIONS_ENV: &str = "REDIS_DEFAULT_PARTITIONS";
+pub(crate) use produce::Source;
 
 /// Redis Streams.
 ///
@@ -79,92 +101,11 @@ struct Shared {
     settings: Settings,
     partitions: Mutex<HashMap<String, u32>>,
     next_member: AtomicU64,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub(crate) session_timeout: Duration,
-    pub(crate) block: Duration,
-    pub(crate) due_poll: Duration,
-    pub(crate) batch: usize,
-    pub(crate) keep_acknowledged: Duration,
-    pub(crate) keep_acknowledged_entries: u64,
-    pub(crate) trim_interval: Duration,
-    pub(crate) default_partitions: u32,
-    pub(crate) response_timeout: Duration,
-    pub(crate) unordered: bool,
-}
-
-/// Environment variable with the path of a PEM file of root certificates to trust for
-/// `rediss://` (a private CA), read by [`Redis::from_env`]; needs the `redis-tls` feature.
-pub const TLS_CA_FILE_ENV: &str = "REDIS_TLS_CA_FILE";
-
-/// Settings of a [`Redis`] backend.
-///
-/// ```
-/// use std::time::Duration;
-/// use retry_kafka::redis::Redis;
-///
-/// let builder = Redis::builder("redis://127.0.0.1:6379").default_partitions(4).batch(512);
-/// ```
-pub struct RedisBuilder {
-    url: String,
-    settings: Settings,
-    tls_root: Option<Vec<u8>>,
+    /// The server accepted this client once (see [`Redis::admitted`]).
+    admitted: AtomicBool,
 }
 
 impl Redis {
-    /// Settings for the server at `url` (`redis://[:password@]host:port[/db]`, or `rediss://`
-    /// for TLS with the `redis-tls` feature).
-    pub fn builder(url: impl Into<String>) -> RedisBuilder {
-        RedisBuilder {
-            url: url.into(),
-            settings: Settings {
-                session_timeout: Duration::from_secs(10),
-                block: Duration::from_millis(500),
-                due_poll: Duration::from_millis(50),
-                batch: 256,
-                keep_acknowledged: Duration::ZERO,
-                keep_acknowledged_entries: 0,
-                trim_interval: Duration::from_secs(5),
-                default_partitions: 1,
-                response_timeout: Duration::from_secs(10),
-                unordered: false,
-            },
-            tls_root: None,
-        }
-    }
-
-    /// The server named by `REDIS_URL`, with settings from the environment where given:
-    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`,
-    /// `REDIS_KEEP_ACKNOWLEDGED_ENTRIES`, `REDIS_DEFAULT_PARTITIONS`, `REDIS_UNORDERED`,
-    /// `REDIS_TLS_CA_FILE`. A value that does not parse fails, naming the variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut builder = Self::builder(config::required(
-            URL_ENV,
-            "the server's URL, e.g. redis://127.0.0.1:6379",
-        )?);
-        if let Some(ms) = config::number(SESSION_TIMEOUT_ENV)? {
-            builder = builder.session_timeout(Duration::from_millis(ms));
-        }
-        if let Some(ms) = config::number(KEEP_ACKNOWLEDGED_ENV)? {
-            builder = builder.keep_acknowledged(Duration::from_millis(ms));
-        }
-        if let Some(entries) = config::number(KEEP_ACKNOWLEDGED_ENTRIES_ENV)? {
-            builder = builder.keep_acknowledged_entries(entries);
-        }
-        if let Some(partitions) = config::number(DEFAULT_PARTITIONS_ENV)? {
-            builder = builder.default_partitions(partitions.try_into().unwrap_or(u32::MAX));
-        }
-        if let Some(pem) = config::file(TLS_CA_FILE_ENV)? {
-            builder = builder.tls_root_certificate(pem);
-        }
-        if config::flag(UNORDERED_ENV)? {
-            builder = builder.unordered();
-        }
-        builder.build()
-    }
-
     /// The server's URL, as given.
     pub fn url(&self) -> &str {
         &self.shared.url
@@ -198,24 +139,14 @@ impl Redis {
         format!("{host}-{}-{nanos:08x}-{n}", std::process::id())
     }
 
-    /// The first call an app's start makes: a refused connection is explained here (a missing
-    /// or wrong password).
+    /// The partition count stored for `topic`, if it has one.
     async fn stored_partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
-        let count: Result<Option<u32>, RedisError> = redis::cmd("HGET")
+        let count: Option<u32> = redis::cmd("HGET")
             .arg(keys::meta(topic))
             .arg("partitions")
             .query_async(&mut self.connection())
-            .await;
-        let count = match count {
-            Ok(count) => count,
-            Err(error) => {
-                return Err(self
-                    .check_connection()
-                    .await
-                    .err()
-                    .unwrap_or_else(|| transport(error)))
-            }
-        };
+            .await
+            .map_err(transport)?;
         if let Some(count) = count {
             self.shared
                 .partitions
@@ -290,151 +221,57 @@ impl Redis {
         Ok(records)
     }
 
+    /// Checks the connection at start: the server must accept this client and answer a PING.
     async fn check_connection(&self) -> Result<(), BackendError> {
+        self.admitted().await?;
+        let url = &self.shared.url;
         let reply: Result<String, RedisError> = redis::cmd("PING").query_async(&mut self.connection()).await;
-        reply.map(drop).map_err(|error| {
-            let hint = match (error.code(), error.kind()) {
-                (Some("NOAUTH"), _) => {
-                    "; the server wants a password: give it in the URL, redis://:password@host:port \
-                     (or redis://user:password@host:port)"
-                }
-                (Some("WRONGPASS"), _) | (_, redis::ErrorKind::AuthenticationFailed) => {
-                    "; the user or password was refused: check the one in the URL"
-                }
-                _ => "",
-            };
-            BackendError::Transport {
-                backend: "redis",
-                source: format!("{} refused a PING: {error}{hint}", redact(&self.shared.url)).into(),
-            }
-        })
-    }
-}
-
-impl RedisBuilder {
-    /// How long a member may go silent before its partitions are taken over and its pending
-    /// entries reclaimed (default 10 s). Members renew their leases three times per timeout.
-    pub fn session_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.session_timeout = timeout;
-        self
+        reply
+            .map(drop)
+            .map_err(|error| explain(error, Doing::Connecting { url }))
     }
 
-    /// Lets every member of a group read every partition (M:N) instead of one owner per
-    /// partition: more readers than partitions share the load, and order per key is given up.
-    /// Entries a member leaves pending longer than the session timeout (it died, or left with
-    /// them unfinished) are claimed by another; a live member keeps its own from being claimed,
-    /// however long its handler takes.
-    pub fn unordered(mut self) -> Self {
-        self.settings.unordered = true;
-        self
-    }
-
-    /// How long one blocking read waits for new entries (default 500 ms).
-    pub fn block(mut self, block: Duration) -> Self {
-        self.settings.block = block;
-        self
-    }
-
-    /// How often a retry level's consumer looks for due entries while none is known to be
-    /// due sooner (default 50 ms): the most a retry can start after its due time.
-    pub fn due_poll(mut self, every: Duration) -> Self {
-        self.settings.due_poll = every;
-        self
-    }
-
-    /// Entries read per round trip (default 256).
-    pub fn batch(mut self, entries: usize) -> Self {
-        self.settings.batch = entries.max(1);
-        self
-    }
-
-    /// How long entries stay in a stream after every group acknowledged them (default 0:
-    /// trimmed at the next trim). Unacknowledged entries are never trimmed.
-    pub fn keep_acknowledged(mut self, age: Duration) -> Self {
-        self.settings.keep_acknowledged = age;
-        self
-    }
-
-    /// How many acknowledged entries a stream keeps at least, newest first (default 0), for
-    /// inspection or replay. With [`keep_acknowledged`](Self::keep_acknowledged) too, an entry
-    /// goes once it is older than that age and not among these. Unacknowledged entries are
-    /// never trimmed.
-    pub fn keep_acknowledged_entries(mut self, entries: u64) -> Self {
-        self.settings.keep_acknowledged_entries = entries;
-        self
-    }
-
-    /// How often a consumer trims the streams it owns (default 5 s).
-    pub fn trim_interval(mut self, every: Duration) -> Self {
-        self.settings.trim_interval = every;
-        self
-    }
-
-    /// The partition count of a topic created on first use (default 1).
-    pub fn default_partitions(mut self, partitions: u32) -> Self {
-        self.settings.default_partitions = partitions.max(1);
-        self
-    }
-
-    /// Root certificates (PEM) to trust for `rediss://`, for a server whose certificate a
-    /// private CA signed. Without it the system's root certificates are trusted.
-    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_root = Some(pem.into());
-        self
-    }
-
-    /// The backend; fails naming the URL when it is malformed. Connects on first use.
-    pub fn build(self) -> Result<Redis, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            field: URL_ENV,
-            reason,
+    /// Until the server has accepted this client once, connects afresh and sends a PING,
+    /// without the shared connection's retries: a refusal that no retry mends (a missing or
+    /// wrong password, an untrusted certificate, a plain URL for a TLS port) fails at once,
+    /// naming what to change. Anything else (the server is down, say) is left to the shared
+    /// connection, which retries.
+    pub(crate) async fn admitted(&self) -> Result<(), BackendError> {
+        if self.shared.admitted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let timeout = Some(self.shared.settings.response_timeout);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let ping = async {
+            let mut conn = self
+                .shared
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
         };
-        let client = match self.tls_root {
-            None => redis::Client::open(self.url.as_str()),
-            #[cfg(feature = "redis-tls")]
-            Some(root) => redis::Client::build_with_tls(
-                self.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root),
-                },
-            ),
-            #[cfg(not(feature = "redis-tls"))]
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: TLS_CA_FILE_ENV,
-                    reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
-                })
+        let url = &self.shared.url;
+        match ping
+            .await
+            .map_err(|error| explain(error, Doing::Connecting { url }))
+        {
+            Ok(_) => {
+                self.shared.admitted.store(true, Ordering::Release);
+                Ok(())
             }
+            Err(refused @ BackendError::Refused { .. }) => Err(refused),
+            Err(_) => Ok(()),
         }
-        .map_err(|error| invalid(format!("{}: {error}", redact(&self.url))))?;
-        if self.settings.session_timeout < Duration::from_millis(300) {
-            return Err(ConfigError::Invalid {
-                field: "session_timeout",
-                reason: "must be at least 300ms".into(),
-            });
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.settings.response_timeout))
-            .set_connection_timeout(Some(self.settings.response_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|error| invalid(format!("{}: {error}", redact(&self.url))))?;
-        Ok(Redis {
-            shared: Arc::new(Shared {
-                url: self.url,
-                client,
-                conn,
-                settings: self.settings,
-                partitions: Mutex::new(HashMap::new()),
-                next_member: AtomicU64::new(0),
-            }),
-        })
     }
 }
 
 impl TopicAdmin for Redis {
+    /// The first call an app's start makes: a refused connection is explained here (a missing
+    /// or wrong password, an untrusted certificate).
     async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
+        self.check_connection().await?;
         self.stored_partitions(topic).await
     }
 
@@ -451,9 +288,9 @@ impl TopicAdmin for Redis {
 
     /// Entries the group has not read, plus those read and not yet acknowledged, plus the
     /// retries waiting in the topic's delay set.
-    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
+    async fn lag(&self, topic: &str, _role: TopicRole, group: &str) -> Result<u64, BackendError> {
         let mut conn = self.connection();
-        let partitions = self.partitions(topic, role).await?.unwrap_or(0);
+        let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
         let mut lag = 0;
         for partition in 0..partitions {
             let key = keys::stream(topic, partition);
@@ -523,583 +360,5 @@ impl Backend for Redis {
     async fn subscribe(&self, subscription: Subscription) -> Result<RedisConsumer, BackendError> {
         let partitions = self.partition_count(&subscription.topic).await?;
         RedisConsumer::start(self.clone(), subscription, partitions).await
-    }
-}
-
-/// The entry a hand-off acknowledges: its stream, group and ID.
-pub(crate) struct Source {
-    pub(crate) stream: String,
-    pub(crate) group: String,
-    pub(crate) id: StreamId,
-}
-
-impl Redis {
-    async fn pick_partition(&self, topic: &str, record: &OutboundRecord) -> Result<u32, BackendError> {
-        let count = self.partition_count(topic).await?;
-        Ok(match (record.partition, &record.key) {
-            (Some(p), _) if p < count => p,
-            (Some(p), _) => {
-                return Err(BackendError::Produce {
-                    topic: topic.to_owned(),
-                    reason: format!("partition {p} does not exist (the topic has {count})"),
-                })
-            }
-            (None, Some(key)) => crate::partitioner::partition_for_key(key, count),
-            (None, None) => (self.shared.next_member.fetch_add(1, Ordering::Relaxed) % count as u64) as u32,
-        })
-    }
-
-    /// XADD (or, with a due time, ZADD to the delay set) and, for a hand-off, XACK the source
-    /// in the same MULTI/EXEC: the entry is never in both places or in neither. No script: the
-    /// delay set's member is packed here, so the server only stores it (a Lua hand-off cost
-    /// the server ~53 µs each, capping a level at ~19k hand-offs/s; ZADD + XACK cost ~10).
-    async fn write(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        partition: u32,
-        record: &OutboundRecord,
-        source: Option<Source>,
-    ) -> Result<Delivered, BackendError> {
-        let stream = keys::stream(topic, partition);
-        let fields = encode(record);
-        let mut pipe = redis::pipe();
-        if source.is_some() {
-            pipe.atomic();
-        }
-        // Only a retry level keeps records in a delay set, until due: one due already goes
-        // straight to the stream. Elsewhere `rk-due-at` is just a header.
-        let due = match role {
-            TopicRole::Retry { .. } => record.due_at_ms().filter(|&due| due > now_ms()),
-            _ => None,
-        };
-        let delayed = due.is_some();
-        match due {
-            Some(due) => {
-                let member_id = match &source {
-                    Some(source) => format!("{}/{}/{}", source.stream, source.group, source.id),
-                    None => self.member_name(),
-                };
-                let member = msgpack::pack(&stream, &member_id, &fields);
-                pipe.cmd("ZADD")
-                    .arg(keys::delayed(topic))
-                    .arg(due)
-                    .arg(member)
-                    .ignore();
-            }
-            None => {
-                let add = pipe.cmd("XADD");
-                add.arg(&stream).arg("*");
-                for (name, value) in &fields {
-                    add.arg(name.as_bytes()).arg(*value);
-                }
-            }
-        }
-        if let Some(source) = &source {
-            pipe.cmd("XACK")
-                .arg(&source.stream)
-                .arg(&source.group)
-                .arg(source.id.to_string())
-                .ignore();
-        }
-        let failed = |error: RedisError| BackendError::Produce {
-            topic: topic.to_owned(),
-            reason: error.to_string(),
-        };
-        let offset = if delayed {
-            let () = self.query_retrying(&pipe).await.map_err(failed)?;
-            0
-        } else {
-            let (id,): (String,) = self.query_retrying(&pipe).await.map_err(failed)?;
-            StreamId::parse(id.as_bytes()).map_or(0, StreamId::offset)
-        };
-        Ok(Delivered { partition, offset })
-    }
-
-    /// Runs `cmd`, again after a dropped or refused connection (a server restart, a network
-    /// blip) until the response timeout has passed. A write whose reply was lost may then be
-    /// applied twice: at least once, as everywhere.
-    async fn query_retrying<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, RedisError> {
-        let mut conn = self.connection();
-        let deadline = tokio::time::Instant::now() + self.shared.settings.response_timeout;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match cmd.query_async(&mut conn).await {
-                Err(error)
-                    if (error.is_io_error()
-                        || error.is_connection_dropped()
-                        || error.is_connection_refusal())
-                        && tokio::time::Instant::now() + pause < deadline =>
-                {
-                    tracing::debug!(%error, retry_in = ?pause, "redis write failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                result => return result,
-            }
-        }
-    }
-}
-
-pub(crate) fn transport(error: RedisError) -> BackendError {
-    BackendError::Transport {
-        backend: "redis",
-        source: Box::new(error),
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Key names; the topic is the hash tag of every key that belongs to it.
-pub(crate) mod keys {
-    pub(crate) fn stream(topic: &str, partition: u32) -> String {
-        format!("{{{topic}}}:{partition}")
-    }
-    pub(crate) fn meta(topic: &str) -> String {
-        format!("{{{topic}}}:meta")
-    }
-    pub(crate) fn delayed(topic: &str) -> String {
-        format!("{{{topic}}}:delayed")
-    }
-    pub(crate) fn members(topic: &str, group: &str) -> String {
-        format!("{{{topic}}}:members:{group}")
-    }
-    pub(crate) fn lease(topic: &str, group: &str, partition: u32) -> String {
-        format!("{{{topic}}}:lease:{group}:{partition}")
-    }
-}
-
-/// Lua scripts; each runs atomically on the server.
-pub(crate) mod scripts {
-    /// KEYS: delay set. ARGV: now (epoch ms), most entries to move.
-    /// Moves every due entry to its stream and removes it from the set. Returns the number
-    /// moved and the due time of the next waiting entry (-1 when none waits).
-    pub(crate) const MOVE_DUE: &str = r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  local entry = {cmsgpack.unpack(member)}
-  redis.call('XADD', entry[1], '*', unpack(entry, 3))
-  redis.call('ZREM', KEYS[1], member)
-end
-local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if next[2] then return {#due, tonumber(next[2])} end
-return {#due, -1}
-"#;
-
-    /// KEYS: lease. ARGV: member, ttl ms. Takes or renews the lease; 1 if this member holds it.
-    pub(crate) const ACQUIRE: &str = r#"
-local owner = redis.call('GET', KEYS[1])
-if (not owner) or owner == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-    /// KEYS: lease. ARGV: member. Gives the lease up if this member holds it.
-    pub(crate) const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
-}
-
-/// A stream entry ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct StreamId {
-    pub(crate) ms: u64,
-    pub(crate) seq: u64,
-}
-
-/// Bits of an offset that hold the ID's sequence number.
-const SEQ_BITS: u32 = 20;
-
-impl StreamId {
-    pub(crate) const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
-
-    pub(crate) fn parse(text: &[u8]) -> Option<StreamId> {
-        let text = std::str::from_utf8(text).ok()?;
-        let (ms, seq) = text.split_once('-')?;
-        Some(StreamId {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-
-    /// The ID as an offset: `ms × 2^20 + seq`. Sequence numbers past 2^20 - 1 (only IDs a
-    /// writer chose itself) share the last offset of their millisecond.
-    pub(crate) fn offset(self) -> u64 {
-        (self.ms << SEQ_BITS) | self.seq.min((1 << SEQ_BITS) - 1)
-    }
-
-    /// The ID just before this one, for "entries after" reads that must include this one.
-    pub(crate) fn before(self) -> StreamId {
-        match (self.ms, self.seq) {
-            (0, 0) => self,
-            (ms, 0) => StreamId {
-                ms: ms - 1,
-                seq: u64::MAX,
-            },
-            (ms, seq) => StreamId { ms, seq: seq - 1 },
-        }
-    }
-
-    /// The ID just after this one.
-    pub(crate) fn after(self) -> StreamId {
-        match self.seq.checked_add(1) {
-            Some(seq) => StreamId { ms: self.ms, seq },
-            None => StreamId {
-                ms: self.ms + 1,
-                seq: 0,
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-/// An entry's fields, names and values as stored.
-pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
-
-const PAYLOAD: &str = "payload";
-const KEY: &str = "key";
-const ESCAPE: &str = "h:";
-
-/// A record as stream fields.
-fn encode(record: &OutboundRecord) -> Vec<(std::borrow::Cow<'_, str>, &[u8])> {
-    use std::borrow::Cow;
-    let mut fields = Vec::with_capacity(record.headers.len() + 2);
-    if let Some(payload) = &record.payload {
-        fields.push((Cow::Borrowed(PAYLOAD), &payload[..]));
-    }
-    if let Some(key) = &record.key {
-        fields.push((Cow::Borrowed(KEY), &key[..]));
-    }
-    for (name, value) in record.headers.iter() {
-        let name = if name == PAYLOAD || name == KEY || name.starts_with(ESCAPE) {
-            Cow::Owned(format!("{ESCAPE}{name}"))
-        } else {
-            Cow::Borrowed(name)
-        };
-        fields.push((name, value));
-    }
-    if fields.is_empty() {
-        // A stream entry needs a field: nothing at all is written as an empty payload.
-        fields.push((Cow::Borrowed(PAYLOAD), &[][..]));
-    }
-    fields
-}
-
-/// Stream fields as a record.
-pub(crate) fn decode(partition: u32, id: StreamId, fields: Fields) -> Record {
-    let mut payload = None;
-    let mut key = None;
-    let mut headers = Headers::new();
-    for (name, value) in fields {
-        match &name[..] {
-            b"payload" if payload.is_none() => payload = Some(Bytes::from(value)),
-            b"key" if key.is_none() => key = Some(Bytes::from(value)),
-            _ => {
-                let name = String::from_utf8(name)
-                    .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
-                let name = match name.strip_prefix(ESCAPE) {
-                    Some(escaped) => escaped.to_owned(),
-                    None => name,
-                };
-                headers.insert(name, Bytes::from(value));
-            }
-        }
-    }
-    Record {
-        partition,
-        offset: id.offset(),
-        timestamp_ms: Some(id.ms as i64),
-        key,
-        payload,
-        headers,
-    }
-}
-
-/// A delay-set member: (partition, fields).
-fn unpack_delayed(member: &[u8]) -> Option<(u32, Fields)> {
-    let mut items = msgpack::strings(member)?.into_iter();
-    let stream = items.next()?;
-    let partition = std::str::from_utf8(&stream)
-        .ok()?
-        .rsplit(':')
-        .next()?
-        .parse()
-        .ok()?;
-    let _member_id = items.next()?;
-    let mut fields = Vec::new();
-    while let (Some(name), Some(value)) = (items.next(), items.next()) {
-        fields.push((name, value));
-    }
-    Some((partition, fields))
-}
-
-/// Just enough msgpack for a delay set's members: strings, written as Lua's `cmsgpack.pack`
-/// writes them (so the move script's `cmsgpack.unpack` reads them) and read back.
-mod msgpack {
-    /// `cmsgpack.pack(stream, member_id, name1, value1, ...)`: the values one after another.
-    pub(super) fn pack(
-        stream: &str,
-        member_id: &str,
-        fields: &[(std::borrow::Cow<'_, str>, &[u8])],
-    ) -> Vec<u8> {
-        let size = stream.len()
-            + member_id.len()
-            + fields.iter().map(|(n, v)| n.len() + v.len() + 10).sum::<usize>();
-        let mut out = Vec::with_capacity(size + 10);
-        push(&mut out, stream.as_bytes());
-        push(&mut out, member_id.as_bytes());
-        for (name, value) in fields {
-            push(&mut out, name.as_bytes());
-            push(&mut out, value);
-        }
-        out
-    }
-
-    /// One string, in the shortest form lua-cmsgpack 0.4 (Redis's) writes.
-    fn push(out: &mut Vec<u8>, bytes: &[u8]) {
-        let len = bytes.len();
-        if len < 32 {
-            out.push(0xa0 | len as u8);
-        } else if len <= 0xff {
-            out.extend_from_slice(&[0xd9, len as u8]);
-        } else if len <= 0xffff {
-            out.push(0xda);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0xdb);
-            out.extend_from_slice(&(len as u32).to_be_bytes());
-        }
-        out.extend_from_slice(bytes);
-    }
-
-    pub(super) fn strings(mut data: &[u8]) -> Option<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        while let Some((&tag, rest)) = data.split_first() {
-            let (len, rest) = match tag {
-                0xa0..=0xbf => ((tag & 0x1f) as usize, rest),
-                0xd9 | 0xc4 => (*rest.first()? as usize, &rest[1..]),
-                0xda | 0xc5 => (
-                    u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
-                    &rest[2..],
-                ),
-                0xdb | 0xc6 => (
-                    u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
-                    &rest[4..],
-                ),
-                _ => return None,
-            };
-            out.push(rest.get(..len)?.to_vec());
-            data = &rest[len..];
-        }
-        Some(out)
-    }
-}
-
-/// `[[id, [field, value, ...]], ...]` as entries; an entry whose fields are nil (deleted while
-/// pending) has none.
-pub(crate) fn parse_entries(value: Value) -> Vec<(StreamId, Fields)> {
-    let Value::Array(entries) = value else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|entry| {
-            let Value::Array(parts) = entry else { return None };
-            let mut parts = parts.into_iter();
-            let id = StreamId::parse(bytes_of(&parts.next()?)?)?;
-            let fields = match parts.next() {
-                // The client's buffers move into the record: no copy per field.
-                Some(Value::Array(flat)) => {
-                    let mut fields = Vec::with_capacity(flat.len() / 2);
-                    let mut flat = flat.into_iter();
-                    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
-                        if let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) {
-                            fields.push((name, value));
-                        }
-                    }
-                    fields
-                }
-                _ => Vec::new(),
-            };
-            Some((id, fields))
-        })
-        .collect()
-}
-
-pub(crate) fn into_bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(text) => Some(text.into_bytes()),
-        _ => None,
-    }
-}
-
-pub(crate) fn bytes_of(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(text) => Some(text.as_bytes()),
-        _ => None,
-    }
-}
-
-/// One group as `XINFO GROUPS` describes it.
-pub(crate) struct GroupInfo {
-    pub(crate) name: Vec<u8>,
-    pub(crate) pending: u64,
-    pub(crate) last_delivered: StreamId,
-    /// Entries not yet delivered to the group; unknown after some deletions.
-    pub(crate) lag: Option<u64>,
-}
-
-pub(crate) fn parse_groups(value: &Value) -> Vec<GroupInfo> {
-    let Value::Array(groups) = value else {
-        return Vec::new();
-    };
-    groups
-        .iter()
-        .filter_map(|group| {
-            let pairs: Vec<(&[u8], &Value)> = match group {
-                Value::Array(flat) => flat
-                    .chunks(2)
-                    .filter_map(|p| Some((bytes_of(&p[0])?, p.get(1)?)))
-                    .collect(),
-                Value::Map(map) => map.iter().filter_map(|(k, v)| Some((bytes_of(k)?, v))).collect(),
-                _ => return None,
-            };
-            let field = |name: &str| pairs.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| *v);
-            let number = |name: &str| match field(name)? {
-                Value::Int(n) => u64::try_from(*n).ok(),
-                other => std::str::from_utf8(bytes_of(other)?).ok()?.parse().ok(),
-            };
-            Some(GroupInfo {
-                name: bytes_of(field("name")?)?.to_vec(),
-                pending: number("pending").unwrap_or(0),
-                last_delivered: field("last-delivered-id")
-                    .and_then(bytes_of)
-                    .and_then(StreamId::parse)
-                    .unwrap_or(StreamId::ZERO),
-                lag: number("lag"),
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offsets_follow_stream_order_and_round_trip_neighbours() {
-        let a = StreamId {
-            ms: 1_700_000_000_000,
-            seq: 0,
-        };
-        let b = StreamId {
-            ms: 1_700_000_000_000,
-            seq: 7,
-        };
-        let c = StreamId {
-            ms: 1_700_000_000_001,
-            seq: 0,
-        };
-        assert!(a.offset() < b.offset() && b.offset() < c.offset());
-        assert_eq!(b.offset() >> SEQ_BITS, b.ms);
-        assert_eq!(
-            c.before(),
-            StreamId {
-                ms: 1_700_000_000_000,
-                seq: u64::MAX
-            }
-        );
-        assert_eq!(c.before().after(), c);
-        assert_eq!(StreamId::parse(b"12-3"), Some(StreamId { ms: 12, seq: 3 }));
-        assert_eq!(StreamId::parse(b"12"), None);
-    }
-
-    #[test]
-    fn fields_round_trip_including_reserved_header_names() {
-        let mut headers = Headers::new();
-        headers.insert("payload", "a header named payload");
-        headers.insert("h:x", "escaped too");
-        headers.insert("rk-attempts", "2");
-        let record = OutboundRecord {
-            partition: None,
-            key: Some(Bytes::from_static(b"k\x00")),
-            payload: Some(Bytes::from_static(b"\xff\xfe body")),
-            headers: headers.clone(),
-        };
-        let fields: Fields = encode(&record)
-            .into_iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
-            .collect();
-        assert_eq!(fields[2].0, b"h:payload");
-        let decoded = decode(3, StreamId { ms: 5, seq: 1 }, fields);
-        assert_eq!(decoded.payload, record.payload);
-        assert_eq!(decoded.key, record.key);
-        assert_eq!(decoded.headers, headers);
-        assert_eq!((decoded.partition, decoded.timestamp_ms), (3, Some(5)));
-    }
-
-    #[test]
-    fn msgpack_pack_reads_back_in_every_length_form() {
-        use std::borrow::Cow;
-        let long = vec![7u8; 70_000];
-        let fields = [
-            (Cow::Borrowed("payload"), &[b'x'; 40][..]),
-            (Cow::Borrowed("rk-error-message"), &[b'e'; 300][..]),
-            (Cow::Borrowed("h:key"), &long[..]),
-            (Cow::Borrowed("empty"), &[][..]),
-        ];
-        let packed = msgpack::pack("{orders.retry.1}:0", "src/g/1-0", &fields);
-        assert_eq!(&packed[..2], &[0xa0 | 18, b'{']);
-        let strings = msgpack::strings(&packed).unwrap();
-        assert_eq!(strings.len(), 2 + 2 * fields.len());
-        assert_eq!(strings[0], b"{orders.retry.1}:0");
-        assert_eq!(strings[1], b"src/g/1-0");
-        for (i, (name, value)) in fields.iter().enumerate() {
-            assert_eq!(strings[2 + 2 * i], name.as_bytes());
-            assert_eq!(strings[3 + 2 * i], *value);
-        }
-    }
-
-    #[test]
-    fn msgpack_strings_read_every_length_form() {
-        let long = vec![b'x'; 70_000];
-        let mut data = vec![
-            0xa3, b'a', b'b', b'c', 0xd9, 2, b'h', b'i', 0xda, 0, 1, b'!', 0xdb,
-        ];
-        data.extend_from_slice(&(long.len() as u32).to_be_bytes());
-        data.extend_from_slice(&long);
-        let strings = msgpack::strings(&data).unwrap();
-        assert_eq!(strings[..3], [b"abc".to_vec(), b"hi".to_vec(), b"!".to_vec()]);
-        assert_eq!(strings[3].len(), 70_000);
-        assert_eq!(msgpack::strings(&[0xa5, b'a']), None);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:secret@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(redact("rediss://me:secret@h:1"), "rediss://me:***@h:1");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }
