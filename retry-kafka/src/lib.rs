@@ -30,6 +30,8 @@ mod error;
 mod event;
 mod handler;
 mod headers;
+// The topic-name rule, shared with the macros: a symlink to `retry-kafka-macros/src/names.rs`.
+mod names;
 mod policy;
 mod producer;
 mod runtime;
