@@ -5,6 +5,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, LitStr, Path};
 
+use crate::attr;
 use crate::errors::Errors;
 use crate::names;
 
@@ -13,6 +14,9 @@ struct EventAttrs {
     key: Option<LitStr>,
     codec: Option<Path>,
     name: Option<LitStr>,
+    krate: Option<Path>,
+    /// `topic` was given but unreadable; reported already, so not "missing" too.
+    topic_unreadable: bool,
 }
 
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
@@ -20,12 +24,8 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let attrs = parse_attrs(input, &errors);
 
     let topic = match &attrs.topic {
-        Some(topic) => {
-            if let Err(message) = names::check("topic", &topic.value()) {
-                errors.spanned(topic, message);
-            }
-            Some(topic)
-        }
+        Some(topic) => Some(topic),
+        None if attrs.topic_unreadable => None,
         None => {
             errors.push(syn::Error::new(
                 input.ident.span(),
@@ -43,9 +43,10 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     errors.finish()?;
 
     let ident = &input.ident;
+    let rk = attr::support(attrs.krate.as_ref());
     let codec = match &attrs.codec {
         Some(path) => quote!(#path),
-        None => quote!(::retry_kafka::codec::Json),
+        None => quote!(#rk::Json),
     };
     // A generic event is an `Event` for the parameters its codec can handle.
     let mut generics = input.generics.clone();
@@ -53,7 +54,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         let (_, ty_generics, _) = input.generics.split_for_impl();
         let predicates = &mut generics.make_where_clause().predicates;
         predicates.push(syn::parse_quote!(#ident #ty_generics: ::core::marker::Send + 'static));
-        predicates.push(syn::parse_quote!(#codec: ::retry_kafka::Codec<#ident #ty_generics>));
+        predicates.push(syn::parse_quote!(#codec: #rk::Codec<#ident #ty_generics>));
     }
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let topic = topic.expect("checked above");
@@ -66,8 +67,8 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     };
     let key_fn = key.map(|expr| {
         quote! {
-            fn key(&self) -> ::core::option::Option<::retry_kafka::__private::Bytes> {
-                ::core::option::Option::Some(::retry_kafka::EventKey::key_bytes(#expr))
+            fn key(&self) -> ::core::option::Option<#rk::Bytes> {
+                ::core::option::Option::Some(#rk::EventKey::key_bytes(#expr))
             }
         }
     });
@@ -75,7 +76,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     Ok(quote! {
         const _: () = {
             #[automatically_derived]
-            impl #impl_generics ::retry_kafka::Event for #ident #ty_generics #where_clause {
+            impl #impl_generics #rk::Event for #ident #ty_generics #where_clause {
                 const TOPIC: &'static str = #topic;
                 const TYPE_NAME: &'static str = #type_name;
                 type Codec = #codec;
@@ -91,33 +92,19 @@ fn parse_attrs(input: &DeriveInput, errors: &Errors) -> EventAttrs {
         key: None,
         codec: None,
         name: None,
+        krate: None,
+        topic_unreadable: false,
     };
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
         let result = attr.parse_nested_meta(|meta| {
             let path = &meta.path;
             let slot_name = path.get_ident().map(|i| i.to_string()).unwrap_or_default();
-            match slot_name.as_str() {
-                "topic" | "key" | "name" => {
-                    let value: LitStr = meta.value()?.parse()?;
-                    let slot = match slot_name.as_str() {
-                        "topic" => &mut attrs.topic,
-                        "key" => &mut attrs.key,
-                        _ => &mut attrs.name,
-                    };
-                    if slot.is_some() {
-                        errors.spanned(path, format!("duplicate option `{slot_name}`"));
-                    } else {
-                        *slot = Some(value);
-                    }
-                }
-                "codec" => {
-                    let value: Path = meta.value()?.parse()?;
-                    if attrs.codec.is_some() {
-                        errors.spanned(path, "duplicate option `codec`");
-                    } else {
-                        attrs.codec = Some(value);
-                    }
-                }
+            let taken = match slot_name.as_str() {
+                "topic" => attrs.topic.is_some(),
+                "key" => attrs.key.is_some(),
+                "name" => attrs.name.is_some(),
+                "codec" => attrs.codec.is_some(),
+                "crate" => attrs.krate.is_some(),
                 _ => {
                     errors.spanned(
                         path,
@@ -126,11 +113,43 @@ fn parse_attrs(input: &DeriveInput, errors: &Errors) -> EventAttrs {
                             quote!(#path)
                         ),
                     );
-                    // Skip the value so parsing can go on and report later mistakes too.
-                    if meta.input.peek(syn::Token![=]) {
-                        let _: syn::Expr = meta.value()?.parse()?;
+                    return attr::skip(&meta);
+                }
+            };
+            if taken {
+                errors.spanned(path, format!("duplicate option `{slot_name}`"));
+                return attr::skip(&meta);
+            }
+            match slot_name.as_str() {
+                "topic" => {
+                    attrs.topic =
+                        attr::value(&meta, errors, "expected a string literal: `topic = \"orders\"`")?;
+                    attrs.topic_unreadable = attrs.topic.is_none();
+                    if let Some(topic) = &attrs.topic {
+                        if let Err(error) = names::check("topic", &topic.value()) {
+                            errors.spanned(topic, error);
+                        }
                     }
                 }
+                "key" => {
+                    attrs.key = attr::value(
+                        &meta,
+                        errors,
+                        "expected a field name as a string literal: `key = \"order_id\"`",
+                    )?;
+                }
+                "name" => {
+                    attrs.name = attr::value(
+                        &meta,
+                        errors,
+                        "expected a string literal: `name = \"OrderPlaced.v1\"`",
+                    )?;
+                }
+                "codec" => {
+                    attrs.codec =
+                        attr::value(&meta, errors, "expected a type's path: `codec = my_codecs::Avro`")?;
+                }
+                _ => attrs.krate = attr::crate_path(&meta, errors)?,
             }
             Ok(())
         });
@@ -197,8 +216,22 @@ fn key_expr(input: &DeriveInput, key: &LitStr, errors: &Errors) -> Option<TokenS
     let ty = &field.ty;
     Some(quote_spanned! {ty.span()=>
         {
-            let field: &#ty = #access;
-            field
+            let __rk_field: &#ty = #access;
+            __rk_field
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_renamed_crate_is_the_only_path_to_the_runtime() {
+        let input = syn::parse_quote! {
+            #[event(crate = "rk", topic = "orders", key = "id")]
+            struct Order<T> { id: u64, extra: T }
+        };
+        let expanded = super::expand(&input).unwrap().to_string();
+        assert!(expanded.contains("rk :: __private :: v"), "{expanded}");
+        assert!(!expanded.contains("retry_kafka"), "{expanded}");
+    }
 }

@@ -4,17 +4,21 @@
 //! of the user's crate (and rust-analyzer) keeps working while the errors are shown.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprArray, ExprCall, ExprLit, FnArg, ItemFn, Lit, LitInt, LitStr, ReturnType, Type};
+use syn::{Expr, ExprArray, ExprCall, ExprLit, FnArg, ItemFn, Lit, LitInt, LitStr, Path, ReturnType, Type};
 
+use crate::attr;
 use crate::duration::parse_millis;
 use crate::errors::Errors;
 use crate::names;
 
 /// At most this many retry levels: each is a topic (or stream) of its own.
 const MAX_LEVELS: usize = 32;
+
+/// What `retries = ...` accepts, said when it gets something else.
+const RETRIES_FORMS: &str = "expected a list of delays such as `[\"10s\", \"1m\", \"5m\"]`, `[\"30s\"; 3]` or `exponential(first = \"1s\", factor = 2, levels = 5)`";
 
 #[derive(Default)]
 struct HandlerArgs {
@@ -29,6 +33,7 @@ struct HandlerArgs {
     concurrency: Option<u32>,
     /// `on_exhausted` was given but unreadable; reported already, so not "missing" too.
     exhaustion_misspelled: bool,
+    krate: Option<Path>,
     seen: Vec<String>,
 }
 
@@ -67,42 +72,49 @@ fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
     let parser = syn::meta::parser(|meta| {
         let Some(name) = meta.path.get_ident().map(ToString::to_string) else {
             errors.spanned(&meta.path, unknown_option_message(&meta));
-            return skip_value(&meta);
+            return attr::skip(&meta);
         };
         if parsed.seen.contains(&name) {
             errors.spanned(&meta.path, format!("duplicate option `{name}`"));
-            return skip_value(&meta);
+            return attr::skip(&meta);
         }
         parsed.seen.push(name.clone());
         match name.as_str() {
-            "topic" => {
-                let value: LitStr = meta.value()?.parse()?;
-                if let Err(message) = names::check("topic", &value.value()) {
-                    errors.spanned(&value, message);
+            "topic" | "group" => {
+                let expected = format!("expected a string literal: `{name} = \"...\"`");
+                let Some(value) = attr::value::<LitStr>(&meta, errors, &expected)? else {
+                    return Ok(());
+                };
+                let (kind, slot) = if name == "topic" {
+                    ("topic", &mut parsed.topic)
+                } else {
+                    ("group", &mut parsed.group)
+                };
+                if let Err(error) = names::check(kind, &value.value()) {
+                    errors.spanned(&value, error);
                 }
-                parsed.topic = Some(value);
-            }
-            "group" => {
-                let value: LitStr = meta.value()?.parse()?;
-                if let Err(message) = names::check("group", &value.value()) {
-                    errors.spanned(&value, message);
-                }
-                parsed.group = Some(value);
+                *slot = Some(value);
             }
             "retries" => {
-                let value: Expr = meta.value()?.parse()?;
-                parsed.retries_span = Some(value.span());
-                parsed.retries = parse_retries(&value, errors);
+                if let Some(value) = attr::value::<Expr>(&meta, errors, RETRIES_FORMS)? {
+                    parsed.retries_span = Some(value.span());
+                    parsed.retries = parse_retries(&value, errors);
+                }
             }
             "dlq" => {
                 parsed.dlq = Some(meta.path.span());
                 if meta.input.peek(syn::Token![=]) {
                     errors.spanned(&meta.path, "`dlq` is a flag: write `dlq`, without a value");
-                    return skip_value(&meta);
+                    return attr::skip(&meta);
                 }
             }
             "on_exhausted" => {
-                let value: LitStr = meta.value()?.parse()?;
+                let expected =
+                    "expected a string literal: `on_exhausted = \"dlq\"` or `on_exhausted = \"drop\"`";
+                let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? else {
+                    parsed.exhaustion_misspelled = true;
+                    return Ok(());
+                };
                 match value.value().as_str() {
                     "dlq" => parsed.on_exhausted = Some((Exhausted::DeadLetter, value.span())),
                     "drop" => parsed.on_exhausted = Some((Exhausted::Drop, value.span())),
@@ -116,25 +128,30 @@ fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
                 }
             }
             "timeout" => {
-                let value: LitStr = meta.value()?.parse()?;
-                match parse_millis(&value.value()) {
-                    Ok(0) => errors.spanned(&value, "timeout must be longer than zero"),
-                    Ok(ms) => parsed.timeout_ms = Some(ms),
-                    Err(message) => errors.spanned(&value, message),
+                let expected = "expected a duration as a string literal: `timeout = \"30s\"`";
+                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
+                    match parse_millis(&value.value()) {
+                        Ok(0) => errors.spanned(&value, "timeout must be longer than zero"),
+                        Ok(ms) => parsed.timeout_ms = Some(ms),
+                        Err(message) => errors.spanned(&value, message),
+                    }
                 }
             }
             "concurrency" => {
-                let value: LitInt = meta.value()?.parse()?;
-                match value.base10_parse::<u32>() {
-                    Ok(0) => errors.spanned(&value, "concurrency must be at least 1"),
-                    Ok(n) if n > 10_000 => errors.spanned(&value, "concurrency must be at most 10000"),
-                    Ok(n) => parsed.concurrency = Some(n),
-                    Err(error) => errors.push(error),
+                let expected = "expected an integer: `concurrency = 4`";
+                if let Some(value) = attr::value::<LitInt>(&meta, errors, expected)? {
+                    match value.base10_parse::<u32>() {
+                        Ok(0) => errors.spanned(&value, "concurrency must be at least 1"),
+                        Ok(n) if n > 10_000 => errors.spanned(&value, "concurrency must be at most 10000"),
+                        Ok(n) => parsed.concurrency = Some(n),
+                        Err(error) => errors.push(error),
+                    }
                 }
             }
+            "crate" => parsed.krate = attr::crate_path(&meta, errors)?,
             _ => {
                 errors.spanned(&meta.path, unknown_option_message(&meta));
-                return skip_value(&meta);
+                return attr::skip(&meta);
             }
         }
         Ok(())
@@ -151,17 +168,6 @@ fn unknown_option_message(meta: &ParseNestedMeta) -> String {
         "unknown option `{}`; expected one of `topic`, `group`, `retries`, `dlq`, `on_exhausted`, `timeout`, `concurrency`",
         quote!(#path).to_string().replace(' ', "")
     )
-}
-
-/// Consumes `= value` (or a parenthesized list) after an option that was already reported, so
-/// the options after it are still checked.
-fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
-    if meta.input.peek(syn::Token![=]) {
-        let _: Expr = meta.value()?.parse()?;
-    } else if meta.input.peek(syn::token::Paren) {
-        meta.parse_nested_meta(|inner| skip_value(&inner))?;
-    }
-    Ok(())
 }
 
 /// `["10s", "1m"]`, `["30s"; 3]` or `exponential(first = "1s", factor = 2, levels = 5, max = "1m")`.
@@ -193,10 +199,7 @@ fn parse_retries(value: &Expr, errors: &Errors) -> Option<Vec<u64>> {
         }
         Expr::Call(call) => exponential(call, errors)?,
         other => {
-            errors.spanned(
-                other,
-                "expected a list of delays such as `[\"10s\", \"1m\", \"5m\"]`, `[\"30s\"; 3]` or `exponential(first = \"1s\", factor = 2, levels = 5)`",
-            );
+            errors.spanned(other, RETRIES_FORMS);
             return None;
         }
     };
@@ -435,9 +438,10 @@ fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Signature) ->
     let ident = &function.sig.ident;
     let function_name = ident.to_string().trim_start_matches("r#").to_owned();
     let event_ty = &signature.event_ty;
+    let rk = attr::support(args.krate.as_ref());
     let topic = match &args.topic {
         Some(topic) => quote!(#topic),
-        None => quote!(<#event_ty as ::retry_kafka::Event>::TOPIC),
+        None => quote!(<#event_ty as #rk::Event>::TOPIC),
     };
     let group = match &args.group {
         Some(group) => quote!(#group),
@@ -445,25 +449,30 @@ fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Signature) ->
     };
     let retries = args.retries.clone().unwrap_or_default();
     let on_exhausted = match args.on_exhausted.map(|(e, _)| e) {
-        Some(Exhausted::Drop) => quote!(::retry_kafka::__private::OnExhausted::Drop),
-        _ => quote!(::retry_kafka::__private::OnExhausted::DeadLetter),
+        Some(Exhausted::Drop) => quote!(#rk::OnExhausted::Drop),
+        _ => quote!(#rk::OnExhausted::DeadLetter),
     };
     let timeout = match args.timeout_ms {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),
     };
     let concurrency = args.concurrency.unwrap_or(1);
-    let call_fn = format_ident!("__retry_kafka_call_{}", function_name);
+    // Every name the expansion introduces starts with `__rk_`, so a handler or a type named
+    // `payload`, `event` or `context` is never shadowed by one of them.
     // Spanned at the user's tokens so a type that is not an `Event`, or a return type that is
     // not `Result<(), impl Into<HandlerError>>`, is reported where it was written.
-    let decode = quote_spanned! {event_ty.span()=>
-        <#event_ty as ::retry_kafka::Event>::decode(payload)
+    let decode = {
+        let rk = attr::respan(rk.clone(), event_ty.span());
+        quote_spanned! {event_ty.span()=> <#event_ty as #rk::Event>::decode(__rk_payload) }
     };
-    let context_arg = signature.has_context.then(|| quote!(, context));
-    let outcome = quote_spanned! {signature.output_span=>
-        ::retry_kafka::__private::into_outcome(#ident(event #context_arg).await)
+    let context_arg = signature.has_context.then(|| quote!(, __rk_context));
+    let outcome = {
+        let rk = attr::respan(rk.clone(), signature.output_span);
+        quote_spanned! {signature.output_span=>
+            #rk::into_outcome(#ident(__rk_event #context_arg).await)
+        }
     };
-    let unused_context = (!signature.has_context).then(|| quote!(let _ = context;));
+    let unused_context = (!signature.has_context).then(|| quote!(let _ = __rk_context;));
     // A handler future that is not `Send` is reported at the function's name.
     let boxed = quote_spanned! {ident.span()=>
         ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #outcome }))
@@ -471,30 +480,70 @@ fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Signature) ->
     quote! {
         #[doc(hidden)]
         const _: () = {
-            fn #call_fn(
-                payload: &[u8],
-                context: ::retry_kafka::Context,
-            ) -> ::core::result::Result<::retry_kafka::__private::HandlerFuture, ::retry_kafka::CodecError> {
+            fn __rk_call(
+                __rk_payload: &[u8],
+                __rk_context: #rk::Context,
+            ) -> ::core::result::Result<#rk::HandlerFuture, #rk::CodecError> {
                 #unused_context
-                let event = #decode?;
+                let __rk_event = #decode?;
                 #boxed
             }
 
-            ::retry_kafka::__private::inventory::submit! {
-                ::retry_kafka::HandlerSpec {
+            #rk::inventory::submit! {
+                #rk::handler_spec(#rk::Declaration {
                     name: ::core::concat!(::core::module_path!(), "::", #function_name),
                     topic: #topic,
                     group: #group,
-                    event_type: <#event_ty as ::retry_kafka::Event>::TYPE_NAME,
+                    event_type: <#event_ty as #rk::Event>::TYPE_NAME,
                     retries_ms: &[#(#retries),*],
                     on_exhausted: #on_exhausted,
                     timeout_ms: #timeout,
                     concurrency: #concurrency,
-                    call: #call_fn,
+                    call: __rk_call,
                     file: ::core::file!(),
                     line: ::core::line!(),
-                }
+                })
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    #[test]
+    fn a_renamed_crate_is_the_only_path_to_the_runtime() {
+        let expanded = super::expand(
+            quote!(crate = "rk", dlq),
+            quote!(
+                async fn charge(order: Order, ctx: Context) -> Result<(), HandlerError> {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
+        assert!(expanded.contains("rk :: __private :: v"), "{expanded}");
+        assert!(!expanded.contains("retry_kafka"), "{expanded}");
+    }
+
+    #[test]
+    fn by_default_the_runtime_is_reached_from_the_root() {
+        let expanded = super::expand(
+            quote!(dlq),
+            quote!(
+                async fn charge(order: Order) -> Result<(), HandlerError> {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
+        let version = env!("CARGO_PKG_VERSION").replace('.', "_");
+        assert!(
+            expanded.contains(&format!(
+                ":: retry_kafka :: __private :: v{version} :: handler_spec"
+            )),
+            "{expanded}"
+        );
     }
 }

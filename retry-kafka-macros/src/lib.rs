@@ -6,6 +6,7 @@
 
 use proc_macro::TokenStream;
 
+mod attr;
 mod duration;
 mod errors;
 mod event;

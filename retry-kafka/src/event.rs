@@ -12,6 +12,7 @@ use bytes::Bytes;
 /// | `key = "order_id"` | the field whose value picks the partition (see [`EventKey`]) |
 /// | `codec = path::ToCodec` | a type implementing [`Codec`] for this event; default [`codec::Json`] |
 /// | `name = "OrderPlaced.v1"` | the stable type name; default the type's own name |
+/// | `crate = "rk"` | the path to this crate, for a renamed dependency or a re-export; default `::retry_kafka` |
 ///
 /// ```
 /// use retry_kafka::prelude::*;

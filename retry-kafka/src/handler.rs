@@ -31,7 +31,7 @@ pub enum OnExhausted {
 /// One registered handler, as `#[retry_handler]` declared it.
 ///
 /// The macro submits one per annotated function; [`App`](crate::App) collects them all. Read it
-/// through the accessor methods; the fields are public only for the macro.
+/// through the accessor methods.
 ///
 /// ```
 /// use retry_kafka::prelude::*;
@@ -52,28 +52,53 @@ pub enum OnExhausted {
 /// assert_eq!(spec.retries().collect::<Vec<_>>(), [std::time::Duration::from_secs(10), std::time::Duration::from_secs(60)]);
 /// ```
 pub struct HandlerSpec {
-    #[doc(hidden)]
+    pub(crate) name: &'static str,
+    pub(crate) topic: &'static str,
+    pub(crate) group: &'static str,
+    pub(crate) event_type: &'static str,
+    pub(crate) retries_ms: &'static [u64],
+    pub(crate) on_exhausted: OnExhausted,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) concurrency: u32,
+    pub(crate) call: HandlerCall,
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+}
+
+/// What `#[retry_handler]` declared, turned into a [`HandlerSpec`] by [`handler_spec`]. Reached
+/// only through `__private`, so `HandlerSpec` keeps its fields to itself.
+#[doc(hidden)]
+pub struct Declaration {
     pub name: &'static str,
-    #[doc(hidden)]
     pub topic: &'static str,
-    #[doc(hidden)]
     pub group: &'static str,
-    #[doc(hidden)]
     pub event_type: &'static str,
-    #[doc(hidden)]
     pub retries_ms: &'static [u64],
-    #[doc(hidden)]
     pub on_exhausted: OnExhausted,
-    #[doc(hidden)]
     pub timeout_ms: Option<u64>,
-    #[doc(hidden)]
     pub concurrency: u32,
-    #[doc(hidden)]
     pub call: HandlerCall,
-    #[doc(hidden)]
     pub file: &'static str,
-    #[doc(hidden)]
     pub line: u32,
+}
+
+/// Builds the [`HandlerSpec`] a `#[retry_handler]` expansion submits; `const` because it is
+/// evaluated in a static.
+#[doc(hidden)]
+pub const fn handler_spec(declared: Declaration) -> HandlerSpec {
+    HandlerSpec {
+        name: declared.name,
+        topic: declared.topic,
+        group: declared.group,
+        event_type: declared.event_type,
+        retries_ms: declared.retries_ms,
+        on_exhausted: declared.on_exhausted,
+        timeout_ms: declared.timeout_ms,
+        concurrency: declared.concurrency,
+        call: declared.call,
+        file: declared.file,
+        line: declared.line,
+    }
 }
 
 inventory::collect!(HandlerSpec);

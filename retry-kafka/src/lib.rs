@@ -32,6 +32,8 @@ mod error;
 mod event;
 mod handler;
 mod headers;
+// The topic-name rule, shared with the macros: a symlink to `retry-kafka-macros/src/names.rs`.
+mod names;
 mod partitioner;
 mod policy;
 mod producer;
@@ -82,6 +84,7 @@ pub use retry_kafka_macros::Event;
 /// | `on_exhausted = "drop"` | drop exhausted messages on purpose (logged, counted) | — |
 /// | `timeout = "30s"` | one attempt's time limit | none |
 /// | `concurrency = N` | attempts in flight per consumer | 1 |
+/// | `crate = "rk"` | the path to this crate, for a renamed dependency or a re-export | `::retry_kafka` |
 ///
 /// One of `dlq` and `on_exhausted` is required: a handler's failures never vanish unless the
 /// code says so. Every option is checked at compile time.
@@ -101,7 +104,23 @@ pub mod prelude {
 /// Paths used by macro expansions. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{into_outcome, HandlerFuture, OnExhausted};
-    pub use bytes::Bytes;
-    pub use inventory;
+    // Diagnostics name an item by its shortest public path, and this module's children are
+    // the last resort; this keeps a wrong handler error type reported as a bound of
+    // `retry_kafka::__private::into_outcome`, a path that exists.
+    pub use crate::handler::into_outcome;
+
+    /// Everything an expansion refers to, named after this release. The runtime pins the macros
+    /// crate to its own version (`=`), and the module name makes any other pairing (a `[patch]`,
+    /// a vendored copy) fail to compile, instead of expanding against items whose meaning may
+    /// have changed. `retry-kafka-macros` derives the name from its version, so a release
+    /// renames this module too.
+    pub mod v0_1_0 {
+        pub use crate::event::codec::Json;
+        pub use crate::event::{Codec, CodecError, Event, EventKey};
+        pub use crate::handler::{
+            handler_spec, into_outcome, Context, Declaration, HandlerFuture, OnExhausted,
+        };
+        pub use bytes::Bytes;
+        pub use inventory;
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use crate::backend::TopicRole;
 use crate::error::ConfigError;
 use crate::handler::HandlerSpec;
+use crate::names::{self, NameError};
 use crate::policy::{TopicNaming, Topology};
 
 /// Fails on the first conflict: two handlers on one topic+group, or one topic name in two
@@ -59,20 +60,14 @@ fn describe(spec: &HandlerSpec) -> String {
     format!("`{}` ({})", spec.name(), spec.location())
 }
 
-/// Derived names come from user patterns, so they are checked here: Kafka's topic rule, which
-/// is also safe for Redis keys.
+/// Derived names come from user patterns, so they are checked here, by the rule the macros
+/// apply to the names they are given (`crate::names`).
 fn check_name(topic: &str) -> Result<(), ConfigError> {
-    let valid = !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
-            field: "topic_naming",
-            reason: format!("it makes the topic name {topic:?}; use 1-249 of [a-zA-Z0-9._-]"),
-        })
-    }
+    names::check("topic", topic).map_err(|error| ConfigError::Invalid {
+        field: "topic_naming",
+        reason: match error {
+            NameError::Dots { .. } => format!("it makes the topic name {topic:?}, which Kafka reserves"),
+            _ => format!("it makes the topic name {topic:?}; use 1-249 of [a-zA-Z0-9._-]"),
+        },
+    })
 }
