@@ -1,4 +1,4 @@
-//! The delivery contract (`shared/DESIGN.md`) as one suite, generic over the backend.
+//! The delivery contract (`ARCHITECTURE.md`) as one suite, generic over the backend.
 //!
 //! A backend's test binary implements [`Harness`] and calls `conformance_suite!(make_harness)`,
 //! which turns every case below into a `#[tokio::test]`. Each case has its own topics and groups,
