@@ -1,7 +1,10 @@
 //! Errors of the library, one enum per concern.
 
+pub use crate::producer::SendError;
+
 /// Anything that stops [`run`](crate::run) or [`App`](crate::App).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration or the set of handlers is invalid; nothing was started.
     #[error(transparent)]
@@ -23,6 +26,7 @@ pub enum Error {
 
 /// A bad setting or handler set, found before any I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// No backend was chosen.
     #[error(
@@ -74,6 +78,7 @@ pub enum ConfigError {
 
 /// A transport failure reported by a backend.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// A topic the runtime needs does not exist.
     #[error("topic {topic:?} does not exist{hint}")]

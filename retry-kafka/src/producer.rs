@@ -32,6 +32,7 @@ pub struct Producer<B> {
 
 /// An event could not be published.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// It did not encode.
     #[error(transparent)]

@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use retry_kafka::app::Running;
 use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Record};
+use retry_kafka::handler::ErrorKind;
+use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
-use retry_kafka::{Bytes, ErrorKind, FailureContext, Headers, Running};
+use retry_kafka::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 

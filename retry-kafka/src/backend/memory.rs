@@ -23,7 +23,7 @@ const FETCH_BATCH: usize = 64;
 /// Cloning it gives another handle to the same broker.
 ///
 /// ```
-/// use retry_kafka::{backend::{Backend, OutboundRecord}, InMemory};
+/// use retry_kafka::backend::{memory::InMemory, Backend, OutboundRecord};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let broker = InMemory::new();

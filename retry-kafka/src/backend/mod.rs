@@ -72,6 +72,7 @@ pub struct Subscription {
 
 /// What a consumer receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fetched {
     /// A message.
     Record(Record),
@@ -164,6 +165,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
 pub(crate) use memory::partition_for_key;
 
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

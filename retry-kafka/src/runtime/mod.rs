@@ -145,7 +145,8 @@ const SUPPORTED_BACKENDS: &[&str] = &[
 ///
 /// ```
 /// use std::time::Duration;
-/// use retry_kafka::{App, InMemory, TopicNaming};
+/// use retry_kafka::app::{App, TopicNaming};
+/// use retry_kafka::backend::memory::InMemory;
 ///
 /// let app = App::builder()
 ///     .backend(InMemory::new())
@@ -255,7 +256,7 @@ impl<B> AppBuilder<B> {
     /// 0 is taken as 1.
     ///
     /// ```
-    /// use retry_kafka::{App, InMemory};
+    /// use retry_kafka::{backend::memory::InMemory, App};
     ///
     /// let builder = App::builder().backend(InMemory::new()).hand_off_window(256);
     /// ```
@@ -457,7 +458,7 @@ impl TerminationSignals {
 /// finish, what finished is acknowledged, and the consumers leave their groups.
 ///
 /// ```
-/// let handle = retry_kafka::ShutdownHandle::default();
+/// let handle = retry_kafka::app::ShutdownHandle::default();
 /// let stopper = handle.clone(); // e.g. moved into an admin endpoint
 /// stopper.shutdown();
 /// assert!(handle.is_shutdown());

@@ -41,13 +41,13 @@ const READER_FETCH_WAIT_MS: &str = "10";
 /// Kafka through rdkafka.
 ///
 /// ```no_run
-/// use retry_kafka::kafka::Kafka;
+/// use retry_kafka::backend::kafka::Kafka;
 ///
 /// let kafka = Kafka::builder("broker-1:9092,broker-2:9092")
 ///     .consumer_property("session.timeout.ms", "10000")
 ///     .property("security.protocol", "SASL_SSL") // consumers and producer alike
 ///     .build()?;
-/// # Ok::<(), retry_kafka::ConfigError>(())
+/// # Ok::<(), retry_kafka::error::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct Kafka {

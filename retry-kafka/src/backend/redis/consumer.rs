@@ -79,9 +79,9 @@ impl Control {
 ///
 /// ```no_run
 /// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription};
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::redis::Redis;
 ///
-/// # async fn audit() -> Result<(), retry_kafka::BackendError> {
+/// # async fn audit() -> Result<(), retry_kafka::error::BackendError> {
 /// let redis = Redis::builder("redis://127.0.0.1:6379").build().expect("valid URL");
 /// let subscription = Subscription { topic: "orders".into(), group: "audit".into() };
 /// let mut consumer = redis.subscribe(subscription).await?;

@@ -66,13 +66,13 @@ fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::redis::Redis;
 ///
 /// let redis = Redis::builder("redis://:secret@127.0.0.1:6379/0")
 ///     .session_timeout(Duration::from_secs(15))
 ///     .keep_acknowledged(Duration::from_secs(3600))
 ///     .build()?;
-/// # Ok::<(), retry_kafka::ConfigError>(())
+/// # Ok::<(), retry_kafka::error::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct Redis {
@@ -114,7 +114,7 @@ pub const TLS_CA_FILE_ENV: &str = "REDIS_TLS_CA_FILE";
 ///
 /// ```
 /// use std::time::Duration;
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::redis::Redis;
 ///
 /// let builder = Redis::builder("redis://127.0.0.1:6379").default_partitions(4).batch(512);
 /// ```
