@@ -295,7 +295,7 @@ impl InMemory {
             (Some(p), _) => {
                 return Err(BackendError::Produce {
                     topic: topic.to_owned(),
-                    reason: format!("partition {p} does not exist (the topic has {count})"),
+                    source: format!("partition {p} does not exist (the topic has {count})").into(),
                 })
             }
             (None, Some(key)) => partition_for_key(key, count),
@@ -308,7 +308,7 @@ impl InMemory {
             t.failing_sends -= 1;
             return Err(BackendError::Produce {
                 topic: topic.to_owned(),
-                reason: "injected failure".into(),
+                source: "injected failure".into(),
             });
         }
         let log = &mut t.partitions[partition as usize];

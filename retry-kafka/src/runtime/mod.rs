@@ -381,7 +381,7 @@ impl<B: Backend> App<B> {
                 level.run(consumer).await.map_err(|error| Error::Consumer {
                     topic,
                     group,
-                    reason: error.to_string(),
+                    source: Box::new(error),
                 })
             });
         }
@@ -534,7 +534,7 @@ impl Running {
                 Err(Error::Consumer {
                     topic: "?".into(),
                     group: "?".into(),
-                    reason: join.to_string(),
+                    source: Box::new(join),
                 })
             });
             if let Err(error) = result {

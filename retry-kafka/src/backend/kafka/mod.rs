@@ -604,7 +604,7 @@ impl Kafka {
         let queued = self.cluster_of(topic).producer.send_result(outbound);
         let failed = |error: KafkaError| BackendError::Produce {
             topic: topic.to_owned(),
-            reason: error.to_string(),
+            source: error.into(),
         };
         // The topic names a delivery error, which comes later: an owned copy per record.
         let (queued, early) = match queued {
@@ -623,11 +623,11 @@ impl Kafka {
                 }),
                 Ok(Err((error, _))) => Err(BackendError::Produce {
                     topic,
-                    reason: error.to_string(),
+                    source: error.into(),
                 }),
                 Err(_) => Err(BackendError::Produce {
                     topic,
-                    reason: "the producer was closed before the broker answered".into(),
+                    source: "the producer was closed before the broker answered".into(),
                 }),
             }
         }

@@ -224,7 +224,7 @@ impl Consumer for RedisConsumer {
                 None => {
                     return Err(BackendError::ConsumerStopped {
                         topic: self.topic.clone(),
-                        reason: "the reader task ended".into(),
+                        source: "the reader task ended".into(),
                     })
                 }
             }
@@ -310,7 +310,7 @@ impl Consumer for RedisConsumer {
             Ok(result) => result,
             Err(error) => Err(BackendError::ConsumerStopped {
                 topic: self.topic.clone(),
-                reason: format!("reader task failed: {error}"),
+                source: Box::new(error),
             }),
         }
     }

@@ -382,7 +382,8 @@ impl RedisBuilder {
         self
     }
 
-    /// The backend; fails naming the URL when it is malformed. Connects on first use.
+    /// The backend; fails naming the URL when it is malformed, and outside a tokio runtime.
+    /// Connects on first use.
     pub fn build(self) -> Result<Redis, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
             field: URL_ENV,
@@ -412,6 +413,10 @@ impl RedisBuilder {
                 field: "session_timeout",
                 reason: "must be at least 300ms".into(),
             });
+        }
+        // The connection manager spawns its task on the current runtime (and panics without one).
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime { backend: "redis" });
         }
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.settings.response_timeout))
@@ -552,7 +557,7 @@ impl Redis {
             (Some(p), _) => {
                 return Err(BackendError::Produce {
                     topic: topic.to_owned(),
-                    reason: format!("partition {p} does not exist (the topic has {count})"),
+                    source: format!("partition {p} does not exist (the topic has {count})").into(),
                 })
             }
             (None, Some(key)) => super::partition_for_key(key, count),
@@ -608,7 +613,7 @@ impl Redis {
         }
         let failed = |error: RedisError| BackendError::Produce {
             topic: topic.to_owned(),
-            reason: error.to_string(),
+            source: error.into(),
         };
         let offset = if delayed {
             let () = self.query_retrying(&pipe).await.map_err(failed)?;
