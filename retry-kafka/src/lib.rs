@@ -142,3 +142,9 @@ pub mod __private {
     pub use bytes::Bytes;
     pub use inventory;
 }
+
+/// The README's code blocks, compiled and run as doc tests in the default features
+/// (`retry-kafka/README.md` is a link to the workspace's).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
