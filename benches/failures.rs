@@ -42,11 +42,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
+use retry_kafka::app::TopicNaming;
+use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{Backend, OutboundRecord, Publish as _, TopicAdmin as _, TopicRole};
-use retry_kafka::kafka::Kafka;
+use retry_kafka::handler::ErrorKind;
+use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
-use retry_kafka::redis::Redis;
-use retry_kafka::{ErrorKind, FailureContext, Headers, TopicNaming};
 use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
@@ -526,12 +528,12 @@ impl Bench for RedisBench {
 
 /// The in-process broker: what the runtime itself costs, with no network and no broker.
 struct MemoryBench {
-    broker: Mutex<retry_kafka::InMemory>,
+    broker: Mutex<retry_kafka::backend::memory::InMemory>,
 }
 
 impl MemoryBench {
-    async fn fresh() -> retry_kafka::InMemory {
-        let broker = retry_kafka::InMemory::new();
+    async fn fresh() -> retry_kafka::backend::memory::InMemory {
+        let broker = retry_kafka::backend::memory::InMemory::new();
         broker.create_topic(TOPIC, PARTITIONS);
         broker.create_topic(LATE_TOPIC, PARTITIONS);
         let producer = Producer::new(broker.clone());
@@ -543,13 +545,13 @@ impl MemoryBench {
 }
 
 impl Bench for MemoryBench {
-    type B = retry_kafka::InMemory;
+    type B = retry_kafka::backend::memory::InMemory;
 
     fn name(&self) -> &'static str {
         "memory"
     }
 
-    fn backend(&self) -> retry_kafka::InMemory {
+    fn backend(&self) -> retry_kafka::backend::memory::InMemory {
         self.broker.lock().unwrap().clone()
     }
 

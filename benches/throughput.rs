@@ -24,10 +24,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
+use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{Publish as _, TopicAdmin as _, TopicRole};
-use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
-use retry_kafka::redis::Redis;
 use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
@@ -417,7 +417,8 @@ async fn redis_rounds() {
 /// delay set through the backend, as the runtime does.
 async fn redis_waiting_memory(redis: &Redis, url: &str) {
     use retry_kafka::backend::OutboundRecord;
-    use retry_kafka::{ErrorKind, FailureContext, Headers};
+    use retry_kafka::handler::ErrorKind;
+    use retry_kafka::headers::{FailureContext, Headers};
     let waiting = env_or("BENCH_WAITING", 1_000_000);
     let topic = "bench.orders.bench-rk.retry.1";
     redis

@@ -13,11 +13,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use retry_kafka::app::Stats;
+use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{Backend, Record, TopicRole};
-use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
-use retry_kafka::redis::Redis;
-use retry_kafka::Stats;
 use serde::{Deserialize, Serialize};
 
 #[derive(Event, Serialize, Deserialize, Debug)]
@@ -81,12 +81,12 @@ pub enum DemoBackend {
 }
 
 pub fn backend_from_env() -> anyhow::Result<(DemoBackend, String)> {
-    if let Ok(url) = std::env::var(retry_kafka::redis::URL_ENV) {
+    if let Ok(url) = std::env::var(retry_kafka::backend::redis::URL_ENV) {
         let redis = Redis::from_env()?;
         let shown = url.split('@').next_back().unwrap_or(&url).to_owned();
         return Ok((DemoBackend::Redis(redis), format!("running on Redis at {shown}")));
     }
-    Ok(match std::env::var(retry_kafka::kafka::BROKERS_ENV) {
+    Ok(match std::env::var(retry_kafka::backend::kafka::BROKERS_ENV) {
         Ok(brokers) => (
             DemoBackend::Kafka(Kafka::from_env()?),
             format!("running on the Kafka cluster at {brokers}"),
@@ -104,17 +104,17 @@ pub trait ReadTopic {
     fn read_topic(
         &self,
         topic: &str,
-    ) -> impl std::future::Future<Output = Result<Vec<Record>, retry_kafka::BackendError>>;
+    ) -> impl std::future::Future<Output = Result<Vec<Record>, retry_kafka::error::BackendError>>;
 }
 
 impl ReadTopic for Kafka {
-    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::BackendError> {
+    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::error::BackendError> {
         Kafka::read_topic(self, topic, TopicRole::DeadLetter).await
     }
 }
 
 impl ReadTopic for Redis {
-    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::BackendError> {
+    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::error::BackendError> {
         Redis::read_topic(self, topic).await
     }
 }

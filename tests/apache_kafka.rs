@@ -14,8 +14,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::{TopicAdmin, TopicRole};
-use retry_kafka::kafka::Kafka;
 use retry_kafka_suite::ApacheKafka;
 
 const TOPIC: &str = "apache-kafka-roundtrip";

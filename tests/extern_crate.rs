@@ -9,7 +9,7 @@ use retry_kafka::testing::TestApp;
 
 #[test]
 fn handlers_of_a_referenced_crate_are_registered() {
-    let spec = retry_kafka::registered_handlers()
+    let spec = retry_kafka::handler::registered_handlers()
         .find(|spec| spec.name() == "extern_handlers::notify")
         .expect("the other crate's handler is registered");
     assert_eq!((spec.topic(), spec.group()), ("ext.shipments", "ext-notify"));

@@ -16,10 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use retry_kafka::app::Running;
+use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::{TopicAdmin as _, TopicRole};
-use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
-use retry_kafka::Running;
 use retry_kafka_suite::KafkaCluster;
 use serde::{Deserialize, Serialize};
 

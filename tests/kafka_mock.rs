@@ -6,7 +6,7 @@ mod kafka_support;
 
 use conformance::FaultInjection;
 use kafka_support::KafkaHarness;
-use retry_kafka::kafka::Kafka;
+use retry_kafka::backend::kafka::Kafka;
 
 async fn mock() -> KafkaHarness {
     kafka_support::init_tracing();
@@ -34,7 +34,8 @@ fault_injection_suite!(mock);
 // Provisioning, on the mock cluster (its topics are created through the mock's own API).
 
 use conformance::Harness;
-use retry_kafka::{App, Provisioning};
+use retry_kafka::app::Provisioning;
+use retry_kafka::App;
 
 async fn start_error(harness: &KafkaHarness, provisioning: Provisioning) -> String {
     let app = App::builder()
@@ -173,7 +174,7 @@ async fn a_broker_outage_mid_run_loses_nothing() {
 // Retry and dead-letter topics on another cluster (`retry_brokers`), as KafkaConsumerRetry
 // allows; and keys partitioned as on every other client.
 
-use retry_kafka::kafka::EmbeddedKafka;
+use retry_kafka::backend::kafka::EmbeddedKafka;
 use std::sync::Arc;
 
 #[derive(Event, Serialize, Deserialize)]
@@ -256,18 +257,18 @@ async fn retry_topics_may_live_on_another_cluster() {
 async fn keys_land_on_the_same_partition_as_with_java_producers() {
     let harness = mock().await;
     harness.create_topic("mock.keys", 5).await;
-    let memory = retry_kafka::InMemory::new();
+    let memory = retry_kafka::backend::memory::InMemory::new();
     memory.create_topic("mock.keys", 5);
     let kafka_producer = retry_kafka::Producer::new(harness.backend());
     let memory_producer = retry_kafka::Producer::new(memory);
     for id in 0..50 {
         let event = Transfer { id };
         let on_kafka = kafka_producer
-            .send_to("mock.keys", &event, retry_kafka::Headers::new())
+            .send_to("mock.keys", &event, retry_kafka::headers::Headers::new())
             .await
             .unwrap();
         let in_memory = memory_producer
-            .send_to("mock.keys", &event, retry_kafka::Headers::new())
+            .send_to("mock.keys", &event, retry_kafka::headers::Headers::new())
             .await
             .unwrap();
         assert_eq!(on_kafka.partition, in_memory.partition, "key {id}");

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use conformance::Harness;
 use kafka_support::KafkaHarness;
 use process_support::{publish_orders, Worker, TOPIC};
+use retry_kafka::handler::ErrorKind;
+use retry_kafka::headers::FailureContext;
 use retry_kafka::prelude::*;
-use retry_kafka::{ErrorKind, FailureContext};
 use serde::{Deserialize, Serialize};
 
 /// A broker of the test's own: the workers' topic and group are the same in every test, and the

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::{TopicAdmin as _, TopicRole};
-use retry_kafka::kafka::Kafka;
 use retry_kafka::prelude::*;
 use retry_kafka_suite::{ApacheKafka, SecuredKafka, PLAIN_PASSWORD, PLAIN_USER, SCRAM_PASSWORD, SCRAM_USER};
 use serde::{Deserialize, Serialize};

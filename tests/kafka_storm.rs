@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use conformance::Harness;
 use kafka_support::KafkaHarness;
 use process_support::{expected_dead, publish_orders, wait_until_done, Worker, TOPIC};
-use retry_kafka::kafka::Kafka;
+use retry_kafka::backend::kafka::Kafka;
 use retry_kafka_suite::ApacheKafka;
 
 const RETRY_TOPIC: &str = "proc.orders.proc-workers.retry.1";

@@ -2,9 +2,9 @@
 
 mod conformance;
 
+use retry_kafka::backend::memory::InMemory;
 use retry_kafka::backend::Record;
 use retry_kafka::App;
-use retry_kafka::InMemory;
 
 use conformance::{FaultInjection, Harness};
 
@@ -58,8 +58,8 @@ fault_injection_suite!(memory);
 use std::sync::Mutex;
 use std::time::Duration;
 
+use retry_kafka::headers::Headers;
 use retry_kafka::prelude::*;
-use retry_kafka::Headers;
 
 static SPLIT_SEEN: Mutex<Vec<(u64, u32, u32, tokio::time::Instant)>> = Mutex::new(Vec::new());
 

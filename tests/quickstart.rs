@@ -7,7 +7,7 @@ mod quickstart;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_summary() {
     // The embedded Kafka cluster, as `cargo run --example quickstart` uses with nothing set.
-    let kafka = retry_kafka::kafka::Kafka::embedded().expect("embedded cluster");
+    let kafka = retry_kafka::backend::kafka::Kafka::embedded().expect("embedded cluster");
     let summary = quickstart::run_demo(kafka, 300).await.expect("the demo runs");
     assert_summary(&summary);
 }
@@ -49,7 +49,7 @@ async fn quickstart_summary_on_redis() {
     let server = tokio::task::spawn_blocking(retry_kafka_suite::RedisServer::start)
         .await
         .unwrap();
-    let redis = retry_kafka::redis::Redis::builder(server.url())
+    let redis = retry_kafka::backend::redis::Redis::builder(server.url())
         .build()
         .expect("redis backend");
     let summary = quickstart::run_demo(redis, 300).await.expect("the demo runs");

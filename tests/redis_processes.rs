@@ -21,10 +21,11 @@ use redis_support::{
     assert_nothing_pending, assert_nothing_pending_on, connect, stream, test_backend, RedisHarness,
     RedisServer,
 };
+use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{TopicAdmin, TopicRole};
+use retry_kafka::handler::ErrorKind;
+use retry_kafka::headers::FailureContext;
 use retry_kafka::prelude::*;
-use retry_kafka::redis::Redis;
-use retry_kafka::{ErrorKind, FailureContext};
 use serde::{Deserialize, Serialize};
 
 fn spawn_worker(harness: &RedisHarness, name: &str) -> Worker {

@@ -4,9 +4,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use retry_kafka::handler::ErrorKind;
 use retry_kafka::prelude::*;
 use retry_kafka::testing::TestApp;
-use retry_kafka::ErrorKind;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -223,7 +223,7 @@ async fn dropping_is_explicit_counted_and_acknowledged() {
 #[tokio::test(start_paused = true)]
 async fn garbage_is_dead_lettered_through_the_testing_api() {
     let app = TestApp::start_only(|spec| spec.function() == "always_fails").await;
-    let mut headers = retry_kafka::Headers::new();
+    let mut headers = retry_kafka::headers::Headers::new();
     headers.insert("source", "legacy-system");
     app.publish_bytes("vt.orders", Some(b"k"), b"<order id=3/>", headers)
         .await;
@@ -242,7 +242,7 @@ async fn garbage_is_dead_lettered_through_the_testing_api() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_and_dead_letter_topics_copy_the_main_topic_partition_count() {
-    let broker = retry_kafka::InMemory::with_partitions(2);
+    let broker = retry_kafka::backend::memory::InMemory::with_partitions(2);
     broker.create_topic("vt.orders", 6);
     let app = App::builder()
         .backend(broker.clone())

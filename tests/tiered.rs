@@ -8,9 +8,9 @@ mod redis_support;
 use conformance::Harness;
 use kafka_support::KafkaHarness;
 use redis_support::{test_backend, RedisHarness};
+use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{Record, Tiered};
-use retry_kafka::kafka::Kafka;
-use retry_kafka::redis::Redis;
 
 struct TieredHarness {
     backend: Tiered<Kafka, Redis>,

@@ -1,8 +1,9 @@
 //! The whole set of handlers and the settings are checked before any I/O, with messages that
 //! name what is wrong.
 
+use retry_kafka::app::TopicNaming;
+use retry_kafka::error::ConfigError;
 use retry_kafka::prelude::*;
-use retry_kafka::{ConfigError, TopicNaming};
 use serde::{Deserialize, Serialize};
 
 #[derive(Event, Serialize, Deserialize)]
@@ -33,7 +34,7 @@ async fn reads_that_topic(_order: Order) -> Result<(), HandlerError> {
 }
 
 fn build(
-    keep: impl Fn(&retry_kafka::HandlerSpec) -> bool + Send + Sync + 'static,
+    keep: impl Fn(&retry_kafka::handler::HandlerSpec) -> bool + Send + Sync + 'static,
 ) -> Result<(), ConfigError> {
     App::builder()
         .backend(InMemory::new())
@@ -116,7 +117,7 @@ fn no_handlers_is_an_error_that_explains_linking() {
 #[tokio::test]
 async fn run_without_a_backend_fails_naming_the_setting() {
     // One test touches the environment, so no other test races with it.
-    std::env::remove_var(retry_kafka::BACKEND_ENV);
+    std::env::remove_var(retry_kafka::app::BACKEND_ENV);
     std::env::remove_var("KAFKA_BROKERS");
     std::env::remove_var("REDIS_URL");
     let error = retry_kafka::run().await.unwrap_err();
@@ -127,14 +128,14 @@ async fn run_without_a_backend_fails_naming_the_setting() {
         "{message}"
     );
 
-    std::env::set_var(retry_kafka::BACKEND_ENV, "kafka");
+    std::env::set_var(retry_kafka::app::BACKEND_ENV, "kafka");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
         "invalid KAFKA_BROKERS: not set; give the bootstrap servers, e.g. localhost:9092"
     );
 
-    std::env::set_var(retry_kafka::BACKEND_ENV, "kafak");
+    std::env::set_var(retry_kafka::app::BACKEND_ENV, "kafak");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
@@ -142,7 +143,7 @@ async fn run_without_a_backend_fails_naming_the_setting() {
          \"kafka-embedded\", \"redis\", \"kafka+redis\" and \"memory\""
     );
 
-    std::env::set_var(retry_kafka::BACKEND_ENV, "redis");
+    std::env::set_var(retry_kafka::app::BACKEND_ENV, "redis");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
@@ -164,11 +165,11 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     );
 
     // Both set: the choice must be made, and the message names the three.
-    std::env::remove_var(retry_kafka::BACKEND_ENV);
+    std::env::remove_var(retry_kafka::app::BACKEND_ENV);
     std::env::set_var("KAFKA_BROKERS", "127.0.0.1:1");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert!(message.contains("\"kafka+redis\""), "{message}");
     std::env::remove_var("KAFKA_BROKERS");
     std::env::remove_var("REDIS_URL");
-    std::env::remove_var(retry_kafka::BACKEND_ENV);
+    std::env::remove_var(retry_kafka::app::BACKEND_ENV);
 }

@@ -1,7 +1,26 @@
 //! Errors of the library, one enum per concern.
+//!
+//! What `main` prints is part of the interface: `Debug` of these errors (what
+//! `fn main() -> retry_kafka::Result<()>` shows on failure) is the full, human message followed by
+//! its causes, as `anyhow` prints them. `{:#?}` shows the structure instead.
+//!
+//! ```
+//! use retry_kafka::error::{ConfigError, Error};
+//! let error = Error::from(ConfigError::NoBackend);
+//! assert!(format!("{error:?}").starts_with("no backend configured: set KAFKA_BROKERS"));
+//! assert_eq!(format!("{error:#?}"), "Config(\n    NoBackend,\n)");
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+
+pub use crate::producer::SendError;
+
+type Source = Box<dyn StdError + Send + Sync>;
 
 /// Anything that stops [`run`](crate::run) or [`App`](crate::App).
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration or the set of handlers is invalid; nothing was started.
     #[error(transparent)]
@@ -10,19 +29,21 @@ pub enum Error {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// A consumer task ended abnormally.
-    #[error("consumer of topic {topic:?} in group {group:?} stopped: {reason}")]
+    #[error("consumer of topic {topic:?} in group {group:?} stopped: {source}")]
     Consumer {
         /// The topic it consumed.
         topic: String,
         /// Its group.
         group: String,
-        /// Why it stopped.
-        reason: String,
+        /// Why it stopped: the backend's error, or the task's if it panicked.
+        #[source]
+        source: Source,
     },
 }
 
 /// A bad setting or handler set, found before any I/O.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// No backend was chosen.
     #[error(
@@ -38,6 +59,15 @@ pub enum ConfigError {
         field: &'static str,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A backend was built outside a tokio runtime; its connections need one.
+    #[error(
+        "the {backend} backend must be built inside a tokio runtime (in an async fn under \
+         #[tokio::main], or with a Runtime::enter() guard held)"
+    )]
+    NoRuntime {
+        /// The backend's name.
+        backend: &'static str,
     },
     /// No handler was registered (or all were filtered out).
     #[error(
@@ -73,7 +103,8 @@ pub enum ConfigError {
 }
 
 /// A transport failure reported by a backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// A topic the runtime needs does not exist.
     #[error("topic {topic:?} does not exist{hint}")]
@@ -96,20 +127,22 @@ pub enum BackendError {
         main: String,
     },
     /// A produce was not acknowledged.
-    #[error("produce to topic {topic:?} failed: {reason}")]
+    #[error("produce to topic {topic:?} failed: {source}")]
     Produce {
         /// The topic.
         topic: String,
-        /// Why.
-        reason: String,
+        /// Why: the client's error, or the backend's own words.
+        #[source]
+        source: Source,
     },
     /// A consumer can deliver nothing more (its client is gone); the app must stop.
-    #[error("the consumer of topic {topic:?} stopped: {reason}")]
+    #[error("the consumer of topic {topic:?} stopped: {source}")]
     ConsumerStopped {
         /// The topic it read.
         topic: String,
-        /// Why.
-        reason: String,
+        /// Why: the client's or the task's error, or the backend's own words.
+        #[source]
+        source: Source,
     },
     /// The servers refused this client: a wrong user or password, or a server certificate
     /// the client does not trust. The reason is the server's or the TLS library's; it never
@@ -124,7 +157,7 @@ pub enum BackendError {
         hint: &'static str,
         /// The client's error that followed.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Source,
     },
     /// The backend's connection or client failed.
     #[error("{backend} backend: {source}")]
@@ -133,6 +166,174 @@ pub enum BackendError {
         backend: &'static str,
         /// The client's error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Source,
     },
+}
+
+/// Writes `error` as `main` should show it: its message, then each cause the message does not
+/// already contain (this crate's messages quote their source, as `Transport` does), numbered
+/// when there are several, like `anyhow`'s report.
+pub(crate) fn report(error: &dyn StdError, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut shown = error.to_string();
+    write!(f, "{shown}")?;
+    let mut causes = Vec::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            shown.push_str(&text);
+            causes.push(text);
+        }
+        source = cause.source();
+    }
+    match causes.as_slice() {
+        [] => Ok(()),
+        [only] => write!(f, "\n\nCaused by:\n    {only}"),
+        many => {
+            write!(f, "\n\nCaused by:")?;
+            for (index, cause) in many.iter().enumerate() {
+                write!(f, "\n    {index}: {cause}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return report(self, f);
+        }
+        match self {
+            Error::Config(error) => f.debug_tuple("Config").field(error).finish(),
+            Error::Backend(error) => f.debug_tuple("Backend").field(error).finish(),
+            Error::Consumer { topic, group, source } => f
+                .debug_struct("Consumer")
+                .field("topic", topic)
+                .field("group", group)
+                .field("source", source)
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return report(self, f);
+        }
+        match self {
+            ConfigError::NoBackend => f.write_str("NoBackend"),
+            ConfigError::Invalid { field, reason } => f
+                .debug_struct("Invalid")
+                .field("field", field)
+                .field("reason", reason)
+                .finish(),
+            ConfigError::NoRuntime { backend } => {
+                f.debug_struct("NoRuntime").field("backend", backend).finish()
+            }
+            ConfigError::NoHandlers => f.write_str("NoHandlers"),
+            ConfigError::DuplicateHandler {
+                topic,
+                group,
+                first,
+                second,
+            } => f
+                .debug_struct("DuplicateHandler")
+                .field("topic", topic)
+                .field("group", group)
+                .field("first", first)
+                .field("second", second)
+                .finish(),
+            ConfigError::TopicConflict { topic, first, second } => f
+                .debug_struct("TopicConflict")
+                .field("topic", topic)
+                .field("first", first)
+                .field("second", second)
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return report(self, f);
+        }
+        match self {
+            BackendError::UnknownTopic { topic, hint } => f
+                .debug_struct("UnknownTopic")
+                .field("topic", topic)
+                .field("hint", hint)
+                .finish(),
+            BackendError::TooFewPartitions {
+                topic,
+                actual,
+                needed,
+                main,
+            } => f
+                .debug_struct("TooFewPartitions")
+                .field("topic", topic)
+                .field("actual", actual)
+                .field("needed", needed)
+                .field("main", main)
+                .finish(),
+            BackendError::Produce { topic, source } => f
+                .debug_struct("Produce")
+                .field("topic", topic)
+                .field("source", source)
+                .finish(),
+            BackendError::ConsumerStopped { topic, source } => f
+                .debug_struct("ConsumerStopped")
+                .field("topic", topic)
+                .field("source", source)
+                .finish(),
+            BackendError::Refused {
+                backend,
+                reason,
+                hint,
+                source,
+            } => f
+                .debug_struct("Refused")
+                .field("backend", backend)
+                .field("reason", reason)
+                .field("hint", hint)
+                .field("source", source)
+                .finish(),
+            BackendError::Transport { backend, source } => f
+                .debug_struct("Transport")
+                .field("backend", backend)
+                .field("source", source)
+                .finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message_and_the_causes_it_does_not_repeat() {
+        let error = Error::from(BackendError::Transport {
+            backend: "kafka",
+            source: "connection refused".into(),
+        });
+        // The message quotes its source already: nothing is repeated.
+        assert_eq!(format!("{error:?}"), "kafka backend: connection refused");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let error = Error::Consumer {
+            topic: "orders".into(),
+            group: "billing".into(),
+            source: Box::new(Outer(std::io::Error::other("inner"))),
+        };
+        assert_eq!(
+            format!("{error:?}"),
+            "consumer of topic \"orders\" in group \"billing\" stopped: outer\n\nCaused by:\n    inner"
+        );
+        assert!(format!("{error:#?}").starts_with("Consumer {\n    topic: \"orders\","));
+    }
 }

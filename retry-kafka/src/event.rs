@@ -55,7 +55,7 @@ pub trait Event: Sized + Send + 'static {
 /// Turns events into bytes and back.
 ///
 /// ```
-/// use retry_kafka::{Codec, CodecError};
+/// use retry_kafka::event::{Codec, CodecError};
 ///
 /// /// Events that are plain UTF-8 text.
 /// struct Text;
@@ -84,7 +84,7 @@ pub mod codec {
     /// JSON through `serde_json`: the default codec of `#[derive(Event)]`.
     ///
     /// ```
-    /// use retry_kafka::{codec::Json, Codec};
+    /// use retry_kafka::event::{codec::Json, Codec};
     /// let bytes = Json::encode(&vec![1, 2]).unwrap();
     /// assert_eq!(bytes, b"[1,2]");
     /// let back: Vec<i32> = Json::decode(&bytes).unwrap();
@@ -110,7 +110,7 @@ pub mod codec {
 /// byte for byte, with `rk-error-kind: decode`.
 ///
 /// ```
-/// use retry_kafka::CodecError;
+/// use retry_kafka::event::CodecError;
 /// let error = CodecError::new("expected `{`");
 /// assert_eq!(error.to_string(), "codec error: expected `{`");
 /// ```
@@ -136,7 +136,7 @@ impl CodecError {
 /// tool (`42` is the key `b"42"`).
 ///
 /// ```
-/// use retry_kafka::EventKey;
+/// use retry_kafka::event::EventKey;
 /// assert_eq!(&42u64.key_bytes()[..], b"42");
 /// assert_eq!(&"eu-1".to_string().key_bytes()[..], b"eu-1");
 /// ```

@@ -21,6 +21,7 @@ pub type HandlerCall = fn(&[u8], Context) -> Result<HandlerFuture, CodecError>;
 
 /// What happens to a message that failed its last attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnExhausted {
     /// Keep it in the handler's dead-letter queue (`dlq` in the attribute).
     DeadLetter,
@@ -45,7 +46,7 @@ pub enum OnExhausted {
 ///     Ok(())
 /// }
 ///
-/// let spec = retry_kafka::registered_handlers()
+/// let spec = retry_kafka::handler::registered_handlers()
 ///     .find(|spec| spec.function() == "charge")
 ///     .unwrap();
 /// assert_eq!((spec.topic(), spec.group()), ("orders", "billing"));
@@ -180,6 +181,7 @@ pub fn registered_handlers() -> impl Iterator<Item = &'static HandlerSpec> {
 
 /// Why an attempt failed; written to the `rk-error-kind` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// May succeed later: retried through the levels, then dead-lettered.
     Transient,
@@ -235,7 +237,7 @@ impl fmt::Display for ErrorKind {
 /// cannot help.
 ///
 /// ```
-/// use retry_kafka::{ErrorKind, HandlerError};
+/// use retry_kafka::handler::{ErrorKind, HandlerError};
 ///
 /// fn parse(amount: &str) -> Result<u64, HandlerError> {
 ///     let cents: u64 = amount.parse().map_err(HandlerError::permanent)?; // bad data: no retry
@@ -313,6 +315,7 @@ pub fn into_outcome<E: Into<HandlerError>>(result: Result<(), E>) -> Result<(), 
 
 /// Where a message was first consumed, before any retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Origin {
     /// The main topic.
     pub topic: Arc<str>,

@@ -52,7 +52,7 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// A message's headers, in order; a name may repeat, as Kafka allows.
 ///
 /// ```
-/// use retry_kafka::Headers;
+/// use retry_kafka::headers::Headers;
 /// let mut headers = Headers::new();
 /// headers.insert("tenant", "acme");
 /// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
@@ -133,7 +133,8 @@ impl IntoIterator for Headers {
 /// The failure story of a retried or dead-lettered message, as carried in its `rk-*` headers.
 ///
 /// ```
-/// use retry_kafka::{ErrorKind, FailureContext, Headers};
+/// use retry_kafka::handler::ErrorKind;
+/// use retry_kafka::headers::{FailureContext, Headers};
 ///
 /// let context = FailureContext {
 ///     original_topic: "orders".into(),
@@ -184,6 +185,7 @@ pub struct FailureContext {
 
 /// A header of the failure context is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// A required header is absent.
     #[error("header `{0}` is missing")]

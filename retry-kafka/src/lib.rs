@@ -23,15 +23,35 @@
 //!
 //! Start everything with [`run`] (backend from the environment) or [`App::builder`]; test
 //! handlers with [`testing::TestApp`] in virtual time.
+//!
+//! # Where things are
+//!
+//! The crate root holds what every service uses: [`run`], [`App`], [`Event`],
+//! [`retry_handler`], [`Context`], [`HandlerError`], [`Producer`], [`Error`] and [`Result`], and
+//! the [`prelude`] that imports them. The rest is grouped by concern:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`app`] | [`App`] and its builder, start and shutdown, topic naming and provisioning, statistics |
+//! | [`handler`] | what a handler is: its registration, its errors, its [`Context`] |
+//! | [`event`] | the [`Event`] trait, partition keys and codecs |
+//! | [`headers`] | message headers and the failure context (the `rk-*` wire format) |
+//! | [`backend`] | the transports (Kafka, Redis, in-process) and the trait a new one implements |
+//! | [`error`] | the errors [`run`] and the backends return |
+//! | [`testing`] | [`TestApp`](testing::TestApp): handlers on the in-process broker, in virtual time |
+//!
+//! # Cargo features
+#![doc = document_features::document_features!()]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 mod clock;
 mod config;
-mod error;
-mod event;
-mod handler;
-mod headers;
+pub mod error;
+pub mod event;
+pub mod handler;
+pub mod headers;
 // The topic-name rule, shared with the macros: a symlink to `retry-kafka-macros/src/names.rs`.
 mod names;
 mod partitioner;
@@ -41,21 +61,35 @@ mod runtime;
 mod stats;
 pub mod testing;
 
+/// The application: building it, starting it, stopping it, and what it counts.
+pub mod app {
+    pub use crate::policy::TopicNaming;
+    pub use crate::policy::Topology;
+    pub use crate::runtime::{
+        run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV,
+    };
+    pub use crate::stats::{HandlerStats, Stats};
+}
+
+pub use error::Error;
+pub use event::Event;
+pub use handler::{Context, HandlerError};
+pub use producer::Producer;
+pub use runtime::{run, App};
+
+// Paths the current `#[derive(Event)]` and `#[retry_handler]` expansions name at the crate root.
+// Not public API: use the modules above.
+#[doc(hidden)]
+pub use event::{codec, Codec, CodecError, EventKey};
+#[doc(hidden)]
+pub use handler::HandlerSpec;
+
+// Crate-internal shorthands.
 #[cfg(feature = "kafka")]
-pub use backend::kafka;
-pub use backend::memory::InMemory;
+pub(crate) use backend::kafka;
+pub(crate) use backend::memory::InMemory;
 #[cfg(feature = "redis")]
-pub use backend::redis;
-pub use error::{BackendError, ConfigError, Error};
-pub use event::{codec, Codec, CodecError, Event, EventKey};
-pub use handler::{registered_handlers, Context, ErrorKind, HandlerError, HandlerSpec, OnExhausted, Origin};
-pub use headers::{
-    names as header_names, FailureContext, HeaderError, Headers, MAX_ERROR_MESSAGE, SCHEMA_VERSION,
-};
-pub use policy::{RetryPolicy, Step, TopicNaming, Topology};
-pub use producer::{Producer, SendError};
-pub use runtime::{run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV};
-pub use stats::{HandlerStats, Stats};
+pub(crate) use backend::redis;
 
 /// Derives [`Event`]: `#[event(topic = "...", key = "field", codec = Path, name = "...")]`.
 pub use retry_kafka_macros::Event;
@@ -98,7 +132,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What a handler module needs: `use retry_kafka::prelude::*;`.
 pub mod prelude {
-    pub use crate::{retry_handler, App, Context, Event, HandlerError, InMemory, Producer};
+    pub use crate::backend::memory::InMemory;
+    pub use crate::{retry_handler, App, Context, Event, HandlerError, Producer};
 }
 
 /// Paths used by macro expansions. Not public API.
@@ -124,3 +159,9 @@ pub mod __private {
         pub use inventory;
     }
 }
+
+/// The README's code blocks, compiled and run as doc tests in the default features
+/// (`retry-kafka/README.md` is a link to the workspace's).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

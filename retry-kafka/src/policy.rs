@@ -23,20 +23,7 @@ pub enum Step {
     Drop,
 }
 
-/// A handler's retry levels and what happens after the last one.
-///
-/// ```
-/// use std::time::Duration;
-/// use retry_kafka::{ErrorKind, OnExhausted, RetryPolicy, Step};
-///
-/// let policy = RetryPolicy::new([Duration::from_secs(10), Duration::from_secs(60)], OnExhausted::DeadLetter);
-/// // A transient failure on the main topic (level 0) goes to level 1, due in 10 s.
-/// assert_eq!(policy.next(0, ErrorKind::Transient), Step::Retry { level: 1, delay: Duration::from_secs(10) });
-/// assert_eq!(policy.next(1, ErrorKind::Timeout), Step::Retry { level: 2, delay: Duration::from_secs(60) });
-/// // The last level's failure, and any permanent failure, is dead-lettered.
-/// assert_eq!(policy.next(2, ErrorKind::Transient), Step::DeadLetter);
-/// assert_eq!(policy.next(0, ErrorKind::Permanent), Step::DeadLetter);
-/// ```
+/// A handler's retry levels and what happens after the last one (see the unit test below).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     delays: Vec<Duration>,
@@ -98,7 +85,7 @@ impl RetryPolicy {
 /// so two groups consuming one topic never share a retry level.
 ///
 /// ```
-/// use retry_kafka::TopicNaming;
+/// use retry_kafka::app::TopicNaming;
 /// let naming = TopicNaming::default();
 /// assert_eq!(naming.retry("orders", "billing", 2), "orders.billing.retry.2");
 /// assert_eq!(naming.dead_letter("orders", "billing"), "orders.billing.dlq");
@@ -198,7 +185,7 @@ impl Topology {
     /// rebalances (and pauses) another, and every group reads exactly one topic.
     ///
     /// ```
-    /// # use retry_kafka::Topology;
+    /// # use retry_kafka::app::Topology;
     /// let topology = Topology {
     ///     main: "orders".into(),
     ///     retries: vec!["orders.billing.retry.1".into()],
@@ -224,5 +211,35 @@ impl Topology {
                 .as_deref()
                 .map(|topic| (topic, TopicRole::DeadLetter)),
         )
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_goes_to_the_next_level_then_to_the_dead_letters() {
+        let policy = RetryPolicy::new(
+            [Duration::from_secs(10), Duration::from_secs(60)],
+            OnExhausted::DeadLetter,
+        );
+        // A transient failure on the main topic (level 0) goes to level 1, due in 10 s.
+        assert_eq!(
+            policy.next(0, ErrorKind::Transient),
+            Step::Retry {
+                level: 1,
+                delay: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            policy.next(1, ErrorKind::Timeout),
+            Step::Retry {
+                level: 2,
+                delay: Duration::from_secs(60)
+            }
+        );
+        // The last level's failure, and any permanent failure, is dead-lettered.
+        assert_eq!(policy.next(2, ErrorKind::Transient), Step::DeadLetter);
+        assert_eq!(policy.next(0, ErrorKind::Permanent), Step::DeadLetter);
     }
 }

@@ -31,7 +31,8 @@ pub struct Producer<B> {
 }
 
 /// An event could not be published.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// It did not encode.
     #[error(transparent)]
@@ -71,5 +72,16 @@ impl<B: Backend> Producer<B> {
     /// Publishes raw bytes, as any other client could.
     pub async fn send_raw(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, SendError> {
         Ok(self.backend.send(topic, TopicRole::Main, record).await?)
+    }
+}
+
+impl std::fmt::Debug for SendError {
+    /// The message and its causes; `{:#?}` shows the structure.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            _ if !f.alternate() => crate::error::report(self, f),
+            SendError::Codec(error) => f.debug_tuple("Codec").field(error).finish(),
+            SendError::Backend(error) => f.debug_tuple("Backend").field(error).finish(),
+        }
     }
 }

@@ -61,6 +61,7 @@ impl Counters {
 
 /// What one handler has done since the app started.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandlerStats {
     /// The handler's full name.
     pub handler: &'static str,
@@ -79,7 +80,7 @@ pub struct HandlerStats {
 /// Counters of every running handler.
 ///
 /// ```
-/// # use retry_kafka::{HandlerStats, Stats};
+/// # use retry_kafka::app::{HandlerStats, Stats};
 /// # fn show(stats: &Stats) {
 /// for handler in stats.iter() {
 ///     println!("{}: {} ok, {} dead-lettered", handler.handler, handler.succeeded, handler.dead_lettered);
@@ -87,6 +88,7 @@ pub struct HandlerStats {
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Stats {
     pub(crate) handlers: Vec<HandlerStats>,
 }

@@ -51,6 +51,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A message in a dead-letter queue, with its failure context decoded.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The message as stored: key, payload and headers.
     pub record: Record,

@@ -1,4 +1,4 @@
-//! The delivery contract (`shared/DESIGN.md`) as one suite, generic over the backend.
+//! The delivery contract (`ARCHITECTURE.md`) as one suite, generic over the backend.
 //!
 //! A backend's test binary implements [`Harness`] and calls `conformance_suite!(make_harness)`,
 //! which turns every case below into a `#[tokio::test]`. Each case has its own topics and groups,
@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use retry_kafka::app::Running;
 use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Publish as _, Record, TopicRole};
+use retry_kafka::handler::ErrorKind;
+use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
-use retry_kafka::{Bytes, ErrorKind, FailureContext, Headers, Running};
+use retry_kafka::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 

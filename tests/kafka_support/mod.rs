@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use retry_kafka::backend::kafka::{Kafka, KafkaBuilder};
 use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
-use retry_kafka::kafka::{Kafka, KafkaBuilder};
 pub use retry_kafka_suite::ApacheKafka;
 
 use crate::conformance::Harness;

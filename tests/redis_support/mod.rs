@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
+use retry_kafka::backend::redis::{Redis, RedisBuilder};
 use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
-use retry_kafka::redis::{Redis, RedisBuilder};
 pub use retry_kafka_suite::RedisServer;
 
 use crate::conformance::Harness;

@@ -26,7 +26,7 @@ const FETCH_BATCH: usize = 64;
 /// Cloning it gives another handle to the same broker.
 ///
 /// ```
-/// use retry_kafka::{backend::{OutboundRecord, Publish, TopicRole}, InMemory};
+/// use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let broker = InMemory::new();
@@ -302,7 +302,7 @@ impl InMemory {
             (Some(p), _) => {
                 return Err(BackendError::Produce {
                     topic: topic.to_owned(),
-                    reason: format!("partition {p} does not exist (the topic has {count})"),
+                    source: format!("partition {p} does not exist (the topic has {count})").into(),
                 })
             }
             (None, Some(key)) => partition_for_key(key, count),
@@ -315,7 +315,7 @@ impl InMemory {
             t.failing_sends -= 1;
             return Err(BackendError::Produce {
                 topic: topic.to_owned(),
-                reason: "injected failure".into(),
+                source: "injected failure".into(),
             });
         }
         let log = &mut t.partitions[partition as usize];

@@ -111,6 +111,7 @@ pub struct Subscription {
 
 /// What a consumer receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fetched {
     /// A message.
     Record(Record),
@@ -226,6 +227,8 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
 }
 
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -15,8 +15,8 @@ use crate::error::BackendError;
 ///
 /// ```no_run
 /// use retry_kafka::backend::Tiered;
-/// use retry_kafka::kafka::Kafka;
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::kafka::Kafka;
+/// use retry_kafka::backend::redis::Redis;
 /// use retry_kafka::App;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,10 +51,10 @@ impl<M: Backend, R: Backend> Tiered<M, R> {
 ///
 /// ```no_run
 /// use retry_kafka::backend::{Backend, Subscription, Tiered, TieredConsumer, TopicRole};
-/// use retry_kafka::kafka::Kafka;
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::kafka::Kafka;
+/// use retry_kafka::backend::redis::Redis;
 ///
-/// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::BackendError> {
+/// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::error::BackendError> {
 /// let subscription = Subscription { topic: "orders".into(), role: TopicRole::Main, group: "audit".into() };
 /// match backend.subscribe(subscription).await? {
 ///     TieredConsumer::Main { .. } => println!("orders is read from Kafka"),

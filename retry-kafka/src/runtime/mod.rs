@@ -101,7 +101,8 @@ pub async fn run() -> crate::Result<()> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use retry_kafka::{App, InMemory, TopicNaming};
+/// use retry_kafka::app::{App, TopicNaming};
+/// use retry_kafka::backend::memory::InMemory;
 ///
 /// let app = App::builder()
 ///     .backend(InMemory::new())
@@ -211,7 +212,7 @@ impl<B> AppBuilder<B> {
     /// 0 is taken as 1.
     ///
     /// ```
-    /// use retry_kafka::{App, InMemory};
+    /// use retry_kafka::{backend::memory::InMemory, App};
     ///
     /// let builder = App::builder().backend(InMemory::new()).hand_off_window(256);
     /// ```
@@ -340,7 +341,7 @@ impl<B: Backend> App<B> {
                 level.run(consumer).await.map_err(|error| Error::Consumer {
                     topic,
                     group,
-                    reason: error.to_string(),
+                    source: Box::new(error),
                 })
             });
         }
@@ -417,7 +418,7 @@ impl TerminationSignals {
 /// finish, what finished is acknowledged, and the consumers leave their groups.
 ///
 /// ```
-/// let handle = retry_kafka::ShutdownHandle::default();
+/// let handle = retry_kafka::app::ShutdownHandle::default();
 /// let stopper = handle.clone(); // e.g. moved into an admin endpoint
 /// stopper.shutdown();
 /// assert!(handle.is_shutdown());
@@ -493,7 +494,7 @@ impl Running {
                 Err(Error::Consumer {
                     topic: "?".into(),
                     group: "?".into(),
-                    reason: join.to_string(),
+                    source: Box::new(join),
                 })
             });
             if let Err(error) = result {

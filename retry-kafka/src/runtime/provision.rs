@@ -9,10 +9,12 @@ use crate::policy::Topology;
 /// What [`App::start`](crate::App::start) does about retry and dead-letter topics.
 ///
 /// ```
-/// use retry_kafka::{App, InMemory, Provisioning};
+/// use retry_kafka::app::{App, Provisioning};
+/// use retry_kafka::backend::memory::InMemory;
 /// let builder = App::builder().backend(InMemory::new()).provisioning(Provisioning::Verify);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Provisioning {
     /// Create the missing ones with the main topic's partition count (the default).
     #[default]

@@ -39,9 +39,9 @@ mod nested {
 }
 
 fn main() {
-    let charge = rk::registered_handlers().find(|s| s.function() == "charge").unwrap();
+    let charge = rk::handler::registered_handlers().find(|s| s.function() == "charge").unwrap();
     assert_eq!((charge.topic(), charge.group(), charge.retries().len()), ("orders", "charge", 1));
-    let refund = rk::registered_handlers().find(|s| s.function() == "refund").unwrap();
+    let refund = rk::handler::registered_handlers().find(|s| s.function() == "refund").unwrap();
     assert_eq!((refund.topic(), refund.event_type()), ("refunds", "RefundIssued"));
     assert_eq!(OrderPlaced { order_id: 3 }.key().as_deref(), Some(&b"3"[..]));
 }

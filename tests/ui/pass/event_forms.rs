@@ -1,7 +1,7 @@
 //! Every accepted form of #[derive(Event)].
 
 use retry_kafka::prelude::*;
-use retry_kafka::{Codec, CodecError};
+use retry_kafka::event::{Codec, CodecError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Event, Serialize, Deserialize, Debug, PartialEq)]

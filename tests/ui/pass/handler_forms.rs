@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use retry_kafka::prelude::*;
-use retry_kafka::OnExhausted;
+use retry_kafka::handler::OnExhausted;
 use serde::{Deserialize, Serialize};
 
 #[derive(Event, Serialize, Deserialize)]
@@ -58,12 +58,12 @@ mod nested {
     }
 }
 
-fn spec(function: &str) -> &'static retry_kafka::HandlerSpec {
-    retry_kafka::registered_handlers().find(|s| s.function() == function).unwrap()
+fn spec(function: &str) -> &'static retry_kafka::handler::HandlerSpec {
+    retry_kafka::handler::registered_handlers().find(|s| s.function() == function).unwrap()
 }
 
 fn main() {
-    assert_eq!(retry_kafka::registered_handlers().count(), 6);
+    assert_eq!(retry_kafka::handler::registered_handlers().count(), 6);
 
     let defaults = spec("minimal");
     assert_eq!((defaults.topic(), defaults.group(), defaults.event_type()), ("orders", "minimal", "OrderPlaced"));

@@ -44,7 +44,7 @@ async fn outcome(spec: OrderPlaced, outcome: Context) -> Result<(), HandlerError
 }
 
 fn main() {
-    let mut groups: Vec<_> = retry_kafka::registered_handlers().map(|spec| spec.group()).collect();
+    let mut groups: Vec<_> = retry_kafka::handler::registered_handlers().map(|spec| spec.group()).collect();
     groups.sort();
     assert_eq!(groups, ["context", "event", "outcome", "payload"]);
     let key = OrderPlaced { field: 7 }.key();

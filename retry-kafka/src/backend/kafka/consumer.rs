@@ -319,7 +319,7 @@ impl Consumer for KafkaConsumer {
                 None => {
                     return Err(BackendError::ConsumerStopped {
                         topic: self.topic.clone(),
-                        reason: "its poll thread ended".into(),
+                        source: "its poll thread ended".into(),
                     })
                 }
             }

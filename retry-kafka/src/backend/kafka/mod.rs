@@ -41,13 +41,13 @@ const READER_FETCH_WAIT_MS: &str = "10";
 /// Kafka through rdkafka.
 ///
 /// ```no_run
-/// use retry_kafka::kafka::Kafka;
+/// use retry_kafka::backend::kafka::Kafka;
 ///
 /// let kafka = Kafka::builder("broker-1:9092,broker-2:9092")
 ///     .consumer_property("session.timeout.ms", "10000")
 ///     .property("security.protocol", "SASL_SSL") // consumers and producer alike
 ///     .build()?;
-/// # Ok::<(), retry_kafka::ConfigError>(())
+/// # Ok::<(), retry_kafka::error::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct Kafka {
@@ -596,7 +596,7 @@ impl Kafka {
         let queued = self.cluster_of(role).producer.send_result(outbound);
         let failed = |error: KafkaError| BackendError::Produce {
             topic: topic.to_owned(),
-            reason: error.to_string(),
+            source: error.into(),
         };
         // The topic names a delivery error, which comes later: an owned copy per record.
         let (queued, early) = match queued {
@@ -615,11 +615,11 @@ impl Kafka {
                 }),
                 Ok(Err((error, _))) => Err(BackendError::Produce {
                     topic,
-                    reason: error.to_string(),
+                    source: error.into(),
                 }),
                 Err(_) => Err(BackendError::Produce {
                     topic,
-                    reason: "the producer was closed before the broker answered".into(),
+                    source: "the producer was closed before the broker answered".into(),
                 }),
             }
         }

@@ -48,7 +48,7 @@ pub const TLS_CA_FILE_ENV: &str = "REDIS_TLS_CA_FILE";
 ///
 /// ```
 /// use std::time::Duration;
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::redis::Redis;
 ///
 /// let builder = Redis::builder("redis://127.0.0.1:6379").default_partitions(4).batch(512);
 /// ```
@@ -183,7 +183,8 @@ impl RedisBuilder {
         self
     }
 
-    /// The backend; fails naming the URL when it is malformed. Connects on first use.
+    /// The backend; fails naming the URL when it is malformed, and outside a tokio runtime.
+    /// Connects on first use.
     pub fn build(self) -> Result<Redis, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
             field: URL_ENV,
@@ -213,6 +214,10 @@ impl RedisBuilder {
                 field: "session_timeout",
                 reason: "must be at least 300ms".into(),
             });
+        }
+        // The connection manager spawns its task on the current runtime (and panics without one).
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime { backend: "redis" });
         }
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.settings.response_timeout))

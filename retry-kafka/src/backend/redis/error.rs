@@ -70,7 +70,7 @@ pub(crate) fn produce(topic: &str, error: RedisError) -> BackendError {
     match explain(error, Doing::Command) {
         BackendError::Transport { source, .. } => BackendError::Produce {
             topic: topic.to_owned(),
-            reason: source.to_string(),
+            source,
         },
         refused => refused,
     }

@@ -79,13 +79,13 @@ pub(crate) use produce::Source;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::redis::Redis;
 ///
 /// let redis = Redis::builder("redis://:secret@127.0.0.1:6379/0")
 ///     .session_timeout(Duration::from_secs(15))
 ///     .keep_acknowledged(Duration::from_secs(3600))
 ///     .build()?;
-/// # Ok::<(), retry_kafka::ConfigError>(())
+/// # Ok::<(), retry_kafka::error::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct Redis {

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use redis::RedisError;
 
 use super::stream_id::StreamId;
@@ -32,7 +33,7 @@ impl Redis {
             (Some(p), _) => {
                 return Err(BackendError::Produce {
                     topic: topic.to_owned(),
-                    reason: format!("partition {p} does not exist (the topic has {count})"),
+                    source: format!("partition {p} does not exist (the topic has {count})").into(),
                 })
             }
             (None, Some(key)) => crate::partitioner::partition_for_key(key, count),
@@ -108,23 +109,22 @@ impl Redis {
     /// blip) until the response timeout has passed. A write whose reply was lost may then be
     /// applied twice: at least once, as everywhere.
     async fn query_retrying<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, RedisError> {
-        let mut conn = self.connection();
+        let conn = self.connection();
         let deadline = tokio::time::Instant::now() + self.shared.settings.response_timeout;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match cmd.query_async(&mut conn).await {
-                Err(error)
-                    if (error.is_io_error()
-                        || error.is_connection_dropped()
-                        || error.is_connection_refusal())
-                        && tokio::time::Instant::now() + pause < deadline =>
-                {
-                    tracing::debug!(%error, retry_in = ?pause, "redis write failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                result => return result,
-            }
-        }
+        let pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times();
+        (|| {
+            let mut conn = conn.clone();
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .retry(pauses)
+        .when(|error: &RedisError| {
+            (error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal())
+                && tokio::time::Instant::now() < deadline
+        })
+        .notify(|error, pause| tracing::debug!(%error, retry_in = ?pause, "redis write failed; retrying"))
+        .await
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ConstantBuilder};
 use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -340,12 +341,17 @@ impl Reader {
     /// Sends the last acknowledgements, gives up leases and membership, and removes this
     /// member's name from the group when it has nothing pending.
     pub(super) async fn leave(mut self) -> Result<(), BackendError> {
+        // Up to 5 s more for the server to come back: what is acknowledged here is not redone.
+        let pauses = ConstantBuilder::new()
+            .with_delay(Duration::from_millis(250))
+            .with_max_times(20)
+            .build();
         let mut flushed = self.flush_acks().await;
-        for _ in 0..20 {
+        for pause in pauses {
             if flushed.is_ok() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(pause).await;
             flushed = self.flush_acks().await;
         }
         if self.settings.unordered {

@@ -82,9 +82,9 @@ impl Control {
 ///
 /// ```no_run
 /// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription, TopicRole};
-/// use retry_kafka::redis::Redis;
+/// use retry_kafka::backend::redis::Redis;
 ///
-/// # async fn audit() -> Result<(), retry_kafka::BackendError> {
+/// # async fn audit() -> Result<(), retry_kafka::error::BackendError> {
 /// let redis = Redis::builder("redis://127.0.0.1:6379").build().expect("valid URL");
 /// let subscription = Subscription { topic: "orders".into(), role: TopicRole::Main, group: "audit".into() };
 /// let mut consumer = redis.subscribe(subscription).await?;
@@ -227,7 +227,7 @@ impl Consumer for RedisConsumer {
                 None => {
                     return Err(BackendError::ConsumerStopped {
                         topic: self.topic.clone(),
-                        reason: "the reader task ended".into(),
+                        source: "the reader task ended".into(),
                     })
                 }
             }
@@ -320,7 +320,7 @@ impl Consumer for RedisConsumer {
             Ok(result) => result,
             Err(error) => Err(BackendError::ConsumerStopped {
                 topic: self.topic.clone(),
-                reason: format!("reader task failed: {error}"),
+                source: Box::new(error),
             }),
         }
     }
