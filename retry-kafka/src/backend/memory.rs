@@ -55,6 +55,16 @@ struct State {
     topics: HashMap<String, Topic>,
 }
 
+impl State {
+    /// `name`, created with `default` partitions on first use (as a Kafka cluster with
+    /// `auto.create.topics.enable` does).
+    fn topic(&mut self, name: &str, default: u32) -> &mut Topic {
+        self.topics
+            .entry(name.to_owned())
+            .or_insert_with(|| Topic::new(default))
+    }
+}
+
 struct Topic {
     partitions: Vec<Vec<Record>>,
     groups: HashMap<String, Group>,
@@ -158,10 +168,7 @@ impl InMemory {
     fn fail_sends(&self, topic: &str, partition: Option<u32>, count: u32) {
         let default = self.shared.default_partitions;
         let mut state = self.state();
-        let topic = state
-            .topics
-            .entry(topic.to_owned())
-            .or_insert_with(|| Topic::new(default));
+        let topic = state.topic(topic, default);
         topic.failing_sends = count;
         topic.failing_partition = partition;
     }
@@ -251,10 +258,7 @@ impl Backend for InMemory {
         let default = self.shared.default_partitions;
         let changed = {
             let mut state = self.state();
-            let topic = state
-                .topics
-                .entry(subscription.topic.clone())
-                .or_insert_with(|| Topic::new(default));
+            let topic = state.topic(&subscription.topic, default);
             let partitions = topic.partitions.len();
             let group = topic
                 .groups
@@ -292,10 +296,7 @@ impl InMemory {
     fn append(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
         let default = self.shared.default_partitions;
         let mut state = self.state();
-        let t = state
-            .topics
-            .entry(topic.to_owned())
-            .or_insert_with(|| Topic::new(default));
+        let t = state.topic(topic, default);
         let count = t.partitions.len() as u32;
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < count => p,

@@ -59,42 +59,31 @@ pub async fn run() -> crate::Result<()> {
             tracing::warn!(
                 "{BACKEND_ENV}=memory: running on the in-process broker; nothing survives this process"
             );
-            App::builder().backend(InMemory::new()).build()?.run().await
+            run_on(InMemory::new()).await
         }
         #[cfg(feature = "kafka")]
         BackendChoice::KafkaEmbedded => {
             tracing::warn!("{BACKEND_ENV}=kafka-embedded: running on an in-process Kafka cluster; nothing survives this process");
-            App::builder()
-                .backend(crate::kafka::Kafka::embedded()?)
-                .build()?
-                .run()
-                .await
+            run_on(crate::kafka::Kafka::embedded()?).await
         }
         #[cfg(feature = "kafka")]
-        BackendChoice::Kafka => {
-            App::builder()
-                .backend(crate::kafka::Kafka::from_env()?)
-                .build()?
-                .run()
-                .await
-        }
+        BackendChoice::Kafka => run_on(crate::kafka::Kafka::from_env()?).await,
         #[cfg(feature = "redis")]
-        BackendChoice::Redis => {
-            App::builder()
-                .backend(crate::redis::Redis::from_env()?)
-                .build()?
-                .run()
-                .await
-        }
+        BackendChoice::Redis => run_on(crate::redis::Redis::from_env()?).await,
         #[cfg(all(feature = "kafka", feature = "redis"))]
         BackendChoice::KafkaRedis => {
             let backend = crate::backend::Tiered::new(
                 crate::kafka::Kafka::from_env()?,
                 crate::redis::Redis::from_env()?,
             );
-            App::builder().backend(backend).build()?.run().await
+            run_on(backend).await
         }
     }
+}
+
+/// Every registered handler on `backend`, until a signal.
+async fn run_on<B: Backend>(backend: B) -> crate::Result<()> {
+    App::builder().backend(backend).build()?.run().await
 }
 
 /// Chooses the backend and settings of an [`App`].
