@@ -53,17 +53,17 @@ pub enum OnExhausted {
 /// assert_eq!(spec.retries().collect::<Vec<_>>(), [std::time::Duration::from_secs(10), std::time::Duration::from_secs(60)]);
 /// ```
 pub struct HandlerSpec {
-    pub(crate) name: &'static str,
-    pub(crate) topic: &'static str,
-    pub(crate) group: &'static str,
-    pub(crate) event_type: &'static str,
-    pub(crate) retries_ms: &'static [u64],
-    pub(crate) on_exhausted: OnExhausted,
-    pub(crate) timeout_ms: Option<u64>,
-    pub(crate) concurrency: u32,
-    pub(crate) call: HandlerCall,
-    pub(crate) file: &'static str,
-    pub(crate) line: u32,
+    name: &'static str,
+    topic: &'static str,
+    group: &'static str,
+    event_type: &'static str,
+    retries_ms: &'static [u64],
+    on_exhausted: OnExhausted,
+    timeout_ms: Option<u64>,
+    concurrency: u32,
+    call: HandlerCall,
+    file: &'static str,
+    line: u32,
 }
 
 /// What `#[retry_handler]` declared, turned into a [`HandlerSpec`] by [`handler_spec`]. Reached
@@ -153,6 +153,11 @@ impl HandlerSpec {
     /// Where the handler was declared: `src/billing.rs:12`.
     pub fn location(&self) -> String {
         format!("{}:{}", self.file, self.line)
+    }
+
+    /// The generated entry point: decodes a payload and starts the handler.
+    pub(crate) fn call(&self) -> HandlerCall {
+        self.call
     }
 }
 

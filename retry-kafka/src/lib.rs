@@ -77,13 +77,6 @@ pub use handler::{Context, HandlerError};
 pub use producer::Producer;
 pub use runtime::{run, App};
 
-// Paths the current `#[derive(Event)]` and `#[retry_handler]` expansions name at the crate root.
-// Not public API: use the modules above.
-#[doc(hidden)]
-pub use event::{codec, Codec, CodecError, EventKey};
-#[doc(hidden)]
-pub use handler::HandlerSpec;
-
 // Crate-internal shorthands.
 #[cfg(feature = "kafka")]
 pub(crate) use backend::kafka;

@@ -555,7 +555,7 @@ impl Level {
             attempt = self.level + 1,
         );
         let payload = record.payload.as_deref().unwrap_or_default();
-        let call = self.spec.call;
+        let call = self.spec.call();
         let started = {
             let _entered = span.enter();
             std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context)))
