@@ -7,7 +7,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::handler::ErrorKind;
+use crate::handlers::ErrorKind;
 
 /// Header names of the failure context, schema 1.
 pub mod names {

@@ -50,7 +50,17 @@ mod clock;
 mod config;
 pub mod error;
 pub mod event;
-pub mod handler;
+/// What a handler is: its registration ([`HandlerSpec`](handler::HandlerSpec)), its failures
+/// ([`HandlerError`]) and what it knows about the message it handles ([`Context`]).
+pub mod handler {
+    pub use crate::handlers::{
+        registered_handlers, Context, ErrorKind, HandlerError, HandlerSpec, OnExhausted, Origin,
+    };
+}
+// The file behind `handler`; what only the macro expansions use is public through `__private`
+// alone, so a user cannot build a `HandlerSpec` and diagnostics name the `__private` path.
+#[path = "handler.rs"]
+mod handlers;
 pub mod headers;
 // The topic-name rule, shared with the macros: a symlink to `retry-kafka-macros/src/names.rs`.
 mod names;
@@ -73,7 +83,7 @@ pub mod app {
 
 pub use error::Error;
 pub use event::Event;
-pub use handler::{Context, HandlerError};
+pub use handlers::{Context, HandlerError};
 pub use producer::Producer;
 pub use runtime::{run, App};
 
@@ -135,7 +145,7 @@ pub mod __private {
     // Diagnostics name an item by its shortest public path, and this module's children are
     // the last resort; this keeps a wrong handler error type reported as a bound of
     // `retry_kafka::__private::into_outcome`, a path that exists.
-    pub use crate::handler::into_outcome;
+    pub use crate::handlers::into_outcome;
 
     /// Everything an expansion refers to, named after this release. The runtime pins the macros
     /// crate to its own version (`=`), and the module name makes any other pairing (a `[patch]`,
@@ -145,7 +155,7 @@ pub mod __private {
     pub mod v0_1_0 {
         pub use crate::event::codec::Json;
         pub use crate::event::{Codec, CodecError, Event, EventKey};
-        pub use crate::handler::{
+        pub use crate::handlers::{
             handler_spec, into_outcome, Context, Declaration, HandlerFuture, OnExhausted,
         };
         pub use bytes::Bytes;

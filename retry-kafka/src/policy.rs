@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::backend::TopicRole;
 use crate::error::ConfigError;
-use crate::handler::{ErrorKind, HandlerSpec, OnExhausted};
+use crate::handlers::{ErrorKind, HandlerSpec, OnExhausted};
 
 /// Where a failed message goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

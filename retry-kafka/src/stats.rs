@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::handler::HandlerSpec;
+use crate::handlers::HandlerSpec;
 
 /// Live counters of one handler, shared by its consumers. One relaxed increment per outcome.
 pub(crate) struct Counters {

@@ -39,7 +39,7 @@ use bytes::Bytes;
 
 use crate::backend::{Delivered, OutboundRecord, Record};
 use crate::event::Event;
-use crate::handler::HandlerSpec;
+use crate::handlers::HandlerSpec;
 use crate::headers::{FailureContext, Headers};
 use crate::policy::Topology;
 use crate::runtime::{App, Running};

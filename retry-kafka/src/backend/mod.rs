@@ -51,6 +51,15 @@ impl OutboundRecord {
     /// When a retry is due (epoch ms), from its `rk-due-at` header: the runtime writes it, a
     /// backend with a delay store (Redis) keeps the record out of sight until then, the others
     /// deliver it at once and the consumer holds the partition until it is due.
+    ///
+    /// ```
+    /// use retry_kafka::backend::OutboundRecord;
+    ///
+    /// let mut record = OutboundRecord::default();
+    /// assert_eq!(record.due_at_ms(), None);
+    /// record.headers.insert("rk-due-at", "1700000010000");
+    /// assert_eq!(record.due_at_ms(), Some(1_700_000_010_000));
+    /// ```
     pub fn due_at_ms(&self) -> Option<i64> {
         crate::headers::due_at_ms(&self.headers)
     }
@@ -60,6 +69,14 @@ impl OutboundRecord {
 /// treat topics differently: [`Tiered`] keeps retry levels and dead letters on its second
 /// backend, Kafka may keep them on a cluster of their own, Redis keeps a retry level's records
 /// in a delay set until due.
+///
+/// ```
+/// use retry_kafka::backend::TopicRole;
+///
+/// assert_eq!(TopicRole::of_level(0), TopicRole::Main);
+/// assert_eq!(TopicRole::of_level(2), TopicRole::Retry { level: 2 });
+/// assert!(TopicRole::DeadLetter.is_derived() && !TopicRole::Main.is_derived());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TopicRole {
@@ -167,6 +184,19 @@ pub trait Consumer: Send + 'static {
 }
 
 /// Topics: how many partitions they have, creating them, and how far a group is behind.
+///
+/// ```
+/// use retry_kafka::backend::{memory::InMemory, TopicAdmin, TopicRole};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
+/// let broker = InMemory::new();
+/// let level = TopicRole::Retry { level: 1 };
+/// TopicAdmin::create_topic(&broker, "orders.billing.retry.1", level, 4).await?;
+/// assert_eq!(TopicAdmin::partitions(&broker, "orders.billing.retry.1", level).await?, Some(4));
+/// assert_eq!(TopicAdmin::lag(&broker, "orders.billing.retry.1", level, "orders.billing.retry.1").await?, 0);
+/// # Ok(()) }
+/// ```
 pub trait TopicAdmin: Send + Sync {
     /// The partition count of `topic`, or `None` if it does not exist.
     fn partitions(
@@ -200,6 +230,18 @@ pub trait TopicAdmin: Send + Sync {
 }
 
 /// Producing: one message written durably.
+///
+/// ```
+/// use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
+/// let broker = InMemory::new();
+/// let record = OutboundRecord { key: Some("42".into()), payload: Some("{}".into()), ..Default::default() };
+/// let delivered = broker.send("orders", TopicRole::Main, record).await?;
+/// assert_eq!(delivered.offset, 0);
+/// # Ok(()) }
+/// ```
 pub trait Publish: Send + Sync {
     /// Produces one message and waits until the broker has durably accepted it.
     fn send(

@@ -20,7 +20,7 @@ use super::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, TopicRole};
 use crate::clock::{instant_at, now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
-use crate::handler::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
+use crate::handlers::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
 use crate::stats::Counters;
@@ -598,7 +598,7 @@ impl Level {
         record: Record,
         lineage: Lineage,
         generation: u32,
-        handler: crate::handler::HandlerFuture,
+        handler: crate::handlers::HandlerFuture,
         span: tracing::Span,
     ) -> Attempt {
         let timeout = self.spec.timeout();
@@ -808,7 +808,7 @@ fn next_wake(partitions: &[Partition], can_start: bool) -> Option<Instant> {
 }
 
 async fn run_guarded(
-    handler: crate::handler::HandlerFuture,
+    handler: crate::handlers::HandlerFuture,
     timeout: Option<Duration>,
 ) -> Result<(), Failure> {
     let guarded = AssertUnwindSafe(handler).catch_unwind();

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, Subscription, TopicRole};
 use crate::config::BackendChoice;
 use crate::error::{BackendError, ConfigError, Error};
-use crate::handler::{registered_handlers, HandlerSpec};
+use crate::handlers::{registered_handlers, HandlerSpec};
 use crate::policy::{RetryPolicy, TopicNaming, Topology};
 use crate::producer::Producer;
 use crate::stats::{Counters, Stats};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::backend::TopicRole;
 use crate::error::ConfigError;
-use crate::handler::HandlerSpec;
+use crate::handlers::HandlerSpec;
 use crate::names::{self, NameError};
 use crate::policy::{TopicNaming, Topology};
 
