@@ -105,12 +105,16 @@ pub mod figures {
 }
 
 /// The role of a topic named by the default [`TopicNaming`](retry_kafka::TopicNaming)
-/// (`{topic}.{group}.retry.{level}`, `{topic}.{group}.dlq`), for test harnesses that are
+/// (`{topic}.{group}.retry.{level}`, `{topic}.{group}.dlq`, `{topic}.{group}.parked`), for
+/// test harnesses that are
 /// given only a topic's name.
 pub fn role_of(topic: &str) -> retry_kafka::backend::TopicRole {
     use retry_kafka::backend::TopicRole;
     if topic.ends_with(".dlq") {
         return TopicRole::DeadLetter;
+    }
+    if topic.ends_with(".parked") {
+        return TopicRole::Parked;
     }
     match topic.rsplit_once(".retry.").map(|(_, level)| level.parse()) {
         Some(Ok(level)) => TopicRole::Retry { level },

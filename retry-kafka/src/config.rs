@@ -7,18 +7,42 @@
 use crate::error::ConfigError;
 use crate::runtime::BACKEND_ENV;
 
-/// The backend the environment chooses for [`run`](crate::run).
+/// The backend the environment chooses for [`run`](crate::run), by the rule its table gives;
+/// tools that connect the way `run()` does (the `retry-kafka` command) read it too.
+///
+/// ```
+/// use retry_kafka::app::BackendChoice;
+/// // With none of RETRY_KAFKA_BACKEND, KAFKA_BROKERS and REDIS_URL set:
+/// # std::env::remove_var("RETRY_KAFKA_BACKEND"); std::env::remove_var("KAFKA_BROKERS"); std::env::remove_var("REDIS_URL");
+/// let error = BackendChoice::from_env().unwrap_err();
+/// assert!(error.to_string().contains("KAFKA_BROKERS"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BackendChoice {
+#[non_exhaustive]
+pub enum BackendChoice {
+    /// `RETRY_KAFKA_BACKEND=memory`: the in-process broker.
     Memory,
+    /// `RETRY_KAFKA_BACKEND=kafka-embedded`: an in-process Kafka cluster.
     #[cfg(feature = "kafka")]
     KafkaEmbedded,
+    /// Kafka at `KAFKA_BROKERS`.
     #[cfg(feature = "kafka")]
     Kafka,
+    /// Redis at `REDIS_URL`.
     #[cfg(feature = "redis")]
     Redis,
+    /// Main topics on Kafka, retries and dead letters on Redis.
     #[cfg(all(feature = "kafka", feature = "redis"))]
     KafkaRedis,
+}
+
+/// Whether the program is asked to print its topology (`RETRY_KAFKA_PRINT_TOPOLOGY=1`, or
+/// `--retry-kafka-topology` as its first argument) instead of running.
+pub(crate) fn topology_requested() -> Result<bool, ConfigError> {
+    Ok(flag(crate::runtime::TOPOLOGY_ENV)?
+        || std::env::args_os()
+            .nth(1)
+            .is_some_and(|arg| arg == "--retry-kafka-topology"))
 }
 
 /// The values of `RETRY_KAFKA_BACKEND` this build understands.
@@ -36,7 +60,7 @@ const SUPPORTED_BACKENDS: &[&str] = &[
 
 impl BackendChoice {
     /// `RETRY_KAFKA_BACKEND`, or else the one backend whose address is set.
-    pub(crate) fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         let choice = optional(BACKEND_ENV);
         #[cfg(feature = "kafka")]
         let kafka_configured = is_set(crate::kafka::BROKERS_ENV);

@@ -48,6 +48,7 @@
 pub mod backend;
 mod clock;
 mod config;
+pub mod dead_letters;
 pub mod error;
 pub mod event;
 /// What a handler is: its registration ([`HandlerSpec`](handler::HandlerSpec)), its failures
@@ -73,10 +74,10 @@ pub mod testing;
 
 /// The application: building it, starting it, stopping it, and what it counts.
 pub mod app {
-    pub use crate::policy::TopicNaming;
-    pub use crate::policy::Topology;
+    pub use crate::config::BackendChoice;
+    pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, Topology, TopologyPlan};
     pub use crate::runtime::{
-        run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV,
+        run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV, TOPOLOGY_ENV,
     };
     pub use crate::stats::{HandlerStats, Stats};
 }

@@ -19,6 +19,8 @@ pub enum Step {
     },
     /// To the dead-letter queue.
     DeadLetter,
+    /// To the parking queue: a replayed dead letter failed again, and waits for a person.
+    Park,
     /// Nowhere: the handler chose `on_exhausted = "drop"`.
     Drop,
 }
@@ -63,7 +65,9 @@ impl RetryPolicy {
     }
 
     /// Where a message goes after failing with `kind` on level `failed_level` (0 = main topic).
-    pub fn next(&self, failed_level: u32, kind: ErrorKind) -> Step {
+    /// `replays` is its `rk-replays`: a dead letter that was replayed and runs out of attempts
+    /// again is parked rather than dead-lettered, so replays never cycle.
+    pub fn next(&self, failed_level: u32, kind: ErrorKind, replays: u32) -> Step {
         if kind.is_retryable() {
             if let Some(delay) = self.delay(failed_level + 1) {
                 return Step::Retry {
@@ -73,6 +77,7 @@ impl RetryPolicy {
             }
         }
         match self.on_exhausted {
+            OnExhausted::DeadLetter if replays > 0 => Step::Park,
             OnExhausted::DeadLetter => Step::DeadLetter,
             OnExhausted::Drop => Step::Drop,
         }
@@ -81,7 +86,7 @@ impl RetryPolicy {
 
 /// How retry and dead-letter topics (Redis: streams) are named.
 ///
-/// Patterns use `{topic}`, `{group}` and, for retries, `{level}`. Both must contain `{group}`
+/// Patterns use `{topic}`, `{group}` and, for retries, `{level}`. Each must contain `{group}`
 /// so two groups consuming one topic never share a retry level.
 ///
 /// ```
@@ -89,15 +94,21 @@ impl RetryPolicy {
 /// let naming = TopicNaming::default();
 /// assert_eq!(naming.retry("orders", "billing", 2), "orders.billing.retry.2");
 /// assert_eq!(naming.dead_letter("orders", "billing"), "orders.billing.dlq");
+/// assert_eq!(naming.parked("orders", "billing"), "orders.billing.parked");
 ///
-/// let custom = TopicNaming::new("{group}-{topic}-retry-{level}", "{group}-{topic}-dlt").unwrap();
+/// let custom = TopicNaming::new("{group}-{topic}-retry-{level}", "{group}-{topic}-dlt")
+///     .unwrap()
+///     .with_parked("{group}-{topic}-parked")
+///     .unwrap();
 /// assert_eq!(custom.retry("orders", "billing", 1), "billing-orders-retry-1");
+/// assert_eq!(custom.parked("orders", "billing"), "billing-orders-parked");
 /// assert!(TopicNaming::new("{topic}.retry.{level}", "{topic}.dlq").is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicNaming {
     retry: String,
     dead_letter: String,
+    parked: String,
 }
 
 impl Default for TopicNaming {
@@ -105,28 +116,31 @@ impl Default for TopicNaming {
         Self {
             retry: "{topic}.{group}.retry.{level}".into(),
             dead_letter: "{topic}.{group}.dlq".into(),
+            parked: "{topic}.{group}.parked".into(),
         }
     }
 }
 
 impl TopicNaming {
-    /// Custom patterns; checked for the placeholders they need.
+    /// Custom patterns for retry and dead-letter topics; checked for the placeholders they
+    /// need. The parking queue keeps its default pattern unless [`with_parked`](Self::with_parked).
     pub fn new(retry: impl Into<String>, dead_letter: impl Into<String>) -> Result<Self, ConfigError> {
         let (retry, dead_letter) = (retry.into(), dead_letter.into());
-        for (field, pattern, needs) in [
-            ("retry_topic_pattern", &retry, &["{group}", "{level}"][..]),
-            ("dead_letter_topic_pattern", &dead_letter, &["{group}"][..]),
-        ] {
-            for placeholder in needs {
-                if !pattern.contains(placeholder) {
-                    return Err(ConfigError::Invalid {
-                        field,
-                        reason: format!("pattern {pattern:?} lacks {placeholder}"),
-                    });
-                }
-            }
-        }
-        Ok(Self { retry, dead_letter })
+        needs("retry_topic_pattern", &retry, &["{group}", "{level}"])?;
+        needs("dead_letter_topic_pattern", &dead_letter, &["{group}"])?;
+        Ok(Self {
+            retry,
+            dead_letter,
+            ..Self::default()
+        })
+    }
+
+    /// A custom pattern for the parking queue (default `{topic}.{group}.parked`).
+    pub fn with_parked(mut self, parked: impl Into<String>) -> Result<Self, ConfigError> {
+        let parked = parked.into();
+        needs("parked_topic_pattern", &parked, &["{group}"])?;
+        self.parked = parked;
+        Ok(self)
     }
 
     /// The topic of retry level `level` (1-based).
@@ -143,6 +157,21 @@ impl TopicNaming {
             .replace("{topic}", topic)
             .replace("{group}", group)
     }
+
+    /// The parking queue: replayed dead letters that failed again.
+    pub fn parked(&self, topic: &str, group: &str) -> String {
+        self.parked.replace("{topic}", topic).replace("{group}", group)
+    }
+}
+
+fn needs(field: &'static str, pattern: &str, placeholders: &[&str]) -> Result<(), ConfigError> {
+    match placeholders.iter().find(|p| !pattern.contains(**p)) {
+        Some(missing) => Err(ConfigError::Invalid {
+            field,
+            reason: format!("pattern {pattern:?} lacks {missing}"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The topics one handler reads and writes.
@@ -154,19 +183,49 @@ pub struct Topology {
     pub retries: Vec<String>,
     /// The dead-letter topic, when the handler keeps dead letters.
     pub dead_letter: Option<String>,
+    /// The parking queue (replayed dead letters that failed again), with the dead-letter topic.
+    pub parked: Option<String>,
 }
 
 impl Topology {
     /// The topology of `spec` under `naming`.
     pub fn of(spec: &HandlerSpec, naming: &TopicNaming) -> Self {
         let (topic, group) = (spec.topic(), spec.group());
+        let keeps_dead_letters = spec.on_exhausted() == OnExhausted::DeadLetter;
         Self {
             main: topic.to_owned(),
             retries: (1..=spec.retries().len() as u32)
                 .map(|level| naming.retry(topic, group, level))
                 .collect(),
-            dead_letter: (spec.on_exhausted() == OnExhausted::DeadLetter)
-                .then(|| naming.dead_letter(topic, group)),
+            dead_letter: keeps_dead_letters.then(|| naming.dead_letter(topic, group)),
+            parked: keeps_dead_letters.then(|| naming.parked(topic, group)),
+        }
+    }
+
+    /// The topic of `role`, if this handler has one.
+    ///
+    /// ```
+    /// # use retry_kafka::app::Topology;
+    /// # use retry_kafka::backend::TopicRole;
+    /// let topology = Topology {
+    ///     main: "orders".into(),
+    ///     retries: vec!["orders.billing.retry.1".into()],
+    ///     dead_letter: None,
+    ///     parked: None,
+    /// };
+    /// assert_eq!(topology.topic(TopicRole::Retry { level: 1 }), Some("orders.billing.retry.1"));
+    /// assert_eq!(topology.topic(TopicRole::Retry { level: 2 }), None);
+    /// assert_eq!(topology.topic(TopicRole::DeadLetter), None);
+    /// ```
+    pub fn topic(&self, role: TopicRole) -> Option<&str> {
+        match role {
+            TopicRole::Main => Some(&self.main),
+            TopicRole::Retry { level } => level
+                .checked_sub(1)
+                .and_then(|i| self.retries.get(i as usize))
+                .map(String::as_str),
+            TopicRole::DeadLetter => self.dead_letter.as_deref(),
+            TopicRole::Parked => self.parked.as_deref(),
         }
     }
 
@@ -190,6 +249,7 @@ impl Topology {
     ///     main: "orders".into(),
     ///     retries: vec!["orders.billing.retry.1".into()],
     ///     dead_letter: Some("orders.billing.dlq".into()),
+    ///     parked: Some("orders.billing.parked".into()),
     /// };
     /// assert_eq!(topology.consumer_group("billing", 0), "billing");
     /// assert_eq!(topology.consumer_group("billing", 1), "orders.billing.retry.1");
@@ -206,13 +266,130 @@ impl Topology {
         let retries = (1..)
             .zip(&self.retries)
             .map(|(level, topic)| (topic.as_str(), TopicRole::Retry { level }));
+        let kept = [
+            (self.dead_letter.as_deref(), TopicRole::DeadLetter),
+            (self.parked.as_deref(), TopicRole::Parked),
+        ];
         retries.chain(
-            self.dead_letter
-                .as_deref()
-                .map(|topic| (topic, TopicRole::DeadLetter)),
+            kept.into_iter()
+                .filter_map(|(topic, role)| topic.map(|topic| (topic, role))),
         )
     }
 }
+/// The topics every handler of a program needs, as the program prints it for tools (see
+/// [`TOPOLOGY_ENV`](crate::app::TOPOLOGY_ENV)): what `retry-kafka topics plan` and
+/// `topics check` compare with a cluster. JSON, versioned by `schema`.
+///
+/// ```
+/// use retry_kafka::app::TopologyPlan;
+///
+/// let plan: TopologyPlan = serde_json::from_str(r#"{
+///   "schema": 1,
+///   "handlers": [{
+///     "handler": "billing::charge", "topic": "orders", "group": "billing",
+///     "retries": [{"level": 1, "topic": "orders.billing.retry.1", "group": "orders.billing.retry.1", "delay_ms": 10000}],
+///     "dead_letter": "orders.billing.dlq", "parked": "orders.billing.parked"
+///   }]
+/// }"#).unwrap();
+/// assert_eq!(plan.handlers[0].retries[0].delay_ms, 10_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct TopologyPlan {
+    /// The format's version: 1.
+    pub schema: u32,
+    /// One entry per handler.
+    pub handlers: Vec<HandlerPlan>,
+}
+
+/// One handler's part of a [`TopologyPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct HandlerPlan {
+    /// The handler's full name.
+    pub handler: String,
+    /// Its main topic.
+    pub topic: String,
+    /// Its consumer group on the main topic.
+    pub group: String,
+    /// Its retry levels, level 1 first.
+    pub retries: Vec<LevelPlan>,
+    /// Its dead-letter queue, if it keeps dead letters.
+    pub dead_letter: Option<String>,
+    /// Its parking queue, if it keeps dead letters.
+    pub parked: Option<String>,
+}
+
+/// One retry level of a [`HandlerPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct LevelPlan {
+    /// The level, 1 for the first retry.
+    pub level: u32,
+    /// The level's topic.
+    pub topic: String,
+    /// The consumer group that reads it.
+    pub group: String,
+    /// Its delay, ms.
+    pub delay_ms: u64,
+}
+
+impl TopologyPlan {
+    /// The plan of `handlers` with their topologies.
+    pub(crate) fn of(handlers: &[&'static HandlerSpec], topologies: &[impl AsRef<Topology>]) -> Self {
+        Self {
+            schema: 1,
+            handlers: handlers
+                .iter()
+                .zip(topologies)
+                .map(|(spec, topology)| {
+                    let topology = topology.as_ref();
+                    HandlerPlan {
+                        handler: spec.name().to_owned(),
+                        topic: topology.main.clone(),
+                        group: spec.group().to_owned(),
+                        retries: (1..)
+                            .zip(spec.retries())
+                            .map(|(level, delay)| LevelPlan {
+                                level,
+                                topic: topology.level(level).to_owned(),
+                                group: topology.consumer_group(spec.group(), level).to_owned(),
+                                delay_ms: delay.as_millis() as u64,
+                            })
+                            .collect(),
+                        dead_letter: topology.dead_letter.clone(),
+                        parked: topology.parked.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl HandlerPlan {
+    /// The handler's topics with their roles: the main topic first, then the retry levels,
+    /// the dead-letter and the parking queue.
+    pub fn topics(&self) -> impl Iterator<Item = (&str, TopicRole)> {
+        let levels = self
+            .retries
+            .iter()
+            .map(|l| (l.topic.as_str(), TopicRole::Retry { level: l.level }));
+        let kept = [
+            (self.dead_letter.as_deref(), TopicRole::DeadLetter),
+            (self.parked.as_deref(), TopicRole::Parked),
+        ];
+        std::iter::once((self.topic.as_str(), TopicRole::Main))
+            .chain(levels)
+            .chain(kept.into_iter().filter_map(|(t, role)| t.map(|t| (t, role))))
+    }
+}
+
+impl AsRef<Topology> for Topology {
+    fn as_ref(&self) -> &Topology {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,21 +402,31 @@ mod tests {
         );
         // A transient failure on the main topic (level 0) goes to level 1, due in 10 s.
         assert_eq!(
-            policy.next(0, ErrorKind::Transient),
+            policy.next(0, ErrorKind::Transient, 0),
             Step::Retry {
                 level: 1,
                 delay: Duration::from_secs(10)
             }
         );
         assert_eq!(
-            policy.next(1, ErrorKind::Timeout),
+            policy.next(1, ErrorKind::Timeout, 0),
             Step::Retry {
                 level: 2,
                 delay: Duration::from_secs(60)
             }
         );
         // The last level's failure, and any permanent failure, is dead-lettered.
-        assert_eq!(policy.next(2, ErrorKind::Transient), Step::DeadLetter);
-        assert_eq!(policy.next(0, ErrorKind::Permanent), Step::DeadLetter);
+        assert_eq!(policy.next(2, ErrorKind::Transient, 0), Step::DeadLetter);
+        assert_eq!(policy.next(0, ErrorKind::Permanent, 0), Step::DeadLetter);
+        // A replayed dead letter that fails again is parked, not dead-lettered again.
+        assert_eq!(policy.next(2, ErrorKind::Transient, 1), Step::Park);
+        assert_eq!(policy.next(0, ErrorKind::Permanent, 3), Step::Park);
+        assert_eq!(
+            policy.next(0, ErrorKind::Transient, 1),
+            Step::Retry {
+                level: 1,
+                delay: Duration::from_secs(10)
+            }
+        );
     }
 }

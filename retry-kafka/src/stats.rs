@@ -12,6 +12,7 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     retried: Box<[AtomicU64]>,
     dead_lettered: AtomicU64,
+    parked: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -23,6 +24,7 @@ impl Counters {
             failed: AtomicU64::new(0),
             retried: spec.retries().map(|_| AtomicU64::new(0)).collect(),
             dead_lettered: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
     }
@@ -43,6 +45,10 @@ impl Counters {
         self.dead_lettered.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn parked(&self) {
+        self.parked.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn dropped(&self) {
         self.dropped.fetch_add(1, Relaxed);
     }
@@ -54,6 +60,7 @@ impl Counters {
             failed: self.failed.load(Relaxed),
             retried: self.retried.iter().map(|c| c.load(Relaxed)).collect(),
             dead_lettered: self.dead_lettered.load(Relaxed),
+            parked: self.parked.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
         }
     }
@@ -73,6 +80,8 @@ pub struct HandlerStats {
     pub retried: Vec<u64>,
     /// Messages written to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Replayed dead letters that failed again, written to the parking queue.
+    pub parked: u64,
     /// Messages dropped after their last attempt (`on_exhausted = "drop"`).
     pub dropped: u64,
 }

@@ -630,7 +630,10 @@ pub async fn main_topic_rk_headers_are_not_trusted_and_messages_are_capped<H: Ha
     let payload = Order::encode(&order(1)).unwrap();
     let started = Instant::now();
     publish_raw(&app, "conf.forged", b"1", &payload, headers).await;
-    let dead = records_eventually(harness, "conf.forged.conf-forged.dlq", 1).await;
+    // rk-replays carries forward: a replayed message that fails again is parked, not
+    // dead-lettered a second time (the parking queue keeps replays from cycling).
+    let dead = records_eventually(harness, "conf.forged.conf-forged.parked", 1).await;
+    assert!(harness.records("conf.forged.conf-forged.dlq").await.is_empty());
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "a forged rk-due-at delayed a main-topic message"
@@ -651,6 +654,9 @@ pub async fn main_topic_rk_headers_are_not_trusted_and_messages_are_capped<H: Ha
     assert_eq!(ctx.error_message.len(), 1023);
     assert_eq!(ctx.error_message, "x".repeat(1023));
     running.shutdown().await.unwrap();
+    let stats = app.stats();
+    let stats = stats.handler("long_error").unwrap();
+    assert_eq!((stats.parked, stats.dead_lettered), (1, 0));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -214,6 +214,27 @@ impl InMemory {
     }
 }
 
+impl super::Browse for InMemory {
+    async fn read(&self, topic: &str, _role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        let state = self.state();
+        let Some(t) = state.topics.get(topic) else {
+            return Ok(Vec::new());
+        };
+        Ok(t.partitions
+            .iter()
+            .enumerate()
+            .flat_map(|(p, records)| {
+                let start = from.get(p).copied().unwrap_or(0);
+                records.iter().filter(move |r| r.offset >= start).cloned()
+            })
+            .collect())
+    }
+
+    async fn end_offsets_of(&self, topic: &str, _role: TopicRole) -> Result<Vec<u64>, BackendError> {
+        Ok(self.end_offsets(topic))
+    }
+}
+
 impl TopicAdmin for InMemory {
     async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
         Ok(InMemory::partitions(self, topic))

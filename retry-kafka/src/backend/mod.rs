@@ -66,8 +66,8 @@ impl OutboundRecord {
 }
 
 /// What a topic is for in a handler's topology. The runtime names it wherever a backend may
-/// treat topics differently: [`Tiered`] keeps retry levels and dead letters on its second
-/// backend, Kafka may keep them on a cluster of their own, Redis keeps a retry level's records
+/// treat topics differently: [`Tiered`] keeps retry levels, dead letters and parked entries on
+/// its second backend, Kafka may keep them on a cluster of their own, Redis keeps a retry level's records
 /// in a delay set until due.
 ///
 /// ```
@@ -76,6 +76,7 @@ impl OutboundRecord {
 /// assert_eq!(TopicRole::of_level(0), TopicRole::Main);
 /// assert_eq!(TopicRole::of_level(2), TopicRole::Retry { level: 2 });
 /// assert!(TopicRole::DeadLetter.is_derived() && !TopicRole::Main.is_derived());
+/// assert!(TopicRole::Parked.is_derived());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -89,6 +90,9 @@ pub enum TopicRole {
     },
     /// A handler's dead-letter queue.
     DeadLetter,
+    /// A handler's parking queue: dead letters that were replayed and failed again, kept for
+    /// a person instead of cycling through replays.
+    Parked,
 }
 
 impl TopicRole {
@@ -100,7 +104,8 @@ impl TopicRole {
         }
     }
 
-    /// Whether the topic is a retry level or a dead-letter queue: written only by the runtime.
+    /// Whether the topic is a retry level, a dead-letter or a parking queue: written only by
+    /// the runtime (and by the replay tool).
     pub fn is_derived(self) -> bool {
         !matches!(self, TopicRole::Main)
     }
@@ -250,6 +255,45 @@ pub trait Publish: Send + Sync {
         role: TopicRole,
         record: OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
+}
+
+/// Reading a topic outside any consumer group, for tools: listing dead letters, checking what
+/// a replay already wrote. Nothing is acknowledged or committed.
+///
+/// ```
+/// use retry_kafka::backend::{memory::InMemory, Browse, OutboundRecord, Publish, TopicRole};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
+/// let broker = InMemory::new();
+/// broker.create_topic("orders.billing.dlq", 1);
+/// for n in 0..3u8 {
+///     let record = OutboundRecord { payload: Some(vec![n].into()), ..Default::default() };
+///     broker.send("orders.billing.dlq", TopicRole::DeadLetter, record).await?;
+/// }
+/// assert_eq!(broker.end_offsets_of("orders.billing.dlq", TopicRole::DeadLetter).await?, [3]);
+/// let tail = broker.read("orders.billing.dlq", TopicRole::DeadLetter, &[1]).await?;
+/// assert_eq!(tail.iter().map(|r| r.offset).collect::<Vec<_>>(), [1, 2]);
+/// # Ok(()) }
+/// ```
+pub trait Browse: Send + Sync {
+    /// The records of `topic`, partition by partition in offset order, from offset `from[p]` of
+    /// each partition `p` (from the first record kept where `from` has no entry) up to the end
+    /// as it is when the read starts. Empty if the topic does not exist.
+    fn read(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        from: &[u64],
+    ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send;
+
+    /// The next offset of each partition of `topic`: what a record written now would be
+    /// after. Empty if the topic does not exist.
+    fn end_offsets_of(
+        &self,
+        topic: &str,
+        role: TopicRole,
+    ) -> impl Future<Output = Result<Vec<u64>, BackendError>> + Send;
 }
 
 /// A transport: Kafka, Redis Streams, or the in-process [`InMemory`](crate::InMemory). Topic

@@ -163,6 +163,29 @@ impl<M: Backend, R: Backend> TopicAdmin for Tiered<M, R> {
     }
 }
 
+impl<M: Backend + super::Browse, R: Backend + super::Browse> super::Browse for Tiered<M, R> {
+    async fn read(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        from: &[u64],
+    ) -> Result<Vec<super::Record>, BackendError> {
+        if role.is_derived() {
+            self.retries.read(topic, role, from).await
+        } else {
+            self.main.read(topic, role, from).await
+        }
+    }
+
+    async fn end_offsets_of(&self, topic: &str, role: TopicRole) -> Result<Vec<u64>, BackendError> {
+        if role.is_derived() {
+            self.retries.end_offsets_of(topic, role).await
+        } else {
+            self.main.end_offsets_of(topic, role).await
+        }
+    }
+}
+
 impl<M: Backend, R: Backend> Publish for Tiered<M, R> {
     async fn send(
         &self,

@@ -195,20 +195,14 @@ impl Progress {
     }
 }
 
-/// Where a failed message goes.
-#[derive(Clone, Copy)]
-enum Target {
-    Level(u32),
-    DeadLetter,
-}
-
-/// A failed message on its way to the next level or the dead-letter queue. Its source offset
-/// stays in flight until the write is durable.
+/// A failed message on its way to the next level, the dead-letter or the parking queue. Its
+/// source offset stays in flight until the write is durable.
 struct PendingHandOff {
     partition: u32,
     offset: u64,
     generation: u32,
-    target: Target,
+    /// Where it goes: a retry level, the dead letters or the parking queue.
+    target: TopicRole,
     record: OutboundRecord,
     /// Whether it is being tried again after a failure.
     again: bool,
@@ -640,15 +634,20 @@ impl Level {
         };
         self.counters.failed();
         let now = now_ms();
-        let step = self.policy.next(self.level, failure.kind);
+        let step = self
+            .policy
+            .next(self.level, failure.kind, lineage.replays.unwrap_or(0));
         tracing::warn!(
             topic = %self.topic, partition, offset,
             group = self.spec.group(), attempt = self.level + 1, kind = %failure.kind,
             error = %failure.message, next = ?step, "attempt failed",
         );
         let (target, due_at_ms) = match step {
-            Step::Retry { level, delay } => (Target::Level(level), Some(now + delay.as_millis() as i64)),
-            Step::DeadLetter => (Target::DeadLetter, None),
+            Step::Retry { level, delay } => {
+                (TopicRole::Retry { level }, Some(now + delay.as_millis() as i64))
+            }
+            Step::DeadLetter => (TopicRole::DeadLetter, None),
+            Step::Park => (TopicRole::Parked, None),
             Step::Drop => {
                 tracing::error!(
                     topic = %self.topic, partition, offset,
@@ -700,16 +699,11 @@ impl Level {
     }
 
     fn send(&self, hand_off: PendingHandOff, work: &mut Work<impl Consumer>) {
-        let (topic, role) = match hand_off.target {
-            Target::Level(level) => (self.topology.level(level), TopicRole::Retry { level }),
-            Target::DeadLetter => (
-                self.topology
-                    .dead_letter
-                    .as_deref()
-                    .expect("a dead-letter policy has a dead-letter topic"),
-                TopicRole::DeadLetter,
-            ),
-        };
+        let role = hand_off.target;
+        let topic = self
+            .topology
+            .topic(role)
+            .expect("the policy hands on only to topics of the handler's topology");
         let write =
             work.consumer
                 .hand_off(hand_off.partition, hand_off.offset, topic, role, &hand_off.record);
@@ -740,8 +734,9 @@ impl Level {
                     state.backoff = None;
                 }
                 match hand_off.target {
-                    Target::Level(level) => self.counters.retried(level),
-                    Target::DeadLetter => self.counters.dead_lettered(),
+                    TopicRole::Retry { level } => self.counters.retried(level),
+                    TopicRole::Parked => self.counters.parked(),
+                    _ => self.counters.dead_lettered(),
                 }
                 work.finish(hand_off.partition, hand_off.offset, &self.topic)
                     .await;

@@ -12,7 +12,7 @@ use crate::backend::{Backend, Subscription, TopicRole};
 use crate::config::BackendChoice;
 use crate::error::{BackendError, ConfigError, Error};
 use crate::handlers::{registered_handlers, HandlerSpec};
-use crate::policy::{RetryPolicy, TopicNaming, Topology};
+use crate::policy::{RetryPolicy, TopicNaming, Topology, TopologyPlan};
 use crate::producer::Producer;
 use crate::stats::{Counters, Stats};
 use crate::InMemory;
@@ -30,6 +30,12 @@ const DEFAULT_HAND_OFF_WINDOW: usize = 1024;
 
 /// Environment variable that picks the backend for [`run`].
 pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
+
+/// Set to `1` (or pass `--retry-kafka-topology` as the program's first argument), and [`run`]
+/// and [`App::run`] print the program's [`TopologyPlan`] as JSON on stdout and return at once,
+/// connecting to nothing. This is how `retry-kafka topics plan --program ./my-service` learns
+/// the handlers of a binary it did not build.
+pub const TOPOLOGY_ENV: &str = "RETRY_KAFKA_PRINT_TOPOLOGY";
 
 /// Runs every registered handler until SIGINT or SIGTERM, on the backend the environment names.
 ///
@@ -54,6 +60,10 @@ pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
 /// }
 /// ```
 pub async fn run() -> crate::Result<()> {
+    if crate::config::topology_requested()? {
+        // No backend is needed to name topics: the program may run without its settings here.
+        return App::builder().backend(InMemory::new()).build()?.run().await;
+    }
     match BackendChoice::from_env()? {
         BackendChoice::Memory => {
             tracing::warn!(
@@ -347,8 +357,23 @@ impl<B: Backend> App<B> {
         })
     }
 
+    /// What every handler of this app needs: its topics and groups, as
+    /// `retry-kafka topics plan` reads them (see [`TOPOLOGY_ENV`]).
+    pub fn plan(&self) -> TopologyPlan {
+        TopologyPlan::of(&self.handlers, &self.topologies)
+    }
+
     /// Starts, then runs until SIGINT, SIGTERM or [`ShutdownHandle::shutdown`], then drains.
+    ///
+    /// With [`TOPOLOGY_ENV`] set, prints [`plan`](App::plan) as JSON and returns instead.
     pub async fn run(&self) -> Result<(), Error> {
+        if crate::config::topology_requested()? {
+            println!(
+                "{}",
+                serde_json::to_string(&self.plan()).expect("plain data serializes")
+            );
+            return Ok(());
+        }
         // Installed before anything starts, so a signal can never kill a half-started app.
         let mut signals = TerminationSignals::install()?;
         let running = self.start().await?;

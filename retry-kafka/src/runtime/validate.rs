@@ -39,10 +39,10 @@ pub(crate) fn validate(
     for (spec, topology) in handlers.iter().zip(&topologies) {
         for (topic, role) in topology.derived() {
             check_name(topic)?;
-            let role = if role == TopicRole::DeadLetter {
-                format!("the dead-letter topic of `{}`", spec.name())
-            } else {
-                format!("a retry topic of `{}`", spec.name())
+            let role = match role {
+                TopicRole::DeadLetter => format!("the dead-letter topic of `{}`", spec.name()),
+                TopicRole::Parked => format!("the parking queue of `{}`", spec.name()),
+                _ => format!("a retry topic of `{}`", spec.name()),
             };
             if let Some(first) = roles.insert(topic, role.clone()) {
                 return Err(ConfigError::TopicConflict {

@@ -202,6 +202,11 @@ impl Kafka {
     /// partition (a dead-letter topic, for instance). Reads with a client of its own, outside
     /// any group.
     pub async fn read_topic(&self, topic: &str, role: TopicRole) -> Result<Vec<Record>, BackendError> {
+        self.read_from(topic, role, Vec::new()).await
+    }
+
+    /// A client of its own, outside any group, on the cluster of `role`.
+    fn reader(&self, role: TopicRole) -> ClientConfig {
         let cluster = self.cluster_of(role);
         let mut config = consumer::config(
             &cluster.brokers,
@@ -212,8 +217,19 @@ impl Kafka {
         // the one just read (up to fetch.wait.max.ms, 500 ms by default) held up the next:
         // reading a 4-partition topic took about a second on Apache Kafka.
         config.set("fetch.wait.max.ms", READER_FETCH_WAIT_MS);
+        config
+    }
+
+    /// What [`Browse::read`] reads, `from[p]` onward on partition `p`.
+    async fn read_from(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        from: Vec<u64>,
+    ) -> Result<Vec<Record>, BackendError> {
+        let config = self.reader(role);
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let client: BaseConsumer = config.create().map_err(transport)?;
             let timeout = Duration::from_secs(10);
             let partitions = partition_count(&client, &topic)?;
@@ -221,11 +237,14 @@ impl Kafka {
             for partition in 0..partitions {
                 let (low, high) =
                     until_settled(timeout, |left| client.fetch_watermarks(&topic, partition, left))?;
-                if high <= low {
+                let start = from
+                    .get(partition as usize)
+                    .map_or(low, |&from| low.max(from.min(i64::MAX as u64) as i64));
+                if high <= start {
                     continue;
                 }
                 let mut list = TopicPartitionList::new();
-                list.add_partition_offset(&topic, partition, Offset::Offset(low))
+                list.add_partition_offset(&topic, partition, Offset::Offset(start))
                     .map_err(transport)?;
                 client.assign(&list).map_err(transport)?;
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -251,10 +270,6 @@ impl Kafka {
             Ok(records)
         })
         .await
-        .map_err(|error| BackendError::Transport {
-            backend: "kafka",
-            source: error.into(),
-        })?
     }
 
     /// The cluster a topic of `role` lives on.
@@ -478,6 +493,18 @@ fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
     }
 }
 
+/// Runs blocking librdkafka calls off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| BackendError::Transport {
+            backend: "kafka",
+            source: error.into(),
+        })?
+}
+
 pub(crate) fn transport(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
     BackendError::Transport {
         backend: "kafka",
@@ -525,6 +552,29 @@ impl TopicAdmin for Kafka {
         })
         .await
         .map_err(transport)?
+    }
+}
+
+impl super::Browse for Kafka {
+    async fn read(&self, topic: &str, role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        self.read_from(topic, role, from.to_vec()).await
+    }
+
+    async fn end_offsets_of(&self, topic: &str, role: TopicRole) -> Result<Vec<u64>, BackendError> {
+        let config = self.reader(role);
+        let topic = topic.to_owned();
+        blocking(move || {
+            let client: BaseConsumer = config.create().map_err(transport)?;
+            (0..partition_count(&client, &topic)?)
+                .map(|partition| {
+                    let (_, high) = until_settled(Duration::from_secs(10), |left| {
+                        client.fetch_watermarks(&topic, partition, left)
+                    })?;
+                    Ok(high.max(0) as u64)
+                })
+                .collect()
+        })
+        .await
     }
 }
 

@@ -178,11 +178,36 @@ impl Redis {
     /// waiting in its delay set in due order (those have offset `u64::MAX`: they have no
     /// stream ID yet). Reads a dead-letter stream, for instance.
     pub async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
+        let mut records = self.read_streams(topic, &[]).await?;
+        let mut conn = self.connection();
+        let waiting: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(keys::delayed(topic))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(transport)?;
+        for member in waiting {
+            if let Some((partition, fields)) = unpack_delayed(&member) {
+                let mut record = decode(partition, StreamId { ms: 0, seq: 0 }, fields);
+                record.offset = u64::MAX;
+                record.timestamp_ms = None;
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The entries of `topic`'s streams, from offset `from[p]` on partition `p`.
+    async fn read_streams(&self, topic: &str, from: &[u64]) -> Result<Vec<Record>, BackendError> {
         let mut conn = self.connection();
         let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
         let mut records = Vec::new();
         for partition in 0..partitions {
-            let mut from = "-".to_owned();
+            let mut from = match from.get(partition as usize) {
+                Some(&offset) => StreamId::of_offset(offset).to_string(),
+                None => "-".to_owned(),
+            };
             loop {
                 let reply: Value = redis::cmd("XRANGE")
                     .arg(keys::stream(topic, partition))
@@ -201,21 +226,6 @@ impl Redis {
                         .into_iter()
                         .map(|(id, fields)| decode(partition, id, fields)),
                 );
-            }
-        }
-        let waiting: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(keys::delayed(topic))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(transport)?;
-        for member in waiting {
-            if let Some((partition, fields)) = unpack_delayed(&member) {
-                let mut record = decode(partition, StreamId { ms: 0, seq: 0 }, fields);
-                record.offset = u64::MAX;
-                record.timestamp_ms = None;
-                records.push(record);
             }
         }
         Ok(records)
@@ -264,6 +274,34 @@ impl Redis {
             Err(refused @ BackendError::Refused { .. }) => Err(refused),
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// Streams only: a retry waiting in a delay set has no offset yet.
+impl crate::backend::Browse for Redis {
+    async fn read(&self, topic: &str, _role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        self.read_streams(topic, from).await
+    }
+
+    /// One past the offset of each stream's last entry: an entry added later has a greater ID.
+    async fn end_offsets_of(&self, topic: &str, _role: TopicRole) -> Result<Vec<u64>, BackendError> {
+        let mut conn = self.connection();
+        let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
+        let mut ends = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let reply: Value = redis::cmd("XREVRANGE")
+                .arg(keys::stream(topic, partition))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .map_err(transport)?;
+            let last = parse_entries(reply).first().map(|(id, _)| id.offset() + 1);
+            ends.push(last.unwrap_or(0));
+        }
+        Ok(ends)
     }
 }
 

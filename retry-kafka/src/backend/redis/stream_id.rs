@@ -28,6 +28,14 @@ impl StreamId {
         (self.ms << SEQ_BITS) | self.seq.min((1 << SEQ_BITS) - 1)
     }
 
+    /// The smallest ID whose offset is `offset` (the inverse of [`offset`](Self::offset)).
+    pub(crate) fn of_offset(offset: u64) -> StreamId {
+        StreamId {
+            ms: offset >> SEQ_BITS,
+            seq: offset & ((1 << SEQ_BITS) - 1),
+        }
+    }
+
     /// The ID just before this one, for "entries after" reads that must include this one.
     pub(crate) fn before(self) -> StreamId {
         match (self.ms, self.seq) {

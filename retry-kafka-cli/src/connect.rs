@@ -1,0 +1,72 @@
+//! Which backend to reach: the rule of `retry_kafka::run()`, with flags that set its variables.
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use retry_kafka::app::BackendChoice;
+use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::redis::Redis;
+use retry_kafka::backend::Tiered;
+
+/// Where the dead letters and topics are. Each flag sets the variable `run()` reads.
+#[derive(Args)]
+pub(crate) struct Connection {
+    /// `kafka`, `redis` or `kafka+redis`; by default the one whose address is given.
+    #[arg(long, global = true, env = "RETRY_KAFKA_BACKEND")]
+    backend: Option<String>,
+    /// Kafka bootstrap servers, e.g. `localhost:9092`.
+    #[arg(long, global = true, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// Kafka cluster of retry levels and dead letters, if not the main one.
+    #[arg(long, global = true, env = "KAFKA_RETRY_BROKERS")]
+    retry_brokers: Option<String>,
+    /// Redis URL, e.g. `redis://localhost:6379`.
+    #[arg(long, global = true, env = "REDIS_URL")]
+    redis_url: Option<String>,
+}
+
+impl Connection {
+    /// Puts the flags where the backends read them. Call before any thread starts.
+    pub(crate) fn export(&self) {
+        for (name, value) in [
+            ("RETRY_KAFKA_BACKEND", &self.backend),
+            ("KAFKA_BROKERS", &self.brokers),
+            ("KAFKA_RETRY_BROKERS", &self.retry_brokers),
+            ("REDIS_URL", &self.redis_url),
+        ] {
+            if let Some(value) = value {
+                std::env::set_var(name, value);
+            }
+        }
+    }
+}
+
+/// A backend the tool can reach from its own process.
+pub(crate) enum Connected {
+    Kafka(Kafka),
+    Redis(Redis),
+    KafkaRedis(Tiered<Kafka, Redis>),
+}
+
+pub(crate) async fn connect() -> anyhow::Result<Connected> {
+    let choice = BackendChoice::from_env().context("no backend to connect to")?;
+    Ok(match choice {
+        BackendChoice::Kafka => Connected::Kafka(Kafka::from_env()?),
+        BackendChoice::Redis => Connected::Redis(Redis::from_env()?),
+        BackendChoice::KafkaRedis => Connected::KafkaRedis(Tiered::new(Kafka::from_env()?, Redis::from_env()?)),
+        other => bail!(
+            "{other:?} lives inside one program's process; point the tool at a broker with --brokers or --redis-url"
+        ),
+    })
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend.
+macro_rules! with_backend {
+    ($connected:expr, |$b:ident| $body:expr) => {
+        match $connected {
+            $crate::connect::Connected::Kafka($b) => $body,
+            $crate::connect::Connected::Redis($b) => $body,
+            $crate::connect::Connected::KafkaRedis($b) => $body,
+        }
+    };
+}
+pub(crate) use with_backend;

@@ -1,0 +1,169 @@
+//! Output: aligned tables for people, JSON lines for scripts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use comfy_table::{presets::NOTHING, Table};
+use retry_kafka::dead_letters::DeadLetter;
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    Table,
+    Json,
+}
+
+/// A table without borders, columns aligned, as `kubectl get` prints.
+pub(crate) fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_header(header.iter().map(|h| h.to_string()));
+    table
+}
+
+/// Bytes as text when they are UTF-8, else as hex: `(text, "utf8" | "hex")`.
+pub(crate) fn bytes(value: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(value) {
+        Ok(text) => (text.to_owned(), "utf8"),
+        Err(_) => (value.iter().map(|b| format!("{b:02x}")).collect(), "hex"),
+    }
+}
+
+/// A one-line cell: control characters escaped, cut to `width` characters.
+pub(crate) fn cell(text: &str, width: usize) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_default).collect();
+    match escaped.char_indices().nth(width) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Epoch ms as RFC 3339 UTC, to the millisecond.
+pub(crate) fn time(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// A duration in ms, rounded for people: `3m 12s`.
+pub(crate) fn age(ms: i64) -> String {
+    let seconds = Duration::from_secs((ms.max(0) / 1000) as u64);
+    humantime::format_duration(seconds).to_string()
+}
+
+/// When the entry's story began: its first failure, else when it was written.
+fn started_ms(entry: &DeadLetter) -> Option<i64> {
+    entry
+        .context
+        .as_ref()
+        .map(|c| c.first_failure_at_ms)
+        .ok()
+        .or(entry.record.timestamp_ms)
+}
+
+/// One entry as a JSON object: everything `dlq show` knows.
+pub(crate) fn entry_json(queue: &str, entry: &DeadLetter) -> Value {
+    let record = &entry.record;
+    let (key, key_encoding) = record.key.as_deref().map(bytes).unzip();
+    let (payload, payload_encoding) = record.payload.as_deref().map(bytes).unzip();
+    let headers: serde_json::Map<String, Value> = record
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_owned(),
+                Value::String(String::from_utf8_lossy(value).into_owned()),
+            )
+        })
+        .collect();
+    let mut object = json!({
+        "queue": queue,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp_ms.map(time),
+        "key": key,
+        "key_encoding": key_encoding,
+        "payload": payload,
+        "payload_encoding": payload_encoding,
+        "replays": entry.replays(),
+        "age_ms": started_ms(entry).map(|at| now_ms() - at),
+        "headers": headers,
+    });
+    let fields = object.as_object_mut().expect("built as an object");
+    match &entry.context {
+        Ok(context) => {
+            fields.insert("error_kind".into(), json!(context.error_kind.as_str()));
+            fields.insert("error_message".into(), json!(context.error_message));
+            fields.insert("attempts".into(), json!(context.attempts));
+            fields.insert("group".into(), json!(context.group));
+            fields.insert("original_topic".into(), json!(context.original_topic));
+            fields.insert("original_partition".into(), json!(context.original_partition));
+            fields.insert("original_offset".into(), json!(context.original_offset));
+            fields.insert(
+                "first_failure_at".into(),
+                json!(time(context.first_failure_at_ms)),
+            );
+            fields.insert("last_failure_at".into(), json!(time(context.last_failure_at_ms)));
+        }
+        Err(error) => {
+            fields.insert("context_error".into(), json!(error.to_string()));
+        }
+    }
+    object
+}
+
+/// The columns of `dlq list`.
+pub(crate) const LIST_HEADER: [&str; 9] = [
+    "ENTRY",
+    "KEY",
+    "KIND",
+    "ATTEMPTS",
+    "REPLAYS",
+    "ORIGIN",
+    "LAST FAILURE",
+    "AGE",
+    "ERROR",
+];
+
+/// One row of `dlq list`.
+pub(crate) fn list_row(entry: &DeadLetter) -> Vec<String> {
+    let record = &entry.record;
+    let key = record
+        .key
+        .as_deref()
+        .map(|k| cell(&bytes(k).0, 24))
+        .unwrap_or_default();
+    let age = started_ms(entry).map(|at| age(now_ms() - at)).unwrap_or_default();
+    match &entry.context {
+        Ok(c) => vec![
+            entry.position(),
+            key,
+            c.error_kind.as_str().to_owned(),
+            c.attempts.to_string(),
+            entry.replays().to_string(),
+            format!(
+                "{}/{}/{}",
+                c.original_topic, c.original_partition, c.original_offset
+            ),
+            time(c.last_failure_at_ms),
+            age,
+            cell(&c.error_message, 60),
+        ],
+        Err(error) => vec![
+            entry.position(),
+            key,
+            "?".into(),
+            String::new(),
+            entry.replays().to_string(),
+            String::new(),
+            String::new(),
+            age,
+            cell(&format!("(no failure context: {error})"), 60),
+        ],
+    }
+}

@@ -1,0 +1,591 @@
+//! Dead letters and parked entries as an operator sees them: read with their failure context,
+//! filtered, and replayed with a checkpoint. The `retry-kafka` command-line tool is built on
+//! this module; an application can call it too (an admin endpoint that replays, say).
+//!
+//! A replay sends each selected entry back to its main topic (or a retry level) with a fresh
+//! attempt count and `rk-replays` one higher. An entry that fails again after a replay is
+//! parked (`{topic}.{group}.parked`) by the runtime, not dead-lettered again, so nothing
+//! cycles; and an entry whose `rk-replays` reached the limit is not replayed unless forced.
+//!
+//! Replay is at least once end to end, like the rest of retry-kafka: the handler may see a
+//! replayed message more than once if it fails or the app restarts. The replay itself sends
+//! each entry once, even when it is killed and resumed: before each batch it writes to its
+//! checkpoint what it is about to send and where the target topic ended, and on resume it reads
+//! the target from there for the `rk-replay-of` headers it wrote, so it sends only what is
+//! missing.
+//!
+//! ```
+//! use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
+//! use retry_kafka::dead_letters::{self, Filter, Replay};
+//! use retry_kafka::handler::ErrorKind;
+//! use retry_kafka::headers::{FailureContext, Headers};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = InMemory::new();
+//! let mut headers = Headers::new();
+//! FailureContext {
+//!     original_topic: "orders".into(), original_partition: 0, original_offset: 7,
+//!     original_timestamp_ms: None, group: "billing".into(), attempts: 4, due_at_ms: None,
+//!     first_failure_at_ms: 1, last_failure_at_ms: 2, error_kind: ErrorKind::Transient,
+//!     error_message: "bank down".into(), replays: None,
+//! }
+//! .write_to(&mut headers);
+//! let dead = OutboundRecord { payload: Some("{}".into()), headers, ..Default::default() };
+//! broker.send("orders.billing.dlq", TopicRole::DeadLetter, dead).await?;
+//!
+//! let entries = dead_letters::read(&broker, "orders.billing.dlq", TopicRole::DeadLetter).await?;
+//! let selected = Filter::default().kind(ErrorKind::Transient).apply(entries);
+//! let report = Replay::new(&broker, "orders.billing.dlq", "orders", TopicRole::Main)
+//!     .run(&selected, |_| {})
+//!     .await?;
+//! assert_eq!(report.sent, 1);
+//! let replayed = &broker.records("orders")[0];
+//! assert_eq!(replayed.headers.get_str("rk-replays"), Some("1"));
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Browse, OutboundRecord, Publish, Record, TopicRole};
+use crate::clock::now_ms;
+use crate::error::BackendError;
+use crate::handlers::ErrorKind;
+use crate::headers::{self, names, FailureContext, HeaderError};
+
+/// An entry of a dead-letter or parking queue.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The message as stored: partition, offset, key, payload and headers.
+    pub record: Record,
+    /// Its `rk-*` headers, decoded; an error if a header is missing or malformed (an entry
+    /// not written by retry-kafka, say).
+    pub context: Result<FailureContext, HeaderError>,
+}
+
+impl DeadLetter {
+    /// Decodes an entry's failure context.
+    pub fn new(record: Record) -> Self {
+        Self {
+            context: FailureContext::from_headers(&record.headers),
+            record,
+        }
+    }
+
+    /// Times it was replayed already (`rk-replays`).
+    pub fn replays(&self) -> u32 {
+        headers::replays(&self.record.headers).unwrap_or(0)
+    }
+
+    /// Where it is in its queue, `{partition}:{offset}`, as `--entry` takes it.
+    pub fn position(&self) -> String {
+        format!("{}:{}", self.record.partition, self.record.offset)
+    }
+}
+
+/// Every entry of `topic` (a dead-letter or parking queue), partition by partition.
+pub async fn read<B: Browse>(
+    backend: &B,
+    topic: &str,
+    role: TopicRole,
+) -> Result<Vec<DeadLetter>, BackendError> {
+    Ok(backend
+        .read(topic, role, &[])
+        .await?
+        .into_iter()
+        .map(DeadLetter::new)
+        .collect())
+}
+
+/// Which entries to show or replay; every condition set must hold. The default keeps all.
+///
+/// ```
+/// use retry_kafka::dead_letters::Filter;
+/// use retry_kafka::handler::ErrorKind;
+///
+/// let filter = Filter::default()
+///     .kind(ErrorKind::Timeout)
+///     .failed_between(Some(1_700_000_000_000), None)
+///     .key("42")
+///     .text("bank");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    kinds: Vec<ErrorKind>,
+    key: Option<Bytes>,
+    text: Option<String>,
+    positions: Vec<(u32, u64)>,
+}
+
+impl Filter {
+    /// Entries whose last failure is at or after `since_ms` and before `until_ms` (epoch ms).
+    pub fn failed_between(mut self, since_ms: Option<i64>, until_ms: Option<i64>) -> Self {
+        self.since_ms = since_ms;
+        self.until_ms = until_ms;
+        self
+    }
+
+    /// Entries that failed with `kind` (several calls: any of them).
+    pub fn kind(mut self, kind: ErrorKind) -> Self {
+        self.kinds.push(kind);
+        self
+    }
+
+    /// Entries with exactly this key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Entries whose error message or payload (as text) contains `text`.
+    pub fn text(mut self, text: impl Into<String>) -> Self {
+        self.text = Some(text.into());
+        self
+    }
+
+    /// The entry at `partition`/`offset` of its queue (several calls: any of them).
+    pub fn position(mut self, partition: u32, offset: u64) -> Self {
+        self.positions.push((partition, offset));
+        self
+    }
+
+    /// Whether `entry` is selected.
+    pub fn matches(&self, entry: &DeadLetter) -> bool {
+        let record = &entry.record;
+        let context = entry.context.as_ref().ok();
+        let failed_at = context.map(|c| c.last_failure_at_ms).or(record.timestamp_ms);
+        if self
+            .since_ms
+            .is_some_and(|since| failed_at.is_none_or(|at| at < since))
+        {
+            return false;
+        }
+        if self
+            .until_ms
+            .is_some_and(|until| failed_at.is_none_or(|at| at >= until))
+        {
+            return false;
+        }
+        if !self.kinds.is_empty() && !context.is_some_and(|c| self.kinds.contains(&c.error_kind)) {
+            return false;
+        }
+        if self
+            .key
+            .as_ref()
+            .is_some_and(|key| record.key.as_ref() != Some(key))
+        {
+            return false;
+        }
+        if !self.positions.is_empty() && !self.positions.contains(&(record.partition, record.offset)) {
+            return false;
+        }
+        if let Some(text) = &self.text {
+            let in_message = context.is_some_and(|c| c.error_message.contains(text.as_str()));
+            let in_payload = record
+                .payload
+                .as_deref()
+                .is_some_and(|payload| String::from_utf8_lossy(payload).contains(text.as_str()));
+            if !in_message && !in_payload {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The entries that match, in their order.
+    pub fn apply(&self, entries: Vec<DeadLetter>) -> Vec<DeadLetter> {
+        entries.into_iter().filter(|entry| self.matches(entry)).collect()
+    }
+}
+
+/// A replay failed; what it sent so far is in its checkpoint, and running it again resumes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// Reading or writing a topic failed.
+    #[error("the replay could not reach the broker")]
+    Backend(#[from] BackendError),
+    /// The checkpoint file could not be read or written.
+    #[error("the replay checkpoint {path:?} could not be {action}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// `read` or `written`.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint file belongs to another replay.
+    #[error("the replay checkpoint {path:?} is for {found}, not {expected}; pass another checkpoint file")]
+    OtherReplay {
+        /// The file.
+        path: PathBuf,
+        /// The replay asked for, `source -> target`.
+        expected: String,
+        /// The replay the file records.
+        found: String,
+    },
+    /// An entry cannot go to a retry level: its failure context does not read.
+    #[error("entry {position} of {topic} cannot be replayed onto a retry level")]
+    NoContext {
+        /// The queue.
+        topic: String,
+        /// `{partition}:{offset}`.
+        position: String,
+        /// The header at fault.
+        #[source]
+        source: HeaderError,
+    },
+}
+
+/// What happens to an entry in a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// It is sent.
+    Send,
+    /// Not sent: its `rk-replays` reached the limit (the loop guard), and the replay is not
+    /// forced.
+    Guarded,
+    /// Not sent again: an earlier run of this replay sent it (its checkpoint says so).
+    AlreadySent,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Entries sent by this run.
+    pub sent: u64,
+    /// Entries an earlier, interrupted run had sent (found in the target on resume, or
+    /// recorded in the checkpoint), not sent again.
+    pub already_sent: u64,
+    /// Entries held back by the loop guard, as `{partition}:{offset}`.
+    pub guarded: Vec<String>,
+}
+
+/// Progress of a running replay, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Entries settled so far (sent now or before).
+    pub done: u64,
+    /// Entries to settle in all.
+    pub total: u64,
+}
+
+/// Replays entries of a dead-letter or parking queue onto a main topic or a retry level.
+pub struct Replay<'b, B> {
+    backend: &'b B,
+    source: String,
+    target: String,
+    target_role: TopicRole,
+    selection: String,
+    checkpoint: Option<PathBuf>,
+    max_replays: u32,
+    force: bool,
+    batch: usize,
+}
+
+/// Replays an entry at most this many times by default: the loop guard.
+pub const DEFAULT_MAX_REPLAYS: u32 = 3;
+
+impl<'b, B: Browse + Publish> Replay<'b, B> {
+    /// A replay from `source` (a dead-letter or parking queue, read with
+    /// [`read`](crate::dead_letters::read)) onto `target` of role `target_role`, without a
+    /// checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
+    /// [`DEFAULT_MAX_REPLAYS`].
+    pub fn new(
+        backend: &'b B,
+        source: impl Into<String>,
+        target: impl Into<String>,
+        target_role: TopicRole,
+    ) -> Self {
+        Self {
+            backend,
+            source: source.into(),
+            target: target.into(),
+            target_role,
+            selection: String::new(),
+            checkpoint: None,
+            max_replays: DEFAULT_MAX_REPLAYS,
+            force: false,
+            batch: 64,
+        }
+    }
+
+    /// Records progress in `path`, so that the same replay run again after an interruption
+    /// resumes and sends nothing twice. Removed when the replay finishes.
+    pub fn checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.checkpoint = Some(path.into());
+        self
+    }
+
+    /// Describes how the entries were selected (the filter as given), so that a checkpoint is
+    /// resumed only by the same selection: its entries are settled in queue order, and another
+    /// selection's entries would not be.
+    pub fn selection(mut self, selection: impl Into<String>) -> Self {
+        self.selection = selection.into();
+        self
+    }
+
+    /// The loop guard: an entry replayed this many times already is not replayed again.
+    pub fn max_replays(mut self, max: u32) -> Self {
+        self.max_replays = max;
+        self
+    }
+
+    /// Replays entries the loop guard would hold back, too.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// How many entries are sent between two checkpoint writes (default 64).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    fn describe(&self) -> String {
+        match self.selection.as_str() {
+            "" => format!("{} -> {}", self.source, self.target),
+            selection => format!("{} -> {} [{selection}]", self.source, self.target),
+        }
+    }
+
+    /// What [`run`](Self::run) would do with each of `entries`, sending nothing.
+    pub fn plan<'e>(&self, entries: &'e [DeadLetter]) -> Result<Vec<(&'e DeadLetter, Action)>, ReplayError> {
+        let state = self.load()?;
+        Ok(entries
+            .iter()
+            .map(|entry| (entry, self.action(entry, &state)))
+            .collect())
+    }
+
+    fn action(&self, entry: &DeadLetter, state: &Checkpoint) -> Action {
+        let (partition, offset) = (entry.record.partition, entry.record.offset);
+        if state.done.get(&partition).is_some_and(|&next| offset < next) {
+            Action::AlreadySent
+        } else if !self.force && entry.replays() >= self.max_replays {
+            Action::Guarded
+        } else {
+            Action::Send
+        }
+    }
+
+    /// Sends the selected `entries` (in their queue order), calling `progress` as it goes.
+    pub async fn run(
+        &self,
+        entries: &[DeadLetter],
+        mut progress: impl FnMut(Progress),
+    ) -> Result<ReplayReport, ReplayError> {
+        let mut state = self.load()?;
+        // An interrupted batch: its entries were sent one after another, so those found in the
+        // target are a prefix of it; the checkpoint moves past them and the rest are sent.
+        if let Some(pending) = state.pending.take() {
+            let sent = self.sent_since(&pending.target_ends).await?;
+            for (partition, offset) in pending.entries {
+                if !sent.contains(&self.replay_of(partition, offset)) {
+                    break;
+                }
+                state.advance(partition, offset + 1);
+            }
+            self.save(&state)?;
+        }
+        let mut report = ReplayReport::default();
+        let mut ordered: Vec<&DeadLetter> = entries.iter().collect();
+        ordered.sort_by_key(|e| (e.record.partition, e.record.offset));
+        let mut to_send = Vec::new();
+        for entry in ordered {
+            match self.action(entry, &state) {
+                Action::Send => to_send.push(entry),
+                Action::Guarded => report.guarded.push(entry.position()),
+                Action::AlreadySent => report.already_sent += 1,
+            }
+        }
+        let total = (to_send.len() as u64) + report.already_sent;
+        progress(Progress {
+            done: report.already_sent,
+            total,
+        });
+        for batch in to_send.chunks(self.batch) {
+            state.pending = Some(Pending {
+                target_ends: self
+                    .backend
+                    .end_offsets_of(&self.target, self.target_role)
+                    .await?,
+                entries: batch
+                    .iter()
+                    .map(|e| (e.record.partition, e.record.offset))
+                    .collect(),
+            });
+            self.save(&state)?;
+            for entry in batch {
+                let record = self.outbound(entry)?;
+                self.backend.send(&self.target, self.target_role, record).await?;
+                report.sent += 1;
+            }
+            for (partition, offset) in state.pending.take().expect("set above").entries {
+                state.advance(partition, offset + 1);
+            }
+            self.save(&state)?;
+            progress(Progress {
+                done: report.sent + report.already_sent,
+                total,
+            });
+        }
+        if let Some(path) = &self.checkpoint {
+            match std::fs::remove_file(path) {
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ReplayError::Checkpoint {
+                        path: path.clone(),
+                        action: "removed",
+                        source,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(report)
+    }
+
+    /// The `rk-replay-of` of the entry at `partition`/`offset`.
+    fn replay_of(&self, partition: u32, offset: u64) -> String {
+        format!("{}/{partition}/{offset}", self.source)
+    }
+
+    fn outbound(&self, entry: &DeadLetter) -> Result<OutboundRecord, ReplayError> {
+        let headers = headers::replayed(
+            &entry.record.headers,
+            self.target_role,
+            &self.replay_of(entry.record.partition, entry.record.offset),
+            now_ms(),
+        )
+        .map_err(|source| ReplayError::NoContext {
+            topic: self.source.clone(),
+            position: entry.position(),
+            source,
+        })?;
+        Ok(OutboundRecord {
+            // A retry level keeps the partition number of the original (as every hop does);
+            // onto a main topic the key picks it, as for any message.
+            partition: match self.target_role {
+                TopicRole::Retry { .. } => Some(entry.record.partition),
+                _ => None,
+            },
+            key: entry.record.key.clone(),
+            payload: entry.record.payload.clone(),
+            headers,
+        })
+    }
+
+    /// The `rk-replay-of` values written to the target after `ends`.
+    async fn sent_since(&self, ends: &[u64]) -> Result<HashSet<String>, ReplayError> {
+        let records = self.backend.read(&self.target, self.target_role, ends).await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| r.headers.get_str(names::REPLAY_OF))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn load(&self) -> Result<Checkpoint, ReplayError> {
+        let fresh = Checkpoint {
+            replay: self.describe(),
+            ..Checkpoint::default()
+        };
+        let Some(path) = &self.checkpoint else {
+            return Ok(fresh);
+        };
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(fresh),
+            Err(source) => {
+                return Err(ReplayError::Checkpoint {
+                    path: path.clone(),
+                    action: "read",
+                    source,
+                })
+            }
+        };
+        let state: Checkpoint = serde_json::from_slice(&text).map_err(|error| ReplayError::Checkpoint {
+            path: path.clone(),
+            action: "read",
+            source: error.into(),
+        })?;
+        if state.replay != fresh.replay {
+            return Err(ReplayError::OtherReplay {
+                path: path.clone(),
+                expected: fresh.replay,
+                found: state.replay,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Writes the checkpoint durably: a new file, synced, renamed over the old one.
+    fn save(&self, state: &Checkpoint) -> Result<(), ReplayError> {
+        let Some(path) = &self.checkpoint else {
+            return Ok(());
+        };
+        write_durably(
+            path,
+            &serde_json::to_vec_pretty(state).expect("plain data serializes"),
+        )
+        .map_err(|source| ReplayError::Checkpoint {
+            path: path.clone(),
+            action: "written",
+            source,
+        })
+    }
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A replay's progress as stored between runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    /// `source -> target`: a checkpoint is for one replay only.
+    replay: String,
+    /// Per source partition, the offset every selected entry before which is settled.
+    done: BTreeMap<u32, u64>,
+    /// The batch being sent when the checkpoint was written, if any.
+    pending: Option<Pending>,
+}
+
+impl Checkpoint {
+    fn advance(&mut self, partition: u32, next: u64) {
+        let done = self.done.entry(partition).or_default();
+        *done = (*done).max(next);
+    }
+}
+
+/// A batch under way: where the target ended before it, and its entries (partition, offset)
+/// in the order they are sent.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pending {
+    target_ends: Vec<u64>,
+    entries: Vec<(u32, u64)>,
+}
