@@ -34,8 +34,8 @@ struct Order {
 
 /// Orders whose handling still fails; the test "fixes" some before replaying.
 static BROKEN: Mutex<BTreeMap<u64, ErrorKind>> = Mutex::new(BTreeMap::new());
-/// (order id, replays) of every successful attempt.
-static HANDLED: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+/// (order id, attempt, replays) of every successful attempt.
+static HANDLED: Mutex<Vec<(u64, u32, u32)>> = Mutex::new(Vec::new());
 /// One scenario at a time: the handler's state above is the process's.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -51,7 +51,10 @@ async fn charge(order: Order, ctx: Context) -> Result<(), HandlerError> {
             order.id
         ))),
         None => {
-            HANDLED.lock().unwrap().push((order.id, ctx.replays()));
+            HANDLED
+                .lock()
+                .unwrap()
+                .push((order.id, ctx.attempt(), ctx.replays()));
             Ok(())
         }
     }
@@ -216,7 +219,12 @@ async fn records_eventually<B: Browse>(
 
 const DLQ: &str = "cli.orders.cli.dlq";
 const PARKED: &str = "cli.orders.cli.parked";
-const QUEUE: [&str; 4] = ["--topic", "cli.orders", "--group", "cli"];
+/// `retry-kafka dlq <verb> --topic cli.orders --group cli <extra>`.
+fn dlq<'a>(verb: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["dlq", verb, "--topic", "cli.orders", "--group", "cli"];
+    args.extend(extra);
+    args
+}
 
 async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
     BROKEN.lock().unwrap().clear();
@@ -255,7 +263,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
     .await;
 
     // -- list, as JSON and as a table, and each filter
-    let listed = tool.json(&["dlq", "list", QUEUE[0], QUEUE[1], QUEUE[2], QUEUE[3]]);
+    let listed = tool.json(&dlq("list", &[]));
     assert_eq!(listed.len(), 5);
     let by_key = |key: &str| {
         listed
@@ -296,7 +304,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
         assert_eq!(entry["key"].as_str().map(str::as_bytes), record.key.as_deref());
     }
 
-    let table = tool.run(&["dlq", "list", QUEUE[0], QUEUE[1], QUEUE[2], QUEUE[3]]);
+    let table = tool.run(&dlq("list", &[]));
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 6, "a header and 5 rows:\n{table}");
     assert!(lines[0].contains("ENTRY") && lines[0].contains("KIND") && lines[0].contains("ERROR"));
@@ -319,11 +327,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
         keys.sort();
         keys
     };
-    let list = |extra: &[&str]| {
-        let mut args = vec!["dlq", "list", QUEUE[0], QUEUE[1], QUEUE[2], QUEUE[3]];
-        args.extend(extra);
-        keys(tool.json(&args))
-    };
+    let list = |extra: &[&str]| keys(tool.json(&dlq("list", extra)));
     assert_eq!(list(&["--kind", "permanent"]), ["1", "2"]);
     assert_eq!(
         list(&["--kind", "transient", "--kind", "decode"]),
@@ -343,18 +347,11 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
     assert_eq!(list(&["--until", future]).len(), 5);
     let position = format!("{}:{}", three["partition"], three["offset"]);
     assert_eq!(list(&["--entry", &position]), ["3"]);
-    let bad = tool.run_expecting(
-        1,
-        &[
-            "dlq", "list", QUEUE[0], QUEUE[1], QUEUE[2], QUEUE[3], "--kind", "flaky",
-        ],
-    );
+    let bad = tool.run_expecting(1, &dlq("list", &["--kind", "flaky"]));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--kind \"flaky\" is not an error kind"));
 
     // -- show
-    let shown = tool.run(&[
-        "dlq", "show", QUEUE[0], QUEUE[1], QUEUE[2], QUEUE[3], "--entry", &position,
-    ]);
+    let shown = tool.run(&dlq("show", &["--entry", &position]));
     assert!(
         shown.contains("\"error_message\": \"bank down for order 3\""),
         "{shown}"
@@ -366,17 +363,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
         .end_offsets_of("cli.orders", TopicRole::Main)
         .await
         .unwrap();
-    let dry = tool.json(&[
-        "dlq",
-        "replay",
-        QUEUE[0],
-        QUEUE[1],
-        QUEUE[2],
-        QUEUE[3],
-        "--kind",
-        "permanent",
-        "--dry-run",
-    ]);
+    let dry = tool.json(&dlq("replay", &["--kind", "permanent", "--dry-run"]));
     assert_eq!(dry.len(), 2);
     assert!(dry
         .iter()
@@ -399,16 +386,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
 
     // -- replay: order 1 is fixed, order 2 still fails and is parked
     BROKEN.lock().unwrap().remove(&1);
-    let out = tool.run(&[
-        "dlq",
-        "replay",
-        QUEUE[0],
-        QUEUE[1],
-        QUEUE[2],
-        QUEUE[3],
-        "--kind",
-        "permanent",
-    ]);
+    let out = tool.run(&dlq("replay", &["--kind", "permanent"]));
     assert!(
         out.contains("replayed 2 entries of cli.orders.cli.dlq onto cli.orders"),
         "{out}"
@@ -416,7 +394,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
     eventually(
         "order 1 handled after its replay",
         Duration::from_secs(20),
-        || HANDLED.lock().unwrap().contains(&(1, 1)),
+        || HANDLED.lock().unwrap().contains(&(1, 1, 1)),
     )
     .await;
     let parked = records_eventually(&backend, PARKED, TopicRole::Parked, 1).await;
@@ -431,7 +409,7 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
         5,
         "nothing cycles back"
     );
-    let parked_listed = tool.json(&["dlq", "list", QUEUE[0], QUEUE[1], QUEUE[2], QUEUE[3], "--parked"]);
+    let parked_listed = tool.json(&dlq("list", &["--parked"]));
     assert_eq!(parked_listed.len(), 1);
     assert_eq!(
         (
@@ -442,21 +420,11 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
     );
 
     // -- the loop guard
-    let parked_args = [
-        "dlq",
-        "replay",
-        QUEUE[0],
-        QUEUE[1],
-        QUEUE[2],
-        QUEUE[3],
-        "--parked",
-        "--max-replays",
-        "1",
-    ];
+    let parked_args = dlq("replay", &["--parked", "--max-replays", "1"]);
     let guarded = tool.run(&parked_args);
     assert!(guarded.contains("replayed 0 entries"), "{guarded}");
     assert!(guarded.contains("held back by the loop guard"), "{guarded}");
-    let mut forced = parked_args.to_vec();
+    let mut forced = parked_args.clone();
     forced.push("--force");
     let out = tool.run(&forced);
     assert!(out.contains("replayed 1 entries"), "{out}");
@@ -465,6 +433,22 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
         FailureContext::from_headers(&parked[1].headers).unwrap().replays,
         Some(2)
     );
+
+    // -- onto a retry level: order 3 is fixed and runs as that level's attempt, at once
+    BROKEN.lock().unwrap().remove(&3);
+    let out = tool.run(&dlq("replay", &["--entry", &position, "--to-level", "1"]));
+    assert!(
+        out.contains("replayed 1 entries of cli.orders.cli.dlq onto cli.orders.cli.retry.1"),
+        "{out}"
+    );
+    eventually(
+        "order 3 handled on retry level 1",
+        Duration::from_secs(20),
+        || HANDLED.lock().unwrap().contains(&(3, 2, 1)),
+    )
+    .await;
+    let bad = tool.run_expecting(1, &dlq("replay", &["--to-level", "0"]));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--to-level counts from 1"));
 
     running.shutdown().await.expect("clean shutdown");
 
