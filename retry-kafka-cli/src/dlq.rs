@@ -196,7 +196,7 @@ impl Dlq {
                         for entry in &entries {
                             table.add_row(render::list_row(entry));
                         }
-                        println!("{table}");
+                        render::print_table(&table);
                         eprintln!("{} entries in {name}", entries.len());
                     }
                 }
@@ -295,7 +295,7 @@ impl ReplayArgs {
                             row[4].clone(),
                         ]);
                     }
-                    println!("{table}");
+                    render::print_table(&table);
                 }
             }
             let sending = plan.iter().filter(|(_, a)| *a == Action::Send).count();

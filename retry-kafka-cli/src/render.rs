@@ -21,6 +21,13 @@ pub(crate) fn table(header: &[&str]) -> Table {
     table
 }
 
+/// Prints `table` with each line's trailing padding cut.
+pub(crate) fn print_table(table: &Table) {
+    for line in table.to_string().lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
 /// Bytes as text when they are UTF-8, else as hex: `(text, "utf8" | "hex")`.
 pub(crate) fn bytes(value: &[u8]) -> (String, &'static str) {
     match std::str::from_utf8(value) {

@@ -170,7 +170,7 @@ impl Topics {
                         row.status.to_owned(),
                     ]);
                 }
-                println!("{table}");
+                render::print_table(&table);
             }
         }
         let wrong: Vec<&Row> = rows.iter().filter(|r| r.status != "ok").collect();

@@ -41,8 +41,12 @@ pub mod names {
     /// by a replay on each record it sends, so a replay resumed after a crash can tell what it
     /// sent already. Lives on the replayed record only (the next hop rewrites `rk-*`).
     pub const REPLAY_OF: &str = "rk-replay-of";
-    /// W3C trace context; carried unchanged, never written by retry-kafka.
+    /// W3C trace context. Without the `opentelemetry` feature (or without an OpenTelemetry
+    /// layer) it is carried unchanged; with them every retry and dead-letter hop gets one that
+    /// continues the trace, the failed attempt's span as its parent.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state, vendor entries beside [`TRACEPARENT`]; carried and replaced with it.
+    pub const TRACESTATE: &str = "tracestate";
     /// Prefix of every header retry-kafka owns.
     pub const PREFIX: &str = "rk-";
 }
@@ -87,6 +91,28 @@ impl Headers {
     /// The first value of `name`, if it is UTF-8.
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Sets `name` to `value`: the first header of that name takes it in place (its name is
+    /// not allocated again), later ones are removed; appended when there is none.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn replace(&mut self, name: &str, value: impl Into<Bytes>) {
+        let mut value = Some(value.into());
+        self.entries.retain_mut(|(n, v)| {
+            if n != name {
+                return true;
+            }
+            match value.take() {
+                Some(new) => {
+                    *v = new;
+                    true
+                }
+                None => false,
+            }
+        });
+        if let Some(value) = value {
+            self.entries.push((name.to_owned(), value));
+        }
     }
 
     /// Removes every header for which `keep` returns false.

@@ -71,6 +71,8 @@ mod producer;
 mod runtime;
 mod stats;
 pub mod testing;
+// W3C trace context across hops: hooks the consumer loop calls (empty without `opentelemetry`).
+mod trace;
 
 /// The application: building it, starting it, stopping it, and what it counts.
 pub mod app {

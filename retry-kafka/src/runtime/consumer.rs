@@ -24,6 +24,7 @@ use crate::handlers::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
 use crate::stats::Counters;
+use crate::trace::{self, AttemptSpan};
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
 const HAND_OFF_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
@@ -95,6 +96,9 @@ struct Done {
     /// The partition's incarnation when the attempt started; a revoke in between makes it stale.
     generation: u32,
     result: Result<(), Failure>,
+    /// Its `message` span's trace context, handed on with a failure (zero-sized without
+    /// the `opentelemetry` feature).
+    span: AttemptSpan,
 }
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -548,6 +552,7 @@ impl Level {
             group = self.spec.group(),
             attempt = self.level + 1,
         );
+        trace::adopt(&span, &record.headers);
         let payload = record.payload.as_deref().unwrap_or_default();
         let call = self.spec.call();
         let started = {
@@ -583,6 +588,7 @@ impl Level {
             lineage,
             generation,
             result: finished.expect("every other case returned"),
+            span: AttemptSpan::of(&span),
         })
     }
 
@@ -596,6 +602,7 @@ impl Level {
         span: tracing::Span,
     ) -> Attempt {
         let timeout = self.spec.timeout();
+        let attempt_span = AttemptSpan::of(&span);
         Attempt::Running(Box::pin(
             async move {
                 let result = run_guarded(handler, timeout).await;
@@ -604,6 +611,7 @@ impl Level {
                     lineage,
                     generation,
                     result,
+                    span: attempt_span,
                 }
             }
             .instrument(span),
@@ -618,6 +626,7 @@ impl Level {
             lineage,
             generation,
             result,
+            span,
         } = done;
         let (partition, offset) = (record.partition, record.offset);
         if work.partition(partition).generation != generation {
@@ -675,6 +684,7 @@ impl Level {
         };
         let mut headers = record.headers;
         context.write_to(&mut headers);
+        span.hand_on(&mut headers);
         let hand_off = PendingHandOff {
             partition,
             offset,
