@@ -47,6 +47,8 @@ pub(crate) struct Level {
     pub(crate) shutdown: Shutdown,
     /// The most hand-offs under way at once (started or waiting to be tried again).
     pub(crate) hand_off_window: usize,
+    /// Metric handles and health, registered at start; only bumped from here.
+    pub(crate) metrics: Arc<crate::metrics::LevelMetrics>,
 }
 
 /// Records kept in memory per partition while they wait (not due yet, or behind a failed
@@ -95,6 +97,8 @@ struct Done {
     /// The partition's incarnation when the attempt started; a revoke in between makes it stale.
     generation: u32,
     result: Result<(), Failure>,
+    /// When the attempt started, for its duration.
+    started: std::time::Instant,
 }
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -377,11 +381,18 @@ impl Level {
                     self.try_failed_again(&mut work);
                 }
                 fetched = work.consumer.next(), if !stopping && work.in_flight.len() < concurrency && work.hand_offs() < window => match fetched {
-                    Ok(Fetched::Record(record)) => self.take(record, &mut work).await,
+                    Ok(Fetched::Record(record)) => {
+                        self.metrics.polled();
+                        self.take(record, &mut work).await
+                    }
                     Ok(Fetched::Assigned(partitions)) => {
+                        self.metrics.polled();
+                        self.metrics.assigned(&partitions);
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "assigned");
                     }
                     Ok(Fetched::Revoked(partitions)) => {
+                        self.metrics.polled();
+                        self.metrics.revoked(&partitions);
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "revoked");
                         for partition in partitions {
                             work.revoke(partition);
@@ -432,6 +443,7 @@ impl Level {
             // Kept records are not fetched again: the consumer resumes after them.
             state.held = true;
             work.consumer.hold(partition, offset + 1);
+            self.metrics.held(partition);
         }
         work.waiting += 1;
     }
@@ -459,6 +471,7 @@ impl Level {
                 if state.held && state.waiting.len() < RESUME_BELOW {
                     state.held = false;
                     work.consumer.resume(record.partition);
+                    self.metrics.resumed(record.partition);
                 }
                 work.waiting -= 1;
                 self.start(record, generation, work).await;
@@ -469,6 +482,7 @@ impl Level {
     /// Runs an attempt.
     async fn start(&self, record: Record, generation: u32, work: &mut Work<impl Consumer>) {
         work.partition(record.partition).progress.start(record.offset);
+        self.metrics.started(&record);
         // One at a time, an attempt that finishes without waiting (a handler that never
         // awaits) is concluded here, not in another round of the loop.
         let inline = matches!(work.in_flight, InFlight::Inline(_));
@@ -533,6 +547,7 @@ impl Level {
     /// without the attempt's own boxed future; one that waits is boxed with its state and
     /// polled again by the loop with a real waker, before anything else is started.
     fn attempt(&self, record: Record, generation: u32, poll_now: bool) -> Attempt {
+        let began = std::time::Instant::now();
         let lineage = self.lineage(&record);
         let context = Context {
             attempt: self.level + 1,
@@ -577,18 +592,21 @@ impl Level {
                     std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx)))
                 };
                 match polled {
-                    Ok(Poll::Pending) => return self.running(record, lineage, generation, handler, span),
+                    Ok(Poll::Pending) => {
+                        return self.running(record, lineage, generation, handler, span, began)
+                    }
                     Ok(Poll::Ready(outcome)) => Some(outcome.map_err(Failure::from)),
                     Err(panic) => Some(Err(Failure::panic(&*panic))),
                 }
             }
-            Ok(handler) => return self.running(record, lineage, generation, handler, span),
+            Ok(handler) => return self.running(record, lineage, generation, handler, span, began),
         };
         Attempt::Done(Done {
             record,
             lineage,
             generation,
             result: finished.expect("every other case returned"),
+            started: began,
         })
     }
 
@@ -600,6 +618,7 @@ impl Level {
         generation: u32,
         handler: crate::handlers::HandlerFuture,
         span: tracing::Span,
+        started: std::time::Instant,
     ) -> Attempt {
         let timeout = self.spec.timeout();
         Attempt::Running(Box::pin(
@@ -610,6 +629,7 @@ impl Level {
                     lineage,
                     generation,
                     result,
+                    started,
                 }
             }
             .instrument(span),
@@ -624,7 +644,9 @@ impl Level {
             lineage,
             generation,
             result,
+            started,
         } = done;
+        self.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
         if work.partition(partition).generation != generation {
             // Revoked meanwhile: the partition's new owner runs it again.
@@ -633,12 +655,14 @@ impl Level {
         let failure = match result {
             Ok(()) => {
                 self.counters.succeeded();
+                self.metrics.handled();
                 work.finish(partition, offset, &self.topic).await;
                 return;
             }
             Err(failure) => failure,
         };
         self.counters.failed();
+        self.metrics.failed(failure.kind);
         let now = now_ms();
         let step = self.policy.next(self.level, failure.kind);
         tracing::warn!(
@@ -656,6 +680,7 @@ impl Level {
                     "message dropped after its last attempt (on_exhausted = \"drop\")",
                 );
                 self.counters.dropped();
+                self.metrics.dropped();
                 work.finish(partition, offset, &self.topic).await;
                 return;
             }
@@ -740,8 +765,14 @@ impl Level {
                     state.backoff = None;
                 }
                 match hand_off.target {
-                    Target::Level(level) => self.counters.retried(level),
-                    Target::DeadLetter => self.counters.dead_lettered(),
+                    Target::Level(level) => {
+                        self.counters.retried(level);
+                        self.metrics.retried(level);
+                    }
+                    Target::DeadLetter => {
+                        self.counters.dead_lettered();
+                        self.metrics.dead_lettered(&hand_off.record.headers);
+                    }
                 }
                 work.finish(hand_off.partition, hand_off.offset, &self.topic)
                     .await;
