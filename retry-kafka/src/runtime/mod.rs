@@ -440,12 +440,15 @@ impl<B: Backend> App<B> {
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
-                lags.push(Lag {
-                    topic: topic.to_owned(),
-                    role: TopicRole::of_level(level),
-                    group: topology.consumer_group(spec.group(), level).to_owned(),
-                    gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
-                });
+                // Registered only when reported: a gauge never set would export a false 0.
+                if self.lag_interval.is_some() {
+                    lags.push(Lag {
+                        topic: topic.to_owned(),
+                        role: TopicRole::of_level(level),
+                        group: topology.consumer_group(spec.group(), level).to_owned(),
+                        gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
+                    });
+                }
                 let level = consumer::Level {
                     hand_off_window: self.hand_off_window,
                     spec,
