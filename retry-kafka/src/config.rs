@@ -170,3 +170,24 @@ pub(crate) fn properties(prefix: &str) -> Vec<(String, String)> {
     found.sort();
     found
 }
+
+/// `RETRY_KAFKA_METRICS_ADDR`: where [`run`](crate::run) serves `/metrics`, `/healthz` and
+/// `/readyz`, e.g. `0.0.0.0:9090`; unset is no endpoint. Set in a build without the
+/// `prometheus` feature it fails, naming the feature, rather than serving nothing silently.
+pub(crate) fn metrics_addr() -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let name = crate::runtime::METRICS_ADDR_ENV;
+    let Some(text) = optional(name).filter(|text| !text.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if cfg!(not(feature = "prometheus")) {
+        return Err(ConfigError::Invalid {
+            field: name,
+            reason: "this build has no metrics endpoint; enable the \"prometheus\" feature of retry-kafka"
+                .into(),
+        });
+    }
+    text.trim().parse().map(Some).map_err(|_| ConfigError::Invalid {
+        field: name,
+        reason: format!("{text:?} is not a socket address such as 0.0.0.0:9090 or [::]:9090"),
+    })
+}

@@ -28,6 +28,9 @@ pub enum Error {
     /// The backend failed in a way the runtime cannot recover from.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The metrics endpoint could not start; nothing was started.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     /// A consumer task ended abnormally.
     #[error("consumer of topic {topic:?} in group {group:?} stopped: {source}")]
     Consumer {
@@ -99,6 +102,37 @@ pub enum ConfigError {
         first: String,
         /// Its second role.
         second: String,
+    },
+}
+
+/// The metrics endpoint (`AppBuilder::metrics_addr`, `RETRY_KAFKA_METRICS_ADDR`) could not
+/// start.
+///
+/// ```
+/// use retry_kafka::error::EndpointError;
+/// assert!(EndpointError::RecorderInstalled.to_string().contains("RETRY_KAFKA_METRICS_ADDR"));
+/// ```
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// Another global `metrics` recorder is installed; there can be only one per process.
+    #[error(
+        "the metrics endpoint (AppBuilder::metrics_addr or RETRY_KAFKA_METRICS_ADDR) needs its own \
+         global metrics recorder, but another one is installed; either unset the endpoint and \
+         export with that recorder (the app's metrics go to it), or do not install one"
+    )]
+    RecorderInstalled,
+    /// The listen address could not be bound.
+    #[error(
+        "the metrics endpoint (AppBuilder::metrics_addr or RETRY_KAFKA_METRICS_ADDR) cannot \
+         listen on {addr}: {source}"
+    )]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -207,6 +241,7 @@ impl fmt::Debug for Error {
         match self {
             Error::Config(error) => f.debug_tuple("Config").field(error).finish(),
             Error::Backend(error) => f.debug_tuple("Backend").field(error).finish(),
+            Error::Endpoint(error) => f.debug_tuple("Endpoint").field(error).finish(),
             Error::Consumer { topic, group, source } => f
                 .debug_struct("Consumer")
                 .field("topic", topic)
@@ -250,6 +285,22 @@ impl fmt::Debug for ConfigError {
                 .field("topic", topic)
                 .field("first", first)
                 .field("second", second)
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return report(self, f);
+        }
+        match self {
+            EndpointError::RecorderInstalled => f.write_str("RecorderInstalled"),
+            EndpointError::Bind { addr, source } => f
+                .debug_struct("Bind")
+                .field("addr", addr)
+                .field("source", source)
                 .finish(),
         }
     }

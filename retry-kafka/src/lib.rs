@@ -32,7 +32,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`app`] | [`App`] and its builder, start and shutdown, topic naming and provisioning, statistics |
+//! | [`app`] | [`App`] and its builder, start and shutdown, topic naming and provisioning, statistics, health |
 //! | [`handler`] | what a handler is: its registration, its errors, its [`Context`] |
 //! | [`event`] | the [`Event`] trait, partition keys and codecs |
 //! | [`headers`] | message headers and the failure context (the `rk-*` wire format) |
@@ -63,6 +63,8 @@ pub mod handler {
 #[path = "handler.rs"]
 mod handlers;
 pub mod headers;
+mod health;
+mod metrics;
 // The topic-name rule, shared with the macros: a symlink to `retry-kafka-macros/src/names.rs`.
 mod names;
 mod partitioner;
@@ -77,9 +79,11 @@ mod trace;
 /// The application: building it, starting it, stopping it, and what it counts.
 pub mod app {
     pub use crate::config::BackendChoice;
+    pub use crate::health::{ConsumerReport, ConsumerState, Health, HealthReport};
     pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, Topology, TopologyPlan};
     pub use crate::runtime::{
-        run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV, TOPOLOGY_ENV,
+        run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV,
+        METRICS_ADDR_ENV, TOPOLOGY_ENV,
     };
     pub use crate::stats::{HandlerStats, Stats};
 }

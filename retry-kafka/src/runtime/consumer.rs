@@ -48,6 +48,8 @@ pub(crate) struct Level {
     pub(crate) shutdown: Shutdown,
     /// The most hand-offs under way at once (started or waiting to be tried again).
     pub(crate) hand_off_window: usize,
+    /// Metric handles and health, registered at start; only bumped from here.
+    pub(crate) metrics: Arc<crate::metrics::LevelMetrics>,
 }
 
 /// Records kept in memory per partition while they wait (not due yet, or behind a failed
@@ -99,6 +101,8 @@ struct Done {
     /// Its `message` span's trace context, handed on with a failure (zero-sized without
     /// the `opentelemetry` feature).
     span: AttemptSpan,
+    /// When the attempt started, for its duration.
+    started: std::time::Instant,
 }
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -375,11 +379,18 @@ impl Level {
                     self.try_failed_again(&mut work);
                 }
                 fetched = work.consumer.next(), if !stopping && work.in_flight.len() < concurrency && work.hand_offs() < window => match fetched {
-                    Ok(Fetched::Record(record)) => self.take(record, &mut work).await,
+                    Ok(Fetched::Record(record)) => {
+                        self.metrics.polled();
+                        self.take(record, &mut work).await
+                    }
                     Ok(Fetched::Assigned(partitions)) => {
+                        self.metrics.polled();
+                        self.metrics.assigned(&partitions);
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "assigned");
                     }
                     Ok(Fetched::Revoked(partitions)) => {
+                        self.metrics.polled();
+                        self.metrics.revoked(&partitions);
                         tracing::debug!(topic = %self.topic, group = self.spec.group(), ?partitions, "revoked");
                         for partition in partitions {
                             work.revoke(partition);
@@ -430,6 +441,7 @@ impl Level {
             // Kept records are not fetched again: the consumer resumes after them.
             state.held = true;
             work.consumer.hold(partition, offset + 1);
+            self.metrics.held(partition);
         }
         work.waiting += 1;
     }
@@ -457,6 +469,7 @@ impl Level {
                 if state.held && state.waiting.len() < RESUME_BELOW {
                     state.held = false;
                     work.consumer.resume(record.partition);
+                    self.metrics.resumed(record.partition);
                 }
                 work.waiting -= 1;
                 self.start(record, generation, work).await;
@@ -467,6 +480,7 @@ impl Level {
     /// Runs an attempt.
     async fn start(&self, record: Record, generation: u32, work: &mut Work<impl Consumer>) {
         work.partition(record.partition).progress.start(record.offset);
+        self.metrics.started(&record);
         // One at a time, an attempt that finishes without waiting (a handler that never
         // awaits) is concluded here, not in another round of the loop.
         let inline = matches!(work.in_flight, InFlight::Inline(_));
@@ -531,6 +545,7 @@ impl Level {
     /// without the attempt's own boxed future; one that waits is boxed with its state and
     /// polled again by the loop with a real waker, before anything else is started.
     fn attempt(&self, record: Record, generation: u32, poll_now: bool) -> Attempt {
+        let began = std::time::Instant::now();
         let lineage = self.lineage(&record);
         let context = Context {
             attempt: self.level + 1,
@@ -576,12 +591,14 @@ impl Level {
                     std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx)))
                 };
                 match polled {
-                    Ok(Poll::Pending) => return self.running(record, lineage, generation, handler, span),
+                    Ok(Poll::Pending) => {
+                        return self.running(record, lineage, generation, handler, span, began)
+                    }
                     Ok(Poll::Ready(outcome)) => Some(outcome.map_err(Failure::from)),
                     Err(panic) => Some(Err(Failure::panic(&*panic))),
                 }
             }
-            Ok(handler) => return self.running(record, lineage, generation, handler, span),
+            Ok(handler) => return self.running(record, lineage, generation, handler, span, began),
         };
         Attempt::Done(Done {
             record,
@@ -589,6 +606,7 @@ impl Level {
             generation,
             result: finished.expect("every other case returned"),
             span: AttemptSpan::of(&span),
+            started: began,
         })
     }
 
@@ -600,6 +618,7 @@ impl Level {
         generation: u32,
         handler: crate::handlers::HandlerFuture,
         span: tracing::Span,
+        started: std::time::Instant,
     ) -> Attempt {
         let timeout = self.spec.timeout();
         let attempt_span = AttemptSpan::of(&span);
@@ -612,6 +631,7 @@ impl Level {
                     generation,
                     result,
                     span: attempt_span,
+                    started,
                 }
             }
             .instrument(span),
@@ -627,7 +647,9 @@ impl Level {
             generation,
             result,
             span,
+            started,
         } = done;
+        self.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
         if work.partition(partition).generation != generation {
             // Revoked meanwhile: the partition's new owner runs it again.
@@ -636,12 +658,14 @@ impl Level {
         let failure = match result {
             Ok(()) => {
                 self.counters.succeeded();
+                self.metrics.handled();
                 work.finish(partition, offset, &self.topic).await;
                 return;
             }
             Err(failure) => failure,
         };
         self.counters.failed();
+        self.metrics.failed(failure.kind);
         let now = now_ms();
         let step = self
             .policy
@@ -664,6 +688,7 @@ impl Level {
                     "message dropped after its last attempt (on_exhausted = \"drop\")",
                 );
                 self.counters.dropped();
+                self.metrics.dropped();
                 work.finish(partition, offset, &self.topic).await;
                 return;
             }
@@ -744,9 +769,18 @@ impl Level {
                     state.backoff = None;
                 }
                 match hand_off.target {
-                    TopicRole::Retry { level } => self.counters.retried(level),
-                    TopicRole::Parked => self.counters.parked(),
-                    _ => self.counters.dead_lettered(),
+                    TopicRole::Retry { level } => {
+                        self.counters.retried(level);
+                        self.metrics.retried(level);
+                    }
+                    TopicRole::Parked => {
+                        self.counters.parked();
+                        self.metrics.parked();
+                    }
+                    _ => {
+                        self.counters.dead_lettered();
+                        self.metrics.dead_lettered(&hand_off.record.headers);
+                    }
                 }
                 work.finish(hand_off.partition, hand_off.offset, &self.topic)
                     .await;

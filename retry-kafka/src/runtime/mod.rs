@@ -12,12 +12,16 @@ use crate::backend::{Backend, Subscription, TopicRole};
 use crate::config::BackendChoice;
 use crate::error::{BackendError, ConfigError, Error};
 use crate::handlers::{registered_handlers, HandlerSpec};
+use crate::health::{ConsumerHealth, Health};
+use crate::metrics::LevelMetrics;
 use crate::policy::{RetryPolicy, TopicNaming, Topology, TopologyPlan};
 use crate::producer::Producer;
 use crate::stats::{Counters, Stats};
 use crate::InMemory;
 
 mod consumer;
+#[cfg(feature = "prometheus")]
+mod endpoint;
 mod provision;
 mod validate;
 
@@ -30,6 +34,11 @@ const DEFAULT_HAND_OFF_WINDOW: usize = 1024;
 
 /// Environment variable that picks the backend for [`run`].
 pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
+/// Environment variable with the address [`run`] serves `/metrics`, `/healthz` and `/readyz`
+/// on (feature `prometheus`), e.g. `0.0.0.0:9090`. See [`AppBuilder::metrics_addr`].
+pub const METRICS_ADDR_ENV: &str = "RETRY_KAFKA_METRICS_ADDR";
+/// How often the consumer-lag gauge is refreshed when nothing else is said.
+const DEFAULT_LAG_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Set to `1` (or pass `--retry-kafka-topology` as the program's first argument), and [`run`]
 /// and [`App::run`] print the program's [`TopologyPlan`] as JSON on stdout and return at once,
@@ -48,6 +57,9 @@ pub const TOPOLOGY_ENV: &str = "RETRY_KAFKA_PRINT_TOPOLOGY";
 /// | `RETRY_KAFKA_BACKEND=redis` | Redis Streams, and `REDIS_URL` must be set |
 /// | `RETRY_KAFKA_BACKEND=kafka+redis` | main topics on Kafka, retries and dead letters on Redis ([`Tiered`](crate::backend::Tiered)) |
 /// | `RETRY_KAFKA_BACKEND=memory` | the in-process broker (demos) |
+///
+/// With the `prometheus` feature, `RETRY_KAFKA_METRICS_ADDR=0.0.0.0:9090` serves `/metrics`,
+/// `/healthz` and `/readyz` there ([`AppBuilder::metrics_addr`]).
 ///
 /// The embedded choices are explicit: nothing survives the process, and a warning says so.
 /// With no backend configured `run()` fails at start, naming the settings; it never falls back
@@ -93,7 +105,16 @@ pub async fn run() -> crate::Result<()> {
 
 /// Every registered handler on `backend`, until a signal.
 async fn run_on<B: Backend>(backend: B) -> crate::Result<()> {
-    App::builder().backend(backend).build()?.run().await
+    let metrics_addr = crate::config::metrics_addr()?;
+    let builder = App::builder().backend(backend);
+    #[cfg(feature = "prometheus")]
+    let builder = match metrics_addr {
+        Some(addr) => builder.metrics_addr(addr),
+        None => builder,
+    };
+    #[cfg(not(feature = "prometheus"))]
+    debug_assert!(metrics_addr.is_none(), "refused by config::metrics_addr");
+    builder.build()?.run().await
 }
 
 /// Chooses the backend and settings of an [`App`].
@@ -119,6 +140,9 @@ pub struct AppBuilder<B> {
     shutdown_timeout: Duration,
     provisioning: Provisioning,
     hand_off_window: usize,
+    #[cfg(feature = "prometheus")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    lag_interval: Option<Duration>,
 }
 
 type HandlerFilter = Box<dyn Fn(&HandlerSpec) -> bool + Send + Sync>;
@@ -154,6 +178,12 @@ pub struct App<B: Backend> {
     shutdown_timeout: Duration,
     provisioning: Provisioning,
     hand_off_window: usize,
+    /// One per handler, one per level in each.
+    consumer_health: Vec<Vec<Arc<ConsumerHealth>>>,
+    health: Health,
+    #[cfg(feature = "prometheus")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    lag_interval: Option<Duration>,
 }
 
 impl App<InMemory> {
@@ -166,6 +196,9 @@ impl App<InMemory> {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             provisioning: Provisioning::default(),
             hand_off_window: DEFAULT_HAND_OFF_WINDOW,
+            #[cfg(feature = "prometheus")]
+            metrics_addr: None,
+            lag_interval: None,
         }
     }
 }
@@ -180,6 +213,9 @@ impl<B> AppBuilder<B> {
             shutdown_timeout: self.shutdown_timeout,
             provisioning: self.provisioning,
             hand_off_window: self.hand_off_window,
+            #[cfg(feature = "prometheus")]
+            metrics_addr: self.metrics_addr,
+            lag_interval: self.lag_interval,
         }
     }
 
@@ -225,6 +261,44 @@ impl<B> AppBuilder<B> {
         self.shutdown_timeout = timeout;
         self
     }
+
+    /// Serves `/metrics` (Prometheus), `/healthz` and `/readyz` on `addr` from
+    /// [`App::start`] until the app has stopped; [`run`] takes it from
+    /// `RETRY_KAFKA_METRICS_ADDR`. The app installs the Prometheus recorder as the global
+    /// `metrics` recorder (shared by every app of the process); start fails with
+    /// [`EndpointError::RecorderInstalled`](crate::error::EndpointError::RecorderInstalled)
+    /// when another one is installed. Also turns on the consumer-lag gauge
+    /// ([`lag_interval`](AppBuilder::lag_interval)).
+    ///
+    /// ```
+    /// use retry_kafka::{backend::memory::InMemory, App};
+    ///
+    /// let builder = App::builder()
+    ///     .backend(InMemory::new())
+    ///     .metrics_addr(([0, 0, 0, 0], 9090).into());
+    /// ```
+    #[cfg(feature = "prometheus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+    pub fn metrics_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
+        self
+    }
+
+    /// How often a task of the app asks the backend for each level's consumer lag and sets
+    /// the `retry_kafka_consumer_lag` gauge. Default: every 15 s when
+    /// [`metrics_addr`](AppBuilder::metrics_addr) is set, never otherwise; set it to report
+    /// lag to a `metrics` recorder of your own. `Duration::ZERO` turns it off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use retry_kafka::{backend::memory::InMemory, App};
+    ///
+    /// let builder = App::builder().backend(InMemory::new()).lag_interval(Duration::from_secs(30));
+    /// ```
+    pub fn lag_interval(mut self, interval: Duration) -> Self {
+        self.lag_interval = Some(interval);
+        self
+    }
 }
 
 impl<B: Backend> AppBuilder<B> {
@@ -234,12 +308,37 @@ impl<B: Backend> AppBuilder<B> {
             .filter(|spec| self.filter.as_ref().is_none_or(|keep| keep(spec)))
             .collect();
         let topologies = validate::validate(&handlers, &self.naming)?;
+        let consumer_health: Vec<Vec<Arc<ConsumerHealth>>> = handlers
+            .iter()
+            .zip(&topologies)
+            .map(|(spec, topology)| {
+                (0..=topology.retries.len() as u32)
+                    .map(|level| ConsumerHealth::new(spec.name(), topology.level(level), spec.group(), level))
+                    .collect()
+            })
+            .collect();
+        let shutdown = ShutdownHandle::default();
+        #[cfg(feature = "prometheus")]
+        let metrics_on = self.metrics_addr.is_some();
+        #[cfg(not(feature = "prometheus"))]
+        let metrics_on = false;
         Ok(App {
+            health: Health::new(
+                consumer_health.iter().flatten().cloned().collect(),
+                shutdown.clone(),
+            ),
+            consumer_health,
+            #[cfg(feature = "prometheus")]
+            metrics_addr: self.metrics_addr,
+            lag_interval: self
+                .lag_interval
+                .or(metrics_on.then_some(DEFAULT_LAG_INTERVAL))
+                .filter(|interval| !interval.is_zero()),
             backend: self.backend,
             counters: handlers.iter().map(|spec| Counters::new(spec)).collect(),
             handlers,
             topologies: topologies.into_iter().map(Arc::new).collect(),
-            shutdown: ShutdownHandle::default(),
+            shutdown,
             shutdown_timeout: self.shutdown_timeout,
             provisioning: self.provisioning,
             hand_off_window: self.hand_off_window,
@@ -296,8 +395,33 @@ impl<B: Backend> App<B> {
         self.shutdown.clone()
     }
 
+    /// The health of every consumer: starting until [`start`](App::start) has started it,
+    /// then running, then stopped or failed (with why). See [`Health`].
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
     /// Creates the topics, joins every group and starts the consumers; returns once all run.
     pub async fn start(&self) -> Result<Running, Error> {
+        // First, so probes answer while topics are provisioned and groups joined, and so the
+        // level handles below register with the recorder.
+        let mut services = Services::default();
+        #[cfg(feature = "prometheus")]
+        let mut metrics_addr = None;
+        #[cfg(feature = "prometheus")]
+        if let Some(addr) = self.metrics_addr {
+            let recorder = endpoint::install_recorder()?;
+            let listener = endpoint::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            metrics_addr = Some(bound);
+            tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            let (health, stop) = (self.health.clone(), services.stop.clone());
+            services
+                .tasks
+                .spawn(endpoint::serve(listener, recorder, health, stop));
+        }
+        // Help texts for whichever recorder is installed (ours above, or the application's).
+        crate::metrics::describe();
         for topology in &self.topologies {
             provision::provision(&self.backend, topology, self.provisioning).await?;
         }
@@ -306,7 +430,14 @@ impl<B: Backend> App<B> {
             timeout: self.shutdown_timeout,
         };
         let mut levels = Vec::new();
-        for ((spec, topology), counters) in self.handlers.iter().zip(&self.topologies).zip(&self.counters) {
+        let mut lags = Vec::new();
+        for (((spec, topology), counters), health) in self
+            .handlers
+            .iter()
+            .zip(&self.topologies)
+            .zip(&self.counters)
+            .zip(&self.consumer_health)
+        {
             let policy = Arc::new(RetryPolicy::of(spec));
             let main_topic: Arc<str> = topology.main.as_str().into();
             for level in 0..=policy.levels() {
@@ -319,6 +450,15 @@ impl<B: Backend> App<B> {
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
+                // Registered only when reported: a gauge never set would export a false 0.
+                if self.lag_interval.is_some() {
+                    lags.push(Lag {
+                        topic: topic.to_owned(),
+                        role: TopicRole::of_level(level),
+                        group: topology.consumer_group(spec.group(), level).to_owned(),
+                        gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
+                    });
+                }
                 let level = consumer::Level {
                     hand_off_window: self.hand_off_window,
                     spec,
@@ -329,6 +469,12 @@ impl<B: Backend> App<B> {
                     topic: topic.into(),
                     main_topic: main_topic.clone(),
                     shutdown: shutdown.clone(),
+                    metrics: Arc::new(LevelMetrics::new(
+                        &main_topic,
+                        spec.group(),
+                        level,
+                        health[level as usize].clone(),
+                    )),
                 };
                 levels.push((level, consumer));
             }
@@ -336,13 +482,26 @@ impl<B: Backend> App<B> {
         let mut tasks = JoinSet::new();
         for (level, consumer) in levels {
             let (topic, group) = (level.topic.to_string(), level.spec.group().to_owned());
+            let metrics = level.metrics.clone();
+            metrics.health.running();
             tasks.spawn(async move {
-                level.run(consumer).await.map_err(|error| Error::Consumer {
+                let unfinished = StopReport(Some(metrics));
+                let result = level.run(consumer).await;
+                unfinished.finished(&result);
+                result.map_err(|error| Error::Consumer {
                     topic,
                     group,
                     source: Box::new(error),
                 })
             });
+        }
+        if let Some(interval) = self.lag_interval {
+            services.tasks.spawn(report_lag(
+                self.backend.clone(),
+                lags,
+                interval,
+                services.stop.clone(),
+            ));
         }
         tracing::info!(
             backend = self.backend.name(),
@@ -354,6 +513,10 @@ impl<B: Backend> App<B> {
             tasks,
             shutdown: self.shutdown.clone(),
             counters: self.counters.clone(),
+            health: self.health.clone(),
+            services,
+            #[cfg(feature = "prometheus")]
+            metrics_addr,
         })
     }
 
@@ -382,6 +545,81 @@ impl<B: Backend> App<B> {
             _ = self.shutdown.token.cancelled() => {}
         }
         running.shutdown().await
+    }
+}
+
+/// Tasks that serve the app rather than consume: the metrics endpoint and the lag reporter.
+/// Stopped once the consumers have; aborted if the app is dropped without stopping.
+#[derive(Default)]
+struct Services {
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl Services {
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::warn!(%error, "a metrics task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Reports a consumer's end to its health and gauges: how it returned, or, when the task
+/// panicked or was aborted (the [`Running`] dropped), that it ended without draining.
+struct StopReport(Option<Arc<LevelMetrics>>);
+
+impl StopReport {
+    fn finished(mut self, result: &Result<(), Error>) {
+        if let Some(metrics) = self.0.take() {
+            // Debug: the message and its causes, as `main` would print them.
+            metrics.stopped(result.as_ref().err().map(|error| format!("{error:?}")));
+        }
+    }
+}
+
+impl Drop for StopReport {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            metrics.stopped(Some(
+                "the consumer task ended without draining (it panicked or the app was dropped)".into(),
+            ));
+        }
+    }
+}
+
+/// One level's consumer lag: where to ask, and the gauge to set.
+struct Lag {
+    topic: String,
+    role: TopicRole,
+    group: String,
+    gauge: ::metrics::Gauge,
+}
+
+/// Sets each level's lag gauge every `interval` until `stop`. A backend that cannot say
+/// leaves the gauge as it was.
+async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, interval: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for lag in &lags {
+            let asked = tokio::select! {
+                _ = stop.cancelled() => return,
+                asked = backend.lag(&lag.topic, lag.role, &lag.group) => asked,
+            };
+            match asked {
+                Ok(messages) => lag.gauge.set(messages as f64),
+                Err(error) => {
+                    tracing::debug!(topic = %lag.topic, group = %lag.group, %error, "consumer lag unknown")
+                }
+            }
+        }
     }
 }
 
@@ -479,6 +717,10 @@ pub struct Running {
     tasks: JoinSet<Result<(), Error>>,
     shutdown: ShutdownHandle,
     counters: Vec<Arc<Counters>>,
+    health: Health,
+    services: Services,
+    #[cfg(feature = "prometheus")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Running {
@@ -492,6 +734,41 @@ impl Running {
     /// A handle that stops the app.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// The health of every consumer (the same as [`App::health`]).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on, with the port the
+    /// system chose when [`metrics_addr`](AppBuilder::metrics_addr) gave port 0; `None`
+    /// without an endpoint.
+    ///
+    /// ```
+    /// use retry_kafka::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Event, Serialize, Deserialize)]
+    /// # #[event(topic = "orders")]
+    /// # struct OrderPlaced { order_id: u64 }
+    /// #[retry_handler(group = "billing", dlq)]
+    /// async fn charge(order: OrderPlaced) -> Result<(), HandlerError> { Ok(()) }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> retry_kafka::Result<()> {
+    /// let app = App::builder()
+    ///     .backend(InMemory::new())
+    ///     .metrics_addr(([127, 0, 0, 1], 0).into())
+    ///     .build()?;
+    /// let running = app.start().await?;
+    /// let addr = running.metrics_addr().unwrap();
+    /// assert_ne!(addr.port(), 0);
+    /// running.shutdown().await
+    /// # }
+    /// ```
+    #[cfg(feature = "prometheus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Requests shutdown and waits until every consumer has drained and left its group.
@@ -517,6 +794,8 @@ impl Running {
                 first_error.get_or_insert(error);
             }
         }
+        // Last, so the drain can be watched and scraped to its end.
+        self.services.stop().await;
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -1,0 +1,288 @@
+//! What the consumers report through the [`metrics`] facade: the metric names, their labels,
+//! and the handles each level registers once at start and bumps per message.
+//!
+//! Every handle is registered when the app starts, so the per-message path only bumps an
+//! atomic behind a handle: no lookup, no allocation, no lock. Without a recorder the facade
+//! hands out no-op handles and a bump is a branch on `None`. A recorder of your own must be
+//! installed before [`App::start`](crate::App::start) to receive them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+use crate::backend::Record;
+use crate::clock::now_ms;
+use crate::handlers::ErrorKind;
+use crate::headers::{self, EarlierHops, Headers};
+use crate::health::ConsumerHealth;
+
+/// Attempts that succeeded. Labels: `topic`, `group`, `level`.
+pub(crate) const HANDLED: &str = "retry_kafka_handled_total";
+/// Attempts that failed. Labels: `topic`, `group`, `level`, `kind`.
+pub(crate) const FAILED: &str = "retry_kafka_failed_total";
+/// Messages durably handed to a retry level. Labels: `topic`, `group`, `level` (the level they
+/// were handed to, 1-based).
+pub(crate) const RETRIED: &str = "retry_kafka_retried_total";
+/// Messages durably written to the dead-letter queue. Labels: `topic`, `group`.
+pub(crate) const DEAD_LETTERED: &str = "retry_kafka_dead_lettered_total";
+/// Replayed dead letters that failed again, durably written to the parking queue. Labels:
+/// `topic`, `group`.
+pub(crate) const PARKED: &str = "retry_kafka_parked_total";
+/// Messages dropped after their last attempt (`on_exhausted = "drop"`). Labels: `topic`,
+/// `group`.
+pub(crate) const DROPPED: &str = "retry_kafka_dropped_total";
+/// Attempts under way. Labels: `topic`, `group`, `level`.
+pub(crate) const IN_FLIGHT: &str = "retry_kafka_in_flight";
+/// How long an attempt took, in seconds (decode, handler, timeout). Labels: `topic`, `group`,
+/// `level`.
+pub(crate) const HANDLER_DURATION: &str = "retry_kafka_handler_duration_seconds";
+/// How late a retry attempt started: its start minus its due time (`rk-due-at`), in seconds.
+/// Labels: `topic`, `group`, `level` (1-based; the main topic has no due time).
+pub(crate) const RETRY_LATENESS: &str = "retry_kafka_retry_lateness_seconds";
+/// Age of a message when it reached the dead-letter queue: now minus its original timestamp
+/// (or its first failure when the broker gave none), in seconds. Labels: `topic`, `group`.
+pub(crate) const DEAD_LETTER_AGE: &str = "retry_kafka_dead_letter_age_seconds";
+/// Partitions assigned to this process's consumers. Labels: `topic`, `group`, `level`.
+pub(crate) const ASSIGNED_PARTITIONS: &str = "retry_kafka_assigned_partitions";
+/// Partitions held (not fetched) because too many records wait in memory. Labels: `topic`,
+/// `group`, `level`.
+pub(crate) const HELD_PARTITIONS: &str = "retry_kafka_held_partitions";
+/// Messages of the level's topic its group has not committed, as the backend reports it
+/// (refreshed periodically). Labels: `topic`, `group`, `level`.
+pub(crate) const CONSUMER_LAG: &str = "retry_kafka_consumer_lag";
+
+/// Every kind in the order of [`kind_index`].
+const KINDS: [ErrorKind; 5] = [
+    ErrorKind::Transient,
+    ErrorKind::Permanent,
+    ErrorKind::Decode,
+    ErrorKind::Panic,
+    ErrorKind::Timeout,
+];
+
+fn kind_index(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::Transient => 0,
+        ErrorKind::Permanent => 1,
+        ErrorKind::Decode => 2,
+        ErrorKind::Panic => 3,
+        ErrorKind::Timeout => 4,
+    }
+}
+
+/// Registers the metrics' help texts with the installed recorder (at every start; idempotent).
+pub(crate) fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HANDLED, "Attempts that succeeded");
+    describe_counter!(FAILED, "Attempts that failed, by error kind");
+    describe_counter!(RETRIED, "Messages durably handed to a retry level");
+    describe_counter!(DEAD_LETTERED, "Messages durably written to the dead-letter queue");
+    describe_counter!(
+        PARKED,
+        "Replayed dead letters that failed again, written to the parking queue"
+    );
+    describe_counter!(DROPPED, "Messages dropped after their last attempt");
+    describe_gauge!(IN_FLIGHT, "Attempts under way");
+    describe_histogram!(HANDLER_DURATION, Unit::Seconds, "Duration of one attempt");
+    describe_histogram!(
+        RETRY_LATENESS,
+        Unit::Seconds,
+        "Start of a retry attempt minus its due time"
+    );
+    describe_histogram!(
+        DEAD_LETTER_AGE,
+        Unit::Seconds,
+        "Age of a message when dead-lettered"
+    );
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Partitions assigned to this process's consumers"
+    );
+    describe_gauge!(
+        HELD_PARTITIONS,
+        "Partitions held while their records wait in memory"
+    );
+    describe_gauge!(CONSUMER_LAG, "Messages the group has not committed yet");
+}
+
+/// One level's handles and health, registered once at start; the consumer loop calls these
+/// hooks and nothing else.
+pub(crate) struct LevelMetrics {
+    level: u32,
+    handled: Counter,
+    /// One per [`ErrorKind`], in the order of [`kind_index`].
+    failed: [Counter; 5],
+    /// Handed on to the next level (`level + 1`), the only level a failure goes to.
+    retried: Counter,
+    dead_lettered: Counter,
+    parked: Counter,
+    dropped: Counter,
+    in_flight: Gauge,
+    /// What `in_flight` holds for this consumer, to take back what is left when it stops.
+    running: AtomicU64,
+    duration: Histogram,
+    lateness: Histogram,
+    dead_letter_age: Histogram,
+    assigned: Gauge,
+    held: Gauge,
+    pub(crate) health: Arc<ConsumerHealth>,
+}
+
+impl LevelMetrics {
+    /// Registers the handles of `level` of the handler on `main_topic` in `group`.
+    pub(crate) fn new(main_topic: &str, group: &str, level: u32, health: Arc<ConsumerHealth>) -> Self {
+        let labels = [
+            ("topic", main_topic.to_owned()),
+            ("group", group.to_owned()),
+            ("level", level.to_string()),
+        ];
+        let dead_letter = [("topic", main_topic.to_owned()), ("group", group.to_owned())];
+        let next = [
+            ("topic", main_topic.to_owned()),
+            ("group", group.to_owned()),
+            ("level", (level + 1).to_string()),
+        ];
+        let failed = KINDS.map(|kind| {
+            let mut labels = labels.to_vec();
+            labels.push(("kind", kind.as_str().to_owned()));
+            counter!(FAILED, &labels)
+        });
+        Self {
+            level,
+            handled: counter!(HANDLED, &labels),
+            failed,
+            retried: counter!(RETRIED, &next),
+            dead_lettered: counter!(DEAD_LETTERED, &dead_letter),
+            parked: counter!(PARKED, &dead_letter),
+            dropped: counter!(DROPPED, &dead_letter),
+            in_flight: gauge!(IN_FLIGHT, &labels),
+            running: AtomicU64::new(0),
+            duration: histogram!(HANDLER_DURATION, &labels),
+            lateness: histogram!(RETRY_LATENESS, &labels),
+            dead_letter_age: histogram!(DEAD_LETTER_AGE, &dead_letter),
+            assigned: gauge!(ASSIGNED_PARTITIONS, &labels),
+            held: gauge!(HELD_PARTITIONS, &labels),
+            health,
+        }
+    }
+
+    /// A fetch returned something: the consumer is polling.
+    pub(crate) fn polled(&self) {
+        self.health.polled(now_ms());
+    }
+
+    /// An attempt starts on `record`: it is in flight, and on a retry level, how late it is.
+    pub(crate) fn started(&self, record: &Record) {
+        self.in_flight.increment(1.0);
+        self.running.fetch_add(1, Relaxed);
+        if self.level > 0 {
+            if let Some(due) = headers::due_at_ms(&record.headers) {
+                self.lateness.record(seconds(now_ms() - due));
+            }
+        }
+    }
+
+    /// An attempt that started at `started` finished (whatever its outcome).
+    pub(crate) fn concluded(&self, started: Instant) {
+        self.in_flight.decrement(1.0);
+        self.running.fetch_sub(1, Relaxed);
+        self.duration.record(started.elapsed().as_secs_f64());
+    }
+
+    pub(crate) fn handled(&self) {
+        self.handled.increment(1);
+    }
+
+    pub(crate) fn failed(&self, kind: ErrorKind) {
+        self.failed[kind_index(kind)].increment(1);
+    }
+
+    pub(crate) fn dropped(&self) {
+        self.dropped.increment(1);
+    }
+
+    /// A failure was durably written to retry `level`.
+    pub(crate) fn retried(&self, level: u32) {
+        debug_assert_eq!(level, self.level + 1, "a failure goes to the next level");
+        self.retried.increment(1);
+    }
+
+    /// A failure was durably written to the dead-letter queue with these headers.
+    pub(crate) fn dead_lettered(&self, headers: &Headers) {
+        self.dead_lettered.increment(1);
+        let earlier = EarlierHops::read(headers);
+        if let Some(since) = earlier.original_timestamp_ms.or(earlier.first_failure_at_ms) {
+            self.dead_letter_age.record(seconds(now_ms() - since));
+        }
+    }
+
+    /// A replayed dead letter that failed again was durably written to the parking queue.
+    pub(crate) fn parked(&self) {
+        self.parked.increment(1);
+    }
+
+    pub(crate) fn assigned(&self, partitions: &[u32]) {
+        let added = self.health.assigned(partitions);
+        self.assigned.increment(added as f64);
+    }
+
+    pub(crate) fn revoked(&self, partitions: &[u32]) {
+        let (assigned, held) = self.health.revoked(partitions);
+        self.assigned.decrement(assigned as f64);
+        self.held.decrement(held as f64);
+    }
+
+    pub(crate) fn held(&self, partition: u32) {
+        if self.health.held(partition) {
+            self.held.increment(1.0);
+        }
+    }
+
+    pub(crate) fn resumed(&self, partition: u32) {
+        if self.health.resumed(partition) {
+            self.held.decrement(1.0);
+        }
+    }
+
+    /// The consumer stopped (cleanly or not): it holds no partition and runs nothing any more.
+    pub(crate) fn stopped(&self, error: Option<String>) {
+        let (assigned, held) = self.health.stopped(error);
+        self.assigned.decrement(assigned as f64);
+        self.held.decrement(held as f64);
+        self.in_flight.decrement(self.running.swap(0, Relaxed) as f64);
+    }
+}
+
+/// Milliseconds as seconds, never negative (an attempt that started early is 0 s late).
+fn seconds(ms: i64) -> f64 {
+    ms.max(0) as f64 / 1000.0
+}
+
+/// The consumer-lag gauge of one level, set by the app's lag task.
+pub(crate) fn lag_gauge(main_topic: &str, group: &str, level: u32) -> Gauge {
+    gauge!(
+        CONSUMER_LAG,
+        "topic" => main_topic.to_owned(),
+        "group" => group.to_owned(),
+        "level" => level.to_string()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_counter() {
+        let indexes: Vec<usize> = KINDS.iter().map(|&kind| kind_index(kind)).collect();
+        assert_eq!(indexes, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn lateness_is_never_negative() {
+        assert_eq!(seconds(-250), 0.0);
+        assert_eq!(seconds(1500), 1.5);
+    }
+}
