@@ -17,6 +17,7 @@ use crate::clock::now_ms;
 use crate::handlers::ErrorKind;
 use crate::headers::{self, EarlierHops, Headers};
 use crate::health::ConsumerHealth;
+use crate::stats::Counters;
 
 /// Attempts that succeeded. Labels: `topic`, `group`, `level`.
 pub(crate) const HANDLED: &str = "retry_kafka_handled_total";
@@ -107,10 +108,11 @@ pub(crate) fn describe() {
     describe_gauge!(CONSUMER_LAG, "Messages the group has not committed yet");
 }
 
-/// One level's handles and health, registered once at start; the consumer loop calls these
-/// hooks and nothing else.
+/// One level's handles and health, and its handler's [`Counters`] (what `App::stats` shows),
+/// registered once at start; the consumer loop calls these hooks and nothing else.
 pub(crate) struct LevelMetrics {
     level: u32,
+    counters: Arc<Counters>,
     handled: Counter,
     /// One per [`ErrorKind`], in the order of [`kind_index`].
     failed: [Counter; 5],
@@ -132,7 +134,13 @@ pub(crate) struct LevelMetrics {
 
 impl LevelMetrics {
     /// Registers the handles of `level` of the handler on `main_topic` in `group`.
-    pub(crate) fn new(main_topic: &str, group: &str, level: u32, health: Arc<ConsumerHealth>) -> Self {
+    pub(crate) fn new(
+        main_topic: &str,
+        group: &str,
+        level: u32,
+        counters: Arc<Counters>,
+        health: Arc<ConsumerHealth>,
+    ) -> Self {
         let labels = [
             ("topic", main_topic.to_owned()),
             ("group", group.to_owned()),
@@ -151,6 +159,7 @@ impl LevelMetrics {
         });
         Self {
             level,
+            counters,
             handled: counter!(HANDLED, &labels),
             failed,
             retried: counter!(RETRIED, &next),
@@ -192,25 +201,30 @@ impl LevelMetrics {
     }
 
     pub(crate) fn handled(&self) {
+        self.counters.succeeded();
         self.handled.increment(1);
     }
 
     pub(crate) fn failed(&self, kind: ErrorKind) {
+        self.counters.failed();
         self.failed[kind_index(kind)].increment(1);
     }
 
     pub(crate) fn dropped(&self) {
+        self.counters.dropped();
         self.dropped.increment(1);
     }
 
     /// A failure was durably written to retry `level`.
     pub(crate) fn retried(&self, level: u32) {
         debug_assert_eq!(level, self.level + 1, "a failure goes to the next level");
+        self.counters.retried(level);
         self.retried.increment(1);
     }
 
     /// A failure was durably written to the dead-letter queue with these headers.
     pub(crate) fn dead_lettered(&self, headers: &Headers) {
+        self.counters.dead_lettered();
         self.dead_lettered.increment(1);
         let earlier = EarlierHops::read(headers);
         if let Some(since) = earlier.original_timestamp_ms.or(earlier.first_failure_at_ms) {
@@ -220,6 +234,7 @@ impl LevelMetrics {
 
     /// A replayed dead letter that failed again was durably written to the parking queue.
     pub(crate) fn parked(&self) {
+        self.counters.parked();
         self.parked.increment(1);
     }
 

@@ -23,7 +23,6 @@ use crate::error::{BackendError, Error};
 use crate::handlers::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
-use crate::stats::Counters;
 use crate::trace::{self, AttemptSpan};
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
@@ -39,7 +38,6 @@ pub(crate) struct Level {
     pub(crate) spec: &'static HandlerSpec,
     pub(crate) policy: Arc<RetryPolicy>,
     pub(crate) topology: Arc<Topology>,
-    pub(crate) counters: Arc<Counters>,
     /// 0 for the main topic, `n` for retry level `n`.
     pub(crate) level: u32,
     /// The topic this level reads, shared with every `Context` it builds.
@@ -48,7 +46,8 @@ pub(crate) struct Level {
     pub(crate) shutdown: Shutdown,
     /// The most hand-offs under way at once (started or waiting to be tried again).
     pub(crate) hand_off_window: usize,
-    /// Metric handles and health, registered at start; only bumped from here.
+    /// The handler's counters, metric handles and health, registered at start: every outcome
+    /// is one call on it.
     pub(crate) metrics: Arc<crate::metrics::LevelMetrics>,
 }
 
@@ -657,14 +656,12 @@ impl Level {
         }
         let failure = match result {
             Ok(()) => {
-                self.counters.succeeded();
                 self.metrics.handled();
                 work.finish(partition, offset, &self.topic).await;
                 return;
             }
             Err(failure) => failure,
         };
-        self.counters.failed();
         self.metrics.failed(failure.kind);
         let now = now_ms();
         let step = self
@@ -687,7 +684,6 @@ impl Level {
                     group = self.spec.group(), kind = %failure.kind, error = %failure.message,
                     "message dropped after its last attempt (on_exhausted = \"drop\")",
                 );
-                self.counters.dropped();
                 self.metrics.dropped();
                 work.finish(partition, offset, &self.topic).await;
                 return;
@@ -769,18 +765,9 @@ impl Level {
                     state.backoff = None;
                 }
                 match hand_off.target {
-                    TopicRole::Retry { level } => {
-                        self.counters.retried(level);
-                        self.metrics.retried(level);
-                    }
-                    TopicRole::Parked => {
-                        self.counters.parked();
-                        self.metrics.parked();
-                    }
-                    _ => {
-                        self.counters.dead_lettered();
-                        self.metrics.dead_lettered(&hand_off.record.headers);
-                    }
+                    TopicRole::Retry { level } => self.metrics.retried(level),
+                    TopicRole::Parked => self.metrics.parked(),
+                    _ => self.metrics.dead_lettered(&hand_off.record.headers),
                 }
                 work.finish(hand_off.partition, hand_off.offset, &self.topic)
                     .await;

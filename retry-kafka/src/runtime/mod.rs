@@ -464,7 +464,6 @@ impl<B: Backend> App<B> {
                     spec,
                     policy: policy.clone(),
                     topology: topology.clone(),
-                    counters: counters.clone(),
                     level,
                     topic: topic.into(),
                     main_topic: main_topic.clone(),
@@ -473,6 +472,7 @@ impl<B: Backend> App<B> {
                         &main_topic,
                         spec.group(),
                         level,
+                        counters.clone(),
                         health[level as usize].clone(),
                     )),
                 };
