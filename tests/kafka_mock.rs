@@ -200,6 +200,7 @@ async fn retry_topics_may_live_on_another_cluster() {
     // The mock cluster cannot create topics over the protocol: make them on the retry cluster.
     retry.create_topic("mock.split.mock-split.retry.1", 2).unwrap();
     retry.create_topic("mock.split.mock-split.dlq", 2).unwrap();
+    retry.create_topic("mock.split.mock-split.parked", 2).unwrap();
     let backend = Kafka::builder(main.bootstrap_servers())
         .retry_brokers(retry.bootstrap_servers())
         .consumer_property("session.timeout.ms", "1500")
