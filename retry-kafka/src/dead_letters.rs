@@ -589,3 +589,123 @@ struct Pending {
     target_ends: Vec<u64>,
     entries: Vec<(u32, u64)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::InMemory;
+    use crate::headers::Headers;
+
+    const QUEUE: &str = "orders.billing.dlq";
+
+    async fn queue_of(broker: &InMemory, count: u64) -> Vec<DeadLetter> {
+        broker.create_topic(QUEUE, 1);
+        for n in 0..count {
+            let record = OutboundRecord {
+                partition: Some(0),
+                key: Some(n.to_string().into()),
+                payload: Some(format!("entry {n}").into()),
+                headers: Headers::new(),
+            };
+            broker.send(QUEUE, TopicRole::DeadLetter, record).await.unwrap();
+        }
+        read(broker, QUEUE, TopicRole::DeadLetter).await.unwrap()
+    }
+
+    fn checkpoint_file(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("rk-replay-{}-{name}.json", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// A run killed after sending 2 of a batch of 4: the resumed run finds those 2 in the
+    /// target (after the end offsets the batch recorded) and sends the other 2 only.
+    #[tokio::test]
+    async fn a_resumed_replay_sends_only_what_the_interrupted_batch_did_not() {
+        let broker = InMemory::new();
+        let entries = queue_of(&broker, 6).await;
+        broker.create_topic("orders", 1);
+        let path = checkpoint_file("resume");
+        let replay = Replay::new(&broker, QUEUE, "orders", TopicRole::Main).checkpoint(&path);
+        // What the killed run left: entry 0 settled, a batch of 1..=4 under way, 1 and 2 sent.
+        let mut state = Checkpoint {
+            replay: replay.describe(),
+            ..Checkpoint::default()
+        };
+        state.advance(0, 1);
+        broker
+            .send("orders", TopicRole::Main, replay.outbound(&entries[0]).unwrap())
+            .await
+            .unwrap();
+        state.pending = Some(Pending {
+            target_ends: broker.end_offsets("orders"),
+            entries: (1..=4).map(|o| (0, o)).collect(),
+        });
+        for entry in &entries[1..=2] {
+            let record = replay.outbound(entry).unwrap();
+            broker.send("orders", TopicRole::Main, record).await.unwrap();
+        }
+        replay.save(&state).unwrap();
+
+        let mut seen = Vec::new();
+        let report = replay
+            .run(&entries, |p| seen.push((p.done, p.total)))
+            .await
+            .unwrap();
+        assert_eq!((report.sent, report.already_sent), (3, 3));
+        assert_eq!(seen.first(), Some(&(3, 6)));
+        assert_eq!(seen.last(), Some(&(6, 6)));
+        let sent: Vec<String> = broker
+            .records("orders")
+            .iter()
+            .map(|r| r.headers.get_str(names::REPLAY_OF).unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = (0..6).map(|o| format!("{QUEUE}/0/{o}")).collect();
+        assert_eq!(sent, expected, "each entry once, in queue order");
+        assert!(!path.exists(), "a finished replay removes its checkpoint");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_of_another_selection_is_refused() {
+        let broker = InMemory::new();
+        let entries = queue_of(&broker, 2).await;
+        let path = checkpoint_file("other");
+        let first = Replay::new(&broker, QUEUE, "orders", TopicRole::Main)
+            .selection("kind=[\"transient\"]")
+            .checkpoint(&path);
+        first
+            .save(&Checkpoint {
+                replay: first.describe(),
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let second = Replay::new(&broker, QUEUE, "orders", TopicRole::Main)
+            .selection("kind=[\"permanent\"]")
+            .checkpoint(&path);
+        let error = second.run(&entries, |_| {}).await.unwrap_err();
+        assert!(matches!(error, ReplayError::OtherReplay { .. }), "{error}");
+        assert!(broker.records("orders").is_empty(), "nothing sent");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_loop_guard_holds_back_what_was_replayed_enough() {
+        let mut headers = Headers::new();
+        headers.insert(names::REPLAYS, "3");
+        let entry = DeadLetter::new(Record {
+            partition: 0,
+            offset: 9,
+            timestamp_ms: None,
+            key: None,
+            payload: None,
+            headers,
+        });
+        let broker = InMemory::new();
+        let replay = Replay::new(&broker, QUEUE, "orders", TopicRole::Main);
+        let state = Checkpoint::default();
+        assert_eq!(replay.action(&entry, &state), Action::Guarded);
+        assert_eq!(replay.max_replays(4).action(&entry, &state), Action::Send);
+        let forced = Replay::new(&broker, QUEUE, "orders", TopicRole::Main).force(true);
+        assert_eq!(forced.action(&entry, &state), Action::Send);
+    }
+}
