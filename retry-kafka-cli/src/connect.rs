@@ -6,6 +6,7 @@ use retry_kafka::app::BackendChoice;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::Tiered;
+use retry_kafka::error::ConfigError;
 
 /// Where the dead letters and topics are. Each flag sets the variable `run()` reads.
 #[derive(Args)]
@@ -48,7 +49,13 @@ pub(crate) enum Connected {
 }
 
 pub(crate) async fn connect() -> anyhow::Result<Connected> {
-    let choice = BackendChoice::from_env().context("no backend to connect to")?;
+    let choice = match BackendChoice::from_env() {
+        Err(ConfigError::NoBackend) => bail!(
+            "no broker given: pass --brokers HOST:PORT (Kafka) or --redis-url redis://HOST:PORT \
+             (Redis), or set KAFKA_BROKERS or REDIS_URL as for the program"
+        ),
+        choice => choice.context("cannot tell which backend to connect to")?,
+    };
     Ok(match choice {
         BackendChoice::Kafka => Connected::Kafka(Kafka::from_env()?),
         BackendChoice::Redis => Connected::Redis(Redis::from_env()?),

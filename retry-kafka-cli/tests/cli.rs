@@ -113,6 +113,24 @@ async fn on_redis_server() {
     scenario(backend, Tool::new("--redis-url", &server.url())).await;
 }
 
+/// With no broker given, the tool says which flags to pass.
+#[test]
+fn without_a_broker_the_tool_names_the_flags() {
+    let output = Command::new(env!("CARGO_BIN_EXE_retry-kafka"))
+        .args(["dlq", "list", "--topic", "orders", "--group", "billing"])
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("REDIS_URL")
+        .env_remove("RETRY_KAFKA_BACKEND")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "error: no broker given: pass --brokers HOST:PORT (Kafka) or --redis-url redis://HOST:PORT (Redis), \
+         or set KAFKA_BROKERS or REDIS_URL as for the program"
+    );
+}
+
 /// The `retry-kafka` binary, pointed at one server.
 struct Tool {
     flag: &'static str,
