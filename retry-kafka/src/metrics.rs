@@ -12,10 +12,9 @@ use std::time::Instant;
 
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
-use crate::backend::Record;
 use crate::clock::now_ms;
 use crate::handlers::ErrorKind;
-use crate::headers::{self, EarlierHops, Headers};
+use crate::headers::{EarlierHops, Headers};
 use crate::health::ConsumerHealth;
 use crate::stats::Counters;
 
@@ -182,14 +181,13 @@ impl LevelMetrics {
         self.health.polled(now_ms());
     }
 
-    /// An attempt starts on `record`: it is in flight, and on a retry level, how late it is.
-    pub(crate) fn started(&self, record: &Record) {
+    /// An attempt starts: it is in flight, and on a retry level (`due` is its `rk-due-at`, as
+    /// the loop read it), how late it is.
+    pub(crate) fn started(&self, due: Option<i64>) {
         self.in_flight.increment(1.0);
         self.running.fetch_add(1, Relaxed);
-        if self.level > 0 {
-            if let Some(due) = headers::due_at_ms(&record.headers) {
-                self.lateness.record(seconds(now_ms() - due));
-            }
+        if let Some(due) = due {
+            self.lateness.record(seconds(now_ms() - due));
         }
     }
 

@@ -336,30 +336,27 @@ pub struct LevelPlan {
 
 impl TopologyPlan {
     /// The plan of `handlers` with their topologies.
-    pub(crate) fn of(handlers: &[&'static HandlerSpec], topologies: &[impl AsRef<Topology>]) -> Self {
+    pub(crate) fn of(handlers: &[&'static HandlerSpec], topologies: &[std::sync::Arc<Topology>]) -> Self {
         Self {
             schema: 1,
             handlers: handlers
                 .iter()
                 .zip(topologies)
-                .map(|(spec, topology)| {
-                    let topology = topology.as_ref();
-                    HandlerPlan {
-                        handler: spec.name().to_owned(),
-                        topic: topology.main.clone(),
-                        group: spec.group().to_owned(),
-                        retries: (1..)
-                            .zip(spec.retries())
-                            .map(|(level, delay)| LevelPlan {
-                                level,
-                                topic: topology.level(level).to_owned(),
-                                group: topology.consumer_group(spec.group(), level).to_owned(),
-                                delay_ms: delay.as_millis() as u64,
-                            })
-                            .collect(),
-                        dead_letter: topology.dead_letter.clone(),
-                        parked: topology.parked.clone(),
-                    }
+                .map(|(spec, topology)| HandlerPlan {
+                    handler: spec.name().to_owned(),
+                    topic: topology.main.clone(),
+                    group: spec.group().to_owned(),
+                    retries: (1..)
+                        .zip(spec.retries())
+                        .map(|(level, delay)| LevelPlan {
+                            level,
+                            topic: topology.level(level).to_owned(),
+                            group: topology.consumer_group(spec.group(), level).to_owned(),
+                            delay_ms: delay.as_millis() as u64,
+                        })
+                        .collect(),
+                    dead_letter: topology.dead_letter.clone(),
+                    parked: topology.parked.clone(),
                 })
                 .collect(),
         }
@@ -381,12 +378,6 @@ impl HandlerPlan {
         std::iter::once((self.topic.as_str(), TopicRole::Main))
             .chain(levels)
             .chain(kept.into_iter().filter_map(|(t, role)| t.map(|t| (t, role))))
-    }
-}
-
-impl AsRef<Topology> for Topology {
-    fn as_ref(&self) -> &Topology {
-        self
     }
 }
 

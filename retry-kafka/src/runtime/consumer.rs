@@ -429,11 +429,12 @@ impl Level {
     async fn take(&self, record: Record, work: &mut Work<impl Consumer>) {
         let due = self.due_at(&record);
         let state = work.partition(record.partition);
-        if due.is_none() && state.waiting.is_empty() && !state.blocked() {
+        if due.is_none_or(|due| due <= now_ms()) && state.waiting.is_empty() && !state.blocked() {
             let generation = state.generation;
-            return self.start(record, generation, work).await;
+            return self.start(record, generation, due, work).await;
         }
         let (partition, offset) = (record.partition, record.offset);
+        // 0: nothing to wait for but the records ahead of it.
         state.waiting.push_back((due.unwrap_or(0), record));
         let full = state.waiting.len() >= WAITING_LIMIT && !state.held;
         if full {
@@ -463,7 +464,7 @@ impl Level {
                 if due > now {
                     break;
                 }
-                let (_, record) = state.waiting.pop_front().expect("looked at above");
+                let (due, record) = state.waiting.pop_front().expect("looked at above");
                 let generation = state.generation;
                 if state.held && state.waiting.len() < RESUME_BELOW {
                     state.held = false;
@@ -471,15 +472,16 @@ impl Level {
                     self.metrics.resumed(record.partition);
                 }
                 work.waiting -= 1;
-                self.start(record, generation, work).await;
+                self.start(record, generation, (due > 0).then_some(due), work)
+                    .await;
             }
         }
     }
 
-    /// Runs an attempt.
-    async fn start(&self, record: Record, generation: u32, work: &mut Work<impl Consumer>) {
+    /// Runs an attempt; `due` is the retry's `rk-due-at`, read once when it was fetched.
+    async fn start(&self, record: Record, generation: u32, due: Option<i64>, work: &mut Work<impl Consumer>) {
         work.partition(record.partition).progress.start(record.offset);
-        self.metrics.started(&record);
+        self.metrics.started(due);
         // One at a time, an attempt that finishes without waiting (a handler that never
         // awaits) is concluded here, not in another round of the loop.
         let inline = matches!(work.in_flight, InFlight::Inline(_));
@@ -489,12 +491,13 @@ impl Level {
         }
     }
 
-    /// On a retry level, the due time of a message that must wait longer.
+    /// On a retry level, when the message is due (`rk-due-at`); `None` on the main topic,
+    /// whose `rk-*` headers are not trusted.
     fn due_at(&self, record: &Record) -> Option<i64> {
         if self.level == 0 {
             return None;
         }
-        headers::due_at_ms(&record.headers).filter(|&due| due > now_ms())
+        headers::due_at_ms(&record.headers)
     }
 
     fn lineage(&self, record: &Record) -> Lineage {
