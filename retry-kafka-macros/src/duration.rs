@@ -48,9 +48,57 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// Parses a rate literal, `"200/s"`, `"30/m"`, `"1000/h"` or `"5/10s"`, into attempts and a
+/// period in milliseconds.
+pub(crate) fn parse_rate(text: &str) -> Result<(u32, u64), String> {
+    const FORMS: &str = "write e.g. \"200/s\", \"30/m\" or \"5/10s\"";
+    let Some((count, period)) = text.trim().split_once('/') else {
+        return Err(format!(
+            "invalid rate {text:?}: expected attempts per period; {FORMS}"
+        ));
+    };
+    let attempts: u32 = match count.trim().parse() {
+        Ok(0) => {
+            return Err(format!(
+                "invalid rate {text:?}: the number of attempts must be at least 1"
+            ))
+        }
+        Ok(n) => n,
+        Err(_) => {
+            return Err(format!(
+                "invalid rate {text:?}: {count:?} is not a whole number of attempts; {FORMS}"
+            ))
+        }
+    };
+    let period = period.trim();
+    // "/s" reads as "per 1s".
+    let per_ms = match period.starts_with(|c: char| c.is_ascii_digit()) {
+        true => parse_millis(period),
+        false => parse_millis(&format!("1{period}")),
+    }
+    .map_err(|error| format!("invalid rate {text:?}: {error}"))?;
+    if per_ms == 0 {
+        return Err(format!(
+            "invalid rate {text:?}: the period must be longer than zero"
+        ));
+    }
+    Ok((attempts, per_ms))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_millis;
+    use super::{parse_millis, parse_rate};
+
+    #[test]
+    fn rates_read_as_attempts_per_period() {
+        assert_eq!(parse_rate("200/s"), Ok((200, 1_000)));
+        assert_eq!(parse_rate("30/m"), Ok((30, 60_000)));
+        assert_eq!(parse_rate("1000/h"), Ok((1000, 3_600_000)));
+        assert_eq!(parse_rate("5/10s"), Ok((5, 10_000)));
+        for bad in ["200", "0/s", "x/s", "200/", "200/q", "200/0s", "-1/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
 
     #[test]
     fn accepts_units_and_sums() {

@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprArray, ExprCall, ExprLit, FnArg, ItemFn, Lit, LitInt, LitStr, Path, ReturnType, Type};
 
 use crate::attr;
-use crate::duration::parse_millis;
+use crate::duration::{parse_millis, parse_rate};
 use crate::errors::Errors;
 use crate::names;
 
@@ -19,6 +19,12 @@ const MAX_LEVELS: usize = 32;
 
 /// What `retries = ...` accepts, said when it gets something else.
 const RETRIES_FORMS: &str = "expected a list of delays such as `[\"10s\", \"1m\", \"5m\"]`, `[\"30s\"; 3]` or `exponential(first = \"1s\", factor = 2, levels = 5)`";
+
+/// What `batch(...)` accepts, said when it gets something else.
+const BATCH_FORM: &str = "expected `batch(max = 500, linger = \"50ms\")`";
+
+/// The most records one batch may hold.
+const MAX_BATCH: u32 = 100_000;
 
 #[derive(Default)]
 struct HandlerArgs {
@@ -31,6 +37,10 @@ struct HandlerArgs {
     on_exhausted: Option<(Exhausted, Span)>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
+    /// `rate = "200/s"`: attempts and period in ms.
+    rate: Option<(u32, u64)>,
+    /// `batch(max = .., linger = ..)`: where it was written, and max and linger when both read.
+    batch: Option<(Span, Option<(u32, u64)>)>,
     /// `on_exhausted` was given but unreadable; reported already, so not "missing" too.
     exhaustion_misspelled: bool,
     krate: Option<Path>,
@@ -57,7 +67,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let errors = Errors::default();
     let parsed = parse_args(args, &errors);
-    let signature = check_signature(&function, &errors);
+    let signature = check_signature(&function, parsed.batch.map(|(span, _)| span), &errors);
     check_policy(&parsed, &errors);
     if let Some(error) = errors.into_compile_error() {
         return quote!(#function #error);
@@ -148,6 +158,16 @@ fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
                     }
                 }
             }
+            "rate" => {
+                let expected = "expected a rate as a string literal: `rate = \"200/s\"`";
+                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
+                    match parse_rate(&value.value()) {
+                        Ok(rate) => parsed.rate = Some(rate),
+                        Err(message) => errors.spanned(&value, message),
+                    }
+                }
+            }
+            "batch" => parsed.batch = Some((meta.path.span(), parse_batch(&meta, errors)?)),
             "crate" => parsed.krate = attr::crate_path(&meta, errors)?,
             _ => {
                 errors.spanned(&meta.path, unknown_option_message(&meta));
@@ -165,9 +185,82 @@ fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
 fn unknown_option_message(meta: &ParseNestedMeta) -> String {
     let path = &meta.path;
     format!(
-        "unknown option `{}`; expected one of `topic`, `group`, `retries`, `dlq`, `on_exhausted`, `timeout`, `concurrency`",
+        "unknown option `{}`; expected one of `topic`, `group`, `retries`, `dlq`, `on_exhausted`, `timeout`, `concurrency`, `batch`, `rate`",
         quote!(#path).to_string().replace(' ', "")
     )
+}
+
+/// `batch(max = 500, linger = "50ms")`: both required. `None` when either is missing or wrong
+/// (reported already).
+fn parse_batch(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<(u32, u64)>> {
+    if !meta.input.peek(syn::token::Paren) {
+        errors.spanned(&meta.path, BATCH_FORM);
+        attr::skip(meta)?;
+        return Ok(None);
+    }
+    let (mut max, mut linger, mut ok) = (None, None, true);
+    meta.parse_nested_meta(|inner| {
+        let name = inner.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        match name.as_str() {
+            "max" => {
+                let expected = "expected an integer: `max = 500`";
+                match attr::value::<LitInt>(&inner, errors, expected)? {
+                    Some(value) => match value.base10_parse::<u32>() {
+                        Ok(n) if (1..=MAX_BATCH).contains(&n) => max = Some(n),
+                        Ok(_) => {
+                            let message = format!("`max` is the most records per call: from 1 to {MAX_BATCH}");
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
+                        Err(error) => {
+                            errors.push(error);
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                }
+            }
+            "linger" => {
+                let expected = "expected a duration as a string literal: `linger = \"50ms\"`";
+                match attr::value::<LitStr>(&inner, errors, expected)? {
+                    Some(value) => match parse_millis(&value.value()) {
+                        Ok(ms) if ms <= 600_000 => linger = Some(ms),
+                        Ok(_) => {
+                            let message = "`linger` must be at most \"10m\": records wait that long before their batch starts";
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
+                        Err(message) => {
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                }
+            }
+            _ => {
+                errors.spanned(&inner.path, "unknown batch option; expected `max` and `linger`");
+                ok = false;
+                attr::skip(&inner)?;
+            }
+        }
+        Ok(())
+    })?;
+    match (max, linger) {
+        (Some(max), Some(linger)) => Ok(Some((max, linger))),
+        _ if !ok => Ok(None),
+        (None, _) => {
+            errors.spanned(
+                &meta.path,
+                "`batch` needs `max`, the most records per call: `batch(max = 500, linger = \"50ms\")`",
+            );
+            Ok(None)
+        }
+        (_, None) => {
+            errors.spanned(&meta.path, "`batch` needs `linger`, how long the first record waits for more: `batch(max = 500, linger = \"50ms\")`");
+            Ok(None)
+        }
+    }
 }
 
 /// `["10s", "1m"]`, `["30s"; 3]` or `exponential(first = "1s", factor = 2, levels = 5, max = "1m")`.
@@ -313,12 +406,15 @@ fn check_policy(args: &HandlerArgs, errors: &Errors) {
 }
 
 struct Signature {
+    /// The event type: the argument's, or `E` of a batch handler's `Vec<E>`.
     event_ty: Type,
     has_context: bool,
     output_span: Span,
 }
 
-fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
+/// Checks the function against its options; `batch` is where `batch(...)` was written, if it
+/// was: then the handler takes `Vec<E>` and optionally a `BatchContext`.
+fn check_signature(function: &ItemFn, batch: Option<Span>, errors: &Errors) -> Option<Signature> {
     let sig = &function.sig;
     let mut ok = true;
     if sig.asyncness.is_none() {
@@ -361,13 +457,48 @@ fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
         );
         ok = false;
     }
+    let event_ty = match (event_ty, batch) {
+        (Some(ty), Some(batch)) => match vec_element(&ty) {
+            Some(element) => Some(element.clone()),
+            None => {
+                errors.spanned(
+                    &ty,
+                    "a batch handler takes its events as a `Vec`: `async fn store(events: Vec<Event>)`",
+                );
+                errors.push(syn::Error::new(batch, "this makes it a batch handler"));
+                None
+            }
+        },
+        (Some(ty), None) => {
+            if vec_element(&ty).is_some() {
+                errors.spanned(
+                    &ty,
+                    "a handler that takes a `Vec` of events is a batch handler: add `batch(max = 500, linger = \"50ms\")` to the attribute",
+                );
+                ok = false;
+            }
+            Some(ty)
+        }
+        (None, _) => None,
+    };
+    let (context, other) = match batch {
+        Some(_) => ("BatchContext", "Context"),
+        None => ("Context", "BatchContext"),
+    };
     let has_context = match inputs.next() {
         None => false,
         Some(FnArg::Typed(arg)) => {
-            if !is_context(&arg.ty) {
+            if is_named(&arg.ty, other) {
+                let message = match batch {
+                    Some(_) => "a batch handler gets a `BatchContext`, one `Context` per event: take `ctx: BatchContext`",
+                    None => "a `BatchContext` is for batch handlers: take `ctx: Context`, or add `batch(max = 500, linger = \"50ms\")` and take `Vec<Event>`",
+                };
+                errors.spanned(&arg.ty, message);
+                ok = false;
+            } else if !is_named(&arg.ty, context) {
                 errors.spanned(
                     &arg.ty,
-                    "the second argument of a retry handler must be `Context`",
+                    format!("the second argument of a retry handler must be `{context}`"),
                 );
                 ok = false;
             }
@@ -382,18 +513,20 @@ fn check_signature(function: &ItemFn, errors: &Errors) -> Option<Signature> {
         }
     };
     for extra in inputs {
-        errors.spanned(
-            extra,
-            "a retry handler takes at most two arguments: the event and a `Context`",
-        );
+        let message = match batch {
+            Some(_) => "a batch handler takes at most two arguments: the events and a `BatchContext`",
+            None => "a retry handler takes at most two arguments: the event and a `Context`",
+        };
+        errors.spanned(extra, message);
         ok = false;
     }
     let output_span = match &sig.output {
         ReturnType::Default => {
-            errors.spanned(
-                &sig.ident,
-                "a retry handler returns `Result<(), E>` so failures can be retried; add `-> Result<(), HandlerError>`",
-            );
+            let message = match batch {
+                Some(_) => "a batch handler returns `Result<(), E>` so failures can be retried; add `-> Result<(), BatchError>`",
+                None => "a retry handler returns `Result<(), E>` so failures can be retried; add `-> Result<(), HandlerError>`",
+            };
+            errors.spanned(&sig.ident, message);
             ok = false;
             Span::call_site()
         }
@@ -420,7 +553,9 @@ fn error_type(ty: &Type) -> Option<&Type> {
     }
 }
 
-fn is_context(ty: &Type) -> bool {
+/// Whether `ty` is a path ending in `name` with no generic arguments (`Context`,
+/// `retry_kafka::BatchContext`).
+fn is_named(ty: &Type, name: &str) -> bool {
     match ty {
         Type::Path(path) => {
             path.qself.is_none()
@@ -428,9 +563,22 @@ fn is_context(ty: &Type) -> bool {
                     .path
                     .segments
                     .last()
-                    .is_some_and(|s| s.ident == "Context" && s.arguments.is_none())
+                    .is_some_and(|s| s.ident == name && s.arguments.is_none())
         }
         _ => false,
+    }
+}
+
+/// `E` of `Vec<E>` (or `std::vec::Vec<E>`).
+fn vec_element(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        syn::GenericArgument::Type(element) if last.ident == "Vec" && args.args.len() == 1 => Some(element),
+        _ => None,
     }
 }
 
@@ -457,37 +605,28 @@ fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Signature) ->
         None => quote!(::core::option::Option::None),
     };
     let concurrency = args.concurrency.unwrap_or(1);
+    let rate = match args.rate {
+        Some((attempts, per_ms)) => {
+            quote!(::core::option::Option::Some(#rk::Rate::declared(#attempts, #per_ms)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     // Every name the expansion introduces starts with `__rk_`, so a handler or a type named
     // `payload`, `event` or `context` is never shadowed by one of them.
-    // Spanned at the user's tokens so a type that is not an `Event`, or a return type that is
-    // not `Result<(), impl Into<HandlerError>>`, is reported where it was written.
-    let decode = {
-        let rk = attr::respan(rk.clone(), event_ty.span());
-        quote_spanned! {event_ty.span()=> <#event_ty as #rk::Event>::decode(__rk_payload) }
-    };
-    let context_arg = signature.has_context.then(|| quote!(, __rk_context));
-    let outcome = {
-        let rk = attr::respan(rk.clone(), signature.output_span);
-        quote_spanned! {signature.output_span=>
-            #rk::into_outcome(#ident(__rk_event #context_arg).await)
-        }
-    };
-    let unused_context = (!signature.has_context).then(|| quote!(let _ = __rk_context;));
-    // A handler future that is not `Send` is reported at the function's name.
-    let boxed = quote_spanned! {ident.span()=>
-        ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #outcome }))
+    let (entry, call) = match args.batch {
+        Some((_, Some((max, linger_ms)))) => (
+            entry(ident, &rk, signature, true),
+            quote!(#rk::Call::Batch { max: #max, linger_ms: #linger_ms, call: __rk_call }),
+        ),
+        _ => (
+            entry(ident, &rk, signature, false),
+            quote!(#rk::Call::Single(__rk_call)),
+        ),
     };
     quote! {
         #[doc(hidden)]
         const _: () = {
-            fn __rk_call(
-                __rk_payload: &[u8],
-                __rk_context: #rk::Context,
-            ) -> ::core::result::Result<#rk::HandlerFuture, #rk::CodecError> {
-                #unused_context
-                let __rk_event = #decode?;
-                #boxed
-            }
+            #entry
 
             #rk::inventory::submit! {
                 #rk::handler_spec(#rk::Declaration {
@@ -499,12 +638,62 @@ fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Signature) ->
                     on_exhausted: #on_exhausted,
                     timeout_ms: #timeout,
                     concurrency: #concurrency,
-                    call: __rk_call,
+                    rate: #rate,
+                    call: #call,
                     file: ::core::file!(),
                     line: ::core::line!(),
                 })
             }
         };
+    }
+}
+
+/// `__rk_call`, the entry point the runtime calls. For a one-record handler it decodes the
+/// payload and starts the function; for a batch handler it has the runtime decode each record
+/// as the event and start the function on those that decoded.
+fn entry(ident: &syn::Ident, rk: &TokenStream, signature: &Signature, batch: bool) -> TokenStream {
+    let event_ty = &signature.event_ty;
+    // Spanned at the user's tokens so a type that is not an `Event`, or a return type that is
+    // not `Result<(), impl Into<HandlerError>>` (`BatchError`), is reported where it was written.
+    let at_event = attr::respan(rk.clone(), event_ty.span());
+    let at_output = attr::respan(rk.clone(), signature.output_span);
+    let (argument, convert) = match batch {
+        false => (quote!(__rk_event), quote!(#at_output::into_outcome)),
+        true => (quote!(__rk_events), quote!(#at_output::into_batch_outcome)),
+    };
+    let context_arg = signature.has_context.then(|| quote!(, __rk_context));
+    let unused_context = (!signature.has_context).then(|| quote!(let _ = __rk_context;));
+    let outcome = quote_spanned! {signature.output_span=>
+        #convert(#ident(#argument #context_arg).await)
+    };
+    if batch {
+        let start = quote_spanned! {event_ty.span()=> #at_event::BatchInput::start::<#event_ty, _, _> };
+        // A handler future that is not `Send` is reported at the function's name.
+        let handler = quote_spanned! {ident.span()=>
+            |__rk_events, __rk_context: #rk::BatchContext| {
+                #unused_context
+                async move { #outcome }
+            }
+        };
+        return quote! {
+            fn __rk_call(__rk_input: #rk::BatchInput) -> #rk::BatchStart {
+                #start(__rk_input, #handler)
+            }
+        };
+    }
+    let decode = quote_spanned! {event_ty.span()=> <#event_ty as #at_event::Event>::decode(__rk_payload) };
+    let boxed = quote_spanned! {ident.span()=>
+        ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #outcome }))
+    };
+    quote! {
+        fn __rk_call(
+            __rk_payload: &[u8],
+            __rk_context: #rk::Context,
+        ) -> ::core::result::Result<#rk::HandlerFuture, #rk::CodecError> {
+            #unused_context
+            let __rk_event = #decode?;
+            #boxed
+        }
     }
 }
 

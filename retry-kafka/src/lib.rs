@@ -47,6 +47,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+// Batch handlers: the types their signatures use, and how a batch is decoded and started.
+mod batch;
 mod clock;
 mod config;
 pub mod dead_letters;
@@ -55,9 +57,11 @@ pub mod event;
 /// What a handler is: its registration ([`HandlerSpec`](handler::HandlerSpec)), its failures
 /// ([`HandlerError`]) and what it knows about the message it handles ([`Context`]).
 pub mod handler {
+    pub use crate::batch::{BatchContext, BatchError, BatchFailures};
     pub use crate::handlers::{
         registered_handlers, Context, ErrorKind, HandlerError, HandlerSpec, OnExhausted, Origin,
     };
+    pub use crate::rate::Rate;
 }
 // The file behind `handler`; what only the macro expansions use is public through `__private`
 // alone, so a user cannot build a `HandlerSpec` and diagnostics name the `__private` path.
@@ -71,6 +75,8 @@ mod names;
 mod partitioner;
 mod policy;
 mod producer;
+// `rate = "200/s"`: the declared rate and the limiter the levels of a handler share.
+mod rate;
 mod runtime;
 mod stats;
 pub mod testing;
@@ -89,6 +95,7 @@ pub mod app {
     pub use crate::stats::{HandlerStats, Stats};
 }
 
+pub use batch::{BatchContext, BatchError};
 pub use error::Error;
 pub use event::Event;
 pub use handlers::{Context, HandlerError};
@@ -128,7 +135,9 @@ pub use retry_kafka_macros::Event;
 /// | `dlq` | keep exhausted messages in the dead-letter topic | — |
 /// | `on_exhausted = "drop"` | drop exhausted messages on purpose (logged, counted) | — |
 /// | `timeout = "30s"` | one attempt's time limit | none |
-/// | `concurrency = N` | attempts in flight per consumer | 1 |
+/// | `concurrency = N` | calls in flight per consumer (attempts, or batches) | 1 |
+/// | `batch(max = 500, linger = "50ms")` | a batch handler, `async fn(Vec<E>)` or `async fn(Vec<E>, BatchContext)` returning `Result<(), BatchError>`: up to `max` due records per call, the first waiting at most `linger` for more | one record per call |
+/// | `rate = "200/s"` | the most attempts per second (`/m`, `/h`) over all the handler's levels in the process | no limit |
 /// | `crate = "rk"` | the path to this crate, for a renamed dependency or a re-export | `::retry_kafka` |
 ///
 /// One of `dlq` and `on_exhausted` is required: a handler's failures never vanish unless the
@@ -144,7 +153,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What a handler module needs: `use retry_kafka::prelude::*;`.
 pub mod prelude {
     pub use crate::backend::memory::InMemory;
-    pub use crate::{retry_handler, App, Context, Event, HandlerError, Producer};
+    pub use crate::{retry_handler, App, BatchContext, BatchError, Context, Event, HandlerError, Producer};
 }
 
 /// Paths used by macro expansions. Not public API.
@@ -153,6 +162,7 @@ pub mod __private {
     // Diagnostics name an item by its shortest public path, and this module's children are
     // the last resort; this keeps a wrong handler error type reported as a bound of
     // `retry_kafka::__private::into_outcome`, a path that exists.
+    pub use crate::batch::into_batch_outcome;
     pub use crate::handlers::into_outcome;
 
     /// Everything an expansion refers to, named after this release. The runtime pins the macros
@@ -161,11 +171,13 @@ pub mod __private {
     /// have changed. `retry-kafka-macros` derives the name from its version, so a release
     /// renames this module too.
     pub mod v0_1_0 {
+        pub use crate::batch::{into_batch_outcome, BatchContext, BatchInput, BatchStart};
         pub use crate::event::codec::Json;
         pub use crate::event::{Codec, CodecError, Event, EventKey};
         pub use crate::handlers::{
-            handler_spec, into_outcome, Context, Declaration, HandlerFuture, OnExhausted,
+            handler_spec, into_outcome, Call, Context, Declaration, HandlerFuture, OnExhausted,
         };
+        pub use crate::rate::Rate;
         pub use bytes::Bytes;
         pub use inventory;
     }

@@ -18,11 +18,13 @@ use tracing::Instrument;
 
 use super::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, TopicRole};
+use crate::batch::{BatchError, BatchInput, BatchStart};
 use crate::clock::{instant_at, now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
-use crate::handlers::{Context, ErrorKind, HandlerError, HandlerSpec, Origin};
+use crate::handlers::{Call, Context, ErrorKind, HandlerError, HandlerSpec, Origin};
 use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
+use crate::rate::AttemptRate;
 use crate::trace::{self, AttemptSpan};
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
@@ -49,6 +51,8 @@ pub(crate) struct Level {
     /// The handler's counters, metric handles and health, registered at start: every outcome
     /// is one call on it.
     pub(crate) metrics: Arc<crate::metrics::LevelMetrics>,
+    /// The handler's `rate`, shared by its levels.
+    pub(crate) rate: Option<Arc<AttemptRate>>,
 }
 
 /// Records kept in memory per partition while they wait (not due yet, or behind a failed
@@ -59,6 +63,7 @@ const WAITING_LIMIT: usize = 128;
 const RESUME_BELOW: usize = WAITING_LIMIT / 4;
 
 /// Why an attempt failed.
+#[derive(Clone)]
 struct Failure {
     kind: ErrorKind,
     message: String,
@@ -86,8 +91,16 @@ impl From<HandlerError> for Failure {
 // `Done` is returned and taken apart at once; boxing it would add the allocation this saves.
 #[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Done(Done),
+    Done(Finished),
     Running(AttemptFuture),
+}
+
+/// A finished call of the handler: one record's attempt, or a batch's (one `Done` each).
+// As for `Attempt`: the common case moves a `Done`, it does not box one.
+#[allow(clippy::large_enum_variant)]
+enum Finished {
+    One(Done),
+    Batch(Vec<Done>),
 }
 
 /// A finished attempt, with the record it was for.
@@ -104,7 +117,7 @@ struct Done {
     started: std::time::Instant,
 }
 
-type AttemptFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+type AttemptFuture = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
 /// What the message's earlier hops say about it; trusted only on retry levels.
 #[derive(Clone)]
@@ -118,7 +131,7 @@ struct Lineage {
 /// message); `concurrency > 1` spawns each attempt into a set this consumer owns.
 enum InFlight {
     Inline(Option<AttemptFuture>),
-    Spawned(JoinSet<Done>),
+    Spawned(JoinSet<Finished>),
 }
 
 impl InFlight {
@@ -139,7 +152,7 @@ impl InFlight {
     }
 
     /// The next finished attempt. Cancel-safe; pending forever when nothing is in flight.
-    async fn next(&mut self) -> Done {
+    async fn next(&mut self) -> Finished {
         match self {
             InFlight::Inline(slot) => match slot.as_mut() {
                 Some(attempt) => {
@@ -287,6 +300,29 @@ struct Work<C: Consumer> {
     /// nothing to look for in `partitions` on the way round.
     waiting: usize,
     failed: usize,
+    /// Calls of the handler under way at once (`concurrency`).
+    concurrency: usize,
+    /// A batch handler's next batch, gathered from due records.
+    gathering: Gathering,
+    /// Under a `rate`: no attempt starts before this (the next token).
+    throttled_until: Option<Instant>,
+}
+
+/// A batch handler's records waiting for their batch to start: up to `max`, for at most
+/// `linger` after the first.
+struct Gathering {
+    /// `max` and `linger`; `None` for a handler of one record at a time.
+    limits: Option<(usize, Duration)>,
+    /// Each record with its partition's generation and its due time, in the order started.
+    records: Vec<(Record, u32, Option<i64>)>,
+    /// When the batch starts even if not full.
+    deadline: Option<Instant>,
+}
+
+impl Gathering {
+    fn full(&self) -> bool {
+        self.limits.is_some_and(|(max, _)| self.records.len() >= max)
+    }
 }
 
 impl<C: Consumer> Work<C> {
@@ -301,6 +337,15 @@ impl<C: Consumer> Work<C> {
     /// Hand-offs under way or waiting to be tried again: bounded by the window.
     fn hand_offs(&self) -> usize {
         self.sending.len() + self.failed
+    }
+
+    /// Whether another record can start: a free slot, or, for a batch handler, room in the
+    /// batch being gathered (batches in flight are bounded when it starts).
+    fn room(&self) -> bool {
+        match self.gathering.limits {
+            None => self.in_flight.len() < self.concurrency,
+            Some(_) => !self.gathering.full(),
+        }
     }
 
     /// Acknowledges what finishing `offset` completes.
@@ -326,6 +371,12 @@ impl Level {
     pub(crate) async fn run<C: Consumer>(self, consumer: C) -> Result<(), Error> {
         let concurrency = self.spec.concurrency().max(1) as usize;
         let window = self.hand_off_window.max(1);
+        let batch = match self.spec.call() {
+            Call::Batch { max, linger_ms, .. } => {
+                Some((max.max(1) as usize, Duration::from_millis(linger_ms)))
+            }
+            Call::Single(_) => None,
+        };
         let mut work = Work {
             consumer,
             partitions: Vec::new(),
@@ -337,6 +388,13 @@ impl Level {
             sending: FuturesUnordered::new(),
             waiting: 0,
             failed: 0,
+            concurrency,
+            gathering: Gathering {
+                limits: batch,
+                records: Vec::with_capacity(batch.map_or(0, |(max, _)| max)),
+                deadline: None,
+            },
+            throttled_until: None,
         };
         let mut stopping = false;
         // Registered once, not once per message.
@@ -353,31 +411,57 @@ impl Level {
                     hand_offs = work.hand_offs(), "stopping");
             }
             if !stopping && work.waiting > 0 {
-                self.start_waiting(&mut work, concurrency).await;
+                self.start_waiting(&mut work).await;
             }
-            if stopping && work.in_flight.len() == 0 && work.hand_offs() == 0 {
+            // A batch starts when full, when its linger is over, or at shutdown (what was
+            // gathered runs, like any attempt in flight), once a slot is free.
+            let batch_due = !work.gathering.records.is_empty()
+                && (stopping
+                    || work.gathering.full()
+                    || work.gathering.deadline.is_some_and(|at| at <= Instant::now()));
+            if batch_due && work.in_flight.len() < concurrency {
+                self.launch(&mut work);
+            }
+            if stopping
+                && work.in_flight.len() == 0
+                && work.hand_offs() == 0
+                && work.gathering.records.is_empty()
+            {
                 break;
             }
             let next_wake = if work.waiting > 0 || work.failed > 0 {
                 // Due records matter only when one could start now; otherwise a head that is
                 // due already would wake the loop again at once, round after round.
-                let can_start = !stopping && work.in_flight.len() < concurrency;
-                next_wake(&work.partitions, can_start)
+                let can_start = !stopping && work.room();
+                next_wake(&work.partitions, can_start, work.throttled_until)
             } else {
                 None
             };
+            let linger_until = work
+                .gathering
+                .deadline
+                .filter(|_| work.in_flight.len() < concurrency);
             tokio::select! {
                 biased;
-                done = work.in_flight.next(), if work.in_flight.len() > 0 => {
-                    self.conclude(done, &mut work).await;
-                }
+                finished = work.in_flight.next(), if work.in_flight.len() > 0 => match finished {
+                    Finished::One(done) => self.conclude(done, &mut work).await,
+                    Finished::Batch(dones) => {
+                        for done in dones {
+                            self.conclude(done, &mut work).await;
+                        }
+                    }
+                },
                 Some((hand_off, result)) = work.sending.next(), if !work.sending.is_empty() => {
                     self.sent(hand_off, result, &mut work).await;
                 }
                 _ = sleep_until_opt(next_wake), if next_wake.is_some() => {
                     self.try_failed_again(&mut work);
                 }
-                fetched = work.consumer.next(), if !stopping && work.in_flight.len() < concurrency && work.hand_offs() < window => match fetched {
+                // The batch's linger is over: the top of the loop starts it.
+                _ = sleep_until_opt(linger_until), if linger_until.is_some() => {}
+                // Under a rate limit with records waiting for a token, those go first.
+                fetched = work.consumer.next(), if !stopping && work.room() && work.hand_offs() < window
+                    && (work.throttled_until.is_none() || work.waiting == 0) => match fetched {
                     Ok(Fetched::Record(record)) => {
                         self.metrics.polled();
                         self.take(record, &mut work).await
@@ -429,11 +513,13 @@ impl Level {
     async fn take(&self, record: Record, work: &mut Work<impl Consumer>) {
         let due = self.due_at(&record);
         let state = work.partition(record.partition);
-        if due.is_none_or(|due| due <= now_ms()) && state.waiting.is_empty() && !state.blocked() {
-            let generation = state.generation;
+        let ready = due.is_none_or(|due| due <= now_ms()) && state.waiting.is_empty() && !state.blocked();
+        if ready && self.admit(work) {
+            let generation = work.partition(record.partition).generation;
             return self.start(record, generation, due, work).await;
         }
         let (partition, offset) = (record.partition, record.offset);
+        let state = work.partition(partition);
         // 0: nothing to wait for but the records ahead of it.
         state.waiting.push_back((due.unwrap_or(0), record));
         let full = state.waiting.len() >= WAITING_LIMIT && !state.held;
@@ -447,11 +533,11 @@ impl Level {
     }
 
     /// Starts waiting records that are due, oldest first per partition, while there is room.
-    async fn start_waiting(&self, work: &mut Work<impl Consumer>, concurrency: usize) {
+    async fn start_waiting(&self, work: &mut Work<impl Consumer>) {
         let now = now_ms();
         for index in 0..work.partitions.len() {
             loop {
-                if work.in_flight.len() >= concurrency {
+                if !work.room() {
                     return;
                 }
                 let state = &mut work.partitions[index];
@@ -464,6 +550,10 @@ impl Level {
                 if due > now {
                     break;
                 }
+                if !self.admit(work) {
+                    return;
+                }
+                let state = &mut work.partitions[index];
                 let (due, record) = state.waiting.pop_front().expect("looked at above");
                 let generation = state.generation;
                 if state.held && state.waiting.len() < RESUME_BELOW {
@@ -478,17 +568,139 @@ impl Level {
         }
     }
 
-    /// Runs an attempt; `due` is the retry's `rk-due-at`, read once when it was fetched.
+    /// Under a `rate`: takes a token for one attempt, or notes when the next one comes.
+    fn admit(&self, work: &mut Work<impl Consumer>) -> bool {
+        let Some(rate) = &self.rate else {
+            return true;
+        };
+        if let Some(at) = work.throttled_until {
+            if at > Instant::now() {
+                return false;
+            }
+            work.throttled_until = None;
+        }
+        match rate.admit() {
+            Ok(()) => true,
+            Err(at) => {
+                work.throttled_until = Some(at);
+                false
+            }
+        }
+    }
+
+    /// Runs an attempt (or adds the record to the batch being gathered); `due` is the retry's
+    /// `rk-due-at`, read once when it was fetched.
     async fn start(&self, record: Record, generation: u32, due: Option<i64>, work: &mut Work<impl Consumer>) {
         work.partition(record.partition).progress.start(record.offset);
+        if let Some((_, linger)) = work.gathering.limits {
+            if work.gathering.records.is_empty() {
+                work.gathering.deadline = Some(Instant::now() + linger);
+            }
+            work.gathering.records.push((record, generation, due));
+            return;
+        }
         self.metrics.started(due);
         // One at a time, an attempt that finishes without waiting (a handler that never
         // awaits) is concluded here, not in another round of the loop.
         let inline = matches!(work.in_flight, InFlight::Inline(_));
         match self.attempt(record, generation, inline) {
-            Attempt::Done(done) => self.conclude(done, work).await,
+            Attempt::Done(Finished::One(done)) => self.conclude(done, work).await,
+            Attempt::Done(Finished::Batch(_)) => unreachable!("one record, one attempt"),
             Attempt::Running(attempt) => work.in_flight.push(attempt),
         }
+    }
+
+    /// Starts the gathered batch: its records of partitions still assigned, decoded, in one
+    /// call of the handler. What does not decode fails on its own (to the dead letters).
+    fn launch(&self, work: &mut Work<impl Consumer>) {
+        let Call::Batch { call, .. } = self.spec.call() else {
+            unreachable!("only batch handlers gather")
+        };
+        work.gathering.deadline = None;
+        let mut records = std::mem::take(&mut work.gathering.records);
+        records.retain(|(record, generation, _)| {
+            work.partitions
+                .get(record.partition as usize)
+                .is_some_and(|p| p.generation == *generation)
+        });
+        if records.is_empty() {
+            return;
+        }
+        let began = std::time::Instant::now();
+        let span = tracing::info_span!(
+            "batch",
+            topic = %self.topic,
+            group = self.spec.group(),
+            attempt = self.level + 1,
+            records = records.len(),
+        );
+        let mut input = Vec::with_capacity(records.len());
+        let mut members = Vec::with_capacity(records.len());
+        for (record, generation, due) in records {
+            self.metrics.started(due);
+            let (lineage, context) = self.context(&record);
+            input.push((record.payload.clone().unwrap_or_default(), context));
+            members.push((record, lineage, generation));
+        }
+        let started = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| call(BatchInput { records: input })))
+        };
+        let len = members.len();
+        let settle = move |outcomes: Vec<Result<(), Failure>>, span: &tracing::Span| {
+            members
+                .into_iter()
+                .zip(outcomes)
+                .map(|((record, lineage, generation), result)| Done {
+                    record,
+                    lineage,
+                    generation,
+                    result,
+                    span: AttemptSpan::of(span),
+                    started: began,
+                })
+                .collect::<Vec<_>>()
+        };
+        let BatchStart {
+            undecodable,
+            positions,
+            future,
+        } = match started {
+            Ok(started) => started,
+            Err(panic) => {
+                let failure = Failure::panic(&*panic);
+                let outcomes = (0..len).map(|_| Err(failure.clone())).collect();
+                let dones = settle(outcomes, &span);
+                return work
+                    .in_flight
+                    .push(Box::pin(std::future::ready(Finished::Batch(dones))));
+            }
+        };
+        let mut outcomes: Vec<Result<(), Failure>> = (0..len).map(|_| Ok(())).collect();
+        for (position, error) in undecodable {
+            outcomes[position] = Err(Failure {
+                kind: ErrorKind::Decode,
+                message: error.to_string(),
+            });
+        }
+        let timeout = self.spec.timeout();
+        let batch = async move {
+            if let Some(future) = future {
+                let results: Vec<Result<(), Failure>> = match guarded(future, timeout).await {
+                    Ok(Ok(())) => positions.iter().map(|_| Ok(())).collect(),
+                    Ok(Err(error)) => BatchError::into_outcomes(error, positions.len())
+                        .into_iter()
+                        .map(|error| error.map_or(Ok(()), |error| Err(Failure::from(error))))
+                        .collect(),
+                    Err(failure) => positions.iter().map(|_| Err(failure.clone())).collect(),
+                };
+                for (position, result) in positions.into_iter().zip(results) {
+                    outcomes[position] = result;
+                }
+            }
+            Finished::Batch(settle(outcomes, &tracing::Span::current()))
+        };
+        work.in_flight.push(Box::pin(batch.instrument(span)));
     }
 
     /// On a retry level, when the message is due (`rk-due-at`); `None` on the main topic,
@@ -548,19 +760,7 @@ impl Level {
     /// polled again by the loop with a real waker, before anything else is started.
     fn attempt(&self, record: Record, generation: u32, poll_now: bool) -> Attempt {
         let began = std::time::Instant::now();
-        let lineage = self.lineage(&record);
-        let context = Context {
-            attempt: self.level + 1,
-            max_attempts: self.policy.max_attempts(),
-            group: self.spec.group(),
-            topic: self.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            origin: lineage.origin.clone(),
-            first_failure_ms: lineage.first_failure_ms,
-            replays: lineage.replays.unwrap_or(0),
-            headers: record.headers.clone(),
-        };
+        let (lineage, context) = self.context(&record);
         let span = tracing::info_span!(
             "message",
             topic = %self.topic,
@@ -571,7 +771,9 @@ impl Level {
         );
         trace::adopt(&span, &record.headers);
         let payload = record.payload.as_deref().unwrap_or_default();
-        let call = self.spec.call();
+        let Call::Single(call) = self.spec.call() else {
+            unreachable!("a batch handler's records are gathered, not attempted one by one")
+        };
         let started = {
             let _entered = span.enter();
             std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context)))
@@ -602,14 +804,32 @@ impl Level {
             }
             Ok(handler) => return self.running(record, lineage, generation, handler, span, began),
         };
-        Attempt::Done(Done {
+        Attempt::Done(Finished::One(Done {
             record,
             lineage,
             generation,
             result: finished.expect("every other case returned"),
             span: AttemptSpan::of(&span),
             started: began,
-        })
+        }))
+    }
+
+    /// What the handler is told about `record`, and what its earlier hops say.
+    fn context(&self, record: &Record) -> (Lineage, Context) {
+        let lineage = self.lineage(record);
+        let context = Context {
+            attempt: self.level + 1,
+            max_attempts: self.policy.max_attempts(),
+            group: self.spec.group(),
+            topic: self.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            origin: lineage.origin.clone(),
+            first_failure_ms: lineage.first_failure_ms,
+            replays: lineage.replays.unwrap_or(0),
+            headers: record.headers.clone(),
+        };
+        (lineage, context)
     }
 
     /// An attempt whose handler is waiting: boxed, to run in the loop or on its own task.
@@ -626,15 +846,18 @@ impl Level {
         let attempt_span = AttemptSpan::of(&span);
         Attempt::Running(Box::pin(
             async move {
-                let result = run_guarded(handler, timeout).await;
-                Done {
+                let result = match guarded(handler, timeout).await {
+                    Ok(outcome) => outcome.map_err(Failure::from),
+                    Err(failure) => Err(failure),
+                };
+                Finished::One(Done {
                     record,
                     lineage,
                     generation,
                     result,
                     span: attempt_span,
                     started,
-                }
+                })
             }
             .instrument(span),
         ))
@@ -823,12 +1046,15 @@ impl Level {
 
 /// When the loop must look again without being woken: the next try of a failed hand-off and,
 /// when an attempt could start, the next waiting record's due time.
-fn next_wake(partitions: &[Partition], can_start: bool) -> Option<Instant> {
+/// Under a rate limit, no due record starts before `not_before` (the next token).
+fn next_wake(partitions: &[Partition], can_start: bool, not_before: Option<Instant>) -> Option<Instant> {
     partitions
         .iter()
         .flat_map(|p| {
             let due = match p.waiting.front() {
-                Some(&(due, _)) if can_start && !p.blocked() => Some(instant_at(due)),
+                Some(&(due, _)) if can_start && !p.blocked() => {
+                    Some(instant_at(due).max(not_before.unwrap_or(Instant::now())))
+                }
                 _ => None,
             };
             due.into_iter().chain(p.retry_at)
@@ -836,10 +1062,9 @@ fn next_wake(partitions: &[Partition], can_start: bool) -> Option<Instant> {
         .min()
 }
 
-async fn run_guarded(
-    handler: crate::handlers::HandlerFuture,
-    timeout: Option<Duration>,
-) -> Result<(), Failure> {
+/// Runs a handler's future (one record's or a batch's) catching a panic and enforcing the
+/// `timeout`: either is a failure of the whole call.
+async fn guarded<F: Future>(handler: F, timeout: Option<Duration>) -> Result<F::Output, Failure> {
     let guarded = AssertUnwindSafe(handler).catch_unwind();
     let outcome = match timeout {
         Some(limit) => match tokio::time::timeout(limit, guarded).await {
@@ -853,11 +1078,7 @@ async fn run_guarded(
         },
         None => guarded.await,
     };
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Failure::from(error)),
-        Err(panic) => Err(Failure::panic(&*panic)),
-    }
+    outcome.map_err(|panic| Failure::panic(&*panic))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

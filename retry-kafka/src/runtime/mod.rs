@@ -16,6 +16,7 @@ use crate::health::{ConsumerHealth, Health};
 use crate::metrics::LevelMetrics;
 use crate::policy::{RetryPolicy, TopicNaming, Topology, TopologyPlan};
 use crate::producer::Producer;
+use crate::rate::AttemptRate;
 use crate::stats::{Counters, Stats};
 use crate::InMemory;
 
@@ -440,6 +441,8 @@ impl<B: Backend> App<B> {
         {
             let policy = Arc::new(RetryPolicy::of(spec));
             let main_topic: Arc<str> = topology.main.as_str().into();
+            // One limiter for all of the handler's levels: the rate caps its attempts in all.
+            let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
             for level in 0..=policy.levels() {
                 let topic = topology.level(level);
                 let consumer = self
@@ -468,6 +471,7 @@ impl<B: Backend> App<B> {
                     topic: topic.into(),
                     main_topic: main_topic.clone(),
                     shutdown: shutdown.clone(),
+                    rate: rate.clone(),
                     metrics: Arc::new(LevelMetrics::new(
                         &main_topic,
                         spec.group(),
