@@ -15,3 +15,5 @@ echo "== success path: cargo bench --bench throughput"
 BENCH_WAITING="${BENCH_WAITING:-100000}" cargo bench --bench throughput 2>/dev/null
 echo "== failure path: cargo bench --bench failures"
 cargo bench --bench failures 2>/dev/null
+echo "== batch handlers and rate limits: cargo bench --bench handlers"
+cargo bench --bench handlers 2>/dev/null

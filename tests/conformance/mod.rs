@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use retry_kafka::app::Running;
 use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Publish as _, Record, TopicRole};
-use retry_kafka::handler::ErrorKind;
+use retry_kafka::handler::{BatchFailures, ErrorKind};
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
 use retry_kafka::Bytes;
@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             many_failures_in_flight_on_one_partition_keep_their_order,
             a_retry_kept_in_memory_runs_when_due_and_not_before,
             kept_retries_survive_a_rebalance_and_run_when_due,
+            a_batch_handler_settles_each_record_on_its_own,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
@@ -1301,4 +1302,118 @@ pub async fn kept_retries_survive_a_rebalance_and_run_when_due<H: Harness>(harne
     );
     assert_fully_committed(harness, "conf.keptmove", "conf-keptmove").await;
     assert_fully_committed(harness, retry_topic, retry_topic).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch handlers
+
+/// The size of each call of `batched`.
+static BATCH_SIZES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Multiples of 5 fail permanently; other even ids fail transiently on their first attempt.
+#[retry_handler(topic = "conf.batch", group = "conf-batch", batch(max = 20, linger = "500ms"), retries = ["200ms"], dlq)]
+async fn batched(orders: Vec<Order>, ctx: BatchContext) -> Result<(), BatchError> {
+    BATCH_SIZES.lock().unwrap().push(orders.len());
+    let mut failures = BatchFailures::new();
+    for (index, (order, record)) in orders.iter().zip(&ctx).enumerate() {
+        self::record("batch", order, record);
+        if order.id % 5 == 0 {
+            failures.fail(
+                index,
+                HandlerError::permanent(format!("order {} is void", order.id)),
+            );
+        } else if order.id % 2 == 0 && record.attempt() == 1 {
+            failures.fail(
+                index,
+                HandlerError::transient(format!("stock busy for {}", order.id)),
+            );
+        }
+    }
+    failures.into_result()
+}
+
+pub async fn a_batch_handler_settles_each_record_on_its_own<H: Harness>(harness: &H) {
+    harness.create_topic("conf.batch", 2).await;
+    let (app, running) = start(harness, "conf-batch").await;
+    // Published together, so they arrive within the linger and share batches.
+    let garbage: &[u8] = b"\x00 not an order \xff";
+    let sends = (1..=10).map(|id| {
+        let app = &app;
+        async move { publish(app, "conf.batch", &order(id)).await }
+    });
+    let (_, poison) = tokio::join!(
+        futures::future::join_all(sends),
+        publish_raw(&app, "conf.batch", b"poison", garbage, Headers::new()),
+    );
+    let dead = records_eventually(harness, "conf.batch.conf-batch.dlq", 3).await;
+    eventually(Duration::from_secs(20), "the retried records succeed", || {
+        seen("batch").iter().filter(|s| s.attempt == 2).count() == 4
+    })
+    .await;
+    running.shutdown().await.unwrap();
+
+    // Each record once on the main topic, the four transient ones once more on level 1.
+    let seen = seen("batch");
+    let mut first: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.attempt == 1)
+        .map(|s| s.order.id)
+        .collect();
+    first.sort();
+    assert_eq!(first, (1..=10).collect::<Vec<_>>());
+    let mut second: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.attempt == 2)
+        .map(|s| s.order.id)
+        .collect();
+    second.sort();
+    assert_eq!(second, [2, 4, 6, 8]);
+    let sizes = BATCH_SIZES.lock().unwrap().clone();
+    assert!(sizes.iter().all(|&n| (1..=20).contains(&n)), "{sizes:?}");
+    assert!(
+        sizes.len() < 10 + 4,
+        "records were gathered into batches: {sizes:?}"
+    );
+
+    // The dead letters: the two void orders with their own errors, the garbage byte for byte.
+    let mut void: Vec<(u64, String)> = dead
+        .iter()
+        .filter(|r| context(r).error_kind == ErrorKind::Permanent)
+        .map(|r| (decode(r).id, context(r).error_message))
+        .collect();
+    void.sort();
+    assert_eq!(
+        void,
+        [
+            (5, "order 5 is void".to_owned()),
+            (10, "order 10 is void".to_owned())
+        ]
+    );
+    let undecodable: Vec<&Record> = dead
+        .iter()
+        .filter(|r| context(r).error_kind == ErrorKind::Decode)
+        .collect();
+    assert_eq!(undecodable.len(), 1);
+    assert_eq!(undecodable[0].payload.as_deref(), Some(garbage));
+    assert_eq!(
+        (
+            context(undecodable[0]).original_partition,
+            context(undecodable[0]).original_offset
+        ),
+        (poison.partition, poison.offset)
+    );
+    let retried = harness.records("conf.batch.conf-batch.retry.1").await;
+    let mut retried_ids: Vec<u64> = retried.iter().map(|r| decode(r).id).collect();
+    retried_ids.sort();
+    assert_eq!(retried_ids, [2, 4, 6, 8]);
+    assert!(retried
+        .iter()
+        .all(|r| context(r).error_kind == ErrorKind::Transient));
+    assert_fully_committed(harness, "conf.batch", "conf-batch").await;
+    assert_fully_committed(
+        harness,
+        "conf.batch.conf-batch.retry.1",
+        "conf.batch.conf-batch.retry.1",
+    )
+    .await;
 }

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, TopicRole};
-use crate::batch::{BatchError, BatchInput, BatchStart};
+use crate::batch::{BatchInput, BatchStart};
 use crate::clock::{instant_at, now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handlers::{Call, Context, ErrorKind, HandlerError, HandlerSpec, Origin};
@@ -686,16 +686,21 @@ impl Level {
         let timeout = self.spec.timeout();
         let batch = async move {
             if let Some(future) = future {
-                let results: Vec<Result<(), Failure>> = match guarded(future, timeout).await {
-                    Ok(Ok(())) => positions.iter().map(|_| Ok(())).collect(),
-                    Ok(Err(error)) => BatchError::into_outcomes(error, positions.len())
-                        .into_iter()
-                        .map(|error| error.map_or(Ok(()), |error| Err(Failure::from(error))))
-                        .collect(),
-                    Err(failure) => positions.iter().map(|_| Err(failure.clone())).collect(),
-                };
-                for (position, result) in positions.into_iter().zip(results) {
-                    outcomes[position] = result;
+                match guarded(future, timeout).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        let failed = error.into_outcomes(positions.len());
+                        for (&position, error) in positions.iter().zip(failed) {
+                            if let Some(error) = error {
+                                outcomes[position] = Err(Failure::from(error));
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        for &position in &positions {
+                            outcomes[position] = Err(failure.clone());
+                        }
+                    }
                 }
             }
             Finished::Batch(settle(outcomes, &tracing::Span::current()))
