@@ -147,14 +147,18 @@ async fn round(kafka: &Kafka, handler: &'static str, messages: u64) -> Figures {
     }
 }
 
-fn produce(bootstrap: &str, topic: &str, count: u64, payload: impl Fn(u64) -> String) {
-    let producer: BaseProducer = ClientConfig::new()
+fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
+        .set("linger.ms", "5")
         .set("compression.type", "none")
         .create()
-        .unwrap();
-    for n in 0..count {
+        .unwrap()
+}
+
+/// Writes events `ids` (keyed by id) and waits until the broker has them all.
+fn produce(producer: &BaseProducer, topic: &str, ids: std::ops::Range<u64>, payload: impl Fn(u64) -> String) {
+    for n in ids {
         let key = n.to_string();
         let body = payload(n);
         loop {
@@ -187,7 +191,7 @@ async fn batch_against_one(kafka: &Kafka, bootstrap: &str) {
     let messages = *MESSAGES;
     let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
-        produce(&bootstrap, TOPIC, messages, |n| {
+        produce(&producer(&bootstrap), TOPIC, 0..messages, |n| {
             format!(
                 r#"{{"order_id":{n},"amount_cents":{},"customer":"c-{}"}}"#,
                 n * 7 % 10_000,
@@ -260,14 +264,56 @@ async fn rate_limit(kafka: &Kafka, bootstrap: &str) {
         .create_topic(RATE_TOPIC, TopicRole::Main, PARTITIONS)
         .await
         .unwrap();
-    // Two attempts each: the run takes RATE_SECONDS at the limit.
+    // Saturated: two attempts each, all waiting at the start: the run takes RATE_SECONDS.
     let events = (LIMIT as u64 * *RATE_SECONDS) / 2;
-    let bootstrap = bootstrap.to_owned();
+    let brokers = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
-        produce(&bootstrap, RATE_TOPIC, events, |n| format!(r#"{{"id":{n}}}"#))
+        produce(&producer(&brokers), RATE_TOPIC, 0..events, |n| {
+            format!(r#"{{"id":{n}}}"#)
+        })
     })
     .await
     .unwrap();
+    let attempts = paced_run(kafka, events).await;
+    let (first, last) = (attempts[0].0, attempts[attempts.len() - 1].0);
+    let seconds = (last - first) as f64 / 1000.0;
+    let achieved = (attempts.len() as f64 - 1.0) / seconds;
+    println!(
+        "== rate = \"1000/s\", retries = [\"1s\"], every first attempt fails: {events} events at once, {} attempts over {seconds:.1} s",
+        attempts.len()
+    );
+    println!(
+        "achieved {achieved:.0} attempts/s = {:.3}× the limit | retries late by {} (the main topic's backlog takes tokens too)",
+        achieved / LIMIT,
+        lateness(&attempts),
+    );
+
+    // Below the limit: 400 events a second (800 attempts a second) for half as long.
+    let paced = 400 * *RATE_SECONDS / 2;
+    let brokers = bootstrap.to_owned();
+    let writer = tokio::task::spawn_blocking(move || {
+        let producer = producer(&brokers);
+        let start = Instant::now();
+        for chunk in 0..paced / 10 {
+            // 10 events every 25 ms.
+            let at = start + Duration::from_millis(25 * chunk);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            produce(&producer, RATE_TOPIC, chunk * 10..chunk * 10 + 10, |n| {
+                format!(r#"{{"id":{n}}}"#)
+            });
+        }
+    });
+    let attempts = paced_run(kafka, paced).await;
+    writer.await.unwrap();
+    println!(
+        "== same handler, {paced} events arriving at 400/s (800 attempts/s, below the limit): retries late by {}",
+        lateness(&attempts)
+    );
+}
+
+/// Runs `paced` until its `events` have had both attempts; the attempts in time order.
+async fn paced_run(kafka: &Kafka, events: u64) -> Vec<(i64, Option<i64>)> {
+    PACED.lock().unwrap().clear();
     let app = App::builder()
         .backend(kafka.clone())
         .handlers(|spec| spec.function() == "paced")
@@ -278,29 +324,24 @@ async fn rate_limit(kafka: &Kafka, bootstrap: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     running.shutdown().await.unwrap();
-    let attempts = PACED.lock().unwrap().clone();
-    let first = attempts.iter().map(|a| a.0).min().unwrap();
-    let last = attempts.iter().map(|a| a.0).max().unwrap();
-    let seconds = (last - first) as f64 / 1000.0;
-    // The burst allowance (50 ms worth) is spent at the start; the rate over the rest is what
-    // the limit holds to.
-    let achieved = (attempts.len() as f64 - 1.0) / seconds;
-    let mut lateness: Vec<i64> = attempts
+    let mut attempts = PACED.lock().unwrap().clone();
+    attempts.sort();
+    attempts
+}
+
+/// How late the retries among `attempts` ran past their due time.
+fn lateness(attempts: &[(i64, Option<i64>)]) -> String {
+    let mut late: Vec<i64> = attempts
         .iter()
         .filter_map(|(at, due)| due.map(|due| at - due))
         .collect();
-    lateness.sort();
-    let early = lateness.iter().filter(|&&l| l < 0).count();
-    let percentile = |p: f64| lateness[((lateness.len() - 1) as f64 * p) as usize];
-    println!(
-        "== rate = \"1000/s\", retries = [\"1s\"], every first attempt fails: {events} events, {} attempts over {seconds:.1} s",
-        attempts.len()
-    );
-    println!(
-        "achieved {achieved:.0} attempts/s = {:.3}× the limit | retries late by p50 {} ms, p99 {} ms, max {} ms (the main topic's backlog takes tokens too); {early} early",
-        achieved / LIMIT,
+    late.sort();
+    let early = late.iter().filter(|&&l| l < 0).count();
+    let percentile = |p: f64| late[((late.len() - 1) as f64 * p) as usize];
+    format!(
+        "p50 {} ms, p99 {} ms, max {} ms; {early} early",
         percentile(0.5),
         percentile(0.99),
-        lateness.last().unwrap(),
-    );
+        late[late.len() - 1]
+    )
 }
