@@ -68,10 +68,7 @@ pub(crate) fn expand(
         "protobuf" => feature_gated(rk, quote!(Protobuf), quote!(ProtobufFeature), span),
         "raw" => (quote!(#rk::Raw), raw_payload(input, short, rk, errors)?),
         _ => {
-            let message = match SHORT_FORMS
-                .iter()
-                .find(|form| form.eq_ignore_ascii_case(&name))
-            {
+            let message = match SHORT_FORMS.iter().find(|form| form.eq_ignore_ascii_case(&name)) {
                 Some(form) => format!("unknown codec {name:?}: did you mean \"{form}\"?"),
                 None => format!(
                     "unknown codec {name:?}: expected \"json\", \"msgpack\", \"protobuf\" or \"raw\", \
@@ -97,13 +94,16 @@ fn feature_gated(
     marker: TokenStream,
     span: proc_macro2::Span,
 ) -> (TokenStream, TokenStream) {
+    // Every token at the user's `"msgpack"`, the crate path included, so rustc reports there.
+    let codec = attr::respan(quote!(#rk::#codec), span);
+    let marker = attr::respan(quote!(#rk::#marker), span);
     let check = quote_spanned! {span=>
         const _: fn() = || {
-            fn __rk_codec_feature<__C: #rk::#marker>() {}
-            __rk_codec_feature::<#rk::#codec>();
+            fn __rk_codec_feature<__C: #marker>() {}
+            __rk_codec_feature::<#codec>();
         };
     };
-    (quote!(#rk::#codec), check)
+    (codec, check)
 }
 
 /// `codec = "raw"`: the event is a struct with one field, whose bytes are the payload; this
