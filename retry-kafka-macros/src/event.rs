@@ -240,4 +240,23 @@ mod tests {
         assert!(expanded.contains("rk :: __private :: v"), "{expanded}");
         assert!(!expanded.contains("retry_kafka"), "{expanded}");
     }
+
+    #[test]
+    fn a_short_codec_reaches_its_codec_and_feature_check_through_the_renamed_crate() {
+        for (codec, item) in [("msgpack", "MsgPackFeature"), ("protobuf", "ProtobufFeature")] {
+            let input = syn::parse_quote! {
+                #[event(crate = "rk", topic = "orders", codec = #codec)]
+                struct Order { id: u64 }
+            };
+            let expanded = super::expand(&input).unwrap().to_string();
+            assert!(expanded.contains(item), "{expanded}");
+            assert!(!expanded.contains("retry_kafka"), "{expanded}");
+        }
+        let input = syn::parse_quote! {
+            #[event(crate = "rk", topic = "lines", codec = "raw")]
+            struct Line(String);
+        };
+        let expanded = super::expand(&input).unwrap().to_string();
+        assert!(expanded.contains("RawPayload for Line"), "{expanded}");
+    }
 }
