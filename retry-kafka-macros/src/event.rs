@@ -6,13 +6,14 @@ use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, LitStr, Path};
 
 use crate::attr;
+use crate::codec::{self, CodecOption};
 use crate::errors::Errors;
 use crate::names;
 
 struct EventAttrs {
     topic: Option<LitStr>,
     key: Option<LitStr>,
-    codec: Option<Path>,
+    codec: Option<CodecOption>,
     name: Option<LitStr>,
     krate: Option<Path>,
     /// `topic` was given but unreadable; reported already, so not "missing" too.
@@ -40,14 +41,15 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             errors.spanned(name, "event name must not be empty");
         }
     }
+    let rk = attr::support(attrs.krate.as_ref());
+    let codec = codec::expand(attrs.codec.as_ref(), input, &rk, &errors);
     errors.finish()?;
 
     let ident = &input.ident;
-    let rk = attr::support(attrs.krate.as_ref());
-    let codec = match &attrs.codec {
-        Some(path) => quote!(#path),
-        None => quote!(#rk::Json),
-    };
+    let codec::Expansion {
+        ty: codec,
+        items: codec_items,
+    } = codec.expect("reported above");
     // A generic event is an `Event` for the parameters its codec can handle.
     let mut generics = input.generics.clone();
     if !generics.params.is_empty() {
@@ -82,6 +84,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                 type Codec = #codec;
                 #key_fn
             }
+            #codec_items
         };
     })
 }
@@ -146,8 +149,11 @@ fn parse_attrs(input: &DeriveInput, errors: &Errors) -> EventAttrs {
                     )?;
                 }
                 "codec" => {
-                    attrs.codec =
-                        attr::value(&meta, errors, "expected a type's path: `codec = my_codecs::Avro`")?;
+                    attrs.codec = attr::value(
+                        &meta,
+                        errors,
+                        "expected a codec: `codec = \"msgpack\"` (\"json\", \"msgpack\", \"protobuf\", \"raw\") or a type's path: `codec = my_codecs::Avro`",
+                    )?;
                 }
                 _ => attrs.krate = attr::crate_path(&meta, errors)?,
             }
@@ -233,5 +239,24 @@ mod tests {
         let expanded = super::expand(&input).unwrap().to_string();
         assert!(expanded.contains("rk :: __private :: v"), "{expanded}");
         assert!(!expanded.contains("retry_kafka"), "{expanded}");
+    }
+
+    #[test]
+    fn a_short_codec_reaches_its_codec_and_feature_check_through_the_renamed_crate() {
+        for (codec, item) in [("msgpack", "MsgPackFeature"), ("protobuf", "ProtobufFeature")] {
+            let input = syn::parse_quote! {
+                #[event(crate = "rk", topic = "orders", codec = #codec)]
+                struct Order { id: u64 }
+            };
+            let expanded = super::expand(&input).unwrap().to_string();
+            assert!(expanded.contains(item), "{expanded}");
+            assert!(!expanded.contains("retry_kafka"), "{expanded}");
+        }
+        let input = syn::parse_quote! {
+            #[event(crate = "rk", topic = "lines", codec = "raw")]
+            struct Line(String);
+        };
+        let expanded = super::expand(&input).unwrap().to_string();
+        assert!(expanded.contains("RawPayload for Line"), "{expanded}");
     }
 }

@@ -7,6 +7,7 @@
 use proc_macro::TokenStream;
 
 mod attr;
+mod codec;
 mod duration;
 mod errors;
 mod event;

@@ -109,7 +109,8 @@ pub(crate) use backend::memory::InMemory;
 #[cfg(feature = "redis")]
 pub(crate) use backend::redis;
 
-/// Derives [`Event`]: `#[event(topic = "...", key = "field", codec = Path, name = "...")]`.
+/// Derives [`Event`]: `#[event(topic = "...", key = "field", codec = "json", name = "...")]`
+/// (codecs: `"json"`, `"msgpack"`, `"protobuf"`, `"raw"` or a type's path; see [`event::codec`]).
 pub use retry_kafka_macros::Event;
 
 /// Registers an async fn as a handler with retry levels and a dead-letter queue.
@@ -172,8 +173,9 @@ pub mod __private {
     /// renames this module too.
     pub mod v0_1_0 {
         pub use crate::batch::{into_batch_outcome, BatchContext, BatchInput, BatchStart};
-        pub use crate::event::codec::Json;
-        pub use crate::event::{Codec, CodecError, Event, EventKey};
+        pub use crate::event::codec::{Json, Raw};
+        pub use crate::event::short_forms::{MsgPack, MsgPackFeature, Protobuf, ProtobufFeature};
+        pub use crate::event::{Codec, CodecError, Event, EventKey, RawPayload};
         pub use crate::handlers::{
             handler_spec, into_outcome, Call, Context, Declaration, HandlerFuture, OnExhausted,
         };
