@@ -99,6 +99,8 @@ pub use runtime::{run, App};
 #[cfg(feature = "kafka")]
 pub(crate) use backend::kafka;
 pub(crate) use backend::memory::InMemory;
+#[cfg(feature = "postgres")]
+pub(crate) use backend::postgres;
 #[cfg(feature = "redis")]
 pub(crate) use backend::redis;
 
