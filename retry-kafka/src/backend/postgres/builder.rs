@@ -141,6 +141,15 @@ impl PostgresBuilder {
             field: url_variable(),
             reason: format!("not a PostgreSQL URL: {error}"),
         })?;
+        // Connections are plain TCP (NoTls): say so rather than fail at the first connection.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(ConfigError::Invalid {
+                field: url_variable(),
+                reason: "sslmode=require: this build connects without TLS (reach PostgreSQL over a \
+                         private network or a local TLS proxy, and drop sslmode=require)"
+                    .into(),
+            });
+        }
         if self.settings.lease < Duration::from_millis(300) {
             return Err(ConfigError::Invalid {
                 field: LEASE_ENV,

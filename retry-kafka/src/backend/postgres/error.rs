@@ -10,9 +10,9 @@ use crate::error::BackendError;
 const WRONG_LOGIN: &str = "check the user and password in DATABASE_URL (or POSTGRES_URL), and that \
                            pg_hba.conf admits this client to that database";
 /// The user may not create the tables.
-const CANNOT_CREATE: &str = "create the tables once as the schema's owner (psql -f retry-kafka's \
-                             sql/postgres.sql) and grant the app's user SELECT, INSERT, UPDATE, \
-                             DELETE on them, or grant it CREATE on the schema";
+const CANNOT_CREATE: &str = "or create the tables once as the owner with retry-kafka's sql/postgres.sql \
+                             (psql -f) and grant the app's user SELECT, INSERT, UPDATE and DELETE \
+                             on them";
 /// The user may not read or write the tables.
 const CANNOT_WRITE: &str = "grant the app's user SELECT, INSERT, UPDATE and DELETE on \
                             retry_kafka_schema, retry_kafka_partitions and retry_kafka_records";
@@ -41,25 +41,34 @@ pub(crate) fn explain(error: tokio_postgres::Error, doing: Doing<'_>) -> Backend
             if *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
         {
-            refused(error.to_string(), WRONG_LOGIN, error)
+            refused(said(&error), WRONG_LOGIN, error)
         }
         (Some(code), Doing::Migrating { user, schema }) if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
             refused(
                 format!(
-                    "user {user:?} may not create retry-kafka's tables in schema {schema:?} ({error}): \
-                 as the schema's owner, run GRANT CREATE ON SCHEMA {schema} TO {user}"
+                    "user {user:?} may not create retry-kafka's tables in schema {schema:?} ({}): as \
+                     the schema's owner, run GRANT CREATE ON SCHEMA {schema} TO {user}",
+                    said(&error)
                 ),
                 CANNOT_CREATE,
                 error,
             )
         }
         (Some(code), Doing::Query) if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
-            refused(error.to_string(), CANNOT_WRITE, error)
+            refused(said(&error), CANNOT_WRITE, error)
         }
         _ => BackendError::Transport {
             backend: "postgres",
             source: Box::new(error),
         },
+    }
+}
+
+/// What the server said (the error's own text is only "db error").
+fn said(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => error.to_string(),
     }
 }
 
