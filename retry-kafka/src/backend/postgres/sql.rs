@@ -25,6 +25,8 @@ WITH existing AS (
     UPDATE retry_kafka_records
     SET state = 'handled', handled_at_ms = $5, claimed_by = NULL, claimed_until_ms = NULL
     WHERE topic = $19 AND partition = $20 AND "offset" = $21 AND state = 'waiting'
+      -- Only once the next hop is there: never when its partition is missing.
+      AND EXISTS (SELECT 1 FROM written UNION ALL SELECT 1 FROM existing)
 ), notified AS (
     SELECT pg_notify('retry_kafka', $1) FROM written WHERE $4 = 'waiting'
 )
