@@ -1,7 +1,8 @@
 //! The conformance suite with retries, dead letters and parked entries in a real PostgreSQL
-//! server (Debian's `postgresql`, a cluster per test in a temp directory): main topics on
-//! librdkafka's mock cluster (`Tiered<Kafka, Postgres>`) and on `redis-server`
-//! (`Tiered<Redis, Postgres>`). Then what only this store promises: a hand-off written twice is
+//! server (Debian's `postgresql`, a cluster per test in a temp directory) and main topics on
+//! librdkafka's mock cluster (`Tiered<Kafka, Postgres>`; `tests/postgres_redis.rs` runs it on
+//! `Tiered<Redis, Postgres>`: the cases share handlers and their log, so one suite per test
+//! binary). Then what only this store promises: a hand-off written twice is
 //! one row, workers share due rows with `SKIP LOCKED` and never both get one, dead letters are
 //! read like any other backend's, and a user who may not create the tables is told what to
 //! grant.
@@ -9,7 +10,6 @@
 mod conformance;
 mod kafka_support;
 mod postgres_support;
-mod redis_support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,19 +36,6 @@ mod on_kafka {
             broker: None,
         };
         PostgresHarness::start(kafka).await
-    }
-
-    crate::conformance_suite!(harness);
-}
-
-mod on_redis {
-    use super::*;
-    use crate::conformance;
-    use crate::redis_support::RedisHarness;
-
-    async fn harness() -> PostgresHarness<RedisHarness> {
-        let redis = tokio::task::spawn_blocking(RedisHarness::start).await.unwrap();
-        PostgresHarness::start(redis).await
     }
 
     crate::conformance_suite!(harness);

@@ -200,7 +200,8 @@ impl Consumer for PostgresConsumer {
             let claimed = claimed?;
             if claimed.records.is_empty() {
                 let poll = Instant::now() + self.backend.settings().poll;
-                self.idle_until = Some(claimed.next_due.map_or(poll, |due| instant_at(due).min(poll)));
+                let due = claimed.next_due.map(|due| instant_at(due) + wake_spread());
+                self.idle_until = Some(due.map_or(poll, |due| due.min(poll)));
             }
             self.buffer.extend(claimed.records);
         }
@@ -267,6 +268,16 @@ impl Drop for PostgresConsumer {
     fn drop(&mut self) {
         self.acks = None;
     }
+}
+
+/// Up to 2 ms after a due time, different for every wake-up: workers that sleep until the same
+/// due time would otherwise wake in the same timer tick, and the one whose timer fires first
+/// would claim every due row, wake after wake (the joining member of a level got none).
+fn wake_spread() -> Duration {
+    use std::hash::BuildHasher as _;
+    // A fresh RandomState has fresh keys: a cheap random number, no dependency.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    Duration::from_micros(random % 2000)
 }
 
 /// The keeper: marks acknowledged rows handled in batches, renews the worker's leases, sweeps
