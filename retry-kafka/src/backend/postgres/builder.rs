@@ -51,7 +51,7 @@ impl Postgres {
             settings: Settings {
                 keep_handled: Duration::from_secs(3600),
                 lease: Duration::from_secs(30),
-                batch: 256,
+                batch: 32,
                 poll: Duration::from_secs(1),
                 default_partitions: 1,
             },
@@ -113,7 +113,9 @@ impl PostgresBuilder {
         self
     }
 
-    /// The most rows a worker claims in one query (default 256).
+    /// The most rows a worker claims in one query (default 32). Claimed rows wait in this
+    /// worker's memory until its handler gets to them while other workers may be idle: a
+    /// small batch shares a burst of due rows among the workers of a level.
     pub fn batch(mut self, rows: u32) -> Self {
         self.settings.batch = i64::from(rows.max(1));
         self

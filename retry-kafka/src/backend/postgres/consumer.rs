@@ -202,6 +202,11 @@ impl Consumer for PostgresConsumer {
                 let poll = Instant::now() + self.backend.settings().poll;
                 let due = claimed.next_due.map(|due| instant_at(due) + wake_spread());
                 self.idle_until = Some(due.map_or(poll, |due| due.min(poll)));
+            } else if (claimed.records.len() as i64) < self.backend.settings().batch {
+                // At the due frontier (no backlog): the next claim waits a random moment too,
+                // or a worker that just finished its rows would always claim the next one
+                // before the workers that sleep until it is due.
+                self.idle_until = Some(Instant::now() + wake_spread());
             }
             self.buffer.extend(claimed.records);
         }
