@@ -8,6 +8,9 @@
 #   and SASL/SCRAM against Apache Kafka).
 #   The tests start their own servers on free loopback ports; the package's own service is
 #   stopped so nothing listens on 6379 behind the tests' back.
+#   PostgreSQL (Debian's package `postgresql`, its server binaries in
+#   /usr/lib/postgresql/<version>/bin): the tests initdb a cluster of their own in a temp
+#   directory, as the `postgres` user when run as root; the package's own cluster is stopped.
 #   Apache Kafka 4.4.0, the real broker (KRaft), as jars from Maven Central into
 #   .tools/kafka-4.4.0/libs/ (Maven resolves scripts/kafka/pom.xml, checksums strict; its
 #   local repository is .tools/maven-repo). Needs Java 17+ and Maven: Debian's
@@ -56,6 +59,20 @@ install_redis() {
     # Debian starts a service on install where there is an init system; the tests do not use it.
     $sudo service redis-server stop >/dev/null 2>&1 || true
     redis-server --version
+}
+
+install_postgres() {
+    if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    # The package starts its own cluster on 5432 where there is an init system; the tests
+    # start theirs on free ports.
+    $sudo service postgresql stop >/dev/null 2>&1 || true
+    ls -d /usr/lib/postgresql/*/bin
 }
 
 require_java() {
@@ -118,5 +135,6 @@ install_kafka() {
 install_foreign_client
 install_kafka
 install_redis
+install_postgres
 install_ssl_headers
 echo "test dependencies ready in $TOOLS"

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 mod kafka_cluster;
 pub use kafka_cluster::KafkaCluster;
+mod postgres_server;
+pub use postgres_server::PostgresServer;
 
 /// CPU time this process has used so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`): what the
 /// benchmarks divide by messages, steadier than wall time on a shared machine.

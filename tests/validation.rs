@@ -120,6 +120,8 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     std::env::remove_var(retry_kafka::app::BACKEND_ENV);
     std::env::remove_var("KAFKA_BROKERS");
     std::env::remove_var("REDIS_URL");
+    std::env::remove_var("DATABASE_URL");
+    std::env::remove_var("POSTGRES_URL");
     let error = retry_kafka::run().await.unwrap_err();
     let message = error.to_string();
     assert!(message.starts_with("no backend configured"), "{message}");
@@ -140,7 +142,8 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     assert_eq!(
         message,
         "invalid RETRY_KAFKA_BACKEND: unknown backend \"kafak\"; this build supports \"kafka\", \
-         \"kafka-embedded\", \"redis\", \"kafka+redis\" and \"memory\""
+         \"kafka-embedded\", \"redis\", \"kafka+redis\", \"kafka+postgres\", \"redis+postgres\" and \
+         \"memory\""
     );
 
     std::env::set_var(retry_kafka::app::BACKEND_ENV, "redis");

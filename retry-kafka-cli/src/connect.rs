@@ -4,6 +4,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use retry_kafka::app::BackendChoice;
 use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::postgres::Postgres;
 use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::Tiered;
 use retry_kafka::error::ConfigError;
@@ -11,7 +12,8 @@ use retry_kafka::error::ConfigError;
 /// Where the dead letters and topics are. Each flag sets the variable `run()` reads.
 #[derive(Args)]
 pub(crate) struct Connection {
-    /// `kafka`, `redis` or `kafka+redis`; by default the one whose address is given.
+    /// `kafka`, `redis`, `kafka+redis`, `kafka+postgres` or `redis+postgres`; by default the
+    /// one whose addresses are given.
     #[arg(long, global = true, env = "RETRY_KAFKA_BACKEND")]
     backend: Option<String>,
     /// Kafka bootstrap servers, e.g. `localhost:9092`.
@@ -23,6 +25,10 @@ pub(crate) struct Connection {
     /// Redis URL, e.g. `redis://localhost:6379`.
     #[arg(long, global = true, env = "REDIS_URL")]
     redis_url: Option<String>,
+    /// PostgreSQL URL of the retries and dead letters, e.g. `postgres://app@localhost/app`
+    /// (with --brokers or --redis-url for the main topics).
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 impl Connection {
@@ -33,6 +39,7 @@ impl Connection {
             ("KAFKA_BROKERS", &self.brokers),
             ("KAFKA_RETRY_BROKERS", &self.retry_brokers),
             ("REDIS_URL", &self.redis_url),
+            ("DATABASE_URL", &self.database_url),
         ] {
             if let Some(value) = value {
                 std::env::set_var(name, value);
@@ -46,6 +53,8 @@ pub(crate) enum Connected {
     Kafka(Kafka),
     Redis(Redis),
     KafkaRedis(Tiered<Kafka, Redis>),
+    KafkaPostgres(Tiered<Kafka, Postgres>),
+    RedisPostgres(Tiered<Redis, Postgres>),
 }
 
 pub(crate) async fn connect() -> anyhow::Result<Connected> {
@@ -60,6 +69,12 @@ pub(crate) async fn connect() -> anyhow::Result<Connected> {
         BackendChoice::Kafka => Connected::Kafka(Kafka::from_env()?),
         BackendChoice::Redis => Connected::Redis(Redis::from_env()?),
         BackendChoice::KafkaRedis => Connected::KafkaRedis(Tiered::new(Kafka::from_env()?, Redis::from_env()?)),
+        BackendChoice::KafkaPostgres => {
+            Connected::KafkaPostgres(Tiered::new(Kafka::from_env()?, Postgres::from_env()?))
+        }
+        BackendChoice::RedisPostgres => {
+            Connected::RedisPostgres(Tiered::new(Redis::from_env()?, Postgres::from_env()?))
+        }
         other => bail!(
             "{other:?} lives inside one program's process; point the tool at a broker with --brokers or --redis-url"
         ),
@@ -73,6 +88,8 @@ macro_rules! with_backend {
             $crate::connect::Connected::Kafka($b) => $body,
             $crate::connect::Connected::Redis($b) => $body,
             $crate::connect::Connected::KafkaRedis($b) => $body,
+            $crate::connect::Connected::KafkaPostgres($b) => $body,
+            $crate::connect::Connected::RedisPostgres($b) => $body,
         }
     };
 }

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use retry_kafka::app::{App, TOPOLOGY_ENV};
 use retry_kafka::backend::kafka::Kafka;
+use retry_kafka::backend::postgres::Postgres;
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Backend, Browse, OutboundRecord, Record, TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{Backend, Browse, OutboundRecord, Record, Tiered, TopicAdmin as _, TopicRole};
 use retry_kafka::handler::ErrorKind;
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
 use retry_kafka::Bytes;
-use retry_kafka_suite::{ApacheKafka, RedisServer};
+use retry_kafka_suite::{ApacheKafka, PostgresServer, RedisServer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -113,6 +114,22 @@ async fn on_redis_server() {
     scenario(backend, Tool::new("--redis-url", &server.url())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_server_with_retries_in_postgres() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let postgres = tokio::task::spawn_blocking(PostgresServer::start).await.unwrap();
+    let main = Redis::builder(redis.url())
+        .default_partitions(2)
+        .build()
+        .expect("redis backend");
+    let retries = Postgres::builder(postgres.url())
+        .build()
+        .expect("postgres backend");
+    let tool = Tool::new("--redis-url", &redis.url()).also("--database-url", &postgres.url());
+    scenario(Tiered::new(main, retries), tool).await;
+}
+
 /// With no broker given, the tool says which flags to pass.
 #[test]
 fn without_a_broker_the_tool_names_the_flags() {
@@ -135,6 +152,8 @@ fn without_a_broker_the_tool_names_the_flags() {
 struct Tool {
     flag: &'static str,
     address: String,
+    /// More flags with their addresses (the retry store's).
+    more: Vec<(&'static str, String)>,
     dir: PathBuf,
 }
 
@@ -149,8 +168,15 @@ impl Tool {
         Tool {
             flag,
             address: address.to_owned(),
+            more: Vec::new(),
             dir,
         }
+    }
+
+    /// The tool with `flag address` passed too.
+    fn also(mut self, flag: &'static str, address: &str) -> Self {
+        self.more.push((flag, address.to_owned()));
+        self
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -158,11 +184,18 @@ impl Tool {
         command
             .arg(self.flag)
             .arg(&self.address)
+            .args(
+                self.more
+                    .iter()
+                    .flat_map(|(flag, address)| [*flag, address.as_str()]),
+            )
             .args(args)
             .current_dir(&self.dir)
             .env_remove("KAFKA_BROKERS")
             .env_remove("REDIS_URL")
-            .env_remove("RETRY_KAFKA_BACKEND");
+            .env_remove("RETRY_KAFKA_BACKEND")
+            .env_remove("DATABASE_URL")
+            .env_remove("POSTGRES_URL");
         command
     }
 

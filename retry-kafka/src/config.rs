@@ -34,6 +34,14 @@ pub enum BackendChoice {
     /// Main topics on Kafka, retries and dead letters on Redis.
     #[cfg(all(feature = "kafka", feature = "redis"))]
     KafkaRedis,
+    /// Main topics on Kafka, retries and dead letters in PostgreSQL (`DATABASE_URL` or
+    /// `POSTGRES_URL` with `KAFKA_BROKERS`).
+    #[cfg(all(feature = "kafka", feature = "postgres"))]
+    KafkaPostgres,
+    /// Main topics on Redis, retries and dead letters in PostgreSQL (`DATABASE_URL` or
+    /// `POSTGRES_URL` with `REDIS_URL`).
+    #[cfg(all(feature = "redis", feature = "postgres"))]
+    RedisPostgres,
 }
 
 /// Whether the program is asked to print its topology (`RETRY_KAFKA_PRINT_TOPOLOGY=1`, or
@@ -55,6 +63,10 @@ const SUPPORTED_BACKENDS: &[&str] = &[
     "\"redis\"",
     #[cfg(all(feature = "kafka", feature = "redis"))]
     "\"kafka+redis\"",
+    #[cfg(all(feature = "kafka", feature = "postgres"))]
+    "\"kafka+postgres\"",
+    #[cfg(all(feature = "redis", feature = "postgres"))]
+    "\"redis+postgres\"",
     "\"memory\"",
 ];
 
@@ -70,6 +82,10 @@ impl BackendChoice {
         let redis_configured = is_set(crate::redis::URL_ENV);
         #[cfg(not(feature = "redis"))]
         let redis_configured = false;
+        #[cfg(feature = "postgres")]
+        if let Some(choice) = Self::with_postgres(choice.as_deref(), kafka_configured, redis_configured)? {
+            return Ok(choice);
+        }
         match (choice.as_deref(), kafka_configured, redis_configured) {
             (Some("memory"), _, _) => Ok(BackendChoice::Memory),
             #[cfg(feature = "kafka")]
@@ -98,6 +114,52 @@ impl BackendChoice {
                 ),
             }),
             (None, _, _) => Err(ConfigError::NoBackend),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl BackendChoice {
+    /// The choices with PostgreSQL as the retry store: `RETRY_KAFKA_BACKEND` naming one, or
+    /// `DATABASE_URL` / `POSTGRES_URL` set beside exactly one of `KAFKA_BROKERS` and
+    /// `REDIS_URL`. `None` leaves the choice to the rules without PostgreSQL.
+    fn with_postgres(choice: Option<&str>, kafka: bool, redis: bool) -> Result<Option<Self>, ConfigError> {
+        use crate::postgres::{URL_ENV, URL_FALLBACK_ENV};
+        match choice {
+            #[cfg(feature = "kafka")]
+            Some("kafka+postgres") => return Ok(Some(BackendChoice::KafkaPostgres)),
+            #[cfg(feature = "redis")]
+            Some("redis+postgres") => return Ok(Some(BackendChoice::RedisPostgres)),
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        if !is_set(URL_ENV) && !is_set(URL_FALLBACK_ENV) {
+            return Ok(None);
+        }
+        let url = if is_set(URL_ENV) {
+            URL_ENV
+        } else {
+            URL_FALLBACK_ENV
+        };
+        match (kafka, redis) {
+            #[cfg(feature = "kafka")]
+            (true, false) => Ok(Some(BackendChoice::KafkaPostgres)),
+            #[cfg(feature = "redis")]
+            (false, true) => Ok(Some(BackendChoice::RedisPostgres)),
+            (true, true) => Err(ConfigError::Invalid {
+                field: BACKEND_ENV,
+                reason: format!(
+                    "{url}, KAFKA_BROKERS and REDIS_URL are all set; set RETRY_KAFKA_BACKEND to \
+                     \"kafka+postgres\" or \"redis+postgres\" (main topics on the first, retries \
+                     and dead letters in PostgreSQL), or to \"kafka\", \"redis\" or \"kafka+redis\""
+                ),
+            }),
+            _ => Err(ConfigError::Invalid {
+                field: url,
+                reason: "PostgreSQL keeps retries and dead letters only: set KAFKA_BROKERS or REDIS_URL \
+                         for the main topics too (or unset it, or set RETRY_KAFKA_BACKEND)"
+                    .into(),
+            }),
         }
     }
 }

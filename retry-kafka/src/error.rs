@@ -306,6 +306,21 @@ impl fmt::Debug for EndpointError {
     }
 }
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+impl BackendError {
+    /// A write's failure as [`BackendError::Produce`] naming `topic`; a refusal stays one (it
+    /// names what to change, which the topic does not).
+    pub(crate) fn while_producing(self, topic: &str) -> Self {
+        match self {
+            BackendError::Transport { source, .. } => BackendError::Produce {
+                topic: topic.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
 impl fmt::Debug for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !f.alternate() {

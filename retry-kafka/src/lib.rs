@@ -36,7 +36,7 @@
 //! | [`handler`] | what a handler is: its registration, its errors, its [`Context`] |
 //! | [`event`] | the [`Event`] trait, partition keys and codecs |
 //! | [`headers`] | message headers and the failure context (the `rk-*` wire format) |
-//! | [`backend`] | the transports (Kafka, Redis, in-process) and the trait a new one implements |
+//! | [`backend`] | the transports (Kafka, Redis, in-process; PostgreSQL for retries) and the trait a new one implements |
 //! | [`dead_letters`] | dead letters for operators: read, filter, replay with a checkpoint (what the `retry-kafka` tool runs) |
 //! | [`error`] | the errors [`run`] and the backends return |
 //! | [`testing`] | [`TestApp`](testing::TestApp): handlers on the in-process broker, in virtual time |
@@ -106,6 +106,8 @@ pub use runtime::{run, App};
 #[cfg(feature = "kafka")]
 pub(crate) use backend::kafka;
 pub(crate) use backend::memory::InMemory;
+#[cfg(feature = "postgres")]
+pub(crate) use backend::postgres;
 #[cfg(feature = "redis")]
 pub(crate) use backend::redis;
 

@@ -46,6 +46,13 @@ pub trait Harness: Send + Sync + 'static {
 
     /// The next offset of each partition of `topic`.
     fn end_offsets(&self, topic: &str) -> impl Future<Output = Vec<u64>> + Send;
+
+    /// Whether the retry levels' records are not owned by a member but claimed, once due, by
+    /// whichever member asks first (PostgreSQL's `FOR UPDATE SKIP LOCKED`): then a member
+    /// that joins holds no retries of its own, and which member runs a due retry is a race.
+    fn retries_are_claimed_when_due(&self) -> bool {
+        false
+    }
 }
 
 /// A broker that can fail produce requests on purpose (the in-process broker, librdkafka's mock
@@ -1315,10 +1322,15 @@ pub async fn kept_retries_survive_a_rebalance_and_run_when_due<H: Harness>(harne
     let seen = seen("keptmove");
     retry_waits(&seen, Duration::from_secs(10));
     let repeats = total.saturating_sub(COUNT);
-    assert!(
-        by_second > 0,
-        "the member that joined ran none of the waiting retries ({by_first} by the first)"
-    );
+    // Where members own partitions, the rebalance hands the one that joined some of the kept
+    // retries. Where due retries are claimed by whoever asks first, there is nothing to hand
+    // over: what this case checks there is that every retry ran, when due, and all committed.
+    if !harness.retries_are_claimed_when_due() {
+        assert!(
+            by_second > 0,
+            "the member that joined ran none of the waiting retries ({by_first} by the first)"
+        );
+    }
     eprintln!(
         "{COUNT} kept retries across a rebalance: {total} runs ({by_first} by the first member, \
          {by_second} by the one that joined), {repeats} repeated"

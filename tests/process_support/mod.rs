@@ -39,7 +39,12 @@ impl Worker {
         let _ = std::fs::remove_file(&log);
         let mut command = Command::new(env!("CARGO_BIN_EXE_rk-worker"));
         for (name, _) in std::env::vars() {
-            if name.starts_with("KAFKA_") || name.starts_with("REDIS_") || name == "RETRY_KAFKA_BACKEND" {
+            if name.starts_with("KAFKA_")
+                || name.starts_with("REDIS_")
+                || name.starts_with("POSTGRES_")
+                || name == "DATABASE_URL"
+                || name == "RETRY_KAFKA_BACKEND"
+            {
                 command.env_remove(name);
             }
         }

@@ -17,6 +17,18 @@ mod tiered;
 
 pub use tiered::{Tiered, TieredConsumer};
 
+/// A name for the `n`th member this process made, unique across processes and hosts: host,
+/// process id, a clock fraction (a pid reused after a restart), `n`. Backends whose members
+/// need names of their own (Redis, PostgreSQL) take them from here.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn member_name(n: u64) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{host}-{}-{nanos:08x}-{n}", std::process::id())
+}
+
 /// A message read from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -315,6 +327,9 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -1,5 +1,6 @@
 //! Main topics on one backend, retry levels and dead letters on another: Kafka for the
-//! events, Redis for the waiting retries (exact delays in a sorted set, no extra Kafka topics).
+//! events, Redis for the waiting retries (exact delays in a sorted set, no extra Kafka topics)
+//! or PostgreSQL (rows with a due time, feature `postgres`).
 
 use super::{
     Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Publish, Subscription, TopicAdmin,
@@ -11,7 +12,8 @@ use crate::error::BackendError;
 ///
 /// Every rule of the delivery contract holds across the two: a message leaves the main topic
 /// only after the retry store has durably taken it, and hand-offs between retry levels are as
-/// atomic as `R` makes them (on Redis: one script writes the next hop and acknowledges).
+/// atomic as `R` makes them (on Redis: one transaction writes the next hop and acknowledges;
+/// on PostgreSQL: one statement).
 ///
 /// ```no_run
 /// use retry_kafka::backend::Tiered;

@@ -101,6 +101,22 @@ pub async fn run() -> crate::Result<()> {
             );
             run_on(backend).await
         }
+        #[cfg(all(feature = "kafka", feature = "postgres"))]
+        BackendChoice::KafkaPostgres => {
+            let backend = crate::backend::Tiered::new(
+                crate::kafka::Kafka::from_env()?,
+                crate::postgres::Postgres::from_env()?,
+            );
+            run_on(backend).await
+        }
+        #[cfg(all(feature = "redis", feature = "postgres"))]
+        BackendChoice::RedisPostgres => {
+            let backend = crate::backend::Tiered::new(
+                crate::redis::Redis::from_env()?,
+                crate::postgres::Postgres::from_env()?,
+            );
+            run_on(backend).await
+        }
     }
 }
 

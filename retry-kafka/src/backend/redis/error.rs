@@ -67,13 +67,7 @@ pub(crate) fn transport(error: RedisError) -> BackendError {
 
 /// A write's failure: [`BackendError::Produce`] naming `topic`, or the refusal.
 pub(crate) fn produce(topic: &str, error: RedisError) -> BackendError {
-    match explain(error, Doing::Command) {
-        BackendError::Transport { source, .. } => BackendError::Produce {
-            topic: topic.to_owned(),
-            source,
-        },
-        refused => refused,
-    }
+    explain(error, Doing::Command).while_producing(topic)
 }
 
 /// What to change when `error` is a refusal that no retry mends.

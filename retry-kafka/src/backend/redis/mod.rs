@@ -131,12 +131,7 @@ impl Redis {
     }
 
     pub(crate) fn member_name(&self) -> String {
-        let n = self.shared.next_member.fetch_add(1, Ordering::Relaxed);
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        format!("{host}-{}-{nanos:08x}-{n}", std::process::id())
+        super::member_name(self.shared.next_member.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The partition count stored for `topic`, if it has one.

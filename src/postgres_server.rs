@@ -1,0 +1,192 @@
+//! A PostgreSQL server for tests: a cluster made with `initdb` in a temp directory, `postgres`
+//! on a free loopback port (and a Unix socket in the same directory), stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_ports;
+
+/// The user that owns the cluster's files when the tests run as root (initdb and postgres
+/// refuse to run as root); Debian's package creates it.
+const SYSTEM_USER: &str = "postgres";
+
+/// A `postgres` server on a free loopback port with a cluster of its own (superuser
+/// `postgres`, trust authentication), stopped on drop.
+pub struct PostgresServer {
+    child: Option<Child>,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PostgresServer {
+    /// The directory of `initdb` and `postgres`: `$POSTGRES_BIN_DIR`, or the newest
+    /// `/usr/lib/postgresql/<version>/bin` (Debian's package, as
+    /// `scripts/install-test-deps.sh` installs it).
+    pub fn bin_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("POSTGRES_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").is_file().then_some((version, bin))
+            })
+            .max();
+        match newest {
+            Some((_, bin)) => bin,
+            None => panic!(
+                "PostgreSQL is not installed: run ./scripts/test.sh (or ./scripts/install-test-deps.sh, \
+                 which runs apt-get install postgresql), or set POSTGRES_BIN_DIR to the directory of \
+                 initdb and postgres"
+            ),
+        }
+    }
+
+    /// A new cluster, started and accepting connections.
+    pub fn start() -> Self {
+        let [port] = free_ports();
+        let dir = std::env::temp_dir().join(format!("retry-kafka-pg-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("postgres temp directory");
+        let mut server = PostgresServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.init();
+        server.launch();
+        server
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        self.url_as("postgres")
+    }
+
+    /// The URL for `user` (trust authentication: no password).
+    pub fn url_as(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// A command that runs `program` as the cluster's owner: as is for a normal user, as
+    /// [`SYSTEM_USER`] for root (setpriv execs, so the child is the program itself).
+    fn command(program: &Path) -> Command {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Command::new(program);
+        }
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--reuid",
+                SYSTEM_USER,
+                "--regid",
+                SYSTEM_USER,
+                "--init-groups",
+                "--",
+            ])
+            .arg(program);
+        command
+    }
+
+    fn init(&self) {
+        if unsafe { libc::geteuid() } == 0 {
+            let owned = Command::new("chown")
+                .args([SYSTEM_USER, self.dir.to_str().expect("utf-8 temp dir")])
+                .status()
+                .expect("chown");
+            assert!(owned.success(), "chown {SYSTEM_USER} {}", self.dir.display());
+        }
+        let output = Self::command(&Self::bin_dir().join("initdb"))
+            .arg("-D")
+            .arg(self.data())
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(
+            output.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn launch(&mut self) {
+        let log = self.dir.join("server.log");
+        let child = Self::command(&Self::bin_dir().join("postgres"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // A test cluster: nothing needs to survive a crash of the machine.
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .args(["-c", "shared_buffers=16MB", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("postgres log"))
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("ready to accept connections") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!("postgres exited with {status}; log: {text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not accept connections on {} within 30 s; log: {text}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    /// A fast shutdown (SIGINT: sessions are ended, shared memory freed), SIGKILL after 10 s.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no preconditions; the pid is our child's, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
