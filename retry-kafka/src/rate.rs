@@ -64,7 +64,8 @@ impl Rate {
 
     /// The spacing between attempts: `per / attempts`.
     pub fn interval(&self) -> Duration {
-        Duration::from_nanos((self.per_ms * 1_000_000 / self.attempts as u64).max(1))
+        // Saturating: a period of centuries is "never", not an overflow.
+        Duration::from_nanos((self.per_ms.saturating_mul(1_000_000) / self.attempts as u64).max(1))
     }
 
     /// How many attempts may start back to back: 50 ms worth, at least one.
@@ -139,6 +140,13 @@ mod tests {
         assert_eq!(per_second(200).burst().get(), 10);
         assert_eq!(per_second(5).burst().get(), 1);
         assert_eq!(Rate::new(30, Duration::from_secs(60)).unwrap().burst().get(), 1);
+    }
+
+    #[test]
+    fn a_period_of_centuries_does_not_overflow() {
+        let rate = Rate::new(1, Duration::from_millis(u64::MAX)).unwrap();
+        assert_eq!(rate.interval(), Duration::from_nanos(u64::MAX));
+        let _limiter = AttemptRate::new(rate);
     }
 
     #[tokio::test(start_paused = true)]
