@@ -1,0 +1,371 @@
+//! Reading `#[retry_handler(...)]`'s options into [`HandlerArgs`]. A value is checked here when
+//! it can be on its own (a topic name, a duration, a range); what needs the whole attribute or
+//! the function is left to `check`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprArray, ExprCall, ExprLit, Lit, LitInt, LitStr, Path};
+
+use crate::attr;
+use crate::duration::{parse_millis, parse_rate};
+use crate::errors::Errors;
+use crate::names;
+
+/// At most this many retry levels: each is a topic (or stream) of its own.
+const MAX_LEVELS: usize = 32;
+
+/// What `retries = ...` accepts, said when it gets something else.
+const RETRIES_FORMS: &str = "expected a list of delays such as `[\"10s\", \"1m\", \"5m\"]`, `[\"30s\"; 3]` or `exponential(first = \"1s\", factor = 2, levels = 5)`";
+
+/// What `batch(...)` accepts, said when it gets something else.
+const BATCH_FORM: &str = "expected `batch(max = 500, linger = \"50ms\")`";
+
+/// The most records one batch may hold.
+const MAX_BATCH: u32 = 100_000;
+
+/// The options as read: each `None` when absent or already reported.
+#[derive(Default)]
+pub(super) struct HandlerArgs {
+    pub(super) topic: Option<LitStr>,
+    pub(super) group: Option<LitStr>,
+    /// Delays in milliseconds, one per retry level.
+    pub(super) retries: Option<Vec<u64>>,
+    /// Where `dlq` was written.
+    pub(super) dlq: Option<Span>,
+    pub(super) on_exhausted: Option<(Exhausted, Span)>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) concurrency: Option<u32>,
+    /// `rate = "200/s"`: attempts and period in ms.
+    pub(super) rate: Option<(u32, u64)>,
+    /// `batch(max = .., linger = ..)`: where it was written, and max and linger when both read.
+    pub(super) batch: Option<(Span, Option<(u32, u64)>)>,
+    /// `on_exhausted` was given but unreadable; reported already, so not "missing" too.
+    pub(super) exhaustion_misspelled: bool,
+    /// `crate = "..."`: the path to the runtime, when the user renamed it.
+    pub(super) krate: Option<Path>,
+}
+
+/// What happens to a message after its last retry (`on_exhausted = "..."`).
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Exhausted {
+    DeadLetter,
+    Drop,
+}
+
+/// Reads every option, reporting each mistake at its token and going on to the next.
+pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
+    let mut parsed = HandlerArgs::default();
+    // The options read so far, to report one given twice.
+    let mut seen: Vec<String> = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        let Some(name) = meta.path.get_ident().map(ToString::to_string) else {
+            errors.spanned(&meta.path, unknown_option_message(&meta));
+            return attr::skip(&meta);
+        };
+        if seen.contains(&name) {
+            errors.spanned(&meta.path, format!("duplicate option `{name}`"));
+            return attr::skip(&meta);
+        }
+        seen.push(name.clone());
+        match name.as_str() {
+            "topic" | "group" => {
+                let expected = format!("expected a string literal: `{name} = \"...\"`");
+                let Some(value) = attr::value::<LitStr>(&meta, errors, &expected)? else {
+                    return Ok(());
+                };
+                let (kind, slot) = if name == "topic" {
+                    ("topic", &mut parsed.topic)
+                } else {
+                    ("group", &mut parsed.group)
+                };
+                if let Err(error) = names::check(kind, &value.value()) {
+                    errors.spanned(&value, error);
+                }
+                *slot = Some(value);
+            }
+            "retries" => {
+                if let Some(value) = attr::value::<Expr>(&meta, errors, RETRIES_FORMS)? {
+                    parsed.retries = parse_retries(&value, errors);
+                }
+            }
+            "dlq" => {
+                parsed.dlq = Some(meta.path.span());
+                if meta.input.peek(syn::Token![=]) {
+                    errors.spanned(&meta.path, "`dlq` is a flag: write `dlq`, without a value");
+                    return attr::skip(&meta);
+                }
+            }
+            "on_exhausted" => {
+                let expected =
+                    "expected a string literal: `on_exhausted = \"dlq\"` or `on_exhausted = \"drop\"`";
+                let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? else {
+                    parsed.exhaustion_misspelled = true;
+                    return Ok(());
+                };
+                match value.value().as_str() {
+                    "dlq" => parsed.on_exhausted = Some((Exhausted::DeadLetter, value.span())),
+                    "drop" => parsed.on_exhausted = Some((Exhausted::Drop, value.span())),
+                    other => {
+                        errors.spanned(
+                            &value,
+                            format!("unknown on_exhausted value {other:?}; expected \"dlq\" or \"drop\""),
+                        );
+                        parsed.exhaustion_misspelled = true;
+                    }
+                }
+            }
+            "timeout" => {
+                let expected = "expected a duration as a string literal: `timeout = \"30s\"`";
+                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
+                    match parse_millis(&value.value()) {
+                        Ok(0) => errors.spanned(&value, "timeout must be longer than zero"),
+                        Ok(ms) => parsed.timeout_ms = Some(ms),
+                        Err(message) => errors.spanned(&value, message),
+                    }
+                }
+            }
+            "concurrency" => {
+                let expected = "expected an integer: `concurrency = 4`";
+                if let Some(value) = attr::value::<LitInt>(&meta, errors, expected)? {
+                    match value.base10_parse::<u32>() {
+                        Ok(0) => errors.spanned(&value, "concurrency must be at least 1"),
+                        Ok(n) if n > 10_000 => errors.spanned(&value, "concurrency must be at most 10000"),
+                        Ok(n) => parsed.concurrency = Some(n),
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
+            "rate" => {
+                let expected = "expected a rate as a string literal: `rate = \"200/s\"`";
+                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
+                    match parse_rate(&value.value()) {
+                        Ok(rate) => parsed.rate = Some(rate),
+                        Err(message) => errors.spanned(&value, message),
+                    }
+                }
+            }
+            "batch" => parsed.batch = Some((meta.path.span(), parse_batch(&meta, errors)?)),
+            "crate" => parsed.krate = attr::crate_path(&meta, errors)?,
+            _ => {
+                errors.spanned(&meta.path, unknown_option_message(&meta));
+                return attr::skip(&meta);
+            }
+        }
+        Ok(())
+    });
+    if let Err(error) = syn::parse::Parser::parse2(parser, args) {
+        errors.push(error);
+    }
+    parsed
+}
+
+fn unknown_option_message(meta: &ParseNestedMeta) -> String {
+    let path = &meta.path;
+    format!(
+        "unknown option `{}`; expected one of `topic`, `group`, `retries`, `dlq`, `on_exhausted`, `timeout`, `concurrency`, `batch`, `rate`",
+        quote!(#path).to_string().replace(' ', "")
+    )
+}
+
+/// `batch(max = 500, linger = "50ms")`: both required. `None` when either is missing or wrong
+/// (reported already).
+fn parse_batch(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<(u32, u64)>> {
+    if !meta.input.peek(syn::token::Paren) {
+        errors.spanned(&meta.path, BATCH_FORM);
+        attr::skip(meta)?;
+        return Ok(None);
+    }
+    let (mut max, mut linger, mut ok) = (None, None, true);
+    meta.parse_nested_meta(|inner| {
+        let name = inner.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        match name.as_str() {
+            "max" => {
+                let expected = "expected an integer: `max = 500`";
+                match attr::value::<LitInt>(&inner, errors, expected)? {
+                    Some(value) => match value.base10_parse::<u32>() {
+                        Ok(n) if (1..=MAX_BATCH).contains(&n) => max = Some(n),
+                        Ok(_) => {
+                            let message = format!("`max` is the most records per call: from 1 to {MAX_BATCH}");
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
+                        Err(error) => {
+                            errors.push(error);
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                }
+            }
+            "linger" => {
+                let expected = "expected a duration as a string literal: `linger = \"50ms\"`";
+                match attr::value::<LitStr>(&inner, errors, expected)? {
+                    Some(value) => match parse_millis(&value.value()) {
+                        Ok(ms) if ms <= 600_000 => linger = Some(ms),
+                        Ok(_) => {
+                            let message = "`linger` must be at most \"10m\": records wait that long before their batch starts";
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
+                        Err(message) => {
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                }
+            }
+            _ => {
+                errors.spanned(&inner.path, "unknown batch option; expected `max` and `linger`");
+                ok = false;
+                attr::skip(&inner)?;
+            }
+        }
+        Ok(())
+    })?;
+    match (max, linger) {
+        (Some(max), Some(linger)) => Ok(Some((max, linger))),
+        _ if !ok => Ok(None),
+        (None, _) => {
+            errors.spanned(
+                &meta.path,
+                "`batch` needs `max`, the most records per call: `batch(max = 500, linger = \"50ms\")`",
+            );
+            Ok(None)
+        }
+        (_, None) => {
+            errors.spanned(&meta.path, "`batch` needs `linger`, how long the first record waits for more: `batch(max = 500, linger = \"50ms\")`");
+            Ok(None)
+        }
+    }
+}
+
+/// `["10s", "1m"]`, `["30s"; 3]` or `exponential(first = "1s", factor = 2, levels = 5, max = "1m")`.
+fn parse_retries(value: &Expr, errors: &Errors) -> Option<Vec<u64>> {
+    let delays = match value {
+        Expr::Array(ExprArray { elems, .. }) => {
+            let mut delays = Vec::new();
+            for elem in elems {
+                delays.push(duration_lit(elem, errors)?);
+            }
+            delays
+        }
+        Expr::Repeat(repeat) => {
+            let delay = duration_lit(&repeat.expr, errors)?;
+            let count = match &*repeat.len {
+                Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => match n.base10_parse::<usize>() {
+                    Ok(n) => n,
+                    Err(error) => {
+                        errors.push(error);
+                        return None;
+                    }
+                },
+                other => {
+                    errors.spanned(other, "expected the number of retry levels, e.g. `[\"30s\"; 3]`");
+                    return None;
+                }
+            };
+            vec![delay; count]
+        }
+        Expr::Call(call) => exponential(call, errors)?,
+        other => {
+            errors.spanned(other, RETRIES_FORMS);
+            return None;
+        }
+    };
+    if delays.len() > MAX_LEVELS {
+        errors.spanned(
+            value,
+            format!("{} retry levels; at most {MAX_LEVELS} are allowed", delays.len()),
+        );
+        return None;
+    }
+    Some(delays)
+}
+
+fn duration_lit(expr: &Expr, errors: &Errors) -> Option<u64> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(text), ..
+        }) => match parse_millis(&text.value()) {
+            Ok(ms) => Some(ms),
+            Err(message) => {
+                errors.spanned(text, message);
+                None
+            }
+        },
+        other => {
+            errors.spanned(
+                other,
+                "expected a delay as a string literal, such as \"10s\" or \"250ms\"",
+            );
+            None
+        }
+    }
+}
+
+fn exponential(call: &ExprCall, errors: &Errors) -> Option<Vec<u64>> {
+    let is_exponential = matches!(&*call.func, Expr::Path(p) if p.path.is_ident("exponential"));
+    if !is_exponential {
+        errors.spanned(
+            &call.func,
+            "unknown retry schedule; expected `exponential(...)` or a list of delays",
+        );
+        return None;
+    }
+    let (mut first, mut factor, mut levels, mut max) = (None, None, None, None);
+    for arg in &call.args {
+        let Expr::Assign(assign) = arg else {
+            errors.spanned(
+                arg,
+                "expected `name = value`; the options are `first`, `factor`, `levels`, `max`",
+            );
+            continue;
+        };
+        let name = match &*assign.left {
+            Expr::Path(p) => p.path.get_ident().map(ToString::to_string).unwrap_or_default(),
+            _ => String::new(),
+        };
+        match name.as_str() {
+            "first" => first = duration_lit(&assign.right, errors),
+            "max" => max = duration_lit(&assign.right, errors),
+            "factor" => {
+                let value = match &*assign.right {
+                    Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => n.base10_parse::<f64>().ok(),
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Float(n), ..
+                    }) => n.base10_parse::<f64>().ok(),
+                    _ => None,
+                };
+                match value {
+                    Some(f) if f >= 1.0 => factor = Some(f),
+                    Some(_) => errors.spanned(&assign.right, "exponential factor must be at least 1"),
+                    None => errors.spanned(&assign.right, "expected a number such as `2` or `1.5`"),
+                }
+            }
+            "levels" => match &*assign.right {
+                Expr::Lit(ExprLit { lit: Lit::Int(n), .. }) => levels = n.base10_parse::<usize>().ok(),
+                other => errors.spanned(other, "expected the number of retry levels, e.g. `5`"),
+            },
+            _ => errors.spanned(
+                &assign.left,
+                "unknown exponential option; expected `first`, `factor`, `levels` or `max`",
+            ),
+        }
+    }
+    let (Some(first), Some(levels)) = (first, levels) else {
+        errors.spanned(call, "exponential(...) needs `first = \"...\"` and `levels = N`");
+        return None;
+    };
+    let factor = factor.unwrap_or(2.0);
+    let cap = max.unwrap_or(u64::MAX);
+    let mut delays = Vec::with_capacity(levels.min(MAX_LEVELS + 1));
+    let mut delay = first as f64;
+    for _ in 0..levels.min(MAX_LEVELS + 1) {
+        delays.push((delay.min(cap as f64)) as u64);
+        delay *= factor;
+    }
+    Some(delays)
+}
