@@ -59,6 +59,16 @@ fn rest_of_value(input: ParseStream) -> syn::Result<TokenStream> {
     Ok(tokens)
 }
 
+/// The message for an option that is none of `options` (every option the macro accepts, in
+/// the order listed); `written` is the option as the user wrote it.
+pub(crate) fn unknown_option(written: &str, options: &[&str]) -> String {
+    let options: Vec<String> = options.iter().map(|option| format!("`{option}`")).collect();
+    format!(
+        "unknown option `{written}`; expected one of {}",
+        options.join(", ")
+    )
+}
+
 /// `crate = "rk"`: the path the expansion reaches the runtime by, for a user who renamed the
 /// dependency or re-exports it.
 pub(crate) fn crate_path(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<Path>> {

@@ -9,6 +9,9 @@ use crate::codec::CodecOption;
 use crate::errors::Errors;
 use crate::names;
 
+/// Every option `parse_attrs` accepts, as the "unknown option" message lists them.
+const OPTIONS: [&str; 5] = ["topic", "key", "codec", "name", "crate"];
+
 /// The options as read, from every `#[event(...)]` on the type: each `None` when absent or
 /// already reported.
 #[derive(Default)]
@@ -39,13 +42,7 @@ pub(super) fn parse_attrs(input: &DeriveInput, errors: &Errors) -> EventAttrs {
                 "codec" => attrs.codec.is_some(),
                 "crate" => attrs.krate.is_some(),
                 _ => {
-                    errors.spanned(
-                        path,
-                        format!(
-                            "unknown option `{}`; expected one of `topic`, `key`, `codec`, `name`",
-                            quote!(#path)
-                        ),
-                    );
+                    errors.spanned(path, attr::unknown_option(&quote!(#path).to_string(), &OPTIONS));
                     return attr::skip(&meta);
                 }
             };
@@ -94,4 +91,31 @@ pub(super) fn parse_attrs(input: &DeriveInput, errors: &Errors) -> EventAttrs {
         }
     }
     attrs
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+
+    use crate::errors::Errors;
+
+    /// The "unknown option" message lists every option: none it lists is unknown.
+    #[test]
+    fn every_listed_option_is_accepted() {
+        for option in super::OPTIONS {
+            let option = option.parse::<TokenStream>().unwrap();
+            let input = syn::parse_quote!(
+                #[event(#option)]
+                struct Order;
+            );
+            let errors = Errors::default();
+            super::parse_attrs(&input, &errors);
+            for error in errors.finish().err().into_iter().flatten() {
+                assert!(
+                    !error.to_string().starts_with("unknown option"),
+                    "{option}: {error}"
+                );
+            }
+        }
+    }
 }

@@ -25,6 +25,20 @@ const BATCH_FORM: &str = "expected `batch(max = 500, linger = \"50ms\")`";
 /// The most records one batch may hold.
 const MAX_BATCH: u32 = 100_000;
 
+/// Every option `parse_args` accepts, as the "unknown option" message lists them.
+const OPTIONS: [&str; 10] = [
+    "topic",
+    "group",
+    "retries",
+    "dlq",
+    "on_exhausted",
+    "timeout",
+    "concurrency",
+    "batch",
+    "rate",
+    "crate",
+];
+
 /// The options as read: each `None` when absent or already reported.
 #[derive(Default)]
 pub(super) struct HandlerArgs {
@@ -163,10 +177,7 @@ pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
 
 fn unknown_option_message(meta: &ParseNestedMeta) -> String {
     let path = &meta.path;
-    format!(
-        "unknown option `{}`; expected one of `topic`, `group`, `retries`, `dlq`, `on_exhausted`, `timeout`, `concurrency`, `batch`, `rate`",
-        quote!(#path).to_string().replace(' ', "")
-    )
+    attr::unknown_option(&quote!(#path).to_string().replace(' ', ""), &OPTIONS)
 }
 
 /// `batch(max = 500, linger = "50ms")`: both required. `None` when either is missing or wrong
@@ -368,4 +379,26 @@ fn exponential(call: &ExprCall, errors: &Errors) -> Option<Vec<u64>> {
         delay *= factor;
     }
     Some(delays)
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+
+    use crate::errors::Errors;
+
+    /// The "unknown option" message lists every option: none it lists is unknown.
+    #[test]
+    fn every_listed_option_is_accepted() {
+        for option in super::OPTIONS {
+            let errors = Errors::default();
+            super::parse_args(option.parse::<TokenStream>().unwrap(), &errors);
+            for error in errors.finish().err().into_iter().flatten() {
+                assert!(
+                    !error.to_string().starts_with("unknown option"),
+                    "{option}: {error}"
+                );
+            }
+        }
+    }
 }
