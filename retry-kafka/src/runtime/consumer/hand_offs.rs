@@ -1,0 +1,358 @@
+//! The hand-off pipeline of one level: failed messages on their way to the next level, the
+//! dead-letter or the parking queue. Up to a window of writes are in flight at once (never one
+//! round trip per message in line); a source offset stays unacknowledged until its write is
+//! durable. A failed write is tried again after a pause (50 ms doubling to 5 s), in source
+//! order, and its partition hands nothing else on meanwhile: later failures would overtake it
+//! on the next level.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::backend::{Delivered, HandOff, OutboundRecord, TopicRole};
+use crate::error::BackendError;
+
+/// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
+const HAND_OFF_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
+
+/// A failed message on its way on. Its source offset stays in flight until the write is
+/// durable.
+pub(super) struct PendingHandOff {
+    pub(super) partition: u32,
+    pub(super) offset: u64,
+    /// The source partition's generation when it failed.
+    pub(super) generation: u32,
+    /// Where it goes: a retry level, the dead letters or the parking queue.
+    pub(super) target: TopicRole,
+    pub(super) record: OutboundRecord,
+    /// Whether it is being tried again after a failure.
+    again: bool,
+}
+
+impl PendingHandOff {
+    pub(super) fn new(
+        partition: u32,
+        offset: u64,
+        generation: u32,
+        target: TopicRole,
+        record: OutboundRecord,
+    ) -> Self {
+        Self {
+            partition,
+            offset,
+            generation,
+            target,
+            record,
+            again: false,
+        }
+    }
+}
+
+/// A hand-off under way, with what it hands on (kept to try again if it fails).
+struct Sending {
+    hand_off: Option<PendingHandOff>,
+    write: HandOff,
+}
+
+impl Future for Sending {
+    type Output = (PendingHandOff, Result<Delivered, BackendError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.write.as_mut().poll(cx));
+        Poll::Ready((self.hand_off.take().expect("polled after completion"), result))
+    }
+}
+
+/// Failed hand-offs of one partition.
+#[derive(Default)]
+struct Blocked {
+    /// In source offset order, to be tried again at `retry_at`.
+    failed: Vec<PendingHandOff>,
+    retry_at: Option<Instant>,
+    /// Tried again and not finished yet.
+    retrying: usize,
+    /// The pauses before trying again, from the first failure in a row on.
+    backoff: Option<ExponentialBackoff>,
+}
+
+impl Blocked {
+    fn blocks(&self) -> bool {
+        !self.failed.is_empty() || self.retrying > 0
+    }
+
+    fn keep(&mut self, hand_off: PendingHandOff) {
+        let at = self.failed.partition_point(|h| h.offset < hand_off.offset);
+        self.failed.insert(at, hand_off);
+    }
+}
+
+/// Hand-offs under way or waiting to be tried again, over the partitions of one level.
+pub(super) struct HandOffs {
+    /// The most under way at once (started or waiting to be tried again).
+    window: usize,
+    sending: FuturesUnordered<Sending>,
+    /// Indexed by partition number.
+    blocked: Vec<Blocked>,
+    /// Failed ones waiting, over all partitions: when 0 there is nothing to look for.
+    failed: usize,
+}
+
+impl HandOffs {
+    pub(super) fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            sending: FuturesUnordered::new(),
+            blocked: Vec::new(),
+            failed: 0,
+        }
+    }
+
+    fn partition(&mut self, partition: u32) -> &mut Blocked {
+        let index = partition as usize;
+        if index >= self.blocked.len() {
+            self.blocked.resize_with(index + 1, Blocked::default);
+        }
+        &mut self.blocked[index]
+    }
+
+    /// Hand-offs under way or waiting to be tried again: bounded by the window.
+    pub(super) fn under_way(&self) -> usize {
+        self.sending.len() + self.failed
+    }
+
+    /// Whether the window has room for another failure.
+    pub(super) fn has_room(&self) -> bool {
+        self.under_way() < self.window
+    }
+
+    /// Failed hand-offs waiting to be tried again.
+    pub(super) fn failed(&self) -> usize {
+        self.failed
+    }
+
+    /// Whether a write is in flight.
+    pub(super) fn is_sending(&self) -> bool {
+        !self.sending.is_empty()
+    }
+
+    /// Whether the partition at `index` has a failed hand-off not through yet: it starts and
+    /// hands on nothing new meanwhile.
+    pub(super) fn blocks(&self, index: usize) -> bool {
+        self.blocked.get(index).is_some_and(Blocked::blocks)
+    }
+
+    /// Starts a hand-off with its `write` (see [`blocks`](HandOffs::blocks): only on a
+    /// partition that is not blocked).
+    pub(super) fn send(&mut self, hand_off: PendingHandOff, write: HandOff) {
+        self.sending.push(Sending {
+            hand_off: Some(hand_off),
+            write,
+        });
+    }
+
+    /// Keeps a hand-off of a blocked partition behind the failed ones, in failure order.
+    pub(super) fn queue_behind(&mut self, hand_off: PendingHandOff) {
+        self.partition(hand_off.partition).keep(hand_off);
+        self.failed += 1;
+    }
+
+    /// The next write that finished. Cancel-safe; pending forever when none is in flight.
+    pub(super) async fn next(&mut self) -> (PendingHandOff, Result<Delivered, BackendError>) {
+        match self.sending.next().await {
+            Some(finished) => finished,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A write of the partition's current generation is durable.
+    pub(super) fn written(&mut self, hand_off: &PendingHandOff) {
+        let state = self.partition(hand_off.partition);
+        if hand_off.again {
+            state.retrying -= 1;
+        }
+        if !state.blocks() {
+            state.backoff = None;
+        } else if state.retrying == 0 && state.retry_at.is_none() {
+            // What failed behind the ones tried again waits for no pause: they went through.
+            state.retry_at = Some(Instant::now());
+        }
+    }
+
+    /// A write of the partition's current generation failed: it is kept, in source order, to
+    /// be tried again after the partition's next pause. Returns when.
+    pub(super) fn write_failed(&mut self, hand_off: PendingHandOff) -> Instant {
+        let state = self.partition(hand_off.partition);
+        if hand_off.again {
+            state.retrying -= 1;
+        }
+        let retry_at = match state.retry_at {
+            Some(at) => at,
+            None => {
+                let pause = state
+                    .backoff
+                    .get_or_insert_with(|| HAND_OFF_BACKOFF.build())
+                    .next()
+                    .unwrap_or(Duration::from_secs(5));
+                *state.retry_at.insert(Instant::now() + pause)
+            }
+        };
+        state.keep(hand_off);
+        self.failed += 1;
+        retry_at
+    }
+
+    /// When the next failed hand-off is to be tried again.
+    pub(super) fn next_retry(&self) -> Option<Instant> {
+        if self.failed == 0 {
+            return None;
+        }
+        self.blocked.iter().filter_map(|b| b.retry_at).min()
+    }
+
+    /// Starts again, in order, the failed hand-offs whose pause is over, each with its `write`.
+    pub(super) fn retry_due(&mut self, mut write: impl FnMut(&PendingHandOff) -> HandOff) {
+        if self.failed == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for state in &mut self.blocked {
+            if state.retry_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            state.retry_at = None;
+            let again = std::mem::take(&mut state.failed);
+            state.retrying += again.len();
+            self.failed -= again.len();
+            for mut hand_off in again {
+                hand_off.again = true;
+                let write = write(&hand_off);
+                self.sending.push(Sending {
+                    hand_off: Some(hand_off),
+                    write,
+                });
+            }
+        }
+    }
+
+    /// Forgets the partition's failed hand-offs: its new owner runs their sources again.
+    /// Writes under way finish and are ignored (their generation is stale).
+    pub(super) fn revoke(&mut self, partition: u32) {
+        let stale = std::mem::take(self.partition(partition));
+        self.failed -= stale.failed.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hand_off(partition: u32, offset: u64) -> PendingHandOff {
+        PendingHandOff::new(
+            partition,
+            offset,
+            0,
+            TopicRole::Retry { level: 1 },
+            OutboundRecord::default(),
+        )
+    }
+
+    fn write(result: Result<(), ()>) -> HandOff {
+        Box::pin(std::future::ready(
+            result
+                .map(|()| Delivered {
+                    partition: 0,
+                    offset: 0,
+                })
+                .map_err(|()| BackendError::Produce {
+                    topic: "orders.billing.retry.1".into(),
+                    source: "refused (test)".into(),
+                }),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_blocks_its_partition_and_is_tried_again_after_a_growing_pause() {
+        let mut hand_offs = HandOffs::new(8);
+        hand_offs.send(hand_off(0, 10), write(Err(())));
+        let (failed, result) = hand_offs.next().await;
+        assert!(result.is_err());
+        let start = Instant::now();
+        assert_eq!(hand_offs.write_failed(failed), start + Duration::from_millis(50));
+        assert!(hand_offs.blocks(0) && !hand_offs.blocks(1));
+        assert_eq!((hand_offs.failed(), hand_offs.under_way()), (1, 1));
+        // Another failure of the partition waits behind it, in source order.
+        hand_offs.queue_behind(hand_off(0, 11));
+        assert_eq!(hand_offs.next_retry(), Some(start + Duration::from_millis(50)));
+
+        hand_offs.retry_due(|_| unreachable!("not due yet"));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let mut order = Vec::new();
+        hand_offs.retry_due(|h| {
+            order.push(h.offset);
+            write(Err(()))
+        });
+        assert_eq!(order, [10, 11]);
+        assert!(hand_offs.blocks(0), "tried again, not through yet");
+        assert_eq!(hand_offs.failed(), 0);
+        let (first, _) = hand_offs.next().await;
+        let second_pause = hand_offs.write_failed(first) - Instant::now();
+        assert!(
+            second_pause > Duration::from_millis(50),
+            "the pause grows: {second_pause:?}"
+        );
+        let (second, _) = hand_offs.next().await;
+        hand_offs.write_failed(second);
+        assert_eq!(hand_offs.failed(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_queued_while_others_are_tried_again_go_out_once_those_are_through() {
+        let mut hand_offs = HandOffs::new(8);
+        hand_offs.send(hand_off(2, 1), write(Err(())));
+        let (failed, _) = hand_offs.next().await;
+        hand_offs.write_failed(failed);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        hand_offs.retry_due(|_| write(Ok(())));
+        // An attempt that was running fails now: behind the one tried again.
+        hand_offs.queue_behind(hand_off(2, 5));
+        let (retried, result) = hand_offs.next().await;
+        assert!(result.is_ok());
+        hand_offs.written(&retried);
+        assert!(hand_offs.blocks(2), "5 is not through");
+        assert_eq!(hand_offs.next_retry(), Some(Instant::now()), "5 goes out at once");
+        let mut sent = Vec::new();
+        hand_offs.retry_due(|h| {
+            sent.push(h.offset);
+            write(Ok(()))
+        });
+        assert_eq!(sent, [5]);
+        let (through, _) = hand_offs.next().await;
+        hand_offs.written(&through);
+        assert!(!hand_offs.blocks(2));
+        assert_eq!(hand_offs.under_way(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_partition_forgets_its_failed_hand_offs() {
+        let mut hand_offs = HandOffs::new(2);
+        hand_offs.send(hand_off(1, 1), write(Err(())));
+        assert!(hand_offs.has_room());
+        let (failed, _) = hand_offs.next().await;
+        hand_offs.write_failed(failed);
+        hand_offs.queue_behind(hand_off(1, 2));
+        assert!(!hand_offs.has_room(), "two under way fill a window of 2");
+        hand_offs.revoke(1);
+        assert!(!hand_offs.blocks(1));
+        assert_eq!((hand_offs.failed(), hand_offs.next_retry()), (0, None));
+        assert!(hand_offs.has_room());
+    }
+}

@@ -1,0 +1,360 @@
+//! One consumer per handler and level: fetch, wait for due time, run the handler, hand failures
+//! on, acknowledge. Every backend runs this same loop; it is where the delivery contract lives.
+//!
+//! The loop only decides what to wait for next; each concern is a part of its own:
+//! - [`partitions`]: records waiting per partition, hold and resume, the acknowledged prefix;
+//! - [`hand_offs`]: the pipeline of failed messages on their way on (window, backoff, order);
+//! - [`attempt`]: what every attempt shares, and the [`Attempts`] strategy, run by
+//!   [`one_record`] or [`batches`];
+//! - [`gate`]: the handler's `rate`;
+//! - [`outcome`]: what a failure becomes by the policy.
+
+mod attempt;
+mod batches;
+mod gate;
+mod hand_offs;
+mod one_record;
+mod outcome;
+mod partitions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use self::attempt::{Attempts, Done};
+use self::batches::Batches;
+use self::gate::RateGate;
+use self::hand_offs::{HandOffs, PendingHandOff};
+use self::one_record::OneRecord;
+use self::partitions::Partitions;
+use super::Shutdown;
+use crate::backend::{Consumer, Delivered, Fetched, HandOff, Record};
+use crate::clock::{now_ms, sleep_until_opt};
+use crate::error::{BackendError, Error};
+use crate::handlers::{Call, HandlerSpec};
+use crate::policy::{RetryPolicy, Topology};
+use crate::rate::AttemptRate;
+
+/// Pause after a fetch error before fetching again.
+const FETCH_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Everything one level's consumer needs; shared by the levels of a handler.
+pub(crate) struct Level {
+    pub(crate) spec: &'static HandlerSpec,
+    pub(crate) policy: Arc<RetryPolicy>,
+    pub(crate) topology: Arc<Topology>,
+    /// 0 for the main topic, `n` for retry level `n`.
+    pub(crate) level: u32,
+    /// The topic this level reads, shared with every `Context` it builds.
+    pub(crate) topic: Arc<str>,
+    pub(crate) main_topic: Arc<str>,
+    pub(crate) shutdown: Shutdown,
+    /// The most hand-offs under way at once (started or waiting to be tried again).
+    pub(crate) hand_off_window: usize,
+    /// The handler's counters, metric handles and health, registered at start: every outcome
+    /// is one call on it.
+    pub(crate) metrics: Arc<crate::metrics::LevelMetrics>,
+    /// The handler's `rate`, shared by its levels.
+    pub(crate) rate: Option<Arc<AttemptRate>>,
+}
+
+impl Level {
+    /// Consumes until shutdown, then commits what finished and leaves the group.
+    pub(crate) async fn run<C: Consumer>(self, consumer: C) -> Result<(), Error> {
+        let concurrency = self.spec.concurrency().max(1) as usize;
+        match self.spec.call() {
+            Call::Single(call) => {
+                let attempts = OneRecord::new(call, concurrency);
+                LevelLoop::new(self, consumer, attempts).run().await
+            }
+            Call::Batch { max, linger_ms, call } => {
+                let linger = Duration::from_millis(linger_ms);
+                let attempts = Batches::new(call, max, linger, concurrency);
+                LevelLoop::new(self, consumer, attempts).run().await
+            }
+        }
+    }
+
+    /// Starts writing `hand_off` to the topic of its target role.
+    fn write(&self, consumer: &mut impl Consumer, hand_off: &PendingHandOff) -> HandOff {
+        let role = hand_off.target;
+        let topic = self
+            .topology
+            .topic(role)
+            .expect("the policy hands on only to topics of the handler's topology");
+        consumer.hand_off(hand_off.partition, hand_off.offset, topic, role, &hand_off.record)
+    }
+}
+
+/// One level's consumer at work: its parts, and the loop that asks each what it waits for.
+struct LevelLoop<C, A> {
+    level: Level,
+    consumer: C,
+    partitions: Partitions,
+    attempts: A,
+    hand_offs: HandOffs,
+    gate: RateGate,
+    /// Shutdown was requested: nothing new starts, what is under way finishes.
+    stopping: bool,
+}
+
+impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
+    fn new(level: Level, consumer: C, attempts: A) -> Self {
+        Self {
+            hand_offs: HandOffs::new(level.hand_off_window),
+            gate: RateGate::new(level.rate.clone()),
+            level,
+            consumer,
+            partitions: Partitions::default(),
+            attempts,
+            stopping: false,
+        }
+    }
+
+    async fn run(mut self) -> Result<(), Error> {
+        let shutdown = self.level.shutdown.clone();
+        // Registered once, not once per message.
+        let requested = shutdown.requested();
+        tokio::pin!(requested);
+
+        loop {
+            let drain_deadline = shutdown.deadline();
+            // A plain load each round: the request is seen even while messages keep coming,
+            // and the waiting future below is polled only when there is nothing else to do.
+            if !self.stopping && drain_deadline.is_some() {
+                self.stopping = true;
+                tracing::debug!(topic = %self.level.topic, group = self.level.spec.group(),
+                    in_flight = self.attempts.in_flight(), hand_offs = self.hand_offs.under_way(), "stopping");
+            }
+            if !self.stopping && self.partitions.waiting() > 0 {
+                self.start_waiting().await;
+            }
+            self.attempts.launch(&self.level, self.stopping, &self.partitions);
+            if self.stopping && self.attempts.idle() && self.hand_offs.under_way() == 0 {
+                break;
+            }
+            let wake = self.next_wake();
+            let linger = self.attempts.wake_at();
+            let fetch = self.wants_fetch();
+            tokio::select! {
+                biased;
+                finished = self.attempts.next(), if self.attempts.in_flight() > 0 => {
+                    for done in finished {
+                        self.conclude(done).await;
+                    }
+                }
+                (hand_off, result) = self.hand_offs.next(), if self.hand_offs.is_sending() => {
+                    self.sent(hand_off, result).await;
+                }
+                _ = sleep_until_opt(wake), if wake.is_some() => {
+                    let Self { level, consumer, hand_offs, .. } = &mut self;
+                    hand_offs.retry_due(|hand_off| level.write(consumer, hand_off));
+                }
+                // A batch's linger is over: the top of the loop starts it.
+                _ = sleep_until_opt(linger), if linger.is_some() => {}
+                fetched = self.consumer.next(), if fetch => self.fetched(fetched).await?,
+                _ = sleep_until_opt(drain_deadline), if self.stopping && drain_deadline.is_some() => {
+                    tracing::warn!(topic = %self.level.topic, group = self.level.spec.group(),
+                        in_flight = self.attempts.in_flight(), hand_offs = self.hand_offs.under_way(),
+                        "shutdown deadline reached; unfinished messages stay unacknowledged");
+                    break;
+                }
+                // Wakes an idle consumer; the check above does the rest.
+                _ = &mut requested, if !self.stopping => {}
+            }
+        }
+        // Dropping what is still in flight cancels it (and aborts spawned attempts) before the
+        // consumer commits, so nothing unfinished is acknowledged.
+        let LevelLoop {
+            consumer,
+            attempts,
+            hand_offs,
+            ..
+        } = self;
+        drop(attempts);
+        drop(hand_offs);
+        consumer.close().await.map_err(Error::from)
+    }
+
+    /// Whether to fetch: not stopping, room for another attempt and in the hand-off window,
+    /// and, under a rate limit, no records waiting for a token (those go first).
+    fn wants_fetch(&self) -> bool {
+        let waiting_for_token = self.gate.throttled_until().is_some() && self.partitions.waiting() > 0;
+        !self.stopping && self.attempts.room() && self.hand_offs.has_room() && !waiting_for_token
+    }
+
+    /// When the loop must look again without being woken: the next try of a failed hand-off
+    /// and, when an attempt could start, the next waiting record's due time (not before the
+    /// next rate token).
+    fn next_wake(&self) -> Option<Instant> {
+        if self.partitions.waiting() == 0 && self.hand_offs.failed() == 0 {
+            return None;
+        }
+        // Due records matter only when one could start now; otherwise a head that is due
+        // already would wake the loop again at once, round after round.
+        let can_start = !self.stopping && self.attempts.room();
+        let due = if can_start {
+            let startable = |index| !self.hand_offs.blocks(index);
+            self.partitions.next_due(startable, self.gate.throttled_until())
+        } else {
+            None
+        };
+        due.into_iter().chain(self.hand_offs.next_retry()).min()
+    }
+
+    async fn fetched(&mut self, fetched: Result<Fetched, BackendError>) -> Result<(), Error> {
+        let (level, metrics) = (&self.level, &self.level.metrics);
+        match fetched {
+            Ok(Fetched::Record(record)) => {
+                metrics.polled();
+                self.take(record).await;
+            }
+            Ok(Fetched::Assigned(partitions)) => {
+                metrics.polled();
+                metrics.assigned(&partitions);
+                tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "assigned");
+            }
+            Ok(Fetched::Revoked(partitions)) => {
+                metrics.polled();
+                metrics.revoked(&partitions);
+                tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "revoked");
+                for partition in partitions {
+                    self.partitions.revoke(partition);
+                    self.hand_offs.revoke(partition);
+                }
+            }
+            Err(error @ BackendError::ConsumerStopped { .. }) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(topic = %level.topic, group = level.spec.group(), %error, "fetch failed; retrying");
+                tokio::time::sleep(FETCH_BACKOFF).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A fetched record: started now, or kept until it is due (retry levels) or until the
+    /// partition's failed hand-off is through.
+    async fn take(&mut self, record: Record) {
+        let due = self.level.due_at(&record);
+        let partition = record.partition;
+        let ready = due.is_none_or(|due| due <= now_ms())
+            && self.partitions.none_waiting(partition)
+            && !self.hand_offs.blocks(partition as usize);
+        if ready && self.gate.admit() {
+            let generation = self.partitions.generation(partition);
+            return self.start(record, generation, due).await;
+        }
+        if let Some(from) = self.partitions.keep(record, due) {
+            self.consumer.hold(partition, from);
+            self.level.metrics.held(partition);
+        }
+    }
+
+    /// Starts waiting records that are due, oldest first per partition, while there is room.
+    async fn start_waiting(&mut self) {
+        let now = now_ms();
+        for index in 0..self.partitions.len() {
+            loop {
+                if !self.attempts.room() {
+                    return;
+                }
+                if self.hand_offs.blocks(index) || !self.partitions.head_due(index, now) {
+                    break;
+                }
+                if !self.gate.admit() {
+                    return;
+                }
+                let next = self.partitions.take_head(index).expect("its head is due");
+                if next.resume {
+                    let partition = next.record.partition;
+                    self.consumer.resume(partition);
+                    self.level.metrics.resumed(partition);
+                }
+                self.start(next.record, next.generation, next.due).await;
+            }
+        }
+    }
+
+    async fn start(&mut self, record: Record, generation: u32, due: Option<i64>) {
+        self.partitions.started(record.partition, record.offset);
+        if let Some(finished) = self.attempts.start(&self.level, record, generation, due) {
+            for done in finished {
+                self.conclude(done).await;
+            }
+        }
+    }
+
+    /// Settles a finished attempt: a success is acknowledged (as far as the partition's
+    /// finished prefix reaches), a failure is handed on without waiting for the write.
+    async fn conclude(&mut self, done: Done) {
+        let Done {
+            record,
+            lineage,
+            generation,
+            result,
+            span,
+            started,
+        } = done;
+        self.level.metrics.concluded(started);
+        let (partition, offset) = (record.partition, record.offset);
+        if !self.partitions.is_current(partition, generation) {
+            // Revoked meanwhile: the partition's new owner runs it again.
+            return;
+        }
+        let failure = match result {
+            Ok(()) => {
+                self.level.metrics.handled();
+                return self.finish(partition, offset).await;
+            }
+            Err(failure) => failure,
+        };
+        let Some(hand_off) = self.level.hand_off_of(record, lineage, failure, span, generation) else {
+            return self.finish(partition, offset).await;
+        };
+        if self.hand_offs.blocks(partition as usize) {
+            // Behind a failed hand-off of this partition: in failure order, after it.
+            self.hand_offs.queue_behind(hand_off);
+        } else {
+            let write = self.level.write(&mut self.consumer, &hand_off);
+            self.hand_offs.send(hand_off, write);
+        }
+    }
+
+    /// A hand-off finished: acknowledged when durable; otherwise kept to be tried again, and
+    /// its partition starts nothing new meanwhile (other partitions go on).
+    async fn sent(&mut self, hand_off: PendingHandOff, result: Result<Delivered, BackendError>) {
+        if !self
+            .partitions
+            .is_current(hand_off.partition, hand_off.generation)
+        {
+            return;
+        }
+        let (partition, offset) = (hand_off.partition, hand_off.offset);
+        match result {
+            Ok(_) => {
+                self.hand_offs.written(&hand_off);
+                self.level.handed_off(&hand_off);
+                self.finish(partition, offset).await;
+            }
+            Err(error) => {
+                let retry_at = self.hand_offs.write_failed(hand_off);
+                tracing::warn!(
+                    topic = %self.level.topic, partition, offset,
+                    %error, retry_in = ?retry_at.saturating_duration_since(Instant::now()),
+                    "hand-off failed; the partition waits and it is tried again",
+                );
+            }
+        }
+    }
+
+    /// Acknowledges what finishing `offset` completes.
+    async fn finish(&mut self, partition: u32, offset: u64) {
+        if let Some(upto) = self.partitions.finish(partition, offset) {
+            if let Err(error) = self.consumer.ack(partition, upto).await {
+                tracing::warn!(topic = %self.level.topic, partition, offset = upto, %error,
+                    "acknowledge failed; the message may be redelivered");
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Attempts of a handler of one record at a time (`async fn(E)`), up to `concurrency` at once.
+
+use std::panic::AssertUnwindSafe;
+use std::task::Poll;
+use std::time::Instant as StdInstant;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::attempt::{guarded, Attempts, Done, Failure, InFlight, Lineage};
+use super::partitions::Partitions;
+use super::Level;
+use crate::backend::Record;
+use crate::handlers::{HandlerCall, HandlerFuture};
+use crate::trace::{self, AttemptSpan};
+
+/// Calls of a one-record handler.
+pub(super) struct OneRecord {
+    call: HandlerCall,
+    in_flight: InFlight<[Done; 1]>,
+    concurrency: usize,
+}
+
+impl OneRecord {
+    pub(super) fn new(call: HandlerCall, concurrency: usize) -> Self {
+        Self {
+            call,
+            in_flight: InFlight::new(concurrency),
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// Starts an attempt. With `poll_now` (one attempt at a time, run inline) the handler is
+    /// polled once here: one that finishes without waiting (most do, or decode errors) is done
+    /// without the attempt's own boxed future; one that waits is boxed with its state and
+    /// polled again by the loop with a real waker, before anything else is started.
+    fn attempt(&self, level: &Level, record: Record, generation: u32, poll_now: bool) -> Started {
+        let began = StdInstant::now();
+        let (lineage, context) = level.context(&record);
+        let span = tracing::info_span!(
+            "message",
+            topic = %level.topic,
+            partition = record.partition,
+            offset = record.offset,
+            group = level.spec.group(),
+            attempt = level.level + 1,
+        );
+        trace::adopt(&span, &record.headers);
+        let payload = record.payload.as_deref().unwrap_or_default();
+        let call = self.call;
+        let started = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context)))
+        };
+        let result = match started {
+            Err(panic) => Err(Failure::panic(&*panic)),
+            Ok(Err(decode)) => Err(Failure::decode(decode)),
+            Ok(Ok(mut handler)) if poll_now => {
+                let polled = {
+                    let _entered = span.enter();
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx)))
+                };
+                match polled {
+                    Ok(Poll::Pending) => {
+                        return Started::Running(running(
+                            level, record, lineage, generation, handler, span, began,
+                        ))
+                    }
+                    Ok(Poll::Ready(outcome)) => outcome.map_err(Failure::from),
+                    Err(panic) => Err(Failure::panic(&*panic)),
+                }
+            }
+            Ok(Ok(handler)) => {
+                return Started::Running(running(level, record, lineage, generation, handler, span, began))
+            }
+        };
+        Started::Done(Done {
+            record,
+            lineage,
+            generation,
+            result,
+            span: AttemptSpan::of(&span),
+            started: began,
+        })
+    }
+}
+
+/// A started attempt: finished at once, or under way.
+// `Done` is returned and taken apart at once; boxing it would add the allocation this saves.
+#[allow(clippy::large_enum_variant)]
+enum Started {
+    Done(Done),
+    Running(Running),
+}
+
+/// An attempt whose handler is waiting.
+type Running = super::attempt::AttemptFuture<[Done; 1]>;
+
+/// An attempt whose handler is waiting: boxed, to run in the loop or on its own task.
+fn running(
+    level: &Level,
+    record: Record,
+    lineage: Lineage,
+    generation: u32,
+    handler: HandlerFuture,
+    span: tracing::Span,
+    started: StdInstant,
+) -> Running {
+    let timeout = level.spec.timeout();
+    let attempt_span = AttemptSpan::of(&span);
+    Box::pin(
+        async move {
+            let result = match guarded(handler, timeout).await {
+                Ok(outcome) => outcome.map_err(Failure::from),
+                Err(failure) => Err(failure),
+            };
+            [Done {
+                record,
+                lineage,
+                generation,
+                result,
+                span: attempt_span,
+                started,
+            }]
+        }
+        .instrument(span),
+    )
+}
+
+impl Attempts for OneRecord {
+    type Finished = [Done; 1];
+
+    fn room(&self) -> bool {
+        self.in_flight.len() < self.concurrency
+    }
+
+    fn start(
+        &mut self,
+        level: &Level,
+        record: Record,
+        generation: u32,
+        due: Option<i64>,
+    ) -> Option<[Done; 1]> {
+        level.metrics.started(due);
+        // One at a time, an attempt that finishes without waiting (a handler that never
+        // awaits) is concluded at once, not in another round of the loop.
+        match self.attempt(level, record, generation, self.in_flight.is_inline()) {
+            Started::Done(done) => Some([done]),
+            Started::Running(running) => {
+                self.in_flight.push(running);
+                None
+            }
+        }
+    }
+
+    fn launch(&mut self, _: &Level, _: bool, _: &Partitions) {}
+
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.len() == 0
+    }
+
+    fn next(&mut self) -> impl std::future::Future<Output = [Done; 1]> + Send {
+        self.in_flight.next()
+    }
+}

@@ -1,0 +1,86 @@
+//! What a failed attempt becomes, by the handler's policy: a hand-off to the next retry level
+//! (with its due time), the dead letters or the parking queue, with the failure's story in the
+//! headers; or nothing, when the policy drops it.
+
+use super::attempt::{Failure, Lineage};
+use super::hand_offs::PendingHandOff;
+use super::Level;
+use crate::backend::{OutboundRecord, Record, TopicRole};
+use crate::clock::now_ms;
+use crate::headers::FailureContext;
+use crate::policy::Step;
+use crate::trace::AttemptSpan;
+
+impl Level {
+    /// The hand-off that carries a failed `record` on, or `None` when it is dropped (logged
+    /// and counted here).
+    pub(super) fn hand_off_of(
+        &self,
+        record: Record,
+        lineage: Lineage,
+        failure: Failure,
+        span: AttemptSpan,
+        generation: u32,
+    ) -> Option<PendingHandOff> {
+        let (partition, offset) = (record.partition, record.offset);
+        self.metrics.failed(failure.kind);
+        let now = now_ms();
+        let step = self
+            .policy
+            .next(self.level, failure.kind, lineage.replays.unwrap_or(0));
+        tracing::warn!(
+            topic = %self.topic, partition, offset,
+            group = self.spec.group(), attempt = self.level + 1, kind = %failure.kind,
+            error = %failure.message, next = ?step, "attempt failed",
+        );
+        let (target, due_at_ms) = match step {
+            Step::Retry { level, delay } => {
+                (TopicRole::Retry { level }, Some(now + delay.as_millis() as i64))
+            }
+            Step::DeadLetter => (TopicRole::DeadLetter, None),
+            Step::Park => (TopicRole::Parked, None),
+            Step::Drop => {
+                tracing::error!(
+                    topic = %self.topic, partition, offset,
+                    group = self.spec.group(), kind = %failure.kind, error = %failure.message,
+                    "message dropped after its last attempt (on_exhausted = \"drop\")",
+                );
+                self.metrics.dropped();
+                return None;
+            }
+        };
+        let context = FailureContext {
+            original_topic: lineage.origin.topic.to_string(),
+            original_partition: lineage.origin.partition,
+            original_offset: lineage.origin.offset,
+            original_timestamp_ms: lineage.origin.timestamp_ms,
+            group: self.spec.group().to_owned(),
+            attempts: self.level + 1,
+            due_at_ms,
+            first_failure_at_ms: lineage.first_failure_ms.unwrap_or(now),
+            last_failure_at_ms: now,
+            error_kind: failure.kind,
+            error_message: failure.message,
+            replays: lineage.replays,
+        };
+        let mut headers = record.headers;
+        context.write_to(&mut headers);
+        span.hand_on(&mut headers);
+        let record = OutboundRecord {
+            partition: Some(partition),
+            key: record.key,
+            payload: record.payload,
+            headers,
+        };
+        Some(PendingHandOff::new(partition, offset, generation, target, record))
+    }
+
+    /// Counts a hand-off that is durable, by where it went.
+    pub(super) fn handed_off(&self, hand_off: &PendingHandOff) {
+        match hand_off.target {
+            TopicRole::Retry { level } => self.metrics.retried(level),
+            TopicRole::Parked => self.metrics.parked(),
+            _ => self.metrics.dead_lettered(&hand_off.record.headers),
+        }
+    }
+}

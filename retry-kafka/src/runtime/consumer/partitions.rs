@@ -1,0 +1,351 @@
+//! The partitions one level's consumer is assigned, as it sees them: the records fetched and not
+//! started yet (in offset order, each with its due time), whether the partition is held, and
+//! the offsets started and finished, so only a contiguous prefix of finished work is
+//! acknowledged when attempts finish out of order.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use tokio::time::Instant;
+
+use crate::backend::Record;
+use crate::clock::instant_at;
+
+/// Records kept in memory per partition while they wait (not due yet, or behind a failed
+/// hand-off); past this the partition is held, so memory stays bounded.
+pub(super) const WAITING_LIMIT: usize = 128;
+/// A held partition is fetched again once this few records are left waiting, so the next
+/// ones arrive before the kept ones run out.
+pub(super) const RESUME_BELOW: usize = WAITING_LIMIT / 4;
+
+/// Offsets in flight and finished ones not yet acknowledged, for one partition.
+///
+/// Offsets are mostly started in increasing order, so `in_flight` is a sorted queue whose
+/// capacity is reused: the common case allocates nothing per message.
+#[derive(Default)]
+pub(super) struct Progress {
+    in_flight: VecDeque<u64>,
+    finished: BTreeSet<u64>,
+}
+
+impl Progress {
+    pub(super) fn start(&mut self, offset: u64) {
+        // Partitions arrive in offset order, except where a backend hands this member entries
+        // another member left behind (Redis, unordered): keep the queue sorted either way.
+        match self.in_flight.back() {
+            Some(&last) if last > offset => {
+                let at = self.in_flight.partition_point(|&o| o < offset);
+                self.in_flight.insert(at, offset);
+            }
+            _ => self.in_flight.push_back(offset),
+        }
+    }
+
+    /// Marks `offset` finished; returns the offset up to which everything is now done, if that
+    /// moved: the highest finished offset below every offset still in flight.
+    pub(super) fn finish(&mut self, offset: u64) -> Option<u64> {
+        // Mostly the oldest one finishes: look from the front.
+        if let Some(index) = self.in_flight.iter().position(|&o| o == offset) {
+            self.in_flight.remove(index);
+        }
+        let below = self.in_flight.front().copied().unwrap_or(u64::MAX);
+        if self.finished.is_empty() && offset < below {
+            return Some(offset);
+        }
+        self.finished.insert(offset);
+        let upto = self.finished.range(..below).next_back().copied()?;
+        self.finished = self.finished.split_off(&(upto + 1));
+        Some(upto)
+    }
+}
+
+/// A fetched record not started yet.
+struct Waiting {
+    /// Epoch ms before which it must not start; 0 when it waits only for the records ahead of
+    /// it (or for its partition's failed hand-off).
+    due: i64,
+    record: Record,
+}
+
+/// One partition.
+struct Partition {
+    /// Bumped when the partition is revoked: attempts and hand-offs from before are stale.
+    generation: u32,
+    progress: Progress,
+    /// The head is started from here when due, without fetching it again.
+    waiting: VecDeque<Waiting>,
+    /// Whether the consumer holds the partition (rewound to after the last waiting record).
+    held: bool,
+}
+
+impl Partition {
+    fn new(generation: u32) -> Self {
+        Self {
+            generation,
+            progress: Progress::default(),
+            waiting: VecDeque::new(),
+            held: false,
+        }
+    }
+}
+
+/// A waiting record taken to be started.
+pub(super) struct Next {
+    pub(super) record: Record,
+    /// Its partition's generation now.
+    pub(super) generation: u32,
+    /// Its `rk-due-at`, as read when it was fetched.
+    pub(super) due: Option<i64>,
+    /// Whether the partition was held and is to be resumed: few enough are left waiting.
+    pub(super) resume: bool,
+}
+
+/// The partitions of one level, indexed by number (partitions are small, dense numbers).
+#[derive(Default)]
+pub(super) struct Partitions {
+    list: Vec<Partition>,
+    /// Records waiting over all partitions: when 0, there is nothing to look for in `list`.
+    waiting: usize,
+}
+
+impl Partitions {
+    fn get(&mut self, partition: u32) -> &mut Partition {
+        let index = partition as usize;
+        if index >= self.list.len() {
+            self.list.resize_with(index + 1, || Partition::new(0));
+        }
+        &mut self.list[index]
+    }
+
+    /// How many partition numbers have been seen (for looking at each in turn).
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Records waiting over all partitions.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// The partition's incarnation now.
+    pub(super) fn generation(&mut self, partition: u32) -> u32 {
+        self.get(partition).generation
+    }
+
+    /// Whether work of `generation` still belongs to this incarnation of `partition`.
+    pub(super) fn is_current(&self, partition: u32, generation: u32) -> bool {
+        self.list
+            .get(partition as usize)
+            .is_some_and(|p| p.generation == generation)
+    }
+
+    /// Whether nothing of `partition` waits: a record fetched now may start at once.
+    pub(super) fn none_waiting(&mut self, partition: u32) -> bool {
+        self.get(partition).waiting.is_empty()
+    }
+
+    /// Keeps a fetched record until it is due (`due`: its `rk-due-at`) and the records ahead of
+    /// it have started. Returns the offset to hold the partition at when it just got full:
+    /// kept records are not fetched again, the consumer resumes after them.
+    pub(super) fn keep(&mut self, record: Record, due: Option<i64>) -> Option<u64> {
+        let offset = record.offset;
+        let state = self.get(record.partition);
+        state.waiting.push_back(Waiting {
+            due: due.unwrap_or(0),
+            record,
+        });
+        let hold = state.waiting.len() >= WAITING_LIMIT && !state.held;
+        state.held |= hold;
+        self.waiting += 1;
+        hold.then_some(offset + 1)
+    }
+
+    /// Whether the first record waiting on the partition at `index` is due at `now` (epoch ms).
+    pub(super) fn head_due(&self, index: usize, now: i64) -> bool {
+        self.list[index]
+            .waiting
+            .front()
+            .is_some_and(|head| head.due <= now)
+    }
+
+    /// Takes the first record waiting on the partition at `index` (see [`head_due`]).
+    ///
+    /// [`head_due`]: Partitions::head_due
+    pub(super) fn take_head(&mut self, index: usize) -> Option<Next> {
+        let state = &mut self.list[index];
+        let Waiting { due, record } = state.waiting.pop_front()?;
+        let resume = state.held && state.waiting.len() < RESUME_BELOW;
+        state.held &= !resume;
+        self.waiting -= 1;
+        Some(Next {
+            record,
+            generation: state.generation,
+            due: (due > 0).then_some(due),
+            resume,
+        })
+    }
+
+    /// The earliest due time of a head that could start (`startable` says which partitions
+    /// may start anything), not before `not_before` (the next rate token).
+    pub(super) fn next_due(
+        &self,
+        startable: impl Fn(usize) -> bool,
+        not_before: Option<Instant>,
+    ) -> Option<Instant> {
+        let not_before = not_before.unwrap_or_else(Instant::now);
+        self.list
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| startable(*index))
+            .filter_map(|(_, p)| p.waiting.front())
+            .map(|head| instant_at(head.due).max(not_before))
+            .min()
+    }
+
+    /// Notes `offset` started: it holds the acknowledged prefix back until it finishes.
+    pub(super) fn started(&mut self, partition: u32, offset: u64) {
+        self.get(partition).progress.start(offset);
+    }
+
+    /// Notes `offset` finished; returns the offset to acknowledge up to, if that moved.
+    pub(super) fn finish(&mut self, partition: u32, offset: u64) -> Option<u64> {
+        self.get(partition).progress.finish(offset)
+    }
+
+    /// Forgets the partition: what waited is dropped (its new owner fetches it again), and
+    /// whatever was started before is stale.
+    pub(super) fn revoke(&mut self, partition: u32) {
+        let state = self.get(partition);
+        let generation = state.generation.wrapping_add(1);
+        let stale = std::mem::replace(state, Partition::new(generation));
+        self.waiting -= stale.waiting.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: u32, offset: u64) -> Record {
+        Record {
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: Some(offset.to_string().into()),
+            headers: Default::default(),
+        }
+    }
+
+    #[test]
+    fn acknowledges_only_contiguous_prefix() {
+        let mut progress = Progress::default();
+        [10, 11, 12].into_iter().for_each(|o| progress.start(o));
+        assert_eq!(progress.finish(11), None);
+        assert_eq!(progress.finish(12), None);
+        assert_eq!(progress.finish(10), Some(12));
+        progress.start(13);
+        progress.start(14);
+        assert_eq!(progress.finish(14), None);
+        assert_eq!(progress.finish(13), Some(14));
+        progress.start(15);
+        assert_eq!(progress.finish(15), Some(15));
+    }
+
+    #[test]
+    fn an_older_offset_dispatched_late_holds_the_prefix_back() {
+        let mut progress = Progress::default();
+        [10, 12].into_iter().for_each(|o| progress.start(o));
+        progress.start(3); // handed over late, e.g. claimed from a member that left
+        progress.start(7);
+        assert_eq!(progress.finish(7), None, "3 is still in flight");
+        assert_eq!(progress.finish(10), None);
+        assert_eq!(progress.finish(3), Some(10));
+        assert_eq!(progress.finish(12), Some(12));
+    }
+
+    #[test]
+    fn waiting_records_start_in_offset_order_when_due() {
+        let mut partitions = Partitions::default();
+        assert_eq!(partitions.keep(record(1, 5), Some(2_000)), None);
+        assert_eq!(partitions.keep(record(1, 6), Some(1_000)), None);
+        assert_eq!(partitions.waiting(), 2);
+        // The head decides: 6 is due before 5 but waits behind it (one level, one delay).
+        assert!(!partitions.head_due(1, 1_500));
+        assert!(partitions.head_due(1, 2_000));
+        let next = partitions.take_head(1).unwrap();
+        assert_eq!(
+            (next.record.offset, next.due, next.resume),
+            (5, Some(2_000), false)
+        );
+        let next = partitions.take_head(1).unwrap();
+        assert_eq!(next.record.offset, 6);
+        assert!(partitions.take_head(1).is_none());
+        assert_eq!(partitions.waiting(), 0);
+        assert!(!partitions.head_due(0, i64::MAX), "partition 0 was never fetched");
+    }
+
+    #[test]
+    fn a_record_with_nothing_to_wait_for_is_due_at_once() {
+        let mut partitions = Partitions::default();
+        partitions.keep(record(0, 1), None);
+        assert!(partitions.head_due(0, 0));
+        assert_eq!(partitions.take_head(0).unwrap().due, None);
+    }
+
+    #[test]
+    fn a_full_partition_is_held_after_its_last_kept_record_and_resumed_when_few_are_left() {
+        let mut partitions = Partitions::default();
+        for offset in 0..WAITING_LIMIT as u64 - 1 {
+            assert_eq!(partitions.keep(record(2, offset), Some(1)), None);
+        }
+        let last = WAITING_LIMIT as u64 - 1;
+        assert_eq!(
+            partitions.keep(record(2, last), Some(1)),
+            Some(last + 1),
+            "hold after it"
+        );
+        // Held once: more records (a backend that delivers what it had fetched) do not hold again.
+        assert_eq!(partitions.keep(record(2, last + 1), Some(1)), None);
+        let mut resumed = Vec::new();
+        while let Some(next) = partitions.take_head(2) {
+            if next.resume {
+                resumed.push(next.record.offset);
+            }
+        }
+        // Resumed once, when fewer than RESUME_BELOW were left behind the one taken: 129 kept,
+        // offsets 0..=128; after taking 97, 31 are left.
+        assert_eq!(resumed, [(WAITING_LIMIT - RESUME_BELOW + 1) as u64]);
+    }
+
+    #[test]
+    fn a_revoked_partition_drops_what_waited_and_makes_started_work_stale() {
+        let mut partitions = Partitions::default();
+        partitions.keep(record(3, 7), Some(5));
+        partitions.keep(record(4, 1), Some(5));
+        let before = partitions.generation(3);
+        assert!(partitions.is_current(3, before));
+        partitions.revoke(3);
+        assert!(!partitions.is_current(3, before));
+        assert_eq!(partitions.waiting(), 1, "partition 4 keeps its record");
+        assert!(partitions.take_head(3).is_none());
+        assert!(!partitions.is_current(9, 0), "never seen");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_wake_is_the_earliest_startable_head_not_before_the_next_token() {
+        let mut partitions = Partitions::default();
+        let now = crate::clock::now_ms();
+        partitions.keep(record(0, 1), Some(now + 3_000));
+        partitions.keep(record(1, 1), Some(now + 1_000));
+        let at = |ms: i64| instant_at(now + ms);
+        assert_eq!(partitions.next_due(|_| true, None), Some(at(1_000)));
+        assert_eq!(
+            partitions.next_due(|p| p != 1, None),
+            Some(at(3_000)),
+            "1 is blocked"
+        );
+        let token = Instant::now() + std::time::Duration::from_secs(2);
+        assert_eq!(partitions.next_due(|_| true, Some(token)), Some(token));
+        assert_eq!(partitions.next_due(|_| false, None), None);
+    }
+}
