@@ -12,8 +12,9 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
+use crate::context::Context;
 use crate::event::{CodecError, Event};
-use crate::handlers::{Context, HandlerError};
+use crate::failure::HandlerError;
 
 /// The future a batch handler returns, boxed like [`HandlerFuture`](crate::handlers::HandlerFuture).
 #[doc(hidden)]
@@ -325,7 +326,7 @@ pub fn into_batch_outcome<E: Into<BatchError>>(result: Result<(), E>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::ErrorKind;
+    use crate::failure::ErrorKind;
 
     #[test]
     fn a_whole_batch_failure_fails_every_record_alike() {

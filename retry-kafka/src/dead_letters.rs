@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Browse, OutboundRecord, Publish, Record, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
-use crate::handlers::ErrorKind;
+use crate::failure::ErrorKind;
 use crate::headers::{self, names, FailureContext, HeaderError};
 
 /// An entry of a dead-letter or parking queue.

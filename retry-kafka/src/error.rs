@@ -14,7 +14,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-pub use crate::producer::SendError;
+use crate::event::CodecError;
 
 type Source = Box<dyn StdError + Send + Sync>;
 
@@ -371,6 +371,29 @@ impl fmt::Debug for BackendError {
                 .field("backend", backend)
                 .field("source", source)
                 .finish(),
+        }
+    }
+}
+
+/// An event could not be published.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// It did not encode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The broker did not acknowledge it.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl fmt::Debug for SendError {
+    /// The message and its causes; `{:#?}` shows the structure.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            _ if !f.alternate() => report(self, f),
+            SendError::Codec(error) => f.debug_tuple("Codec").field(error).finish(),
+            SendError::Backend(error) => f.debug_tuple("Backend").field(error).finish(),
         }
     }
 }

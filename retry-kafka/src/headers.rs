@@ -7,7 +7,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::handlers::ErrorKind;
+use crate::failure::ErrorKind;
 
 /// Header names of the failure context, schema 1.
 pub mod names {

@@ -51,16 +51,20 @@ pub mod backend;
 mod batch;
 mod clock;
 mod config;
+// What a handler knows about the message it handles.
+mod context;
 pub mod dead_letters;
 pub mod error;
 pub mod event;
+// A failed attempt: its kind and the error behind it.
+mod failure;
 /// What a handler is: its registration ([`HandlerSpec`](handler::HandlerSpec)), its failures
 /// ([`HandlerError`]) and what it knows about the message it handles ([`Context`]).
 pub mod handler {
     pub use crate::batch::{BatchContext, BatchError, BatchFailures};
-    pub use crate::handlers::{
-        registered_handlers, Context, ErrorKind, HandlerError, HandlerSpec, OnExhausted, Origin,
-    };
+    pub use crate::context::{Context, Origin};
+    pub use crate::failure::{ErrorKind, HandlerError};
+    pub use crate::handlers::{registered_handlers, HandlerSpec, OnExhausted};
     pub use crate::rate::Rate;
 }
 // The file behind `handler`; what only the macro expansions use is public through `__private`
@@ -96,9 +100,10 @@ pub mod app {
 }
 
 pub use batch::{BatchContext, BatchError};
+pub use context::Context;
 pub use error::Error;
 pub use event::Event;
-pub use handlers::{Context, HandlerError};
+pub use failure::HandlerError;
 pub use producer::Producer;
 pub use runtime::{run, App};
 
@@ -175,11 +180,12 @@ pub mod __private {
     /// renames this module too.
     pub mod v0_1_0 {
         pub use crate::batch::{into_batch_outcome, BatchContext, BatchInput, BatchStart};
+        pub use crate::context::Context;
         pub use crate::event::codec::{Json, Raw};
         pub use crate::event::short_forms::{MsgPack, MsgPackFeature, Protobuf, ProtobufFeature};
         pub use crate::event::{Codec, CodecError, Event, EventKey, RawPayload};
         pub use crate::handlers::{
-            handler_spec, into_outcome, Call, Context, Declaration, HandlerFuture, OnExhausted,
+            handler_spec, into_outcome, Call, Declaration, HandlerFuture, OnExhausted,
         };
         pub use crate::rate::Rate;
         pub use bytes::Bytes;

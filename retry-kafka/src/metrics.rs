@@ -13,7 +13,7 @@ use std::time::Instant;
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use crate::clock::now_ms;
-use crate::handlers::ErrorKind;
+use crate::failure::ErrorKind;
 use crate::headers::{EarlierHops, Headers};
 use crate::health::ConsumerHealth;
 use crate::stats::Counters;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::backend::TopicRole;
 use crate::error::ConfigError;
-use crate::handlers::{ErrorKind, HandlerSpec, OnExhausted};
+use crate::failure::ErrorKind;
+use crate::handlers::{HandlerSpec, OnExhausted};
 
 /// Where a failed message goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

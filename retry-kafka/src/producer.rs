@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use crate::backend::{Backend, Delivered, OutboundRecord, TopicRole};
-use crate::error::BackendError;
-use crate::event::{CodecError, Event};
+use crate::error::SendError;
+use crate::event::Event;
 use crate::headers::Headers;
 
 /// Publishes events on a backend, waiting for the broker's acknowledgement.
@@ -28,18 +28,6 @@ use crate::headers::Headers;
 #[derive(Clone)]
 pub struct Producer<B> {
     backend: B,
-}
-
-/// An event could not be published.
-#[derive(thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// It did not encode.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
-    /// The broker did not acknowledge it.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
 }
 
 impl<B: Backend> Producer<B> {
@@ -72,16 +60,5 @@ impl<B: Backend> Producer<B> {
     /// Publishes raw bytes, as any other client could.
     pub async fn send_raw(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, SendError> {
         Ok(self.backend.send(topic, TopicRole::Main, record).await?)
-    }
-}
-
-impl std::fmt::Debug for SendError {
-    /// The message and its causes; `{:#?}` shows the structure.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            _ if !f.alternate() => crate::error::report(self, f),
-            SendError::Codec(error) => f.debug_tuple("Codec").field(error).finish(),
-            SendError::Backend(error) => f.debug_tuple("Backend").field(error).finish(),
-        }
     }
 }

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use super::partitions::Partitions;
 use super::Level;
 use crate::backend::Record;
-use crate::handlers::{Context, ErrorKind, HandlerError, Origin};
+use crate::context::{Context, Origin};
+use crate::failure::{ErrorKind, HandlerError};
 use crate::headers::{self, EarlierHops};
 use crate::trace::AttemptSpan;
 
