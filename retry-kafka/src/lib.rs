@@ -78,6 +78,8 @@ mod producer;
 // `rate = "200/s"`: the declared rate and the limiter the levels of a handler share.
 mod rate;
 mod runtime;
+// Stopping an app: the handle and the drain deadline.
+mod shutdown;
 mod stats;
 pub mod testing;
 // W3C trace context across hops: hooks the consumer loop calls (empty without `opentelemetry`).

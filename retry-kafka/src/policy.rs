@@ -336,12 +336,11 @@ pub struct LevelPlan {
 
 impl TopologyPlan {
     /// The plan of `handlers` with their topologies.
-    pub(crate) fn of(handlers: &[&'static HandlerSpec], topologies: &[std::sync::Arc<Topology>]) -> Self {
+    pub(crate) fn of<'a>(handlers: impl IntoIterator<Item = (&'a HandlerSpec, &'a Topology)>) -> Self {
         Self {
             schema: 1,
             handlers: handlers
-                .iter()
-                .zip(topologies)
+                .into_iter()
                 .map(|(spec, topology)| HandlerPlan {
                     handler: spec.name().to_owned(),
                     topic: topology.main.clone(),

@@ -16,7 +16,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, TopicRole};
 use crate::batch::{BatchInput, BatchStart};
 use crate::clock::{instant_at, now_ms, sleep_until_opt};
@@ -25,6 +24,7 @@ use crate::handlers::{Call, Context, ErrorKind, HandlerError, HandlerSpec, Origi
 use crate::headers::{self, EarlierHops, FailureContext};
 use crate::policy::{RetryPolicy, Step, Topology};
 use crate::rate::AttemptRate;
+use crate::shutdown::Shutdown;
 use crate::trace::{self, AttemptSpan};
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
