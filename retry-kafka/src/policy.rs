@@ -277,7 +277,7 @@ impl Topology {
     }
 }
 /// The topics every handler of a program needs, as the program prints it for tools (see
-/// [`TOPOLOGY_ENV`](crate::app::TOPOLOGY_ENV)): what `retry-kafka topics plan` and
+/// [`App::print_plan`](crate::App::print_plan)): what `retry-kafka topics plan` and
 /// `topics check` compare with a cluster. JSON, versioned by `schema`.
 ///
 /// ```

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::provision::Provisioning;
 use super::signals::TerminationSignals;
-use super::Provisioning;
 use crate::backend::{Backend, TopicRole};
 use crate::error::{BackendError, Error};
 use crate::handlers::HandlerSpec;
@@ -127,23 +127,41 @@ impl<B: Backend> App<B> {
     }
 
     /// What every handler of this app needs: its topics and groups, as
-    /// `retry-kafka topics plan` reads them (see [`TOPOLOGY_ENV`](super::TOPOLOGY_ENV)).
+    /// `retry-kafka topics plan` reads them.
     pub fn plan(&self) -> TopologyPlan {
         TopologyPlan::of(self.handlers.iter().map(|h| (h.spec, &*h.topology)))
     }
 
-    /// Starts, then runs until SIGINT, SIGTERM or [`ShutdownHandle::shutdown`], then drains.
+    /// Prints [`plan`](App::plan) on stdout as one line of JSON: what `retry-kafka topics
+    /// plan --program` reads from a program. [`run`](crate::run) does this instead of running
+    /// when [`Settings::print_topology`](crate::settings::Settings::print_topology) is set; a
+    /// program that builds its app in code asks the same way:
     ///
-    /// With [`TOPOLOGY_ENV`](super::TOPOLOGY_ENV) set, prints [`plan`](App::plan) as JSON and
-    /// returns instead.
+    /// ```no_run
+    /// use retry_kafka::prelude::*;
+    /// use retry_kafka::settings::Settings;
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> retry_kafka::Result<()> {
+    ///     let app = App::builder().backend(InMemory::new()).build()?;
+    ///     if Settings::from_env()?.print_topology {
+    ///         app.print_plan();
+    ///         return Ok(());
+    ///     }
+    ///     app.run().await
+    /// }
+    /// ```
+    pub fn print_plan(&self) {
+        println!(
+            "{}",
+            serde_json::to_string(&self.plan()).expect("plain data serializes")
+        );
+    }
+
+    /// Starts, then runs until SIGINT, SIGTERM or [`ShutdownHandle::shutdown`], then drains.
+    /// Reads no environment variable and no program argument: to print the topology instead,
+    /// see [`print_plan`](App::print_plan).
     pub async fn run(&self) -> Result<(), Error> {
-        if crate::config::topology_requested()? {
-            println!(
-                "{}",
-                serde_json::to_string(&self.plan()).expect("plain data serializes")
-            );
-            return Ok(());
-        }
         // Installed before anything starts, so a signal can never kill a half-started app.
         let mut signals = TerminationSignals::install()?;
         let running = self.start().await?;

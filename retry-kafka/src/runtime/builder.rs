@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::app::{App, AppHandler};
-use super::{validate, Provisioning};
+use super::provision::Provisioning;
+use super::validate;
 use crate::backend::memory::InMemory;
 use crate::backend::Backend;
 use crate::error::ConfigError;

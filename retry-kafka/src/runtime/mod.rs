@@ -1,12 +1,25 @@
 //! `run()` and [`App`]: collect the handlers, validate them, start one consumer per topic
 //! level, and shut down gracefully.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`run`] and [`run_with`]: the registered handlers on the backend [`Settings`] choose |
+//! | `connect.rs` | [`Settings::with_backend`]: settings to a backend, for `run()` and the tool |
+//! | `builder.rs` | [`AppBuilder`]: backend, handler filter, naming, limits; validation |
+//! | `app.rs` | [`App`]: what it answers (plan, stats, backlog, health) and [`App::run`] |
+//! | `start.rs` | [`App::start`]: provisioning, a consumer task per level, the endpoint and lag tasks |
+//! | `running.rs` | [`Running`]: the started tasks, joined on shutdown |
+//! | `signals.rs` | SIGINT and SIGTERM |
 
-use crate::backend::Backend;
-use crate::config::BackendChoice;
+use std::net::SocketAddr;
+
+use crate::backend::{Backend, Browse};
+use crate::config::Settings;
 use crate::InMemory;
 
 mod app;
 mod builder;
+mod connect;
 mod consumer;
 #[cfg(feature = "prometheus")]
 mod endpoint;
@@ -19,22 +32,12 @@ mod validate;
 pub use crate::shutdown::ShutdownHandle;
 pub use app::App;
 pub use builder::{AppBuilder, NoBackend};
+pub use connect::WithBackend;
 pub use provision::Provisioning;
 pub use running::Running;
 
-/// Environment variable that picks the backend for [`run`].
-pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
-/// Environment variable with the address [`run`] serves `/metrics`, `/healthz` and `/readyz`
-/// on (feature `prometheus`), e.g. `0.0.0.0:9090`. See [`AppBuilder::metrics_addr`].
-pub const METRICS_ADDR_ENV: &str = "RETRY_KAFKA_METRICS_ADDR";
-
-/// Set to `1` (or pass `--retry-kafka-topology` as the program's first argument), and [`run`]
-/// and [`App::run`] print the program's [`TopologyPlan`](crate::app::TopologyPlan) as JSON on stdout and return at once,
-/// connecting to nothing. This is how `retry-kafka topics plan --program ./my-service` learns
-/// the handlers of a binary it did not build.
-pub const TOPOLOGY_ENV: &str = "RETRY_KAFKA_PRINT_TOPOLOGY";
-
-/// Runs every registered handler until SIGINT or SIGTERM, on the backend the environment names.
+/// Runs every registered handler until SIGINT or SIGTERM, on the backend the environment names
+/// ([`Settings::from_env`], then [`run_with`]).
 ///
 /// | setting | backend |
 /// |---|---|
@@ -44,10 +47,15 @@ pub const TOPOLOGY_ENV: &str = "RETRY_KAFKA_PRINT_TOPOLOGY";
 /// | `REDIS_URL=redis://host:6379` | Redis Streams |
 /// | `RETRY_KAFKA_BACKEND=redis` | Redis Streams, and `REDIS_URL` must be set |
 /// | `RETRY_KAFKA_BACKEND=kafka+redis` | main topics on Kafka, retries and dead letters on Redis ([`Tiered`](crate::backend::Tiered)) |
+/// | `DATABASE_URL` (or `POSTGRES_URL`) beside one of `KAFKA_BROKERS` and `REDIS_URL` | retries and dead letters in PostgreSQL (`kafka+postgres`, `redis+postgres`) |
 /// | `RETRY_KAFKA_BACKEND=memory` | the in-process broker (demos) |
 ///
 /// With the `prometheus` feature, `RETRY_KAFKA_METRICS_ADDR=0.0.0.0:9090` serves `/metrics`,
-/// `/healthz` and `/readyz` there ([`AppBuilder::metrics_addr`]).
+/// `/healthz` and `/readyz` there ([`AppBuilder::metrics_addr`]). With
+/// `RETRY_KAFKA_PRINT_TOPOLOGY=1`, or `--retry-kafka-topology` as the program's first
+/// argument, it prints the handlers' topology ([`App::print_plan`]) and connects nowhere:
+/// how `retry-kafka topics plan --program` learns them. Every variable is in
+/// [`settings::vars`](crate::settings::vars).
 ///
 /// The embedded choices are explicit: nothing survives the process, and a warning says so.
 /// With no backend configured `run()` fails at start, naming the settings; it never falls back
@@ -60,63 +68,51 @@ pub const TOPOLOGY_ENV: &str = "RETRY_KAFKA_PRINT_TOPOLOGY";
 /// }
 /// ```
 pub async fn run() -> crate::Result<()> {
-    if crate::config::topology_requested()? {
-        // No backend is needed to name topics: the program may run without its settings here.
-        return App::builder().backend(InMemory::new()).build()?.run().await;
-    }
-    match BackendChoice::from_env()? {
-        BackendChoice::Memory => {
-            tracing::warn!(
-                "{BACKEND_ENV}=memory: running on the in-process broker; nothing survives this process"
-            );
-            run_on(InMemory::new()).await
-        }
-        #[cfg(feature = "kafka")]
-        BackendChoice::KafkaEmbedded => {
-            tracing::warn!("{BACKEND_ENV}=kafka-embedded: running on an in-process Kafka cluster; nothing survives this process");
-            run_on(crate::kafka::Kafka::embedded()?).await
-        }
-        #[cfg(feature = "kafka")]
-        BackendChoice::Kafka => run_on(crate::kafka::Kafka::from_env()?).await,
-        #[cfg(feature = "redis")]
-        BackendChoice::Redis => run_on(crate::redis::Redis::from_env()?).await,
-        #[cfg(all(feature = "kafka", feature = "redis"))]
-        BackendChoice::KafkaRedis => {
-            let backend = crate::backend::Tiered::new(
-                crate::kafka::Kafka::from_env()?,
-                crate::redis::Redis::from_env()?,
-            );
-            run_on(backend).await
-        }
-        #[cfg(all(feature = "kafka", feature = "postgres"))]
-        BackendChoice::KafkaPostgres => {
-            let backend = crate::backend::Tiered::new(
-                crate::kafka::Kafka::from_env()?,
-                crate::postgres::Postgres::from_env()?,
-            );
-            run_on(backend).await
-        }
-        #[cfg(all(feature = "redis", feature = "postgres"))]
-        BackendChoice::RedisPostgres => {
-            let backend = crate::backend::Tiered::new(
-                crate::redis::Redis::from_env()?,
-                crate::postgres::Postgres::from_env()?,
-            );
-            run_on(backend).await
-        }
-    }
+    run_with(Settings::from_env()?).await
 }
 
-/// Every registered handler on `backend`, until a signal.
-async fn run_on<B: Backend>(backend: B) -> crate::Result<()> {
-    let metrics_addr = crate::config::metrics_addr()?;
-    let builder = App::builder().backend(backend);
-    #[cfg(feature = "prometheus")]
-    let builder = match metrics_addr {
-        Some(addr) => builder.metrics_addr(addr),
-        None => builder,
+/// Runs every registered handler until SIGINT or SIGTERM, on the backend `settings` choose,
+/// as [`run`] does with the environment's. Reads no environment variable.
+///
+/// ```no_run
+/// use retry_kafka::settings::Settings;
+///
+/// #[tokio::main]
+/// async fn main() -> retry_kafka::Result<()> {
+///     let mut settings = Settings::from_env()?;
+///     settings.kafka.brokers.get_or_insert_with(|| "localhost:9092".into());
+///     retry_kafka::app::run_with(settings).await
+/// }
+/// ```
+pub async fn run_with(settings: Settings) -> crate::Result<()> {
+    if settings.print_topology {
+        // No backend is needed to name topics: the program may run without its settings here.
+        App::builder().backend(InMemory::new()).build()?.print_plan();
+        return Ok(());
+    }
+    let handlers = RegisteredHandlers {
+        metrics_addr: settings.checked_metrics_addr()?,
     };
-    #[cfg(not(feature = "prometheus"))]
-    debug_assert!(metrics_addr.is_none(), "refused by config::metrics_addr");
-    builder.build()?.run().await
+    settings.with_backend(handlers).await?
+}
+
+/// Every registered handler, run until a signal: what [`run_with`] does on its backend.
+struct RegisteredHandlers {
+    /// Checked against the build's features already.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl WithBackend for RegisteredHandlers {
+    type Output = crate::Result<()>;
+
+    async fn run<B: Backend + Browse>(self, backend: B) -> crate::Result<()> {
+        let builder = App::builder().backend(backend);
+        #[cfg(feature = "prometheus")]
+        let builder = match self.metrics_addr {
+            Some(addr) => builder.metrics_addr(addr),
+            None => builder,
+        };
+        builder.build()?.run().await
+    }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use super::start::Services;
 use crate::error::Error;
 use crate::health::Health;
 use crate::shutdown::ShutdownHandle;
@@ -95,5 +95,24 @@ impl Running {
         // Last, so the drain can be watched and scraped to its end.
         self.services.stop().await;
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Tasks that serve the app rather than consume: the metrics endpoint and the lag reporter.
+/// Stopped once the consumers have; aborted if the app is dropped without stopping.
+#[derive(Default)]
+pub(super) struct Services {
+    pub(super) tasks: JoinSet<()>,
+    pub(super) stop: CancellationToken,
+}
+
+impl Services {
+    pub(super) async fn stop(&mut self) {
+        self.stop.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::warn!(%error, "a metrics task ended abnormally");
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::app::{App, AppHandler};
 #[cfg(feature = "prometheus")]
 use super::endpoint;
-use super::running::Running;
+use super::running::{Running, Services};
 use super::{consumer, provision};
 use crate::backend::{Backend, Subscription, TopicRole};
 use crate::error::Error;
@@ -140,25 +140,6 @@ impl<B: Backend> App<B> {
             #[cfg(feature = "prometheus")]
             metrics_addr,
         })
-    }
-}
-
-/// Tasks that serve the app rather than consume: the metrics endpoint and the lag reporter.
-/// Stopped once the consumers have; aborted if the app is dropped without stopping.
-#[derive(Default)]
-pub(super) struct Services {
-    tasks: JoinSet<()>,
-    stop: CancellationToken,
-}
-
-impl Services {
-    pub(super) async fn stop(&mut self) {
-        self.stop.cancel();
-        while let Some(joined) = self.tasks.join_next().await {
-            if let Err(error) = joined {
-                tracing::warn!(%error, "a metrics task ended abnormally");
-            }
-        }
     }
 }
 
