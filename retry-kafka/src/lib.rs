@@ -86,7 +86,7 @@ mod runtime;
 ///
 /// Built by [`Settings::from_env`](settings::Settings::from_env), the one reader of the
 /// environment in the library (every variable's name is in [`vars`](settings::vars)), or in
-/// code from `Settings::default()`. [`run`](crate::run) reads them from the environment;
+/// code from `Settings::default()`. [`run`] reads them from the environment;
 /// [`run_with`](crate::app::run_with) takes them as given; the `retry-kafka` tool builds them
 /// from the environment and its flags. [`Settings::with_backend`](settings::Settings::with_backend)
 /// connects them, for `run()` and the tool alike.

@@ -76,8 +76,7 @@ pub struct RedisSettings {
     pub tls_ca_file: Option<PathBuf>,
 }
 
-/// PostgreSQL's settings ([`Postgres::builder`](crate::backend::postgres::Postgres::builder)
-/// in code).
+/// PostgreSQL's settings (`Postgres::builder` in code, feature `postgres`).
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PostgresSettings {
