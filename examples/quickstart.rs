@@ -81,12 +81,12 @@ pub enum DemoBackend {
 }
 
 pub fn backend_from_env() -> anyhow::Result<(DemoBackend, String)> {
-    if let Ok(url) = std::env::var(retry_kafka::backend::redis::URL_ENV) {
+    if let Ok(url) = std::env::var(retry_kafka::settings::vars::REDIS_URL) {
         let redis = Redis::from_env()?;
         let shown = url.split('@').next_back().unwrap_or(&url).to_owned();
         return Ok((DemoBackend::Redis(redis), format!("running on Redis at {shown}")));
     }
-    Ok(match std::env::var(retry_kafka::backend::kafka::BROKERS_ENV) {
+    Ok(match std::env::var(retry_kafka::settings::vars::KAFKA_BROKERS) {
         Ok(brokers) => (
             DemoBackend::Kafka(Kafka::from_env()?),
             format!("running on the Kafka cluster at {brokers}"),

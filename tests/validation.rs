@@ -117,7 +117,7 @@ fn no_handlers_is_an_error_that_explains_linking() {
 #[tokio::test]
 async fn run_without_a_backend_fails_naming_the_setting() {
     // One test touches the environment, so no other test races with it.
-    std::env::remove_var(retry_kafka::app::BACKEND_ENV);
+    std::env::remove_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND);
     std::env::remove_var("KAFKA_BROKERS");
     std::env::remove_var("REDIS_URL");
     std::env::remove_var("DATABASE_URL");
@@ -130,14 +130,14 @@ async fn run_without_a_backend_fails_naming_the_setting() {
         "{message}"
     );
 
-    std::env::set_var(retry_kafka::app::BACKEND_ENV, "kafka");
+    std::env::set_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND, "kafka");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
         "invalid KAFKA_BROKERS: not set; give the bootstrap servers, e.g. localhost:9092"
     );
 
-    std::env::set_var(retry_kafka::app::BACKEND_ENV, "kafak");
+    std::env::set_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND, "kafak");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
@@ -146,7 +146,7 @@ async fn run_without_a_backend_fails_naming_the_setting() {
          \"memory\""
     );
 
-    std::env::set_var(retry_kafka::app::BACKEND_ENV, "redis");
+    std::env::set_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND, "redis");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert_eq!(
         message,
@@ -168,11 +168,11 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     );
 
     // Both set: the choice must be made, and the message names the three.
-    std::env::remove_var(retry_kafka::app::BACKEND_ENV);
+    std::env::remove_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND);
     std::env::set_var("KAFKA_BROKERS", "127.0.0.1:1");
     let message = retry_kafka::run().await.unwrap_err().to_string();
     assert!(message.contains("\"kafka+redis\""), "{message}");
     std::env::remove_var("KAFKA_BROKERS");
     std::env::remove_var("REDIS_URL");
-    std::env::remove_var(retry_kafka::app::BACKEND_ENV);
+    std::env::remove_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND);
 }

@@ -1,96 +1,70 @@
-//! Which backend to reach: the rule of `retry_kafka::run()`, with flags that set its variables.
+//! Which backend to reach: the settings `retry_kafka::run()` reads, with the flags in place of
+//! their variables, connected by the library's own `Settings::with_backend`.
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use retry_kafka::app::BackendChoice;
-use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::postgres::Postgres;
-use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::Tiered;
 use retry_kafka::error::ConfigError;
+use retry_kafka::settings::{BackendChoice, Settings};
 
-/// Where the dead letters and topics are. Each flag sets the variable `run()` reads.
+/// Where the dead letters and topics are. Each flag takes the place of the variable `run()`
+/// reads (named in its help); the other settings (`KAFKA_CLIENT_*`, `REDIS_*`, ...) come from
+/// the environment as for the program.
 #[derive(Args)]
 pub(crate) struct Connection {
     /// `kafka`, `redis`, `kafka+redis`, `kafka+postgres` or `redis+postgres`; by default the
-    /// one whose addresses are given.
-    #[arg(long, global = true, env = "RETRY_KAFKA_BACKEND")]
+    /// one whose addresses are given. Else RETRY_KAFKA_BACKEND.
+    #[arg(long, global = true)]
     backend: Option<String>,
-    /// Kafka bootstrap servers, e.g. `localhost:9092`.
-    #[arg(long, global = true, env = "KAFKA_BROKERS")]
+    /// Kafka bootstrap servers, e.g. `localhost:9092`. Else KAFKA_BROKERS.
+    #[arg(long, global = true)]
     brokers: Option<String>,
-    /// Kafka cluster of retry levels and dead letters, if not the main one.
-    #[arg(long, global = true, env = "KAFKA_RETRY_BROKERS")]
+    /// Kafka cluster of retry levels and dead letters, if not the main one. Else
+    /// KAFKA_RETRY_BROKERS.
+    #[arg(long, global = true)]
     retry_brokers: Option<String>,
-    /// Redis URL, e.g. `redis://localhost:6379`.
-    #[arg(long, global = true, env = "REDIS_URL")]
+    /// Redis URL, e.g. `redis://localhost:6379`. Else REDIS_URL.
+    #[arg(long, global = true)]
     redis_url: Option<String>,
     /// PostgreSQL URL of the retries and dead letters, e.g. `postgres://app@localhost/app`
-    /// (with --brokers or --redis-url for the main topics).
-    #[arg(long, global = true, env = "DATABASE_URL")]
+    /// (with --brokers or --redis-url for the main topics). Else DATABASE_URL or POSTGRES_URL.
+    #[arg(long, global = true)]
     database_url: Option<String>,
 }
 
 impl Connection {
-    /// Puts the flags where the backends read them. Call before any thread starts.
-    pub(crate) fn export(&self) {
-        for (name, value) in [
-            ("RETRY_KAFKA_BACKEND", &self.backend),
-            ("KAFKA_BROKERS", &self.brokers),
-            ("KAFKA_RETRY_BROKERS", &self.retry_brokers),
-            ("REDIS_URL", &self.redis_url),
-            ("DATABASE_URL", &self.database_url),
-        ] {
-            if let Some(value) = value {
-                std::env::set_var(name, value);
-            }
+    /// The settings of the environment with the flags given in place of their variables,
+    /// checked to name a backend the tool can reach from its own process.
+    pub(crate) fn settings(self) -> anyhow::Result<Settings> {
+        let mut settings = Settings::from_env().context("cannot read the settings")?;
+        if let Some(backend) = self.backend {
+            settings.backend = Some(
+                backend
+                    .parse()
+                    .context("cannot tell which backend to connect to")?,
+            );
+        }
+        if let Some(brokers) = self.brokers {
+            settings.kafka.brokers = Some(brokers);
+        }
+        if let Some(brokers) = self.retry_brokers {
+            settings.kafka.retry_brokers = Some(brokers);
+        }
+        if let Some(url) = self.redis_url {
+            settings.redis.url = Some(url);
+        }
+        if let Some(url) = self.database_url {
+            settings.postgres.url = Some(url);
+        }
+        match settings.choice() {
+            Err(ConfigError::NoBackend) => bail!(
+                "no broker given: pass --brokers HOST:PORT (Kafka) or --redis-url redis://HOST:PORT \
+                 (Redis), or set KAFKA_BROKERS or REDIS_URL as for the program"
+            ),
+            Err(error) => Err(error).context("cannot tell which backend to connect to"),
+            Ok(choice @ (BackendChoice::Memory | BackendChoice::KafkaEmbedded)) => bail!(
+                "{choice:?} lives inside one program's process; point the tool at a broker with --brokers or --redis-url"
+            ),
+            Ok(_) => Ok(settings),
         }
     }
 }
-
-/// A backend the tool can reach from its own process.
-pub(crate) enum Connected {
-    Kafka(Kafka),
-    Redis(Redis),
-    KafkaRedis(Tiered<Kafka, Redis>),
-    KafkaPostgres(Tiered<Kafka, Postgres>),
-    RedisPostgres(Tiered<Redis, Postgres>),
-}
-
-pub(crate) async fn connect() -> anyhow::Result<Connected> {
-    let choice = match BackendChoice::from_env() {
-        Err(ConfigError::NoBackend) => bail!(
-            "no broker given: pass --brokers HOST:PORT (Kafka) or --redis-url redis://HOST:PORT \
-             (Redis), or set KAFKA_BROKERS or REDIS_URL as for the program"
-        ),
-        choice => choice.context("cannot tell which backend to connect to")?,
-    };
-    Ok(match choice {
-        BackendChoice::Kafka => Connected::Kafka(Kafka::from_env()?),
-        BackendChoice::Redis => Connected::Redis(Redis::from_env()?),
-        BackendChoice::KafkaRedis => Connected::KafkaRedis(Tiered::new(Kafka::from_env()?, Redis::from_env()?)),
-        BackendChoice::KafkaPostgres => {
-            Connected::KafkaPostgres(Tiered::new(Kafka::from_env()?, Postgres::from_env()?))
-        }
-        BackendChoice::RedisPostgres => {
-            Connected::RedisPostgres(Tiered::new(Redis::from_env()?, Postgres::from_env()?))
-        }
-        other => bail!(
-            "{other:?} lives inside one program's process; point the tool at a broker with --brokers or --redis-url"
-        ),
-    })
-}
-
-/// Runs `$body` with `$b` bound to the concrete backend.
-macro_rules! with_backend {
-    ($connected:expr, |$b:ident| $body:expr) => {
-        match $connected {
-            $crate::connect::Connected::Kafka($b) => $body,
-            $crate::connect::Connected::Redis($b) => $body,
-            $crate::connect::Connected::KafkaRedis($b) => $body,
-            $crate::connect::Connected::KafkaPostgres($b) => $body,
-            $crate::connect::Connected::RedisPostgres($b) => $body,
-        }
-    };
-}
-pub(crate) use with_backend;

@@ -1,11 +1,14 @@
 //! `retry-kafka`: dead letters and topics of retry-kafka programs, for operators.
 //!
-//! Connects the way `retry_kafka::run()` does (`RETRY_KAFKA_BACKEND`, `KAFKA_BROKERS`,
-//! `REDIS_URL` and the `KAFKA_CLIENT_*` settings), or with the flags that set those.
+//! Connects the way `retry_kafka::run()` does, with the library's own `Settings` (read from
+//! `RETRY_KAFKA_BACKEND`, `KAFKA_BROKERS`, `REDIS_URL`, `KAFKA_CLIENT_*`, ...) and the flags
+//! in place of their variables.
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use retry_kafka::backend::{Backend, Browse};
+use retry_kafka::settings::WithBackend;
 
 mod connect;
 mod dlq;
@@ -42,8 +45,6 @@ struct Output {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Before any thread exists: the backends read their settings from the environment.
-    cli.connection.export();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -60,10 +61,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let backend = connect::connect().await?;
-    connect::with_backend!(backend, |b| match command {
-        Command::Dlq(command) => command.run(&b).await,
-        Command::Topics(command) => command.run(&b).await,
-    })
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = cli.connection.settings()?;
+    settings.with_backend(cli.command).await?
+}
+
+/// A command runs on whichever backend the settings choose.
+impl WithBackend for Command {
+    type Output = anyhow::Result<ExitCode>;
+
+    async fn run<B: Backend + Browse>(self, backend: B) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Dlq(command) => command.run(&backend).await,
+            Command::Topics(command) => command.run(&backend).await,
+        }
+    }
 }

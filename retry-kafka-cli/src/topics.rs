@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use retry_kafka::app::{TopologyPlan, TOPOLOGY_ENV};
+use retry_kafka::app::TopologyPlan;
 use retry_kafka::backend::{Backend, TopicRole};
+use retry_kafka::settings::vars;
 use serde::Serialize;
 
 use crate::render::{self, Format};
@@ -61,7 +62,7 @@ impl Source {
             (Some(program), _) => {
                 let run = tokio::process::Command::new(program)
                     .args(&self.args)
-                    .env(TOPOLOGY_ENV, "1")
+                    .env(vars::RETRY_KAFKA_PRINT_TOPOLOGY, "1")
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true)
                     .output();
@@ -94,7 +95,7 @@ impl Source {
         text.lines()
             .rev()
             .find_map(|line| serde_json::from_str(line.get(line.find('{')?..)?.trim()).ok())
-            .context("no topology in the program's output: is it built with retry-kafka and does it call run() or App::run()?")
+            .context("no topology in the program's output: is it built with retry-kafka and does it call run(), or App::print_plan() when Settings::from_env()?.print_topology is set?")
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use retry_kafka::app::{App, TOPOLOGY_ENV};
+use retry_kafka::app::App;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::postgres::Postgres;
 use retry_kafka::backend::redis::Redis;
@@ -21,6 +21,7 @@ use retry_kafka::backend::{Backend, Browse, OutboundRecord, Record, Tiered, Topi
 use retry_kafka::handler::ErrorKind;
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
+use retry_kafka::settings::vars::RETRY_KAFKA_PRINT_TOPOLOGY;
 use retry_kafka::Bytes;
 use retry_kafka_suite::{ApacheKafka, PostgresServer, RedisServer};
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,7 @@ async fn narrow(_order: Order) -> Result<(), HandlerError> {
 /// this binary's topology through `run()`. Run as a test: the plan `run()` would print.
 #[tokio::test]
 async fn program_mode() {
-    if std::env::var_os(TOPOLOGY_ENV).is_some() {
+    if std::env::var_os(RETRY_KAFKA_PRINT_TOPOLOGY).is_some() {
         retry_kafka::run().await.expect("prints the topology");
         return;
     }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::runtime::ShutdownHandle;
+use crate::shutdown::ShutdownHandle;
 
 /// The health of every consumer of an app: [`App::health`](crate::App::health) and
 /// [`Running::health`](crate::app::Running::health). Cheap to clone; a report is a snapshot.

@@ -38,6 +38,7 @@
 //! | [`headers`] | message headers and the failure context (the `rk-*` wire format) |
 //! | [`backend`] | the transports (Kafka, Redis, in-process; PostgreSQL for retries) and the trait a new one implements |
 //! | [`dead_letters`] | dead letters for operators: read, filter, replay with a checkpoint (what the `retry-kafka` tool runs) |
+//! | [`settings`] | [`Settings`](settings::Settings): the backend choice with its addresses and options, read from the environment (every variable named in [`settings::vars`]) or given in code, and connected by [`Settings::with_backend`](settings::Settings::with_backend) |
 //! | [`error`] | the errors [`run`] and the backends return |
 //! | [`testing`] | [`TestApp`](testing::TestApp): handlers on the in-process broker, in virtual time |
 //!
@@ -50,6 +51,7 @@ pub mod backend;
 // Batch handlers: the types their signatures use, and how a batch is decoded and started.
 mod batch;
 mod clock;
+// `Settings`, the one reader of the environment, and every variable's name (public as `settings`).
 mod config;
 // What a handler knows about the message it handles.
 mod context;
@@ -82,6 +84,32 @@ mod producer;
 // `rate = "200/s"`: the declared rate and the limiter the levels of a handler share.
 mod rate;
 mod runtime;
+/// What a program takes from outside its code, typed: [`Settings`](settings::Settings), the
+/// backend choice with its addresses and options, the metrics address, whether to print the
+/// topology.
+///
+/// Built by [`Settings::from_env`](settings::Settings::from_env), the one reader of the
+/// environment in the library (every variable's name is in [`vars`](settings::vars)), or in
+/// code from `Settings::default()`. [`run`] reads them from the environment;
+/// [`run_with`](crate::app::run_with) takes them as given; the `retry-kafka` tool builds them
+/// from the environment and its flags. [`Settings::with_backend`](settings::Settings::with_backend)
+/// connects them, for `run()` and the tool alike.
+///
+/// ```
+/// use retry_kafka::settings::{BackendChoice, Settings};
+///
+/// let mut settings = Settings::default();
+/// settings.redis.url = Some("redis://127.0.0.1:6379".into());
+/// settings.redis.unordered = true;
+/// assert_eq!(settings.choice()?, BackendChoice::Redis);
+/// # Ok::<(), retry_kafka::error::ConfigError>(())
+/// ```
+pub mod settings {
+    pub use crate::config::{vars, BackendChoice, KafkaSettings, PostgresSettings, RedisSettings, Settings};
+    pub use crate::runtime::WithBackend;
+}
+// Stopping an app: the handle and the drain deadline.
+mod shutdown;
 mod stats;
 pub mod testing;
 // W3C trace context across hops: hooks the consumer loop calls (empty without `opentelemetry`).
@@ -89,12 +117,10 @@ mod trace;
 
 /// The application: building it, starting it, stopping it, and what it counts.
 pub mod app {
-    pub use crate::config::BackendChoice;
     pub use crate::health::{ConsumerReport, ConsumerState, Health, HealthReport};
     pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, Topology, TopologyPlan};
     pub use crate::runtime::{
-        run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV,
-        METRICS_ADDR_ENV, TOPOLOGY_ENV,
+        run, run_with, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle,
     };
     pub use crate::stats::{HandlerStats, Stats};
 }

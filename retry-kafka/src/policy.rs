@@ -278,7 +278,7 @@ impl Topology {
     }
 }
 /// The topics every handler of a program needs, as the program prints it for tools (see
-/// [`TOPOLOGY_ENV`](crate::app::TOPOLOGY_ENV)): what `retry-kafka topics plan` and
+/// [`App::print_plan`](crate::App::print_plan)): what `retry-kafka topics plan` and
 /// `topics check` compare with a cluster. JSON, versioned by `schema`.
 ///
 /// ```
@@ -337,12 +337,11 @@ pub struct LevelPlan {
 
 impl TopologyPlan {
     /// The plan of `handlers` with their topologies.
-    pub(crate) fn of(handlers: &[&'static HandlerSpec], topologies: &[std::sync::Arc<Topology>]) -> Self {
+    pub(crate) fn of<'a>(handlers: impl IntoIterator<Item = (&'a HandlerSpec, &'a Topology)>) -> Self {
         Self {
             schema: 1,
             handlers: handlers
-                .iter()
-                .zip(topologies)
+                .into_iter()
                 .map(|(spec, topology)| HandlerPlan {
                     handler: spec.name().to_owned(),
                     topic: topology.main.clone(),

@@ -158,7 +158,7 @@ impl TestApp {
     /// Topics with unacknowledged messages, with how many.
     pub fn backlog(&self) -> Vec<(String, u64)> {
         let mut backlog = Vec::new();
-        for (index, spec) in self.app.handlers().iter().enumerate() {
+        for (index, spec) in self.app.handlers().enumerate() {
             let topology = self.app.topology(index);
             for level in 0..=topology.retries.len() as u32 {
                 let topic = topology.level(level);
@@ -221,7 +221,6 @@ impl TestApp {
         let mut found = self
             .app
             .handlers()
-            .iter()
             .enumerate()
             .filter(|(_, spec)| spec.function() == handler || spec.name() == handler);
         let (index, spec) = found

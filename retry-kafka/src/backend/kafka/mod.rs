@@ -19,7 +19,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
-use crate::config;
 use crate::error::{BackendError, ConfigError};
 
 mod consumer;
@@ -27,11 +26,6 @@ mod embedded;
 
 pub use consumer::KafkaConsumer;
 pub use embedded::EmbeddedKafka;
-
-/// Environment variable with the bootstrap servers, read by [`Kafka::from_env`].
-pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
-/// Environment variable with the bootstrap servers of the cluster holding retry and DLQ topics.
-pub const RETRY_BROKERS_ENV: &str = "KAFKA_RETRY_BROKERS";
 
 /// `fetch.wait.max.ms` of retry-level consumers, unless set with `consumer_property`.
 const RETRY_LEVEL_FETCH_WAIT_MS: &str = "25";
@@ -141,32 +135,6 @@ impl Kafka {
             replication_factor: -1,
             embedded: None,
         }
-    }
-
-    /// The cluster named by `KAFKA_BROKERS` (and `KAFKA_RETRY_BROKERS`, if set).
-    ///
-    /// librdkafka properties come from the environment too: `KAFKA_CLIENT_<NAME>` for every
-    /// client, `KAFKA_CONSUMER_<NAME>` and `KAFKA_PRODUCER_<NAME>` for one kind, where the name
-    /// is the property's in capitals with `_` for `.`: `KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL`,
-    /// `KAFKA_CONSUMER_SESSION_TIMEOUT_MS=10000`.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut builder = Self::builder(config::required(
-            BROKERS_ENV,
-            "the bootstrap servers, e.g. localhost:9092",
-        )?);
-        if let Some(retry) = config::optional(RETRY_BROKERS_ENV) {
-            builder = builder.retry_brokers(retry);
-        }
-        for (key, value) in config::properties("KAFKA_CLIENT_") {
-            builder = builder.property(key, value);
-        }
-        for (key, value) in config::properties("KAFKA_CONSUMER_") {
-            builder = builder.consumer_property(key, value);
-        }
-        for (key, value) in config::properties("KAFKA_PRODUCER_") {
-            builder = builder.producer_property(key, value);
-        }
-        builder.build()
     }
 
     /// A new embedded cluster (librdkafka's in-process mock) and a backend on it.

@@ -1,22 +1,12 @@
-//! Settings of a [`Postgres`] backend: [`PostgresBuilder`], and the environment variables
-//! [`Postgres::from_env`] reads.
+//! Settings of a [`Postgres`] backend: [`PostgresBuilder`]. The environment's are read by
+//! [`Settings::from_env`](crate::settings::Settings::from_env).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use super::Postgres;
-use crate::config;
+use crate::config::vars;
 use crate::error::ConfigError;
-
-/// Environment variable with the database's URL, read by [`Postgres::from_env`] (and by
-/// [`run`](crate::run) to choose this backend).
-pub const URL_ENV: &str = "DATABASE_URL";
-/// Read when [`URL_ENV`] is not set.
-pub const URL_FALLBACK_ENV: &str = "POSTGRES_URL";
-/// Environment variable for [`PostgresBuilder::keep_handled`], in milliseconds.
-pub const KEEP_HANDLED_ENV: &str = "POSTGRES_KEEP_HANDLED_MS";
-/// Environment variable for [`PostgresBuilder::lease`], in milliseconds.
-pub const LEASE_ENV: &str = "POSTGRES_LEASE_MS";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -39,6 +29,8 @@ pub(crate) struct Settings {
 /// ```
 pub struct PostgresBuilder {
     url: String,
+    /// The variable a malformed URL is reported as.
+    url_variable: &'static str,
     settings: Settings,
 }
 
@@ -48,6 +40,7 @@ impl Postgres {
     pub fn builder(url: impl Into<String>) -> PostgresBuilder {
         PostgresBuilder {
             url: url.into(),
+            url_variable: vars::DATABASE_URL,
             settings: Settings {
                 keep_handled: Duration::from_secs(3600),
                 lease: Duration::from_secs(30),
@@ -57,45 +50,15 @@ impl Postgres {
             },
         }
     }
-
-    /// The database named by `DATABASE_URL` (or `POSTGRES_URL`), with
-    /// `POSTGRES_KEEP_HANDLED_MS` and `POSTGRES_LEASE_MS` where given. A value that does not
-    /// parse fails, naming the variable.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), retry_kafka::error::ConfigError> {
-    /// let postgres = retry_kafka::backend::postgres::Postgres::from_env()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let url = match config::optional(URL_ENV) {
-            Some(url) => url,
-            None => config::required(
-                URL_FALLBACK_ENV,
-                "the database's URL in DATABASE_URL or POSTGRES_URL, e.g. postgres://app@127.0.0.1/app",
-            )?,
-        };
-        let mut builder = Self::builder(url);
-        if let Some(ms) = config::number(KEEP_HANDLED_ENV)? {
-            builder = builder.keep_handled(Duration::from_millis(ms));
-        }
-        if let Some(ms) = config::number(LEASE_ENV)? {
-            builder = builder.lease(Duration::from_millis(ms));
-        }
-        builder.build()
-    }
-}
-
-/// Which variable the URL came from, for messages.
-fn url_variable() -> &'static str {
-    if config::is_set(URL_ENV) || !config::is_set(URL_FALLBACK_ENV) {
-        URL_ENV
-    } else {
-        URL_FALLBACK_ENV
-    }
 }
 
 impl PostgresBuilder {
+    /// Reports a malformed URL as `name`'s (`POSTGRES_URL` when it came from there).
+    pub(crate) fn url_variable(mut self, name: &'static str) -> Self {
+        self.url_variable = name;
+        self
+    }
+
     /// How long a handled retry's row is kept before it is deleted (default 1 h; zero deletes
     /// it at the next sweep). While it is kept, a hand-off of the same failure written again
     /// (a main-topic message redelivered after a crash) is recognised and written once; tools
@@ -140,13 +103,13 @@ impl PostgresBuilder {
     /// first use, and creates the tables then (see [`Postgres`]).
     pub fn build(self) -> Result<Postgres, ConfigError> {
         let config = tokio_postgres::Config::from_str(&self.url).map_err(|error| ConfigError::Invalid {
-            field: url_variable(),
+            field: self.url_variable,
             reason: format!("not a PostgreSQL URL: {error}"),
         })?;
         // Connections are plain TCP (NoTls): say so rather than fail at the first connection.
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             return Err(ConfigError::Invalid {
-                field: url_variable(),
+                field: self.url_variable,
                 reason: "sslmode=require: this build connects without TLS (reach PostgreSQL over a \
                          private network or a local TLS proxy, and drop sslmode=require)"
                     .into(),
@@ -154,7 +117,7 @@ impl PostgresBuilder {
         }
         if self.settings.lease < Duration::from_millis(300) {
             return Err(ConfigError::Invalid {
-                field: LEASE_ENV,
+                field: vars::POSTGRES_LEASE_MS,
                 reason: "must be at least 300 ms".into(),
             });
         }

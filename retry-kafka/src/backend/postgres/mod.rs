@@ -68,8 +68,8 @@ mod error;
 mod link;
 mod sql;
 
+pub use builder::PostgresBuilder;
 pub(crate) use builder::Settings;
-pub use builder::{PostgresBuilder, KEEP_HANDLED_ENV, LEASE_ENV, URL_ENV, URL_FALLBACK_ENV};
 pub use consumer::PostgresConsumer;
 
 /// Retries, dead letters and parked entries in PostgreSQL, behind the main topics of another

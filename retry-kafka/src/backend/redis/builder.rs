@@ -1,5 +1,5 @@
-//! Settings of a [`Redis`] backend: [`RedisBuilder`], and the environment variables
-//! [`Redis::from_env`] reads.
+//! Settings of a [`Redis`] backend: [`RedisBuilder`]. The environment's are read by
+//! [`Settings::from_env`](crate::settings::Settings::from_env).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -10,21 +10,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::error::redact;
 use super::{Redis, Shared};
-use crate::config;
+use crate::config::vars;
 use crate::error::ConfigError;
-
-/// Environment variable with the server's URL, read by [`Redis::from_env`].
-pub const URL_ENV: &str = "REDIS_URL";
-/// Environment variable for [`RedisBuilder::session_timeout`], in milliseconds.
-pub const SESSION_TIMEOUT_ENV: &str = "REDIS_SESSION_TIMEOUT_MS";
-/// Environment variable for [`RedisBuilder::keep_acknowledged`], in milliseconds.
-pub const KEEP_ACKNOWLEDGED_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_MS";
-/// Environment variable for [`RedisBuilder::keep_acknowledged_entries`].
-pub const KEEP_ACKNOWLEDGED_ENTRIES_ENV: &str = "REDIS_KEEP_ACKNOWLEDGED_ENTRIES";
-/// Environment variable for [`RedisBuilder::unordered`]: `true` or `false`.
-pub const UNORDERED_ENV: &str = "REDIS_UNORDERED";
-/// Environment variable for [`RedisBuilder::default_partitions`].
-pub const DEFAULT_PARTITIONS_ENV: &str = "REDIS_DEFAULT_PARTITIONS";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -39,10 +26,6 @@ pub(crate) struct Settings {
     pub(crate) response_timeout: Duration,
     pub(crate) unordered: bool,
 }
-
-/// Environment variable with the path of a PEM file of root certificates to trust for
-/// `rediss://` (a private CA), read by [`Redis::from_env`]; needs the `redis-tls` feature.
-pub const TLS_CA_FILE_ENV: &str = "REDIS_TLS_CA_FILE";
 
 /// Settings of a [`Redis`] backend.
 ///
@@ -78,36 +61,6 @@ impl Redis {
             },
             tls_root: None,
         }
-    }
-
-    /// The server named by `REDIS_URL`, with settings from the environment where given:
-    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`,
-    /// `REDIS_KEEP_ACKNOWLEDGED_ENTRIES`, `REDIS_DEFAULT_PARTITIONS`, `REDIS_UNORDERED`,
-    /// `REDIS_TLS_CA_FILE`. A value that does not parse fails, naming the variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut builder = Self::builder(config::required(
-            URL_ENV,
-            "the server's URL, e.g. redis://127.0.0.1:6379",
-        )?);
-        if let Some(ms) = config::number(SESSION_TIMEOUT_ENV)? {
-            builder = builder.session_timeout(Duration::from_millis(ms));
-        }
-        if let Some(ms) = config::number(KEEP_ACKNOWLEDGED_ENV)? {
-            builder = builder.keep_acknowledged(Duration::from_millis(ms));
-        }
-        if let Some(entries) = config::number(KEEP_ACKNOWLEDGED_ENTRIES_ENV)? {
-            builder = builder.keep_acknowledged_entries(entries);
-        }
-        if let Some(partitions) = config::number(DEFAULT_PARTITIONS_ENV)? {
-            builder = builder.default_partitions(partitions.try_into().unwrap_or(u32::MAX));
-        }
-        if let Some(pem) = config::file(TLS_CA_FILE_ENV)? {
-            builder = builder.tls_root_certificate(pem);
-        }
-        if config::flag(UNORDERED_ENV)? {
-            builder = builder.unordered();
-        }
-        builder.build()
     }
 }
 
@@ -187,7 +140,7 @@ impl RedisBuilder {
     /// Connects on first use.
     pub fn build(self) -> Result<Redis, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
-            field: URL_ENV,
+            field: vars::REDIS_URL,
             reason,
         };
         let client = match self.tls_root {
@@ -203,7 +156,7 @@ impl RedisBuilder {
             #[cfg(not(feature = "redis-tls"))]
             Some(_) => {
                 return Err(ConfigError::Invalid {
-                    field: TLS_CA_FILE_ENV,
+                    field: vars::REDIS_TLS_CA_FILE,
                     reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
                 })
             }

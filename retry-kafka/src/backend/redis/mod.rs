@@ -67,11 +67,8 @@ mod reply;
 mod scripts;
 mod stream_id;
 
+pub use builder::RedisBuilder;
 pub(crate) use builder::Settings;
-pub use builder::{
-    RedisBuilder, DEFAULT_PARTITIONS_ENV, KEEP_ACKNOWLEDGED_ENTRIES_ENV, KEEP_ACKNOWLEDGED_ENV,
-    SESSION_TIMEOUT_ENV, TLS_CA_FILE_ENV, UNORDERED_ENV, URL_ENV,
-};
 pub use consumer::RedisConsumer;
 pub(crate) use produce::Source;
 

@@ -28,7 +28,7 @@ use self::gate::RateGate;
 use self::hand_offs::{HandOffs, PendingHandOff};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
-use super::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, Record};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};

@@ -1,0 +1,200 @@
+//! [`App::start`]: provisioning, one consumer task per level, and the tasks that serve the
+//! app (the metrics endpoint, the lag reporter).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::app::{App, AppHandler};
+#[cfg(feature = "prometheus")]
+use super::endpoint;
+use super::running::{Running, Services};
+use super::{consumer, provision};
+use crate::backend::{Backend, Subscription, TopicRole};
+use crate::error::Error;
+use crate::metrics::LevelMetrics;
+use crate::policy::RetryPolicy;
+use crate::rate::AttemptRate;
+use crate::shutdown::Shutdown;
+
+impl<B: Backend> App<B> {
+    /// Creates the topics, joins every group and starts the consumers; returns once all run.
+    pub async fn start(&self) -> Result<Running, Error> {
+        // First, so probes answer while topics are provisioned and groups joined, and so the
+        // level handles below register with the recorder.
+        let mut services = Services::default();
+        #[cfg(feature = "prometheus")]
+        let mut metrics_addr = None;
+        #[cfg(feature = "prometheus")]
+        if let Some(addr) = self.metrics_addr {
+            let recorder = endpoint::install_recorder()?;
+            let listener = endpoint::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            metrics_addr = Some(bound);
+            tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            let (health, stop) = (self.health.clone(), services.stop.clone());
+            services
+                .tasks
+                .spawn(endpoint::serve(listener, recorder, health, stop));
+        }
+        // Help texts for whichever recorder is installed (ours above, or the application's).
+        crate::metrics::describe();
+        for handler in &self.handlers {
+            provision::provision(&self.backend, &handler.topology, self.provisioning).await?;
+        }
+        let shutdown = Shutdown {
+            handle: self.shutdown.clone(),
+            timeout: self.shutdown_timeout,
+        };
+        let mut levels = Vec::new();
+        let mut lags = Vec::new();
+        for AppHandler {
+            spec,
+            topology,
+            counters,
+            health,
+        } in &self.handlers
+        {
+            let policy = Arc::new(RetryPolicy::of(spec));
+            let main_topic: Arc<str> = topology.main.as_str().into();
+            // One limiter for all of the handler's levels: the rate caps its attempts in all.
+            let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
+            for level in 0..=policy.levels() {
+                let topic = topology.level(level);
+                let consumer = self
+                    .backend
+                    .subscribe(Subscription {
+                        topic: topic.to_owned(),
+                        role: TopicRole::of_level(level),
+                        group: topology.consumer_group(spec.group(), level).to_owned(),
+                    })
+                    .await?;
+                // Registered only when reported: a gauge never set would export a false 0.
+                if self.lag_interval.is_some() {
+                    lags.push(Lag {
+                        topic: topic.to_owned(),
+                        role: TopicRole::of_level(level),
+                        group: topology.consumer_group(spec.group(), level).to_owned(),
+                        gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
+                    });
+                }
+                let level = consumer::Level {
+                    hand_off_window: self.hand_off_window,
+                    spec,
+                    policy: policy.clone(),
+                    topology: topology.clone(),
+                    level,
+                    topic: topic.into(),
+                    main_topic: main_topic.clone(),
+                    shutdown: shutdown.clone(),
+                    rate: rate.clone(),
+                    metrics: Arc::new(LevelMetrics::new(
+                        &main_topic,
+                        spec.group(),
+                        level,
+                        counters.clone(),
+                        health[level as usize].clone(),
+                    )),
+                };
+                levels.push((level, consumer));
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for (level, consumer) in levels {
+            let (topic, group) = (level.topic.to_string(), level.spec.group().to_owned());
+            let metrics = level.metrics.clone();
+            metrics.health.running();
+            tasks.spawn(async move {
+                let unfinished = StopReport(Some(metrics));
+                let result = level.run(consumer).await;
+                unfinished.finished(&result);
+                result.map_err(|error| Error::Consumer {
+                    topic,
+                    group,
+                    source: Box::new(error),
+                })
+            });
+        }
+        if let Some(interval) = self.lag_interval {
+            services.tasks.spawn(report_lag(
+                self.backend.clone(),
+                lags,
+                interval,
+                services.stop.clone(),
+            ));
+        }
+        tracing::info!(
+            backend = self.backend.name(),
+            handlers = self.handlers.len(),
+            consumers = tasks.len(),
+            "started"
+        );
+        Ok(Running {
+            tasks,
+            shutdown: self.shutdown.clone(),
+            counters: self.handlers.iter().map(|h| h.counters.clone()).collect(),
+            health: self.health.clone(),
+            services,
+            #[cfg(feature = "prometheus")]
+            metrics_addr,
+        })
+    }
+}
+
+/// Reports a consumer's end to its health and gauges: how it returned, or, when the task
+/// panicked or was aborted (the [`Running`] dropped), that it ended without draining.
+struct StopReport(Option<Arc<LevelMetrics>>);
+
+impl StopReport {
+    fn finished(mut self, result: &Result<(), Error>) {
+        if let Some(metrics) = self.0.take() {
+            // Debug: the message and its causes, as `main` would print them.
+            metrics.stopped(result.as_ref().err().map(|error| format!("{error:?}")));
+        }
+    }
+}
+
+impl Drop for StopReport {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            metrics.stopped(Some(
+                "the consumer task ended without draining (it panicked or the app was dropped)".into(),
+            ));
+        }
+    }
+}
+
+/// One level's consumer lag: where to ask, and the gauge to set.
+struct Lag {
+    topic: String,
+    role: TopicRole,
+    group: String,
+    gauge: ::metrics::Gauge,
+}
+
+/// Sets each level's lag gauge every `interval` until `stop`. A backend that cannot say
+/// leaves the gauge as it was.
+async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, interval: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for lag in &lags {
+            let asked = tokio::select! {
+                _ = stop.cancelled() => return,
+                asked = backend.lag(&lag.topic, lag.role, &lag.group) => asked,
+            };
+            match asked {
+                Ok(messages) => lag.gauge.set(messages as f64),
+                Err(error) => {
+                    tracing::debug!(topic = %lag.topic, group = %lag.group, %error, "consumer lag unknown")
+                }
+            }
+        }
+    }
+}
