@@ -36,7 +36,7 @@ const DEFAULT_HAND_OFF_WINDOW: usize = 1024;
 /// Environment variable that picks the backend for [`run`].
 pub const BACKEND_ENV: &str = "RETRY_KAFKA_BACKEND";
 /// Environment variable with the address [`run`] serves `/metrics`, `/healthz` and `/readyz`
-/// on (feature `prometheus`), e.g. `0.0.0.0:9090`. See [`AppBuilder::metrics_addr`].
+/// on (feature `prometheus`), e.g. `0.0.0.0:9090`. See `AppBuilder::metrics_addr`.
 pub const METRICS_ADDR_ENV: &str = "RETRY_KAFKA_METRICS_ADDR";
 /// How often the consumer-lag gauge is refreshed when nothing else is said.
 const DEFAULT_LAG_INTERVAL: Duration = Duration::from_secs(15);
@@ -60,7 +60,7 @@ pub const TOPOLOGY_ENV: &str = "RETRY_KAFKA_PRINT_TOPOLOGY";
 /// | `RETRY_KAFKA_BACKEND=memory` | the in-process broker (demos) |
 ///
 /// With the `prometheus` feature, `RETRY_KAFKA_METRICS_ADDR=0.0.0.0:9090` serves `/metrics`,
-/// `/healthz` and `/readyz` there ([`AppBuilder::metrics_addr`]).
+/// `/healthz` and `/readyz` there (`AppBuilder::metrics_addr`).
 ///
 /// The embedded choices are explicit: nothing survives the process, and a warning says so.
 /// With no backend configured `run()` fails at start, naming the settings; it never falls back
@@ -303,7 +303,7 @@ impl<B> AppBuilder<B> {
 
     /// How often a task of the app asks the backend for each level's consumer lag and sets
     /// the `retry_kafka_consumer_lag` gauge. Default: every 15 s when
-    /// [`metrics_addr`](AppBuilder::metrics_addr) is set, never otherwise; set it to report
+    /// `metrics_addr` (feature `prometheus`) is set, never otherwise; set it to report
     /// lag to a `metrics` recorder of your own. `Duration::ZERO` turns it off.
     ///
     /// ```
