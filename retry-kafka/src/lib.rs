@@ -190,7 +190,7 @@ pub mod __private {
 /// The code blocks of the user's pages, compiled and run as doc tests of this crate: the
 /// README (`retry-kafka/README.md` is a link to the workspace's, the package's readme),
 /// ARCHITECTURE.md and every page of `docs/`, read from the workspace. `cfg(doctest)` keeps
-/// them out of every other build.
+/// them out of every other build. `tests/layout.rs` fails naming a page of `docs/` missing here.
 #[cfg(doctest)]
 mod guide {
     #[doc = include_str!("../README.md")]
