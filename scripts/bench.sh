@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark, as the README's benchmark section shows them: the success path against
+# Every benchmark, as docs/benchmarks.md shows them: the success path against
 # hand-written loops, then the failure path (failures, outage, lateness, the kafkajs peer).
 # Installs the servers first (scripts/install-test-deps.sh). Release build; ~15 minutes on
 # 2 cores. BENCH_ROUNDS (default 3), BENCH_BACKEND=kafka|redis, KAFKA_BROKERS / REDIS_URL to

@@ -5,7 +5,8 @@
 #   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo),
 #   and openssl, which makes the certificates of the TLS tests' servers.
 #   libssl-dev and pkg-config (Debian's), for the kafka-ssl feature the tests build with (TLS
-#   and SASL/SCRAM against Apache Kafka).
+#   and SASL/SCRAM against Apache Kafka); libsasl2-dev, for kafka-gssapi, which the
+#   `cargo doc --all-features` step builds.
 #   The tests start their own servers on free loopback ports; the package's own service is
 #   stopped so nothing listens on 6379 behind the tests' back.
 #   PostgreSQL (Debian's package `postgresql`, its server binaries in
@@ -37,14 +38,15 @@ install_foreign_client() {
 }
 
 install_ssl_headers() {
-    if pkg-config --exists openssl 2>/dev/null; then
+    if pkg-config --exists openssl libsasl2 2>/dev/null; then
         return
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libssl-dev pkg-config >/dev/null
-    echo "openssl $(pkg-config --modversion openssl) headers for rdkafka's ssl feature"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libssl-dev libsasl2-dev pkg-config >/dev/null
+    echo "openssl $(pkg-config --modversion openssl) headers for rdkafka's ssl feature," \
+        "libsasl2 $(pkg-config --modversion libsasl2) for its gssapi feature"
 }
 
 install_redis() {

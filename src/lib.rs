@@ -106,10 +106,9 @@ pub mod figures {
     }
 }
 
-/// The role of a topic named by the default [`TopicNaming`](retry_kafka::TopicNaming)
+/// The role of a topic named by the default [`TopicNaming`](retry_kafka::app::TopicNaming)
 /// (`{topic}.{group}.retry.{level}`, `{topic}.{group}.dlq`, `{topic}.{group}.parked`), for
-/// test harnesses that are
-/// given only a topic's name.
+/// test harnesses that are given only a topic's name.
 pub fn role_of(topic: &str) -> retry_kafka::backend::TopicRole {
     use retry_kafka::backend::TopicRole;
     if topic.ends_with(".dlq") {

@@ -299,10 +299,9 @@ pub struct Replay<'b, B> {
 pub const DEFAULT_MAX_REPLAYS: u32 = 3;
 
 impl<'b, B: Browse + Publish> Replay<'b, B> {
-    /// A replay from `source` (a dead-letter or parking queue, read with
-    /// [`read`](crate::dead_letters::read)) onto `target` of role `target_role`, without a
-    /// checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
-    /// [`DEFAULT_MAX_REPLAYS`].
+    /// A replay from `source` (a dead-letter or parking queue, read with [`read`]) onto
+    /// `target` of role `target_role`, without a checkpoint (see
+    /// [`checkpoint`](Self::checkpoint)), guarded at [`DEFAULT_MAX_REPLAYS`].
     pub fn new(
         backend: &'b B,
         source: impl Into<String>,

@@ -219,8 +219,34 @@ pub mod __private {
     }
 }
 
-/// The README's code blocks, compiled and run as doc tests in the default features
-/// (`retry-kafka/README.md` is a link to the workspace's).
+/// The code blocks of the user's pages, compiled and run as doc tests of this crate: the
+/// README (`retry-kafka/README.md` is a link to the workspace's, the package's readme),
+/// ARCHITECTURE.md and every page of `docs/`, read from the workspace. `cfg(doctest)` keeps
+/// them out of every other build. `tests/layout.rs` fails naming a page of `docs/` missing here.
 #[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-mod readme {}
+mod guide {
+    #[doc = include_str!("../README.md")]
+    mod readme {}
+    #[doc = include_str!("../../ARCHITECTURE.md")]
+    mod architecture {}
+    #[doc = include_str!("../../docs/handlers.md")]
+    mod handlers {}
+    #[doc = include_str!("../../docs/codecs.md")]
+    mod codecs {}
+    #[doc = include_str!("../../docs/running.md")]
+    mod running {}
+    #[doc = include_str!("../../docs/metrics.md")]
+    mod metrics {}
+    #[doc = include_str!("../../docs/tracing.md")]
+    mod tracing {}
+    #[doc = include_str!("../../docs/tool.md")]
+    mod tool {}
+    #[doc = include_str!("../../docs/kafka.md")]
+    mod kafka {}
+    #[doc = include_str!("../../docs/redis.md")]
+    mod redis {}
+    #[doc = include_str!("../../docs/postgres.md")]
+    mod postgres {}
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    mod benchmarks {}
+}

@@ -51,7 +51,7 @@ pub use running::Running;
 /// | `RETRY_KAFKA_BACKEND=memory` | the in-process broker (demos) |
 ///
 /// With the `prometheus` feature, `RETRY_KAFKA_METRICS_ADDR=0.0.0.0:9090` serves `/metrics`,
-/// `/healthz` and `/readyz` there ([`AppBuilder::metrics_addr`]). With
+/// `/healthz` and `/readyz` there (`AppBuilder::metrics_addr`). With
 /// `RETRY_KAFKA_PRINT_TOPOLOGY=1`, or `--retry-kafka-topology` as the program's first
 /// argument, it prints the handlers' topology ([`App::print_plan`]) and connects nowhere:
 /// how `retry-kafka topics plan --program` learns them. Every variable is in

@@ -2,23 +2,15 @@
 //!
 //! Transport only, as for every backend: streams to read, entries to acknowledge, a delay set
 //! that keeps a retry out of sight until it is due, and hand-offs that write the next hop and
-//! acknowledge the source in one script. What a failure means is decided by the runtime.
+//! acknowledge the source in one transaction (MULTI/EXEC). What a failure means is decided by
+//! the runtime.
 //!
-//! # Layout
+//! # Keys and entries
 //!
-//! Every key of a topic carries the topic as its hash tag, so a topic's keys share a slot.
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `{orders}:0` … `{orders}:N-1` | stream | partition *p* of topic `orders` |
-//! | `{orders}:meta` | hash | `partitions` (the partition count) |
-//! | `{orders.billing.retry.1}:delayed` | sorted set | retries waiting for their due time (score: epoch ms) |
-//! | `{orders}:members:<group>` | sorted set | live members of a group (score: when the member expires) |
-//! | `{orders}:lease:<group>:<p>` | string | the member that owns partition *p* (expires unless renewed) |
-//!
-//! An entry's fields are `payload`, `key` (absent when there is none) and one field per header
-//! under the header's name (`fields.rs`). An entry's offset is its ID as one number,
-//! `ms × 2^20 + seq`, so offsets grow in stream order (`stream_id.rs`).
+//! The keys (one hash tag per topic), their types and what each holds are listed once, in the
+//! repository's ARCHITECTURE.md (Topology and names, Redis keys); an entry's fields and its
+//! offset are part of the wire format there. `keys.rs` makes the names, `fields.rs` the fields,
+//! `stream_id.rs` the offsets.
 //!
 //! # Files
 //!
