@@ -21,16 +21,16 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-# Warnings denied: each crate with its own default features (a link to an item behind a feature
-# that is off is a warning only there), the workspace (features unified, the root package's on)
-# and the workspace with every feature, as docs.rs builds it. The tool's binary would write its
-# docs where the runtime crate's go (target/doc/retry_kafka), so it is `doc = false` and
-# documented on its own, first.
-step "cargo doc: each crate, the workspace, --all-features (RUSTDOCFLAGS=-D warnings)"
+# Warnings denied: the runtime with its own default features (a link to an item behind a feature
+# that is off is a warning only there), the workspace (features unified, the root package's on;
+# the macros crate included) and the workspace with every feature, as docs.rs builds it. The
+# tool's binary would write its docs where the runtime crate's go (target/doc/retry_kafka), so
+# it is `doc = false` and documented on its own, first, with the workspace's features (so it
+# reuses what clippy built).
+step "cargo doc: the runtime alone, the workspace, --all-features (RUSTDOCFLAGS=-D warnings)"
 export RUSTDOCFLAGS="-D warnings"
-cargo doc --no-deps -p retry-kafka-cli --bin retry-kafka
+cargo doc --no-deps --workspace --bin retry-kafka
 cargo doc --no-deps -p retry-kafka
-cargo doc --no-deps -p retry-kafka-macros
 cargo doc --no-deps --workspace
 cargo doc --no-deps --workspace --all-features
 unset RUSTDOCFLAGS

@@ -155,7 +155,7 @@ impl<B> AppBuilder<B> {
 
     /// How often a task of the app asks the backend for each level's consumer lag and sets
     /// the `retry_kafka_consumer_lag` gauge. Default: every 15 s when
-    /// [`metrics_addr`](AppBuilder::metrics_addr) is set, never otherwise; set it to report
+    /// `metrics_addr` is set (feature `prometheus`), never otherwise; set it to report
     /// lag to a `metrics` recorder of your own. `Duration::ZERO` turns it off.
     ///
     /// ```

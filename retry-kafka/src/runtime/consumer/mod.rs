@@ -28,13 +28,13 @@ use self::gate::RateGate;
 use self::hand_offs::{HandOffs, PendingHandOff};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
-use crate::shutdown::Shutdown;
 use crate::backend::{Consumer, Delivered, Fetched, HandOff, Record};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handlers::{Call, HandlerSpec};
 use crate::policy::{RetryPolicy, Topology};
 use crate::rate::AttemptRate;
+use crate::shutdown::Shutdown;
 
 /// Pause after a fetch error before fetching again.
 const FETCH_BACKOFF: Duration = Duration::from_millis(200);
