@@ -15,7 +15,7 @@
 //! missing.
 //!
 //! ```
-//! use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
+//! use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, Topic, TopicRole};
 //! use retry_kafka::dead_letters::{self, Filter, Replay};
 //! use retry_kafka::handler::ErrorKind;
 //! use retry_kafka::headers::{FailureContext, Headers};
@@ -32,11 +32,12 @@
 //! }
 //! .write_to(&mut headers);
 //! let dead = OutboundRecord { payload: Some("{}".into()), headers, ..Default::default() };
-//! broker.send("orders.billing.dlq", TopicRole::DeadLetter, dead).await?;
+//! let dlq = Topic::new("orders.billing.dlq", TopicRole::DeadLetter);
+//! broker.send(&dlq, dead).await?;
 //!
-//! let entries = dead_letters::read(&broker, "orders.billing.dlq", TopicRole::DeadLetter).await?;
+//! let entries = dead_letters::read(&broker, &dlq).await?;
 //! let selected = Filter::default().kind(ErrorKind::Transient).apply(entries);
-//! let report = Replay::new(&broker, "orders.billing.dlq", "orders", TopicRole::Main)
+//! let report = Replay::new(&broker, "orders.billing.dlq", Topic::main("orders"))
 //!     .run(&selected, |_| {})
 //!     .await?;
 //! assert_eq!(report.sent, 1);
@@ -51,7 +52,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Browse, OutboundRecord, Publish, Record, TopicRole};
+use crate::backend::{Browse, OutboundRecord, Publish, Record, Topic, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
 use crate::handlers::ErrorKind;
@@ -89,13 +90,9 @@ impl DeadLetter {
 }
 
 /// Every entry of `topic` (a dead-letter or parking queue), partition by partition.
-pub async fn read<B: Browse>(
-    backend: &B,
-    topic: &str,
-    role: TopicRole,
-) -> Result<Vec<DeadLetter>, BackendError> {
+pub async fn read<B: Browse>(backend: &B, topic: &Topic) -> Result<Vec<DeadLetter>, BackendError> {
     Ok(backend
-        .read(topic, role, &[])
+        .read(topic, &[])
         .await?
         .into_iter()
         .map(DeadLetter::new)
@@ -286,8 +283,7 @@ pub struct Progress {
 pub struct Replay<'b, B> {
     backend: &'b B,
     source: String,
-    target: String,
-    target_role: TopicRole,
+    target: Topic,
     selection: String,
     checkpoint: Option<PathBuf>,
     max_replays: u32,
@@ -300,20 +296,14 @@ pub const DEFAULT_MAX_REPLAYS: u32 = 3;
 
 impl<'b, B: Browse + Publish> Replay<'b, B> {
     /// A replay from `source` (a dead-letter or parking queue, read with
-    /// [`read`](crate::dead_letters::read)) onto `target` of role `target_role`, without a
-    /// checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
+    /// [`read`](crate::dead_letters::read)) onto `target` (a main topic or a retry level),
+    /// without a checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
     /// [`DEFAULT_MAX_REPLAYS`].
-    pub fn new(
-        backend: &'b B,
-        source: impl Into<String>,
-        target: impl Into<String>,
-        target_role: TopicRole,
-    ) -> Self {
+    pub fn new(backend: &'b B, source: impl Into<String>, target: Topic) -> Self {
         Self {
             backend,
             source: source.into(),
-            target: target.into(),
-            target_role,
+            target,
             selection: String::new(),
             checkpoint: None,
             max_replays: DEFAULT_MAX_REPLAYS,
@@ -419,10 +409,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         });
         for batch in to_send.chunks(self.batch) {
             state.pending = Some(Pending {
-                target_ends: self
-                    .backend
-                    .end_offsets_of(&self.target, self.target_role)
-                    .await?,
+                target_ends: self.backend.end_offsets_of(&self.target).await?,
                 entries: batch
                     .iter()
                     .map(|e| (e.record.partition, e.record.offset))
@@ -431,7 +418,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
             self.save(&state)?;
             for entry in batch {
                 let record = self.outbound(entry)?;
-                self.backend.send(&self.target, self.target_role, record).await?;
+                self.backend.send(&self.target, record).await?;
                 report.sent += 1;
             }
             for (partition, offset) in state.pending.take().expect("set above").entries {
@@ -466,7 +453,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
     fn outbound(&self, entry: &DeadLetter) -> Result<OutboundRecord, ReplayError> {
         let headers = headers::replayed(
             &entry.record.headers,
-            self.target_role,
+            self.target.role,
             &self.replay_of(entry.record.partition, entry.record.offset),
             now_ms(),
         )
@@ -478,7 +465,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         Ok(OutboundRecord {
             // A retry level keeps the partition number of the original (as every hop does);
             // onto a main topic the key picks it, as for any message.
-            partition: match self.target_role {
+            partition: match self.target.role {
                 TopicRole::Retry { .. } => Some(entry.record.partition),
                 _ => None,
             },
@@ -490,7 +477,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
 
     /// The `rk-replay-of` values written to the target after `ends`.
     async fn sent_since(&self, ends: &[u64]) -> Result<HashSet<String>, ReplayError> {
-        let records = self.backend.read(&self.target, self.target_role, ends).await?;
+        let records = self.backend.read(&self.target, ends).await?;
         Ok(records
             .iter()
             .filter_map(|r| r.headers.get_str(names::REPLAY_OF))
@@ -607,9 +594,13 @@ mod tests {
                 payload: Some(format!("entry {n}").into()),
                 headers: Headers::new(),
             };
-            broker.send(QUEUE, TopicRole::DeadLetter, record).await.unwrap();
+            broker.send(&queue(), record).await.unwrap();
         }
-        read(broker, QUEUE, TopicRole::DeadLetter).await.unwrap()
+        read(broker, &queue()).await.unwrap()
+    }
+
+    fn queue() -> Topic {
+        Topic::new(QUEUE, TopicRole::DeadLetter)
     }
 
     fn checkpoint_file(name: &str) -> PathBuf {
@@ -626,7 +617,7 @@ mod tests {
         let entries = queue_of(&broker, 6).await;
         broker.create_topic("orders", 1);
         let path = checkpoint_file("resume");
-        let replay = Replay::new(&broker, QUEUE, "orders", TopicRole::Main).checkpoint(&path);
+        let replay = Replay::new(&broker, QUEUE, Topic::main("orders")).checkpoint(&path);
         // What the killed run left: entry 0 settled, a batch of 1..=4 under way, 1 and 2 sent.
         let mut state = Checkpoint {
             replay: replay.describe(),
@@ -634,7 +625,7 @@ mod tests {
         };
         state.advance(0, 1);
         broker
-            .send("orders", TopicRole::Main, replay.outbound(&entries[0]).unwrap())
+            .send(&Topic::main("orders"), replay.outbound(&entries[0]).unwrap())
             .await
             .unwrap();
         state.pending = Some(Pending {
@@ -643,7 +634,7 @@ mod tests {
         });
         for entry in &entries[1..=2] {
             let record = replay.outbound(entry).unwrap();
-            broker.send("orders", TopicRole::Main, record).await.unwrap();
+            broker.send(&Topic::main("orders"), record).await.unwrap();
         }
         replay.save(&state).unwrap();
 
@@ -670,7 +661,7 @@ mod tests {
         let broker = InMemory::new();
         let entries = queue_of(&broker, 2).await;
         let path = checkpoint_file("other");
-        let first = Replay::new(&broker, QUEUE, "orders", TopicRole::Main)
+        let first = Replay::new(&broker, QUEUE, Topic::main("orders"))
             .selection("kind=[\"transient\"]")
             .checkpoint(&path);
         first
@@ -679,7 +670,7 @@ mod tests {
                 ..Checkpoint::default()
             })
             .unwrap();
-        let second = Replay::new(&broker, QUEUE, "orders", TopicRole::Main)
+        let second = Replay::new(&broker, QUEUE, Topic::main("orders"))
             .selection("kind=[\"permanent\"]")
             .checkpoint(&path);
         let error = second.run(&entries, |_| {}).await.unwrap_err();
@@ -701,11 +692,11 @@ mod tests {
             headers,
         });
         let broker = InMemory::new();
-        let replay = Replay::new(&broker, QUEUE, "orders", TopicRole::Main);
+        let replay = Replay::new(&broker, QUEUE, Topic::main("orders"));
         let state = Checkpoint::default();
         assert_eq!(replay.action(&entry, &state), Action::Guarded);
         assert_eq!(replay.max_replays(4).action(&entry, &state), Action::Send);
-        let forced = Replay::new(&broker, QUEUE, "orders", TopicRole::Main).force(true);
+        let forced = Replay::new(&broker, QUEUE, Topic::main("orders")).force(true);
         assert_eq!(forced.action(&entry, &state), Action::Send);
     }
 }

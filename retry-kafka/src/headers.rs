@@ -328,14 +328,14 @@ fn optional<T: std::str::FromStr>(headers: &Headers, name: &'static str) -> Resu
 /// ```
 pub fn replayed(
     headers: &Headers,
-    to: crate::backend::TopicRole,
+    to: crate::policy::TopicRole,
     replay_of: &str,
     now_ms: i64,
 ) -> Result<Headers, HeaderError> {
     let replays = replays(headers).unwrap_or(0).saturating_add(1);
     let mut out = headers.clone();
     match to {
-        crate::backend::TopicRole::Retry { .. } => {
+        crate::policy::TopicRole::Retry { .. } => {
             let mut context = FailureContext::from_headers(headers)?;
             context.due_at_ms = Some(now_ms);
             context.replays = Some(replays);

@@ -87,7 +87,7 @@ mod trace;
 pub mod app {
     pub use crate::config::BackendChoice;
     pub use crate::health::{ConsumerReport, ConsumerState, Health, HealthReport};
-    pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, Topology, TopologyPlan};
+    pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, TopicRole, Topology, TopologyPlan};
     pub use crate::runtime::{
         run, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle, BACKEND_ENV,
         METRICS_ADDR_ENV, TOPOLOGY_ENV,

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Shutdown;
-use crate::backend::{Consumer, Delivered, Fetched, HandOff, OutboundRecord, Record, TopicRole};
+use crate::backend::{
+    Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Record, Topic, TopicRole,
+};
 use crate::batch::{BatchInput, BatchStart};
 use crate::clock::{instant_at, now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
@@ -966,9 +968,14 @@ impl Level {
             .topology
             .topic(role)
             .expect("the policy hands on only to topics of the handler's topology");
-        let write =
-            work.consumer
-                .hand_off(hand_off.partition, hand_off.offset, topic, role, &hand_off.record);
+        let from = Position {
+            partition: hand_off.partition,
+            offset: hand_off.offset,
+        };
+        // Kept to try again if the write fails: the hand-off owns a copy.
+        let write = work
+            .consumer
+            .hand_off(from, Topic::new(topic, role), hand_off.record.clone());
         work.sending.push(Sending {
             hand_off: Some(hand_off),
             write,

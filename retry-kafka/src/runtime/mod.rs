@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, Subscription, TopicRole};
+use crate::backend::{Backend, Subscription, Topic, TopicRole};
 use crate::config::BackendChoice;
 use crate::error::{BackendError, ConfigError, Error};
 use crate::handlers::{registered_handlers, HandlerSpec};
@@ -400,7 +400,10 @@ impl<B: Backend> App<B> {
                 let group = topology.consumer_group(spec.group(), level);
                 backlog += self
                     .backend
-                    .lag(topology.level(level), TopicRole::of_level(level), group)
+                    .lag(
+                        &Topic::new(topology.level(level), TopicRole::of_level(level)),
+                        group,
+                    )
                     .await?;
             }
         }
@@ -461,19 +464,18 @@ impl<B: Backend> App<B> {
             let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
             for level in 0..=policy.levels() {
                 let topic = topology.level(level);
+                let seam_topic = Topic::new(topic, TopicRole::of_level(level));
                 let consumer = self
                     .backend
                     .subscribe(Subscription {
-                        topic: topic.to_owned(),
-                        role: TopicRole::of_level(level),
+                        topic: seam_topic.clone(),
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
                 // Registered only when reported: a gauge never set would export a false 0.
                 if self.lag_interval.is_some() {
                     lags.push(Lag {
-                        topic: topic.to_owned(),
-                        role: TopicRole::of_level(level),
+                        topic: seam_topic,
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                         gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
                     });
@@ -612,8 +614,7 @@ impl Drop for StopReport {
 
 /// One level's consumer lag: where to ask, and the gauge to set.
 struct Lag {
-    topic: String,
-    role: TopicRole,
+    topic: Topic,
     group: String,
     gauge: ::metrics::Gauge,
 }
@@ -631,7 +632,7 @@ async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, interval: Duration, 
         for lag in &lags {
             let asked = tokio::select! {
                 _ = stop.cancelled() => return,
-                asked = backend.lag(&lag.topic, lag.role, &lag.group) => asked,
+                asked = backend.lag(&lag.topic, &lag.group) => asked,
             };
             match asked {
                 Ok(messages) => lag.gauge.set(messages as f64),

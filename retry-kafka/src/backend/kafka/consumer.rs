@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{transport, Kafka};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription, TopicRole};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic};
 use crate::error::BackendError;
 
 /// Records per batch sent to the runtime.
@@ -215,23 +215,24 @@ impl KafkaConsumer {
         subscription: Subscription,
         properties: &[(String, String)],
     ) -> Result<Self, BackendError> {
+        let name = subscription.topic.name.to_string();
         let context = RebalanceLog {
-            topic: subscription.topic.clone(),
+            topic: name.clone(),
             events: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<RebalanceLog> = config(brokers, &subscription.group, properties)
             .create_with_context(context)
             .map_err(transport)?;
-        consumer.subscribe(&[&subscription.topic]).map_err(transport)?;
+        consumer.subscribe(&[&name]).map_err(transport)?;
         let (items_tx, items) = mpsc::channel(CHANNEL_BATCHES);
         let (commands, commands_rx) = std_mpsc::channel();
-        let topic = subscription.topic.clone();
+        let topic = name.clone();
         let kafka = backend.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("rk-poll-{}", subscription.topic))
+            .name(format!("rk-poll-{name}"))
             .spawn(move || {
-                PollThread::new(subscription.topic, items_tx, commands_rx).run(consumer);
+                PollThread::new(name, items_tx, commands_rx).run(consumer);
                 // Only now may an embedded cluster go: its clients are closed.
                 drop(backend);
             })
@@ -326,15 +327,8 @@ impl Consumer for KafkaConsumer {
         }
     }
 
-    fn hand_off(
-        &mut self,
-        _partition: u32,
-        _offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
-        Box::pin(self.kafka.produce(topic, role, record))
+    fn hand_off(&mut self, _from: Position, to: Topic, record: OutboundRecord) -> HandOff {
+        Box::pin(self.kafka.produce(&to, &record))
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already
