@@ -13,7 +13,7 @@
 //! writes the next hop and marks its source handled in one statement; a unique key on the
 //! source's coordinates, group, attempt and replay count makes a hand-off written again after
 //! a crash a no-op. Dead letters are rows in state `dead_letter`, read through
-//! [`Browse`](crate::backend::Browse) like any other backend's dead-letter queue.
+//! [`Browse`] like any other backend's dead-letter queue.
 //!
 //! # Driver
 //!
