@@ -45,7 +45,7 @@ use redis::Value;
 use retry_kafka::app::TopicNaming;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Backend, OutboundRecord, Publish as _, TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{Backend, OutboundRecord, Publish as _, Topic, TopicAdmin as _};
 use retry_kafka::handler::ErrorKind;
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
@@ -308,10 +308,7 @@ impl KafkaBench {
         }
         let kafka = kafka.build().unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
-            kafka
-                .create_topic(topic, TopicRole::Main, PARTITIONS)
-                .await
-                .unwrap();
+            kafka.create_topic(&Topic::main(topic), PARTITIONS).await.unwrap();
         }
         let bench = KafkaBench {
             broker,
@@ -375,7 +372,7 @@ impl Bench for KafkaBench {
 
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
         self.kafka
-            .create_topic(topic, TopicRole::Main, PARTITIONS)
+            .create_topic(&Topic::main(topic), PARTITIONS)
             .await
             .unwrap();
         // The backend's producer settings, on a plain client.
@@ -441,10 +438,7 @@ impl RedisBench {
             .build()
             .unwrap();
         for topic in [TOPIC, LATE_TOPIC] {
-            redis
-                .create_topic(topic, TopicRole::Main, PARTITIONS)
-                .await
-                .unwrap();
+            redis.create_topic(&Topic::main(topic), PARTITIONS).await.unwrap();
         }
         let producer = Producer::new(redis.clone());
         let mut sends = futures::stream::FuturesUnordered::new();
@@ -566,7 +560,7 @@ impl Bench for MemoryBench {
         broker.create_topic(topic, PARTITIONS);
         let started = Instant::now();
         for _ in 0..count {
-            broker.send(topic, TopicRole::Main, record.clone()).await.unwrap();
+            broker.send(&Topic::main(topic), record.clone()).await.unwrap();
         }
         started.elapsed()
     }
@@ -850,7 +844,7 @@ async fn idle_cpu(bench: &KafkaBench) {
     for topic in ["bench.idle", "bench.idle.bare.0", "bench.idle.bare.1"] {
         bench
             .kafka
-            .create_topic(topic, TopicRole::Main, PARTITIONS)
+            .create_topic(&Topic::main(topic), PARTITIONS)
             .await
             .unwrap();
     }

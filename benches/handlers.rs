@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::ClientConfig;
 use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::{TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{Topic, TopicAdmin as _};
 use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka};
@@ -184,10 +184,7 @@ async fn main() {
 }
 
 async fn batch_against_one(kafka: &Kafka, bootstrap: &str) {
-    kafka
-        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
-        .await
-        .unwrap();
+    kafka.create_topic(&Topic::main(TOPIC), PARTITIONS).await.unwrap();
     let messages = *MESSAGES;
     let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -261,7 +258,7 @@ async fn reset(kafka: &Kafka, group: &str) {
 
 async fn rate_limit(kafka: &Kafka, bootstrap: &str) {
     kafka
-        .create_topic(RATE_TOPIC, TopicRole::Main, PARTITIONS)
+        .create_topic(&Topic::main(RATE_TOPIC), PARTITIONS)
         .await
         .unwrap();
     // Saturated: two attempts each, all waiting at the start: the run takes RATE_SECONDS.

@@ -26,7 +26,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Publish as _, TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{Publish as _, Topic, TopicAdmin as _, TopicRole};
 use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
@@ -353,10 +353,7 @@ async fn main() {
 async fn kafka_rounds() {
     let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
     let kafka = Kafka::builder(broker.bootstrap.clone()).build().unwrap();
-    kafka
-        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
-        .await
-        .unwrap();
+    kafka.create_topic(&Topic::main(TOPIC), PARTITIONS).await.unwrap();
     let bootstrap = broker.bootstrap.clone();
     tokio::task::spawn_blocking(move || produce(&bootstrap))
         .await
@@ -389,10 +386,7 @@ async fn redis_rounds() {
         .keep_acknowledged(Duration::from_secs(86_400))
         .build()
         .unwrap();
-    redis
-        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
-        .await
-        .unwrap();
+    redis.create_topic(&Topic::main(TOPIC), PARTITIONS).await.unwrap();
     redis_produce(&redis).await;
     println!(
         "{} messages of ~70 bytes on {PARTITIONS} Redis streams at {url}",
@@ -422,7 +416,7 @@ async fn redis_waiting_memory(redis: &Redis, url: &str) {
     let waiting = env_or("BENCH_WAITING", 1_000_000);
     let topic = "bench.orders.bench-rk.retry.1";
     redis
-        .create_topic(topic, TopicRole::Retry { level: 1 }, PARTITIONS)
+        .create_topic(&Topic::new(topic, TopicRole::Retry { level: 1 }), PARTITIONS)
         .await
         .unwrap();
     let mut conn = redis::Client::open(url)
@@ -478,7 +472,7 @@ async fn redis_waiting_memory(redis: &Redis, url: &str) {
                 headers,
             };
             redis
-                .send(topic, TopicRole::Retry { level: 1 }, record)
+                .send(&Topic::new(topic, TopicRole::Retry { level: 1 }), record)
                 .await
                 .unwrap();
         });

@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 use retry_kafka::app::Stats;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Backend, Record, TopicRole};
+use retry_kafka::backend::{Backend, Browse, Record, Topic, TopicRole};
 use retry_kafka::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -99,30 +99,10 @@ pub fn backend_from_env() -> anyhow::Result<(DemoBackend, String)> {
     })
 }
 
-/// Reads a topic back from the beginning; both backends can.
-pub trait ReadTopic {
-    fn read_topic(
-        &self,
-        topic: &str,
-    ) -> impl std::future::Future<Output = Result<Vec<Record>, retry_kafka::error::BackendError>>;
-}
-
-impl ReadTopic for Kafka {
-    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::error::BackendError> {
-        Kafka::read_topic(self, topic, TopicRole::DeadLetter).await
-    }
-}
-
-impl ReadTopic for Redis {
-    async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, retry_kafka::error::BackendError> {
-        Redis::read_topic(self, topic).await
-    }
-}
-
 /// Runs the service until every retry has settled.
-pub async fn run_demo<B: Backend + ReadTopic>(backend: B, orders: u64) -> anyhow::Result<Summary> {
+pub async fn run_demo<B: Backend + Browse>(backend: B, orders: u64) -> anyhow::Result<Summary> {
     // The main topic must exist; its retry and dead-letter topics are created to match it.
-    backend.create_topic("orders", TopicRole::Main, 4).await?;
+    backend.create_topic(&Topic::main("orders"), 4).await?;
     let app = App::builder().backend(backend.clone()).build()?;
     let running = app.start().await?;
 
@@ -158,7 +138,9 @@ pub async fn run_demo<B: Backend + ReadTopic>(backend: B, orders: u64) -> anyhow
         .context("billing keeps dead letters")?;
     Ok(Summary {
         stats: app.stats(),
-        dead_letters: backend.read_topic(dead_letter_topic).await?,
+        dead_letters: backend
+            .read(&Topic::new(dead_letter_topic, TopicRole::DeadLetter), &[])
+            .await?,
     })
 }
 

@@ -43,4 +43,9 @@ cargo test --workspace --no-fail-fast
 step "cargo test: codecs with their features off"
 cargo test -p retry-kafka --no-default-features --test codec_features
 
+# A retry store (PostgreSQL) given as a transport is a compile error; the error lists the
+# backends the build has, so it is checked in a build with PostgreSQL alone.
+step "cargo test: a retry store is not a transport"
+cargo test -p retry-kafka --no-default-features --features postgres --test retry_store
+
 step "all tests passed"

@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::{TopicAdmin, TopicRole};
+use retry_kafka::backend::{Backend as _, Browse as _, Topic, TopicAdmin};
 use retry_kafka_suite::ApacheKafka;
 
 const TOPIC: &str = "apache-kafka-roundtrip";
@@ -69,16 +69,12 @@ async fn apache_kafka_round_trip_and_watermarks_of_batched_records() {
     // `partitions` said None right after `create_topic` in about half the runs).
     let created = Instant::now();
     backend
-        .create_topic(TOPIC, TopicRole::Main, PARTITIONS)
+        .create_topic(&Topic::main(TOPIC), PARTITIONS)
         .await
         .expect("create topic");
     let deadline = created + Duration::from_secs(10);
     loop {
-        match backend
-            .partitions(TOPIC, TopicRole::Main)
-            .await
-            .expect("partitions")
-        {
+        match backend.partitions(&Topic::main(TOPIC)).await.expect("partitions") {
             Some(partitions) => {
                 assert_eq!(partitions, PARTITIONS);
                 break;
@@ -210,16 +206,16 @@ async fn a_topic_is_readable_as_soon_as_it_is_created() {
     for index in 0..20 {
         let topic = format!("apache-kafka-new-{index}");
         backend
-            .create_topic(&topic, TopicRole::Main, 4)
+            .create_topic(&Topic::main(topic.as_str()), 4)
             .await
             .expect("create topic");
         let records = backend
-            .read_topic(&topic, TopicRole::Main)
+            .read(&Topic::main(topic.as_str()), &[])
             .await
             .expect("read a new topic");
         assert!(records.is_empty(), "{topic}: {records:?}");
         let lag = backend
-            .lag(&topic, TopicRole::Main, "apache-kafka-new")
+            .lag(&Topic::main(topic.as_str()), "apache-kafka-new")
             .await
             .expect("lag of a new topic");
         assert_eq!(lag, 0, "{topic}");

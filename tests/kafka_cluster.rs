@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use retry_kafka::app::Running;
 use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::{TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{Browse as _, Topic, TopicAdmin as _, TopicRole};
 use retry_kafka::prelude::*;
 use retry_kafka_suite::KafkaCluster;
 use serde::{Deserialize, Serialize};
@@ -122,10 +122,7 @@ async fn setup(topic: &str, group: &'static str) -> Setup {
         .consumer_property("topic.metadata.refresh.interval.ms", "1000")
         .build()
         .unwrap();
-    kafka
-        .create_topic(topic, TopicRole::Main, PARTITIONS)
-        .await
-        .unwrap();
+    kafka.create_topic(&Topic::main(topic), PARTITIONS).await.unwrap();
     let app = App::builder()
         .backend(kafka.clone())
         .handlers(move |spec| spec.group() == group)
@@ -168,7 +165,7 @@ async fn assert_all_done(kafka: &Kafka, count: u64, within: Duration) -> usize {
     loop {
         let handled = handled();
         let dead: Vec<u64> = kafka
-            .read_topic(ORDERS_DLQ, TopicRole::DeadLetter)
+            .read(&Topic::new(ORDERS_DLQ, TopicRole::DeadLetter), &[])
             .await
             .unwrap_or_default()
             .iter()
@@ -365,7 +362,10 @@ async fn the_retry_topics_leader_killed_while_records_wait_delays_none_beyond_th
     );
     assert!(
         kafka
-            .read_topic("cluster.waiting.cluster-waiting.dlq", TopicRole::DeadLetter)
+            .read(
+                &Topic::new("cluster.waiting.cluster-waiting.dlq", TopicRole::DeadLetter),
+                &[]
+            )
             .await
             .unwrap_or_default()
             .is_empty(),

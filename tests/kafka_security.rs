@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::{TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{Browse as _, Topic, TopicAdmin as _, TopicRole};
 use retry_kafka::prelude::*;
 use retry_kafka_suite::{ApacheKafka, SecuredKafka, PLAIN_PASSWORD, PLAIN_USER, SCRAM_PASSWORD, SCRAM_USER};
 use serde::{Deserialize, Serialize};
@@ -77,7 +77,7 @@ fn plain(broker: &SecuredKafka, password: &str) -> Kafka {
 /// (payload byte for byte) as the handler decides.
 async fn round_trip(listener: &str, kafka: Kafka, ids: std::ops::Range<u64>) {
     kafka
-        .create_topic("secure.orders", TopicRole::Main, 2)
+        .create_topic(&Topic::main("secure.orders"), 2)
         .await
         .unwrap();
     let app = App::builder()
@@ -96,7 +96,7 @@ async fn round_trip(listener: &str, kafka: Kafka, ids: std::ops::Range<u64>) {
     let dead = loop {
         let handled: HashSet<u64> = HANDLED.lock().unwrap().iter().copied().collect();
         let records = kafka
-            .read_topic(DLQ, TopicRole::DeadLetter)
+            .read(&Topic::new(DLQ, TopicRole::DeadLetter), &[])
             .await
             .unwrap_or_default();
         let dead: HashSet<u64> = records

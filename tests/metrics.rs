@@ -11,8 +11,8 @@ use std::time::Duration;
 use retry_kafka::app::{ConsumerState, Running};
 use retry_kafka::backend::memory::InMemory;
 use retry_kafka::backend::{
-    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Publish, Subscription, TopicAdmin,
-    TopicRole,
+    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Subscription, Topic,
+    TopicAdmin,
 };
 use retry_kafka::error::BackendError;
 use retry_kafka::prelude::*;
@@ -290,16 +290,12 @@ struct StoppingConsumer {
 }
 
 impl TopicAdmin for Stopping {
-    async fn partitions(&self, topic: &str, role: TopicRole) -> Result<Option<u32>, BackendError> {
-        TopicAdmin::partitions(&self.inner, topic, role).await
+    async fn partitions(&self, topic: &Topic) -> Result<Option<u32>, BackendError> {
+        TopicAdmin::partitions(&self.inner, topic).await
     }
 
-    async fn create_topic(&self, topic: &str, role: TopicRole, partitions: u32) -> Result<(), BackendError> {
-        TopicAdmin::create_topic(&self.inner, topic, role, partitions).await
-    }
-
-    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
-        self.inner.lag(topic, role, group).await
+    async fn create_topic(&self, topic: &Topic, partitions: u32) -> Result<(), BackendError> {
+        TopicAdmin::create_topic(&self.inner, topic, partitions).await
     }
 
     fn default_partitions(&self) -> Option<u32> {
@@ -308,13 +304,8 @@ impl TopicAdmin for Stopping {
 }
 
 impl Publish for Stopping {
-    async fn send(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        self.inner.send(topic, role, record).await
+    async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        self.inner.send(topic, record).await
     }
 }
 
@@ -326,13 +317,17 @@ impl Backend for Stopping {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<StoppingConsumer, BackendError> {
-        let kill = (subscription.topic == self.doomed).then(|| self.kill.clone());
-        let topic = subscription.topic.clone();
+        let kill = (*subscription.topic.name == *self.doomed).then(|| self.kill.clone());
+        let topic = subscription.topic.name.to_string();
         Ok(StoppingConsumer {
             inner: self.inner.subscribe(subscription).await?,
             topic,
             kill,
         })
+    }
+
+    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        self.inner.lag(topic, group).await
     }
 }
 
@@ -358,15 +353,8 @@ impl Consumer for StoppingConsumer {
         self.inner.resume(partition)
     }
 
-    fn hand_off(
-        &mut self,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
-        self.inner.hand_off(partition, offset, topic, role, record)
+    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
+        self.inner.hand_off(from, to, record)
     }
 
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {

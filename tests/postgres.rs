@@ -19,7 +19,7 @@ use postgres_support::{connect, rows_in_state, start_server, test_backend, test_
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::postgres::Postgres;
 use retry_kafka::backend::{
-    Backend, Browse, Consumer, Fetched, OutboundRecord, Publish, Subscription, TopicAdmin, TopicRole,
+    Browse, Consumer, Fetched, OutboundRecord, Position, Publish, RetryStore, Topic, TopicAdmin, TopicRole,
 };
 use retry_kafka::error::BackendError;
 use retry_kafka::handler::ErrorKind;
@@ -80,47 +80,58 @@ async fn a_hand_off_written_again_after_a_crash_is_one_row() {
     let server = start_server().await;
     let postgres = test_backend(&server.url());
     let topic = "orders.billing.retry.1";
-    postgres.create_topic(topic, LEVEL, 1).await.unwrap();
+    postgres.create_topic(&Topic::new(topic, LEVEL), 1).await.unwrap();
     // The main topic's consumer wrote the retry, then crashed before committing its offset:
     // the message comes again, fails again, and the same retry is written again.
-    let first = postgres.send(topic, LEVEL, retry_of(7, 1, 60_000)).await.unwrap();
-    let again = postgres.send(topic, LEVEL, retry_of(7, 1, 60_000)).await.unwrap();
+    let first = postgres
+        .send(&Topic::new(topic, LEVEL), retry_of(7, 1, 60_000))
+        .await
+        .unwrap();
+    let again = postgres
+        .send(&Topic::new(topic, LEVEL), retry_of(7, 1, 60_000))
+        .await
+        .unwrap();
     assert_eq!(first, again, "the second write finds the first row");
     // Another failure of the same message (a later attempt) is a row of its own.
-    let later = postgres.send(topic, LEVEL, retry_of(7, 2, 60_000)).await.unwrap();
+    let later = postgres
+        .send(&Topic::new(topic, LEVEL), retry_of(7, 2, 60_000))
+        .await
+        .unwrap();
     assert_ne!(later, first);
     assert_eq!(rows_in_state(&server, topic, "waiting").await, 2);
     assert_eq!(
-        postgres.end_offsets_of(topic, LEVEL).await.unwrap(),
+        postgres.end_offsets_of(&Topic::new(topic, LEVEL)).await.unwrap(),
         [2],
         "no offset was spent on the repeat"
     );
 
     // A level's hand-off repeated: the next hop is written once, its source marked handled.
     postgres
-        .create_topic("orders.billing.retry.2", TopicRole::Retry { level: 2 }, 1)
+        .create_topic(
+            &Topic::new("orders.billing.retry.2", TopicRole::Retry { level: 2 }),
+            1,
+        )
         .await
         .unwrap();
-    let mut worker = postgres
-        .subscribe(Subscription {
-            topic: topic.into(),
-            role: LEVEL,
-            group: topic.into(),
-        })
-        .await
-        .unwrap();
+    let mut worker = postgres.consume(Topic::new(topic, LEVEL)).await.unwrap();
     let next = "orders.billing.retry.2";
     let hop = retry_of(7, 2, 60_000);
-    let a = worker
-        .hand_off(0, first.offset, next, TopicRole::Retry { level: 2 }, &hop)
-        .await
-        .unwrap();
-    let b = worker
-        .hand_off(0, first.offset, next, TopicRole::Retry { level: 2 }, &hop)
-        .await
-        .unwrap();
+    let from = Position {
+        partition: 0,
+        offset: first.offset,
+    };
+    let to = Topic::new(next, TopicRole::Retry { level: 2 });
+    let a = worker.hand_off(from, to.clone(), hop.clone()).await.unwrap();
+    let b = worker.hand_off(from, to, hop).await.unwrap();
     assert_eq!(a, b);
-    assert_eq!(postgres.read_topic(next).await.unwrap().len(), 1);
+    assert_eq!(
+        postgres
+            .read(&Topic::new(next, TopicRole::Retry { level: 2 }), &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(rows_in_state(&server, topic, "handled").await, 1);
     worker.close().await.unwrap();
 }
@@ -150,25 +161,21 @@ async fn two_workers_share_due_rows_and_never_both_get_one() {
     let server = start_server().await;
     let postgres = test_settings(&server.url()).batch(8).build().unwrap();
     let topic = "orders.billing.retry.1";
-    postgres.create_topic(topic, LEVEL, 1).await.unwrap();
+    postgres.create_topic(&Topic::new(topic, LEVEL), 1).await.unwrap();
     for offset in 0..ROWS {
         postgres
-            .send(topic, LEVEL, retry_of(offset, 1, -1))
+            .send(&Topic::new(topic, LEVEL), retry_of(offset, 1, -1))
             .await
             .unwrap();
     }
     // One not due yet: neither worker may take it.
     postgres
-        .send(topic, LEVEL, retry_of(ROWS, 1, 600_000))
+        .send(&Topic::new(topic, LEVEL), retry_of(ROWS, 1, 600_000))
         .await
         .unwrap();
-    let subscription = Subscription {
-        topic: topic.into(),
-        role: LEVEL,
-        group: topic.into(),
-    };
-    let a = postgres.subscribe(subscription.clone()).await.unwrap();
-    let b = postgres.subscribe(subscription).await.unwrap();
+    let level = Topic::new(topic, LEVEL);
+    let a = postgres.consume(level.clone()).await.unwrap();
+    let b = postgres.consume(level).await.unwrap();
     let (a, b) = tokio::join!(
         tokio::spawn(drain(a, Duration::from_millis(2))),
         tokio::spawn(drain(b, Duration::from_millis(2)))
@@ -202,13 +209,12 @@ async fn a_killed_workers_rows_come_back_when_its_lease_ends() {
     let server = start_server().await;
     let postgres = test_backend(&server.url());
     let topic = "orders.billing.retry.1";
-    postgres.create_topic(topic, LEVEL, 1).await.unwrap();
-    postgres.send(topic, LEVEL, retry_of(1, 1, -1)).await.unwrap();
-    let subscription = Subscription {
-        topic: topic.into(),
-        role: LEVEL,
-        group: topic.into(),
-    };
+    postgres.create_topic(&Topic::new(topic, LEVEL), 1).await.unwrap();
+    postgres
+        .send(&Topic::new(topic, LEVEL), retry_of(1, 1, -1))
+        .await
+        .unwrap();
+    let level = Topic::new(topic, LEVEL);
     // A worker that took the row and died (its process gone): its lease is all that is left.
     let client = connect(&server.url()).await;
     client
@@ -219,7 +225,7 @@ async fn a_killed_workers_rows_come_back_when_its_lease_ends() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let got = drain(postgres.subscribe(subscription).await.unwrap(), Duration::ZERO).await;
+    let got = drain(postgres.consume(level).await.unwrap(), Duration::ZERO).await;
     assert_eq!(got, [0]);
     assert!(rows_in_state(&server, topic, "handled").await == 1);
     assert!(
@@ -241,16 +247,19 @@ async fn dead_letters_are_rows_read_like_any_dead_letter_queue() {
     let postgres = test_backend(&server.url());
     let dlq = "orders.billing.dlq";
     postgres
-        .create_topic(dlq, TopicRole::DeadLetter, 2)
+        .create_topic(&Topic::new(dlq, TopicRole::DeadLetter), 2)
         .await
         .unwrap();
     for offset in 0..3 {
         let mut record = retry_of(offset, 4, 0);
         record.headers.retain(|name| name != "rk-due-at");
-        postgres.send(dlq, TopicRole::DeadLetter, record).await.unwrap();
+        postgres
+            .send(&Topic::new(dlq, TopicRole::DeadLetter), record)
+            .await
+            .unwrap();
     }
     assert_eq!(rows_in_state(&server, dlq, "dead_letter").await, 3);
-    let letters = retry_kafka::dead_letters::read(&postgres, dlq, TopicRole::DeadLetter)
+    let letters = retry_kafka::dead_letters::read(&postgres, &Topic::new(dlq, TopicRole::DeadLetter))
         .await
         .unwrap();
     assert_eq!(letters.len(), 3);
@@ -278,12 +287,15 @@ async fn dead_letters_are_rows_read_like_any_dead_letter_queue() {
     );
     // Nothing is ever swept from a dead-letter queue, and end offsets are as Browse promises.
     assert_eq!(
-        postgres.end_offsets_of(dlq, TopicRole::DeadLetter).await.unwrap(),
+        postgres
+            .end_offsets_of(&Topic::new(dlq, TopicRole::DeadLetter))
+            .await
+            .unwrap(),
         [3, 0]
     );
     assert_eq!(
         postgres
-            .read(dlq, TopicRole::DeadLetter, &[2])
+            .read(&Topic::new(dlq, TopicRole::DeadLetter), &[2])
             .await
             .unwrap()
             .len(),
@@ -304,7 +316,10 @@ async fn a_user_who_may_not_create_the_tables_is_told_what_to_grant() {
         .unwrap();
 
     let app = test_backend(&server.url_as("app"));
-    let error = app.partitions("orders.billing.retry.1", LEVEL).await.unwrap_err();
+    let error = app
+        .partitions(&Topic::new("orders.billing.retry.1", LEVEL))
+        .await
+        .unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, BackendError::Refused { .. }), "{message}");
     assert!(
@@ -320,7 +335,7 @@ async fn a_user_who_may_not_create_the_tables_is_told_what_to_grant() {
     let error = Postgres::builder(server.url_as("app"))
         .build()
         .unwrap()
-        .partitions("orders.billing.retry.1", LEVEL)
+        .partitions(&Topic::new("orders.billing.retry.1", LEVEL))
         .await
         .unwrap_err()
         .to_string();
@@ -333,13 +348,19 @@ async fn a_user_who_may_not_create_the_tables_is_told_what_to_grant() {
         .await
         .unwrap();
     let app = Arc::new(test_backend(&server.url_as("app")));
-    app.create_topic("orders.billing.retry.1", LEVEL, 1)
+    app.create_topic(&Topic::new("orders.billing.retry.1", LEVEL), 1)
         .await
         .unwrap();
-    app.send("orders.billing.retry.1", LEVEL, retry_of(1, 1, 0))
+    app.send(&Topic::new("orders.billing.retry.1", LEVEL), retry_of(1, 1, 0))
         .await
         .unwrap();
-    assert_eq!(app.read_topic("orders.billing.retry.1").await.unwrap().len(), 1);
+    assert_eq!(
+        app.read(&Topic::new("orders.billing.retry.1", LEVEL), &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +377,15 @@ async fn the_sql_file_is_the_schema_the_backend_creates() {
     client.batch_execute(&sql).await.unwrap();
     let postgres = test_backend(&server.url());
     postgres.migrate().await.unwrap();
-    postgres.create_topic("t.g.retry.1", LEVEL, 1).await.unwrap();
-    assert_eq!(postgres.partitions("t.g.retry.1", LEVEL).await.unwrap(), Some(1));
+    postgres
+        .create_topic(&Topic::new("t.g.retry.1", LEVEL), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        postgres
+            .partitions(&Topic::new("t.g.retry.1", LEVEL))
+            .await
+            .unwrap(),
+        Some(1)
+    );
 }

@@ -37,12 +37,12 @@ fn spawn_worker(harness: &PostgresHarness<RedisHarness>, name: &str) -> Worker {
 
 /// Nothing unacknowledged on the main topic, no row of the retry level waiting.
 async fn assert_all_settled(harness: &PostgresHarness<RedisHarness>) {
-    use retry_kafka::backend::{TopicAdmin, TopicRole};
+    use retry_kafka::backend::{Backend, Browse, Topic, TopicRole};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while harness
         .main
         .backend
-        .lag(TOPIC, TopicRole::Main, "proc-workers")
+        .lag(&Topic::main(TOPIC), "proc-workers")
         .await
         .unwrap()
         > 0
@@ -55,7 +55,11 @@ async fn assert_all_settled(harness: &PostgresHarness<RedisHarness>) {
     }
     assert_nothing_pending_on(&harness.main.backend, TOPIC, "proc-workers").await;
     assert_nothing_waiting(&harness.postgres, RETRY).await;
-    let retries = harness.postgres.read_topic(RETRY).await.unwrap();
+    let retries = harness
+        .postgres
+        .read(&Topic::new(RETRY, TopicRole::Retry { level: 1 }), &[])
+        .await
+        .unwrap();
     assert!(!retries.is_empty(), "the retries were rows in PostgreSQL");
 }
 

@@ -22,7 +22,7 @@ use redis_support::{
     RedisServer,
 };
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{TopicAdmin, TopicRole};
+use retry_kafka::backend::{Browse as _, Topic, TopicAdmin};
 use retry_kafka::handler::ErrorKind;
 use retry_kafka::headers::FailureContext;
 use retry_kafka::prelude::*;
@@ -488,10 +488,7 @@ async fn memory_stays_bounded_after_100k_entries() {
         .trim_interval(Duration::from_millis(200))
         .build()
         .unwrap();
-    backend
-        .create_topic("redis.bulk", TopicRole::Main, 2)
-        .await
-        .unwrap();
+    backend.create_topic(&Topic::main("redis.bulk"), 2).await.unwrap();
     let app = App::builder()
         .backend(backend.clone())
         .handlers(|s| s.group() == "redis-bulk")
@@ -605,7 +602,7 @@ async fn retention_keeps_the_newest_acknowledged_entries_and_never_an_unacknowle
         .build()
         .unwrap();
     backend
-        .create_topic("redis.secure", TopicRole::Main, 1)
+        .create_topic(&Topic::main("redis.secure"), 1)
         .await
         .unwrap();
     let app = App::builder()
@@ -661,7 +658,7 @@ async fn retention_keeps_the_newest_acknowledged_entries_and_never_an_unacknowle
     }
     running.shutdown().await.unwrap();
     let kept: Vec<u64> = backend
-        .read_topic("redis.secure")
+        .read(&Topic::main("redis.secure"), &[])
         .await
         .unwrap()
         .iter()

@@ -10,7 +10,7 @@ use kafka_support::KafkaHarness;
 use redis_support::{test_backend, RedisHarness};
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Record, Tiered};
+use retry_kafka::backend::{Browse as _, Record, Tiered, Topic};
 
 struct TieredHarness {
     backend: Tiered<Kafka, Redis>,
@@ -107,7 +107,7 @@ async fn retry_and_dead_letter_topics_live_only_on_redis() {
             harness
                 .kafka
                 .backend
-                .partitions(topic, TopicRole::Main)
+                .partitions(&Topic::main(topic))
                 .await
                 .unwrap(),
             None,
@@ -117,12 +117,22 @@ async fn retry_and_dead_letter_topics_live_only_on_redis() {
             harness
                 .redis
                 .backend
-                .partitions(topic, TopicRole::Main)
+                .partitions(&Topic::main(topic))
                 .await
                 .unwrap(),
             Some(2),
             "{topic} on Redis"
         );
     }
-    assert_eq!(harness.redis.backend.read_topic(dlq).await.unwrap().len(), 1);
+    let dead_letters = Topic::new(dlq, TopicRole::DeadLetter);
+    assert_eq!(
+        harness
+            .redis
+            .backend
+            .read(&dead_letters, &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -14,7 +14,7 @@ use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId, TracerProvider
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
+use retry_kafka::backend::{Browse as _, Record, Topic, TopicAdmin, TopicRole};
 use retry_kafka::headers::{names, Headers};
 use retry_kafka::prelude::*;
 use retry_kafka::testing::TestApp;
@@ -157,7 +157,7 @@ async fn a_dead_lettered_message_is_one_trace_on_kafka() {
     exporter();
     let kafka = Kafka::embedded().expect("embedded cluster");
     kafka
-        .create_topic("traced", TopicRole::Main, 1)
+        .create_topic(&Topic::main("traced"), 1)
         .await
         .expect("create the main topic");
     let app = App::builder()
@@ -178,7 +178,7 @@ async fn a_dead_lettered_message_is_one_trace_on_kafka() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let dead = loop {
         let dead = kafka
-            .read_topic("traced.tracing.dlq", TopicRole::DeadLetter)
+            .read(&Topic::new("traced.tracing.dlq", TopicRole::DeadLetter), &[])
             .await
             .expect("read the dead-letter queue");
         if !dead.is_empty() {

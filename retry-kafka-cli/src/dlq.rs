@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use retry_kafka::app::TopicNaming;
-use retry_kafka::backend::{Backend, Browse, TopicRole};
+use retry_kafka::backend::{Backend, Browse, Topic, TopicRole};
 use retry_kafka::dead_letters::{self, Action, DeadLetter, Filter, Replay, DEFAULT_MAX_REPLAYS};
 use retry_kafka::handler::ErrorKind;
 
@@ -235,7 +235,7 @@ async fn selected<B: Browse>(
 ) -> anyhow::Result<(String, Vec<DeadLetter>)> {
     let filter = select.filter()?;
     let name = queue.name();
-    let entries = dead_letters::read(backend, &name, queue.role())
+    let entries = dead_letters::read(backend, &Topic::new(name.as_str(), queue.role()))
         .await
         .with_context(|| format!("could not read {name}"))?;
     Ok((name, filter.apply(entries)))
@@ -262,7 +262,7 @@ impl ReplayArgs {
             (select.fingerprint(), &target).hash(&mut hasher);
             PathBuf::from(".retry-kafka").join(format!("replay-{source}-{:08x}.json", hasher.finish() as u32))
         });
-        let replay = Replay::new(backend, source.clone(), target.clone(), role)
+        let replay = Replay::new(backend, source.clone(), Topic::new(target.as_str(), role))
             .selection(select.fingerprint())
             .max_replays(self.max_replays)
             .force(self.force)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use retry_kafka::app::TopologyPlan;
-use retry_kafka::backend::{Backend, TopicRole};
+use retry_kafka::backend::{Backend, Topic, TopicRole};
 use retry_kafka::settings::vars;
 use serde::Serialize;
 
@@ -120,14 +120,14 @@ impl Topics {
         let mut rows = Vec::new();
         for handler in &plan.handlers {
             let main = backend
-                .partitions(&handler.topic, TopicRole::Main)
+                .partitions(&Topic::main(handler.topic.as_str()))
                 .await
                 .with_context(|| format!("could not look up {}", handler.topic))?;
             for (topic, role) in handler.topics() {
                 let partitions = match role {
                     TopicRole::Main => main,
                     role => backend
-                        .partitions(topic, role)
+                        .partitions(&Topic::new(topic, role))
                         .await
                         .with_context(|| format!("could not look up {topic}"))?,
                 };

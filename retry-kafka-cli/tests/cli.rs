@@ -17,7 +17,9 @@ use retry_kafka::app::App;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::postgres::Postgres;
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Backend, Browse, OutboundRecord, Record, Tiered, TopicAdmin as _, TopicRole};
+use retry_kafka::backend::{
+    Backend, Browse, OutboundRecord, Record, Tiered, Topic, TopicAdmin as _, TopicRole,
+};
 use retry_kafka::handler::ErrorKind;
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
@@ -97,7 +99,7 @@ async fn on_apache_kafka() {
         .expect("kafka backend");
     for (topic, partitions) in [("cli.orders", 2), ("cli.bulk", 2)] {
         backend
-            .create_topic(topic, TopicRole::Main, partitions)
+            .create_topic(&Topic::main(topic), partitions)
             .await
             .expect("create topic");
     }
@@ -244,7 +246,7 @@ async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
 }
 
 async fn records<B: Browse>(backend: &B, topic: &str, role: TopicRole) -> Vec<Record> {
-    backend.read(topic, role, &[]).await.expect("read")
+    backend.read(&Topic::new(topic, role), &[]).await.expect("read")
 }
 
 async fn records_eventually<B: Browse>(
@@ -411,20 +413,14 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
     assert!(shown.contains("\"rk-original-topic\": \"cli.orders\""), "{shown}");
 
     // -- a dry run changes nothing
-    let main_before = backend
-        .end_offsets_of("cli.orders", TopicRole::Main)
-        .await
-        .unwrap();
+    let main_before = backend.end_offsets_of(&Topic::main("cli.orders")).await.unwrap();
     let dry = tool.json(&dlq("replay", &["--kind", "permanent", "--dry-run"]));
     assert_eq!(dry.len(), 2);
     assert!(dry
         .iter()
         .all(|e| e["action"] == "send" && e["target"] == "cli.orders"));
     assert_eq!(
-        backend
-            .end_offsets_of("cli.orders", TopicRole::Main)
-            .await
-            .unwrap(),
+        backend.end_offsets_of(&Topic::main("cli.orders")).await.unwrap(),
         main_before
     );
     assert_eq!(records(&backend, DLQ, TopicRole::DeadLetter).await, dead);
@@ -514,7 +510,7 @@ async fn interrupted_replay_resumes<B: Backend + Browse>(backend: &B, tool: &Too
     const ENTRIES: u64 = 600;
     let queue = "cli.bulk.cli-bulk.dlq";
     backend
-        .create_topic(queue, TopicRole::DeadLetter, 2)
+        .create_topic(&Topic::new(queue, TopicRole::DeadLetter), 2)
         .await
         .expect("create queue");
     for n in 0..ENTRIES {
@@ -541,7 +537,7 @@ async fn interrupted_replay_resumes<B: Backend + Browse>(backend: &B, tool: &Too
             headers,
         };
         backend
-            .send(queue, TopicRole::DeadLetter, record)
+            .send(&Topic::new(queue, TopicRole::DeadLetter), record)
             .await
             .expect("write dead letter");
     }
@@ -638,7 +634,7 @@ async fn topics_check<B: Backend + Browse>(backend: &B, tool: &Tool) {
         ("cli.narrow.cli-narrow.parked", TopicRole::Parked, 3),
     ] {
         backend
-            .create_topic(topic, role, partitions)
+            .create_topic(&Topic::new(topic, role), partitions)
             .await
             .expect("create topic");
     }

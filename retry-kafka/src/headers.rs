@@ -307,49 +307,6 @@ fn optional<T: std::str::FromStr>(headers: &Headers, name: &'static str) -> Resu
     }
 }
 
-/// The headers of a dead letter replayed onto a topic of role `to`, sent by a replay as
-/// `replay_of` (`{topic}/{partition}/{offset}` of the dead letter) at `now_ms`.
-///
-/// Onto a main topic every `rk-*` header goes (the attempt count starts afresh) but
-/// `rk-replays`, one higher, and `rk-replay-of`. Onto a retry level the failure context stays,
-/// due now, so the level runs it at once as its next attempt; that needs a context that reads.
-/// Other headers (`traceparent`, the application's) stay, in order.
-///
-/// ```
-/// use retry_kafka::backend::TopicRole;
-/// use retry_kafka::headers::{replayed, Headers};
-///
-/// let dead: Headers = [("tenant", "acme"), ("rk-attempts", "4"), ("rk-replays", "1")].into_iter().collect();
-/// let again = replayed(&dead, TopicRole::Main, "orders.billing.dlq/0/17", 1_700_000_000_000).unwrap();
-/// assert_eq!(again.get_str("tenant"), Some("acme"));
-/// assert_eq!(again.get_str("rk-attempts"), None);
-/// assert_eq!(again.get_str("rk-replays"), Some("2"));
-/// assert_eq!(again.get_str("rk-replay-of"), Some("orders.billing.dlq/0/17"));
-/// ```
-pub fn replayed(
-    headers: &Headers,
-    to: crate::backend::TopicRole,
-    replay_of: &str,
-    now_ms: i64,
-) -> Result<Headers, HeaderError> {
-    let replays = replays(headers).unwrap_or(0).saturating_add(1);
-    let mut out = headers.clone();
-    match to {
-        crate::backend::TopicRole::Retry { .. } => {
-            let mut context = FailureContext::from_headers(headers)?;
-            context.due_at_ms = Some(now_ms);
-            context.replays = Some(replays);
-            context.write_to(&mut out);
-        }
-        _ => {
-            out.retain(|name| !name.starts_with(names::PREFIX));
-            out.insert(names::REPLAYS, replays.to_string());
-        }
-    }
-    out.insert(names::REPLAY_OF, replay_of.to_owned());
-    Ok(out)
-}
-
 /// `rk-due-at` of a retry, read leniently: `None` when absent or malformed.
 pub(crate) fn due_at_ms(headers: &Headers) -> Option<i64> {
     parse_number(headers, names::DUE_AT)

@@ -118,7 +118,7 @@ mod trace;
 /// The application: building it, starting it, stopping it, and what it counts.
 pub mod app {
     pub use crate::health::{ConsumerReport, ConsumerState, Health, HealthReport};
-    pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, Topology, TopologyPlan};
+    pub use crate::policy::{HandlerPlan, LevelPlan, TopicNaming, TopicRole, Topology, TopologyPlan};
     pub use crate::runtime::{
         run, run_with, App, AppBuilder, NoBackend, Provisioning, Running, ShutdownHandle,
     };

@@ -3,10 +3,58 @@
 
 use std::time::Duration;
 
-use crate::backend::TopicRole;
 use crate::error::ConfigError;
 use crate::failure::ErrorKind;
 use crate::handlers::{HandlerSpec, OnExhausted};
+
+/// What a topic is for in a handler's topology: the policy decides it, and every topic the
+/// runtime names to a backend carries it (a [`Topic`](crate::backend::Topic)), wherever a
+/// backend may treat topics differently: [`Tiered`](crate::backend::Tiered) keeps retry levels,
+/// dead letters and parked entries in its retry store, Kafka may keep them on a cluster of their
+/// own, Redis keeps a retry level's records in a delay set until due.
+///
+/// Also importable as `retry_kafka::backend::TopicRole` and `retry_kafka::app::TopicRole`.
+///
+/// ```
+/// use retry_kafka::backend::TopicRole;
+///
+/// assert_eq!(TopicRole::of_level(0), TopicRole::Main);
+/// assert_eq!(TopicRole::of_level(2), TopicRole::Retry { level: 2 });
+/// assert!(TopicRole::DeadLetter.is_derived() && !TopicRole::Main.is_derived());
+/// assert!(TopicRole::Parked.is_derived());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TopicRole {
+    /// A main topic: what producers write and a handler's group reads first.
+    Main,
+    /// Retry level `level` (1-based) of a handler.
+    Retry {
+        /// The level, 1 for the first retry.
+        level: u32,
+    },
+    /// A handler's dead-letter queue.
+    DeadLetter,
+    /// A handler's parking queue: dead letters that were replayed and failed again, kept for
+    /// a person instead of cycling through replays.
+    Parked,
+}
+
+impl TopicRole {
+    /// The role of a handler's level `level`: 0 is the main topic, `n` retry level `n`.
+    pub fn of_level(level: u32) -> Self {
+        match level {
+            0 => TopicRole::Main,
+            level => TopicRole::Retry { level },
+        }
+    }
+
+    /// Whether the topic is a retry level, a dead-letter or a parking queue: written only by
+    /// the runtime (and by the replay tool).
+    pub fn is_derived(self) -> bool {
+        !matches!(self, TopicRole::Main)
+    }
+}
 
 /// Where a failed message goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

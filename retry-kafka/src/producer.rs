@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, Delivered, OutboundRecord, TopicRole};
+use crate::backend::{Backend, Delivered, OutboundRecord, Topic};
 use crate::error::SendError;
 use crate::event::Event;
 use crate::headers::Headers;
@@ -54,11 +54,11 @@ impl<B: Backend> Producer<B> {
             payload: Some(Bytes::from(event.encode()?)),
             headers,
         };
-        Ok(self.backend.send(topic, TopicRole::Main, record).await?)
+        Ok(self.backend.send(&Topic::main(topic), record).await?)
     }
 
     /// Publishes raw bytes, as any other client could.
     pub async fn send_raw(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, SendError> {
-        Ok(self.backend.send(topic, TopicRole::Main, record).await?)
+        Ok(self.backend.send(&Topic::main(topic), record).await?)
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use retry_kafka::app::Running;
-use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Publish as _, Record, TopicRole};
+use retry_kafka::backend::{Backend, Delivered, OutboundRecord, Publish as _, Record, Topic, TopicRole};
 use retry_kafka::handler::{BatchFailures, ErrorKind};
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
@@ -814,7 +814,7 @@ pub async fn a_held_retry_partition_does_not_hold_back_others<H: Harness>(harnes
         headers,
     };
     app.backend()
-        .send(retry_topic, TopicRole::Retry { level: 1 }, due_now)
+        .send(&Topic::new(retry_topic, TopicRole::Retry { level: 1 }), due_now)
         .await
         .unwrap();
 

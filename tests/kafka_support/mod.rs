@@ -10,7 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use retry_kafka::backend::kafka::{Kafka, KafkaBuilder};
-use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
+use retry_kafka::backend::{Browse as _, Record, Topic, TopicAdmin};
 pub use retry_kafka_suite::ApacheKafka;
 
 use crate::conformance::Harness;
@@ -143,7 +143,7 @@ impl Harness for KafkaHarness {
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) {
-        TopicAdmin::create_topic(&self.backend, topic, TopicRole::Main, partitions)
+        TopicAdmin::create_topic(&self.backend, &Topic::main(topic), partitions)
             .await
             .expect("create topic");
         // Wait until the topic is visible, so the app's provisioning sees it.
@@ -156,7 +156,7 @@ impl Harness for KafkaHarness {
 
     async fn records(&self, topic: &str) -> Vec<Record> {
         self.backend
-            .read_topic(topic, retry_kafka_suite::role_of(topic))
+            .read(&Topic::new(topic, retry_kafka_suite::role_of(topic)), &[])
             .await
             .expect("read topic")
     }

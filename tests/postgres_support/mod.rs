@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use retry_kafka::backend::postgres::{Postgres, PostgresBuilder};
-use retry_kafka::backend::{Browse, Record, Tiered, TopicRole};
+use retry_kafka::backend::{Browse, Record, RetryStore, Tiered, Topic, TopicRole};
 pub use retry_kafka_suite::PostgresServer;
 
 use crate::conformance::Harness;
@@ -62,8 +62,12 @@ impl<M: Harness> Harness for PostgresHarness<M> {
     }
 
     async fn records(&self, topic: &str) -> Vec<Record> {
-        if retry_kafka_suite::role_of(topic).is_derived() {
-            self.postgres.read_topic(topic).await.expect("read rows")
+        let role = retry_kafka_suite::role_of(topic);
+        if role.is_derived() {
+            self.postgres
+                .read(&Topic::new(topic, role), &[])
+                .await
+                .expect("read rows")
         } else {
             self.main.records(topic).await
         }
@@ -89,7 +93,7 @@ impl<M: Harness> Harness for PostgresHarness<M> {
         let role = retry_kafka_suite::role_of(topic);
         if role.is_derived() {
             self.postgres
-                .end_offsets_of(topic, role)
+                .end_offsets_of(&Topic::new(topic, role))
                 .await
                 .expect("end offsets")
         } else {
@@ -124,10 +128,10 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 pub async fn assert_nothing_waiting(postgres: &Postgres, topic: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let lag =
-            retry_kafka::backend::TopicAdmin::lag(postgres, topic, TopicRole::Retry { level: 1 }, topic)
-                .await
-                .unwrap();
+        let lag = postgres
+            .backlog(&Topic::new(topic, TopicRole::Retry { level: 1 }))
+            .await
+            .unwrap();
         if lag == 0 {
             return;
         }

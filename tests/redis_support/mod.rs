@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use retry_kafka::backend::redis::{Redis, RedisBuilder};
-use retry_kafka::backend::{Record, TopicAdmin, TopicRole};
+use retry_kafka::backend::{Backend as _, Browse as _, Record, Topic, TopicAdmin, TopicRole};
 pub use retry_kafka_suite::RedisServer;
 
 use crate::conformance::Harness;
@@ -65,7 +65,7 @@ impl RedisHarness {
 
     async fn partitions(&self, topic: &str) -> u32 {
         self.backend
-            .partitions(topic, retry_kafka_suite::role_of(topic))
+            .partitions(&Topic::new(topic, retry_kafka_suite::role_of(topic)))
             .await
             .expect("partitions")
             .unwrap_or(0)
@@ -172,13 +172,16 @@ impl Harness for RedisHarness {
 
     async fn create_topic(&self, topic: &str, partitions: u32) {
         self.backend
-            .create_topic(topic, TopicRole::Main, partitions)
+            .create_topic(&Topic::main(topic), partitions)
             .await
             .expect("create topic");
     }
 
     async fn records(&self, topic: &str) -> Vec<Record> {
-        self.backend.read_topic(topic).await.expect("read topic")
+        self.backend
+            .read(&Topic::new(topic, retry_kafka_suite::role_of(topic)), &[])
+            .await
+            .expect("read topic")
     }
 
     /// Positions, not offsets: Redis offsets are IDs, and the suite counts messages.
@@ -215,9 +218,9 @@ pub async fn assert_nothing_pending_on(backend: &Redis, topic: &str, group: &str
     let retry = format!("{topic}.{group}.retry.1");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let main = backend.lag(topic, TopicRole::Main, group).await.unwrap();
+        let main = backend.lag(&Topic::main(topic), group).await.unwrap();
         let retry = backend
-            .lag(&retry, TopicRole::Retry { level: 1 }, &retry)
+            .lag(&Topic::new(retry.as_str(), TopicRole::Retry { level: 1 }), &retry)
             .await
             .unwrap();
         if main == 0 && retry == 0 {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::{
-    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Publish, Record, Subscription,
-    TopicAdmin, TopicRole,
+    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Record, Subscription,
+    Topic, TopicAdmin,
 };
 use crate::clock::now_ms;
 use crate::error::BackendError;
@@ -26,13 +26,13 @@ const FETCH_BATCH: usize = 64;
 /// Cloning it gives another handle to the same broker.
 ///
 /// ```
-/// use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
+/// use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, Topic};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let broker = InMemory::new();
 /// broker.create_topic("orders", 3);
 /// let delivered = broker
-///     .send("orders", TopicRole::Main, OutboundRecord { partition: Some(2), payload: Some("hi".into()), ..Default::default() })
+///     .send(&Topic::main("orders"), OutboundRecord { partition: Some(2), payload: Some("hi".into()), ..Default::default() })
 ///     .await
 ///     .unwrap();
 /// assert_eq!((delivered.partition, delivered.offset), (2, 0));
@@ -52,20 +52,21 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    topics: HashMap<String, Topic>,
+    topics: HashMap<String, Log>,
 }
 
 impl State {
     /// `name`, created with `default` partitions on first use (as a Kafka cluster with
     /// `auto.create.topics.enable` does).
-    fn topic(&mut self, name: &str, default: u32) -> &mut Topic {
+    fn topic(&mut self, name: &str, default: u32) -> &mut Log {
         self.topics
             .entry(name.to_owned())
-            .or_insert_with(|| Topic::new(default))
+            .or_insert_with(|| Log::new(default))
     }
 }
 
-struct Topic {
+/// A topic's partitions and groups.
+struct Log {
     partitions: Vec<Vec<Record>>,
     groups: HashMap<String, Group>,
     /// Woken on every append and every membership change of the topic.
@@ -84,7 +85,7 @@ struct Group {
     generation: u64,
 }
 
-impl Topic {
+impl Log {
     fn new(partitions: u32) -> Self {
         Self {
             partitions: (0..partitions).map(|_| Vec::new()).collect(),
@@ -146,7 +147,7 @@ impl InMemory {
         self.state()
             .topics
             .entry(topic.to_owned())
-            .or_insert_with(|| Topic::new(partitions.max(1)));
+            .or_insert_with(|| Log::new(partitions.max(1)));
     }
 
     /// The partition count of `topic`, if it exists.
@@ -215,9 +216,9 @@ impl InMemory {
 }
 
 impl super::Browse for InMemory {
-    async fn read(&self, topic: &str, _role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+    async fn read(&self, topic: &Topic, from: &[u64]) -> Result<Vec<Record>, BackendError> {
         let state = self.state();
-        let Some(t) = state.topics.get(topic) else {
+        let Some(t) = state.topics.get(&*topic.name) else {
             return Ok(Vec::new());
         };
         Ok(t.partitions
@@ -230,23 +231,19 @@ impl super::Browse for InMemory {
             .collect())
     }
 
-    async fn end_offsets_of(&self, topic: &str, _role: TopicRole) -> Result<Vec<u64>, BackendError> {
-        Ok(self.end_offsets(topic))
+    async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
+        Ok(self.end_offsets(&topic.name))
     }
 }
 
 impl TopicAdmin for InMemory {
-    async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
-        Ok(InMemory::partitions(self, topic))
+    async fn partitions(&self, topic: &Topic) -> Result<Option<u32>, BackendError> {
+        Ok(InMemory::partitions(self, &topic.name))
     }
 
-    async fn create_topic(&self, topic: &str, _role: TopicRole, partitions: u32) -> Result<(), BackendError> {
-        InMemory::create_topic(self, topic, partitions);
+    async fn create_topic(&self, topic: &Topic, partitions: u32) -> Result<(), BackendError> {
+        InMemory::create_topic(self, &topic.name, partitions);
         Ok(())
-    }
-
-    async fn lag(&self, topic: &str, _role: TopicRole, group: &str) -> Result<u64, BackendError> {
-        Ok(self.lag_of(topic, group))
     }
 
     /// A topic is created on first use, as on a Kafka cluster with
@@ -257,13 +254,8 @@ impl TopicAdmin for InMemory {
 }
 
 impl Publish for InMemory {
-    async fn send(
-        &self,
-        topic: &str,
-        _role: TopicRole,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        self.append(topic, record)
+    async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        self.append(&topic.name, record)
     }
 }
 
@@ -279,7 +271,7 @@ impl Backend for InMemory {
         let default = self.shared.default_partitions;
         let changed = {
             let mut state = self.state();
-            let topic = state.topic(&subscription.topic, default);
+            let topic = state.topic(&subscription.topic.name, default);
             let partitions = topic.partitions.len();
             let group = topic
                 .groups
@@ -297,7 +289,7 @@ impl Backend for InMemory {
         };
         Ok(MemoryConsumer {
             broker: self.clone(),
-            topic: subscription.topic,
+            topic: subscription.topic.name.to_string(),
             group: subscription.group,
             member,
             changed,
@@ -309,6 +301,10 @@ impl Backend for InMemory {
             buffer: VecDeque::new(),
             events: VecDeque::new(),
         })
+    }
+
+    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        Ok(self.lag_of(&topic.name, group))
     }
 }
 
@@ -457,15 +453,8 @@ impl Consumer for MemoryConsumer {
         }
     }
 
-    fn hand_off(
-        &mut self,
-        _partition: u32,
-        _offset: u64,
-        topic: &str,
-        _role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
-        Box::pin(std::future::ready(self.broker.append(topic, record.clone())))
+    fn hand_off(&mut self, _from: Position, to: Topic, record: OutboundRecord) -> HandOff {
+        Box::pin(std::future::ready(self.broker.append(&to.name, record)))
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {

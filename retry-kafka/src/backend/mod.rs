@@ -4,8 +4,10 @@
 //! backend only fetches, holds and resumes partitions, acknowledges and produces durably. A
 //! backend is done when the conformance suite (`tests/conformance`) passes on it.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -13,8 +15,14 @@ use crate::error::BackendError;
 use crate::headers::Headers;
 
 pub mod memory;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod partition_counts;
 mod tiered;
 
+/// The policy decides a topic's role; the seam carries it in every [`Topic`].
+pub use crate::policy::TopicRole;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) use partition_counts::PartitionCounts;
 pub use tiered::{Tiered, TieredConsumer};
 
 /// A name for the `n`th member this process made, unique across processes and hosts: host,
@@ -44,6 +52,81 @@ pub struct Record {
     pub payload: Option<Bytes>,
     /// The headers, in order.
     pub headers: Headers,
+}
+
+impl Record {
+    /// Where it was read: its partition and offset.
+    ///
+    /// ```
+    /// use retry_kafka::backend::{Position, Record};
+    /// use retry_kafka::headers::Headers;
+    ///
+    /// let record = Record { partition: 2, offset: 7, timestamp_ms: None, key: None, payload: None, headers: Headers::new() };
+    /// assert_eq!(record.position(), Position { partition: 2, offset: 7 });
+    /// ```
+    pub fn position(&self) -> Position {
+        Position {
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+/// A topic as the seam names it: its name and what it is for. Every call of [`TopicAdmin`],
+/// [`Publish`], [`Browse`], [`Backend`], [`RetryStore`] and [`Consumer::hand_off`] takes one, so
+/// a backend routes by the role and never learns it any other way.
+///
+/// The name is shared (`Arc<str>`): cloning a `Topic` costs a reference count, so a hand-off's
+/// future can own its target without copying the name, and the runtime can keep one per level.
+///
+/// ```
+/// use retry_kafka::backend::{Topic, TopicRole};
+///
+/// let level = Topic::new("orders.billing.retry.1", TopicRole::Retry { level: 1 });
+/// assert_eq!(&*level.name, "orders.billing.retry.1");
+/// assert!(level.role.is_derived());
+/// assert_eq!(Topic::main("orders"), Topic::new("orders", TopicRole::Main));
+/// assert_eq!(level.to_string(), "orders.billing.retry.1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Topic {
+    /// The topic's name (the stream's, on Redis).
+    pub name: Arc<str>,
+    /// What it is for.
+    pub role: TopicRole,
+}
+
+impl Topic {
+    /// The topic `name` of role `role`.
+    pub fn new(name: impl Into<Arc<str>>, role: TopicRole) -> Self {
+        Topic {
+            name: name.into(),
+            role,
+        }
+    }
+
+    /// The main topic `name`: what producers write and a handler's group reads first.
+    pub fn main(name: impl Into<Arc<str>>) -> Self {
+        Topic::new(name, TopicRole::Main)
+    }
+}
+
+/// The name, as logs and errors show it.
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A place in a topic: a partition and an offset in it. Where a record was read
+/// ([`Record::position`]), where a hand-off's source is ([`Consumer::hand_off`]), and where a
+/// produced record landed ([`Delivered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// The partition.
+    pub partition: u32,
+    /// The offset in the partition.
+    pub offset: u64,
 }
 
 /// A message to produce.
@@ -77,68 +160,21 @@ impl OutboundRecord {
     }
 }
 
-/// What a topic is for in a handler's topology. The runtime names it wherever a backend may
-/// treat topics differently: [`Tiered`] keeps retry levels, dead letters and parked entries on
-/// its second backend, Kafka may keep them on a cluster of their own, Redis keeps a retry level's records
-/// in a delay set until due.
-///
-/// ```
-/// use retry_kafka::backend::TopicRole;
-///
-/// assert_eq!(TopicRole::of_level(0), TopicRole::Main);
-/// assert_eq!(TopicRole::of_level(2), TopicRole::Retry { level: 2 });
-/// assert!(TopicRole::DeadLetter.is_derived() && !TopicRole::Main.is_derived());
-/// assert!(TopicRole::Parked.is_derived());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TopicRole {
-    /// A main topic: what producers write and a handler's group reads first.
-    Main,
-    /// Retry level `level` (1-based) of a handler.
-    Retry {
-        /// The level, 1 for the first retry.
-        level: u32,
-    },
-    /// A handler's dead-letter queue.
-    DeadLetter,
-    /// A handler's parking queue: dead letters that were replayed and failed again, kept for
-    /// a person instead of cycling through replays.
-    Parked,
-}
-
-impl TopicRole {
-    /// The role of a handler's level `level`: 0 is the main topic, `n` retry level `n`.
-    pub fn of_level(level: u32) -> Self {
-        match level {
-            0 => TopicRole::Main,
-            level => TopicRole::Retry { level },
-        }
-    }
-
-    /// Whether the topic is a retry level, a dead-letter or a parking queue: written only by
-    /// the runtime (and by the replay tool).
-    pub fn is_derived(self) -> bool {
-        !matches!(self, TopicRole::Main)
-    }
-}
-
-/// Where a produced message landed, once the broker acknowledged it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// Its partition.
-    pub partition: u32,
-    /// Its offset.
-    pub offset: u64,
-}
+/// Where a produced message landed, once the broker acknowledged it: its [`Position`].
+pub type Delivered = Position;
 
 /// What a consumer asks the backend for.
+///
+/// ```
+/// use retry_kafka::backend::{Subscription, Topic};
+///
+/// let subscription = Subscription { topic: Topic::main("orders"), group: "billing".into() };
+/// assert_eq!(&*subscription.topic.name, "orders");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
-    /// The topic to consume.
-    pub topic: String,
-    /// What the topic is for.
-    pub role: TopicRole,
+    /// The topic to consume, with its role.
+    pub topic: Topic,
     /// The consumer group.
     pub group: String,
 }
@@ -175,23 +211,16 @@ pub trait Consumer: Send + 'static {
     /// Delivers `partition` again, from the offset it was held at.
     fn resume(&mut self, partition: u32);
 
-    /// Starts handing the message delivered at `partition`/`offset` on: writes `record` to
-    /// `topic` (the next retry level or the dead-letter queue). The returned future resolves
-    /// once the write is durable (broker acknowledgement awaited); the runtime acknowledges the
+    /// Starts handing the message delivered at `from` on: writes `record` to `to` (the next
+    /// retry level, the dead-letter or the parking queue). The returned future resolves once
+    /// the write is durable (broker acknowledgement awaited); the runtime acknowledges the
     /// source only then, and tries a failed hand-off again later. Hand-offs started one after
-    /// another to one partition of `topic` are written in that order. A backend that can write
-    /// the next hop and acknowledge the source in one step (Redis) does so here.
+    /// another to one partition of `to` are written in that order. A backend that can write
+    /// the next hop and acknowledge the source in one step (Redis, PostgreSQL) does so here.
     ///
-    /// The future does not borrow the consumer: the runtime keeps a window of hand-offs in
-    /// flight instead of waiting for each in line.
-    fn hand_off(
-        &mut self,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff;
+    /// The future owns `to` and `record` and does not borrow the consumer: the runtime keeps a
+    /// window of hand-offs in flight instead of waiting for each in line.
+    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff;
 
     /// Marks every offset up to and including `offset` on `partition` as done.
     fn ack(&mut self, partition: u32, offset: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
@@ -200,43 +229,30 @@ pub trait Consumer: Send + 'static {
     fn close(self) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
-/// Topics: how many partitions they have, creating them, and how far a group is behind.
+/// Topics: how many partitions they have and creating them. Transports and retry stores alike.
 ///
 /// ```
-/// use retry_kafka::backend::{memory::InMemory, TopicAdmin, TopicRole};
+/// use retry_kafka::backend::{memory::InMemory, Backend, Topic, TopicAdmin, TopicRole};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
 /// let broker = InMemory::new();
-/// let level = TopicRole::Retry { level: 1 };
-/// TopicAdmin::create_topic(&broker, "orders.billing.retry.1", level, 4).await?;
-/// assert_eq!(TopicAdmin::partitions(&broker, "orders.billing.retry.1", level).await?, Some(4));
-/// assert_eq!(TopicAdmin::lag(&broker, "orders.billing.retry.1", level, "orders.billing.retry.1").await?, 0);
+/// let level = Topic::new("orders.billing.retry.1", TopicRole::Retry { level: 1 });
+/// TopicAdmin::create_topic(&broker, &level, 4).await?;
+/// assert_eq!(TopicAdmin::partitions(&broker, &level).await?, Some(4));
+/// assert_eq!(broker.lag(&level, "orders.billing.retry.1").await?, 0);
 /// # Ok(()) }
 /// ```
 pub trait TopicAdmin: Send + Sync {
     /// The partition count of `topic`, or `None` if it does not exist.
-    fn partitions(
-        &self,
-        topic: &str,
-        role: TopicRole,
-    ) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send;
+    fn partitions(&self, topic: &Topic) -> impl Future<Output = Result<Option<u32>, BackendError>> + Send;
 
     /// Creates `topic` with `partitions` partitions (no error if it already exists).
     fn create_topic(
         &self,
-        topic: &str,
-        role: TopicRole,
+        topic: &Topic,
         partitions: u32,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
-
-    /// Messages of `topic` that `group` has not committed yet (consumer lag).
-    fn lag(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        group: &str,
-    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
 
     /// The partition count a topic gets when it is first written or read, for a transport that
     /// creates topics on use (Redis, in-process); `None` where topics are created beforehand
@@ -249,13 +265,13 @@ pub trait TopicAdmin: Send + Sync {
 /// Producing: one message written durably.
 ///
 /// ```
-/// use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
+/// use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, Topic};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
 /// let broker = InMemory::new();
 /// let record = OutboundRecord { key: Some("42".into()), payload: Some("{}".into()), ..Default::default() };
-/// let delivered = broker.send("orders", TopicRole::Main, record).await?;
+/// let delivered = broker.send(&Topic::main("orders"), record).await?;
 /// assert_eq!(delivered.offset, 0);
 /// # Ok(()) }
 /// ```
@@ -263,58 +279,69 @@ pub trait Publish: Send + Sync {
     /// Produces one message and waits until the broker has durably accepted it.
     fn send(
         &self,
-        topic: &str,
-        role: TopicRole,
+        topic: &Topic,
         record: OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send;
 }
 
-/// Reading a topic outside any consumer group, for tools: listing dead letters, checking what
-/// a replay already wrote. Nothing is acknowledged or committed.
+/// Reading a topic outside any consumer group, for tools and tests: listing dead letters,
+/// checking what a replay already wrote. Nothing is acknowledged or committed. The one way to
+/// read a topic on every backend.
 ///
 /// ```
-/// use retry_kafka::backend::{memory::InMemory, Browse, OutboundRecord, Publish, TopicRole};
+/// use retry_kafka::backend::{memory::InMemory, Browse, OutboundRecord, Publish, Topic, TopicRole};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
 /// let broker = InMemory::new();
 /// broker.create_topic("orders.billing.dlq", 1);
+/// let dlq = Topic::new("orders.billing.dlq", TopicRole::DeadLetter);
 /// for n in 0..3u8 {
 ///     let record = OutboundRecord { payload: Some(vec![n].into()), ..Default::default() };
-///     broker.send("orders.billing.dlq", TopicRole::DeadLetter, record).await?;
+///     broker.send(&dlq, record).await?;
 /// }
-/// assert_eq!(broker.end_offsets_of("orders.billing.dlq", TopicRole::DeadLetter).await?, [3]);
-/// let tail = broker.read("orders.billing.dlq", TopicRole::DeadLetter, &[1]).await?;
+/// assert_eq!(broker.end_offsets_of(&dlq).await?, [3]);
+/// let tail = broker.read(&dlq, &[1]).await?;
 /// assert_eq!(tail.iter().map(|r| r.offset).collect::<Vec<_>>(), [1, 2]);
+/// assert_eq!(broker.read(&dlq, &[]).await?.len(), 3, "everything kept");
 /// # Ok(()) }
 /// ```
 pub trait Browse: Send + Sync {
     /// The records of `topic`, partition by partition in offset order, from offset `from[p]` of
-    /// each partition `p` (from the first record kept where `from` has no entry) up to the end
-    /// as it is when the read starts. Empty if the topic does not exist.
+    /// each partition `p` (from the first record kept where `from` has no entry: `&[]` reads
+    /// everything) up to the end as it is when the read starts. Empty if the topic does not
+    /// exist. Retries a store keeps out of sight until due (a Redis retry level's delay set)
+    /// come last, with offset `u64::MAX`: they have none yet.
     fn read(
         &self,
-        topic: &str,
-        role: TopicRole,
+        topic: &Topic,
         from: &[u64],
     ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send;
 
     /// The next offset of each partition of `topic`: what a record written now would be
     /// after. Empty if the topic does not exist.
-    fn end_offsets_of(
-        &self,
-        topic: &str,
-        role: TopicRole,
-    ) -> impl Future<Output = Result<Vec<u64>, BackendError>> + Send;
+    fn end_offsets_of(&self, topic: &Topic) -> impl Future<Output = Result<Vec<u64>, BackendError>> + Send;
 }
 
-/// A transport: Kafka, Redis Streams, or the in-process [`InMemory`](crate::InMemory). Topic
-/// admin and producing are traits of their own; this adds consumer groups.
+/// A transport: Kafka, Redis Streams, the in-process [`InMemory`](crate::InMemory), or a
+/// [`Tiered`] pair of a transport and a retry store. Topic admin and producing are traits of
+/// their own; this adds consumer groups, on any topic, main topics included. What an
+/// [`App`](crate::App) runs on.
+///
+/// A [`RetryStore`] that is not a transport (PostgreSQL) does not implement it, so it cannot be
+/// given to [`AppBuilder::backend`](crate::app::AppBuilder::backend) or put first in a
+/// [`Tiered`]: that is a compile error, not a failure at start.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a backend: it cannot carry main topics and their consumer groups",
+    label = "not a transport",
+    note = "a retry store (such as `Postgres`) keeps retries behind a transport: put it second, \
+            `Tiered::new(transport, store)`"
+)]
 pub trait Backend: TopicAdmin + Publish + Clone + 'static {
     /// This backend's consumer.
     type Consumer: Consumer;
 
-    /// A short name for logs: `memory`, `kafka`, `redis`.
+    /// A short name for logs: `memory`, `kafka`, `redis`, `tiered`.
     fn name(&self) -> &'static str;
 
     /// Joins `subscription.group` as a new member reading `subscription.topic`.
@@ -322,6 +349,71 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
         &self,
         subscription: Subscription,
     ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send;
+
+    /// Messages of `topic` that `group` has not committed yet (consumer lag).
+    fn lag(&self, topic: &Topic, group: &str) -> impl Future<Output = Result<u64, BackendError>> + Send;
+}
+
+/// The second half of a [`Tiered`] backend: where retry levels, dead letters and parked
+/// entries live. It takes a failure's record (a [`Publish`] from the main topic's consumer),
+/// lets a level's consumers take what is due and hand it on with its source in one step
+/// ([`consume`](RetryStore::consume), then [`Consumer::hand_off`]), and is read by tools
+/// ([`Browse`]).
+///
+/// Every transport that can be browsed is a retry store too (Kafka, Redis, the in-process
+/// broker: `Tiered<Kafka, Redis>`); PostgreSQL is a retry store only. A retry store is only ever
+/// asked about derived topics ([`TopicRole::is_derived`]), and a retry level is read by one
+/// group, named like the level, so neither main topics nor groups appear here.
+///
+/// ```
+/// use retry_kafka::backend::{memory::InMemory, Consumer, Fetched, OutboundRecord, Publish, RetryStore, Topic, TopicRole};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
+/// let store = InMemory::new();
+/// let level = Topic::new("orders.billing.retry.1", TopicRole::Retry { level: 1 });
+/// store.send(&level, OutboundRecord { partition: Some(0), ..Default::default() }).await?;
+/// assert_eq!(store.backlog(&level).await?, 1);
+/// let mut worker = store.consume(level.clone()).await?;
+/// loop {
+///     if let Fetched::Record(record) = worker.next().await? {
+///         worker.ack(record.partition, record.offset).await?;
+///         break;
+///     }
+/// }
+/// assert_eq!(store.backlog(&level).await?, 0);
+/// # Ok(()) }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot keep retries: it is not a retry store",
+    label = "not a retry store",
+    note = "the second half of `Tiered::new(transport, store)` is a `RetryStore`: Kafka, Redis, \
+            `InMemory` or `Postgres`"
+)]
+pub trait RetryStore: TopicAdmin + Publish + Browse + Clone + 'static {
+    /// A worker of a retry level.
+    type Consumer: Consumer;
+
+    /// Joins the workers of retry level `level`, which take its records as they come due.
+    fn consume(&self, level: Topic) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send;
+
+    /// Records of `topic` not handled yet, due or not: a level's lag.
+    fn backlog(&self, topic: &Topic) -> impl Future<Output = Result<u64, BackendError>> + Send;
+}
+
+/// A transport keeps retries as topics read by a group named like the level (the runtime's
+/// naming: a level's group is its topic).
+impl<B: Backend + Browse> RetryStore for B {
+    type Consumer = B::Consumer;
+
+    async fn consume(&self, level: Topic) -> Result<B::Consumer, BackendError> {
+        let group = level.name.to_string();
+        self.subscribe(Subscription { topic: level, group }).await
+    }
+
+    async fn backlog(&self, topic: &Topic) -> Result<u64, BackendError> {
+        self.lag(topic, &topic.name).await
+    }
 }
 
 #[cfg(feature = "kafka")]

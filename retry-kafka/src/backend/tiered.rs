@@ -3,17 +3,21 @@
 //! or PostgreSQL (rows with a due time, feature `postgres`).
 
 use super::{
-    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Publish, Subscription, TopicAdmin,
-    TopicRole,
+    Backend, Browse, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Record,
+    RetryStore, Subscription, Topic, TopicAdmin,
 };
 use crate::error::BackendError;
 
-/// A backend whose main topics live on `M` and whose retry and dead-letter topics live on `R`.
+/// A backend whose main topics live on the transport `M` and whose retry levels, dead letters
+/// and parked entries live in the retry store `R`.
 ///
 /// Every rule of the delivery contract holds across the two: a message leaves the main topic
 /// only after the retry store has durably taken it, and hand-offs between retry levels are as
 /// atomic as `R` makes them (on Redis: one transaction writes the next hop and acknowledges;
 /// on PostgreSQL: one statement).
+///
+/// `M` must be a [`Backend`] and `R` a [`RetryStore`]: a store that is not a transport
+/// (PostgreSQL) can only go second, which the compiler checks.
 ///
 /// ```no_run
 /// use retry_kafka::backend::Tiered;
@@ -32,8 +36,8 @@ pub struct Tiered<M, R> {
     retries: R,
 }
 
-impl<M: Backend, R: Backend> Tiered<M, R> {
-    /// Main topics on `main`, retry and dead-letter topics on `retries`.
+impl<M: Backend, R: RetryStore> Tiered<M, R> {
+    /// Main topics on `main`, retry levels, dead letters and parked entries on `retries`.
     pub fn new(main: M, retries: R) -> Self {
         Tiered { main, retries }
     }
@@ -43,7 +47,7 @@ impl<M: Backend, R: Backend> Tiered<M, R> {
         &self.main
     }
 
-    /// The backend of the retry and dead-letter topics.
+    /// The store of the retry levels, dead letters and parked entries.
     pub fn retries(&self) -> &R {
         &self.retries
     }
@@ -52,31 +56,31 @@ impl<M: Backend, R: Backend> Tiered<M, R> {
 /// A consumer of a [`Tiered`] backend: of a main topic, or of a retry level.
 ///
 /// ```no_run
-/// use retry_kafka::backend::{Backend, Subscription, Tiered, TieredConsumer, TopicRole};
+/// use retry_kafka::backend::{Backend, Subscription, Tiered, TieredConsumer, Topic};
 /// use retry_kafka::backend::kafka::Kafka;
 /// use retry_kafka::backend::redis::Redis;
 ///
 /// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::error::BackendError> {
-/// let subscription = Subscription { topic: "orders".into(), role: TopicRole::Main, group: "audit".into() };
+/// let subscription = Subscription { topic: Topic::main("orders"), group: "audit".into() };
 /// match backend.subscribe(subscription).await? {
 ///     TieredConsumer::Main { .. } => println!("orders is read from Kafka"),
 ///     TieredConsumer::Retry(_redis) => println!("orders is a retry level, read from Redis"),
 /// }
 /// # Ok(()) }
 /// ```
-pub enum TieredConsumer<M: Backend, R: Backend> {
+pub enum TieredConsumer<M: Backend, R: RetryStore> {
     /// Reads a main topic; hands failures to the retry store.
     Main {
         /// The main topic's consumer.
         consumer: M::Consumer,
-        /// Where its failures go: every retry level and the dead-letter queue.
+        /// Where its failures go: every retry level, the dead-letter and the parking queue.
         retries: R,
     },
     /// Reads a retry level.
     Retry(R::Consumer),
 }
 
-impl<M: Backend, R: Backend> Consumer for TieredConsumer<M, R> {
+impl<M: Backend, R: RetryStore> Consumer for TieredConsumer<M, R> {
     async fn next(&mut self) -> Result<Fetched, BackendError> {
         match self {
             TieredConsumer::Main { consumer, .. } => consumer.next().await,
@@ -86,21 +90,14 @@ impl<M: Backend, R: Backend> Consumer for TieredConsumer<M, R> {
 
     /// From a main topic, a durable write to the retry store (after which the runtime
     /// acknowledges the main topic's offset); from a retry level, the retry store's own
-    /// hand-off (atomic on Redis).
-    fn hand_off(
-        &mut self,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
+    /// hand-off (atomic on Redis and PostgreSQL).
+    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
         match self {
             TieredConsumer::Main { retries, .. } => {
-                let (retries, topic, record) = (retries.clone(), topic.to_owned(), record.clone());
-                Box::pin(async move { retries.send(&topic, role, record).await })
+                let retries = retries.clone();
+                Box::pin(async move { retries.send(&to, record).await })
             }
-            TieredConsumer::Retry(c) => c.hand_off(partition, offset, topic, role, record),
+            TieredConsumer::Retry(c) => c.hand_off(from, to, record),
         }
     }
 
@@ -133,29 +130,21 @@ impl<M: Backend, R: Backend> Consumer for TieredConsumer<M, R> {
     }
 }
 
-/// Retry levels and dead letters live on the retry store, main topics on the main backend.
-impl<M: Backend, R: Backend> TopicAdmin for Tiered<M, R> {
-    async fn partitions(&self, topic: &str, role: TopicRole) -> Result<Option<u32>, BackendError> {
-        if role.is_derived() {
-            self.retries.partitions(topic, role).await
+/// Derived topics live in the retry store, main topics on the main backend.
+impl<M: Backend, R: RetryStore> TopicAdmin for Tiered<M, R> {
+    async fn partitions(&self, topic: &Topic) -> Result<Option<u32>, BackendError> {
+        if topic.role.is_derived() {
+            TopicAdmin::partitions(&self.retries, topic).await
         } else {
-            self.main.partitions(topic, role).await
+            TopicAdmin::partitions(&self.main, topic).await
         }
     }
 
-    async fn create_topic(&self, topic: &str, role: TopicRole, partitions: u32) -> Result<(), BackendError> {
-        if role.is_derived() {
-            self.retries.create_topic(topic, role, partitions).await
+    async fn create_topic(&self, topic: &Topic, partitions: u32) -> Result<(), BackendError> {
+        if topic.role.is_derived() {
+            TopicAdmin::create_topic(&self.retries, topic, partitions).await
         } else {
-            self.main.create_topic(topic, role, partitions).await
-        }
-    }
-
-    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
-        if role.is_derived() {
-            self.retries.lag(topic, role, group).await
-        } else {
-            self.main.lag(topic, role, group).await
+            TopicAdmin::create_topic(&self.main, topic, partitions).await
         }
     }
 
@@ -165,45 +154,35 @@ impl<M: Backend, R: Backend> TopicAdmin for Tiered<M, R> {
     }
 }
 
-impl<M: Backend + super::Browse, R: Backend + super::Browse> super::Browse for Tiered<M, R> {
-    async fn read(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        from: &[u64],
-    ) -> Result<Vec<super::Record>, BackendError> {
-        if role.is_derived() {
-            self.retries.read(topic, role, from).await
+impl<M: Backend + Browse, R: RetryStore> Browse for Tiered<M, R> {
+    async fn read(&self, topic: &Topic, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        if topic.role.is_derived() {
+            self.retries.read(topic, from).await
         } else {
-            self.main.read(topic, role, from).await
+            self.main.read(topic, from).await
         }
     }
 
-    async fn end_offsets_of(&self, topic: &str, role: TopicRole) -> Result<Vec<u64>, BackendError> {
-        if role.is_derived() {
-            self.retries.end_offsets_of(topic, role).await
+    async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
+        if topic.role.is_derived() {
+            self.retries.end_offsets_of(topic).await
         } else {
-            self.main.end_offsets_of(topic, role).await
+            self.main.end_offsets_of(topic).await
         }
     }
 }
 
-impl<M: Backend, R: Backend> Publish for Tiered<M, R> {
-    async fn send(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        if role.is_derived() {
-            self.retries.send(topic, role, record).await
+impl<M: Backend, R: RetryStore> Publish for Tiered<M, R> {
+    async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        if topic.role.is_derived() {
+            self.retries.send(topic, record).await
         } else {
-            self.main.send(topic, role, record).await
+            self.main.send(topic, record).await
         }
     }
 }
 
-impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
+impl<M: Backend, R: RetryStore> Backend for Tiered<M, R> {
     type Consumer = TieredConsumer<M, R>;
 
     fn name(&self) -> &'static str {
@@ -211,13 +190,26 @@ impl<M: Backend, R: Backend> Backend for Tiered<M, R> {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<Self::Consumer, BackendError> {
-        Ok(if subscription.role.is_derived() {
-            TieredConsumer::Retry(self.retries.subscribe(subscription).await?)
+        Ok(if subscription.topic.role.is_derived() {
+            debug_assert_eq!(
+                *subscription.topic.name, subscription.group,
+                "a level's group is the level"
+            );
+            TieredConsumer::Retry(self.retries.consume(subscription.topic).await?)
         } else {
             TieredConsumer::Main {
                 consumer: self.main.subscribe(subscription).await?,
                 retries: self.retries.clone(),
             }
         })
+    }
+
+    /// A retry level's lag is its backlog in the store: the level's group is the level.
+    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        if topic.role.is_derived() {
+            self.retries.backlog(topic).await
+        } else {
+            self.main.lag(topic, group).await
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::provision::Provisioning;
 use super::signals::TerminationSignals;
-use crate::backend::{Backend, TopicRole};
+use crate::backend::{Backend, Topic, TopicRole};
 use crate::error::{BackendError, Error};
 use crate::handlers::HandlerSpec;
 use crate::health::{ConsumerHealth, Health};
@@ -108,7 +108,10 @@ impl<B: Backend> App<B> {
                 let group = topology.consumer_group(spec.group(), level);
                 backlog += self
                     .backend
-                    .lag(topology.level(level), TopicRole::of_level(level), group)
+                    .lag(
+                        &Topic::new(topology.level(level), TopicRole::of_level(level)),
+                        group,
+                    )
                     .await?;
             }
         }

@@ -2,7 +2,7 @@
 //! each retry and dead-letter topic has at least as many partitions (a failed message keeps its
 //! partition number on every hop).
 
-use crate::backend::{Backend, TopicRole};
+use crate::backend::{Backend, Topic};
 use crate::error::BackendError;
 use crate::policy::Topology;
 
@@ -31,26 +31,27 @@ pub(crate) async fn provision<B: Backend>(
     mode: Provisioning,
 ) -> Result<(), BackendError> {
     let main = &topology.main;
+    let main_topic = Topic::main(main.as_str());
     // Where topics are created on use (Redis, in-process), the main topic is created now, so
     // that its retry topics can copy its partition count.
     if let Some(default) = backend.default_partitions() {
-        if backend.partitions(main, TopicRole::Main).await?.is_none() {
-            backend.create_topic(main, TopicRole::Main, default).await?;
+        if backend.partitions(&main_topic).await?.is_none() {
+            backend.create_topic(&main_topic, default).await?;
         }
     }
     if mode == Provisioning::Off {
         return Ok(());
     }
-    let needed =
-        backend
-            .partitions(main, TopicRole::Main)
-            .await?
-            .ok_or_else(|| BackendError::UnknownTopic {
-                topic: main.clone(),
-                hint: "; create it first: its retry and dead-letter topics copy its partition count".into(),
-            })?;
+    let needed = backend
+        .partitions(&main_topic)
+        .await?
+        .ok_or_else(|| BackendError::UnknownTopic {
+            topic: main.clone(),
+            hint: "; create it first: its retry and dead-letter topics copy its partition count".into(),
+        })?;
     for (topic, role) in topology.derived() {
-        match backend.partitions(topic, role).await? {
+        let derived = Topic::new(topic, role);
+        match backend.partitions(&derived).await? {
             Some(actual) if actual < needed => {
                 return Err(BackendError::TooFewPartitions {
                     topic: topic.to_owned(),
@@ -62,7 +63,7 @@ pub(crate) async fn provision<B: Backend>(
             Some(_) => {}
             None if mode == Provisioning::Create => {
                 tracing::info!(%topic, partitions = needed, "creating topic");
-                backend.create_topic(topic, role, needed).await?;
+                backend.create_topic(&derived, needed).await?;
             }
             None => {
                 return Err(BackendError::UnknownTopic {

@@ -12,7 +12,7 @@ use super::app::{App, AppHandler};
 use super::endpoint;
 use super::running::{Running, Services};
 use super::{consumer, provision};
-use crate::backend::{Backend, Subscription, TopicRole};
+use crate::backend::{Backend, Subscription, Topic, TopicRole};
 use crate::error::Error;
 use crate::metrics::LevelMetrics;
 use crate::policy::RetryPolicy;
@@ -63,19 +63,18 @@ impl<B: Backend> App<B> {
             let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
             for level in 0..=policy.levels() {
                 let topic = topology.level(level);
+                let seam_topic = Topic::new(topic, TopicRole::of_level(level));
                 let consumer = self
                     .backend
                     .subscribe(Subscription {
-                        topic: topic.to_owned(),
-                        role: TopicRole::of_level(level),
+                        topic: seam_topic.clone(),
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
                 // Registered only when reported: a gauge never set would export a false 0.
                 if self.lag_interval.is_some() {
                     lags.push(Lag {
-                        topic: topic.to_owned(),
-                        role: TopicRole::of_level(level),
+                        topic: seam_topic,
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                         gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
                     });
@@ -168,8 +167,7 @@ impl Drop for StopReport {
 
 /// One level's consumer lag: where to ask, and the gauge to set.
 struct Lag {
-    topic: String,
-    role: TopicRole,
+    topic: Topic,
     group: String,
     gauge: ::metrics::Gauge,
 }
@@ -187,7 +185,7 @@ async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, interval: Duration, 
         for lag in &lags {
             let asked = tokio::select! {
                 _ = stop.cancelled() => return,
-                asked = backend.lag(&lag.topic, lag.role, &lag.group) => asked,
+                asked = backend.lag(&lag.topic, &lag.group) => asked,
             };
             match asked {
                 Ok(messages) => lag.gauge.set(messages as f64),

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
-use crate::backend::TopicRole;
 use crate::error::ConfigError;
 use crate::handlers::HandlerSpec;
 use crate::names::{self, NameError};
+use crate::policy::TopicRole;
 use crate::policy::{TopicNaming, Topology};
 
 /// Fails on the first conflict: two handlers on one topic+group, or one topic name in two

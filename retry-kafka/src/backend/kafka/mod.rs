@@ -18,7 +18,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
+use super::{
+    Backend, Browse, Delivered, OutboundRecord, Publish, Record, Subscription, Topic, TopicAdmin, TopicRole,
+};
 use crate::error::{BackendError, ConfigError};
 
 mod consumer;
@@ -29,7 +31,7 @@ pub use embedded::EmbeddedKafka;
 
 /// `fetch.wait.max.ms` of retry-level consumers, unless set with `consumer_property`.
 const RETRY_LEVEL_FETCH_WAIT_MS: &str = "25";
-/// `fetch.wait.max.ms` of [`Kafka::read_topic`]'s client.
+/// `fetch.wait.max.ms` of the client that [`Browse::read`] reads with.
 const READER_FETCH_WAIT_MS: &str = "10";
 
 /// Kafka through rdkafka.
@@ -166,13 +168,6 @@ impl Kafka {
         &self.shared.main.brokers
     }
 
-    /// Every message of `topic` from the low watermark to the current end, partition by
-    /// partition (a dead-letter topic, for instance). Reads with a client of its own, outside
-    /// any group.
-    pub async fn read_topic(&self, topic: &str, role: TopicRole) -> Result<Vec<Record>, BackendError> {
-        self.read_from(topic, role, Vec::new()).await
-    }
-
     /// A client of its own, outside any group, on the cluster of `role`.
     fn reader(&self, role: TopicRole) -> ClientConfig {
         let cluster = self.cluster_of(role);
@@ -188,7 +183,8 @@ impl Kafka {
         config
     }
 
-    /// What [`Browse::read`] reads, `from[p]` onward on partition `p`.
+    /// What [`Browse::read`] reads, `from[p]` onward on partition `p`, from the low watermark
+    /// where `from` has no entry: with a client of its own, outside any group.
     async fn read_from(
         &self,
         topic: &str,
@@ -481,21 +477,25 @@ pub(crate) fn transport(error: impl Into<Box<dyn std::error::Error + Send + Sync
 }
 
 impl TopicAdmin for Kafka {
-    async fn partitions(&self, topic: &str, role: TopicRole) -> Result<Option<u32>, BackendError> {
-        self.partitions_on(self.cluster_of(role), topic).await
+    async fn partitions(&self, topic: &Topic) -> Result<Option<u32>, BackendError> {
+        self.partitions_on(self.cluster_of(topic.role), &topic.name).await
     }
 
-    async fn create_topic(&self, topic: &str, role: TopicRole, partitions: u32) -> Result<(), BackendError> {
-        self.create_on(self.cluster_of(role), topic, partitions).await
+    async fn create_topic(&self, topic: &Topic, partitions: u32) -> Result<(), BackendError> {
+        self.create_on(self.cluster_of(topic.role), &topic.name, partitions)
+            .await
     }
+}
 
-    async fn lag(&self, topic: &str, role: TopicRole, group: &str) -> Result<u64, BackendError> {
+impl Kafka {
+    /// [`Backend::lag`]: a client in the group that never joins it reads the committed offsets.
+    async fn lag_of(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
         let config = consumer::config(
-            &self.cluster_of(role).brokers,
+            &self.cluster_of(topic.role).brokers,
             group,
             &self.shared.consumer_properties,
         );
-        let topic = topic.to_owned();
+        let topic = topic.name.to_string();
         tokio::task::spawn_blocking(move || {
             // A client in the group that never joins it: it only reads the committed offsets.
             let client: BaseConsumer = config.create().map_err(transport)?;
@@ -523,14 +523,14 @@ impl TopicAdmin for Kafka {
     }
 }
 
-impl super::Browse for Kafka {
-    async fn read(&self, topic: &str, role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
-        self.read_from(topic, role, from.to_vec()).await
+impl Browse for Kafka {
+    async fn read(&self, topic: &Topic, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        self.read_from(&topic.name, topic.role, from.to_vec()).await
     }
 
-    async fn end_offsets_of(&self, topic: &str, role: TopicRole) -> Result<Vec<u64>, BackendError> {
-        let config = self.reader(role);
-        let topic = topic.to_owned();
+    async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
+        let config = self.reader(topic.role);
+        let topic = topic.name.to_string();
         blocking(move || {
             let client: BaseConsumer = config.create().map_err(transport)?;
             (0..partition_count(&client, &topic)?)
@@ -547,13 +547,8 @@ impl super::Browse for Kafka {
 }
 
 impl Publish for Kafka {
-    async fn send(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        self.produce(topic, role, &record).await
+    async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        self.produce(topic, &record).await
     }
 }
 
@@ -565,8 +560,8 @@ impl Backend for Kafka {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {
-        let brokers = self.cluster_of(subscription.role).brokers.clone();
-        let retry_level = matches!(subscription.role, TopicRole::Retry { .. });
+        let brokers = self.cluster_of(subscription.topic.role).brokers.clone();
+        let retry_level = matches!(subscription.topic.role, TopicRole::Retry { .. });
         let set_by_user = |key: &str| self.shared.consumer_properties.iter().any(|(k, _)| k == key);
         let mut properties = Vec::new();
         if retry_level && !set_by_user("fetch.wait.max.ms") {
@@ -582,6 +577,10 @@ impl Backend for Kafka {
         properties.extend(self.shared.consumer_properties.iter().cloned());
         KafkaConsumer::start(self.clone(), &brokers, subscription, &properties)
     }
+
+    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        self.lag_of(topic, group).await
+    }
 }
 
 impl Kafka {
@@ -590,8 +589,7 @@ impl Kafka {
     /// partition are written in that order (the producer is idempotent).
     pub(crate) fn produce(
         &self,
-        topic: &str,
-        role: TopicRole,
+        topic: &Topic,
         record: &OutboundRecord,
     ) -> impl Future<Output = Result<Delivered, BackendError>> + Send + 'static {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -601,7 +599,7 @@ impl Kafka {
                 value: Some(value),
             });
         }
-        let mut outbound: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        let mut outbound: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic.name).headers(headers);
         if let Some(partition) = record.partition {
             outbound = outbound.partition(partition as i32);
         }
@@ -611,14 +609,14 @@ impl Kafka {
         if let Some(payload) = record.payload.as_deref() {
             outbound = outbound.payload(payload);
         }
-        let queued = self.cluster_of(role).producer.send_result(outbound);
+        let queued = self.cluster_of(topic.role).producer.send_result(outbound);
         let failed = |error: KafkaError| BackendError::Produce {
-            topic: topic.to_owned(),
+            topic: topic.name.to_string(),
             source: error.into(),
         };
-        // The topic names a delivery error, which comes later: an owned copy per record.
+        // The topic names a delivery error, which comes later: a shared name, not a copy.
         let (queued, early) = match queued {
-            Ok(delivery) => (Some((delivery, topic.to_owned())), None),
+            Ok(delivery) => (Some((delivery, topic.name.clone())), None),
             Err((error, _)) => (None, Some(failed(error))),
         };
         async move {
@@ -632,11 +630,11 @@ impl Kafka {
                     offset: delivery.offset as u64,
                 }),
                 Ok(Err((error, _))) => Err(BackendError::Produce {
-                    topic,
+                    topic: topic.to_string(),
                     source: error.into(),
                 }),
                 Err(_) => Err(BackendError::Produce {
-                    topic,
+                    topic: topic.to_string(),
                     source: "the producer was closed before the broker answered".into(),
                 }),
             }

@@ -22,7 +22,7 @@ use super::error::transport;
 use super::link::Link;
 use super::sql::params;
 use super::{decode, sql, Postgres, Settings};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription, TopicRole};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Topic};
 use crate::clock::{instant_at, now_ms};
 use crate::error::BackendError;
 
@@ -39,12 +39,11 @@ type Claim = Pin<Box<dyn Future<Output = Result<Claimed, BackendError>> + Send>>
 ///
 /// ```no_run
 /// use retry_kafka::backend::postgres::Postgres;
-/// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription, TopicRole};
+/// use retry_kafka::backend::{Consumer, Fetched, RetryStore, Topic, TopicRole};
 ///
 /// # async fn drain(postgres: Postgres) -> Result<(), retry_kafka::error::BackendError> {
 /// let topic = "orders.billing.retry.1";
-/// let role = TopicRole::Retry { level: 1 };
-/// let mut worker = postgres.subscribe(Subscription { topic: topic.into(), role, group: topic.into() }).await?;
+/// let mut worker = postgres.consume(Topic::new(topic, TopicRole::Retry { level: 1 })).await?;
 /// while let Fetched::Record(record) = worker.next().await? {
 ///     worker.ack(record.partition, record.offset).await?;
 /// }
@@ -74,12 +73,12 @@ pub struct PostgresConsumer {
 impl PostgresConsumer {
     pub(crate) async fn start(
         backend: Postgres,
-        subscription: Subscription,
+        level: Topic,
         partitions: u32,
     ) -> Result<Self, BackendError> {
         let link = Arc::new(Link::new(backend.config().clone()));
         link.client().await?;
-        let topic: Arc<str> = subscription.topic.into();
+        let topic: Arc<str> = level.name;
         let member: Arc<str> = backend.member_name().into();
         let wake = backend.watch(&topic);
         let (acks, received) = mpsc::unbounded_channel();
@@ -226,18 +225,10 @@ impl Consumer for PostgresConsumer {
     }
 
     /// Writes the next hop and marks the source row handled in one statement.
-    fn hand_off(
-        &mut self,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
+    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
         let backend = self.backend.clone();
-        let source = (self.topic.clone(), partition, offset);
-        let (topic, record) = (topic.to_owned(), record.clone());
-        Box::pin(async move { backend.write(&topic, role, &record, Some(&source)).await })
+        let source = (self.topic.clone(), from.partition, from.offset);
+        Box::pin(async move { backend.write(&to, &record, Some(&source)).await })
     }
 
     /// Hands the rows this worker delivered up to `offset` to its keeper, which marks them

@@ -1,8 +1,10 @@
-//! Retry levels, dead letters and parked entries as rows of a PostgreSQL table: the store of
-//! [`Tiered<Kafka, Postgres>`](crate::backend::Tiered) and `Tiered<Redis, Postgres>` (main
-//! topics stay on the first backend).
+//! Retry levels, dead letters and parked entries as rows of a PostgreSQL table: the
+//! [`RetryStore`] of [`Tiered<Kafka, Postgres>`](crate::backend::Tiered) and
+//! `Tiered<Redis, Postgres>` (main topics stay on the first backend).
 //!
-//! Transport only, as for every backend. A failed message becomes a row of
+//! A retry store, not a transport: [`Postgres`] does not implement
+//! [`Backend`](crate::backend::Backend), so it can neither run an app alone nor carry main
+//! topics (a compile error). Transport only, as for every backend. A failed message becomes a row of
 //! `retry_kafka_records` with its due time; a level's workers claim due rows with
 //! `FOR UPDATE SKIP LOCKED`, so any number of instances share a level without partitions to
 //! assign, and a lease (`claimed_by`, `claimed_until_ms`) rather than a row lock marks a
@@ -11,7 +13,7 @@
 //! writes the next hop and marks its source handled in one statement; a unique key on the
 //! source's coordinates, group, attempt and replay count makes a hand-off written again after
 //! a crash a no-op. Dead letters are rows in state `dead_letter`, read through
-//! [`Browse`](crate::backend::Browse) like any other backend's dead-letter queue.
+//! [`Browse`] like any other backend's dead-letter queue.
 //!
 //! # Driver
 //!
@@ -38,14 +40,13 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the [`Postgres`] handle, the migration, writes, and the trait impls |
+//! | `mod.rs` | the [`Postgres`] handle, the migration, writes, and the trait impls ([`RetryStore`], [`Browse`]) |
 //! | `builder.rs` | [`PostgresBuilder`], the settings and the environment variables |
 //! | `consumer.rs` | [`PostgresConsumer`]: claims, acknowledgements, leases, the retention sweep |
 //! | `link.rs` | a connection made on first use and again after it broke; the `LISTEN` task |
 //! | `sql.rs` | every statement |
 //! | `error.rs` | a `tokio-postgres` error as a `BackendError`, with what to grant when refused |
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -54,7 +55,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
-use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
+use super::{
+    Browse, Delivered, OutboundRecord, PartitionCounts, Publish, Record, RetryStore, Topic, TopicAdmin,
+    TopicRole,
+};
 use crate::clock::now_ms;
 use crate::error::BackendError;
 use crate::headers::{names, Headers};
@@ -101,7 +105,7 @@ struct Shared {
     listener: Arc<Listener>,
     /// The `LISTEN` task, started by the first subscription; aborted with the last handle.
     listening: Mutex<Option<JoinHandle<()>>>,
-    partitions: Mutex<HashMap<String, u32>>,
+    partitions: PartitionCounts,
     next_member: AtomicU64,
 }
 
@@ -126,7 +130,7 @@ impl Postgres {
                 migrated: OnceCell::new(),
                 listener: Listener::new(),
                 listening: Mutex::new(None),
-                partitions: Mutex::new(HashMap::new()),
+                partitions: PartitionCounts::default(),
                 next_member: AtomicU64::new(0),
             }),
         }
@@ -213,23 +217,37 @@ impl Postgres {
 
     /// The partition count of `topic`, 0 when it does not exist.
     async fn count_partitions(&self, topic: &str) -> Result<u32, BackendError> {
-        if let Some(&count) = self.shared.partitions.lock().unwrap().get(topic) {
-            return Ok(count);
-        }
+        let load = async {
+            let client = self.client().await?;
+            let row = client
+                .query_typed(sql::PARTITIONS, params![(&topic, Type::TEXT)])
+                .await
+                .map_err(transport)?;
+            Ok(match row.first().map_or(0, |row| row.get::<_, i32>(0)) as u32 {
+                0 => None,
+                count => Some(count),
+            })
+        };
+        Ok(self
+            .shared
+            .partitions
+            .get_or_load(topic, load)
+            .await?
+            .unwrap_or(0))
+    }
+
+    /// Creates `topic` with `partitions` partitions unless it exists.
+    async fn create(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
         let client = self.client().await?;
-        let row = client
-            .query_typed(sql::PARTITIONS, params![(&topic, Type::TEXT)])
+        let count = partitions.max(1) as i32;
+        client
+            .query_typed(
+                sql::CREATE_TOPIC,
+                params![(&topic, Type::TEXT), (&count, Type::INT4)],
+            )
             .await
             .map_err(transport)?;
-        let count = row.first().map_or(0, |row| row.get::<_, i32>(0)) as u32;
-        if count > 0 {
-            self.shared
-                .partitions
-                .lock()
-                .unwrap()
-                .insert(topic.to_owned(), count);
-        }
-        Ok(count)
+        Ok(())
     }
 
     /// Writes `record` to `topic` and, for a hand-off, marks `source` handled in the same
@@ -237,18 +255,18 @@ impl Postgres {
     /// the row found is returned.
     pub(crate) async fn write(
         &self,
-        topic: &str,
-        role: TopicRole,
+        to: &Topic,
         record: &OutboundRecord,
         source: Option<&Source>,
     ) -> Result<Delivered, BackendError> {
+        let (topic, role) = (&*to.name, to.role);
         let partition = match (record.partition, &record.key) {
             (Some(p), _) => p,
             (None, key) => {
                 let count = match self.count_partitions(topic).await? {
                     0 => {
                         let count = self.shared.settings.default_partitions;
-                        self.create_topic(topic, role, count).await?;
+                        self.create(topic, count).await?;
                         count
                     }
                     count => count,
@@ -274,7 +292,7 @@ impl Postgres {
                     )
                     .await
                     .map_err(|e| produce(topic, e))?;
-                self.shared.partitions.lock().unwrap().remove(topic);
+                self.shared.partitions.forget(topic);
                 self.insert(topic, role, partition, record, source)
                     .await?
                     .ok_or_else(|| BackendError::Produce {
@@ -302,7 +320,8 @@ impl Postgres {
             TopicRole::Retry { level } => (Some(level as i32), "waiting"),
             TopicRole::DeadLetter => (None, "dead_letter"),
             TopicRole::Parked => (None, "parked"),
-            // Only a direct write can get here: a Tiered backend keeps main topics elsewhere.
+            // A retry store is asked about derived topics only (a Tiered backend keeps main
+            // topics on its transport); a role added later waits like a retry.
             _ => (None, "waiting"),
         };
         let partition_i32 = partition as i32;
@@ -357,19 +376,7 @@ impl Postgres {
     }
 
     /// Every row of `topic` (retries waiting or handled and kept, dead letters), partition by
-    /// partition in offset order.
-    ///
-    /// ```no_run
-    /// # async fn show(postgres: retry_kafka::backend::postgres::Postgres) -> Result<(), retry_kafka::error::BackendError> {
-    /// for record in postgres.read_topic("orders.billing.dlq").await? {
-    ///     println!("{}/{}: {:?}", record.partition, record.offset, record.headers.get_str("rk-error-message"));
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
-        self.read_from(topic, &[]).await
-    }
-
+    /// partition in offset order, from offset `from[p]` of partition `p`: [`Browse::read`].
     async fn read_from(&self, topic: &str, from: &[u64]) -> Result<Vec<Record>, BackendError> {
         let client = self.client().await?;
         let from: Vec<i64> = from.iter().map(|&o| o.min(i64::MAX as u64) as i64).collect();
@@ -420,13 +427,26 @@ pub(crate) fn decode(row: &Row, first: usize) -> Record {
     }
 }
 
-impl crate::backend::Browse for Postgres {
-    async fn read(&self, topic: &str, _role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
-        self.read_from(topic, from).await
+/// Rows of every state, retries handled and kept included.
+///
+/// ```no_run
+/// use retry_kafka::backend::{Browse, Topic, TopicRole};
+///
+/// # async fn show(postgres: retry_kafka::backend::postgres::Postgres) -> Result<(), retry_kafka::error::BackendError> {
+/// let dlq = Topic::new("orders.billing.dlq", TopicRole::DeadLetter);
+/// for record in postgres.read(&dlq, &[]).await? {
+///     println!("{}/{}: {:?}", record.partition, record.offset, record.headers.get_str("rk-error-message"));
+/// }
+/// # Ok(()) }
+/// ```
+impl Browse for Postgres {
+    async fn read(&self, topic: &Topic, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        self.read_from(&topic.name, from).await
     }
 
-    async fn end_offsets_of(&self, topic: &str, _role: TopicRole) -> Result<Vec<u64>, BackendError> {
+    async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
         let client = self.client().await?;
+        let topic = &*topic.name;
         let rows = client
             .query_typed(sql::END_OFFSETS, params![(&topic, Type::TEXT)])
             .await
@@ -438,67 +458,44 @@ impl crate::backend::Browse for Postgres {
 impl TopicAdmin for Postgres {
     /// The first call an app's start makes: connects, creates the schema if needed, and
     /// explains a refusal (a wrong password, a missing grant).
-    async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
-        Ok(match self.count_partitions(topic).await? {
+    async fn partitions(&self, topic: &Topic) -> Result<Option<u32>, BackendError> {
+        Ok(match self.count_partitions(&topic.name).await? {
             0 => None,
             count => Some(count),
         })
     }
 
-    async fn create_topic(&self, topic: &str, _role: TopicRole, partitions: u32) -> Result<(), BackendError> {
-        let client = self.client().await?;
-        let count = partitions.max(1) as i32;
-        client
-            .query_typed(
-                sql::CREATE_TOPIC,
-                params![(&topic, Type::TEXT), (&count, Type::INT4)],
-            )
-            .await
-            .map_err(transport)?;
-        Ok(())
+    async fn create_topic(&self, topic: &Topic, partitions: u32) -> Result<(), BackendError> {
+        self.create(&topic.name, partitions).await
+    }
+}
+
+/// A row written for a failure from a main topic; the unique key on the failure's source makes
+/// a write repeated after a crash a no-op.
+impl Publish for Postgres {
+    async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        self.write(topic, &record, None).await
+    }
+}
+
+/// Workers of a level share its due rows (`SKIP LOCKED`), not partitions.
+impl RetryStore for Postgres {
+    type Consumer = PostgresConsumer;
+
+    async fn consume(&self, level: Topic) -> Result<PostgresConsumer, BackendError> {
+        debug_assert!(level.role.is_derived(), "a retry store keeps derived topics only");
+        let partitions = self.count_partitions(&level.name).await?;
+        PostgresConsumer::start(self.clone(), level, partitions).await
     }
 
     /// Rows of the topic not handled yet, due or not.
-    async fn lag(&self, topic: &str, _role: TopicRole, _group: &str) -> Result<u64, BackendError> {
+    async fn backlog(&self, topic: &Topic) -> Result<u64, BackendError> {
         let client = self.client().await?;
+        let topic = &*topic.name;
         let rows = client
             .query_typed(sql::LAG, params![(&topic, Type::TEXT)])
             .await
             .map_err(transport)?;
         Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0)) as u64)
-    }
-}
-
-impl Publish for Postgres {
-    async fn send(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        self.write(topic, role, &record, None).await
-    }
-}
-
-impl Backend for Postgres {
-    type Consumer = PostgresConsumer;
-
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-
-    /// A worker of a retry level. Main topics are refused: their groups need offsets per
-    /// group, which a table of shared rows does not have (use [`Tiered`](crate::backend::Tiered)).
-    async fn subscribe(&self, subscription: Subscription) -> Result<PostgresConsumer, BackendError> {
-        if !subscription.role.is_derived() {
-            return Err(BackendError::ConsumerStopped {
-                topic: subscription.topic,
-                source: "PostgreSQL keeps retry levels only; read main topics from Kafka or Redis \
-                         (Tiered::new(main, postgres))"
-                    .into(),
-            });
-        }
-        let partitions = self.count_partitions(&subscription.topic).await?;
-        PostgresConsumer::start(self.clone(), subscription, partitions).await
     }
 }

@@ -1,9 +1,8 @@
 //! Settings of a [`Redis`] backend: [`RedisBuilder`]. The environment's are read by
 //! [`Settings::from_env`](crate::settings::Settings::from_env).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -184,7 +183,7 @@ impl RedisBuilder {
                 client,
                 conn,
                 settings: self.settings,
-                partitions: Mutex::new(HashMap::new()),
+                partitions: Default::default(),
                 next_member: AtomicU64::new(0),
                 admitted: AtomicBool::new(false),
             }),

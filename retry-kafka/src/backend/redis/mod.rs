@@ -32,16 +32,17 @@
 //! | `msgpack.rs` | the msgpack strings a delay-set member is packed in |
 //! | `reply.rs` | reading the server's replies |
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
-use super::{Backend, Delivered, OutboundRecord, Publish, Record, Subscription, TopicAdmin, TopicRole};
+use super::{
+    Backend, Browse, Delivered, OutboundRecord, PartitionCounts, Publish, Record, Subscription, Topic,
+    TopicAdmin, TopicRole,
+};
 use crate::error::BackendError;
 use error::{explain, transport, Doing};
 use fields::{decode, unpack_delayed};
@@ -88,7 +89,7 @@ struct Shared {
     /// reads have a connection of their own.
     conn: ConnectionManager,
     settings: Settings,
-    partitions: Mutex<HashMap<String, u32>>,
+    partitions: PartitionCounts,
     next_member: AtomicU64,
     /// The server accepted this client once (see [`Redis::admitted`]).
     admitted: AtomicBool,
@@ -132,11 +133,7 @@ impl Redis {
             .await
             .map_err(transport)?;
         if let Some(count) = count {
-            self.shared
-                .partitions
-                .lock()
-                .unwrap()
-                .insert(topic.to_owned(), count);
+            self.shared.partitions.remember(topic, count);
         }
         Ok(count)
     }
@@ -144,25 +141,31 @@ impl Redis {
     /// The partition count of `topic`, creating the topic with the default count if it has
     /// none yet (as a broker with topic auto-creation does).
     async fn partition_count(&self, topic: &str) -> Result<u32, BackendError> {
-        if let Some(&count) = self.shared.partitions.lock().unwrap().get(topic) {
+        let known = &self.shared.partitions;
+        if let Some(count) = known.get_or_load(topic, self.stored_partitions(topic)).await? {
             return Ok(count);
         }
-        let count = match self.stored_partitions(topic).await? {
-            Some(count) => count,
-            None => {
-                self.create_topic(topic, TopicRole::Main, self.shared.settings.default_partitions)
-                    .await?;
-                self.stored_partitions(topic).await?.unwrap_or(1)
-            }
-        };
-        Ok(count)
+        self.create(topic, self.shared.settings.default_partitions)
+            .await?;
+        Ok(self.stored_partitions(topic).await?.unwrap_or(1))
     }
 
-    /// Every entry of `topic`, partition by partition in stream order, then the entries
-    /// waiting in its delay set in due order (those have offset `u64::MAX`: they have no
-    /// stream ID yet). Reads a dead-letter stream, for instance.
-    pub async fn read_topic(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
-        let mut records = self.read_streams(topic, &[]).await?;
+    /// Sets the partition count of `topic` unless it has one.
+    async fn create(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
+        let _: i64 = redis::cmd("HSETNX")
+            .arg(keys::meta(topic))
+            .arg("partitions")
+            .arg(partitions)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(transport)?;
+        Ok(())
+    }
+
+    /// The entries waiting in `topic`'s delay set, in due order, with offset `u64::MAX`: they
+    /// have no stream ID yet.
+    async fn read_delayed(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
+        let mut records = Vec::new();
         let mut conn = self.connection();
         let waiting: Vec<Vec<u8>> = redis::cmd("ZRANGE")
             .arg(keys::delayed(topic))
@@ -261,14 +264,20 @@ impl Redis {
     }
 }
 
-/// Streams only: a retry waiting in a delay set has no offset yet.
-impl crate::backend::Browse for Redis {
-    async fn read(&self, topic: &str, _role: TopicRole, from: &[u64]) -> Result<Vec<Record>, BackendError> {
-        self.read_streams(topic, from).await
+impl Browse for Redis {
+    /// The streams' entries, then, on a retry level, the retries waiting in its delay set.
+    async fn read(&self, topic: &Topic, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        let mut records = self.read_streams(&topic.name, from).await?;
+        if matches!(topic.role, TopicRole::Retry { .. }) {
+            records.extend(self.read_delayed(&topic.name).await?);
+        }
+        Ok(records)
     }
 
     /// One past the offset of each stream's last entry: an entry added later has a greater ID.
-    async fn end_offsets_of(&self, topic: &str, _role: TopicRole) -> Result<Vec<u64>, BackendError> {
+    /// A retry waiting in a delay set has no offset yet.
+    async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
+        let topic = &*topic.name;
         let mut conn = self.connection();
         let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
         let mut ends = Vec::with_capacity(partitions as usize);
@@ -292,25 +301,26 @@ impl crate::backend::Browse for Redis {
 impl TopicAdmin for Redis {
     /// The first call an app's start makes: a refused connection is explained here (a missing
     /// or wrong password, an untrusted certificate).
-    async fn partitions(&self, topic: &str, _role: TopicRole) -> Result<Option<u32>, BackendError> {
+    async fn partitions(&self, topic: &Topic) -> Result<Option<u32>, BackendError> {
         self.check_connection().await?;
-        self.stored_partitions(topic).await
+        self.stored_partitions(&topic.name).await
     }
 
-    async fn create_topic(&self, topic: &str, _role: TopicRole, partitions: u32) -> Result<(), BackendError> {
-        let _: i64 = redis::cmd("HSETNX")
-            .arg(keys::meta(topic))
-            .arg("partitions")
-            .arg(partitions)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(transport)?;
-        Ok(())
+    async fn create_topic(&self, topic: &Topic, partitions: u32) -> Result<(), BackendError> {
+        self.create(&topic.name, partitions).await
     }
 
-    /// Entries the group has not read, plus those read and not yet acknowledged, plus the
-    /// retries waiting in the topic's delay set.
-    async fn lag(&self, topic: &str, _role: TopicRole, group: &str) -> Result<u64, BackendError> {
+    /// A topic is created on first use, as on a Kafka cluster with
+    /// `auto.create.topics.enable`.
+    fn default_partitions(&self) -> Option<u32> {
+        Some(self.shared.settings.default_partitions)
+    }
+}
+
+impl Redis {
+    /// [`Backend::lag`]: entries the group has not read, plus those read and not yet
+    /// acknowledged, plus the retries waiting in the topic's delay set.
+    async fn lag_of(&self, topic: &str, group: &str) -> Result<u64, BackendError> {
         let mut conn = self.connection();
         let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
         let mut lag = 0;
@@ -352,23 +362,12 @@ impl TopicAdmin for Redis {
             .map_err(transport)?;
         Ok(lag + waiting)
     }
-
-    /// A topic is created on first use, as on a Kafka cluster with
-    /// `auto.create.topics.enable`.
-    fn default_partitions(&self) -> Option<u32> {
-        Some(self.shared.settings.default_partitions)
-    }
 }
 
 impl Publish for Redis {
-    async fn send(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        record: OutboundRecord,
-    ) -> Result<Delivered, BackendError> {
-        let partition = self.pick_partition(topic, &record).await?;
-        self.write(topic, role, partition, &record, None).await
+    async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
+        let partition = self.pick_partition(&topic.name, &record).await?;
+        self.write(topic, partition, &record, None).await
     }
 }
 
@@ -380,7 +379,11 @@ impl Backend for Redis {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<RedisConsumer, BackendError> {
-        let partitions = self.partition_count(&subscription.topic).await?;
+        let partitions = self.partition_count(&subscription.topic.name).await?;
         RedisConsumer::start(self.clone(), subscription, partitions).await
+    }
+
+    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        self.lag_of(&topic.name, group).await
     }
 }

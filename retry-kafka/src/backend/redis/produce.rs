@@ -9,7 +9,7 @@ use redis::RedisError;
 
 use super::stream_id::StreamId;
 use super::{error, fields, keys, Redis};
-use crate::backend::{Delivered, OutboundRecord, TopicRole};
+use crate::backend::{Delivered, OutboundRecord, Topic, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
 
@@ -47,12 +47,12 @@ impl Redis {
     /// the server ~53 µs each, capping a level at ~19k hand-offs/s; ZADD + XACK cost ~10).
     pub(crate) async fn write(
         &self,
-        topic: &str,
-        role: TopicRole,
+        to: &Topic,
         partition: u32,
         record: &OutboundRecord,
         source: Option<Source>,
     ) -> Result<Delivered, BackendError> {
+        let topic = &*to.name;
         let stream = keys::stream(topic, partition);
         let fields = fields::encode(record);
         let mut pipe = redis::pipe();
@@ -61,7 +61,7 @@ impl Redis {
         }
         // Only a retry level keeps records in a delay set, until due: one due already goes
         // straight to the stream. Elsewhere `rk-due-at` is just a header.
-        let due = match role {
+        let due = match to.role {
             TopicRole::Retry { .. } => record.due_at_ms().filter(|&due| due > now_ms()),
             _ => None,
         };

@@ -15,8 +15,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::backend::{Delivered, HandOff, OutboundRecord, TopicRole};
+use crate::backend::{Consumer, Delivered, HandOff, OutboundRecord, Position, Topic, TopicRole};
 use crate::error::BackendError;
+use crate::policy::Topology;
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
 const HAND_OFF_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
@@ -54,6 +55,50 @@ impl PendingHandOff {
             record,
             again: false,
         }
+    }
+}
+
+/// The topics a level hands on to, named once: a hand-off's write owns its target for a
+/// reference count.
+pub(super) struct Targets {
+    retries: Vec<Topic>,
+    dead_letter: Option<Topic>,
+    parked: Option<Topic>,
+}
+
+impl Targets {
+    pub(super) fn of(topology: &Topology) -> Self {
+        let topic = |role| topology.topic(role).map(|name| Topic::new(name, role));
+        Self {
+            retries: (1..=topology.retries.len() as u32)
+                .filter_map(|level| topic(TopicRole::Retry { level }))
+                .collect(),
+            dead_letter: topic(TopicRole::DeadLetter),
+            parked: topic(TopicRole::Parked),
+        }
+    }
+
+    fn get(&self, role: TopicRole) -> Option<&Topic> {
+        match role {
+            TopicRole::Retry { level } => self.retries.get(level.checked_sub(1)? as usize),
+            TopicRole::DeadLetter => self.dead_letter.as_ref(),
+            TopicRole::Parked => self.parked.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Starts writing `hand_off` to its target.
+    pub(super) fn write(&self, consumer: &mut impl Consumer, hand_off: &PendingHandOff) -> HandOff {
+        let to = self
+            .get(hand_off.target)
+            .expect("the policy hands on only to topics of the handler's topology")
+            .clone();
+        let from = Position {
+            partition: hand_off.partition,
+            offset: hand_off.offset,
+        };
+        // Kept to try again if the write fails.
+        consumer.hand_off(from, to, hand_off.record.clone())
     }
 }
 

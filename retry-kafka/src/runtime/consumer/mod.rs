@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use self::attempt::{Attempts, Done};
 use self::batches::Batches;
 use self::gate::RateGate;
-use self::hand_offs::{HandOffs, PendingHandOff};
+use self::hand_offs::{HandOffs, PendingHandOff, Targets};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
-use crate::backend::{Consumer, Delivered, Fetched, HandOff, Record};
+use crate::backend::{Consumer, Delivered, Fetched, Record};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handlers::{Call, HandlerSpec};
@@ -75,16 +75,6 @@ impl Level {
             }
         }
     }
-
-    /// Starts writing `hand_off` to the topic of its target role.
-    fn write(&self, consumer: &mut impl Consumer, hand_off: &PendingHandOff) -> HandOff {
-        let role = hand_off.target;
-        let topic = self
-            .topology
-            .topic(role)
-            .expect("the policy hands on only to topics of the handler's topology");
-        consumer.hand_off(hand_off.partition, hand_off.offset, topic, role, &hand_off.record)
-    }
 }
 
 /// One level's consumer at work: its parts, and the loop that asks each what it waits for.
@@ -94,6 +84,8 @@ struct LevelLoop<C, A> {
     partitions: Partitions,
     attempts: A,
     hand_offs: HandOffs,
+    /// Where hand-offs go, by role, named once.
+    targets: Targets,
     gate: RateGate,
     /// Shutdown was requested: nothing new starts, what is under way finishes.
     stopping: bool,
@@ -103,6 +95,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     fn new(level: Level, consumer: C, attempts: A) -> Self {
         Self {
             hand_offs: HandOffs::new(level.hand_off_window),
+            targets: Targets::of(&level.topology),
             gate: RateGate::new(level.rate.clone()),
             level,
             consumer,
@@ -148,8 +141,8 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                     self.sent(hand_off, result).await;
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {
-                    let Self { level, consumer, hand_offs, .. } = &mut self;
-                    hand_offs.retry_due(|hand_off| level.write(consumer, hand_off));
+                    let Self { consumer, hand_offs, targets, .. } = &mut self;
+                    hand_offs.retry_due(|hand_off| targets.write(consumer, hand_off));
                 }
                 // A batch's linger is over: the top of the loop starts it.
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
@@ -316,7 +309,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             // Behind a failed hand-off of this partition: in failure order, after it.
             self.hand_offs.queue_behind(hand_off);
         } else {
-            let write = self.level.write(&mut self.consumer, &hand_off);
+            let write = self.targets.write(&mut self.consumer, &hand_off);
             self.hand_offs.send(hand_off, write);
         }
     }

@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::error::transport;
 use super::stream_id::StreamId;
 use super::{keys, Redis, Source};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription, TopicRole};
+use crate::backend::{
+    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, TopicRole,
+};
 use crate::error::BackendError;
 use reader::Reader;
 
@@ -81,12 +83,12 @@ impl Control {
 /// The runtime drives consumers; reading a topic by hand looks like this:
 ///
 /// ```no_run
-/// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription, TopicRole};
+/// use retry_kafka::backend::{Backend, Consumer, Fetched, Subscription, Topic};
 /// use retry_kafka::backend::redis::Redis;
 ///
 /// # async fn audit() -> Result<(), retry_kafka::error::BackendError> {
 /// let redis = Redis::builder("redis://127.0.0.1:6379").build().expect("valid URL");
-/// let subscription = Subscription { topic: "orders".into(), role: TopicRole::Main, group: "audit".into() };
+/// let subscription = Subscription { topic: Topic::main("orders"), group: "audit".into() };
 /// let mut consumer = redis.subscribe(subscription).await?;
 /// if let Fetched::Record(record) = consumer.next().await? {
 ///     println!("{:?}", record.payload);
@@ -118,7 +120,8 @@ impl RedisConsumer {
         subscription: Subscription,
         partitions: u32,
     ) -> Result<Self, BackendError> {
-        let Subscription { topic, role, group } = subscription;
+        let Subscription { topic, group } = subscription;
+        let (topic, role) = (topic.name.to_string(), topic.role);
         let streams: Vec<String> = (0..partitions).map(|p| keys::stream(&topic, p)).collect();
         let mut conn = redis.connection();
         for stream in &streams {
@@ -236,23 +239,13 @@ impl Consumer for RedisConsumer {
 
     /// One MULTI/EXEC per call: it writes the next hop (ZADD into the level's delay set, or
     /// XADD to the dead-letter stream) and XACKs the source in one step. Many run at once on
-    /// the shared multiplexed connection, pipelined. (The record is cloned into the future:
-    /// measured as part of the ~32 CPU-µs a Redis hand-off costs this process.)
-    fn hand_off(
-        &mut self,
-        partition: u32,
-        offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
-        let source = self.source_of(partition, offset);
+    /// the shared multiplexed connection, pipelined.
+    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
+        let source = self.source_of(from.partition, from.offset);
         let redis = self.redis.clone();
-        let topic = topic.to_owned();
-        let record = record.clone();
         Box::pin(async move {
-            let target = redis.pick_partition(&topic, &record).await?;
-            redis.write(&topic, role, target, &record, source).await
+            let target = redis.pick_partition(&to.name, &record).await?;
+            redis.write(&to, target, &record, source).await
         })
     }
 

@@ -1,209 +1,17 @@
-//! Dead letters and parked entries as an operator sees them: read with their failure context,
-//! filtered, and replayed with a checkpoint. The `retry-kafka` command-line tool is built on
-//! this module; an application can call it too (an admin endpoint that replays, say).
-//!
-//! A replay sends each selected entry back to its main topic (or a retry level) with a fresh
-//! attempt count and `rk-replays` one higher. An entry that fails again after a replay is
-//! parked (`{topic}.{group}.parked`) by the runtime, not dead-lettered again, so nothing
-//! cycles; and an entry whose `rk-replays` reached the limit is not replayed unless forced.
-//!
-//! Replay is at least once end to end, like the rest of retry-kafka: the handler may see a
-//! replayed message more than once if it fails or the app restarts. The replay itself sends
-//! each entry once, even when it is killed and resumed: before each batch it writes to its
-//! checkpoint what it is about to send and where the target topic ended, and on resume it reads
-//! the target from there for the `rk-replay-of` headers it wrote, so it sends only what is
-//! missing.
-//!
-//! ```
-//! use retry_kafka::backend::{memory::InMemory, OutboundRecord, Publish, TopicRole};
-//! use retry_kafka::dead_letters::{self, Filter, Replay};
-//! use retry_kafka::handler::ErrorKind;
-//! use retry_kafka::headers::{FailureContext, Headers};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let broker = InMemory::new();
-//! let mut headers = Headers::new();
-//! FailureContext {
-//!     original_topic: "orders".into(), original_partition: 0, original_offset: 7,
-//!     original_timestamp_ms: None, group: "billing".into(), attempts: 4, due_at_ms: None,
-//!     first_failure_at_ms: 1, last_failure_at_ms: 2, error_kind: ErrorKind::Transient,
-//!     error_message: "bank down".into(), replays: None,
-//! }
-//! .write_to(&mut headers);
-//! let dead = OutboundRecord { payload: Some("{}".into()), headers, ..Default::default() };
-//! broker.send("orders.billing.dlq", TopicRole::DeadLetter, dead).await?;
-//!
-//! let entries = dead_letters::read(&broker, "orders.billing.dlq", TopicRole::DeadLetter).await?;
-//! let selected = Filter::default().kind(ErrorKind::Transient).apply(entries);
-//! let report = Replay::new(&broker, "orders.billing.dlq", "orders", TopicRole::Main)
-//!     .run(&selected, |_| {})
-//!     .await?;
-//! assert_eq!(report.sent, 1);
-//! let replayed = &broker.records("orders")[0];
-//! assert_eq!(replayed.headers.get_str("rk-replays"), Some("1"));
-//! # Ok(()) }
-//! ```
+//! Replaying dead letters and parked entries: the loop guard, the checkpoint that makes a
+//! killed replay resume without sending anything twice (found again by `rk-replay-of`), and
+//! what a replay reports.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Browse, OutboundRecord, Publish, Record, TopicRole};
+use super::DeadLetter;
+use crate::backend::{Browse, OutboundRecord, Publish, Topic, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
-use crate::failure::ErrorKind;
-use crate::headers::{self, names, FailureContext, HeaderError};
-
-/// An entry of a dead-letter or parking queue.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// The message as stored: partition, offset, key, payload and headers.
-    pub record: Record,
-    /// Its `rk-*` headers, decoded; an error if a header is missing or malformed (an entry
-    /// not written by retry-kafka, say).
-    pub context: Result<FailureContext, HeaderError>,
-}
-
-impl DeadLetter {
-    /// Decodes an entry's failure context.
-    pub fn new(record: Record) -> Self {
-        Self {
-            context: FailureContext::from_headers(&record.headers),
-            record,
-        }
-    }
-
-    /// Times it was replayed already (`rk-replays`).
-    pub fn replays(&self) -> u32 {
-        headers::replays(&self.record.headers).unwrap_or(0)
-    }
-
-    /// Where it is in its queue, `{partition}:{offset}`, as `--entry` takes it.
-    pub fn position(&self) -> String {
-        format!("{}:{}", self.record.partition, self.record.offset)
-    }
-}
-
-/// Every entry of `topic` (a dead-letter or parking queue), partition by partition.
-pub async fn read<B: Browse>(
-    backend: &B,
-    topic: &str,
-    role: TopicRole,
-) -> Result<Vec<DeadLetter>, BackendError> {
-    Ok(backend
-        .read(topic, role, &[])
-        .await?
-        .into_iter()
-        .map(DeadLetter::new)
-        .collect())
-}
-
-/// Which entries to show or replay; every condition set must hold. The default keeps all.
-///
-/// ```
-/// use retry_kafka::dead_letters::Filter;
-/// use retry_kafka::handler::ErrorKind;
-///
-/// let filter = Filter::default()
-///     .kind(ErrorKind::Timeout)
-///     .failed_between(Some(1_700_000_000_000), None)
-///     .key("42")
-///     .text("bank");
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    since_ms: Option<i64>,
-    until_ms: Option<i64>,
-    kinds: Vec<ErrorKind>,
-    key: Option<Bytes>,
-    text: Option<String>,
-    positions: Vec<(u32, u64)>,
-}
-
-impl Filter {
-    /// Entries whose last failure is at or after `since_ms` and before `until_ms` (epoch ms).
-    pub fn failed_between(mut self, since_ms: Option<i64>, until_ms: Option<i64>) -> Self {
-        self.since_ms = since_ms;
-        self.until_ms = until_ms;
-        self
-    }
-
-    /// Entries that failed with `kind` (several calls: any of them).
-    pub fn kind(mut self, kind: ErrorKind) -> Self {
-        self.kinds.push(kind);
-        self
-    }
-
-    /// Entries with exactly this key.
-    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Entries whose error message or payload (as text) contains `text`.
-    pub fn text(mut self, text: impl Into<String>) -> Self {
-        self.text = Some(text.into());
-        self
-    }
-
-    /// The entry at `partition`/`offset` of its queue (several calls: any of them).
-    pub fn position(mut self, partition: u32, offset: u64) -> Self {
-        self.positions.push((partition, offset));
-        self
-    }
-
-    /// Whether `entry` is selected.
-    pub fn matches(&self, entry: &DeadLetter) -> bool {
-        let record = &entry.record;
-        let context = entry.context.as_ref().ok();
-        let failed_at = context.map(|c| c.last_failure_at_ms).or(record.timestamp_ms);
-        if self
-            .since_ms
-            .is_some_and(|since| failed_at.is_none_or(|at| at < since))
-        {
-            return false;
-        }
-        if self
-            .until_ms
-            .is_some_and(|until| failed_at.is_none_or(|at| at >= until))
-        {
-            return false;
-        }
-        if !self.kinds.is_empty() && !context.is_some_and(|c| self.kinds.contains(&c.error_kind)) {
-            return false;
-        }
-        if self
-            .key
-            .as_ref()
-            .is_some_and(|key| record.key.as_ref() != Some(key))
-        {
-            return false;
-        }
-        if !self.positions.is_empty() && !self.positions.contains(&(record.partition, record.offset)) {
-            return false;
-        }
-        if let Some(text) = &self.text {
-            let in_message = context.is_some_and(|c| c.error_message.contains(text.as_str()));
-            let in_payload = record
-                .payload
-                .as_deref()
-                .is_some_and(|payload| String::from_utf8_lossy(payload).contains(text.as_str()));
-            if !in_message && !in_payload {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The entries that match, in their order.
-    pub fn apply(&self, entries: Vec<DeadLetter>) -> Vec<DeadLetter> {
-        entries.into_iter().filter(|entry| self.matches(entry)).collect()
-    }
-}
+use crate::headers::{self, names, HeaderError, Headers};
 
 /// A replay failed; what it sent so far is in its checkpoint, and running it again resumes.
 #[derive(Debug, thiserror::Error)]
@@ -286,8 +94,7 @@ pub struct Progress {
 pub struct Replay<'b, B> {
     backend: &'b B,
     source: String,
-    target: String,
-    target_role: TopicRole,
+    target: Topic,
     selection: String,
     checkpoint: Option<PathBuf>,
     max_replays: u32,
@@ -299,20 +106,15 @@ pub struct Replay<'b, B> {
 pub const DEFAULT_MAX_REPLAYS: u32 = 3;
 
 impl<'b, B: Browse + Publish> Replay<'b, B> {
-    /// A replay from `source` (a dead-letter or parking queue, read with [`read`]) onto
-    /// `target` of role `target_role`, without a checkpoint (see
-    /// [`checkpoint`](Self::checkpoint)), guarded at [`DEFAULT_MAX_REPLAYS`].
-    pub fn new(
-        backend: &'b B,
-        source: impl Into<String>,
-        target: impl Into<String>,
-        target_role: TopicRole,
-    ) -> Self {
+    /// A replay from `source` (a dead-letter or parking queue, read with
+    /// [`read`](crate::dead_letters::read)) onto `target` (a main topic or a retry level),
+    /// without a checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
+    /// [`DEFAULT_MAX_REPLAYS`].
+    pub fn new(backend: &'b B, source: impl Into<String>, target: Topic) -> Self {
         Self {
             backend,
             source: source.into(),
-            target: target.into(),
-            target_role,
+            target,
             selection: String::new(),
             checkpoint: None,
             max_replays: DEFAULT_MAX_REPLAYS,
@@ -418,10 +220,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         });
         for batch in to_send.chunks(self.batch) {
             state.pending = Some(Pending {
-                target_ends: self
-                    .backend
-                    .end_offsets_of(&self.target, self.target_role)
-                    .await?,
+                target_ends: self.backend.end_offsets_of(&self.target).await?,
                 entries: batch
                     .iter()
                     .map(|e| (e.record.partition, e.record.offset))
@@ -430,7 +229,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
             self.save(&state)?;
             for entry in batch {
                 let record = self.outbound(entry)?;
-                self.backend.send(&self.target, self.target_role, record).await?;
+                self.backend.send(&self.target, record).await?;
                 report.sent += 1;
             }
             for (partition, offset) in state.pending.take().expect("set above").entries {
@@ -463,9 +262,9 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
     }
 
     fn outbound(&self, entry: &DeadLetter) -> Result<OutboundRecord, ReplayError> {
-        let headers = headers::replayed(
+        let headers = replayed(
             &entry.record.headers,
-            self.target_role,
+            self.target.role,
             &self.replay_of(entry.record.partition, entry.record.offset),
             now_ms(),
         )
@@ -477,7 +276,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         Ok(OutboundRecord {
             // A retry level keeps the partition number of the original (as every hop does);
             // onto a main topic the key picks it, as for any message.
-            partition: match self.target_role {
+            partition: match self.target.role {
                 TopicRole::Retry { .. } => Some(entry.record.partition),
                 _ => None,
             },
@@ -489,7 +288,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
 
     /// The `rk-replay-of` values written to the target after `ends`.
     async fn sent_since(&self, ends: &[u64]) -> Result<HashSet<String>, ReplayError> {
-        let records = self.backend.read(&self.target, self.target_role, ends).await?;
+        let records = self.backend.read(&self.target, ends).await?;
         Ok(records
             .iter()
             .filter_map(|r| r.headers.get_str(names::REPLAY_OF))
@@ -589,10 +388,56 @@ struct Pending {
     entries: Vec<(u32, u64)>,
 }
 
+/// The headers of a dead letter replayed onto a topic of role `to`, sent by a replay as
+/// `replay_of` (`{topic}/{partition}/{offset}` of the dead letter) at `now_ms`.
+///
+/// Onto a main topic every `rk-*` header goes (the attempt count starts afresh) but
+/// `rk-replays`, one higher, and `rk-replay-of`. Onto a retry level the failure context stays,
+/// due now, so the level runs it at once as its next attempt; that needs a context that reads.
+/// Other headers (`traceparent`, the application's) stay, in order.
+///
+/// ```
+/// use retry_kafka::backend::TopicRole;
+/// use retry_kafka::dead_letters::replayed;
+/// use retry_kafka::headers::Headers;
+///
+/// let dead: Headers = [("tenant", "acme"), ("rk-attempts", "4"), ("rk-replays", "1")].into_iter().collect();
+/// let again = replayed(&dead, TopicRole::Main, "orders.billing.dlq/0/17", 1_700_000_000_000).unwrap();
+/// assert_eq!(again.get_str("tenant"), Some("acme"));
+/// assert_eq!(again.get_str("rk-attempts"), None);
+/// assert_eq!(again.get_str("rk-replays"), Some("2"));
+/// assert_eq!(again.get_str("rk-replay-of"), Some("orders.billing.dlq/0/17"));
+/// ```
+pub fn replayed(
+    headers: &Headers,
+    to: TopicRole,
+    replay_of: &str,
+    now_ms: i64,
+) -> Result<Headers, HeaderError> {
+    let replays = headers::replays(headers).unwrap_or(0).saturating_add(1);
+    let mut out = headers.clone();
+    match to {
+        TopicRole::Retry { .. } => {
+            let mut context = headers::FailureContext::from_headers(headers)?;
+            context.due_at_ms = Some(now_ms);
+            context.replays = Some(replays);
+            context.write_to(&mut out);
+        }
+        _ => {
+            out.retain(|name| !name.starts_with(names::PREFIX));
+            out.insert(names::REPLAYS, replays.to_string());
+        }
+    }
+    out.insert(names::REPLAY_OF, replay_of.to_owned());
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::memory::InMemory;
+    use crate::backend::Record;
+    use crate::dead_letters::read;
     use crate::headers::Headers;
 
     const QUEUE: &str = "orders.billing.dlq";
@@ -606,9 +451,13 @@ mod tests {
                 payload: Some(format!("entry {n}").into()),
                 headers: Headers::new(),
             };
-            broker.send(QUEUE, TopicRole::DeadLetter, record).await.unwrap();
+            broker.send(&queue(), record).await.unwrap();
         }
-        read(broker, QUEUE, TopicRole::DeadLetter).await.unwrap()
+        read(broker, &queue()).await.unwrap()
+    }
+
+    fn queue() -> Topic {
+        Topic::new(QUEUE, TopicRole::DeadLetter)
     }
 
     fn checkpoint_file(name: &str) -> PathBuf {
@@ -625,7 +474,7 @@ mod tests {
         let entries = queue_of(&broker, 6).await;
         broker.create_topic("orders", 1);
         let path = checkpoint_file("resume");
-        let replay = Replay::new(&broker, QUEUE, "orders", TopicRole::Main).checkpoint(&path);
+        let replay = Replay::new(&broker, QUEUE, Topic::main("orders")).checkpoint(&path);
         // What the killed run left: entry 0 settled, a batch of 1..=4 under way, 1 and 2 sent.
         let mut state = Checkpoint {
             replay: replay.describe(),
@@ -633,7 +482,7 @@ mod tests {
         };
         state.advance(0, 1);
         broker
-            .send("orders", TopicRole::Main, replay.outbound(&entries[0]).unwrap())
+            .send(&Topic::main("orders"), replay.outbound(&entries[0]).unwrap())
             .await
             .unwrap();
         state.pending = Some(Pending {
@@ -642,7 +491,7 @@ mod tests {
         });
         for entry in &entries[1..=2] {
             let record = replay.outbound(entry).unwrap();
-            broker.send("orders", TopicRole::Main, record).await.unwrap();
+            broker.send(&Topic::main("orders"), record).await.unwrap();
         }
         replay.save(&state).unwrap();
 
@@ -669,7 +518,7 @@ mod tests {
         let broker = InMemory::new();
         let entries = queue_of(&broker, 2).await;
         let path = checkpoint_file("other");
-        let first = Replay::new(&broker, QUEUE, "orders", TopicRole::Main)
+        let first = Replay::new(&broker, QUEUE, Topic::main("orders"))
             .selection("kind=[\"transient\"]")
             .checkpoint(&path);
         first
@@ -678,7 +527,7 @@ mod tests {
                 ..Checkpoint::default()
             })
             .unwrap();
-        let second = Replay::new(&broker, QUEUE, "orders", TopicRole::Main)
+        let second = Replay::new(&broker, QUEUE, Topic::main("orders"))
             .selection("kind=[\"permanent\"]")
             .checkpoint(&path);
         let error = second.run(&entries, |_| {}).await.unwrap_err();
@@ -700,11 +549,11 @@ mod tests {
             headers,
         });
         let broker = InMemory::new();
-        let replay = Replay::new(&broker, QUEUE, "orders", TopicRole::Main);
+        let replay = Replay::new(&broker, QUEUE, Topic::main("orders"));
         let state = Checkpoint::default();
         assert_eq!(replay.action(&entry, &state), Action::Guarded);
         assert_eq!(replay.max_replays(4).action(&entry, &state), Action::Send);
-        let forced = Replay::new(&broker, QUEUE, "orders", TopicRole::Main).force(true);
+        let forced = Replay::new(&broker, QUEUE, Topic::main("orders")).force(true);
         assert_eq!(forced.action(&entry, &state), Action::Send);
     }
 }

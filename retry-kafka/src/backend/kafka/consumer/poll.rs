@@ -1,423 +1,26 @@
-//! A Kafka consumer: a poll thread that owns the librdkafka handle, and the handle the runtime
-//! holds.
-//!
-//! The thread polls all the time, so the member stays in its group however long a handler or
-//! a retry delay takes (librdkafka's `max.poll.interval.ms` counts time between polls). Every
-//! call on the librdkafka handle (pause, seek, resume, store offsets) happens on that thread,
-//! between polls, in the order the runtime asked for it. Records travel to the runtime in
-//! batches over a bounded channel; when it is full, the thread pauses its partitions and keeps
-//! polling.
-//!
-//! A hold pauses fetching the partition; records of it that were fetched already (in the
-//! channel, or in the handle's buffer) are parked in the handle, not dropped, and delivered
-//! first on resume, so a held partition is never fetched twice. The thread resumes fetching
-//! where it stopped handing records over. Each record carries the partition's assignment
-//! generation at fetch time; the handle drops records of an assignment that has since changed.
+//! The poll thread: it owns the librdkafka handle, polls all the time (so the member stays in
+//! its group however long a handler or a retry delay takes), applies the handle's commands
+//! between polls in the order they were sent, puts rebalances in order with the records, and
+//! pauses its partitions while the runtime is behind.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{transport, Kafka};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Record, Subscription, TopicRole};
+use super::{record_of, Acks, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT};
+use crate::backend::kafka::transport;
 use crate::error::BackendError;
-
-/// Records per batch sent to the runtime.
-const BATCH: usize = 256;
-/// Batches in flight between the poll thread and the runtime.
-const CHANNEL_BATCHES: usize = 8;
-/// How long the runtime may be behind before the poll thread pauses fetching.
-const PAUSE_AFTER: Duration = Duration::from_secs(1);
-/// How long closing keeps trying to commit while the group rebalances.
-const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
-/// How long one poll waits for a message; also the most a command (e.g. a resume) waits.
-const POLL_WAIT: Duration = Duration::from_millis(20);
-
-/// A fetched message as a [`Record`] (one copy out of librdkafka's buffer).
-pub(crate) fn record_of(message: &BorrowedMessage<'_>) -> Record {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        partition: message.partition() as u32,
-        offset: message.offset() as u64,
-        timestamp_ms: message.timestamp().to_millis(),
-        key: message.key().map(Bytes::copy_from_slice),
-        payload: message.payload().map(Bytes::copy_from_slice),
-        headers,
-    }
-}
-
-pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        // At least once: an offset is stored only when the runtime acknowledges it.
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Records wait in librdkafka's queue while the handlers catch up; when that queue is over
-        // its threshold librdkafka postpones the next fetch by this much (default 1 s), which
-        // left the consumer idle: 10 ms keeps it fed (measured: ~170k -> ~650k msg/s).
-        .set("fetch.queue.backoff.ms", "10");
-    // The levels of a handler share its group but read different topics: with the cooperative
-    // protocol a member joining for one level takes nothing from the others, so starting,
-    // scaling and stopping do not revoke (and redeliver) work in flight. The consumer group
-    // protocol (KIP-848, `group.protocol=consumer`) is incremental by itself and refuses the
-    // setting: the broker assigns.
-    let consumer_protocol = properties
-        .iter()
-        .any(|(key, value)| key == "group.protocol" && value.eq_ignore_ascii_case("consumer"));
-    if !consumer_protocol {
-        config.set("partition.assignment.strategy", "cooperative-sticky");
-    }
-    for (key, value) in properties {
-        config.set(key, value);
-    }
-    config
-}
-
-/// What the poll thread sends to the handle, in fetch order.
-enum Item {
-    Record { generation: u64, record: Record },
-    Assigned(Vec<(u32, u64)>),
-    Revoked(Vec<u32>),
-}
-
-/// Acknowledgements folded on the runtime's side before they go to the poll thread anyway.
-const ACK_FLUSH: usize = 256;
-
-/// Acknowledgements folded to the highest offset per partition and assignment generation. The
-/// handle folds what the runtime acknowledges and sends it once per batch; the poll thread folds
-/// what arrived since its last round and stores the offsets once.
-#[derive(Debug, Default)]
-struct Acks(Vec<(u32, u64, u64)>);
-
-impl Acks {
-    fn add(&mut self, partition: u32, generation: u64, offset: u64) {
-        match self.0.iter_mut().find(|a| a.0 == partition && a.1 == generation) {
-            Some(ack) => ack.2 = ack.2.max(offset),
-            None => self.0.push((partition, generation, offset)),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// What the handle asks the poll thread to do. Each carries the partition's generation; the
-/// thread ignores requests about an assignment that has since changed.
-enum Command {
-    Hold { partition: u32, generation: u64 },
-    Resume { partition: u32, generation: u64 },
-    Acks(Acks),
-    Close(oneshot::Sender<Result<(), BackendError>>),
-}
-
-/// Per partition number: partitions are small dense numbers, so a vector, not a hash map, on
-/// the per-record path.
-struct ByPartition<T>(Vec<Option<T>>);
-
-impl<T> Default for ByPartition<T> {
-    fn default() -> Self {
-        Self(Vec::new())
-    }
-}
-
-impl<T> ByPartition<T> {
-    fn get(&self, partition: u32) -> Option<&T> {
-        self.0.get(partition as usize).and_then(Option::as_ref)
-    }
-
-    fn get_mut(&mut self, partition: u32) -> Option<&mut T> {
-        self.0.get_mut(partition as usize).and_then(Option::as_mut)
-    }
-
-    fn insert(&mut self, partition: u32, value: T) {
-        let index = partition as usize;
-        if index >= self.0.len() {
-            self.0.resize_with(index + 1, || None);
-        }
-        self.0[index] = Some(value);
-    }
-
-    fn remove(&mut self, partition: u32) {
-        if let Some(slot) = self.0.get_mut(partition as usize) {
-            *slot = None;
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.0
-            .iter()
-            .enumerate()
-            .filter_map(|(p, v)| v.as_ref().map(|v| (p as u32, v)))
-    }
-}
-
-/// The handle's view of one assigned partition.
-#[derive(Default)]
-struct PartitionView {
-    generation: u64,
-    /// Held: records from this offset on are parked until the resume.
-    held_from: Option<u64>,
-    /// Records fetched before or while the partition was held, in offset order.
-    parked: VecDeque<Record>,
-}
-
-/// A member of a Kafka consumer group reading one topic.
-pub struct KafkaConsumer {
-    items: mpsc::Receiver<Vec<Item>>,
-    buffer: VecDeque<Item>,
-    /// Parked records of resumed partitions, delivered before anything else.
-    ready: VecDeque<Record>,
-    commands: std_mpsc::Sender<Command>,
-    partitions: ByPartition<PartitionView>,
-    /// Acknowledgements not yet sent to the poll thread.
-    acks: Acks,
-    acked_since_flush: usize,
-    thread: Option<JoinHandle<()>>,
-    topic: String,
-    /// Produces hand-offs (to this cluster or the retry cluster).
-    kafka: Kafka,
-}
-
-impl KafkaConsumer {
-    pub(crate) fn start(
-        backend: Kafka,
-        brokers: &str,
-        subscription: Subscription,
-        properties: &[(String, String)],
-    ) -> Result<Self, BackendError> {
-        let context = RebalanceLog {
-            topic: subscription.topic.clone(),
-            events: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
-        };
-        let consumer: BaseConsumer<RebalanceLog> = config(brokers, &subscription.group, properties)
-            .create_with_context(context)
-            .map_err(transport)?;
-        consumer.subscribe(&[&subscription.topic]).map_err(transport)?;
-        let (items_tx, items) = mpsc::channel(CHANNEL_BATCHES);
-        let (commands, commands_rx) = std_mpsc::channel();
-        let topic = subscription.topic.clone();
-        let kafka = backend.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("rk-poll-{}", subscription.topic))
-            .spawn(move || {
-                PollThread::new(subscription.topic, items_tx, commands_rx).run(consumer);
-                // Only now may an embedded cluster go: its clients are closed.
-                drop(backend);
-            })
-            .map_err(transport)?;
-        Ok(Self {
-            items,
-            buffer: VecDeque::new(),
-            ready: VecDeque::new(),
-            commands,
-            partitions: ByPartition::default(),
-            acks: Acks::default(),
-            acked_since_flush: 0,
-            thread: Some(thread),
-            topic,
-            kafka,
-        })
-    }
-
-    fn command(&mut self, command: Command) {
-        // Acknowledgements go first, in the order they were made.
-        self.flush_acks();
-        // The thread only stops after Close or when the handle is gone; a send error here means
-        // it died, which `next` reports.
-        let _ = self.commands.send(command);
-    }
-
-    /// Hands the folded acknowledgements to the poll thread: once per batch of records, not
-    /// once per message.
-    fn flush_acks(&mut self) {
-        self.acked_since_flush = 0;
-        if !self.acks.is_empty() {
-            let _ = self.commands.send(Command::Acks(std::mem::take(&mut self.acks)));
-        }
-    }
-}
-
-impl Consumer for KafkaConsumer {
-    async fn next(&mut self) -> Result<Fetched, BackendError> {
-        loop {
-            if let Some(record) = self.ready.pop_front() {
-                return Ok(Fetched::Record(record));
-            }
-            while let Some(item) = self.buffer.pop_front() {
-                match item {
-                    Item::Record { generation, record } => {
-                        let Some(view) = self.partitions.get_mut(record.partition) else {
-                            continue;
-                        };
-                        if view.generation != generation {
-                            continue;
-                        }
-                        match view.held_from {
-                            None => return Ok(Fetched::Record(record)),
-                            Some(from) if record.offset >= from => view.parked.push_back(record),
-                            // Delivered already: the runtime keeps what it was given.
-                            Some(_) => {}
-                        }
-                    }
-                    Item::Assigned(assigned) => {
-                        for &(partition, generation) in &assigned {
-                            self.ready.retain(|r| r.partition != partition);
-                            self.partitions.insert(
-                                partition,
-                                PartitionView {
-                                    generation,
-                                    ..PartitionView::default()
-                                },
-                            );
-                        }
-                        return Ok(Fetched::Assigned(assigned.into_iter().map(|(p, _)| p).collect()));
-                    }
-                    Item::Revoked(revoked) => {
-                        for partition in &revoked {
-                            self.partitions.remove(*partition);
-                        }
-                        self.ready.retain(|r| !revoked.contains(&r.partition));
-                        return Ok(Fetched::Revoked(revoked));
-                    }
-                }
-            }
-            // The runtime has had every record fetched so far: send what it acknowledged.
-            self.flush_acks();
-            match self.items.recv().await {
-                Some(batch) => self.buffer.extend(batch),
-                None => {
-                    return Err(BackendError::ConsumerStopped {
-                        topic: self.topic.clone(),
-                        source: "its poll thread ended".into(),
-                    })
-                }
-            }
-        }
-    }
-
-    fn hand_off(
-        &mut self,
-        _partition: u32,
-        _offset: u64,
-        topic: &str,
-        role: TopicRole,
-        record: &OutboundRecord,
-    ) -> HandOff {
-        Box::pin(self.kafka.produce(topic, role, record))
-    }
-
-    /// Pauses fetching the partition. Records of it from `offset` on that were fetched already
-    /// stay parked here and come first after the resume: nothing is fetched twice.
-    fn hold(&mut self, partition: u32, offset: u64) {
-        let Some(view) = self.partitions.get_mut(partition) else {
-            return;
-        };
-        if view.held_from.is_none() {
-            // Resumed records not delivered yet go back in front of the parked ones.
-            let (mine, others): (VecDeque<Record>, VecDeque<Record>) = std::mem::take(&mut self.ready)
-                .into_iter()
-                .partition(|r| r.partition == partition);
-            self.ready = others;
-            let mut parked = mine;
-            parked.append(&mut view.parked);
-            view.parked = parked;
-        }
-        view.parked.retain(|r| r.offset >= offset);
-        view.held_from = Some(offset);
-        let generation = view.generation;
-        self.command(Command::Hold {
-            partition,
-            generation,
-        });
-    }
-
-    fn resume(&mut self, partition: u32) {
-        let Some(view) = self.partitions.get_mut(partition) else {
-            return;
-        };
-        if view.held_from.take().is_none() {
-            return;
-        }
-        self.ready.append(&mut view.parked);
-        let generation = view.generation;
-        self.command(Command::Resume {
-            partition,
-            generation,
-        });
-    }
-
-    /// Folded here and sent to the poll thread with the next batch (or every `ACK_FLUSH`
-    /// acknowledgements, or before any other command or close); the thread stores the offsets
-    /// for the next commit.
-    async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
-        if let Some(view) = self.partitions.get(partition) {
-            self.acks.add(partition, view.generation, offset);
-            self.acked_since_flush += 1;
-            if self.acked_since_flush >= ACK_FLUSH {
-                self.flush_acks();
-            }
-        }
-        Ok(())
-    }
-
-    async fn close(mut self) -> Result<(), BackendError> {
-        let (reply, done) = oneshot::channel();
-        self.command(Command::Close(reply));
-        let result = done
-            .await
-            .unwrap_or_else(|_| Err(transport("the poll thread stopped before closing")));
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        result
-    }
-}
-
-impl Drop for KafkaConsumer {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            // Not closed (the task was aborted): ask the thread to commit and leave; it ends by
-            // itself shortly after.
-            let (reply, _) = oneshot::channel();
-            self.command(Command::Close(reply));
-        }
-    }
-}
 
 /// Collects rebalance events raised inside `poll`, so the thread can put them in order with
 /// the records.
-struct RebalanceLog {
+pub(super) struct RebalanceLog {
     topic: String,
     events: Mutex<Vec<RebalanceEvent>>,
     /// Whether `events` has something: checked after every poll without taking the lock.
@@ -430,6 +33,14 @@ enum RebalanceEvent {
 }
 
 impl RebalanceLog {
+    pub(super) fn new(topic: String) -> Self {
+        RebalanceLog {
+            topic,
+            events: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+        }
+    }
+
     fn log(&self, event: RebalanceEvent) {
         self.events.lock().expect("never poisoned").push(event);
         self.pending.store(true, Ordering::Release);
@@ -488,9 +99,9 @@ struct Assigned {
     next: Option<u64>,
 }
 
-type RawConsumer = BaseConsumer<RebalanceLog>;
+pub(super) type RawConsumer = BaseConsumer<RebalanceLog>;
 
-struct PollThread {
+pub(super) struct PollThread {
     topic: String,
     items: mpsc::Sender<Vec<Item>>,
     commands: std_mpsc::Receiver<Command>,
@@ -505,7 +116,11 @@ struct PollThread {
 }
 
 impl PollThread {
-    fn new(topic: String, items: mpsc::Sender<Vec<Item>>, commands: std_mpsc::Receiver<Command>) -> Self {
+    pub(super) fn new(
+        topic: String,
+        items: mpsc::Sender<Vec<Item>>,
+        commands: std_mpsc::Receiver<Command>,
+    ) -> Self {
         Self {
             topic,
             items,
@@ -518,7 +133,7 @@ impl PollThread {
         }
     }
 
-    fn run(mut self, consumer: RawConsumer) {
+    pub(super) fn run(mut self, consumer: RawConsumer) {
         loop {
             if let Err(reply) = self.drain_commands(&consumer) {
                 return self.close(consumer, reply);
