@@ -14,7 +14,6 @@ use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use crate::clock::now_ms;
 use crate::failure::ErrorKind;
-use crate::headers::{EarlierHops, Headers};
 use crate::health::ConsumerHealth;
 use crate::stats::Counters;
 
@@ -220,12 +219,12 @@ impl LevelMetrics {
         self.retried.increment(1);
     }
 
-    /// A failure was durably written to the dead-letter queue with these headers.
-    pub(crate) fn dead_lettered(&self, headers: &Headers) {
+    /// A failure was durably written to the dead-letter queue; `failing_since_ms` is the
+    /// message's original timestamp, or else its first failure (epoch ms).
+    pub(crate) fn dead_lettered(&self, failing_since_ms: Option<i64>) {
         self.counters.dead_lettered();
         self.dead_lettered.increment(1);
-        let earlier = EarlierHops::read(headers);
-        if let Some(since) = earlier.original_timestamp_ms.or(earlier.first_failure_at_ms) {
+        if let Some(since) = failing_since_ms {
             self.dead_letter_age.record(seconds(now_ms() - since));
         }
     }

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::{
     Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Record, Subscription,
-    Topic, TopicAdmin,
+    Topic, TopicAdmin, Undelivered,
 };
 use crate::clock::now_ms;
 use crate::error::BackendError;
@@ -256,6 +256,7 @@ impl TopicAdmin for InMemory {
 impl Publish for InMemory {
     async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
         self.append(&topic.name, record)
+            .map_err(|undelivered| undelivered.error)
     }
 }
 
@@ -309,8 +310,12 @@ impl Backend for InMemory {
 }
 
 impl InMemory {
-    /// Appends `record` to `topic`: durable at once, as far as this broker goes.
-    fn append(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, BackendError> {
+    /// Appends `record` to `topic`: durable at once, as far as this broker goes. A refused
+    /// record is given back.
+    // The record given back is the point of the error (a hand-off tries again with it), and a
+    // refused append is rare: not worth a box.
+    #[allow(clippy::result_large_err)]
+    fn append(&self, topic: &str, record: OutboundRecord) -> Result<Delivered, Undelivered> {
         let default = self.shared.default_partitions;
         let mut state = self.state();
         let t = state.topic(topic, default);
@@ -318,10 +323,11 @@ impl InMemory {
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < count => p,
             (Some(p), _) => {
-                return Err(BackendError::Produce {
+                let error = BackendError::Produce {
                     topic: topic.to_owned(),
                     source: format!("partition {p} does not exist (the topic has {count})").into(),
-                })
+                };
+                return Err(Undelivered::new(error, record));
             }
             (None, Some(key)) => partition_for_key(key, count),
             (None, None) => {
@@ -331,10 +337,11 @@ impl InMemory {
         };
         if t.failing_sends > 0 && t.failing_partition.is_none_or(|p| p == partition) {
             t.failing_sends -= 1;
-            return Err(BackendError::Produce {
+            let error = BackendError::Produce {
                 topic: topic.to_owned(),
                 source: "injected failure".into(),
-            });
+            };
+            return Err(Undelivered::new(error, record));
         }
         let log = &mut t.partitions[partition as usize];
         let offset = log.len() as u64;

@@ -193,7 +193,37 @@ pub enum Fetched {
 
 /// A hand-off under way: resolves once the next hop is durably written (see
 /// [`Consumer::hand_off`]). It owns what it needs, so many can be in flight at once.
-pub type HandOff = Pin<Box<dyn Future<Output = Result<Delivered, BackendError>> + Send>>;
+pub type HandOff = Pin<Box<dyn Future<Output = Result<Delivered, Undelivered>> + Send>>;
+
+/// A hand-off that did not go through: why, and its record, given back so the runtime can try
+/// again without keeping a copy of every record it hands on.
+///
+/// ```
+/// use retry_kafka::backend::{OutboundRecord, Undelivered};
+/// use retry_kafka::error::BackendError;
+///
+/// let record = OutboundRecord { payload: Some("{}".into()), ..Default::default() };
+/// let failed = Undelivered::new(BackendError::Produce { topic: "t".into(), source: "no".into() }, record);
+/// assert_eq!(failed.record.payload.as_deref(), Some(&b"{}"[..]));
+/// assert!(failed.to_string().contains("no"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+#[non_exhaustive]
+pub struct Undelivered {
+    /// Why the write failed.
+    #[source]
+    pub error: BackendError,
+    /// The record, as it was given.
+    pub record: OutboundRecord,
+}
+
+impl Undelivered {
+    /// A failed write of `record`.
+    pub fn new(error: BackendError, record: OutboundRecord) -> Self {
+        Self { error, record }
+    }
+}
 
 /// One member of a consumer group, reading one topic.
 pub trait Consumer: Send + 'static {
@@ -219,7 +249,8 @@ pub trait Consumer: Send + 'static {
     /// the next hop and acknowledge the source in one step (Redis, PostgreSQL) does so here.
     ///
     /// The future owns `to` and `record` and does not borrow the consumer: the runtime keeps a
-    /// window of hand-offs in flight instead of waiting for each in line.
+    /// window of hand-offs in flight instead of waiting for each in line. A failed write gives
+    /// the record back ([`Undelivered`]): the runtime keeps no copy to try again with.
     fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff;
 
     /// Marks every offset up to and including `offset` on `partition` as done.

@@ -4,7 +4,7 @@
 
 use super::{
     Backend, Browse, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Record,
-    RetryStore, Subscription, Topic, TopicAdmin,
+    RetryStore, Subscription, Topic, TopicAdmin, Undelivered,
 };
 use crate::error::BackendError;
 
@@ -95,7 +95,12 @@ impl<M: Backend, R: RetryStore> Consumer for TieredConsumer<M, R> {
         match self {
             TieredConsumer::Main { retries, .. } => {
                 let retries = retries.clone();
-                Box::pin(async move { retries.send(&to, record).await })
+                // `Publish::send` takes the record, so a copy is kept to give back on failure.
+                let kept = record.clone();
+                Box::pin(async move {
+                    let sent = retries.send(&to, record).await;
+                    sent.map_err(|error| Undelivered::new(error, kept))
+                })
             }
             TieredConsumer::Retry(c) => c.hand_off(from, to, record),
         }

@@ -22,7 +22,7 @@ use super::error::transport;
 use super::link::Link;
 use super::sql::params;
 use super::{decode, sql, Postgres, Settings};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Topic};
+use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Topic, Undelivered};
 use crate::clock::{instant_at, now_ms};
 use crate::error::BackendError;
 
@@ -228,7 +228,10 @@ impl Consumer for PostgresConsumer {
     fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
         let backend = self.backend.clone();
         let source = (self.topic.clone(), from.partition, from.offset);
-        Box::pin(async move { backend.write(&to, &record, Some(&source)).await })
+        Box::pin(async move {
+            let written = backend.write(&to, &record, Some(&source)).await;
+            written.map_err(|error| Undelivered::new(error, record))
+        })
     }
 
     /// Hands the rows this worker delivered up to `offset` to its keeper, which marks them

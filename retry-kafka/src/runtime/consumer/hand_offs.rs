@@ -15,8 +15,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::backend::{Consumer, Delivered, HandOff, OutboundRecord, Position, Topic, TopicRole};
-use crate::error::BackendError;
+use crate::backend::{Consumer, Delivered, HandOff, OutboundRecord, Position, Topic, TopicRole, Undelivered};
 use crate::policy::Topology;
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
@@ -25,34 +24,49 @@ const HAND_OFF_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
     .with_max_delay(Duration::from_secs(5))
     .without_max_times();
 
-/// A failed message on its way on. Its source offset stays in flight until the write is
-/// durable.
+/// A failed message on its way on: its record, and the [`Ticket`] the runtime keeps while the
+/// backend has the record. Its source offset stays in flight until the write is durable.
 pub(super) struct PendingHandOff {
+    pub(super) ticket: Ticket,
+    pub(super) record: OutboundRecord,
+}
+
+impl PendingHandOff {
+    pub(super) fn new(ticket: Ticket, record: OutboundRecord) -> Self {
+        Self { ticket, record }
+    }
+}
+
+/// What the runtime keeps of a hand-off while its record is with the backend (a failed write
+/// gives the record back): where it came from and where it goes.
+pub(super) struct Ticket {
     pub(super) partition: u32,
     pub(super) offset: u64,
     /// The source partition's generation when it failed.
     pub(super) generation: u32,
     /// Where it goes: a retry level, the dead letters or the parking queue.
     pub(super) target: TopicRole,
-    pub(super) record: OutboundRecord,
+    /// Since when the message has been failing (its original timestamp, or its first failure),
+    /// epoch ms: a dead letter's age.
+    pub(super) failing_since_ms: Option<i64>,
     /// Whether it is being tried again after a failure.
     again: bool,
 }
 
-impl PendingHandOff {
+impl Ticket {
     pub(super) fn new(
         partition: u32,
         offset: u64,
         generation: u32,
         target: TopicRole,
-        record: OutboundRecord,
+        failing_since_ms: Option<i64>,
     ) -> Self {
         Self {
             partition,
             offset,
             generation,
             target,
-            record,
+            failing_since_ms,
             again: false,
         }
     }
@@ -87,33 +101,37 @@ impl Targets {
         }
     }
 
-    /// Starts writing `hand_off` to its target.
-    pub(super) fn write(&self, consumer: &mut impl Consumer, hand_off: &PendingHandOff) -> HandOff {
+    /// Starts writing a hand-off's record to its target.
+    pub(super) fn write(
+        &self,
+        consumer: &mut impl Consumer,
+        ticket: &Ticket,
+        record: OutboundRecord,
+    ) -> HandOff {
         let to = self
-            .get(hand_off.target)
+            .get(ticket.target)
             .expect("the policy hands on only to topics of the handler's topology")
             .clone();
         let from = Position {
-            partition: hand_off.partition,
-            offset: hand_off.offset,
+            partition: ticket.partition,
+            offset: ticket.offset,
         };
-        // Kept to try again if the write fails.
-        consumer.hand_off(from, to, hand_off.record.clone())
+        consumer.hand_off(from, to, record)
     }
 }
 
-/// A hand-off under way, with what it hands on (kept to try again if it fails).
+/// A hand-off under way, with its ticket.
 struct Sending {
-    hand_off: Option<PendingHandOff>,
+    ticket: Option<Ticket>,
     write: HandOff,
 }
 
 impl Future for Sending {
-    type Output = (PendingHandOff, Result<Delivered, BackendError>);
+    type Output = (Ticket, Result<Delivered, Undelivered>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let result = std::task::ready!(self.write.as_mut().poll(cx));
-        Poll::Ready((self.hand_off.take().expect("polled after completion"), result))
+        Poll::Ready((self.ticket.take().expect("polled after completion"), result))
     }
 }
 
@@ -135,7 +153,9 @@ impl Blocked {
     }
 
     fn keep(&mut self, hand_off: PendingHandOff) {
-        let at = self.failed.partition_point(|h| h.offset < hand_off.offset);
+        let at = self
+            .failed
+            .partition_point(|h| h.ticket.offset < hand_off.ticket.offset);
         self.failed.insert(at, hand_off);
     }
 }
@@ -195,23 +215,29 @@ impl HandOffs {
         self.blocked.get(index).is_some_and(Blocked::blocks)
     }
 
-    /// Starts a hand-off with its `write` (see [`blocks`](HandOffs::blocks): only on a
-    /// partition that is not blocked).
-    pub(super) fn send(&mut self, hand_off: PendingHandOff, write: HandOff) {
+    /// Starts a hand-off, its record given to `write` (see [`blocks`](HandOffs::blocks): only
+    /// on a partition that is not blocked).
+    pub(super) fn send(
+        &mut self,
+        hand_off: PendingHandOff,
+        write: impl FnOnce(&Ticket, OutboundRecord) -> HandOff,
+    ) {
+        let PendingHandOff { ticket, record } = hand_off;
+        let write = write(&ticket, record);
         self.sending.push(Sending {
-            hand_off: Some(hand_off),
+            ticket: Some(ticket),
             write,
         });
     }
 
     /// Keeps a hand-off of a blocked partition behind the failed ones, in failure order.
     pub(super) fn queue_behind(&mut self, hand_off: PendingHandOff) {
-        self.partition(hand_off.partition).keep(hand_off);
+        self.partition(hand_off.ticket.partition).keep(hand_off);
         self.failed += 1;
     }
 
     /// The next write that finished. Cancel-safe; pending forever when none is in flight.
-    pub(super) async fn next(&mut self) -> (PendingHandOff, Result<Delivered, BackendError>) {
+    pub(super) async fn next(&mut self) -> (Ticket, Result<Delivered, Undelivered>) {
         match self.sending.next().await {
             Some(finished) => finished,
             None => std::future::pending().await,
@@ -219,9 +245,9 @@ impl HandOffs {
     }
 
     /// A write of the partition's current generation is durable.
-    pub(super) fn written(&mut self, hand_off: &PendingHandOff) {
-        let state = self.partition(hand_off.partition);
-        if hand_off.again {
+    pub(super) fn written(&mut self, ticket: &Ticket) {
+        let state = self.partition(ticket.partition);
+        if ticket.again {
             state.retrying -= 1;
         }
         if !state.blocks() {
@@ -235,8 +261,8 @@ impl HandOffs {
     /// A write of the partition's current generation failed: it is kept, in source order, to
     /// be tried again after the partition's next pause. Returns when.
     pub(super) fn write_failed(&mut self, hand_off: PendingHandOff) -> Instant {
-        let state = self.partition(hand_off.partition);
-        if hand_off.again {
+        let state = self.partition(hand_off.ticket.partition);
+        if hand_off.ticket.again {
             state.retrying -= 1;
         }
         let retry_at = match state.retry_at {
@@ -263,8 +289,9 @@ impl HandOffs {
         self.blocked.iter().filter_map(|b| b.retry_at).min()
     }
 
-    /// Starts again, in order, the failed hand-offs whose pause is over, each with its `write`.
-    pub(super) fn retry_due(&mut self, mut write: impl FnMut(&PendingHandOff) -> HandOff) {
+    /// Starts again, in order, the failed hand-offs whose pause is over, each record given to
+    /// `write`.
+    pub(super) fn retry_due(&mut self, mut write: impl FnMut(&Ticket, OutboundRecord) -> HandOff) {
         if self.failed == 0 {
             return;
         }
@@ -277,11 +304,11 @@ impl HandOffs {
             let again = std::mem::take(&mut state.failed);
             state.retrying += again.len();
             self.failed -= again.len();
-            for mut hand_off in again {
-                hand_off.again = true;
-                let write = write(&hand_off);
+            for PendingHandOff { mut ticket, record } in again {
+                ticket.again = true;
+                let write = write(&ticket, record);
                 self.sending.push(Sending {
-                    hand_off: Some(hand_off),
+                    ticket: Some(ticket),
                     write,
                 });
             }
@@ -301,35 +328,49 @@ mod tests {
     use super::*;
 
     fn hand_off(partition: u32, offset: u64) -> PendingHandOff {
-        PendingHandOff::new(
-            partition,
-            offset,
-            0,
-            TopicRole::Retry { level: 1 },
-            OutboundRecord::default(),
-        )
+        let ticket = Ticket::new(partition, offset, 0, TopicRole::Retry { level: 1 }, None);
+        let record = OutboundRecord {
+            payload: Some(offset.to_string().into()),
+            ..Default::default()
+        };
+        PendingHandOff::new(ticket, record)
     }
 
-    fn write(result: Result<(), ()>) -> HandOff {
-        Box::pin(std::future::ready(
-            result
+    /// A write that succeeds or fails at once; a failure gives the record back.
+    fn write(result: Result<(), ()>) -> impl FnMut(&Ticket, OutboundRecord) -> HandOff {
+        move |_, record| {
+            let written = result
                 .map(|()| Delivered {
                     partition: 0,
                     offset: 0,
                 })
-                .map_err(|()| BackendError::Produce {
-                    topic: "orders.billing.retry.1".into(),
-                    source: "refused (test)".into(),
-                }),
-        ))
+                .map_err(|()| {
+                    let error = crate::error::BackendError::Produce {
+                        topic: "orders.billing.retry.1".into(),
+                        source: "refused (test)".into(),
+                    };
+                    Undelivered::new(error, record)
+                });
+            Box::pin(std::future::ready(written))
+        }
+    }
+
+    /// A failed write's hand-off, its record given back.
+    fn returned((ticket, result): (Ticket, Result<Delivered, Undelivered>)) -> PendingHandOff {
+        let undelivered = result.expect_err("the write failed");
+        PendingHandOff::new(ticket, undelivered.record)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_write_blocks_its_partition_and_is_tried_again_after_a_growing_pause() {
         let mut hand_offs = HandOffs::new(8);
         hand_offs.send(hand_off(0, 10), write(Err(())));
-        let (failed, result) = hand_offs.next().await;
-        assert!(result.is_err());
+        let failed = returned(hand_offs.next().await);
+        assert_eq!(
+            failed.record.payload.as_deref(),
+            Some(&b"10"[..]),
+            "given back as it was"
+        );
         let start = Instant::now();
         assert_eq!(hand_offs.write_failed(failed), start + Duration::from_millis(50));
         assert!(hand_offs.blocks(0) && !hand_offs.blocks(1));
@@ -338,23 +379,23 @@ mod tests {
         hand_offs.queue_behind(hand_off(0, 11));
         assert_eq!(hand_offs.next_retry(), Some(start + Duration::from_millis(50)));
 
-        hand_offs.retry_due(|_| unreachable!("not due yet"));
+        hand_offs.retry_due(|_, _| unreachable!("not due yet"));
         tokio::time::advance(Duration::from_millis(50)).await;
         let mut order = Vec::new();
-        hand_offs.retry_due(|h| {
-            order.push(h.offset);
-            write(Err(()))
+        hand_offs.retry_due(|ticket, record| {
+            order.push(ticket.offset);
+            write(Err(()))(ticket, record)
         });
         assert_eq!(order, [10, 11]);
         assert!(hand_offs.blocks(0), "tried again, not through yet");
         assert_eq!(hand_offs.failed(), 0);
-        let (first, _) = hand_offs.next().await;
+        let first = returned(hand_offs.next().await);
         let second_pause = hand_offs.write_failed(first) - Instant::now();
         assert!(
             second_pause > Duration::from_millis(50),
             "the pause grows: {second_pause:?}"
         );
-        let (second, _) = hand_offs.next().await;
+        let second = returned(hand_offs.next().await);
         hand_offs.write_failed(second);
         assert_eq!(hand_offs.failed(), 2);
     }
@@ -363,10 +404,10 @@ mod tests {
     async fn failures_queued_while_others_are_tried_again_go_out_once_those_are_through() {
         let mut hand_offs = HandOffs::new(8);
         hand_offs.send(hand_off(2, 1), write(Err(())));
-        let (failed, _) = hand_offs.next().await;
+        let failed = returned(hand_offs.next().await);
         hand_offs.write_failed(failed);
         tokio::time::advance(Duration::from_millis(50)).await;
-        hand_offs.retry_due(|_| write(Ok(())));
+        hand_offs.retry_due(write(Ok(())));
         // An attempt that was running fails now: behind the one tried again.
         hand_offs.queue_behind(hand_off(2, 5));
         let (retried, result) = hand_offs.next().await;
@@ -375,9 +416,9 @@ mod tests {
         assert!(hand_offs.blocks(2), "5 is not through");
         assert_eq!(hand_offs.next_retry(), Some(Instant::now()), "5 goes out at once");
         let mut sent = Vec::new();
-        hand_offs.retry_due(|h| {
-            sent.push(h.offset);
-            write(Ok(()))
+        hand_offs.retry_due(|ticket, record| {
+            sent.push(ticket.offset);
+            write(Ok(()))(ticket, record)
         });
         assert_eq!(sent, [5]);
         let (through, _) = hand_offs.next().await;
@@ -391,7 +432,7 @@ mod tests {
         let mut hand_offs = HandOffs::new(2);
         hand_offs.send(hand_off(1, 1), write(Err(())));
         assert!(hand_offs.has_room());
-        let (failed, _) = hand_offs.next().await;
+        let failed = returned(hand_offs.next().await);
         hand_offs.write_failed(failed);
         hand_offs.queue_behind(hand_off(1, 2));
         assert!(!hand_offs.has_room(), "two under way fill a window of 2");

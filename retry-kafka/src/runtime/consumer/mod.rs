@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use self::attempt::{Attempts, Done};
 use self::batches::Batches;
 use self::gate::RateGate;
-use self::hand_offs::{HandOffs, PendingHandOff, Targets};
+use self::hand_offs::{HandOffs, PendingHandOff, Targets, Ticket};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
-use crate::backend::{Consumer, Delivered, Fetched, Record};
+use crate::backend::{Consumer, Delivered, Fetched, Record, Undelivered};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handlers::{Call, HandlerSpec};
@@ -142,7 +142,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {
                     let Self { consumer, hand_offs, targets, .. } = &mut self;
-                    hand_offs.retry_due(|hand_off| targets.write(consumer, hand_off));
+                    hand_offs.retry_due(|ticket, record| targets.write(consumer, ticket, record));
                 }
                 // A batch's linger is over: the top of the loop starts it.
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
@@ -309,29 +309,31 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             // Behind a failed hand-off of this partition: in failure order, after it.
             self.hand_offs.queue_behind(hand_off);
         } else {
-            let write = self.targets.write(&mut self.consumer, &hand_off);
-            self.hand_offs.send(hand_off, write);
+            let Self {
+                consumer,
+                hand_offs,
+                targets,
+                ..
+            } = self;
+            hand_offs.send(hand_off, |ticket, record| targets.write(consumer, ticket, record));
         }
     }
 
     /// A hand-off finished: acknowledged when durable; otherwise kept to be tried again, and
     /// its partition starts nothing new meanwhile (other partitions go on).
-    async fn sent(&mut self, hand_off: PendingHandOff, result: Result<Delivered, BackendError>) {
-        if !self
-            .partitions
-            .is_current(hand_off.partition, hand_off.generation)
-        {
+    async fn sent(&mut self, ticket: Ticket, result: Result<Delivered, Undelivered>) {
+        if !self.partitions.is_current(ticket.partition, ticket.generation) {
             return;
         }
-        let (partition, offset) = (hand_off.partition, hand_off.offset);
+        let (partition, offset) = (ticket.partition, ticket.offset);
         match result {
             Ok(_) => {
-                self.hand_offs.written(&hand_off);
-                self.level.handed_off(&hand_off);
+                self.hand_offs.written(&ticket);
+                self.level.handed_off(&ticket);
                 self.finish(partition, offset).await;
             }
-            Err(error) => {
-                let retry_at = self.hand_offs.write_failed(hand_off);
+            Err(Undelivered { error, record, .. }) => {
+                let retry_at = self.hand_offs.write_failed(PendingHandOff::new(ticket, record));
                 tracing::warn!(
                     topic = %self.level.topic, partition, offset,
                     %error, retry_in = ?retry_at.saturating_duration_since(Instant::now()),

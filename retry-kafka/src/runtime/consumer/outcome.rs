@@ -3,7 +3,7 @@
 //! headers; or nothing, when the policy drops it.
 
 use super::attempt::{Failure, Lineage};
-use super::hand_offs::PendingHandOff;
+use super::hand_offs::{PendingHandOff, Ticket};
 use super::Level;
 use crate::backend::{OutboundRecord, Record, TopicRole};
 use crate::clock::now_ms;
@@ -72,15 +72,22 @@ impl Level {
             payload: record.payload,
             headers,
         };
-        Some(PendingHandOff::new(partition, offset, generation, target, record))
+        // As the headers say it: the original timestamp, else the first failure (now, if this is it).
+        let failing_since_ms = lineage
+            .origin
+            .timestamp_ms
+            .or(lineage.first_failure_ms)
+            .or(Some(now));
+        let ticket = Ticket::new(partition, offset, generation, target, failing_since_ms);
+        Some(PendingHandOff::new(ticket, record))
     }
 
     /// Counts a hand-off that is durable, by where it went.
-    pub(super) fn handed_off(&self, hand_off: &PendingHandOff) {
-        match hand_off.target {
+    pub(super) fn handed_off(&self, ticket: &Ticket) {
+        match ticket.target {
             TopicRole::Retry { level } => self.metrics.retried(level),
             TopicRole::Parked => self.metrics.parked(),
-            _ => self.metrics.dead_lettered(&hand_off.record.headers),
+            _ => self.metrics.dead_lettered(ticket.failing_since_ms),
         }
     }
 }

@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 mod poll;
 
 use super::{transport, Kafka};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic};
+use crate::backend::{
+    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, Undelivered,
+};
 use crate::error::BackendError;
 use poll::{PollThread, RawConsumer, RebalanceLog};
 
@@ -325,7 +327,9 @@ impl Consumer for KafkaConsumer {
     }
 
     fn hand_off(&mut self, _from: Position, to: Topic, record: OutboundRecord) -> HandOff {
-        Box::pin(self.kafka.produce(&to, &record))
+        // librdkafka copied what it sends; the record waits here only to be given back.
+        let produced = self.kafka.produce(&to, &record);
+        Box::pin(async move { produced.await.map_err(|error| Undelivered::new(error, record)) })
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already

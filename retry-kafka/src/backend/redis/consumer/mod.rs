@@ -22,7 +22,7 @@ use super::error::transport;
 use super::stream_id::StreamId;
 use super::{keys, Redis, Source};
 use crate::backend::{
-    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, TopicRole,
+    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, TopicRole, Undelivered,
 };
 use crate::error::BackendError;
 use reader::Reader;
@@ -244,8 +244,11 @@ impl Consumer for RedisConsumer {
         let source = self.source_of(from.partition, from.offset);
         let redis = self.redis.clone();
         Box::pin(async move {
-            let target = redis.pick_partition(&to.name, &record).await?;
-            redis.write(&to, target, &record, source).await
+            let written = match redis.pick_partition(&to.name, &record).await {
+                Ok(target) => redis.write(&to, target, &record, source).await,
+                Err(error) => Err(error),
+            };
+            written.map_err(|error| Undelivered::new(error, record))
         })
     }
 
