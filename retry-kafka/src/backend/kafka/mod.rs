@@ -23,9 +23,11 @@ use super::{
 };
 use crate::error::{BackendError, ConfigError};
 
+mod builder;
 mod consumer;
 mod embedded;
 
+pub use builder::KafkaBuilder;
 pub use consumer::KafkaConsumer;
 pub use embedded::EmbeddedKafka;
 
@@ -114,16 +116,6 @@ impl Refusals {
             None => transport(error),
         }
     }
-}
-
-/// Settings of a [`Kafka`] backend.
-pub struct KafkaBuilder {
-    brokers: String,
-    retry_brokers: Option<String>,
-    consumer_properties: Vec<(String, String)>,
-    producer_properties: Vec<(String, String)>,
-    replication_factor: i32,
-    embedded: Option<Arc<EmbeddedKafka>>,
 }
 
 impl Kafka {
@@ -322,85 +314,6 @@ impl Kafka {
     }
 }
 
-impl KafkaBuilder {
-    /// Puts retry and dead-letter topics on another cluster.
-    pub fn retry_brokers(mut self, brokers: impl Into<String>) -> Self {
-        self.retry_brokers = Some(brokers.into());
-        self
-    }
-
-    /// A librdkafka property for consumers and producers alike (security, SASL, TLS, ...).
-    pub fn property(self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        let (key, value) = (key.into(), value.into());
-        self.consumer_property(key.clone(), value.clone())
-            .producer_property(key, value)
-    }
-
-    /// A librdkafka property for consumers only.
-    pub fn consumer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.consumer_properties.push((key.into(), value.into()));
-        self
-    }
-
-    /// A librdkafka property for the producer only.
-    pub fn producer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.producer_properties.push((key.into(), value.into()));
-        self
-    }
-
-    /// The replication factor of created topics; -1 (the default) takes the broker's default.
-    pub fn replication_factor(mut self, factor: i32) -> Self {
-        self.replication_factor = factor;
-        self
-    }
-
-    /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it.
-    pub fn build(self) -> Result<Kafka, ConfigError> {
-        let cluster = |brokers: &str| -> Result<Cluster, ConfigError> {
-            let mut config = ClientConfig::new();
-            config
-                .set("bootstrap.servers", brokers)
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                // Java's partitioner: a key lands on the same partition as with Java producers.
-                .set("partitioner", "murmur2_random")
-                .set("linger.ms", "2")
-                .set("message.timeout.ms", "30000");
-            for (key, value) in &self.producer_properties {
-                config.set(key, value);
-            }
-            let producer: FutureProducer = config
-                .create()
-                .map_err(|error| invalid("producer property", error))?;
-            let admin = config
-                .create()
-                .map_err(|error| invalid("producer property", error))?;
-            // Consumer properties are checked here too, so a typo fails at start.
-            let metadata = consumer::config(brokers, "retry-kafka-metadata", &self.consumer_properties)
-                .set("allow.auto.create.topics", "false")
-                .create_with_context(Refusals::default())
-                .map_err(|error| invalid("consumer property", error))?;
-            Ok(Cluster {
-                brokers: brokers.to_owned(),
-                producer,
-                admin,
-                metadata: Arc::new(metadata),
-            })
-        };
-        let main = cluster(&self.brokers)?;
-        let retry = self.retry_brokers.as_deref().map(cluster).transpose()?;
-        Ok(Kafka {
-            shared: Arc::new(Shared {
-                main,
-                retry,
-                consumer_properties: self.consumer_properties,
-                replication_factor: self.replication_factor,
-                embedded: self.embedded,
-            }),
-        })
-    }
-}
-
 /// The partition count of `topic` as `client` sees it; 0 when it does not exist.
 fn partition_count(client: &BaseConsumer, topic: &str) -> Result<i32, BackendError> {
     let metadata = client
@@ -448,13 +361,6 @@ fn is_settling(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::CoordinatorLoadInProgress
         )
     )
-}
-
-fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: error.to_string(),
-    }
 }
 
 /// Runs blocking librdkafka calls off the runtime's threads.

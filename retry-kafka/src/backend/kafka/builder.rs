@@ -1,0 +1,107 @@
+//! [`KafkaBuilder`]: the clusters, client properties and topic settings of a [`Kafka`] backend,
+//! checked when it is built.
+
+use std::sync::Arc;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+use super::{consumer, Cluster, EmbeddedKafka, Kafka, Refusals, Shared};
+use crate::error::ConfigError;
+
+/// Settings of a [`Kafka`] backend.
+pub struct KafkaBuilder {
+    pub(super) brokers: String,
+    pub(super) retry_brokers: Option<String>,
+    pub(super) consumer_properties: Vec<(String, String)>,
+    pub(super) producer_properties: Vec<(String, String)>,
+    pub(super) replication_factor: i32,
+    pub(super) embedded: Option<Arc<EmbeddedKafka>>,
+}
+
+impl KafkaBuilder {
+    /// Puts retry and dead-letter topics on another cluster.
+    pub fn retry_brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.retry_brokers = Some(brokers.into());
+        self
+    }
+
+    /// A librdkafka property for consumers and producers alike (security, SASL, TLS, ...).
+    pub fn property(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let (key, value) = (key.into(), value.into());
+        self.consumer_property(key.clone(), value.clone())
+            .producer_property(key, value)
+    }
+
+    /// A librdkafka property for consumers only.
+    pub fn consumer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// A librdkafka property for the producer only.
+    pub fn producer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// The replication factor of created topics; -1 (the default) takes the broker's default.
+    pub fn replication_factor(mut self, factor: i32) -> Self {
+        self.replication_factor = factor;
+        self
+    }
+
+    /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it.
+    pub fn build(self) -> Result<Kafka, ConfigError> {
+        let cluster = |brokers: &str| -> Result<Cluster, ConfigError> {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", brokers)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                // Java's partitioner: a key lands on the same partition as with Java producers.
+                .set("partitioner", "murmur2_random")
+                .set("linger.ms", "2")
+                .set("message.timeout.ms", "30000");
+            for (key, value) in &self.producer_properties {
+                config.set(key, value);
+            }
+            let producer: FutureProducer = config
+                .create()
+                .map_err(|error| invalid("producer property", error))?;
+            let admin = config
+                .create()
+                .map_err(|error| invalid("producer property", error))?;
+            // Consumer properties are checked here too, so a typo fails at start.
+            let metadata = consumer::config(brokers, "retry-kafka-metadata", &self.consumer_properties)
+                .set("allow.auto.create.topics", "false")
+                .create_with_context(Refusals::default())
+                .map_err(|error| invalid("consumer property", error))?;
+            Ok(Cluster {
+                brokers: brokers.to_owned(),
+                producer,
+                admin,
+                metadata: Arc::new(metadata),
+            })
+        };
+        let main = cluster(&self.brokers)?;
+        let retry = self.retry_brokers.as_deref().map(cluster).transpose()?;
+        Ok(Kafka {
+            shared: Arc::new(Shared {
+                main,
+                retry,
+                consumer_properties: self.consumer_properties,
+                replication_factor: self.replication_factor,
+                embedded: self.embedded,
+            }),
+        })
+    }
+}
+
+fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: error.to_string(),
+    }
+}
