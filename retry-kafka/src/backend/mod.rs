@@ -30,7 +30,7 @@ pub use tiered::{Tiered, TieredConsumer};
 /// need names of their own (Redis, PostgreSQL) take them from here.
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn member_name(n: u64) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    let host = crate::config::host_name();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

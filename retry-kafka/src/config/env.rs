@@ -201,6 +201,13 @@ impl Vars {
     }
 }
 
+/// This host's name (`HOSTNAME`), for the names of group members (Redis, PostgreSQL): a
+/// process's identity, not a setting, read here so the environment has one reader.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn host_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

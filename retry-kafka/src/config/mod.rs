@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::error::ConfigError;
 
 mod env;
+
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) use env::host_name;
 pub mod vars;
 
 /// Everything [`run`](crate::run) takes from the environment, typed. See the [module](crate::settings).
