@@ -16,8 +16,19 @@
 //!    while draining, and the settle time (first event to every event succeeded or
 //!    dead-lettered).
 //! 2. **outage**: every event of the first half fails once, the second half succeeds: hand-offs
-//!    per second from the main topic to level 1, against producing the same records (payload
+//!    per second from the main topic to level 1 (first event to the last hand-off of the failing
+//!    half acknowledged), and, as an extra line, producing the same number of records (payload
 //!    and failure headers) with a plain client on the same server, 1,024 in flight.
+//!
+//! The floor of both (Kafka): the same work written by hand with rdkafka (`failures/floor.rs`):
+//! a `BaseConsumer` reads the main topic, decodes each event, decides by `charge`'s rule and
+//! forwards each failure (same key, payload and `rk-*` headers) to one retry topic through an
+//! idempotent `acks=all` producer, storing offsets either as it goes or from the delivery
+//! reports (a contiguous prefix per partition). Its drain, like retry-kafka's, ends when every
+//! first attempt has concluded, the last forward acknowledged by the broker; retry-kafka's is
+//! read from `App::stats`, whose `retried` counts a hand-off once the broker acknowledged it.
+//! Rounds alternate the order of retry-kafka and the floors; the ratios are retry-kafka's msg/s
+//! over the floor's (higher is better) and its CPU per event over the floor's (lower is better).
 //! 3. **lateness**: every event fails once into a 2 s level, produced at 1,000/s for 5 s, then
 //!    20,000 in one burst: attempt start − `rk-due-at`, p50 / p99 / max, and how many were early.
 //! 4. **peer** (Kafka): kafkajs-async-retry 1.0.0 on kafkajs 2.2.4 (Node.js, from npm) against
@@ -32,6 +43,9 @@
 //! hand-off window (and the plain producer's), `BENCH_FETCH_WAIT_MS` the consumers'
 //! `fetch.wait.max.ms`, `BENCH_PRODUCER=linger.ms=20,...` producer properties (the app's and the
 //! plain producer's), `BENCH_PROFILE_FAILURES=1` runs only the failing rounds (for `perf`).
+
+#[path = "failures/floor.rs"]
+mod floor;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -52,6 +66,8 @@ use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
+
+use floor::Stores;
 
 const TOPIC: &str = "bench.fail";
 const LATE_TOPIC: &str = "bench.late";
@@ -190,13 +206,14 @@ fn epoch_ms() -> i64 {
 /// One run of `charge` on `backend`, from a fresh start of its group on the main topic.
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    /// First event to every first attempt concluded on the main topic.
+    /// First event to every first attempt concluded on the main topic: handled, or handed off
+    /// and the hand-off acknowledged by the broker (`retried` counts a hand-off then).
     drain: Duration,
     /// CPU time of this process over `drain`.
     drain_cpu: Duration,
-    /// First event to every event settled.
+    /// First event to every event settled (not measured for a floor: zero).
     settle: Duration,
-    /// First event to the last hand-off of the outage's failing half.
+    /// First event to the last hand-off of the outage's failing half acknowledged.
     hand_offs: Duration,
 }
 
@@ -207,6 +224,11 @@ impl Run {
 
     fn cpu_us(&self) -> f64 {
         self.drain_cpu.as_secs_f64() * 1e6 / *EVENTS as f64
+    }
+
+    /// The outage's hand-offs (the first half of the events) per second.
+    fn hand_off_rate(&self) -> f64 {
+        (*EVENTS / 2) as f64 / self.hand_offs.as_secs_f64()
     }
 }
 
@@ -276,6 +298,11 @@ trait Bench {
     /// Produces `count` copies of `record` to a fresh topic with a plain client, `window` in
     /// flight; returns the time taken.
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration;
+    /// The hand-written floor of `mode` (`floor::run`), on a fresh group and retry topic;
+    /// `None` where there is none (Redis, in-process).
+    async fn floor(&self, _mode: Mode, _stores: Stores, _round: u64) -> Option<Run> {
+        None
+    }
 }
 
 /// Producer properties for experiments, on both the app and the plain producer:
@@ -419,6 +446,19 @@ impl Bench for KafkaBench {
             delivery.unwrap().unwrap();
         }
         started.elapsed()
+    }
+
+    async fn floor(&self, mode: Mode, stores: Stores, round: u64) -> Option<Run> {
+        let name = format!("{mode:?}-{}-{round}", stores.slug()).to_lowercase();
+        let retry_topic = format!("{TOPIC}.floor.{name}.retry.1");
+        self.kafka
+            .create_topic(&Topic::main(retry_topic.as_str()), PARTITIONS)
+            .await
+            .unwrap();
+        let (bootstrap, group) = (self.bootstrap.clone(), format!("bench-floor-{name}"));
+        let run =
+            tokio::task::spawn_blocking(move || floor::run(&bootstrap, &group, &retry_topic, mode, stores));
+        Some(run.await.unwrap())
     }
 }
 
@@ -606,12 +646,16 @@ async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
             );
         }
     }
+    let mut floors = [Vec::new(), Vec::new()];
     for round in 0..*ROUNDS {
         bench.reset("bench-fail").await;
         if std::env::var_os("BENCH_PROFILE_FAILURES").is_some() {
             // Only the failing run, for a profiler: `perf record -- .../failures --bench`.
             run_charge(bench.backend(), Mode::Failures, round).await;
             continue;
+        }
+        if round % 2 == 1 {
+            run_floors(bench, Mode::Failures, round, &mut floors).await;
         }
         let run = run_charge(bench.backend(), Mode::NoFailures, round).await;
         println!(
@@ -632,6 +676,9 @@ async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
             run.settle.as_secs_f64()
         );
         failing.push(run);
+        if round % 2 == 0 {
+            run_floors(bench, Mode::Failures, round, &mut floors).await;
+        }
     }
     if clean.is_empty() {
         return (clean, failing);
@@ -663,14 +710,93 @@ async fn failures<X: Bench>(bench: &X) -> (Vec<Run>, Vec<Run>) {
         median(&settle_ratios),
         spread(&settle_ratios),
     );
+    print_floor_medians(
+        bench.name(),
+        "failures",
+        "ev/s drained",
+        &failing,
+        &floors,
+        Run::drain_rate,
+        "target ≥ 0.9",
+    );
     (clean, failing)
+}
+
+/// Runs the floor of `mode` once per way of storing offsets, prints each and adds it to
+/// `floors` (in `Stores::BOTH`'s order); nothing where the backend has no floor.
+async fn run_floors<X: Bench>(bench: &X, mode: Mode, round: u64, floors: &mut [Vec<Run>; 2]) {
+    for (runs, stores) in floors.iter_mut().zip(Stores::BOTH) {
+        let Some(run) = bench.floor(mode, stores, round).await else {
+            return;
+        };
+        let name = bench.name();
+        let label = stores.label();
+        if mode == Mode::Outage {
+            println!(
+                "{name} round {round}: outage: {} hand-offs at {:>8.0}/s, {label}; main drained in {:.2} s ({:.1} CPU-µs/event)",
+                *EVENTS / 2,
+                run.hand_off_rate(),
+                run.drain.as_secs_f64(),
+                run.cpu_us(),
+            );
+        } else {
+            println!(
+                "{name} round {round}: 10% once + 1%   drain {:>8.0} ev/s  {:>5.2} CPU-µs/ev  {label}",
+                run.drain_rate(),
+                run.cpu_us(),
+            );
+        }
+        runs.push(run);
+    }
+}
+
+/// One line per floor: retry-kafka's `rate` (in `unit`) and CPU per event against the floor's,
+/// medians and the per-round ratios' spread.
+fn print_floor_medians(
+    name: &str,
+    what: &str,
+    unit: &str,
+    ours: &[Run],
+    floors: &[Vec<Run>; 2],
+    rate: fn(&Run) -> f64,
+    target: &str,
+) {
+    for (runs, stores) in floors.iter().zip(Stores::BOTH) {
+        if runs.is_empty() {
+            return;
+        }
+        let of = |runs: &[Run], f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let rates: Vec<f64> = ours.iter().zip(runs).map(|(o, f)| rate(o) / rate(f)).collect();
+        let cpus: Vec<f64> = ours
+            .iter()
+            .zip(runs)
+            .map(|(o, f)| o.cpu_us() / f.cpu_us())
+            .collect();
+        println!(
+            "median ({name}) {what}, retry-kafka vs {}: {:.0} vs {:.0} {unit}, ratio {:.2} (spread {}); \
+             {:.2} vs {:.2} CPU-µs/ev, {:.2}× (spread {}) ({target})",
+            stores.label(),
+            of(ours, &rate),
+            of(runs, &rate),
+            median(&rates),
+            spread(&rates),
+            of(ours, &Run::cpu_us),
+            of(runs, &Run::cpu_us),
+            median(&cpus),
+            spread(&cpus),
+        );
+    }
 }
 
 async fn outage<X: Bench>(bench: &X) {
     let half = *EVENTS / 2;
     let record = failed_record();
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let (mut ours, mut raw, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floors = [Vec::new(), Vec::new()];
     for round in 0..*ROUNDS {
+        if round % 2 == 1 {
+            run_floors(bench, Mode::Outage, round, &mut floors).await;
+        }
         let cpu_before = process_cpu_time();
         let took = bench
             .raw_produce(&format!("bench.raw-produce.{round}"), &record, half)
@@ -691,6 +817,10 @@ async fn outage<X: Bench>(bench: &X) {
         );
         ours.push(rate);
         raw.push(raw_rate);
+        runs.push(run);
+        if round % 2 == 0 {
+            run_floors(bench, Mode::Outage, round, &mut floors).await;
+        }
     }
     let ratios: Vec<f64> = ours.iter().zip(&raw).map(|(o, r)| o / r).collect();
     println!(
@@ -700,6 +830,15 @@ async fn outage<X: Bench>(bench: &X) {
         median(&raw),
         median(&ratios),
         spread(&ratios)
+    );
+    print_floor_medians(
+        bench.name(),
+        "outage",
+        "hand-offs/s",
+        &runs,
+        &floors,
+        Run::hand_off_rate,
+        "target ≥ 0.7; ≤ 1.5×",
     );
 }
 
