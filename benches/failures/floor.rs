@@ -107,10 +107,10 @@ struct Prefix {
 }
 
 impl Prefix {
-    /// A record that succeeded: its offset, to store now, if nothing before it is in flight.
-    fn succeeded(&mut self, offset: i64) -> Option<i64> {
+    /// A record that succeeded: whether to store its offset now (nothing before it in flight).
+    fn succeeded(&mut self, offset: i64) -> bool {
         self.last_read = offset;
-        self.in_flight.is_empty().then_some(offset)
+        self.in_flight.is_empty()
     }
 
     fn forwarded(&mut self, offset: i64) {
@@ -252,11 +252,11 @@ pub fn run(bootstrap: &str, group: &str, retry_topic: &str, mode: Mode, stores: 
 
     let failing = (0..*EVENTS).filter(|&id| fails(mode, id)).count() as u64;
     let mut prefixes: Vec<Prefix> = (0..PARTITIONS).map(|_| Prefix::default()).collect();
-    let store = |partition: i32, offset: i64| consumer.store_offset(TOPIC, partition, offset).unwrap();
+    // Stores what a report concludes, by the topic's name (the message is gone by then).
     let conclude = |prefixes: &mut [Prefix], source: usize| {
         let (partition, offset) = ((source >> 48) as i32, (source & ((1 << 48) - 1)) as i64);
         if let Some(upto) = prefixes[partition as usize].acknowledged(offset) {
-            store(partition, upto);
+            consumer.store_offset(TOPIC, partition, upto).unwrap();
         }
     };
     let (mut first, mut hand_offs) = (None, None);
@@ -280,13 +280,13 @@ pub fn run(bootstrap: &str, group: &str, retry_topic: &str, mode: Mode, stores: 
         let order = OrderPlaced::decode(message.payload().unwrap()).unwrap();
         let (partition, offset) = (message.partition(), message.offset());
         if !fails(mode, order.order_id) {
-            match stores {
-                Stores::AsItGoes => store(partition, offset),
-                Stores::FromReports => {
-                    if let Some(upto) = prefixes[partition as usize].succeeded(offset) {
-                        store(partition, upto);
-                    }
-                }
+            let now = match stores {
+                Stores::AsItGoes => true,
+                Stores::FromReports => prefixes[partition as usize].succeeded(offset),
+            };
+            if now {
+                // By the message's own topic handle, as the raw loop of benches/throughput.rs.
+                consumer.store_offset_from_message(&message).unwrap();
             }
             continue;
         }
@@ -310,7 +310,7 @@ pub fn run(bootstrap: &str, group: &str, retry_topic: &str, mode: Mode, stores: 
         }
         forwarded += 1;
         match stores {
-            Stores::AsItGoes => store(partition, offset),
+            Stores::AsItGoes => consumer.store_offset_from_message(&message).unwrap(),
             Stores::FromReports => prefixes[partition as usize].forwarded(offset),
         }
     }
