@@ -394,7 +394,14 @@ impl Bench for KafkaBench {
             list.add_partition_offset(TOPIC, partition, Offset::Offset(0))
                 .unwrap();
         }
-        consumer.commit(&list, CommitMode::Sync).unwrap();
+        // A freshly started broker may not have loaded the group's coordinator yet
+        // (NotCoordinator, CoordinatorLoadInProgress): try again for up to 10 s.
+        let mut tries = 0;
+        while let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+            tries += 1;
+            assert!(tries < 100, "resetting group {group}: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {
