@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark, as docs/benchmarks.md shows them: the success path against
-# hand-written loops, then the failure path (failures, outage, lateness, the kafkajs peer).
+# hand-written loops, then the failure path (failures and outage, on Kafka each against the
+# hand-written rdkafka forwarding loop, its floor, storing offsets as it goes and from the
+# delivery reports; lateness; the kafkajs peer).
 # Installs the servers first (scripts/install-test-deps.sh). Release build; ~15 minutes on
 # 2 cores. BENCH_ROUNDS (default 3), BENCH_BACKEND=kafka|redis, KAFKA_BROKERS / REDIS_URL to
 # use servers of your own; see the header of each file in benches/.
