@@ -3,9 +3,10 @@
 //! This module owns every `rk-*` header name. The set is a public, versioned wire format
 //! (`rk-schema: 1`): values are UTF-8 text so `kcat -J`, Kafka UIs and `redis-cli` show them.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 
 use crate::failure::ErrorKind;
 
@@ -49,6 +50,27 @@ pub mod names {
     pub const TRACESTATE: &str = "tracestate";
     /// Prefix of every header retry-kafka owns.
     pub const PREFIX: &str = "rk-";
+
+    /// The names above, so a header read from a broker under one of them takes the constant
+    /// instead of a copy of its name.
+    pub(crate) const KNOWN: [&str; 16] = [
+        SCHEMA,
+        ORIGINAL_TOPIC,
+        ORIGINAL_PARTITION,
+        ORIGINAL_OFFSET,
+        ORIGINAL_TIMESTAMP,
+        GROUP,
+        ATTEMPTS,
+        DUE_AT,
+        FIRST_FAILURE_AT,
+        LAST_FAILURE_AT,
+        ERROR_KIND,
+        ERROR_MESSAGE,
+        REPLAYS,
+        REPLAY_OF,
+        TRACEPARENT,
+        TRACESTATE,
+    ];
 }
 
 /// The schema version this build writes.
@@ -69,7 +91,10 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(String, Bytes)>,
+    // The names retry-kafka writes are constants: a hand-off's dozen headers cost no name
+    // allocation, written or read back (profiled: names and values were most of a hand-off's
+    // allocations).
+    entries: Vec<(Cow<'static, str>, Bytes)>,
 }
 
 impl Headers {
@@ -78,9 +103,31 @@ impl Headers {
         Self::default()
     }
 
+    /// No headers, with room for `capacity` of them.
+    ///
+    /// ```
+    /// use retry_kafka::headers::Headers;
+    /// let headers = Headers::with_capacity(4);
+    /// assert!(headers.is_empty());
+    /// ```
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(capacity),
+        }
+    }
+
     /// Appends a header (an existing one of the same name stays).
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        self.entries.push((name.into(), value.into()));
+        self.entries.push((Cow::Owned(name.into()), value.into()));
+    }
+
+    /// Appends a header read from a broker: a name retry-kafka owns is not copied.
+    pub(crate) fn insert_read(&mut self, name: &str, value: Bytes) {
+        let name = match names::KNOWN.iter().find(|known| **known == name) {
+            Some(known) => Cow::Borrowed(*known),
+            None => Cow::Owned(name.to_owned()),
+        };
+        self.entries.push((name, value));
     }
 
     /// The first value of `name`.
@@ -111,7 +158,7 @@ impl Headers {
             }
         });
         if let Some(value) = value {
-            self.entries.push((name.to_owned(), value));
+            self.entries.push((Cow::Owned(name.to_owned()), value));
         }
     }
 
@@ -122,7 +169,7 @@ impl Headers {
 
     /// The headers in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), &v[..]))
+        self.entries.iter().map(|(n, v)| (&**n, &v[..]))
     }
 
     /// The number of headers.
@@ -147,16 +194,22 @@ impl fmt::Debug for Headers {
 impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Self {
-            entries: iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect(),
+            entries: iter
+                .into_iter()
+                .map(|(n, v)| (Cow::Owned(n.into()), v.into()))
+                .collect(),
         }
     }
 }
 
 impl IntoIterator for Headers {
     type Item = (String, Bytes);
-    type IntoIter = std::vec::IntoIter<(String, Bytes)>;
+    type IntoIter = std::iter::Map<
+        std::vec::IntoIter<(Cow<'static, str>, Bytes)>,
+        fn((Cow<'static, str>, Bytes)) -> (String, Bytes),
+    >;
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+        self.entries.into_iter().map(|(n, v)| (n.into_owned(), v))
     }
 }
 
@@ -213,6 +266,28 @@ pub struct FailureContext {
     pub replays: Option<u32>,
 }
 
+/// Header values written one after another into one buffer, each split off as its own view.
+struct Values(BytesMut);
+
+impl Values {
+    fn number(&mut self, value: impl fmt::Display) -> Bytes {
+        write!(self, "{value}").expect("writing to memory does not fail");
+        self.0.split().freeze()
+    }
+
+    fn text(&mut self, value: &str) -> Bytes {
+        self.0.put_slice(value.as_bytes());
+        self.0.split().freeze()
+    }
+}
+
+impl fmt::Write for Values {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// A header of the failure context is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -235,27 +310,35 @@ impl FailureContext {
     /// are, in order.
     pub fn write_to(&self, headers: &mut Headers) {
         headers.retain(|name| !name.starts_with(names::PREFIX));
-        headers.insert(names::SCHEMA, SCHEMA_VERSION.to_string());
-        headers.insert(names::ORIGINAL_TOPIC, self.original_topic.clone());
-        headers.insert(names::ORIGINAL_PARTITION, self.original_partition.to_string());
-        headers.insert(names::ORIGINAL_OFFSET, self.original_offset.to_string());
+        headers.entries.reserve(13);
+        // Every value goes into one buffer, each header a view of it: one allocation for the
+        // values instead of one per header.
+        let message = truncate_utf8(&self.error_message, MAX_ERROR_MESSAGE);
+        let mut values = Values(BytesMut::with_capacity(
+            160 + self.original_topic.len() + self.group.len() + message.len(),
+        ));
+        let mut put = |name: &'static str, value: Bytes| headers.entries.push((Cow::Borrowed(name), value));
+        put(names::SCHEMA, values.number(SCHEMA_VERSION));
+        put(names::ORIGINAL_TOPIC, values.text(&self.original_topic));
+        put(names::ORIGINAL_PARTITION, values.number(self.original_partition));
+        put(names::ORIGINAL_OFFSET, values.number(self.original_offset));
         if let Some(timestamp) = self.original_timestamp_ms {
-            headers.insert(names::ORIGINAL_TIMESTAMP, timestamp.to_string());
+            put(names::ORIGINAL_TIMESTAMP, values.number(timestamp));
         }
-        headers.insert(names::GROUP, self.group.clone());
-        headers.insert(names::ATTEMPTS, self.attempts.to_string());
+        put(names::GROUP, values.text(&self.group));
+        put(names::ATTEMPTS, values.number(self.attempts));
         if let Some(due) = self.due_at_ms {
-            headers.insert(names::DUE_AT, due.to_string());
+            put(names::DUE_AT, values.number(due));
         }
-        headers.insert(names::FIRST_FAILURE_AT, self.first_failure_at_ms.to_string());
-        headers.insert(names::LAST_FAILURE_AT, self.last_failure_at_ms.to_string());
-        headers.insert(names::ERROR_KIND, self.error_kind.as_str());
-        headers.insert(
-            names::ERROR_MESSAGE,
-            truncate_utf8(&self.error_message, MAX_ERROR_MESSAGE).to_owned(),
+        put(names::FIRST_FAILURE_AT, values.number(self.first_failure_at_ms));
+        put(names::LAST_FAILURE_AT, values.number(self.last_failure_at_ms));
+        put(
+            names::ERROR_KIND,
+            Bytes::from_static(self.error_kind.as_str().as_bytes()),
         );
+        put(names::ERROR_MESSAGE, values.text(message));
         if let Some(replays) = self.replays {
-            headers.insert(names::REPLAYS, replays.to_string());
+            put(names::REPLAYS, values.number(replays));
         }
     }
 

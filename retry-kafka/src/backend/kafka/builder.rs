@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 
+use super::writer::Writer;
 use super::{consumer, Cluster, EmbeddedKafka, Kafka, Refusals, Shared};
 use crate::error::ConfigError;
 
@@ -67,9 +67,7 @@ impl KafkaBuilder {
             for (key, value) in &self.producer_properties {
                 config.set(key, value);
             }
-            let producer: FutureProducer = config
-                .create()
-                .map_err(|error| invalid("producer property", error))?;
+            let writer = Writer::create(&config).map_err(|error| invalid("producer property", error))?;
             let admin = config
                 .create()
                 .map_err(|error| invalid("producer property", error))?;
@@ -80,7 +78,7 @@ impl KafkaBuilder {
                 .map_err(|error| invalid("consumer property", error))?;
             Ok(Cluster {
                 brokers: brokers.to_owned(),
-                producer,
+                writer,
                 admin,
                 metadata: Arc::new(metadata),
             })

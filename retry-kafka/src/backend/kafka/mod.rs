@@ -4,7 +4,6 @@
 //! producer that waits for the broker's acknowledgement; topic provisioning at start. What a
 //! failure means is decided by the runtime, as for every backend.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +13,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
@@ -26,6 +23,7 @@ use crate::error::{BackendError, ConfigError};
 mod builder;
 mod consumer;
 mod embedded;
+mod writer;
 
 pub use builder::KafkaBuilder;
 pub use consumer::KafkaConsumer;
@@ -64,7 +62,8 @@ struct Shared {
 
 struct Cluster {
     brokers: String,
-    producer: FutureProducer,
+    /// Writes hand-offs and published records.
+    writer: writer::Writer,
     admin: AdminClient<DefaultClientContext>,
     /// Answers metadata questions without creating topics (a producer's metadata request may
     /// auto-create the topic it asks about). The first client an app's start uses: it notes
@@ -190,6 +189,7 @@ impl Kafka {
             let timeout = Duration::from_secs(10);
             let partitions = partition_count(&client, &topic)?;
             let mut records = Vec::new();
+            let mut arena = consumer::Arena::default();
             for partition in 0..partitions {
                 let (low, high) =
                     until_settled(timeout, |left| client.fetch_watermarks(&topic, partition, left))?;
@@ -215,7 +215,7 @@ impl Kafka {
                     let Some(message) = client.poll(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let record = consumer::record_of(&message.map_err(transport)?);
+                    let record = consumer::record_of(&message.map_err(transport)?, &mut arena);
                     let done = record.offset + 1 >= high as u64;
                     records.push(record);
                     if done {
@@ -493,57 +493,7 @@ impl Kafka {
     /// Queues `record` for `topic` in the producer and returns a future of the broker's
     /// acknowledgement. Queuing happens now, so records queued one after another to one
     /// partition are written in that order (the producer is idempotent).
-    pub(crate) fn produce(
-        &self,
-        topic: &Topic,
-        record: &OutboundRecord,
-    ) -> impl Future<Output = Result<Delivered, BackendError>> + Send + 'static {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in record.headers.iter() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
-        let mut outbound: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic.name).headers(headers);
-        if let Some(partition) = record.partition {
-            outbound = outbound.partition(partition as i32);
-        }
-        if let Some(key) = record.key.as_deref() {
-            outbound = outbound.key(key);
-        }
-        if let Some(payload) = record.payload.as_deref() {
-            outbound = outbound.payload(payload);
-        }
-        let queued = self.cluster_of(topic.role).producer.send_result(outbound);
-        let failed = |error: KafkaError| BackendError::Produce {
-            topic: topic.name.to_string(),
-            source: error.into(),
-        };
-        // The topic names a delivery error, which comes later: a shared name, not a copy.
-        let (queued, early) = match queued {
-            Ok(delivery) => (Some((delivery, topic.name.clone())), None),
-            Err((error, _)) => (None, Some(failed(error))),
-        };
-        async move {
-            if let Some(error) = early {
-                return Err(error);
-            }
-            let (delivery, topic) = queued.expect("queued when there is no early error");
-            match delivery.await {
-                Ok(Ok(delivery)) => Ok(Delivered {
-                    partition: delivery.partition as u32,
-                    offset: delivery.offset as u64,
-                }),
-                Ok(Err((error, _))) => Err(BackendError::Produce {
-                    topic: topic.to_string(),
-                    source: error.into(),
-                }),
-                Err(_) => Err(BackendError::Produce {
-                    topic: topic.to_string(),
-                    source: "the producer was closed before the broker answered".into(),
-                }),
-            }
-        }
+    fn produce(&self, topic: &Topic, record: &OutboundRecord) -> writer::Write {
+        self.cluster_of(topic.role).writer.write(topic, record)
     }
 }

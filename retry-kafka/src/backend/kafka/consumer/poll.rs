@@ -14,7 +14,9 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{record_of, Acks, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT};
+use super::{
+    record_of, Acks, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
+};
 use crate::backend::kafka::transport;
 use crate::error::BackendError;
 
@@ -104,6 +106,11 @@ pub(super) type RawConsumer = BaseConsumer<RebalanceLog>;
 pub(super) struct PollThread {
     topic: String,
     items: mpsc::Sender<Vec<Item>>,
+    /// Batches the runtime has emptied, to fill again: no allocation per batch.
+    emptied: std_mpsc::Receiver<Vec<Item>>,
+    /// An empty batch kept from a poll that found nothing.
+    spare: Option<Vec<Item>>,
+    arena: Arena,
     commands: std_mpsc::Receiver<Command>,
     partitions: ByPartition<Assigned>,
     generations: u64,
@@ -119,11 +126,15 @@ impl PollThread {
     pub(super) fn new(
         topic: String,
         items: mpsc::Sender<Vec<Item>>,
+        emptied: std_mpsc::Receiver<Vec<Item>>,
         commands: std_mpsc::Receiver<Command>,
     ) -> Self {
         Self {
             topic,
             items,
+            emptied,
+            spare: None,
+            arena: Arena::default(),
             commands,
             partitions: ByPartition::default(),
             generations: 0,
@@ -177,9 +188,15 @@ impl PollThread {
                 }
                 continue;
             }
-            let mut batch = Vec::new();
+            let mut batch = self
+                .spare
+                .take()
+                .or_else(|| self.emptied.try_recv().ok())
+                .unwrap_or_else(|| Vec::with_capacity(BATCH));
             self.poll_batch(&consumer, POLL_WAIT, &mut batch);
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                self.spare = Some(batch);
+            } else {
                 self.pending = Some(batch);
             }
         }
@@ -293,7 +310,7 @@ impl PollThread {
         let Some(assigned) = self.partitions.get_mut(partition) else {
             return;
         };
-        let record = record_of(message);
+        let record = record_of(message, &mut self.arena);
         assigned.next = Some(record.offset + 1);
         batch.push(Item::Record {
             generation: assigned.generation,

@@ -1,0 +1,239 @@
+//! The cluster's one producer, for hand-offs and [`Publish`](crate::backend::Publish) alike:
+//! a librdkafka producer polled by a thread of its own, whose delivery reports complete the
+//! writes waiting on them by slot number.
+//!
+//! rdkafka's `FutureProducer` allocates a oneshot channel and a boxed sender per record. Here a
+//! write is a slot in one table (no allocation per record once the table has grown): its
+//! delivery report stores the result in the slot and wakes the write's waker. A consumer's
+//! hand-offs sit in one `FuturesUnordered`, so the reports of one batch wake its task once:
+//! the first wake schedules it, the others find it scheduled. (rdkafka's `poll` keeps
+//! serving reports until its timeout, so waking at the end of a poll round would delay every
+//! report by that timeout.)
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::ClientContext;
+use slab::Slab;
+
+use crate::backend::{Delivered, OutboundRecord, Topic};
+use crate::error::BackendError;
+
+/// How long one poll of the producer waits for reports; also how long closing waits for the
+/// thread to notice.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How long dropping the writer waits for records still queued to be delivered.
+const FLUSH_ON_DROP: Duration = Duration::from_secs(10);
+
+/// The cluster's producer and the thread that polls it for delivery reports.
+pub(super) struct Writer {
+    producer: Arc<BaseProducer<Reports>>,
+    stop: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Creates the producer from `config` and starts its poll thread.
+    pub(super) fn create(config: &ClientConfig) -> Result<Self, KafkaError> {
+        let producer: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(Reports::default())?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("rk-producer".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        producer.poll(POLL_WAIT);
+                    }
+                })
+                .map_err(|error| KafkaError::ClientCreation(error.to_string()))?
+        };
+        Ok(Self {
+            producer,
+            stop,
+            poller: Some(poller),
+        })
+    }
+
+    /// Queues `record` for `topic`; the returned future resolves with the broker's
+    /// acknowledgement (or why there was none). librdkafka copies what it sends: the caller
+    /// keeps `record`.
+    pub(super) fn write(&self, topic: &Topic, record: &OutboundRecord) -> Write {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in record.headers.iter() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let slot = self.producer.context().slots().insert(Slot::Waiting(None));
+        let mut outbound: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&topic.name, slot).headers(headers);
+        if let Some(partition) = record.partition {
+            outbound = outbound.partition(partition as i32);
+        }
+        if let Some(key) = record.key.as_deref() {
+            outbound = outbound.key(key);
+        }
+        if let Some(payload) = record.payload.as_deref() {
+            outbound = outbound.payload(payload);
+        }
+        let state = match self.producer.send(outbound) {
+            Ok(()) => State::Queued {
+                producer: self.producer.clone(),
+                slot,
+            },
+            Err((error, _)) => {
+                self.producer.context().slots().remove(slot);
+                State::Refused(Some(error))
+            }
+        };
+        Write {
+            state,
+            // The topic names a delivery error, which comes later: a shared name, not a copy.
+            topic: topic.name.clone(),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        // What is queued still goes out (and its reports complete their writes).
+        if let Err(error) = self.producer.flush(FLUSH_ON_DROP) {
+            tracing::warn!(%error, "records still queued when the producer closed were not delivered");
+        }
+    }
+}
+
+/// A write waiting for its delivery report, or one librdkafka refused to queue.
+pub(super) struct Write {
+    state: State,
+    topic: Arc<str>,
+}
+
+enum State {
+    Queued {
+        producer: Arc<BaseProducer<Reports>>,
+        slot: usize,
+    },
+    Refused(Option<KafkaError>),
+    Finished,
+}
+
+impl Future for Write {
+    type Output = Result<Delivered, BackendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let failed = |topic: &str, error: KafkaError| BackendError::Produce {
+            topic: topic.to_owned(),
+            source: error.into(),
+        };
+        let this = &mut *self;
+        let result = match &mut this.state {
+            State::Refused(error) => Err(error.take().expect("polled after completion")),
+            State::Queued { producer, slot } => {
+                let mut slots = producer.context().slots();
+                match &mut slots[*slot] {
+                    Slot::Done(_) => match slots.remove(*slot) {
+                        Slot::Done(result) => result,
+                        _ => unreachable!("matched above"),
+                    },
+                    Slot::Waiting(waker) => {
+                        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            *waker = Some(cx.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
+                    Slot::Abandoned => unreachable!("only a dropped write abandons its slot"),
+                }
+            }
+            State::Finished => panic!("polled after completion"),
+        };
+        this.state = State::Finished;
+        Poll::Ready(result.map_err(|error| failed(&this.topic, error)))
+    }
+}
+
+impl Drop for Write {
+    fn drop(&mut self) {
+        if let State::Queued { producer, slot } = &self.state {
+            let mut slots = producer.context().slots();
+            match slots[*slot] {
+                // The report comes later and frees the slot.
+                Slot::Waiting(_) => slots[*slot] = Slot::Abandoned,
+                _ => {
+                    slots.remove(*slot);
+                }
+            }
+        }
+    }
+}
+
+/// One write's place in the table.
+enum Slot {
+    /// Queued; the waker of the task waiting for it, once it was polled.
+    Waiting(Option<Waker>),
+    /// Reported, not yet taken.
+    Done(Result<Delivered, KafkaError>),
+    /// Its write was dropped before the report: the report only frees the slot.
+    Abandoned,
+}
+
+/// The producer's context: the table of writes, filled in by delivery reports.
+#[derive(Default)]
+pub(super) struct Reports {
+    slots: Mutex<Slab<Slot>>,
+}
+
+impl Reports {
+    fn slots(&self) -> MutexGuard<'_, Slab<Slot>> {
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        let result = match result {
+            Ok(message) => Ok(Delivered {
+                partition: message.partition() as u32,
+                offset: message.offset() as u64,
+            }),
+            Err((error, _)) => Err(error.clone()),
+        };
+        let waker = {
+            let mut slots = self.slots();
+            let Some(entry) = slots.get_mut(slot) else {
+                return;
+            };
+            match std::mem::replace(entry, Slot::Done(result)) {
+                Slot::Waiting(waker) => waker,
+                Slot::Abandoned => {
+                    slots.remove(slot);
+                    None
+                }
+                Slot::Done(_) => unreachable!("one report per write"),
+            }
+        };
+        // Outside the lock: the woken task may poll its write at once.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
