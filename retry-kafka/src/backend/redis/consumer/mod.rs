@@ -162,6 +162,7 @@ impl RedisConsumer {
             lease_until: Instant::now(),
             next_due: None,
             sweep: false,
+            behind: false,
         };
         tracing::debug!(%topic, %group, member = %reader.member, "redis consumer joining");
         let writer = HandOffWriter::start(&redis)?;
