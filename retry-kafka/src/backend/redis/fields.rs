@@ -1,9 +1,18 @@
 //! The field codec: a record as stream fields and back, and a delay-set member.
 //!
-//! An entry's fields are `payload`, `key` (absent when there is none) and one field per header
-//! under the header's name (`rk-attempts`, `traceparent`, …; a header named `payload`, `key` or
-//! `h:…` is written as `h:<name>`). A delay-set member is the target stream, a member ID that
-//! keeps members apart, then the fields, packed as msgpack strings for the move script.
+//! An entry has one of two layouts (ARCHITECTURE.md, Wire format, Redis entries):
+//!
+//! - **field per value** (`rk-schema: 1`; main topics, dead letters, parked entries): `payload`,
+//!   `key` (absent when there is none) and one field per header under the header's name
+//!   (`rk-attempts`, `traceparent`, …; a header named `payload`, `key` or `h:…` is written as
+//!   `h:<name>`);
+//! - **packed** (`rk-schema: 2`; retry levels): two fields, `rk-schema` = `2` and `rk-entry`,
+//!   the record as one msgpack array (`msgpack.rs`), so a reply carries 4 values per entry
+//!   instead of one per header, and the payload and header values are slices of one buffer.
+//!
+//! [`decode`] reads both, whatever the stream: entries written by the previous release stay
+//! readable. A delay-set member is the target stream, a member ID that keeps members apart,
+//! then the fields, packed as msgpack strings for the move script.
 
 use std::borrow::Cow;
 
@@ -11,24 +20,60 @@ use bytes::Bytes;
 
 use super::msgpack;
 use super::stream_id::StreamId;
-use crate::backend::{OutboundRecord, Record};
+use crate::backend::{OutboundRecord, Record, TopicRole};
 use crate::headers::Headers;
 
 /// An entry's fields, names and values as stored.
 pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// An entry's fields as written: names and values, borrowed from the record where they can be.
+pub(crate) type Encoded<'a> = Vec<(Cow<'a, str>, Cow<'a, [u8]>)>;
+
 const PAYLOAD: &str = "payload";
 const KEY: &str = "key";
 const ESCAPE: &str = "h:";
+/// A packed entry's first field, and its value.
+const SCHEMA: &str = "rk-schema";
+const PACKED: &[u8] = b"2";
+/// A packed entry's second field: the record.
+const ENTRY: &str = "rk-entry";
 
-/// A record as stream fields.
-pub(crate) fn encode(record: &OutboundRecord) -> Vec<(Cow<'_, str>, &[u8])> {
-    let mut fields = Vec::with_capacity(record.headers.len() + 2);
+/// How a topic's entries are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `rk-schema: 1`, a field per value: the public format of main topics, which users'
+    /// producers write, and of dead-letter and parking streams, which operators read with
+    /// `redis-cli` (the failure context as text fields).
+    FieldPerValue,
+    /// `rk-schema: 2`: the record as one msgpack field; a retry level's entries, written and
+    /// read only by the framework, on the failure path's hot loop.
+    Packed,
+}
+
+impl Layout {
+    pub(crate) fn of(role: TopicRole) -> Layout {
+        match role {
+            TopicRole::Retry { .. } => Layout::Packed,
+            TopicRole::Main | TopicRole::DeadLetter | TopicRole::Parked => Layout::FieldPerValue,
+        }
+    }
+}
+
+/// A record as stream fields, in `layout`.
+pub(crate) fn encode(record: &OutboundRecord, layout: Layout) -> Encoded<'_> {
+    if layout == Layout::Packed {
+        let entry = msgpack::pack_entry(record.payload.as_deref(), record.key.as_deref(), &record.headers);
+        return vec![
+            (Cow::Borrowed(SCHEMA), Cow::Borrowed(PACKED)),
+            (Cow::Borrowed(ENTRY), Cow::Owned(entry)),
+        ];
+    }
+    let mut fields: Encoded<'_> = Vec::with_capacity(record.headers.len() + 2);
     if let Some(payload) = &record.payload {
-        fields.push((Cow::Borrowed(PAYLOAD), &payload[..]));
+        fields.push((Cow::Borrowed(PAYLOAD), Cow::Borrowed(&payload[..])));
     }
     if let Some(key) = &record.key {
-        fields.push((Cow::Borrowed(KEY), &key[..]));
+        fields.push((Cow::Borrowed(KEY), Cow::Borrowed(&key[..])));
     }
     for (name, value) in record.headers.iter() {
         let name = if name == PAYLOAD || name == KEY || name.starts_with(ESCAPE) {
@@ -36,17 +81,68 @@ pub(crate) fn encode(record: &OutboundRecord) -> Vec<(Cow<'_, str>, &[u8])> {
         } else {
             Cow::Borrowed(name)
         };
-        fields.push((name, value));
+        fields.push((name, Cow::Borrowed(value)));
     }
     if fields.is_empty() {
         // A stream entry needs a field: nothing at all is written as an empty payload.
-        fields.push((Cow::Borrowed(PAYLOAD), &[][..]));
+        fields.push((Cow::Borrowed(PAYLOAD), Cow::Borrowed(&[][..])));
     }
     fields
 }
 
-/// Stream fields as a record.
-pub(crate) fn decode(partition: u32, id: StreamId, fields: Fields) -> Record {
+/// Stream fields as a record: a packed entry, or else a field per value.
+pub(crate) fn decode(partition: u32, id: StreamId, mut fields: Fields) -> Record {
+    let (key, payload, headers) = match unpack(&mut fields) {
+        Some(parts) => parts,
+        None => read_fields(fields),
+    };
+    Record {
+        partition,
+        offset: id.offset(),
+        timestamp_ms: Some(id.ms as i64),
+        key,
+        payload,
+        headers,
+    }
+}
+
+/// A record's parts: key, payload, headers.
+type Parts = (Option<Bytes>, Option<Bytes>, Headers);
+
+/// A packed entry's parts, each a slice of the one buffer; `None` (and `fields` untouched)
+/// unless the fields are exactly `rk-schema` = `2` and an `rk-entry` that reads as one.
+fn unpack(fields: &mut Fields) -> Option<Parts> {
+    let [(schema, version), (entry, packed)] = &fields[..] else {
+        return None;
+    };
+    if schema != SCHEMA.as_bytes() || version != PACKED || entry != ENTRY.as_bytes() {
+        return None;
+    }
+    let items = msgpack::entry_items(packed).filter(|i| i.len() >= 2 && i.len() % 2 == 0)?;
+    if items[2..]
+        .chunks(2)
+        .any(|pair| pair[0].is_none() || pair[1].is_none())
+    {
+        return None;
+    }
+    let data = Bytes::from(std::mem::take(&mut fields[1].1));
+    let mut items = items.into_iter();
+    let mut next = || items.next().flatten().map(|range| data.slice(range));
+    let payload = next();
+    let key = next();
+    let mut headers = Headers::new();
+    while let (Some(name), Some(value)) = (next(), next()) {
+        let name = match std::str::from_utf8(&name) {
+            Ok(name) => name.to_owned(),
+            Err(_) => String::from_utf8_lossy(&name).into_owned(),
+        };
+        headers.insert(name, value);
+    }
+    Some((key, payload, headers))
+}
+
+/// The parts of an entry written a field per value.
+fn read_fields(fields: Fields) -> Parts {
     let mut payload = None;
     let mut key = None;
     let mut headers = Headers::new();
@@ -65,19 +161,12 @@ pub(crate) fn decode(partition: u32, id: StreamId, fields: Fields) -> Record {
             }
         }
     }
-    Record {
-        partition,
-        offset: id.offset(),
-        timestamp_ms: Some(id.ms as i64),
-        key,
-        payload,
-        headers,
-    }
+    (key, payload, headers)
 }
 
 /// A delay-set member: the stream the entry goes to when due, an ID that keeps members with
 /// the same fields apart, then the fields.
-pub(crate) fn pack_delayed(stream: &str, member_id: &str, fields: &[(Cow<'_, str>, &[u8])]) -> Vec<u8> {
+pub(crate) fn pack_delayed(stream: &str, member_id: &str, fields: &Encoded<'_>) -> Vec<u8> {
     msgpack::pack(stream, member_id, fields)
 }
 
@@ -115,15 +204,53 @@ mod tests {
             payload: Some(Bytes::from_static(b"\xff\xfe body")),
             headers: headers.clone(),
         };
-        let fields: Fields = encode(&record)
+        for layout in [Layout::FieldPerValue, Layout::Packed] {
+            let fields = stored(encode(&record, layout));
+            match layout {
+                Layout::FieldPerValue => assert_eq!(fields[2].0, b"h:payload"),
+                Layout::Packed => assert_eq!(
+                    (&fields[0].0[..], &fields[0].1[..]),
+                    (&b"rk-schema"[..], &b"2"[..])
+                ),
+            }
+            let decoded = decode(3, StreamId { ms: 5, seq: 1 }, fields);
+            assert_eq!(decoded.payload, record.payload);
+            assert_eq!(decoded.key, record.key);
+            assert_eq!(decoded.headers, headers);
+            assert_eq!((decoded.partition, decoded.timestamp_ms), (3, Some(5)));
+        }
+    }
+
+    fn stored(encoded: Encoded<'_>) -> Fields {
+        encoded
             .into_iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
-            .collect();
-        assert_eq!(fields[2].0, b"h:payload");
-        let decoded = decode(3, StreamId { ms: 5, seq: 1 }, fields);
-        assert_eq!(decoded.payload, record.payload);
-        assert_eq!(decoded.key, record.key);
-        assert_eq!(decoded.headers, headers);
-        assert_eq!((decoded.partition, decoded.timestamp_ms), (3, Some(5)));
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_packed_entry_keeps_a_null_payload_and_no_key_apart_from_empty_ones() {
+        for (payload, key) in [(None, None), (Some(Bytes::new()), Some(Bytes::new()))] {
+            let record = OutboundRecord {
+                partition: None,
+                key: key.clone(),
+                payload: payload.clone(),
+                headers: Headers::new(),
+            };
+            let decoded = decode(0, StreamId::ZERO, stored(encode(&record, Layout::Packed)));
+            assert_eq!((decoded.payload, decoded.key), (payload, key));
+        }
+    }
+
+    #[test]
+    fn fields_that_only_look_packed_are_read_a_field_per_value() {
+        // A main-topic entry a producer wrote with these two headers and no payload.
+        let fields = vec![
+            (b"rk-schema".to_vec(), b"2".to_vec()),
+            (b"rk-entry".to_vec(), b"not msgpack".to_vec()),
+        ];
+        let decoded = decode(0, StreamId::ZERO, fields);
+        assert_eq!(decoded.payload, None);
+        assert_eq!(decoded.headers.get("rk-entry"), Some(&b"not msgpack"[..]));
     }
 }

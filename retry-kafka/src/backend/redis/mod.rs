@@ -2,8 +2,8 @@
 //!
 //! Transport only, as for every backend: streams to read, entries to acknowledge, a delay set
 //! that keeps a retry out of sight until it is due, and hand-offs that write the next hop and
-//! acknowledge the source in one transaction (MULTI/EXEC). What a failure means is decided by
-//! the runtime.
+//! acknowledge the source in one transaction (MULTI/EXEC), many of them pipelined in one round
+//! trip. What a failure means is decided by the runtime.
 //!
 //! # Keys and entries
 //!
@@ -19,6 +19,7 @@
 //! | `mod.rs` | the [`Redis`] handle, its connections, and its [`Backend`] impl |
 //! | `builder.rs` | [`RedisBuilder`], the settings and the environment variables |
 //! | `produce.rs` | writes: XADD, the delay set, a hand-off's write-and-acknowledge |
+//! | `hand_offs.rs` | the hand-off writer: what queues during a round trip goes in the next, one pipeline |
 //! | `consumer/mod.rs` | [`RedisConsumer`]: what the runtime calls, and the state it shares with its reader |
 //! | `consumer/reader.rs` | the reader task: a loop over heartbeat, trim, ack flush and read; recovery |
 //! | `consumer/pacing.rs` | the reader's timers (heartbeat, trim, ack debounce) and back-off |
@@ -28,8 +29,8 @@
 //! | `keys.rs` | key names |
 //! | `scripts.rs` | the Lua scripts, run by their SHA1 |
 //! | `stream_id.rs` | stream entry IDs as offsets |
-//! | `fields.rs` | a record as stream fields and as a delay-set member, and back |
-//! | `msgpack.rs` | the msgpack strings a delay-set member is packed in |
+//! | `fields.rs` | a record as stream fields (a field per value, or packed) and as a delay-set member, and back |
+//! | `msgpack.rs` | the msgpack of a packed entry and of a delay-set member |
 //! | `reply.rs` | reading the server's replies |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +54,7 @@ mod builder;
 mod consumer;
 mod error;
 mod fields;
+mod hand_offs;
 mod keys;
 mod msgpack;
 mod produce;
@@ -115,6 +117,17 @@ impl Redis {
         let settings = &self.shared.settings;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.block + settings.response_timeout))
+            .set_connection_timeout(Some(settings.response_timeout))
+            .set_max_delay(Duration::from_secs(2));
+        ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(transport)
+    }
+
+    /// A connection of its own for a consumer's hand-off writer, so its pipelined writes queue
+    /// behind nobody else's commands.
+    pub(crate) fn writing_connection(&self) -> Result<ConnectionManager, BackendError> {
+        let settings = &self.shared.settings;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.response_timeout))
             .set_connection_timeout(Some(settings.response_timeout))
             .set_max_delay(Duration::from_secs(2));
         ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(transport)
@@ -367,7 +380,7 @@ impl Redis {
 impl Publish for Redis {
     async fn send(&self, topic: &Topic, record: OutboundRecord) -> Result<Delivered, BackendError> {
         let partition = self.pick_partition(&topic.name, &record).await?;
-        self.write(topic, partition, &record, None).await
+        self.write(topic, partition, &record).await
     }
 }
 

@@ -1,14 +1,18 @@
 //! Writing entries: an XADD to a partition stream, a ZADD to a retry level's delay set, and a
-//! hand-off's write of the next hop and acknowledgement of its source in one MULTI/EXEC.
+//! hand-off's write of the next hop and acknowledgement of its source in one MULTI/EXEC
+//! ([`Write`]; the hand-off writer, `hand_offs.rs`, sends many in one pipeline).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
-use redis::RedisError;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Value};
 
+use super::fields::{self, Layout};
 use super::stream_id::StreamId;
-use super::{error, fields, keys, Redis};
+use super::{error, keys, Redis};
 use crate::backend::{Delivered, OutboundRecord, Topic, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
@@ -41,90 +45,185 @@ impl Redis {
         })
     }
 
-    /// XADD (or, with a due time, ZADD to the delay set) and, for a hand-off, XACK the source
-    /// in the same MULTI/EXEC: the entry is never in both places or in neither. No script: the
-    /// delay set's member is packed here, so the server only stores it (a Lua hand-off cost
-    /// the server ~53 µs each, capping a level at ~19k hand-offs/s; ZADD + XACK cost ~10).
-    pub(crate) async fn write(
+    /// A write of `record` to partition `partition` of `to`: XADD, or, with a due time on a
+    /// retry level, ZADD to the delay set; for a hand-off, with the XACK of its source. Built
+    /// here, sent by [`Redis::write`] or, batched with others, by the hand-off writer.
+    pub(crate) fn prepare(
         &self,
         to: &Topic,
         partition: u32,
         record: &OutboundRecord,
-        source: Option<Source>,
-    ) -> Result<Delivered, BackendError> {
+        source: Option<&Source>,
+    ) -> Write {
         let topic = &*to.name;
         let stream = keys::stream(topic, partition);
-        let fields = fields::encode(record);
-        let mut pipe = redis::pipe();
-        if source.is_some() {
-            pipe.atomic();
-        }
+        let fields = fields::encode(record, Layout::of(to.role));
         // Only a retry level keeps records in a delay set, until due: one due already goes
         // straight to the stream. Elsewhere `rk-due-at` is just a header.
         let due = match to.role {
             TopicRole::Retry { .. } => record.due_at_ms().filter(|&due| due > now_ms()),
             _ => None,
         };
-        let delayed = due.is_some();
-        match due {
+        let write = match due {
             Some(due) => {
-                let member_id = match &source {
+                let member_id = match source {
                     Some(source) => format!("{}/{}/{}", source.stream, source.group, source.id),
                     None => self.member_name(),
                 };
                 let member = fields::pack_delayed(&stream, &member_id, &fields);
-                pipe.cmd("ZADD")
-                    .arg(keys::delayed(topic))
-                    .arg(due)
-                    .arg(member)
-                    .ignore();
+                let mut add = redis::cmd("ZADD");
+                add.arg(keys::delayed(topic)).arg(due).arg(member);
+                add
             }
             None => {
-                let add = pipe.cmd("XADD");
+                let mut add = redis::cmd("XADD");
                 add.arg(&stream).arg("*");
                 for (name, value) in &fields {
-                    add.arg(name.as_bytes()).arg(*value);
+                    add.arg(name.as_bytes()).arg(&value[..]);
                 }
+                add
             }
-        }
-        if let Some(source) = &source {
-            pipe.cmd("XACK")
-                .arg(&source.stream)
-                .arg(&source.group)
-                .arg(source.id.to_string())
-                .ignore();
-        }
-        let failed = |error: RedisError| error::produce(topic, error);
-        let offset = if delayed {
-            let () = self.query_retrying(&pipe).await.map_err(failed)?;
-            0
-        } else {
-            let (id,): (String,) = self.query_retrying(&pipe).await.map_err(failed)?;
-            StreamId::parse(id.as_bytes()).map_or(0, StreamId::offset)
         };
-        Ok(Delivered { partition, offset })
+        let ack = source.map(|source| {
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&source.stream)
+                .arg(&source.group)
+                .arg(source.id.to_string());
+            ack
+        });
+        Write {
+            topic: to.name.clone(),
+            partition,
+            delayed: due.is_some(),
+            acks: ack.is_some(),
+            write,
+            ack,
+        }
     }
 
-    /// Runs `cmd`, again after a dropped or refused connection (a server restart, a network
-    /// blip) until the response timeout has passed. A write whose reply was lost may then be
-    /// applied twice: at least once, as everywhere.
-    async fn query_retrying<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, RedisError> {
-        let conn = self.connection();
-        let deadline = tokio::time::Instant::now() + self.shared.settings.response_timeout;
-        let pauses = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(1))
-            .without_max_times();
-        (|| {
-            let mut conn = conn.clone();
-            async move { cmd.query_async(&mut conn).await }
-        })
-        .retry(pauses)
-        .when(|error: &RedisError| {
-            (error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal())
-                && tokio::time::Instant::now() < deadline
-        })
-        .notify(|error, pause| tracing::debug!(%error, retry_in = ?pause, "redis write failed; retrying"))
-        .await
+    /// XADD (or, with a due time, ZADD to the delay set), on its own.
+    pub(crate) async fn write(
+        &self,
+        to: &Topic,
+        partition: u32,
+        record: &OutboundRecord,
+    ) -> Result<Delivered, BackendError> {
+        let mut write = self.prepare(to, partition, record, None);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        write.add_to(&mut pipe);
+        let reply: Vec<Value> =
+            query_retrying(&self.connection(), &pipe, self.shared.settings.response_timeout)
+                .await
+                .map_err(|error| error::produce(&write.topic, error))?;
+        let mut replies = reply.into_iter();
+        write.delivered(&mut replies)
     }
+}
+
+/// One write, built: the next hop, and for a hand-off the XACK of its source.
+pub(crate) struct Write {
+    pub(crate) topic: Arc<str>,
+    partition: u32,
+    /// Into a delay set: no stream ID yet.
+    delayed: bool,
+    write: redis::Cmd,
+    ack: Option<redis::Cmd>,
+    /// With the XACK of its source, in a MULTI/EXEC.
+    acks: bool,
+}
+
+impl Write {
+    /// Adds the write to `pipe`: alone, or with its XACK in a MULTI/EXEC of its own, so the
+    /// source is acknowledged only together with its next hop, never in both places or in
+    /// neither. [`delivered`](Write::delivered) reads its replies back.
+    /// The commands move into `pipe`: add a write once.
+    pub(crate) fn add_to(&mut self, pipe: &mut redis::Pipeline) {
+        let write = std::mem::replace(&mut self.write, redis::Cmd::new());
+        match self.ack.take() {
+            Some(ack) => {
+                pipe.cmd("MULTI").add_command(write).add_command(ack).cmd("EXEC");
+            }
+            None => {
+                pipe.add_command(write);
+            }
+        }
+    }
+
+    /// The outcome, from this write's replies (taken from `replies`, in the order
+    /// [`add_to`](Write::add_to) added its commands).
+    pub(crate) fn delivered(
+        &self,
+        replies: &mut impl Iterator<Item = Value>,
+    ) -> Result<Delivered, BackendError> {
+        let failed = |error: RedisError| error::produce(&self.topic, error);
+        let written = match self.acks {
+            true => {
+                // MULTI, the two commands queued, then EXEC with both replies.
+                let queued: Vec<Value> = replies.take(3).collect();
+                let exec = replies.next();
+                if let Some(Value::ServerError(error)) =
+                    queued.into_iter().find(|v| matches!(v, Value::ServerError(_)))
+                {
+                    return Err(failed(error.into()));
+                }
+                match exec {
+                    Some(Value::Array(results)) => {
+                        let mut results = results.into_iter();
+                        let (written, acked) = (results.next(), results.next());
+                        if let Some(Value::ServerError(error)) = acked {
+                            return Err(failed(error.into()));
+                        }
+                        written
+                    }
+                    Some(Value::ServerError(error)) => return Err(failed(error.into())),
+                    other => other,
+                }
+            }
+            false => replies.next(),
+        };
+        let offset = match written {
+            Some(Value::ServerError(error)) => return Err(failed(error.into())),
+            _ if self.delayed => 0,
+            Some(Value::BulkString(id)) => StreamId::parse(&id).map_or(0, StreamId::offset),
+            Some(Value::SimpleString(id)) => StreamId::parse(id.as_bytes()).map_or(0, StreamId::offset),
+            other => {
+                return Err(failed(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "no stream ID in the reply",
+                    format!("{other:?}"),
+                ))))
+            }
+        };
+        Ok(Delivered {
+            partition: self.partition,
+            offset,
+        })
+    }
+}
+
+/// Runs `pipe` (built with `ignore_errors`, so a command's error is its reply), again after a
+/// dropped or refused connection (a server restart, a network blip) until `timeout` has
+/// passed. A write whose reply was lost may then be applied twice: at least once, as everywhere.
+pub(crate) async fn query_retrying(
+    conn: &ConnectionManager,
+    pipe: &redis::Pipeline,
+    timeout: Duration,
+) -> Result<Vec<Value>, RedisError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let pauses = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .without_max_times();
+    (|| {
+        let mut conn = conn.clone();
+        async move { pipe.query_async(&mut conn).await }
+    })
+    .retry(pauses)
+    .when(|error: &RedisError| {
+        (error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal())
+            && tokio::time::Instant::now() < deadline
+    })
+    .notify(|error, pause| tracing::debug!(%error, retry_in = ?pause, "redis write failed; retrying"))
+    .await
 }

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::transport;
+use super::hand_offs::HandOffWriter;
 use super::stream_id::StreamId;
 use super::{keys, Redis, Source};
 use crate::backend::{
@@ -110,8 +111,10 @@ pub struct RedisConsumer {
     reader: Option<JoinHandle<Result<(), BackendError>>>,
     /// Entries delivered and not acknowledged, per partition, in offset order.
     delivered: HashMap<u32, VecDeque<(u64, StreamId)>>,
-    /// Writes hand-offs.
+    /// Picks a hand-off's partition and builds its write.
     redis: Redis,
+    /// Sends hand-offs, many per round trip.
+    writer: Option<HandOffWriter>,
 }
 
 impl RedisConsumer {
@@ -159,8 +162,10 @@ impl RedisConsumer {
             lease_until: Instant::now(),
             next_due: None,
             sweep: false,
+            behind: false,
         };
         tracing::debug!(%topic, %group, member = %reader.member, "redis consumer joining");
+        let writer = HandOffWriter::start(&redis)?;
         let reader = tokio::spawn(reader.run());
         Ok(RedisConsumer {
             topic,
@@ -174,6 +179,7 @@ impl RedisConsumer {
             reader: Some(reader),
             delivered: HashMap::new(),
             redis,
+            writer: Some(writer),
         })
     }
 
@@ -238,14 +244,18 @@ impl Consumer for RedisConsumer {
     }
 
     /// One MULTI/EXEC per call: it writes the next hop (ZADD into the level's delay set, or
-    /// XADD to the dead-letter stream) and XACKs the source in one step. Many run at once on
-    /// the shared multiplexed connection, pipelined.
+    /// XADD to the dead-letter stream) and XACKs the source in one step. The consumer's
+    /// hand-off writer sends those queued during one round trip together in the next.
     fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
         let source = self.source_of(from.partition, from.offset);
         let redis = self.redis.clone();
+        let queue = self.writer.as_ref().expect("open until closed").queue();
         Box::pin(async move {
             let written = match redis.pick_partition(&to.name, &record).await {
-                Ok(target) => redis.write(&to, target, &record, source).await,
+                Ok(target) => {
+                    let write = redis.prepare(&to, target, &record, source.as_ref());
+                    queue.send(write).await
+                }
                 Err(error) => Err(error),
             };
             written.map_err(|error| Undelivered::new(error, record))
@@ -309,6 +319,9 @@ impl Consumer for RedisConsumer {
     }
 
     async fn close(mut self) -> Result<(), BackendError> {
+        if let Some(writer) = self.writer.take() {
+            writer.close().await;
+        }
         self.stop.cancel();
         self.wake.notify_one();
         let reader = self.reader.take().expect("closed once");

@@ -48,6 +48,9 @@ pub(super) struct Reader {
     pub(super) next_due: Option<i64>,
     /// Unordered: claim what other members left pending, in the next round.
     pub(super) sweep: bool,
+    /// The last read filled its count on some stream: more is there already, so the next read
+    /// waits for nothing (a move takes up to 1,000 due entries, a read [`Settings::batch`]).
+    pub(super) behind: bool,
 }
 
 impl Reader {
@@ -128,7 +131,7 @@ impl Reader {
         // server's next tick (100 ms at the default `hz`), which made retries up to ~100 ms
         // late. Nothing has been taken yet, so being cancelled meanwhile loses nothing.
         let mut waited_for_due = false;
-        if let (Some(_), Some(due)) = (&self.delayed, self.next_due) {
+        if let (Some(_), Some(due), false) = (&self.delayed, self.next_due, self.behind) {
             let wait = due - now_ms();
             if wait > 0 {
                 let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
@@ -195,7 +198,10 @@ impl Reader {
         } else {
             live.iter().map(|&p| (p, ">".to_owned())).collect()
         };
-        let block = if replaying {
+        let block = if replaying || (self.behind && self.delayed.is_some()) {
+            // History reads do not block; nor does a retry level's read while it is behind:
+            // what is there is read at once, and an empty read goes back to waiting for the
+            // next due time on the precise timer, not on a blocked read's server-side timeout.
             None
         } else {
             let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
@@ -264,13 +270,16 @@ impl Reader {
         };
         let mut permits = permits;
         let mut read_any = vec![false; self.streams.len()];
+        self.behind = false;
         for (key, entries) in stream_replies(reply) {
             let Some(p) = self.streams.iter().position(|s| s.as_bytes() == key) else {
                 continue;
             };
             let mut last = None;
             let mut unsent = None;
-            for (id, fields) in parse_entries(entries) {
+            let entries = parse_entries(entries);
+            self.behind |= entries.len() >= per_stream;
+            for (id, fields) in entries {
                 if fields.is_empty() {
                     // Deleted while pending: nothing to deliver, only to acknowledge.
                     self.control.lock().unwrap().acks[p].push(id);
