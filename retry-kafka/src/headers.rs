@@ -53,6 +53,7 @@ pub mod names {
 
     /// The names above, so a header read from a broker under one of them takes the constant
     /// instead of a copy of its name.
+    #[cfg(any(feature = "kafka", feature = "redis", feature = "postgres"))]
     pub(crate) const KNOWN: [&str; 16] = [
         SCHEMA,
         ORIGINAL_TOPIC,
@@ -122,6 +123,7 @@ impl Headers {
     }
 
     /// Appends a header read from a broker: a name retry-kafka owns is not copied.
+    #[cfg(any(feature = "kafka", feature = "redis", feature = "postgres"))]
     pub(crate) fn insert_read(&mut self, name: &str, value: Bytes) {
         let name = match names::KNOWN.iter().find(|known| **known == name) {
             Some(known) => Cow::Borrowed(*known),

@@ -414,8 +414,8 @@ pub(crate) fn decode(row: &Row, first: usize) -> Record {
     let names: Vec<String> = row.get(first + 5);
     let values: Vec<Vec<u8>> = row.get(first + 6);
     let mut headers = Headers::new();
-    for (name, value) in names.into_iter().zip(values) {
-        headers.insert(name, value);
+    for (name, value) in names.iter().zip(values) {
+        headers.insert_read(name, value.into());
     }
     Record {
         partition: row.get::<_, i32>(first) as u32,

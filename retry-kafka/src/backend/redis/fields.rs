@@ -132,11 +132,10 @@ fn unpack(fields: &mut Fields) -> Option<Parts> {
     let key = next();
     let mut headers = Headers::new();
     while let (Some(name), Some(value)) = (next(), next()) {
-        let name = match std::str::from_utf8(&name) {
-            Ok(name) => name.to_owned(),
-            Err(_) => String::from_utf8_lossy(&name).into_owned(),
-        };
-        headers.insert(name, value);
+        match std::str::from_utf8(&name) {
+            Ok(name) => headers.insert_read(name, value),
+            Err(_) => headers.insert(String::from_utf8_lossy(&name).into_owned(), value),
+        }
     }
     Some((key, payload, headers))
 }
