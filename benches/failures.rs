@@ -64,7 +64,7 @@ use retry_kafka::handler::ErrorKind;
 use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
-use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
+use retry_kafka_suite::{peak_rss_mib, process_cpu_time, reset_peak_rss, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
 
 use floor::Stores;
@@ -215,6 +215,8 @@ struct Run {
     settle: Duration,
     /// First event to the last hand-off of the outage's failing half acknowledged.
     hand_offs: Duration,
+    /// The process's peak RSS over the run, MiB (reset at its start).
+    peak_rss_mib: f64,
 }
 
 impl Run {
@@ -237,6 +239,7 @@ async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
     FIRST_OK.store(0, Ordering::SeqCst);
     *FIRST.lock().unwrap() = None;
     STARTED.store(false, Ordering::SeqCst);
+    reset_peak_rss();
     let suffix = format!("{mode:?}-{round}").to_lowercase();
     let app = App::builder()
         .backend(backend)
@@ -279,12 +282,14 @@ async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
             break first.elapsed();
         }
     };
+    let peak_rss_mib = peak_rss_mib();
     running.shutdown().await.unwrap();
     Run {
         drain: drain.unwrap(),
         drain_cpu,
         settle,
         hand_offs: hand_offs.unwrap_or_default(),
+        peak_rss_mib,
     }
 }
 
@@ -740,11 +745,12 @@ async fn run_floors<X: Bench>(bench: &X, mode: Mode, round: u64, floors: &mut [V
         let label = stores.label();
         if mode == Mode::Outage {
             println!(
-                "{name} round {round}: outage: {} hand-offs at {:>8.0}/s, {label}; main drained in {:.2} s ({:.1} CPU-µs/event)",
+                "{name} round {round}: outage: {} hand-offs at {:>8.0}/s, {label}; main drained in {:.2} s ({:.1} CPU-µs/event), peak RSS {:.0} MiB",
                 *EVENTS / 2,
                 run.hand_off_rate(),
                 run.drain.as_secs_f64(),
                 run.cpu_us(),
+                run.peak_rss_mib,
             );
         } else {
             println!(
@@ -815,12 +821,13 @@ async fn outage<X: Bench>(bench: &X) {
         let rate = half as f64 / run.hand_offs.as_secs_f64();
         println!(
             "{} round {round}: outage: {half} hand-offs at {rate:>8.0}/s, plain produce {raw_rate:>8.0}/s \
-             ({raw_cpu:.1} CPU-µs each), ratio {:.2}; main drained in {:.2} s ({:.1} CPU-µs/event), settled in {:.2} s",
+             ({raw_cpu:.1} CPU-µs each), ratio {:.2}; main drained in {:.2} s ({:.1} CPU-µs/event), settled in {:.2} s, peak RSS {:.0} MiB",
             bench.name(),
             rate / raw_rate,
             run.drain.as_secs_f64(),
             run.cpu_us(),
-            run.settle.as_secs_f64()
+            run.settle.as_secs_f64(),
+            run.peak_rss_mib,
         );
         ours.push(rate);
         raw.push(raw_rate);
@@ -838,6 +845,18 @@ async fn outage<X: Bench>(bench: &X) {
         median(&ratios),
         spread(&ratios)
     );
+    let rss = |runs: &[Run]| median(&runs.iter().map(|r| r.peak_rss_mib).collect::<Vec<_>>());
+    if floors[1].is_empty() {
+        println!("median ({}) outage: peak RSS {:.0} MiB", bench.name(), rss(&runs));
+    } else {
+        println!(
+            "median ({}) outage: peak RSS {:.0} MiB vs the floors' {:.0} (as it goes) and {:.0} MiB (from reports) (target ≤ 100 MiB)",
+            bench.name(),
+            rss(&runs),
+            rss(&floors[0]),
+            rss(&floors[1]),
+        );
+    }
     print_floor_medians(
         bench.name(),
         "outage",

@@ -26,6 +26,23 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// Starts a new peak of this process's resident memory: the kernel's high-water mark is set back
+/// to the current RSS (Linux: `5` into `/proc/self/clear_refs`).
+pub fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS (/proc/self/clear_refs)");
+}
+
+/// The peak resident memory of this process since [`reset_peak_rss`], MiB (`VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib / 1024.0
+}
+
 /// The Kafka broker a benchmark runs on: the cluster `KAFKA_BROKERS` names, or else Apache Kafka
 /// with a JVM sized as deployed (`RK_KAFKA_JVM_OPTS` overrides it). Stopped on drop.
 pub struct BenchKafka {
