@@ -217,6 +217,8 @@ struct Run {
     hand_offs: Duration,
     /// The process's peak RSS over the run, MiB (reset at its start).
     peak_rss_mib: f64,
+    /// The process's RSS at the run's start, MiB: what earlier runs left resident.
+    start_rss_mib: f64,
 }
 
 impl Run {
@@ -239,7 +241,7 @@ async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
     FIRST_OK.store(0, Ordering::SeqCst);
     *FIRST.lock().unwrap() = None;
     STARTED.store(false, Ordering::SeqCst);
-    reset_peak_rss();
+    let start_rss_mib = reset_peak_rss();
     let suffix = format!("{mode:?}-{round}").to_lowercase();
     let app = App::builder()
         .backend(backend)
@@ -290,6 +292,7 @@ async fn run_charge<B: Backend>(backend: B, mode: Mode, round: u64) -> Run {
         settle,
         hand_offs: hand_offs.unwrap_or_default(),
         peak_rss_mib,
+        start_rss_mib,
     }
 }
 
@@ -745,12 +748,13 @@ async fn run_floors<X: Bench>(bench: &X, mode: Mode, round: u64, floors: &mut [V
         let label = stores.label();
         if mode == Mode::Outage {
             println!(
-                "{name} round {round}: outage: {} hand-offs at {:>8.0}/s, {label}; main drained in {:.2} s ({:.1} CPU-µs/event), peak RSS {:.0} MiB",
+                "{name} round {round}: outage: {} hand-offs at {:>8.0}/s, {label}; main drained in {:.2} s ({:.1} CPU-µs/event), peak RSS {:.0} MiB ({:.0} at its start)",
                 *EVENTS / 2,
                 run.hand_off_rate(),
                 run.drain.as_secs_f64(),
                 run.cpu_us(),
                 run.peak_rss_mib,
+                run.start_rss_mib,
             );
         } else {
             println!(
@@ -821,13 +825,14 @@ async fn outage<X: Bench>(bench: &X) {
         let rate = half as f64 / run.hand_offs.as_secs_f64();
         println!(
             "{} round {round}: outage: {half} hand-offs at {rate:>8.0}/s, plain produce {raw_rate:>8.0}/s \
-             ({raw_cpu:.1} CPU-µs each), ratio {:.2}; main drained in {:.2} s ({:.1} CPU-µs/event), settled in {:.2} s, peak RSS {:.0} MiB",
+             ({raw_cpu:.1} CPU-µs each), ratio {:.2}; main drained in {:.2} s ({:.1} CPU-µs/event), settled in {:.2} s, peak RSS {:.0} MiB ({:.0} at its start)",
             bench.name(),
             rate / raw_rate,
             run.drain.as_secs_f64(),
             run.cpu_us(),
             run.settle.as_secs_f64(),
             run.peak_rss_mib,
+            run.start_rss_mib,
         );
         ours.push(rate);
         raw.push(raw_rate);
@@ -850,7 +855,8 @@ async fn outage<X: Bench>(bench: &X) {
         println!("median ({}) outage: peak RSS {:.0} MiB", bench.name(), rss(&runs));
     } else {
         println!(
-            "median ({}) outage: peak RSS {:.0} MiB vs the floors' {:.0} (as it goes) and {:.0} MiB (from reports) (target ≤ 100 MiB)",
+            "median ({}) outage: peak RSS {:.0} MiB vs the floors' {:.0} (as it goes) and {:.0} MiB (from reports) (target ≤ 100 MiB; \
+             a run inherits what earlier ones left resident: round 0 runs retry-kafka first, in a fresh process)",
             bench.name(),
             rss(&runs),
             rss(&floors[0]),

@@ -27,19 +27,26 @@ pub fn process_cpu_time() -> Duration {
 }
 
 /// Starts a new peak of this process's resident memory: the kernel's high-water mark is set back
-/// to the current RSS (Linux: `5` into `/proc/self/clear_refs`).
-pub fn reset_peak_rss() {
+/// to the current RSS (Linux: `5` into `/proc/self/clear_refs`). Returns that RSS, MiB: what the
+/// process holds already (glibc keeps what earlier work freed), the floor of the next peak.
+pub fn reset_peak_rss() -> f64 {
     std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS (/proc/self/clear_refs)");
+    memory_status_mib("VmRSS:")
 }
 
 /// The peak resident memory of this process since [`reset_peak_rss`], MiB (`VmHWM`).
 pub fn peak_rss_mib() -> f64 {
+    memory_status_mib("VmHWM:")
+}
+
+/// A `kB` figure of `/proc/self/status`, MiB.
+fn memory_status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
     let kib: f64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
     kib / 1024.0
 }
 

@@ -213,7 +213,7 @@ fn hand_off_headers(partition: i32, offset: i64, timestamp_ms: Option<i64>) -> O
 /// One run of the floor over the main topic as group `group`, forwarding to `retry_topic`
 /// (created with the main topic's partitions). `settle` is not measured (zero).
 pub fn run(bootstrap: &str, group: &str, retry_topic: &str, mode: Mode, stores: Stores) -> Run {
-    reset_peak_rss();
+    let start_rss_mib = reset_peak_rss();
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("bootstrap.servers", bootstrap)
@@ -339,6 +339,7 @@ pub fn run(bootstrap: &str, group: &str, retry_topic: &str, mode: Mode, stores: 
         settle: Duration::ZERO,
         hand_offs: hand_offs.unwrap_or_default(),
         peak_rss_mib: peak_rss_mib(),
+        start_rss_mib,
     };
     if stores == Stores::FromReports {
         assert!(prefixes.iter().all(|p| p.in_flight.is_empty()));
