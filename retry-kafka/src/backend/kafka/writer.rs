@@ -21,7 +21,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext, PurgeConfig};
 use rdkafka::ClientContext;
 use slab::Slab;
 
@@ -31,8 +31,8 @@ use crate::error::BackendError;
 /// How long one poll of the producer waits for reports; also how long closing waits for the
 /// thread to notice.
 const POLL_WAIT: Duration = Duration::from_millis(100);
-/// How long dropping the writer waits for records still queued to be delivered.
-const FLUSH_ON_DROP: Duration = Duration::from_secs(10);
+/// How long dropping the writer waits for the reports of what it purged.
+const PURGE_REPORTS: Duration = Duration::from_millis(500);
 
 /// The cluster's producer and the thread that polls it for delivery reports.
 pub(super) struct Writer {
@@ -111,9 +111,12 @@ impl Drop for Writer {
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }
-        // What is queued still goes out (and its reports complete their writes).
-        if let Err(error) = self.producer.flush(FLUSH_ON_DROP) {
-            tracing::warn!(%error, "records still queued when the producer closed were not delivered");
+        // The runtime has finished or given up every hand-off before its backend goes, so
+        // what is still queued has no one to acknowledge it: purged, as rdkafka's own producers
+        // do on drop, and its reports (errors) complete the writes still waiting, if any.
+        self.producer.purge(PurgeConfig::default().queue().inflight());
+        if let Err(error) = self.producer.flush(PURGE_REPORTS) {
+            tracing::debug!(%error, "reports of purged records did not all come");
         }
     }
 }
@@ -235,5 +238,37 @@ impl ProducerContext for Reports {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::Producer as _;
+
+    use crate::backend::kafka::Kafka;
+    use crate::backend::{OutboundRecord, Topic, TopicAdmin as _};
+
+    #[tokio::test]
+    async fn reports_complete_writes_by_slot_and_a_dropped_write_frees_its_own() {
+        let kafka = Kafka::embedded().unwrap();
+        let topic = Topic::main("writer.slots");
+        kafka.create_topic(&topic, 1).await.unwrap();
+        let record = OutboundRecord {
+            partition: Some(0),
+            payload: Some("x".into()),
+            ..Default::default()
+        };
+        // Nobody waits for this one: its report only frees the slot.
+        drop(kafka.produce(&topic, &record));
+        let writes: Vec<_> = (0..100).map(|_| kafka.produce(&topic, &record)).collect();
+        let offsets: Vec<u64> = futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|delivered| delivered.unwrap().offset)
+            .collect();
+        // Queued in order to one partition, written in that order, after the dropped one.
+        assert_eq!(offsets, (1..=100).collect::<Vec<u64>>());
+        let slots = kafka.shared.main.writer.producer.context().slots();
+        assert!(slots.is_empty(), "{} slots left", slots.len());
     }
 }
