@@ -52,8 +52,15 @@ fn memory_status_mib(field: &str) -> f64 {
 
 /// The Kafka broker a benchmark runs on: the cluster `KAFKA_BROKERS` names, or else Apache Kafka
 /// with a JVM sized as deployed (`RK_KAFKA_JVM_OPTS` overrides it). Stopped on drop.
+///
+/// `KAFKA_BROKERS=embedded` runs librdkafka's mock cluster inside the benchmark's process
+/// instead (the throughput bench only): no JVM and no second process, for counting
+/// instructions per record under `valgrind --tool=callgrind`; its rates say nothing about a
+/// real broker's. Its topics are made through [`BenchKafka::backend`] (the mock cluster
+/// answers no CreateTopics request).
 pub struct BenchKafka {
     _broker: Option<ApacheKafka>,
+    embedded: Option<std::sync::Arc<retry_kafka::backend::kafka::EmbeddedKafka>>,
     /// Its bootstrap servers.
     pub bootstrap: String,
     /// What it is, for the printed figures.
@@ -62,12 +69,26 @@ pub struct BenchKafka {
 
 impl BenchKafka {
     pub fn start() -> Self {
-        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
-            return BenchKafka {
-                _broker: None,
-                description: format!("the cluster at {bootstrap}"),
-                bootstrap,
-            };
+        match std::env::var("KAFKA_BROKERS").as_deref() {
+            Ok("embedded") => {
+                let embedded = retry_kafka::backend::kafka::EmbeddedKafka::start(1)
+                    .expect("starting librdkafka's mock cluster");
+                return BenchKafka {
+                    bootstrap: embedded.bootstrap_servers().to_owned(),
+                    description: "librdkafka's mock cluster, in this process".into(),
+                    _broker: None,
+                    embedded: Some(std::sync::Arc::new(embedded)),
+                };
+            }
+            Ok(bootstrap) => {
+                return BenchKafka {
+                    _broker: None,
+                    embedded: None,
+                    description: format!("the cluster at {bootstrap}"),
+                    bootstrap: bootstrap.to_owned(),
+                };
+            }
+            Err(_) => {}
         }
         if std::env::var_os("RK_KAFKA_JVM_OPTS").is_none() {
             // A broker as deployed, not the tests' quick-start JVM.
@@ -78,7 +99,22 @@ impl BenchKafka {
             bootstrap: kafka.bootstrap.clone(),
             description: format!("Apache Kafka {APACHE_KAFKA_VERSION} (KRaft, one broker, 1 GiB heap)"),
             _broker: Some(kafka),
+            embedded: None,
         }
+    }
+
+    /// Whether it is the mock cluster in this process (fresh: no group has committed anything).
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// The backend on it: on the mock cluster, one that makes topics there.
+    pub fn backend(&self) -> retry_kafka::backend::kafka::Kafka {
+        match &self.embedded {
+            Some(embedded) => retry_kafka::backend::kafka::Kafka::on_embedded(embedded.clone()),
+            None => retry_kafka::backend::kafka::Kafka::builder(self.bootstrap.clone()).build(),
+        }
+        .expect("a Kafka backend on the benchmark's broker")
     }
 }
 
