@@ -5,6 +5,9 @@
 //! cargo bench --bench throughput            # starts Apache Kafka and redis-server (scripts/install-test-deps.sh)
 //! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench throughput
 //! BENCH_BACKEND=redis cargo bench --bench throughput   # one backend: kafka or redis
+//! # instructions per record, librdkafka's mock cluster in this process (no JVM):
+//! KAFKA_BROKERS=embedded BENCH_BACKEND=kafka BENCH_ROUNDS=1 BENCH_MESSAGES=20000 \
+//!   valgrind --tool=callgrind --separate-threads=yes target/release/deps/throughput-<hash> --bench
 //! ```
 //!
 //! Both sides read `MESSAGES` JSON events from a 4-partition topic from the beginning, decode
