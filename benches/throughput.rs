@@ -32,7 +32,7 @@ use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{Publish as _, Topic, TopicAdmin as _, TopicRole};
 use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
-use retry_kafka_suite::{process_cpu_time, BenchKafka, BenchRedis};
+use retry_kafka_suite::{process_cpu_time, raw_consumer_config, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.orders";
@@ -113,18 +113,7 @@ fn produce(bootstrap: &str) {
 
 /// The hand-written loop: poll, decode, store the offset.
 fn raw_round(bootstrap: &str, group: &str) -> Rate {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // As retry-kafka sets it: with librdkafka's default (1 s) a full local queue stalls
-        // fetching, and this loop drops to ~175k msg/s in some rounds.
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = raw_consumer_config(bootstrap, group).create().unwrap();
     consumer.subscribe(&[TOPIC]).unwrap();
     let mut first = None;
     let mut seen = 0;

@@ -30,7 +30,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use retry_kafka::headers::names;
 use retry_kafka::prelude::*;
-use retry_kafka_suite::{peak_rss_mib, process_cpu_time, reset_peak_rss};
+use retry_kafka_suite::{peak_rss_mib, process_cpu_time, raw_consumer_config, reset_peak_rss};
 
 use super::{epoch_ms, producer_properties, Mode, OrderPlaced, Run, EVENTS, PARTITIONS, TOPIC};
 
@@ -214,16 +214,7 @@ fn hand_off_headers(partition: i32, offset: i64, timestamp_ms: Option<i64>) -> O
 /// (created with the main topic's partitions). `settle` is not measured (zero).
 pub fn run(bootstrap: &str, group: &str, retry_topic: &str, mode: Mode, stores: Stores) -> Run {
     let start_rss_mib = reset_peak_rss();
-    let mut consumer_config = ClientConfig::new();
-    consumer_config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("fetch.queue.backoff.ms", "10");
+    let mut consumer_config = raw_consumer_config(bootstrap, group);
     if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
         consumer_config.set("fetch.wait.max.ms", wait);
     }
