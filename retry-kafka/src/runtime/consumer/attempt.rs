@@ -95,10 +95,10 @@ impl From<HandlerError> for Failure {
     }
 }
 
-/// A finished attempt, with the record it was for.
+/// A finished attempt, with the record it was for. Kept small: it is moved a few times per
+/// record on the success path (what earlier hops say is read again only for a failure).
 pub(super) struct Done {
     pub(super) record: Record,
-    pub(super) lineage: Lineage,
     /// The partition's incarnation when the attempt started; a revoke in between makes it stale.
     pub(super) generation: u32,
     pub(super) result: Result<(), Failure>,
@@ -110,7 +110,6 @@ pub(super) struct Done {
 }
 
 /// What the message's earlier hops say about it; trusted only on retry levels.
-#[derive(Clone)]
 pub(super) struct Lineage {
     pub(super) origin: Origin,
     pub(super) first_failure_ms: Option<i64>,
@@ -208,25 +207,30 @@ impl Level {
         headers::due_at_ms(&record.headers)
     }
 
-    /// What the handler is told about `record`, and what its earlier hops say.
-    pub(super) fn context(&self, record: &Record) -> (Lineage, Context) {
-        let lineage = self.lineage(record);
-        let context = Context {
+    /// What the handler is told about `record`.
+    pub(super) fn context(&self, record: &Record) -> Context {
+        let Lineage {
+            origin,
+            first_failure_ms,
+            replays,
+        } = self.lineage(record);
+        Context {
             attempt: self.level + 1,
             max_attempts: self.policy.max_attempts(),
             group: self.spec.group(),
             topic: self.topic.clone(),
             partition: record.partition,
             offset: record.offset,
-            origin: lineage.origin.clone(),
-            first_failure_ms: lineage.first_failure_ms,
-            replays: lineage.replays.unwrap_or(0),
+            origin,
+            first_failure_ms,
+            replays: replays.unwrap_or(0),
             headers: record.headers.clone(),
-        };
-        (lineage, context)
+        }
     }
 
-    fn lineage(&self, record: &Record) -> Lineage {
+    /// What `record`'s earlier hops say about it: read for its `Context`, and again only if
+    /// its attempt fails (a pure function of the level and the record's headers).
+    pub(super) fn lineage(&self, record: &Record) -> Lineage {
         let replays = headers::replays(&record.headers);
         // On the main topic rk-* headers may be forged or left over from a replay: counting
         // starts here. Only rk-replays carries forward.

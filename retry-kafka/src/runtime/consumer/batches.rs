@@ -8,7 +8,7 @@ use std::time::{Duration, Instant as StdInstant};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::attempt::{guarded, Attempts, Done, Failure, InFlight, Lineage};
+use super::attempt::{guarded, Attempts, Done, Failure, InFlight};
 use super::partitions::Partitions;
 use super::Level;
 use crate::backend::Record;
@@ -86,9 +86,9 @@ impl Batches {
         } in gathered
         {
             level.metrics.started(due);
-            let (lineage, context) = level.context(&record);
+            let context = level.context(&record);
             input.push((record.payload.clone().unwrap_or_default(), context));
-            members.push((record, lineage, generation));
+            members.push((record, generation));
         }
         let call = self.call;
         let started = {
@@ -141,7 +141,7 @@ impl Batches {
 
 /// Each record of a batch with its outcome, as a finished attempt of its own.
 fn settle(
-    members: Vec<(Record, Lineage, u32)>,
+    members: Vec<(Record, u32)>,
     outcomes: Vec<Result<(), Failure>>,
     span: &tracing::Span,
     started: StdInstant,
@@ -149,9 +149,8 @@ fn settle(
     members
         .into_iter()
         .zip(outcomes)
-        .map(|((record, lineage, generation), result)| Done {
+        .map(|((record, generation), result)| Done {
             record,
-            lineage,
             generation,
             result,
             span: AttemptSpan::of(span),

@@ -20,6 +20,7 @@ mod partitions;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use self::attempt::{Attempts, Done};
@@ -38,6 +39,9 @@ use crate::shutdown::Shutdown;
 
 /// Pause after a fetch error before fetching again.
 const FETCH_BACKOFF: Duration = Duration::from_millis(200);
+/// Records taken in one round of the loop after the one it fetched, when the consumer has
+/// them at hand: enough to spread the round's cost, few enough that timers are not late.
+const AT_HAND: usize = 63;
 
 /// Everything one level's consumer needs; shared by the levels of a handler.
 pub(crate) struct Level {
@@ -146,7 +150,13 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 }
                 // A batch's linger is over: the top of the loop starts it.
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
-                fetched = self.consumer.next(), if fetch => self.fetched(fetched).await?,
+                fetched = self.consumer.next(), if fetch => {
+                    // Once per round, not per record: a clock read per record showed in the
+                    // success path's instruction count.
+                    self.level.metrics.polled();
+                    self.fetched(fetched).await?;
+                    self.take_at_hand().await?;
+                }
                 _ = sleep_until_opt(drain_deadline), if self.stopping && drain_deadline.is_some() => {
                     tracing::warn!(topic = %self.level.topic, group = self.level.spec.group(),
                         in_flight = self.attempts.in_flight(), hand_offs = self.hand_offs.under_way(),
@@ -199,17 +209,12 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     async fn fetched(&mut self, fetched: Result<Fetched, BackendError>) -> Result<(), Error> {
         let (level, metrics) = (&self.level, &self.level.metrics);
         match fetched {
-            Ok(Fetched::Record(record)) => {
-                metrics.polled();
-                self.take(record).await;
-            }
+            Ok(Fetched::Record(record)) => self.take(record).await,
             Ok(Fetched::Assigned(partitions)) => {
-                metrics.polled();
                 metrics.assigned(&partitions);
                 tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "assigned");
             }
             Ok(Fetched::Revoked(partitions)) => {
-                metrics.polled();
                 metrics.revoked(&partitions);
                 tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "revoked");
                 for partition in partitions {
@@ -222,6 +227,35 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 tracing::warn!(topic = %level.topic, group = level.spec.group(), %error, "fetch failed; retrying");
                 tokio::time::sleep(FETCH_BACKOFF).await;
             }
+        }
+        Ok(())
+    }
+
+    /// Takes, in the round that fetched one, what the consumer already has at hand (up to
+    /// [`AT_HAND`] more), each after what a round of the loop would have looked at first:
+    /// finished hand-offs (so a partition whose hand-off just failed starts nothing new), a
+    /// shutdown request, room. A round of `select!` per record cost a tenth of the success
+    /// path's instructions (callgrind, docs/benchmarks.md). Timers wait for the next round.
+    async fn take_at_hand(&mut self) -> Result<(), Error> {
+        for _ in 0..AT_HAND {
+            if self.hand_offs.is_sending() {
+                if let Some((ticket, result)) = self.hand_offs.next().now_or_never() {
+                    self.sent(ticket, result).await;
+                }
+            }
+            // Attempts under way (concurrency > 1, or a handler that waits) finish in the
+            // loop's own order; a due waiting record or a batch to start goes first.
+            if self.attempts.in_flight() > 0
+                || self.level.shutdown.deadline().is_some()
+                || !self.wants_fetch()
+                || self.partitions.waiting() > 0
+            {
+                break;
+            }
+            let Some(fetched) = self.consumer.next().now_or_never() else {
+                break;
+            };
+            self.fetched(fetched).await?;
         }
         Ok(())
     }
@@ -283,7 +317,6 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     async fn conclude(&mut self, done: Done) {
         let Done {
             record,
-            lineage,
             generation,
             result,
             span,
@@ -302,7 +335,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             }
             Err(failure) => failure,
         };
-        let Some(hand_off) = self.level.hand_off_of(record, lineage, failure, span, generation) else {
+        let Some(hand_off) = self.level.hand_off_of(record, failure, span, generation) else {
             return self.finish(partition, offset).await;
         };
         if self.hand_offs.blocks(partition as usize) {

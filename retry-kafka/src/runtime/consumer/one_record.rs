@@ -7,7 +7,7 @@ use std::time::Instant as StdInstant;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::attempt::{guarded, Attempts, Done, Failure, InFlight, Lineage};
+use super::attempt::{guarded, Attempts, Done, Failure, InFlight};
 use super::partitions::Partitions;
 use super::Level;
 use crate::backend::Record;
@@ -36,7 +36,7 @@ impl OneRecord {
     /// polled again by the loop with a real waker, before anything else is started.
     fn attempt(&self, level: &Level, record: Record, generation: u32, poll_now: bool) -> Started {
         let began = StdInstant::now();
-        let (lineage, context) = level.context(&record);
+        let context = level.context(&record);
         let span = tracing::info_span!(
             "message",
             topic = %level.topic,
@@ -63,21 +63,18 @@ impl OneRecord {
                 };
                 match polled {
                     Ok(Poll::Pending) => {
-                        return Started::Running(running(
-                            level, record, lineage, generation, handler, span, began,
-                        ))
+                        return Started::Running(running(level, record, generation, handler, span, began))
                     }
                     Ok(Poll::Ready(outcome)) => outcome.map_err(Failure::from),
                     Err(panic) => Err(Failure::panic(&*panic)),
                 }
             }
             Ok(Ok(handler)) => {
-                return Started::Running(running(level, record, lineage, generation, handler, span, began))
+                return Started::Running(running(level, record, generation, handler, span, began))
             }
         };
         Started::Done(Done {
             record,
-            lineage,
             generation,
             result,
             span: AttemptSpan::of(&span),
@@ -101,7 +98,6 @@ type Running = super::attempt::AttemptFuture<[Done; 1]>;
 fn running(
     level: &Level,
     record: Record,
-    lineage: Lineage,
     generation: u32,
     handler: HandlerFuture,
     span: tracing::Span,
@@ -117,7 +113,6 @@ fn running(
             };
             [Done {
                 record,
-                lineage,
                 generation,
                 result,
                 span: attempt_span,

@@ -2,7 +2,7 @@
 //! (with its due time), the dead letters or the parking queue, with the failure's story in the
 //! headers; or nothing, when the policy drops it.
 
-use super::attempt::{Failure, Lineage};
+use super::attempt::Failure;
 use super::hand_offs::{PendingHandOff, Ticket};
 use super::Level;
 use crate::backend::{OutboundRecord, Record, TopicRole};
@@ -17,12 +17,12 @@ impl Level {
     pub(super) fn hand_off_of(
         &self,
         record: Record,
-        lineage: Lineage,
         failure: Failure,
         span: AttemptSpan,
         generation: u32,
     ) -> Option<PendingHandOff> {
         let (partition, offset) = (record.partition, record.offset);
+        let lineage = self.lineage(&record);
         self.metrics.failed(failure.kind);
         let now = now_ms();
         let step = self
