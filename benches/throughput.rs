@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
@@ -111,8 +111,11 @@ fn produce(bootstrap: &str) {
     producer.flush(Duration::from_secs(60)).unwrap();
 }
 
-/// The hand-written loop: poll, decode, store the offset.
-fn raw_round(bootstrap: &str, group: &str) -> Rate {
+/// The hand-written loop: poll, decode, store the offset; with `read_headers`, it also looks
+/// at each message's headers, as any consumer that honours `traceparent` does (and as
+/// retry-kafka must, for `rk-*` and `Context::headers`): librdkafka parses them only when
+/// asked, and asking costs about a thousand instructions even on a message without headers.
+fn raw_round(bootstrap: &str, group: &str, read_headers: bool) -> Rate {
     let consumer: BaseConsumer = raw_consumer_config(bootstrap, group).create().unwrap();
     consumer.subscribe(&[TOPIC]).unwrap();
     let mut first = None;
@@ -123,6 +126,11 @@ fn raw_round(bootstrap: &str, group: &str) -> Rate {
         };
         let message = message.unwrap();
         first.get_or_insert_with(|| (Instant::now(), process_cpu_time()));
+        if read_headers {
+            if let Some(headers) = message.headers() {
+                std::hint::black_box(headers.count());
+            }
+        }
         let order = OrderPlaced::decode(message.payload().unwrap()).unwrap();
         std::hint::black_box(order);
         consumer.store_offset_from_message(&message).unwrap();
@@ -359,19 +367,24 @@ async fn kafka_rounds() {
         *MESSAGES, broker.description, broker.bootstrap
     );
 
-    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    let (mut raw, mut raw_headers, mut ours) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
-        let bootstrap = broker.bootstrap.clone();
-        let group = format!("bench-raw-{round}");
-        let raw_rate = tokio::task::spawn_blocking(move || raw_round(&bootstrap, &group))
-            .await
-            .unwrap();
+        let raw_side = |read_headers: bool| {
+            let bootstrap = broker.bootstrap.clone();
+            let group = format!("bench-raw-{round}-{read_headers}");
+            tokio::task::spawn_blocking(move || raw_round(&bootstrap, &group, read_headers))
+        };
+        let raw_rate = raw_side(false).await.unwrap();
+        let raw_headers_rate = raw_side(true).await.unwrap();
         let our_rate = retry_kafka_round(&kafka, broker.is_embedded() && round == 0).await;
         print_round("kafka", round, "raw rdkafka loop", raw_rate, our_rate);
+        print_round("kafka", round, "raw loop + headers()", raw_headers_rate, our_rate);
         raw.push(raw_rate);
+        raw_headers.push(raw_headers_rate);
         ours.push(our_rate);
     }
     print_medians("kafka", &raw, &ours);
+    print_medians("kafka, the raw loop reading headers", &raw_headers, &ours);
 }
 
 async fn redis_rounds() {

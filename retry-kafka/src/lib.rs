@@ -210,9 +210,7 @@ pub mod __private {
         pub use crate::event::codec::{Json, Raw};
         pub use crate::event::short_forms::{MsgPack, MsgPackFeature, Protobuf, ProtobufFeature};
         pub use crate::event::{Codec, CodecError, Event, EventKey, RawPayload};
-        pub use crate::handlers::{
-            handler_spec, into_outcome, Call, Declaration, HandlerFuture, OnExhausted,
-        };
+        pub use crate::handlers::{handler_spec, into_outcome, Call, Declaration, HandlerSlot, OnExhausted};
         pub use crate::rate::Rate;
         pub use bytes::Bytes;
         pub use inventory;

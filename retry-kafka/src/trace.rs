@@ -32,7 +32,11 @@ mod enabled {
         // An empty parent first: a message without a valid `traceparent` starts a trace of its
         // own rather than joining whatever span the consumer runs in. It also says whether an
         // OpenTelemetry layer sees the span at all; without one there is nothing to extract.
-        if span.set_parent(Context::new()).is_err() || headers.get(names::TRACEPARENT).is_none() {
+        // A disabled span (no subscriber wants it) has no OpenTelemetry layer to tell.
+        if span.is_disabled()
+            || span.set_parent(Context::new()).is_err()
+            || headers.get(names::TRACEPARENT).is_none()
+        {
             return;
         }
         let parent = TraceContextPropagator::new().extract_with_context(&Context::new(), &Reader(headers));

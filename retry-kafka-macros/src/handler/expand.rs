@@ -111,17 +111,20 @@ fn entry(ident: &syn::Ident, rk: &TokenStream, signature: &Signature, batch: boo
         };
     }
     let decode = quote_spanned! {event_ty.span()=> <#event_ty as #at_event::Event>::decode(__rk_payload) };
-    let boxed = quote_spanned! {ident.span()=>
-        ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #outcome }))
+    // A handler future that is not `Send` is reported at the function's name.
+    let put = quote_spanned! {ident.span()=>
+        __rk_slot.put(async move { #outcome })
     };
     quote! {
         fn __rk_call(
             __rk_payload: &[u8],
             __rk_context: #rk::Context,
-        ) -> ::core::result::Result<#rk::HandlerFuture, #rk::CodecError> {
+            __rk_slot: &mut #rk::HandlerSlot,
+        ) -> ::core::result::Result<(), #rk::CodecError> {
             #unused_context
             let __rk_event = #decode?;
-            #boxed
+            #put;
+            ::core::result::Result::Ok(())
         }
     }
 }

@@ -11,12 +11,15 @@ use super::attempt::{guarded, Attempts, Done, Failure, InFlight};
 use super::partitions::Partitions;
 use super::Level;
 use crate::backend::Record;
-use crate::handlers::{HandlerCall, HandlerFuture};
+use crate::handlers::{HandlerCall, HandlerFuture, HandlerSlot};
 use crate::trace::{self, AttemptSpan};
 
 /// Calls of a one-record handler.
 pub(super) struct OneRecord {
     call: HandlerCall,
+    /// Where each call puts its handler's future; its box serves the next call when the
+    /// attempt finished without waiting.
+    slot: HandlerSlot,
     in_flight: InFlight<[Done; 1]>,
     concurrency: usize,
 }
@@ -25,16 +28,17 @@ impl OneRecord {
     pub(super) fn new(call: HandlerCall, concurrency: usize) -> Self {
         Self {
             call,
+            slot: HandlerSlot::default(),
             in_flight: InFlight::new(concurrency),
             concurrency: concurrency.max(1),
         }
     }
 
     /// Starts an attempt. With `poll_now` (one attempt at a time, run inline) the handler is
-    /// polled once here: one that finishes without waiting (most do, or decode errors) is done
-    /// without the attempt's own boxed future; one that waits is boxed with its state and
+    /// polled once here, in its slot: one that finishes without waiting (most do, or decode
+    /// errors) is done without an allocation; one that waits is boxed with its state and
     /// polled again by the loop with a real waker, before anything else is started.
-    fn attempt(&self, level: &Level, record: Record, generation: u32, poll_now: bool) -> Started {
+    fn attempt(&mut self, level: &Level, record: Record, generation: u32, poll_now: bool) -> Started {
         let began = StdInstant::now();
         let context = level.context(&record);
         let span = tracing::info_span!(
@@ -47,30 +51,38 @@ impl OneRecord {
         );
         trace::adopt(&span, &record.headers);
         let payload = record.payload.as_deref().unwrap_or_default();
-        let call = self.call;
+        let (call, slot) = (self.call, &mut self.slot);
         let started = {
             let _entered = span.enter();
-            std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| call(payload, context, slot)))
         };
         let result = match started {
-            Err(panic) => Err(Failure::panic(&*panic)),
+            Err(panic) => {
+                slot.discard();
+                Err(Failure::panic(&*panic))
+            }
             Ok(Err(decode)) => Err(Failure::decode(decode)),
-            Ok(Ok(mut handler)) if poll_now => {
+            Ok(Ok(())) if poll_now => {
                 let polled = {
                     let _entered = span.enter();
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                    std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx)))
+                    std::panic::catch_unwind(AssertUnwindSafe(|| slot.poll(&mut cx)))
                 };
                 match polled {
                     Ok(Poll::Pending) => {
-                        return Started::Running(running(level, record, generation, handler, span, began))
+                        let handler = slot.take().expect("the call put its future");
+                        return Started::Running(running(level, record, generation, handler, span, began));
                     }
                     Ok(Poll::Ready(outcome)) => outcome.map_err(Failure::from),
-                    Err(panic) => Err(Failure::panic(&*panic)),
+                    Err(panic) => {
+                        slot.discard();
+                        Err(Failure::panic(&*panic))
+                    }
                 }
             }
-            Ok(Ok(handler)) => {
-                return Started::Running(running(level, record, generation, handler, span, began))
+            Ok(Ok(())) => {
+                let handler = slot.take().expect("the call put its future");
+                return Started::Running(running(level, record, generation, handler, span, began));
             }
         };
         Started::Done(Done {
