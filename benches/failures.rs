@@ -334,14 +334,19 @@ impl KafkaBench {
     async fn start() -> Self {
         let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
         let bootstrap = broker.bootstrap.clone();
-        let mut kafka = Kafka::builder(bootstrap.clone());
-        if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
-            kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
-        }
-        for (key, value) in producer_properties() {
-            kafka = kafka.producer_property(key, value);
-        }
-        let kafka = kafka.build().unwrap();
+        let kafka = if broker.is_embedded() {
+            // The mock cluster in this process (for callgrind): topics made through it.
+            broker.backend()
+        } else {
+            let mut kafka = Kafka::builder(bootstrap.clone());
+            if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
+                kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
+            }
+            for (key, value) in producer_properties() {
+                kafka = kafka.producer_property(key, value);
+            }
+            kafka.build().unwrap()
+        };
         for topic in [TOPIC, LATE_TOPIC] {
             kafka.create_topic(&Topic::main(topic), PARTITIONS).await.unwrap();
         }
