@@ -203,7 +203,7 @@ impl PostgresBuilder {
                 .or_else(|| params.sslrootcert.as_deref().map(Roots::from_setting)),
             client,
         };
-        config.ssl_mode(tls.driver_mode());
+        tls.apply(&mut config);
         if self.settings.lease < Duration::from_millis(300) {
             return Err(ConfigError::Invalid {
                 field: vars::POSTGRES_LEASE_MS,
@@ -211,5 +211,49 @@ impl PostgresBuilder {
             });
         }
         Ok(Postgres::new(Connector { config, tls }, self.settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_urls_tls_parameters_are_checked_at_build_and_the_builders_win() {
+        let unknown = Postgres::builder("postgres://db/app?sslmode=allow").build();
+        let message = unknown.err().expect("allow is refused").to_string();
+        assert!(
+            message.contains("DATABASE_URL") && message.contains("sslmode=\"allow\""),
+            "{message}"
+        );
+        let lone = Postgres::builder("postgres://db/app?sslcert=/c.pem").build();
+        let message = lone.err().expect("sslcert alone is refused").to_string();
+        assert!(message.contains("sslcert is given without sslkey"), "{message}");
+
+        let from_url = Postgres::builder(
+            "postgres://db/app?sslmode=verify-ca&sslrootcert=/a.pem&sslcert=/c.pem&sslkey=/k.pem",
+        )
+        .build()
+        .unwrap();
+        let tls = &from_url.connector().tls;
+        assert_eq!(tls.mode, SslMode::VerifyCa);
+        assert_eq!(tls.roots, Some(Roots::File("/a.pem".into())));
+        assert_eq!(tls.client, Some(("/c.pem".into(), "/k.pem".into())));
+
+        let overridden = Postgres::builder("postgres://db/app?sslmode=disable&sslrootcert=/a.pem")
+            .ssl_mode(SslMode::VerifyFull)
+            .ssl_root_cert("/b.pem")
+            .build()
+            .unwrap();
+        let connector = overridden.connector();
+        assert_eq!(connector.tls.mode, SslMode::VerifyFull);
+        assert_eq!(connector.tls.roots, Some(Roots::File("/b.pem".into())));
+        assert_eq!(
+            connector.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        // Neither form: libpq's default.
+        let default = Postgres::builder("host=db user=app").build().unwrap();
+        assert_eq!(default.connector().tls, TlsSettings::default());
     }
 }

@@ -19,7 +19,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Config;
 
 use crate::error::BackendError;
 
@@ -153,15 +155,23 @@ enum Check {
 }
 
 impl TlsSettings {
-    /// The mode tokio-postgres is told: it refuses plain text under `require` (and so under
-    /// the verify modes, which it does not know; the checks are the verifier's).
-    pub(crate) fn driver_mode(&self) -> tokio_postgres::config::SslMode {
+    /// Tells tokio-postgres the mode: it refuses plain text under `require` (and so under the
+    /// verify modes, which it does not know; the checks are the verifier's). Over Unix sockets
+    /// only, no TLS, as libpq (the server offers none there).
+    pub(crate) fn apply(&self, config: &mut Config) {
         use tokio_postgres::config::SslMode as Driver;
-        match self.mode {
+        let unix_sockets_only = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|host| !matches!(host, Host::Tcp(_)));
+        config.ssl_mode(match self.mode {
+            _ if unix_sockets_only => Driver::Disable,
             SslMode::Disable => Driver::Disable,
             SslMode::Prefer => Driver::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => Driver::Require,
-        }
+        });
     }
 
     fn check(&self) -> Check {
@@ -185,7 +195,10 @@ impl TlsSettings {
                     .build()
                     .map_err(|error| TlsError::Rejected {
                         setting: "sslrootcert",
-                        path: roots.describe().into(),
+                        path: match roots {
+                            Roots::File(path) => path,
+                            Roots::System => "system".into(),
+                        },
                         reason: error.to_string(),
                     })?;
                 Some(webpki)
@@ -589,9 +602,10 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    /// What to change, for [`BackendError::Refused`].
-    fn hint(&self) -> &'static str {
-        match self {
+    /// What to change when the server was refused or refused this client; `None` when a
+    /// file of this client's is at fault (the message says which).
+    fn hint(&self) -> Option<&'static str> {
+        Some(match self {
             TlsError::ServerWithoutTls { .. } => {
                 "turn ssl on in the server's postgresql.conf (or, on a network you trust, connect \
                  with sslmode=prefer, which falls back to plain text)"
@@ -604,12 +618,16 @@ impl TlsError {
                 "connect by a host name the certificate holds, or check the CA only with \
                  sslmode=verify-ca"
             }
-            _ => {
+            TlsError::ClientCertificateRefused { .. } => {
                 "give a client certificate signed by a CA in the server's ssl_ca_file, for the \
                  connecting user (its CN), as sslcert and sslkey (in the URL, or \
                  PostgresBuilder::ssl_client_cert)"
             }
-        }
+            TlsError::Unreadable { .. }
+            | TlsError::NotPem { .. }
+            | TlsError::Rejected { .. }
+            | TlsError::NoSystemRoots { .. } => return None,
+        })
     }
 }
 
@@ -617,19 +635,16 @@ impl From<TlsError> for BackendError {
     /// [`BackendError::Refused`] when the server was refused or refused this client,
     /// [`BackendError::Transport`] when this client's files are at fault.
     fn from(error: TlsError) -> Self {
-        match error {
-            TlsError::Unreadable { .. }
-            | TlsError::NotPem { .. }
-            | TlsError::Rejected { .. }
-            | TlsError::NoSystemRoots { .. } => BackendError::Transport {
+        match error.hint() {
+            Some(hint) => BackendError::Refused {
                 backend: "postgres",
+                reason: error.to_string(),
+                hint,
                 source: Box::new(error),
             },
-            refused => BackendError::Refused {
+            None => BackendError::Transport {
                 backend: "postgres",
-                reason: refused.to_string(),
-                hint: refused.hint(),
-                source: Box::new(refused),
+                source: Box::new(error),
             },
         }
     }
@@ -654,6 +669,19 @@ mod tests {
         assert!(settings(SslMode::Prefer, Some("/ca.pem")).check() == Check::Nothing);
         assert!(settings(SslMode::VerifyCa, None).check() == Check::Chain);
         assert!(settings(SslMode::VerifyFull, Some("system")).check() == Check::ChainAndHost);
+    }
+
+    #[test]
+    fn no_tls_is_asked_for_over_unix_sockets_as_libpq() {
+        use tokio_postgres::config::SslMode as Driver;
+        let mode_for = |url: &str| {
+            let mut config: Config = url.parse().unwrap();
+            settings(SslMode::VerifyFull, None).apply(&mut config);
+            config.get_ssl_mode()
+        };
+        assert_eq!(mode_for("host=/var/run/postgresql user=app"), Driver::Disable);
+        assert_eq!(mode_for("host=db user=app"), Driver::Require);
+        assert_eq!(mode_for("host=/var/run/postgresql,db user=app"), Driver::Require);
     }
 
     #[test]
