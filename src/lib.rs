@@ -702,8 +702,9 @@ fn make_certificates(dir: &Path) {
     make_certificates_for(dir, "IP:127.0.0.1");
 }
 
-/// [`make_certificates`] with the server certificate for `subject_alt_names`, in openssl's
-/// syntax (`IP:127.0.0.1,DNS:localhost`).
+/// In `dir`: a CA (`ca.pem`, `ca.key`) and a server certificate it signs for
+/// `subject_alt_names`, in openssl's syntax (`IP:127.0.0.1,DNS:localhost`): `cert.pem`, its
+/// unencrypted PKCS#8 key `key.pem`.
 pub fn make_certificates_for(dir: &Path, subject_alt_names: &str) {
     // A CA, and a server certificate that it signs (rustls refuses a self-signed certificate
     // used as both).
