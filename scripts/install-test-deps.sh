@@ -12,6 +12,8 @@
 #   PostgreSQL (Debian's package `postgresql`, its server binaries in
 #   /usr/lib/postgresql/<version>/bin): the tests initdb a cluster of their own in a temp
 #   directory, as the `postgres` user when run as root; the package's own cluster is stopped.
+#   Its server is built with OpenSSL: tests/postgres_tls.rs turns ssl on with certificates the
+#   openssl CLI makes.
 #   Apache Kafka 4.4.0, the real broker (KRaft), as jars from Maven Central into
 #   .tools/kafka-4.4.0/libs/ (Maven resolves scripts/kafka/pom.xml, checksums strict; its
 #   local repository is .tools/maven-repo). Needs Java 17+ and Maven: Debian's
@@ -64,13 +66,13 @@ install_redis() {
 }
 
 install_postgres() {
-    if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v openssl >/dev/null; then
         return
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql openssl >/dev/null
     # The package starts its own cluster on 5432 where there is an init system; the tests
     # start theirs on free ports.
     $sudo service postgresql stop >/dev/null 2>&1 || true

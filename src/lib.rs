@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod kafka_cluster;
 pub use kafka_cluster::KafkaCluster;
 mod postgres_server;
-pub use postgres_server::PostgresServer;
+pub use postgres_server::{PostgresServer, ServerTls};
 
 /// CPU time this process has used so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`): what the
 /// benchmarks divide by messages, steadier than wall time on a shared machine.
@@ -699,71 +699,105 @@ fn random_cluster_id() -> String {
 /// (`cert.pem`, its unencrypted PKCS#8 key `key.pem`), made with `openssl` for a test's TLS
 /// server.
 fn make_certificates(dir: &Path) {
-    // A CA, and a server certificate for 127.0.0.1 that it signs (rustls refuses a
-    // self-signed certificate used as both).
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let openssl = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl is not installed: run ./scripts/install-test-deps.sh");
-        assert!(status.success(), "openssl {args:?} failed");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=retry-kafka test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "cert.pem",
-    ]);
+    make_certificates_for(dir, "IP:127.0.0.1");
+}
+
+/// In `dir`: a CA (`ca.pem`, `ca.key`) and a server certificate it signs for
+/// `subject_alt_names`, in openssl's syntax (`IP:127.0.0.1,DNS:localhost`): `cert.pem`, its
+/// unencrypted PKCS#8 key `key.pem`.
+pub fn make_certificates_for(dir: &Path, subject_alt_names: &str) {
+    // A CA, and a server certificate that it signs (rustls refuses a self-signed certificate
+    // used as both).
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=retry-kafka test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    let first_name = subject_alt_names.split(',').next().unwrap_or_default();
+    let common_name = first_name.split_once(':').map_or(first_name, |(_, name)| name);
+    sign(
+        dir,
+        common_name,
+        ("key.pem", "cert.pem"),
+        &format!(
+            "subjectAltName={subject_alt_names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        ),
+    );
+}
+
+/// In `dir`, beside the CA [`make_certificates_for`] made there: a client certificate for
+/// `user` (its CN, which PostgreSQL's `cert` authentication compares with the user name),
+/// `client.pem`, and its unencrypted PKCS#8 key, `client.key`.
+pub fn make_client_certificate(dir: &Path, user: &str) {
+    sign(
+        dir,
+        user,
+        ("client.key", "client.pem"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+}
+
+/// A key and a certificate for `common_name` with `extensions`, signed by `dir`'s CA, written
+/// to `dir` as `key` and `cert`.
+fn sign(dir: &Path, common_name: &str, (key, cert): (&str, &str), extensions: &str) {
+    let (csr, ext) = (format!("{cert}.csr"), format!("{cert}.ext"));
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    let subject = format!("/CN={common_name}");
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", key, "-out", &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            cert,
+        ],
+    );
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is not installed: run ./scripts/install-test-deps.sh");
+    assert!(status.success(), "openssl {args:?} failed");
 }
 
 /// A `redis-server` process on a free loopback port, with its data in a directory of its own.

@@ -1,5 +1,6 @@
 //! A PostgreSQL server for tests: a cluster made with `initdb` in a temp directory, `postgres`
-//! on a free loopback port (and a Unix socket in the same directory), stopped on drop.
+//! on a free loopback port (and a Unix socket in the same directory), stopped on drop; with
+//! TLS (`ssl = on`) and client certificates when asked.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,6 +51,19 @@ impl PostgresServer {
 
     /// A new cluster, started and accepting connections.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A new cluster with `ssl = on`, its certificate and key `cert.pem` and `key.pem` of
+    /// `tls.certificates` (as [`make_certificates_for`](crate::make_certificates_for) writes
+    /// them). With `tls.client_certificates`, TLS connections from 127.0.0.1 must present a
+    /// client certificate signed by `ca.pem` there, for the user connecting (pg_hba.conf's
+    /// `hostssl … cert`); plain connections are still trusted, for the test's own SQL.
+    pub fn start_tls(tls: ServerTls<'_>) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls<'_>>) -> Self {
         let [port] = free_ports();
         let dir = std::env::temp_dir().join(format!("retry-kafka-pg-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -60,6 +74,9 @@ impl PostgresServer {
             dir,
         };
         server.init();
+        if let Some(tls) = tls {
+            server.configure_tls(tls);
+        }
         server.launch();
         server
     }
@@ -131,6 +148,48 @@ impl PostgresServer {
         );
     }
 
+    /// Copies the certificates into the cluster, owned by the cluster's owner (the server
+    /// refuses a key others may read), and turns TLS on.
+    fn configure_tls(&self, tls: ServerTls<'_>) {
+        let data = self.data();
+        for (from, to) in [
+            ("cert.pem", "server.crt"),
+            ("key.pem", "server.key"),
+            ("ca.pem", "root.crt"),
+        ] {
+            std::fs::copy(tls.certificates.join(from), data.join(to)).expect("copy a certificate");
+        }
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod 600 server.key");
+        if unsafe { libc::geteuid() } == 0 {
+            let owned = Command::new("chown")
+                .arg(SYSTEM_USER)
+                .args(["server.crt", "server.key", "root.crt"].map(|file| data.join(file)))
+                .status()
+                .expect("chown");
+            assert!(owned.success(), "chown {SYSTEM_USER} the certificates");
+        }
+        let mut conf = "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_owned();
+        if tls.client_certificates {
+            conf.push_str("ssl_ca_file = 'root.crt'\n");
+            let hba = std::fs::read_to_string(data.join("pg_hba.conf")).expect("read pg_hba.conf");
+            // The first line that matches decides: TLS connections need a certificate.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                format!("hostssl all all 127.0.0.1/32 cert\n{hba}"),
+            )
+            .expect("write pg_hba.conf");
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut file, conf.as_bytes()).expect("write postgresql.conf");
+    }
+
     fn launch(&mut self) {
         let log = self.dir.join("server.log");
         let child = Self::command(&Self::bin_dir().join("postgres"))
@@ -172,6 +231,15 @@ impl PostgresServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// TLS for [`PostgresServer::start_tls`].
+#[derive(Clone, Copy)]
+pub struct ServerTls<'a> {
+    /// The directory of `ca.pem`, `cert.pem` and `key.pem`.
+    pub certificates: &'a Path,
+    /// Whether TLS connections must present a client certificate signed by `ca.pem`.
+    pub client_certificates: bool,
 }
 
 impl Drop for PostgresServer {

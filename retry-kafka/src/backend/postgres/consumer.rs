@@ -76,7 +76,7 @@ impl PostgresConsumer {
         level: Topic,
         partitions: u32,
     ) -> Result<Self, BackendError> {
-        let link = Arc::new(Link::new(backend.config().clone()));
+        let link = Arc::new(Link::new(backend.connector().clone()));
         link.client().await?;
         let topic: Arc<str> = level.name;
         let member: Arc<str> = backend.member_name().into();

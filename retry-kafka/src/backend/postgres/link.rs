@@ -1,4 +1,5 @@
-//! One connection, made on first use and again after it broke, and the notification listener.
+//! How connections are made (the URL's settings and TLS), one connection made on first use
+//! and again after it broke, and the notification listener.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -6,10 +7,37 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::transport;
+use super::tls::TlsSettings;
 use crate::error::BackendError;
+
+/// A connection's stream: TLS or plain, as the server and the mode agree.
+type Stream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+/// What a connection is made with: the URL's settings, and TLS's.
+pub(crate) struct Connector {
+    pub(crate) config: Config,
+    pub(crate) tls: TlsSettings,
+}
+
+impl Connector {
+    /// A new connection; a TLS refusal is a [`TlsError`](super::TlsError) naming the setting,
+    /// which the start reports at once (no retry mends it).
+    pub(crate) async fn connect(&self) -> Result<(Client, Connection<Socket, Stream>), BackendError> {
+        let tls = MakeRustlsConnect::new(self.tls.client_config()?);
+        match self.config.connect(tls).await {
+            Ok(connected) => Ok(connected),
+            Err(error) => Err(match self.tls.explain(error) {
+                Ok(refused) => refused.into(),
+                Err(other) => transport(other),
+            }),
+        }
+    }
+}
 
 /// The channel every write of a waiting row notifies, with the topic as payload.
 pub(crate) const CHANNEL: &str = "retry_kafka";
@@ -18,14 +46,14 @@ pub(crate) const CHANNEL: &str = "retry_kafka";
 /// on it, in the order they are first polled, so concurrent writes need no pool and keep
 /// their order.
 pub(crate) struct Link {
-    config: Config,
+    connector: Arc<Connector>,
     client: Mutex<Option<Arc<Client>>>,
 }
 
 impl Link {
-    pub(crate) fn new(config: Config) -> Self {
+    pub(crate) fn new(connector: Arc<Connector>) -> Self {
         Link {
-            config,
+            connector,
             client: Mutex::new(None),
         }
     }
@@ -36,7 +64,7 @@ impl Link {
         if let Some(client) = self.client.lock().unwrap().as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = self.config.connect(NoTls).await.map_err(transport)?;
+        let (client, connection) = self.connector.connect().await?;
         // The connection's task ends when its client is dropped (or the connection breaks):
         // the client is its owner.
         tokio::spawn(async move {
@@ -86,10 +114,10 @@ impl Listener {
 
     /// Listens until the task is aborted, connecting again after a failure; after each
     /// (re)connection every topic is woken, since notifications may have been missed.
-    pub(crate) async fn run(self: Arc<Self>, config: Config) {
+    pub(crate) async fn run(self: Arc<Self>, connector: Arc<Connector>) {
         let mut pause = Duration::from_millis(100);
         loop {
-            if let Err(error) = self.listen(&config).await {
+            if let Err(error) = self.listen(&connector).await {
                 tracing::debug!(%error, "postgres listener failed; connecting again");
             }
             tokio::time::sleep(pause).await;
@@ -97,8 +125,8 @@ impl Listener {
         }
     }
 
-    async fn listen(&self, config: &Config) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = config.connect(NoTls).await?;
+    async fn listen(&self, connector: &Connector) -> Result<(), BackendError> {
+        let (client, mut connection) = connector.connect().await?;
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let statement = format!("LISTEN {CHANNEL}");
         let listen = client.batch_execute(&statement);
@@ -107,14 +135,14 @@ impl Listener {
         loop {
             tokio::select! {
                 done = &mut listen, if !listening => {
-                    done?;
+                    done.map_err(transport)?;
                     listening = true;
                     self.wake(None);
                 }
                 message = messages.next() => match message {
                     Some(Ok(AsyncMessage::Notification(n))) => self.wake(Some(n.payload())),
                     Some(Ok(_)) => {}
-                    Some(Err(error)) => return Err(error),
+                    Some(Err(error)) => return Err(transport(error)),
                     None => return Ok(()),
                 },
             }

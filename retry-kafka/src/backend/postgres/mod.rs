@@ -24,6 +24,15 @@
 //! build time. Queries are sent with their parameter types (`query_typed`), so no statement is
 //! prepared per connection.
 //!
+//! # TLS
+//!
+//! libpq's parameters, in the URL (`?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem`) or on
+//! [`PostgresBuilder`] ([`ssl_mode`](PostgresBuilder::ssl_mode),
+//! [`ssl_root_cert`](PostgresBuilder::ssl_root_cert),
+//! [`ssl_client_cert`](PostgresBuilder::ssl_client_cert)), with libpq's meanings (see
+//! [`SslMode`]); rustls with ring, no OpenSSL. A refusal fails the first connection, so the
+//! app's start, with a [`TlsError`] naming the setting.
+//!
 //! # Schema
 //!
 //! `sql/postgres.sql` in this crate, run at start in one transaction under an advisory lock
@@ -43,7 +52,9 @@
 //! | `mod.rs` | the [`Postgres`] handle, the migration, writes, and the trait impls ([`RetryStore`], [`Browse`]) |
 //! | `builder.rs` | [`PostgresBuilder`], the settings and the environment variables |
 //! | `consumer.rs` | [`PostgresConsumer`]: claims, acknowledgements, leases, the retention sweep |
-//! | `link.rs` | a connection made on first use and again after it broke; the `LISTEN` task |
+//! | `link.rs` | how connections are made (the URL's settings and TLS); a connection made on first use and again after it broke; the `LISTEN` task |
+//! | `conninfo.rs` | libpq's TLS parameters taken out of the URL (tokio-postgres knows `sslmode` up to `require` only) |
+//! | `tls.rs` | TLS on rustls with libpq's semantics: [`SslMode`], the roots, the client certificate, the verifiers; a refusal as a [`TlsError`] naming the setting |
 //! | `sql.rs` | every statement |
 //! | `error.rs` | a `tokio-postgres` error as a `BackendError`, with what to grant when refused |
 
@@ -53,7 +64,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use super::{
     Browse, Delivered, OutboundRecord, PartitionCounts, Publish, Record, RetryStore, Topic, TopicAdmin,
@@ -63,18 +74,21 @@ use crate::clock::now_ms;
 use crate::error::BackendError;
 use crate::headers::{names, Headers};
 use error::{explain, produce, transport, Doing};
-use link::{Link, Listener};
+use link::{Connector, Link, Listener};
 use sql::params;
 
 mod builder;
+mod conninfo;
 mod consumer;
 mod error;
 mod link;
 mod sql;
+mod tls;
 
 pub use builder::PostgresBuilder;
 pub(crate) use builder::Settings;
 pub use consumer::PostgresConsumer;
+pub use tls::{SslMode, TlsError, UnknownSslMode};
 
 /// Retries, dead letters and parked entries in PostgreSQL, behind the main topics of another
 /// backend.
@@ -96,7 +110,7 @@ pub struct Postgres {
 }
 
 struct Shared {
-    config: Config,
+    connector: Arc<Connector>,
     settings: Settings,
     /// Writes and admin queries: one pipelined connection.
     writer: Link,
@@ -121,11 +135,12 @@ impl Drop for Shared {
 pub(crate) type Source = (Arc<str>, u32, u64);
 
 impl Postgres {
-    fn new(config: Config, settings: Settings) -> Self {
+    fn new(connector: Connector, settings: Settings) -> Self {
+        let connector = Arc::new(connector);
         Postgres {
             shared: Arc::new(Shared {
-                writer: Link::new(config.clone()),
-                config,
+                writer: Link::new(connector.clone()),
+                connector,
                 settings,
                 migrated: OnceCell::new(),
                 listener: Listener::new(),
@@ -140,8 +155,8 @@ impl Postgres {
         &self.shared.settings
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.shared.config
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
+        &self.shared.connector
     }
 
     /// The shared connection, once the schema is there. Returns without yielding once both
@@ -163,7 +178,7 @@ impl Postgres {
     /// # Ok(()) }
     /// ```
     pub async fn migrate(&self) -> Result<(), BackendError> {
-        let (client, connection) = self.shared.config.connect(NoTls).await.map_err(transport)?;
+        let (client, connection) = self.shared.connector.connect().await?;
         let driver = tokio::spawn(connection);
         let result = async {
             match client.query(sql::SCHEMA_VERSION, &[]).await {
@@ -210,7 +225,7 @@ impl Postgres {
         let mut listening = self.shared.listening.lock().unwrap();
         if listening.is_none() {
             let listener = self.shared.listener.clone();
-            *listening = Some(tokio::spawn(listener.run(self.shared.config.clone())));
+            *listening = Some(tokio::spawn(listener.run(self.shared.connector.clone())));
         }
         receiver
     }
