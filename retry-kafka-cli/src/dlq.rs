@@ -23,6 +23,9 @@ pub(crate) enum Dlq {
     /// Shows entries in full: failure context, headers, payload.
     Show(Listing),
     /// Sends the selected entries back to the main topic (or a retry level).
+    ///
+    /// Exits with 3 when entries were selected but the loop guard held back every one of them
+    /// (nothing was sent), so a script can tell that from a replay that sent them.
     Replay {
         #[command(flatten)]
         queue: Queue,
@@ -160,7 +163,8 @@ pub(crate) struct ReplayArgs {
     /// Prints what would be sent, and sends nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The loop guard: entries replayed this many times already are held back.
+    /// The loop guard: entries replayed this many times already are held back (counted by the
+    /// copies of their failed replays in the parking queue, or an entry's own `rk-replays`).
     #[arg(long, default_value_t = DEFAULT_MAX_REPLAYS)]
     max_replays: u32,
     /// Replays entries the loop guard holds back, too.
@@ -263,13 +267,17 @@ impl ReplayArgs {
             PathBuf::from(".retry-kafka").join(format!("replay-{source}-{:08x}.json", hasher.finish() as u32))
         });
         let replay = Replay::new(backend, source.clone(), Topic::new(target.as_str(), role))
+            .parking(Topic::new(
+                TopicNaming::default().parked(&queue.topic, &queue.group),
+                TopicRole::Parked,
+            ))
             .selection(select.fingerprint())
             .max_replays(self.max_replays)
             .force(self.force)
             .batch(self.batch)
             .checkpoint(checkpoint.clone());
         if self.dry_run {
-            let plan = replay.plan(&entries)?;
+            let plan = replay.plan(&entries).await?;
             match self.output.format {
                 Format::Json => {
                     for (entry, action) in &plan {
@@ -345,10 +353,16 @@ impl ReplayArgs {
                 self.max_replays,
                 report.guarded.join(" ")
             );
+            if report.sent == 0 && report.already_sent == 0 {
+                return Ok(ExitCode::from(HELD_BACK));
+            }
         }
         Ok(ExitCode::SUCCESS)
     }
 }
+
+/// The exit code of a replay whose every selected entry the loop guard held back.
+const HELD_BACK: u8 = 3;
 
 fn action_name(action: Action) -> &'static str {
     match action {

@@ -5,7 +5,8 @@
 //! A replay sends each selected entry back to its main topic (or a retry level) with a fresh
 //! attempt count and `rk-replays` one higher. An entry that fails again after a replay is
 //! parked (`{topic}.{group}.parked`) by the runtime, not dead-lettered again, so nothing
-//! cycles; and an entry whose `rk-replays` reached the limit is not replayed unless forced.
+//! cycles; and an entry replayed as often as the limit allows (counted by its failed replays
+//! in the parking queue, `rk-replay-origin`) is not replayed unless forced.
 //!
 //! Replay is at least once end to end, like the rest of retry-kafka: the handler may see a
 //! replayed message more than once if it fails or the app restarts. The replay itself sends

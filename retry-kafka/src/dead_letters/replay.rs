@@ -2,7 +2,7 @@
 //! killed replay resume without sending anything twice (found again by `rk-replay-of`), and
 //! what a replay reports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -60,8 +60,8 @@ pub enum ReplayError {
 pub enum Action {
     /// It is sent.
     Send,
-    /// Not sent: its `rk-replays` reached the limit (the loop guard), and the replay is not
-    /// forced.
+    /// Not sent: it was replayed as often as the limit allows already (the loop guard), and
+    /// the replay is not forced.
     Guarded,
     /// Not sent again: an earlier run of this replay sent it (its checkpoint says so).
     AlreadySent,
@@ -95,6 +95,7 @@ pub struct Replay<'b, B> {
     backend: &'b B,
     source: String,
     target: Topic,
+    parking: Option<Topic>,
     selection: String,
     checkpoint: Option<PathBuf>,
     max_replays: u32,
@@ -115,6 +116,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
             backend,
             source: source.into(),
             target,
+            parking: None,
             selection: String::new(),
             checkpoint: None,
             max_replays: DEFAULT_MAX_REPLAYS,
@@ -135,6 +137,15 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
     /// selection's entries would not be.
     pub fn selection(mut self, selection: impl Into<String>) -> Self {
         self.selection = selection.into();
+        self
+    }
+
+    /// The handler's parking queue, where a replay that fails again lands. The loop guard counts
+    /// an entry's earlier replays by the copies there that carry its `rk-replay-origin`: a dead
+    /// letter never learns of its replays (they go to the main topic, and their failures here).
+    /// Without it the guard reads the entry's own `rk-replays` only.
+    pub fn parking(mut self, queue: Topic) -> Self {
+        self.parking = Some(queue);
         self
     }
 
@@ -164,23 +175,49 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
     }
 
     /// What [`run`](Self::run) would do with each of `entries`, sending nothing.
-    pub fn plan<'e>(&self, entries: &'e [DeadLetter]) -> Result<Vec<(&'e DeadLetter, Action)>, ReplayError> {
+    pub async fn plan<'e>(
+        &self,
+        entries: &'e [DeadLetter],
+    ) -> Result<Vec<(&'e DeadLetter, Action)>, ReplayError> {
         let state = self.load()?;
+        let earlier = self.earlier_replays().await?;
         Ok(entries
             .iter()
-            .map(|entry| (entry, self.action(entry, &state)))
+            .map(|entry| (entry, self.action(entry, &state, &earlier)))
             .collect())
     }
 
-    fn action(&self, entry: &DeadLetter, state: &Checkpoint) -> Action {
+    fn action(&self, entry: &DeadLetter, state: &Checkpoint, earlier: &EarlierReplays) -> Action {
         let (partition, offset) = (entry.record.partition, entry.record.offset);
         if state.done.get(&partition).is_some_and(|&next| offset < next) {
             Action::AlreadySent
-        } else if !self.force && entry.replays() >= self.max_replays {
+        } else if !self.force && self.replays_of(entry, earlier) >= self.max_replays {
             Action::Guarded
         } else {
             Action::Send
         }
+    }
+
+    /// Times `entry`'s line was replayed: its own `rk-replays` (a parked copy counts the hops
+    /// that led to it) or the parking queue's copies of its origin, whichever says more.
+    fn replays_of(&self, entry: &DeadLetter, earlier: &EarlierReplays) -> u32 {
+        let position = self.replay_of(entry.record.partition, entry.record.offset);
+        let origin = origin_of(&entry.record.headers, &position);
+        entry.replays().max(earlier.get(origin).copied().unwrap_or(0))
+    }
+
+    /// The parking queue's copies per `rk-replay-origin` (only origins that have one are kept).
+    async fn earlier_replays(&self) -> Result<EarlierReplays, ReplayError> {
+        let mut counts = EarlierReplays::new();
+        let Some(parking) = &self.parking else {
+            return Ok(counts);
+        };
+        for record in self.backend.read(parking, &[]).await? {
+            if let Some(origin) = record.headers.get_str(names::REPLAY_ORIGIN) {
+                *counts.entry(origin.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// Sends the selected `entries` (in their queue order), calling `progress` as it goes.
@@ -202,12 +239,13 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
             }
             self.save(&state)?;
         }
+        let earlier = self.earlier_replays().await?;
         let mut report = ReplayReport::default();
         let mut ordered: Vec<&DeadLetter> = entries.iter().collect();
         ordered.sort_by_key(|e| (e.record.partition, e.record.offset));
         let mut to_send = Vec::new();
         for entry in ordered {
-            match self.action(entry, &state) {
+            match self.action(entry, &state, &earlier) {
                 Action::Send => to_send.push(entry),
                 Action::Guarded => report.guarded.push(entry.position()),
                 Action::AlreadySent => report.already_sent += 1,
@@ -362,6 +400,9 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Failed replays found in the parking queue, by the origin of their line.
+type EarlierReplays = HashMap<String, u32>;
+
 /// A replay's progress as stored between runs.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Checkpoint {
@@ -392,7 +433,8 @@ struct Pending {
 /// `replay_of` (`{topic}/{partition}/{offset}` of the dead letter) at `now_ms`.
 ///
 /// Onto a main topic every `rk-*` header goes (the attempt count starts afresh) but
-/// `rk-replays`, one higher, and `rk-replay-of`. Onto a retry level the failure context stays,
+/// `rk-replays`, one higher, `rk-replay-of` and `rk-replay-origin` (the entry's own, if it has
+/// one: a parked copy of an earlier replay keeps its line's origin). Onto a retry level the failure context stays,
 /// due now, so the level runs it at once as its next attempt; that needs a context that reads.
 /// Other headers (`traceparent`, the application's) stay, in order.
 ///
@@ -407,6 +449,7 @@ struct Pending {
 /// assert_eq!(again.get_str("rk-attempts"), None);
 /// assert_eq!(again.get_str("rk-replays"), Some("2"));
 /// assert_eq!(again.get_str("rk-replay-of"), Some("orders.billing.dlq/0/17"));
+/// assert_eq!(again.get_str("rk-replay-origin"), Some("orders.billing.dlq/0/17"));
 /// ```
 pub fn replayed(
     headers: &Headers,
@@ -415,6 +458,7 @@ pub fn replayed(
     now_ms: i64,
 ) -> Result<Headers, HeaderError> {
     let replays = headers::replays(headers).unwrap_or(0).saturating_add(1);
+    let origin = origin_of(headers, replay_of).to_owned();
     let mut out = headers.clone();
     match to {
         TopicRole::Retry { .. } => {
@@ -429,7 +473,14 @@ pub fn replayed(
         }
     }
     out.insert(names::REPLAY_OF, replay_of.to_owned());
+    out.replace(names::REPLAY_ORIGIN, origin);
     Ok(out)
+}
+
+/// The entry a line of replays started from: the `rk-replay-origin` an entry carries (a parked
+/// copy of an earlier replay), else the entry itself, `position` (`{queue}/{partition}/{offset}`).
+fn origin_of<'h>(headers: &'h Headers, position: &'h str) -> &'h str {
+    headers.get_str(names::REPLAY_ORIGIN).unwrap_or(position)
 }
 
 #[cfg(test)]
@@ -536,6 +587,71 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    /// A dead letter replayed three times, each replay failing again (parked, as the runtime
+    /// does: a failure context written over the replayed record's headers), is held back the
+    /// fourth time, though it never gets an `rk-replays` of its own; so are the parked copies.
+    #[tokio::test]
+    async fn the_loop_guard_counts_a_dead_letters_replays_in_the_parking_queue() {
+        let broker = InMemory::new();
+        let entries = queue_of(&broker, 2).await;
+        broker.create_topic("orders", 1);
+        broker.create_topic("orders.billing.parked", 1);
+        let parking = Topic::new("orders.billing.parked", TopicRole::Parked);
+        let replay = Replay::new(&broker, QUEUE, Topic::main("orders")).parking(parking.clone());
+        let first = &entries[..1];
+        for round in 1..=4u64 {
+            let report = replay.run(first, |_| {}).await.unwrap();
+            if round == 4 {
+                assert_eq!((report.sent, report.guarded.clone()), (0, vec!["0:0".to_owned()]));
+                break;
+            }
+            assert_eq!(report.sent, 1, "replay {round} sent");
+            let replayed = broker.records("orders").pop().unwrap();
+            let mut headers = replayed.headers.clone();
+            crate::headers::FailureContext {
+                original_topic: "orders".into(),
+                original_partition: 0,
+                original_offset: replayed.offset,
+                original_timestamp_ms: None,
+                group: "billing".into(),
+                attempts: 1,
+                due_at_ms: None,
+                first_failure_at_ms: 1,
+                last_failure_at_ms: 2,
+                error_kind: crate::failure::ErrorKind::Permanent,
+                error_message: "still broken".into(),
+                replays: Some(1),
+            }
+            .write_to(&mut headers);
+            let parked = OutboundRecord {
+                partition: Some(0),
+                headers,
+                ..Default::default()
+            };
+            broker.send(&parking, parked).await.unwrap();
+        }
+        let plan = replay.plan(&entries).await.unwrap();
+        let actions: Vec<Action> = plan.iter().map(|(_, a)| *a).collect();
+        assert_eq!(
+            actions,
+            [Action::Guarded, Action::Send],
+            "the other entry is its own line"
+        );
+        let copies = read(&broker, &parking).await.unwrap();
+        assert!(copies
+            .iter()
+            .all(|c| c.record.headers.get_str(names::REPLAY_ORIGIN) == Some("orders.billing.dlq/0/0")));
+        let from_parking =
+            Replay::new(&broker, "orders.billing.parked", Topic::main("orders")).parking(parking.clone());
+        let plan = from_parking.plan(&copies).await.unwrap();
+        assert!(
+            plan.iter().all(|(_, a)| *a == Action::Guarded),
+            "a parked copy counts its line's replays (3), not its own rk-replays (1): {plan:?}"
+        );
+        let plan = from_parking.max_replays(4).plan(&copies).await.unwrap();
+        assert!(plan.iter().all(|(_, a)| *a == Action::Send), "{plan:?}");
+    }
+
     #[test]
     fn the_loop_guard_holds_back_what_was_replayed_enough() {
         let mut headers = Headers::new();
@@ -550,10 +666,10 @@ mod tests {
         });
         let broker = InMemory::new();
         let replay = Replay::new(&broker, QUEUE, Topic::main("orders"));
-        let state = Checkpoint::default();
-        assert_eq!(replay.action(&entry, &state), Action::Guarded);
-        assert_eq!(replay.max_replays(4).action(&entry, &state), Action::Send);
+        let (state, none) = (Checkpoint::default(), EarlierReplays::new());
+        assert_eq!(replay.action(&entry, &state, &none), Action::Guarded);
+        assert_eq!(replay.max_replays(4).action(&entry, &state, &none), Action::Send);
         let forced = Replay::new(&broker, QUEUE, Topic::main("orders")).force(true);
-        assert_eq!(forced.action(&entry, &state), Action::Send);
+        assert_eq!(forced.action(&entry, &state, &none), Action::Send);
     }
 }
