@@ -728,4 +728,30 @@ async fn topics_check<B: Backend + Browse>(backend: &B, tool: &Tool) {
         4,
         "{ok}"
     );
+
+    // A second handler on the same main topic, whose own topics are missing: the main topic is
+    // a row of each handler but one topic, so 3 of 7 topics do not match (8 rows).
+    let mut shared = serde_json::to_value(&plan).unwrap();
+    let mut audit = shared["handlers"][0].clone();
+    let rename = |name: &Value| Value::from(name.as_str().unwrap().replace(".cli.", ".cli-audit."));
+    audit["handler"] = "cli::audit".into();
+    audit["group"] = "cli-audit".into();
+    audit["dead_letter"] = rename(&audit["dead_letter"]);
+    audit["parked"] = rename(&audit["parked"]);
+    for level in audit["retries"].as_array_mut().unwrap() {
+        level["topic"] = rename(&level["topic"]);
+    }
+    shared["handlers"].as_array_mut().unwrap().push(audit);
+    std::fs::write(&file, shared.to_string()).unwrap();
+    let check = tool.run_expecting(1, &["topics", "check", "--topology", file.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).lines().count(),
+        9,
+        "a header and 8 rows"
+    );
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("3 of 7 topics do not match: cli.orders.cli-audit.retry.1 (missing)"),
+        "{stderr}"
+    );
 }
