@@ -21,7 +21,7 @@ use retry_kafka_suite::ApacheKafka;
 /// Entries by default: enough for many pages and batches in a debug build within CI's time.
 const DEFAULT_ENTRIES: u64 = 200_000;
 /// The tool's peak RSS may not pass this, whatever the queue's size: a page, a batch,
-/// librdkafka's buffers and the runtime (measured: see the README's figures).
+/// librdkafka's buffers and the runtime (measured: docs/tool.md's figures).
 const MAX_RSS_MIB: u64 = 200;
 /// Every tenth entry failed for good: what `list --kind permanent` selects.
 const PERMANENT_EVERY: u64 = 10;

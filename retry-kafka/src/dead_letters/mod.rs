@@ -11,8 +11,8 @@
 //! Replay is at least once end to end, like the rest of retry-kafka: the handler may see a
 //! replayed message more than once if it fails or the app restarts. The replay itself sends
 //! each entry once, even when it is killed and resumed: before each batch (sent all at once)
-//! it writes to its checkpoint what it is about to send and where the target topic ended, and
-//! after it how far the queue is settled; on resume it reads the target from that end for the
+//! it writes to its checkpoint what it is about to send, where the target topic ended and how
+//! far the queue is settled; on resume it reads the target from that end for the
 //! `rk-replay-of` headers it wrote, so of the interrupted batch it sends only what is missing,
 //! and it reads the queue from where it was settled.
 //!

@@ -118,7 +118,7 @@ pub struct Replay<'b, B> {
 pub const DEFAULT_MAX_REPLAYS: u32 = 3;
 
 /// Entries a replay sends at once, between two checkpoint writes, by default.
-pub const DEFAULT_BATCH: usize = 500;
+pub const DEFAULT_BATCH: usize = 1000;
 
 impl<'b, B: Browse + Publish> Replay<'b, B> {
     /// A replay from `source` (a dead-letter or parking queue) onto `target` (a main topic or
@@ -330,9 +330,9 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         Ok(report)
     }
 
-    /// Sends `batch`, every record at once, between two checkpoint writes: before, what it is
-    /// about to send and where the target ends; after, that all read up to `read_to` is
-    /// settled.
+    /// Sends `batch`, every record at once, after writing to the checkpoint what it is about to
+    /// send, where the target ends and how far the queue was settled by the batches before;
+    /// then notes that all read up to `read_to` is settled.
     async fn send(
         &self,
         state: &mut Checkpoint,
@@ -368,7 +368,10 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         state
             .resumed
             .retain(|(partition, offset)| done.get(partition).is_none_or(|&next| *offset >= next));
-        self.save(state)
+        // Written with the next batch (one durable write a batch, not two: each is a sync of
+        // the file and its folder) or removed at the end; a kill before that leaves this batch
+        // pending, and a resume finds all of it in the target.
+        Ok(())
     }
 
     /// The `rk-replay-of` of the entry at `partition`/`offset`.
