@@ -90,8 +90,12 @@ async fn many_dead_letters_in_bounded_memory() {
         list.peak_rss_kib / 1024
     );
 
-    let replay = run(&[&["dlq", "replay"][..], &queue].concat());
+    // --progress: a progress line a second on stderr though it is a pipe; stdout stays the
+    // summary alone.
+    let replay = run(&[&["dlq", "replay"][..], &queue, &["--progress"]].concat());
     assert_eq!(replay.code, Some(0), "{}", replay.stderr);
+    assert_eq!(replay.lines, 1, "stdout is the summary");
+    assert!(replay.stderr.contains(" entries read, "), "{}", replay.stderr);
     let ends = backend.end_offsets_of(&Topic::main("bulk.orders")).await.unwrap();
     assert_eq!(ends.iter().sum::<u64>(), entries, "every entry replayed once");
     eprintln!(
