@@ -3,14 +3,14 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use retry_kafka::app::TopicNaming;
 use retry_kafka::backend::{Backend, Browse, Topic, TopicRole};
-use retry_kafka::dead_letters::{self, Action, DeadLetter, Filter, Replay, DEFAULT_MAX_REPLAYS};
+use retry_kafka::dead_letters::{
+    Action, DeadLetter, Filter, Replay, Scan, DEFAULT_BATCH, DEFAULT_MAX_REPLAYS,
+};
 use retry_kafka::handler::ErrorKind;
 
 use crate::render::{self, Format};
@@ -23,6 +23,9 @@ pub(crate) enum Dlq {
     /// Shows entries in full: failure context, headers, payload.
     Show(Listing),
     /// Sends the selected entries back to the main topic (or a retry level).
+    ///
+    /// Exits with 3 when entries were selected but the loop guard held back every one of them
+    /// (nothing was sent), so a script can tell that from a replay that sent them.
     Replay {
         #[command(flatten)]
         queue: Queue,
@@ -42,6 +45,10 @@ pub(crate) struct Listing {
     select: Select,
     #[command(flatten)]
     output: Output,
+    /// Shows progress on stderr even when it is not a terminal (a line a second); on a
+    /// terminal it shows anyway.
+    #[arg(long)]
+    progress: bool,
 }
 
 /// Whose queue.
@@ -160,7 +167,8 @@ pub(crate) struct ReplayArgs {
     /// Prints what would be sent, and sends nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The loop guard: entries replayed this many times already are held back.
+    /// The loop guard: entries replayed this many times already are held back (counted by the
+    /// copies of their failed replays in the parking queue, or an entry's own `rk-replays`).
     #[arg(long, default_value_t = DEFAULT_MAX_REPLAYS)]
     max_replays: u32,
     /// Replays entries the loop guard holds back, too.
@@ -170,9 +178,13 @@ pub(crate) struct ReplayArgs {
     /// `.retry-kafka/replay-<queue>-<selection>.json` in the current directory.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
-    /// Entries sent between two checkpoint writes.
-    #[arg(long, default_value_t = 64)]
+    /// Entries sent at once (all in flight together), between two checkpoint writes.
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
     batch: usize,
+    /// Shows progress on stderr even when it is not a terminal (a line a second); on a
+    /// terminal it shows anyway.
+    #[arg(long)]
+    progress: bool,
     /// Output of the dry run.
     #[command(flatten)]
     output: Output,
@@ -181,43 +193,8 @@ pub(crate) struct ReplayArgs {
 impl Dlq {
     pub(crate) async fn run<B: Backend + Browse>(self, backend: &B) -> anyhow::Result<ExitCode> {
         match self {
-            Dlq::List(Listing {
-                queue,
-                select,
-                output,
-            }) => {
-                let (name, entries) = selected(backend, &queue, &select).await?;
-                match output.format {
-                    Format::Json => entries
-                        .iter()
-                        .for_each(|e| println!("{}", render::entry_json(&name, e))),
-                    Format::Table => {
-                        let mut table = render::table(&render::LIST_HEADER);
-                        for entry in &entries {
-                            table.add_row(render::list_row(entry));
-                        }
-                        render::print_table(&table);
-                        eprintln!("{} entries in {name}", entries.len());
-                    }
-                }
-            }
-            Dlq::Show(Listing {
-                queue,
-                select,
-                output,
-            }) => {
-                let (name, entries) = selected(backend, &queue, &select).await?;
-                if entries.is_empty() {
-                    bail!("no entry of {name} matches");
-                }
-                for entry in &entries {
-                    let json = render::entry_json(&name, entry);
-                    match output.format {
-                        Format::Json => println!("{json}"),
-                        Format::Table => println!("{}\n", serde_json::to_string_pretty(&json)?),
-                    }
-                }
-            }
+            Dlq::List(listing) => listing.list(backend).await?,
+            Dlq::Show(listing) => listing.show(backend).await?,
             Dlq::Replay {
                 queue,
                 select,
@@ -228,17 +205,75 @@ impl Dlq {
     }
 }
 
-async fn selected<B: Browse>(
-    backend: &B,
-    queue: &Queue,
-    select: &Select,
-) -> anyhow::Result<(String, Vec<DeadLetter>)> {
-    let filter = select.filter()?;
-    let name = queue.name();
-    let entries = dead_letters::read(backend, &Topic::new(name.as_str(), queue.role()))
-        .await
-        .with_context(|| format!("could not read {name}"))?;
-    Ok((name, filter.apply(entries)))
+impl Listing {
+    /// Calls `each` with every selected entry, reading the queue a page at a time.
+    async fn each<B: Browse>(
+        &self,
+        backend: &B,
+        mut each: impl FnMut(&str, &DeadLetter) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let filter = self.select.filter()?;
+        let name = self.queue.name();
+        let could_not_read = || format!("could not read {name}");
+        let mut scan = Scan::new(backend, Topic::new(name.as_str(), self.queue.role()))
+            .await
+            .with_context(could_not_read)?;
+        let bar = render::progress_bar(self.progress);
+        let mut matched = 0;
+        while let Some(entry) = scan.next().await.with_context(could_not_read)? {
+            if filter.matches(&entry) {
+                matched += 1;
+                each(&name, &entry)?;
+            }
+            if scan.read().is_multiple_of(1000) {
+                bar.set_message(format!("{} entries read, {matched} selected", scan.read()));
+            }
+        }
+        bar.finish_and_clear();
+        Ok(matched)
+    }
+
+    async fn list<B: Browse>(&self, backend: &B) -> anyhow::Result<()> {
+        let mut out = render::Out::stdout();
+        let mut rows = render::Rows::new(&render::LIST_HEADER);
+        let format = self.output.format;
+        let listed = self
+            .each(backend, |name, entry| {
+                match format {
+                    Format::Json => out.line(render::entry_json(name, entry))?,
+                    Format::Table => rows.add(render::list_row(entry), &mut out)?,
+                }
+                Ok(())
+            })
+            .await?;
+        if format == Format::Table {
+            rows.finish(&mut out)?;
+            out.flush()?;
+            eprintln!("{listed} entries in {}", self.queue.name());
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    async fn show<B: Browse>(&self, backend: &B) -> anyhow::Result<()> {
+        let mut out = render::Out::stdout();
+        let format = self.output.format;
+        let shown = self
+            .each(backend, |name, entry| {
+                let json = render::entry_json(name, entry);
+                match format {
+                    Format::Json => out.line(json)?,
+                    Format::Table => out.line(format!("{}\n", serde_json::to_string_pretty(&json)?))?,
+                }
+                Ok(())
+            })
+            .await?;
+        out.flush()?;
+        if shown == 0 {
+            bail!("no entry of {} matches", self.queue.name());
+        }
+        Ok(())
+    }
 }
 
 impl ReplayArgs {
@@ -248,7 +283,8 @@ impl ReplayArgs {
         queue: &Queue,
         select: &Select,
     ) -> anyhow::Result<ExitCode> {
-        let (source, entries) = selected(backend, queue, select).await?;
+        let filter = select.filter()?;
+        let source = queue.name();
         let (target, role) = match self.to_level {
             Some(0) => bail!("--to-level counts from 1; leave it out to replay onto the main topic"),
             Some(level) => (
@@ -262,67 +298,37 @@ impl ReplayArgs {
             (select.fingerprint(), &target).hash(&mut hasher);
             PathBuf::from(".retry-kafka").join(format!("replay-{source}-{:08x}.json", hasher.finish() as u32))
         });
-        let replay = Replay::new(backend, source.clone(), Topic::new(target.as_str(), role))
-            .selection(select.fingerprint())
-            .max_replays(self.max_replays)
-            .force(self.force)
-            .batch(self.batch)
-            .checkpoint(checkpoint.clone());
+        let replay = Replay::new(
+            backend,
+            Topic::new(source.as_str(), queue.role()),
+            Topic::new(target.as_str(), role),
+        )
+        .parking(Topic::new(
+            TopicNaming::default().parked(&queue.topic, &queue.group),
+            TopicRole::Parked,
+        ))
+        .selection(select.fingerprint())
+        .max_replays(self.max_replays)
+        .force(self.force)
+        .batch(self.batch)
+        .checkpoint(checkpoint.clone());
         if self.dry_run {
-            let plan = replay.plan(&entries)?;
-            match self.output.format {
-                Format::Json => {
-                    for (entry, action) in &plan {
-                        let mut json = render::entry_json(&source, entry);
-                        json["action"] = action_name(*action).into();
-                        json["target"] = target.clone().into();
-                        println!("{json}");
-                    }
-                }
-                Format::Table => {
-                    let mut table = render::table(&["ENTRY", "ACTION", "KEY", "KIND", "REPLAYS"]);
-                    for (entry, action) in &plan {
-                        let row = render::list_row(entry);
-                        let action = match action {
-                            Action::Send => format!("send to {target}"),
-                            other => action_name(*other).replace('_', " "),
-                        };
-                        table.add_row(vec![
-                            row[0].clone(),
-                            action,
-                            row[1].clone(),
-                            row[2].clone(),
-                            row[4].clone(),
-                        ]);
-                    }
-                    render::print_table(&table);
-                }
-            }
-            let sending = plan.iter().filter(|(_, a)| *a == Action::Send).count();
-            eprintln!(
-                "dry run: {sending} of {} entries would be sent to {target}; nothing was sent",
-                plan.len()
-            );
-            return Ok(ExitCode::SUCCESS);
+            return self.dry_run(&replay, &filter, &source, &target).await;
         }
         if let Some(dir) = checkpoint.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
         }
         eprintln!(
-            "replaying {} entries of {source} onto {target}; progress in {} (run the same command again to resume)",
-            entries.len(),
+            "replaying the selected entries of {source} onto {target}; progress in {} (run the same command again to resume)",
             checkpoint.display()
         );
-        let bar = ProgressBar::new(entries.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} entries, {per_sec}, {eta} left")
-                .expect("a valid template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
+        let bar = render::progress_bar(self.progress);
         let report = replay
-            .run(&entries, |progress| {
-                bar.set_length(progress.total);
-                bar.set_position(progress.done);
+            .run(&filter, |p| {
+                bar.set_message(format!(
+                    "{} entries read, {} sent, {} held back",
+                    p.read, p.sent, p.guarded
+                ))
             })
             .await;
         bar.finish_and_clear();
@@ -339,16 +345,80 @@ impl ReplayArgs {
                 String::new()
             }
         );
-        if !report.guarded.is_empty() {
+        if report.guarded > 0 {
+            let more = report.guarded - report.held_back.len() as u64;
             println!(
-                "held back by the loop guard (replayed {} times already; --force sends them): {}",
+                "held back by the loop guard (replayed {} times already; --force sends them): {}{}",
                 self.max_replays,
-                report.guarded.join(" ")
+                report.held_back.join(" "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             );
+            if report.sent == 0 && report.already_sent == 0 {
+                return Ok(ExitCode::from(HELD_BACK));
+            }
         }
         Ok(ExitCode::SUCCESS)
     }
+
+    async fn dry_run<B: Backend + Browse>(
+        &self,
+        replay: &Replay<'_, B>,
+        filter: &Filter,
+        source: &str,
+        target: &str,
+    ) -> anyhow::Result<ExitCode> {
+        let mut out = render::Out::stdout();
+        let mut rows = render::Rows::new(&["ENTRY", "ACTION", "KEY", "KIND", "REPLAYS"]);
+        let (mut selected, mut sending) = (0u64, 0u64);
+        let mut result = Ok(());
+        replay
+            .plan(filter, |entry, action| {
+                selected += 1;
+                sending += u64::from(action == Action::Send);
+                if result.is_err() {
+                    return;
+                }
+                result = match self.output.format {
+                    Format::Json => {
+                        let mut json = render::entry_json(source, entry);
+                        json["action"] = action_name(action).into();
+                        json["target"] = target.into();
+                        out.line(json)
+                    }
+                    Format::Table => {
+                        let row = render::list_row(entry);
+                        let action = match action {
+                            Action::Send => format!("send to {target}"),
+                            other => action_name(other).replace('_', " "),
+                        };
+                        let row = vec![
+                            row[0].clone(),
+                            action,
+                            row[1].clone(),
+                            row[2].clone(),
+                            row[4].clone(),
+                        ];
+                        rows.add(row, &mut out)
+                    }
+                };
+            })
+            .await?;
+        result?;
+        if self.output.format == Format::Table {
+            rows.finish(&mut out)?;
+        }
+        out.flush()?;
+        eprintln!("dry run: {sending} of {selected} entries would be sent to {target}; nothing was sent");
+        Ok(ExitCode::SUCCESS)
+    }
 }
+
+/// The exit code of a replay whose every selected entry the loop guard held back.
+const HELD_BACK: u8 = 3;
 
 fn action_name(action: Action) -> &'static str {
     match action {

@@ -2,7 +2,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
 use comfy_table::{presets::NOTHING, Table};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use retry_kafka::dead_letters::DeadLetter;
 use serde_json::{json, Value};
 
@@ -25,6 +29,130 @@ pub(crate) fn table(header: &[&str]) -> Table {
 pub(crate) fn print_table(table: &Table) {
     for line in table.to_string().lines() {
         println!("{}", line.trim_end());
+    }
+}
+
+/// Rows of a table printed a page at a time, so a listing of any length holds one page: each
+/// page is aligned on its own and has its header.
+pub(crate) struct Rows {
+    header: Vec<String>,
+    table: Option<Table>,
+    count: usize,
+    pages: usize,
+}
+
+/// Rows in one page of a [`Rows`] table.
+const PAGE_ROWS: usize = 1000;
+
+impl Rows {
+    pub(crate) fn new(header: &[&str]) -> Self {
+        Rows {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            table: None,
+            count: 0,
+            pages: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, row: Vec<String>, out: &mut Out) -> anyhow::Result<()> {
+        let header = &self.header;
+        self.table
+            .get_or_insert_with(|| table(&header.iter().map(String::as_str).collect::<Vec<_>>()))
+            .add_row(row);
+        self.count += 1;
+        if self.count == PAGE_ROWS {
+            self.finish(out)?;
+        }
+        Ok(())
+    }
+
+    /// Prints the rows not printed yet (a header alone when there were none at all).
+    pub(crate) fn finish(&mut self, out: &mut Out) -> anyhow::Result<()> {
+        let table = match self.table.take() {
+            Some(table) => table,
+            None if self.pages == 0 => table(&self.header.iter().map(String::as_str).collect::<Vec<_>>()),
+            None => return Ok(()),
+        };
+        for line in table.to_string().lines() {
+            out.line(line.trim_end())?;
+        }
+        self.count = 0;
+        self.pages += 1;
+        Ok(())
+    }
+}
+
+/// Stdout, buffered: a million JSON lines are not a million writes.
+pub(crate) struct Out(std::io::BufWriter<std::io::Stdout>);
+
+impl Out {
+    pub(crate) fn stdout() -> Self {
+        Out(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()))
+    }
+
+    pub(crate) fn line(&mut self, line: impl std::fmt::Display) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        writeln!(self.0, "{line}").context("could not write to stdout")
+    }
+
+    pub(crate) fn flush(&mut self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        self.0.flush().context("could not write to stdout")
+    }
+}
+
+/// A spinner with a message on stderr: drawn in place on a terminal; elsewhere only when
+/// `forced` (`--progress`), as a line a second (a CI log); else hidden, so that output piped
+/// to a script is only the listing.
+pub(crate) fn progress_bar(forced: bool) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else if forced {
+        ProgressDrawTarget::term_like_with_hz(Box::new(Lines), 1)
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg} ({per_sec})").expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Stderr that is not a terminal: each draw a line of its own.
+#[derive(Debug)]
+struct Lines;
+
+impl TermLike for Lines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        writeln!(std::io::stderr(), "{line}")
+    }
+    fn write_str(&self, text: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        write!(std::io::stderr(), "{text}")
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! `retry-kafka topics plan | check`: a program's topology against the cluster.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -174,12 +175,19 @@ impl Topics {
                 render::print_table(&table);
             }
         }
-        let wrong: Vec<&Row> = rows.iter().filter(|r| r.status != "ok").collect();
+        // A row per handler and topic: handlers that share a main topic each have a row of it,
+        // but it is one topic (named once, wrong if any of its rows is).
+        let topics: BTreeSet<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+        let mut named = BTreeSet::new();
+        let wrong: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.status != "ok" && named.insert(r.topic.as_str()))
+            .collect();
         if check && !wrong.is_empty() {
             eprintln!(
                 "{} of {} topics do not match: {}",
                 wrong.len(),
-                rows.len(),
+                topics.len(),
                 wrong
                     .iter()
                     .map(|r| format!("{} ({})", r.topic, r.status))

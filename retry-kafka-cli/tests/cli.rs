@@ -469,7 +469,8 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
 
     // -- the loop guard
     let parked_args = dlq("replay", &["--parked", "--max-replays", "1"]);
-    let guarded = tool.run(&parked_args);
+    let guarded = tool.run_expecting(3, &parked_args).stdout;
+    let guarded = String::from_utf8_lossy(&guarded);
     assert!(guarded.contains("replayed 0 entries"), "{guarded}");
     assert!(guarded.contains("held back by the loop guard"), "{guarded}");
     let mut forced = parked_args.clone();
@@ -481,6 +482,34 @@ async fn scenario<B: Backend + Browse>(backend: B, tool: Tool) {
         FailureContext::from_headers(&parked[1].headers).unwrap().replays,
         Some(2)
     );
+
+    // -- the loop guard counts a dead letter's replays by their failures (issue 22): order 2's
+    // dead letter never gets an rk-replays of its own, but its line was replayed twice (from
+    // the queue, then as its parked copy); a third replay goes, a fourth is held back.
+    let two = by_key("2");
+    let origin = format!("{DLQ}/{}/{}", two["partition"], two["offset"]);
+    let again = dlq("replay", &["--key", "2"]);
+    let out = tool.run(&again);
+    assert!(out.contains("replayed 1 entries"), "{out}");
+    let parked = records_eventually(&backend, PARKED, TopicRole::Parked, 3).await;
+    for copy in &parked {
+        assert_eq!(copy.headers.get_str("rk-replay-origin"), Some(origin.as_str()));
+    }
+    let main_before = backend.end_offsets_of(&Topic::main("cli.orders")).await.unwrap();
+    let held = tool.run_expecting(3, &again);
+    let held = String::from_utf8_lossy(&held.stdout);
+    assert!(
+        held.contains("replayed 0 entries") && held.contains("held back by the loop guard"),
+        "{held}"
+    );
+    assert_eq!(
+        backend.end_offsets_of(&Topic::main("cli.orders")).await.unwrap(),
+        main_before,
+        "the fourth replay sent nothing"
+    );
+    let forced = tool.run(&[again.as_slice(), &["--force"]].concat());
+    assert!(forced.contains("replayed 1 entries"), "{forced}");
+    records_eventually(&backend, PARKED, TopicRole::Parked, 4).await;
 
     // -- onto a retry level: order 3 is fixed and runs as that level's attempt, at once
     BROKEN.lock().unwrap().remove(&3);
@@ -698,5 +727,31 @@ async fn topics_check<B: Backend + Browse>(backend: &B, tool: &Tool) {
         ok.lines().filter(|l| l.trim_end().ends_with("ok")).count(),
         4,
         "{ok}"
+    );
+
+    // A second handler on the same main topic, whose own topics are missing: the main topic is
+    // a row of each handler but one topic, so 3 of 7 topics do not match (8 rows).
+    let mut shared = serde_json::to_value(&plan).unwrap();
+    let mut audit = shared["handlers"][0].clone();
+    let rename = |name: &Value| Value::from(name.as_str().unwrap().replace(".cli.", ".cli-audit."));
+    audit["handler"] = "cli::audit".into();
+    audit["group"] = "cli-audit".into();
+    audit["dead_letter"] = rename(&audit["dead_letter"]);
+    audit["parked"] = rename(&audit["parked"]);
+    for level in audit["retries"].as_array_mut().unwrap() {
+        level["topic"] = rename(&level["topic"]);
+    }
+    shared["handlers"].as_array_mut().unwrap().push(audit);
+    std::fs::write(&file, shared.to_string()).unwrap();
+    let check = tool.run_expecting(1, &["topics", "check", "--topology", file.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).lines().count(),
+        9,
+        "a header and 8 rows"
+    );
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("3 of 7 topics do not match: cli.orders.cli-audit.retry.1 (missing)"),
+        "{stderr}"
     );
 }

@@ -42,6 +42,11 @@ pub mod names {
     /// by a replay on each record it sends, so a replay resumed after a crash can tell what it
     /// sent already. Lives on the replayed record only (the next hop rewrites `rk-*`).
     pub const REPLAY_OF: &str = "rk-replay-of";
+    /// The queue entry a line of replays started from, `{topic}/{partition}/{offset}`: written
+    /// by a replay (the entry's own position, or the origin it already carries when it is a
+    /// parked copy of an earlier replay) and carried by every later hop, so the parking queue's
+    /// copies tell the loop guard how often that entry was replayed and failed again.
+    pub const REPLAY_ORIGIN: &str = "rk-replay-origin";
     /// W3C trace context. Without the `opentelemetry` feature (or without an OpenTelemetry
     /// layer) it is carried unchanged; with them every retry and dead-letter hop gets one that
     /// continues the trace, the failed attempt's span as its parent.
@@ -54,7 +59,7 @@ pub mod names {
     /// The names above, so a header read from a broker under one of them takes the constant
     /// instead of a copy of its name.
     #[cfg(any(feature = "kafka", feature = "redis", feature = "postgres"))]
-    pub(crate) const KNOWN: [&str; 16] = [
+    pub(crate) const KNOWN: [&str; 17] = [
         SCHEMA,
         ORIGINAL_TOPIC,
         ORIGINAL_PARTITION,
@@ -69,6 +74,7 @@ pub mod names {
         ERROR_MESSAGE,
         REPLAYS,
         REPLAY_OF,
+        REPLAY_ORIGIN,
         TRACEPARENT,
         TRACESTATE,
     ];
@@ -157,7 +163,6 @@ impl Headers {
 
     /// Sets `name` to `value`: the first header of that name takes it in place (its name is
     /// not allocated again), later ones are removed; appended when there is none.
-    #[cfg(feature = "opentelemetry")]
     pub(crate) fn replace(&mut self, name: &str, value: impl Into<Bytes>) {
         let mut value = Some(value.into());
         self.entries.retain_mut(|(n, v)| {
@@ -317,9 +322,10 @@ pub enum HeaderError {
 
 impl FailureContext {
     /// Replaces every `rk-*` header in `headers` with this context; other headers stay as they
-    /// are, in order.
+    /// are, in order, and so does `rk-replay-origin` (not a failure's, a replay's: the loop
+    /// guard counts by it).
     pub fn write_to(&self, headers: &mut Headers) {
-        headers.retain(|name| !name.starts_with(names::PREFIX));
+        headers.retain(|name| !name.starts_with(names::PREFIX) || name == names::REPLAY_ORIGIN);
         headers.entries.reserve(13);
         // Every value goes into one buffer, each header a view of it: one allocation for the
         // values instead of one per header.
@@ -474,6 +480,7 @@ mod tests {
             ("rk-attempts", "7"),
             ("tenant", "acme"),
             ("rk-error-kind", "panic"),
+            ("rk-replay-origin", "orders.g.dlq/0/9"),
         ]
         .into_iter()
         .map(|(n, v)| (n, Bytes::from_static(v.as_bytes())))
@@ -494,7 +501,7 @@ mod tests {
         };
         context.write_to(&mut headers);
         let names: Vec<&str> = headers.iter().map(|(n, _)| n).collect();
-        assert_eq!(&names[..2], ["traceparent", "tenant"]);
+        assert_eq!(&names[..3], ["traceparent", "tenant", "rk-replay-origin"]);
         assert_eq!(names.iter().filter(|n| **n == "rk-attempts").count(), 1);
         assert_eq!(headers.get_str("rk-attempts"), Some("2"));
         assert_eq!(headers.get("rk-due-at"), None);

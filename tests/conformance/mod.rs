@@ -677,6 +677,7 @@ pub async fn main_topic_rk_headers_are_not_trusted_and_messages_are_capped<H: Ha
     headers.insert("rk-due-at", "99999999999999");
     headers.insert("rk-first-failure-at", "1");
     headers.insert("rk-replays", "2");
+    headers.insert("rk-replay-origin", "conf.forged.conf-forged.dlq/0/7");
     let payload = Order::encode(&order(1)).unwrap();
     let started = Instant::now();
     publish_raw(&app, "conf.forged", b"1", &payload, headers).await;
@@ -693,6 +694,11 @@ pub async fn main_topic_rk_headers_are_not_trusted_and_messages_are_capped<H: Ha
     let dead = &dead[0];
     let ctx = context(dead);
     assert_eq!((ctx.attempts, ctx.replays), (1, Some(2)));
+    // So does the origin of a line of replays, through every hop: the loop guard counts by it.
+    assert_eq!(
+        header(dead, "rk-replay-origin"),
+        Some("conf.forged.conf-forged.dlq/0/7")
+    );
     assert!(ctx.first_failure_at_ms > 1);
     assert_eq!(
         header(dead, "traceparent"),

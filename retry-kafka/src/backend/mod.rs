@@ -352,6 +352,37 @@ pub trait Browse: Send + Sync {
     /// The next offset of each partition of `topic`: what a record written now would be
     /// after. Empty if the topic does not exist.
     fn end_offsets_of(&self, topic: &Topic) -> impl Future<Output = Result<Vec<u64>, BackendError>> + Send;
+
+    /// One page of a read that keeps memory bounded: up to `limit` records of `partition` of
+    /// `topic`, in offset order, at or after offset `from` (from the first record kept, if
+    /// that is later) and before `until`; empty when there is none. Retries waiting out of
+    /// sight (a Redis delay set) are not in it. [`dead_letters::Scan`](crate::dead_letters::Scan)
+    /// pages through a queue with it.
+    ///
+    /// This default reads the rest of the partition with [`read`](Self::read) and keeps a
+    /// page of it: correct, but not bounded; a backend that can read a page (Kafka, Redis,
+    /// PostgreSQL) reads just that.
+    fn read_page(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send {
+        async move {
+            let partitions = self.end_offsets_of(topic).await?.len();
+            if partition as usize >= partitions {
+                return Ok(Vec::new());
+            }
+            let mut starts = vec![u64::MAX; partitions];
+            starts[partition as usize] = from;
+            let mut records = self.read(topic, &starts).await?;
+            records.retain(|r| r.partition == partition && r.offset >= from && r.offset < until);
+            records.truncate(limit);
+            Ok(records)
+        }
+    }
 }
 
 /// A transport: Kafka, Redis Streams, the in-process [`InMemory`](crate::InMemory), or a

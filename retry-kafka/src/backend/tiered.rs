@@ -175,6 +175,21 @@ impl<M: Backend + Browse, R: RetryStore> Browse for Tiered<M, R> {
             self.main.end_offsets_of(topic).await
         }
     }
+
+    async fn read_page(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, BackendError> {
+        if topic.role.is_derived() {
+            self.retries.read_page(topic, partition, from, until, limit).await
+        } else {
+            self.main.read_page(topic, partition, from, until, limit).await
+        }
+    }
 }
 
 impl<M: Backend, R: RetryStore> Publish for Tiered<M, R> {

@@ -2,12 +2,12 @@
 //! killed replay resume without sending anything twice (found again by `rk-replay-of`), and
 //! what a replay reports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::DeadLetter;
+use super::{DeadLetter, Filter, Scan, DEFAULT_PAGE};
 use crate::backend::{Browse, OutboundRecord, Publish, Topic, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
@@ -60,8 +60,8 @@ pub enum ReplayError {
 pub enum Action {
     /// It is sent.
     Send,
-    /// Not sent: its `rk-replays` reached the limit (the loop guard), and the replay is not
-    /// forced.
+    /// Not sent: it was replayed as often as the limit allows already (the loop guard), and
+    /// the replay is not forced.
     Guarded,
     /// Not sent again: an earlier run of this replay sent it (its checkpoint says so).
     AlreadySent,
@@ -73,28 +73,40 @@ pub enum Action {
 pub struct ReplayReport {
     /// Entries sent by this run.
     pub sent: u64,
-    /// Entries an earlier, interrupted run had sent (found in the target on resume, or
-    /// recorded in the checkpoint), not sent again.
+    /// Entries an earlier, interrupted run had sent (recorded in the checkpoint, or found in
+    /// the target on resume), not sent again.
     pub already_sent: u64,
-    /// Entries held back by the loop guard, as `{partition}:{offset}`.
-    pub guarded: Vec<String>,
+    /// Entries held back by the loop guard.
+    pub guarded: u64,
+    /// The first [`HELD_BACK_NAMED`] of them, as `{partition}:{offset}`.
+    pub held_back: Vec<String>,
 }
 
+/// How many held-back entries a [`ReplayReport`] names (it counts them all).
+pub const HELD_BACK_NAMED: usize = 100;
+
 /// Progress of a running replay, for a progress bar.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
 pub struct Progress {
-    /// Entries settled so far (sent now or before).
-    pub done: u64,
-    /// Entries to settle in all.
-    pub total: u64,
+    /// Entries of the queue read so far, selected or not.
+    pub read: u64,
+    /// Entries sent so far by this run.
+    pub sent: u64,
+    /// Entries held back by the loop guard so far.
+    pub guarded: u64,
 }
 
 /// Replays entries of a dead-letter or parking queue onto a main topic or a retry level.
+///
+/// It reads the queue a page at a time ([`Scan`]) and sends a batch at a time, every record of
+/// a batch in flight at once (the backend pipelines them), so a replay of a million entries
+/// holds a page and a batch in memory and waits for the broker once a batch.
 pub struct Replay<'b, B> {
     backend: &'b B,
-    source: String,
+    source: Topic,
     target: Topic,
+    parking: Option<Topic>,
     selection: String,
     checkpoint: Option<PathBuf>,
     max_replays: u32,
@@ -105,21 +117,24 @@ pub struct Replay<'b, B> {
 /// Replays an entry at most this many times by default: the loop guard.
 pub const DEFAULT_MAX_REPLAYS: u32 = 3;
 
+/// Entries a replay sends at once, between two checkpoint writes, by default.
+pub const DEFAULT_BATCH: usize = 1000;
+
 impl<'b, B: Browse + Publish> Replay<'b, B> {
-    /// A replay from `source` (a dead-letter or parking queue, read with
-    /// [`read`](crate::dead_letters::read)) onto `target` (a main topic or a retry level),
-    /// without a checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
+    /// A replay from `source` (a dead-letter or parking queue) onto `target` (a main topic or
+    /// a retry level), without a checkpoint (see [`checkpoint`](Self::checkpoint)), guarded at
     /// [`DEFAULT_MAX_REPLAYS`].
-    pub fn new(backend: &'b B, source: impl Into<String>, target: Topic) -> Self {
+    pub fn new(backend: &'b B, source: Topic, target: Topic) -> Self {
         Self {
             backend,
-            source: source.into(),
+            source,
             target,
+            parking: None,
             selection: String::new(),
             checkpoint: None,
             max_replays: DEFAULT_MAX_REPLAYS,
             force: false,
-            batch: 64,
+            batch: DEFAULT_BATCH,
         }
     }
 
@@ -138,6 +153,15 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         self
     }
 
+    /// The handler's parking queue, where a replay that fails again lands. The loop guard counts
+    /// an entry's earlier replays by the copies there that carry its `rk-replay-origin`: a dead
+    /// letter never learns of its replays (they go to the main topic, and their failures here).
+    /// Without it the guard reads the entry's own `rk-replays` only.
+    pub fn parking(mut self, queue: Topic) -> Self {
+        self.parking = Some(queue);
+        self
+    }
+
     /// The loop guard: an entry replayed this many times already is not replayed again.
     pub fn max_replays(mut self, max: u32) -> Self {
         self.max_replays = max;
@@ -150,7 +174,8 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         self
     }
 
-    /// How many entries are sent between two checkpoint writes (default 64).
+    /// How many entries are sent at once, between two checkpoint writes (default
+    /// [`DEFAULT_BATCH`]).
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
@@ -163,84 +188,133 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         }
     }
 
-    /// What [`run`](Self::run) would do with each of `entries`, sending nothing.
-    pub fn plan<'e>(&self, entries: &'e [DeadLetter]) -> Result<Vec<(&'e DeadLetter, Action)>, ReplayError> {
+    /// Calls `each` with every entry `filter` selects and what [`run`](Self::run) would do
+    /// with it, in queue order, sending nothing.
+    pub async fn plan(
+        &self,
+        filter: &Filter,
+        mut each: impl FnMut(&DeadLetter, Action),
+    ) -> Result<(), ReplayError> {
         let state = self.load()?;
-        Ok(entries
-            .iter()
-            .map(|entry| (entry, self.action(entry, &state)))
-            .collect())
+        let earlier = self.earlier_replays().await?;
+        let mut scan = Scan::new(self.backend, self.source.clone()).await?;
+        while let Some(entry) = scan.next().await? {
+            if filter.matches(&entry) {
+                each(&entry, self.action(&entry, &state, &earlier));
+            }
+        }
+        Ok(())
     }
 
-    fn action(&self, entry: &DeadLetter, state: &Checkpoint) -> Action {
+    fn action(&self, entry: &DeadLetter, state: &Checkpoint, earlier: &EarlierReplays) -> Action {
         let (partition, offset) = (entry.record.partition, entry.record.offset);
-        if state.done.get(&partition).is_some_and(|&next| offset < next) {
+        if state.done.get(&partition).is_some_and(|&next| offset < next)
+            || state.resumed.contains(&(partition, offset))
+        {
             Action::AlreadySent
-        } else if !self.force && entry.replays() >= self.max_replays {
+        } else if !self.force && self.replays_of(entry, earlier) >= self.max_replays {
             Action::Guarded
         } else {
             Action::Send
         }
     }
 
-    /// Sends the selected `entries` (in their queue order), calling `progress` as it goes.
+    /// Times `entry`'s line was replayed: its own `rk-replays` (a parked copy counts the hops
+    /// that led to it) or the parking queue's copies of its origin, whichever says more.
+    fn replays_of(&self, entry: &DeadLetter, earlier: &EarlierReplays) -> u32 {
+        let position = self.replay_of(entry.record.partition, entry.record.offset);
+        let origin = origin_of(&entry.record.headers, &position);
+        entry.replays().max(earlier.get(origin).copied().unwrap_or(0))
+    }
+
+    /// The parking queue's copies per `rk-replay-origin` (only origins that have one are kept:
+    /// memory grows with the parking queue's distinct lines, not with the source queue).
+    async fn earlier_replays(&self) -> Result<EarlierReplays, ReplayError> {
+        let mut counts = EarlierReplays::new();
+        let Some(parking) = &self.parking else {
+            return Ok(counts);
+        };
+        let mut scan = Scan::new(self.backend, parking.clone()).await?;
+        while let Some(copy) = scan.next().await? {
+            if let Some(origin) = copy.record.headers.get_str(names::REPLAY_ORIGIN) {
+                *counts.entry(origin.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Sends the entries of the source queue that `filter` selects, in queue order, calling
+    /// `progress` as it goes. A run resumed from its checkpoint reads the queue from where the
+    /// interrupted one had settled everything.
     pub async fn run(
         &self,
-        entries: &[DeadLetter],
+        filter: &Filter,
         mut progress: impl FnMut(Progress),
     ) -> Result<ReplayReport, ReplayError> {
         let mut state = self.load()?;
-        // An interrupted batch: its entries were sent one after another, so those found in the
-        // target are a prefix of it; the checkpoint moves past them and the rest are sent.
+        // An interrupted batch was in flight all at once, so any of its records may have
+        // landed: each one found in the target is settled (and recorded so), the rest are sent
+        // again when the scan comes to them.
         if let Some(pending) = state.pending.take() {
             let sent = self.sent_since(&pending.target_ends).await?;
             for (partition, offset) in pending.entries {
-                if !sent.contains(&self.replay_of(partition, offset)) {
-                    break;
+                if sent.contains(&self.replay_of(partition, offset)) {
+                    state.resumed.insert((partition, offset));
+                    state.sent += 1;
                 }
-                state.advance(partition, offset + 1);
             }
             self.save(&state)?;
         }
-        let mut report = ReplayReport::default();
-        let mut ordered: Vec<&DeadLetter> = entries.iter().collect();
-        ordered.sort_by_key(|e| (e.record.partition, e.record.offset));
-        let mut to_send = Vec::new();
-        for entry in ordered {
-            match self.action(entry, &state) {
-                Action::Send => to_send.push(entry),
-                Action::Guarded => report.guarded.push(entry.position()),
-                Action::AlreadySent => report.already_sent += 1,
-            }
-        }
-        let total = (to_send.len() as u64) + report.already_sent;
-        progress(Progress {
-            done: report.already_sent,
-            total,
-        });
-        for batch in to_send.chunks(self.batch) {
-            state.pending = Some(Pending {
-                target_ends: self.backend.end_offsets_of(&self.target).await?,
-                entries: batch
-                    .iter()
-                    .map(|e| (e.record.partition, e.record.offset))
-                    .collect(),
-            });
-            self.save(&state)?;
-            for entry in batch {
-                let record = self.outbound(entry)?;
-                self.backend.send(&self.target, record).await?;
-                report.sent += 1;
-            }
-            for (partition, offset) in state.pending.take().expect("set above").entries {
-                state.advance(partition, offset + 1);
-            }
-            self.save(&state)?;
+        let earlier = self.earlier_replays().await?;
+        let mut report = ReplayReport {
+            already_sent: state.sent,
+            ..ReplayReport::default()
+        };
+        let mut scan = Scan::new(self.backend, self.source.clone())
+            .await?
+            .from(&state.done);
+        // Per partition, one past the last entry read: all before it is settled once the
+        // batch in hand is sent.
+        let mut read_to = BTreeMap::new();
+        let mut batch = Vec::with_capacity(self.batch);
+        let mut tell = |report: &ReplayReport, scan: &Scan<'_, B>| {
             progress(Progress {
-                done: report.sent + report.already_sent,
-                total,
-            });
+                read: scan.read(),
+                sent: report.sent,
+                guarded: report.guarded,
+            })
+        };
+        loop {
+            let entry = scan.next().await?;
+            if let Some(entry) = &entry {
+                read_to.insert(entry.record.partition, entry.record.offset + 1);
+                if filter.matches(entry) {
+                    match self.action(entry, &state, &earlier) {
+                        Action::Send => batch.push(entry.clone()),
+                        Action::Guarded => {
+                            report.guarded += 1;
+                            if report.held_back.len() < HELD_BACK_NAMED {
+                                report.held_back.push(entry.position());
+                            }
+                        }
+                        Action::AlreadySent => {}
+                    }
+                }
+                if scan.read().is_multiple_of(DEFAULT_PAGE as u64) {
+                    tell(&report, &scan);
+                }
+            }
+            if batch.len() == self.batch || (entry.is_none() && !batch.is_empty()) {
+                self.send(&mut state, &batch, &read_to).await?;
+                report.sent += batch.len() as u64;
+                batch.clear();
+                tell(&report, &scan);
+            }
+            if entry.is_none() {
+                break;
+            }
         }
+        tell(&report, &scan);
         if let Some(path) = &self.checkpoint {
             match std::fs::remove_file(path) {
                 Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
@@ -256,6 +330,50 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
         Ok(report)
     }
 
+    /// Sends `batch`, every record at once, after writing to the checkpoint what it is about to
+    /// send, where the target ends and how far the queue was settled by the batches before;
+    /// then notes that all read up to `read_to` is settled.
+    async fn send(
+        &self,
+        state: &mut Checkpoint,
+        batch: &[DeadLetter],
+        read_to: &BTreeMap<u32, u64>,
+    ) -> Result<(), ReplayError> {
+        let records = batch
+            .iter()
+            .map(|entry| self.outbound(entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        state.pending = Some(Pending {
+            target_ends: self.backend.end_offsets_of(&self.target).await?,
+            entries: batch
+                .iter()
+                .map(|e| (e.record.partition, e.record.offset))
+                .collect(),
+        });
+        self.save(state)?;
+        // Polled in order, so they are queued in queue order (a key's entries stay in order
+        // on Kafka's idempotent producer); acknowledged in any order.
+        futures_util::future::try_join_all(
+            records
+                .into_iter()
+                .map(|record| self.backend.send(&self.target, record)),
+        )
+        .await?;
+        state.pending = None;
+        state.sent += batch.len() as u64;
+        for (&partition, &next) in read_to {
+            state.advance(partition, next);
+        }
+        let done = &state.done;
+        state
+            .resumed
+            .retain(|(partition, offset)| done.get(partition).is_none_or(|&next| *offset >= next));
+        // Written with the next batch (one durable write a batch, not two: each is a sync of
+        // the file and its folder) or removed at the end; a kill before that leaves this batch
+        // pending, and a resume finds all of it in the target.
+        Ok(())
+    }
+
     /// The `rk-replay-of` of the entry at `partition`/`offset`.
     fn replay_of(&self, partition: u32, offset: u64) -> String {
         format!("{}/{partition}/{offset}", self.source)
@@ -269,7 +387,7 @@ impl<'b, B: Browse + Publish> Replay<'b, B> {
             now_ms(),
         )
         .map_err(|source| ReplayError::NoContext {
-            topic: self.source.clone(),
+            topic: self.source.to_string(),
             position: entry.position(),
             source,
         })?;
@@ -362,13 +480,23 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Failed replays found in the parking queue, by the origin of their line.
+type EarlierReplays = HashMap<String, u32>;
+
 /// A replay's progress as stored between runs.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Checkpoint {
     /// `source -> target`: a checkpoint is for one replay only.
     replay: String,
-    /// Per source partition, the offset every selected entry before which is settled.
+    /// Per source partition, the offset every entry before which is settled (sent, held back
+    /// or not selected): a resumed run reads the queue from there.
     done: BTreeMap<u32, u64>,
+    /// Entries sent so far, by every run.
+    #[serde(default)]
+    sent: u64,
+    /// Entries past `done` that an interrupted batch had sent (found in the target on resume).
+    #[serde(default)]
+    resumed: BTreeSet<(u32, u64)>,
     /// The batch being sent when the checkpoint was written, if any.
     pending: Option<Pending>,
 }
@@ -380,8 +508,7 @@ impl Checkpoint {
     }
 }
 
-/// A batch under way: where the target ended before it, and its entries (partition, offset)
-/// in the order they are sent.
+/// A batch under way: where the target ended before it, and its entries (partition, offset).
 #[derive(Debug, Serialize, Deserialize)]
 struct Pending {
     target_ends: Vec<u64>,
@@ -392,7 +519,8 @@ struct Pending {
 /// `replay_of` (`{topic}/{partition}/{offset}` of the dead letter) at `now_ms`.
 ///
 /// Onto a main topic every `rk-*` header goes (the attempt count starts afresh) but
-/// `rk-replays`, one higher, and `rk-replay-of`. Onto a retry level the failure context stays,
+/// `rk-replays`, one higher, `rk-replay-of` and `rk-replay-origin` (the entry's own, if it has
+/// one: a parked copy of an earlier replay keeps its line's origin). Onto a retry level the failure context stays,
 /// due now, so the level runs it at once as its next attempt; that needs a context that reads.
 /// Other headers (`traceparent`, the application's) stay, in order.
 ///
@@ -407,6 +535,7 @@ struct Pending {
 /// assert_eq!(again.get_str("rk-attempts"), None);
 /// assert_eq!(again.get_str("rk-replays"), Some("2"));
 /// assert_eq!(again.get_str("rk-replay-of"), Some("orders.billing.dlq/0/17"));
+/// assert_eq!(again.get_str("rk-replay-origin"), Some("orders.billing.dlq/0/17"));
 /// ```
 pub fn replayed(
     headers: &Headers,
@@ -415,6 +544,7 @@ pub fn replayed(
     now_ms: i64,
 ) -> Result<Headers, HeaderError> {
     let replays = headers::replays(headers).unwrap_or(0).saturating_add(1);
+    let origin = origin_of(headers, replay_of).to_owned();
     let mut out = headers.clone();
     match to {
         TopicRole::Retry { .. } => {
@@ -429,7 +559,14 @@ pub fn replayed(
         }
     }
     out.insert(names::REPLAY_OF, replay_of.to_owned());
+    out.replace(names::REPLAY_ORIGIN, origin);
     Ok(out)
+}
+
+/// The entry a line of replays started from: the `rk-replay-origin` an entry carries (a parked
+/// copy of an earlier replay), else the entry itself, `position` (`{queue}/{partition}/{offset}`).
+fn origin_of<'h>(headers: &'h Headers, position: &'h str) -> &'h str {
+    headers.get_str(names::REPLAY_ORIGIN).unwrap_or(position)
 }
 
 #[cfg(test)]
@@ -466,18 +603,21 @@ mod tests {
         path
     }
 
-    /// A run killed after sending 2 of a batch of 4: the resumed run finds those 2 in the
-    /// target (after the end offsets the batch recorded) and sends the other 2 only.
+    /// A run killed while a batch of 4 was in flight, 2 of it landed (not the first 2: a batch
+    /// is sent all at once): the resumed run finds those 2 in the target (after the end
+    /// offsets the batch recorded) and sends the other 2 only.
     #[tokio::test]
     async fn a_resumed_replay_sends_only_what_the_interrupted_batch_did_not() {
         let broker = InMemory::new();
         let entries = queue_of(&broker, 6).await;
         broker.create_topic("orders", 1);
         let path = checkpoint_file("resume");
-        let replay = Replay::new(&broker, QUEUE, Topic::main("orders")).checkpoint(&path);
-        // What the killed run left: entry 0 settled, a batch of 1..=4 under way, 1 and 2 sent.
+        let replay = Replay::new(&broker, queue(), Topic::main("orders")).checkpoint(&path);
+        // What the killed run left: entry 0 sent and settled, a batch of 1..=4 under way, 1
+        // and 3 landed.
         let mut state = Checkpoint {
             replay: replay.describe(),
+            sent: 1,
             ..Checkpoint::default()
         };
         state.advance(0, 1);
@@ -489,7 +629,7 @@ mod tests {
             target_ends: broker.end_offsets("orders"),
             entries: (1..=4).map(|o| (0, o)).collect(),
         });
-        for entry in &entries[1..=2] {
+        for entry in [&entries[1], &entries[3]] {
             let record = replay.outbound(entry).unwrap();
             broker.send(&Topic::main("orders"), record).await.unwrap();
         }
@@ -497,28 +637,34 @@ mod tests {
 
         let mut seen = Vec::new();
         let report = replay
-            .run(&entries, |p| seen.push((p.done, p.total)))
+            .batch(2)
+            .run(&Filter::default(), |p| seen.push((p.read, p.sent)))
             .await
             .unwrap();
         assert_eq!((report.sent, report.already_sent), (3, 3));
-        assert_eq!(seen.first(), Some(&(3, 6)));
-        assert_eq!(seen.last(), Some(&(6, 6)));
-        let sent: Vec<String> = broker
+        assert_eq!(
+            seen.last(),
+            Some(&(5, 3)),
+            "read from entry 1 on, the settled prefix skipped"
+        );
+        let mut sent: Vec<String> = broker
             .records("orders")
             .iter()
             .map(|r| r.headers.get_str(names::REPLAY_OF).unwrap().to_owned())
             .collect();
+        assert_eq!(sent[..3], [0, 1, 3].map(|o| format!("{QUEUE}/0/{o}")));
+        sent.sort();
         let expected: Vec<String> = (0..6).map(|o| format!("{QUEUE}/0/{o}")).collect();
-        assert_eq!(sent, expected, "each entry once, in queue order");
+        assert_eq!(sent, expected, "each entry once");
         assert!(!path.exists(), "a finished replay removes its checkpoint");
     }
 
     #[tokio::test]
     async fn a_checkpoint_of_another_selection_is_refused() {
         let broker = InMemory::new();
-        let entries = queue_of(&broker, 2).await;
+        queue_of(&broker, 2).await;
         let path = checkpoint_file("other");
-        let first = Replay::new(&broker, QUEUE, Topic::main("orders"))
+        let first = Replay::new(&broker, queue(), Topic::main("orders"))
             .selection("kind=[\"transient\"]")
             .checkpoint(&path);
         first
@@ -527,13 +673,88 @@ mod tests {
                 ..Checkpoint::default()
             })
             .unwrap();
-        let second = Replay::new(&broker, QUEUE, Topic::main("orders"))
+        let second = Replay::new(&broker, queue(), Topic::main("orders"))
             .selection("kind=[\"permanent\"]")
             .checkpoint(&path);
-        let error = second.run(&entries, |_| {}).await.unwrap_err();
+        let error = second.run(&Filter::default(), |_| {}).await.unwrap_err();
         assert!(matches!(error, ReplayError::OtherReplay { .. }), "{error}");
         assert!(broker.records("orders").is_empty(), "nothing sent");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A dead letter replayed three times, each replay failing again (parked, as the runtime
+    /// does: a failure context written over the replayed record's headers), is held back the
+    /// fourth time, though it never gets an `rk-replays` of its own; so are the parked copies.
+    #[tokio::test]
+    async fn the_loop_guard_counts_a_dead_letters_replays_in_the_parking_queue() {
+        let broker = InMemory::new();
+        queue_of(&broker, 2).await;
+        broker.create_topic("orders", 1);
+        broker.create_topic("orders.billing.parked", 1);
+        let parking = Topic::new("orders.billing.parked", TopicRole::Parked);
+        let replay = Replay::new(&broker, queue(), Topic::main("orders")).parking(parking.clone());
+        let first = Filter::default().position(0, 0);
+        for round in 1..=4u64 {
+            let report = replay.run(&first, |_| {}).await.unwrap();
+            if round == 4 {
+                assert_eq!(
+                    (report.sent, report.guarded, report.held_back),
+                    (0, 1, vec!["0:0".to_owned()])
+                );
+                break;
+            }
+            assert_eq!(report.sent, 1, "replay {round} sent");
+            let replayed = broker.records("orders").pop().unwrap();
+            let mut headers = replayed.headers.clone();
+            crate::headers::FailureContext {
+                original_topic: "orders".into(),
+                original_partition: 0,
+                original_offset: replayed.offset,
+                original_timestamp_ms: None,
+                group: "billing".into(),
+                attempts: 1,
+                due_at_ms: None,
+                first_failure_at_ms: 1,
+                last_failure_at_ms: 2,
+                error_kind: crate::failure::ErrorKind::Permanent,
+                error_message: "still broken".into(),
+                replays: Some(1),
+            }
+            .write_to(&mut headers);
+            let parked = OutboundRecord {
+                partition: Some(0),
+                headers,
+                ..Default::default()
+            };
+            broker.send(&parking, parked).await.unwrap();
+        }
+        assert_eq!(
+            actions(&replay).await,
+            [Action::Guarded, Action::Send],
+            "the other entry is its own line"
+        );
+        let copies = read(&broker, &parking).await.unwrap();
+        assert!(copies
+            .iter()
+            .all(|c| c.record.headers.get_str(names::REPLAY_ORIGIN) == Some("orders.billing.dlq/0/0")));
+        let from_parking =
+            Replay::new(&broker, parking.clone(), Topic::main("orders")).parking(parking.clone());
+        assert_eq!(
+            actions(&from_parking).await,
+            [Action::Guarded; 3],
+            "a parked copy counts its line's replays (3), not its own rk-replays (1)"
+        );
+        assert_eq!(actions(&from_parking.max_replays(4)).await, [Action::Send; 3]);
+    }
+
+    /// What a replay would do with each entry of its queue.
+    async fn actions(replay: &Replay<'_, InMemory>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        replay
+            .plan(&Filter::default(), |_, action| actions.push(action))
+            .await
+            .unwrap();
+        actions
     }
 
     #[test]
@@ -549,11 +770,11 @@ mod tests {
             headers,
         });
         let broker = InMemory::new();
-        let replay = Replay::new(&broker, QUEUE, Topic::main("orders"));
-        let state = Checkpoint::default();
-        assert_eq!(replay.action(&entry, &state), Action::Guarded);
-        assert_eq!(replay.max_replays(4).action(&entry, &state), Action::Send);
-        let forced = Replay::new(&broker, QUEUE, Topic::main("orders")).force(true);
-        assert_eq!(forced.action(&entry, &state), Action::Send);
+        let replay = Replay::new(&broker, queue(), Topic::main("orders"));
+        let (state, none) = (Checkpoint::default(), EarlierReplays::new());
+        assert_eq!(replay.action(&entry, &state, &none), Action::Guarded);
+        assert_eq!(replay.max_replays(4).action(&entry, &state, &none), Action::Send);
+        let forced = Replay::new(&broker, queue(), Topic::main("orders")).force(true);
+        assert_eq!(forced.action(&entry, &state, &none), Action::Send);
     }
 }

@@ -81,6 +81,7 @@ impl KafkaBuilder {
                 writer,
                 admin,
                 metadata: Arc::new(metadata),
+                reader: Arc::default(),
             })
         };
         let main = cluster(&self.brokers)?;

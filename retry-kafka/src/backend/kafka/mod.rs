@@ -13,7 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{
     Backend, Browse, Delivered, OutboundRecord, Publish, Record, Subscription, Topic, TopicAdmin, TopicRole,
@@ -33,6 +33,8 @@ pub use embedded::EmbeddedKafka;
 const RETRY_LEVEL_FETCH_WAIT_MS: &str = "25";
 /// `fetch.wait.max.ms` of the client that [`Browse::read`] reads with.
 const READER_FETCH_WAIT_MS: &str = "10";
+/// `queued.max.messages.kbytes` of that client.
+const READER_QUEUED_KIB: &str = "16384";
 
 /// Kafka through rdkafka.
 ///
@@ -69,6 +71,18 @@ struct Cluster {
     /// auto-create the topic it asks about). The first client an app's start uses: it notes
     /// why the brokers refused it, if they did.
     metadata: Arc<BaseConsumer<Refusals>>,
+    /// The client [`Browse`] reads with, made on first use and kept: a tool's command reads
+    /// page after page, and a client per call cost a connection to every broker each time.
+    reader: Arc<std::sync::Mutex<Option<Reader>>>,
+}
+
+/// A client outside any group, and where its assignment would deliver next.
+struct Reader {
+    client: BaseConsumer,
+    /// (topic, partition, offset) the assigned partition's next record is at, when a page
+    /// stopped there: the next page of it goes on without assigning again (which would drop
+    /// what librdkafka fetched ahead).
+    next: Option<(String, i32, i64)>,
 }
 
 /// The last reason the brokers refused a client (a SASL authentication failure, a TLS
@@ -171,23 +185,48 @@ impl Kafka {
         // the one just read (up to fetch.wait.max.ms, 500 ms by default) held up the next:
         // reading a 4-partition topic took about a second on Apache Kafka.
         config.set("fetch.wait.max.ms", READER_FETCH_WAIT_MS);
+        // What librdkafka fetches ahead of a page: 64 MiB by default, most of a tool's memory
+        // when it pages through a big queue; 16 MiB keeps the pages coming as fast.
+        config.set("queued.max.messages.kbytes", READER_QUEUED_KIB);
         config
     }
 
+    /// Runs `work` with the reader client of the cluster of `role` (made now if there is none
+    /// yet), on a blocking thread; reads take turns on it.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        role: TopicRole,
+        work: impl FnOnce(&mut Reader) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let config = self.reader(role);
+        let slot = self.cluster_of(role).reader.clone();
+        blocking(move || {
+            let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                *slot = Some(Reader {
+                    client: config.create().map_err(transport)?,
+                    next: None,
+                });
+            }
+            work(slot.as_mut().expect("made above"))
+        })
+        .await
+    }
+
     /// What [`Browse::read`] reads, `from[p]` onward on partition `p`, from the low watermark
-    /// where `from` has no entry: with a client of its own, outside any group.
+    /// where `from` has no entry: with the reader client, outside any group.
     async fn read_from(
         &self,
         topic: &str,
         role: TopicRole,
         from: Vec<u64>,
     ) -> Result<Vec<Record>, BackendError> {
-        let config = self.reader(role);
         let topic = topic.to_owned();
-        blocking(move || {
-            let client: BaseConsumer = config.create().map_err(transport)?;
+        self.with_reader(role, move |reader| {
+            reader.next = None;
+            let client = &reader.client;
             let timeout = Duration::from_secs(10);
-            let partitions = partition_count(&client, &topic)?;
+            let partitions = partition_count(client, &topic)?;
             let mut records = Vec::new();
             let mut arena = consumer::Arena::default();
             for partition in 0..partitions {
@@ -435,11 +474,11 @@ impl Browse for Kafka {
     }
 
     async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
-        let config = self.reader(topic.role);
-        let topic = topic.name.to_string();
-        blocking(move || {
-            let client: BaseConsumer = config.create().map_err(transport)?;
-            (0..partition_count(&client, &topic)?)
+        let (name, role) = (topic.name.to_string(), topic.role);
+        self.with_reader(role, move |reader| {
+            let topic = name;
+            let client = &reader.client;
+            (0..partition_count(client, &topic)?)
                 .map(|partition| {
                     let (_, high) = until_settled(Duration::from_secs(10), |left| {
                         client.fetch_watermarks(&topic, partition, left)
@@ -447,6 +486,73 @@ impl Browse for Kafka {
                     Ok(high.max(0) as u64)
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn read_page(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, BackendError> {
+        let name = topic.name.to_string();
+        self.with_reader(topic.role, move |reader| {
+            let partition = partition as i32;
+            let timeout = Duration::from_secs(10);
+            let (low, high) = until_settled(timeout, |left| {
+                reader.client.fetch_watermarks(&name, partition, left)
+            })?;
+            let start = low.max(from.min(i64::MAX as u64) as i64);
+            let end = high.min(until.min(i64::MAX as u64) as i64);
+            if end <= start || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let here = (name.clone(), partition, start);
+            if reader.next.take().as_ref() != Some(&here) {
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(&name, partition, Offset::Offset(start))
+                    .map_err(transport)?;
+                reader.client.assign(&list).map_err(transport)?;
+            }
+            let mut records = Vec::with_capacity(limit.min((end - start) as usize));
+            let mut arena = consumer::Arena::default();
+            // From the last record received: a page of a big topic takes as long as it takes.
+            let mut deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if std::time::Instant::now() > deadline {
+                    return Err(BackendError::Transport {
+                        backend: "kafka",
+                        source: format!("reading {name}[{partition}] up to offset {end} timed out").into(),
+                    });
+                }
+                let Some(message) = reader.client.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                deadline = std::time::Instant::now() + Duration::from_secs(30);
+                let message = message.map_err(transport)?;
+                // One fetched for an earlier assignment, still queued when this one was made.
+                if message.partition() != partition || message.topic() != name || message.offset() < start {
+                    continue;
+                }
+                let record = consumer::record_of(&message, &mut arena);
+                let next = record.offset as i64 + 1;
+                if next > end {
+                    // Past the page (offsets may skip): the assignment is not where a next
+                    // page would start.
+                    return Ok(records);
+                }
+                records.push(record);
+                if next == end {
+                    return Ok(records);
+                }
+                if records.len() == limit {
+                    reader.next = Some((name, partition, next));
+                    return Ok(records);
+                }
+            }
         })
         .await
     }

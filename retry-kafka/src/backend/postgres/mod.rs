@@ -468,6 +468,34 @@ impl Browse for Postgres {
             .map_err(transport)?;
         Ok(rows.iter().map(|row| row.get::<_, i64>(0) as u64).collect())
     }
+
+    async fn read_page(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, BackendError> {
+        let client = self.client().await?;
+        let topic = &*topic.name;
+        let partition = partition as i32;
+        let [from, until, limit] = [from, until, limit as u64].map(|n| n.min(i64::MAX as u64) as i64);
+        let rows = client
+            .query_typed(
+                sql::READ_PAGE,
+                params![
+                    (&topic, Type::TEXT),
+                    (&partition, Type::INT4),
+                    (&from, Type::INT8),
+                    (&until, Type::INT8),
+                    (&limit, Type::INT8)
+                ],
+            )
+            .await
+            .map_err(transport)?;
+        Ok(rows.iter().map(|row| decode(row, 0)).collect())
+    }
 }
 
 impl TopicAdmin for Postgres {

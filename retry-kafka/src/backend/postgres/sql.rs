@@ -125,6 +125,15 @@ WHERE topic = $1 AND "offset" >= COALESCE(($2::int8[])[partition + 1], 0)
 ORDER BY partition, "offset"
 "#;
 
+/// One page of [`READ`]'s rows: a partition's, from an offset, before another, at most so many.
+pub(crate) const READ_PAGE: &str = r#"
+SELECT partition, "offset", written_at_ms, key, payload, header_names, header_values
+FROM retry_kafka_records
+WHERE topic = $1 AND partition = $2 AND "offset" >= $3 AND "offset" < $4
+ORDER BY "offset"
+LIMIT $5
+"#;
+
 /// Whether the schema is there already (fails with 42P01 when it is not).
 pub(crate) const SCHEMA_VERSION: &str = "SELECT version FROM retry_kafka_schema WHERE version = 1";
 

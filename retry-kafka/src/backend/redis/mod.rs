@@ -309,6 +309,33 @@ impl Browse for Redis {
         }
         Ok(ends)
     }
+
+    /// One XRANGE of the partition's stream.
+    async fn read_page(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, BackendError> {
+        if until <= from || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(keys::stream(&topic.name, partition))
+            .arg(StreamId::of_offset(from).to_string())
+            .arg(StreamId::of_offset(until - 1).to_string())
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(transport)?;
+        Ok(parse_entries(reply)
+            .into_iter()
+            .map(|(id, fields)| decode(partition, id, fields))
+            .collect())
+    }
 }
 
 impl TopicAdmin for Redis {
