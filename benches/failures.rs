@@ -4,6 +4,9 @@
 //! cargo bench --bench failures                        # starts Apache Kafka and redis-server (scripts/install-test-deps.sh)
 //! BENCH_BACKEND=kafka cargo bench --bench failures    # one backend: kafka or redis
 //! KAFKA_BROKERS=host:9092 REDIS_URL=redis://host:6379 cargo bench --bench failures
+//! # instructions per event, librdkafka's mock cluster in this process (no JVM):
+//! KAFKA_BROKERS=embedded BENCH_BACKEND=kafka BENCH_ONLY=outage BENCH_ROUNDS=1 BENCH_WARMUP=0 \
+//!   BENCH_EVENTS=20000 valgrind --tool=callgrind --separate-threads=yes target/release/deps/failures-<hash> --bench
 //! ```
 //!
 //! Workloads (each round on fresh retry and dead-letter topics; the main topic is written once

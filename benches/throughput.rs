@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Both sides read `MESSAGES` JSON events from a 4-partition topic from the beginning, decode
-//! each one, and acknowledge it (at least once): on Kafka they store the offset for commit; on
+//! each one, and acknowledge it (at least once): on Kafka they store the offset for commit (and
+//! the raw loop runs twice a round: as it is, and asking for each message's headers, as
+//! retry-kafka must; librdkafka parses them only when asked); on
 //! Redis the raw loop reads 256 entries per XREADGROUP and acknowledges each batch with one
 //! XACK per stream, pipelined with its next read, as retry-kafka does. The clock starts at the
 //! first message, so group joins are not measured. Rounds alternate, and the median of each

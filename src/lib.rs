@@ -72,7 +72,7 @@ pub fn raw_consumer_config(bootstrap: &str, group: &str) -> rdkafka::ClientConfi
 /// with a JVM sized as deployed (`RK_KAFKA_JVM_OPTS` overrides it). Stopped on drop.
 ///
 /// `KAFKA_BROKERS=embedded` runs librdkafka's mock cluster inside the benchmark's process
-/// instead (the throughput bench only): no JVM and no second process, for counting
+/// instead (the throughput and failures benches): no JVM and no second process, for counting
 /// instructions per record under `valgrind --tool=callgrind`; its rates say nothing about a
 /// real broker's. Its topics are made through [`BenchKafka::backend`] (the mock cluster
 /// answers no CreateTopics request).
