@@ -238,10 +238,13 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     /// path's instructions (callgrind, docs/benchmarks.md). Timers wait for the next round.
     async fn take_at_hand(&mut self) -> Result<(), Error> {
         for _ in 0..AT_HAND {
-            if self.hand_offs.is_sending() {
-                if let Some((ticket, result)) = self.hand_offs.next().now_or_never() {
-                    self.sent(ticket, result).await;
-                }
+            // Every hand-off already through, as rounds of the `biased` select would take
+            // them before another record.
+            while self.hand_offs.is_sending() {
+                let Some((ticket, result)) = self.hand_offs.next().now_or_never() else {
+                    break;
+                };
+                self.sent(ticket, result).await;
             }
             // Attempts under way (concurrency > 1, or a handler that waits) finish in the
             // loop's own order; a due waiting record or a batch to start goes first.
