@@ -84,11 +84,13 @@ mod error;
 mod link;
 mod sql;
 mod tls;
+mod tls_error;
 
 pub use builder::PostgresBuilder;
 pub(crate) use builder::Settings;
 pub use consumer::PostgresConsumer;
-pub use tls::{SslMode, TlsError, UnknownSslMode};
+pub use tls::{SslMode, UnknownSslMode};
+pub use tls_error::TlsError;
 
 /// Retries, dead letters and parked entries in PostgreSQL, behind the main topics of another
 /// backend.

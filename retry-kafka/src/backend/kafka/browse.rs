@@ -1,0 +1,101 @@
+//! Reading a topic as the tool does (the dead letters, the parking queue): from offsets, by
+//! pages of one partition, and its end offsets, through the backend's reader client.
+
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer as _;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use super::{consumer, partition_count, transport, until_settled, Kafka};
+use crate::backend::{Browse, Record, Topic};
+use crate::error::BackendError;
+
+impl Browse for Kafka {
+    async fn read(&self, topic: &Topic, from: &[u64]) -> Result<Vec<Record>, BackendError> {
+        self.read_from(&topic.name, topic.role, from.to_vec()).await
+    }
+
+    async fn end_offsets_of(&self, topic: &Topic) -> Result<Vec<u64>, BackendError> {
+        let (name, role) = (topic.name.to_string(), topic.role);
+        self.with_reader(role, move |reader| {
+            let topic = name;
+            let client = &reader.client;
+            (0..partition_count(client, &topic)?)
+                .map(|partition| {
+                    let (_, high) = until_settled(Duration::from_secs(10), |left| {
+                        client.fetch_watermarks(&topic, partition, left)
+                    })?;
+                    Ok(high.max(0) as u64)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn read_page(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, BackendError> {
+        let name = topic.name.to_string();
+        self.with_reader(topic.role, move |reader| {
+            let partition = partition as i32;
+            let timeout = Duration::from_secs(10);
+            let (low, high) = until_settled(timeout, |left| {
+                reader.client.fetch_watermarks(&name, partition, left)
+            })?;
+            let start = low.max(from.min(i64::MAX as u64) as i64);
+            let end = high.min(until.min(i64::MAX as u64) as i64);
+            if end <= start || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let here = (name.clone(), partition, start);
+            if reader.next.take().as_ref() != Some(&here) {
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(&name, partition, Offset::Offset(start))
+                    .map_err(transport)?;
+                reader.client.assign(&list).map_err(transport)?;
+            }
+            let mut records = Vec::with_capacity(limit.min((end - start) as usize));
+            let mut arena = consumer::Arena::default();
+            // From the last record received: a page of a big topic takes as long as it takes.
+            let mut deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if std::time::Instant::now() > deadline {
+                    return Err(BackendError::Transport {
+                        backend: "kafka",
+                        source: format!("reading {name}[{partition}] up to offset {end} timed out").into(),
+                    });
+                }
+                let Some(message) = reader.client.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                deadline = std::time::Instant::now() + Duration::from_secs(30);
+                let message = message.map_err(transport)?;
+                // One fetched for an earlier assignment, still queued when this one was made.
+                if message.partition() != partition || message.topic() != name || message.offset() < start {
+                    continue;
+                }
+                let record = consumer::record_of(&message, &mut arena);
+                let next = record.offset as i64 + 1;
+                if next > end {
+                    // Past the page (offsets may skip): the assignment is not where a next
+                    // page would start.
+                    return Ok(records);
+                }
+                records.push(record);
+                if next == end {
+                    return Ok(records);
+                }
+                if records.len() == limit {
+                    reader.next = Some((name, partition, next));
+                    return Ok(records);
+                }
+            }
+        })
+        .await
+    }
+}
