@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -115,6 +116,67 @@ impl Topic {
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
+    }
+}
+
+/// What one [`Browse::read_page`] asks for: up to [`limit`](Self::limit) records of one
+/// partition, in a range of offsets. Never empty: [`Page::new`] gives none for an empty range
+/// or a zero limit, so a backend reads every page it is given and checks nothing.
+///
+/// ```
+/// use retry_kafka::backend::Page;
+///
+/// let page = Page::new(2, 10..20, 5).expect("a range and a limit");
+/// assert_eq!((page.partition(), page.from(), page.last(), page.limit()), (2, 10, 19, 5));
+/// assert!(Page::new(2, 20..20, 5).is_none(), "nothing before offset 20 at or after it");
+/// assert!(Page::new(2, 10..20, 0).is_none(), "no room");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    partition: u32,
+    offsets: Range<u64>,
+    limit: usize,
+}
+
+impl Page {
+    /// Up to `limit` records of `partition` at offsets in `offsets`; `None` when it could hold
+    /// none.
+    pub fn new(partition: u32, offsets: Range<u64>, limit: usize) -> Option<Self> {
+        (!offsets.is_empty() && limit > 0).then_some(Page {
+            partition,
+            offsets,
+            limit,
+        })
+    }
+
+    /// The partition read.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The first offset the page may hold.
+    pub fn from(&self) -> u64 {
+        self.offsets.start
+    }
+
+    /// The last offset the page may hold.
+    pub fn last(&self) -> u64 {
+        self.offsets.end - 1
+    }
+
+    /// The offset the page ends before.
+    pub fn until(&self) -> u64 {
+        self.offsets.end
+    }
+
+    /// The most records the page holds (at least 1).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether `offset` is in the page's range.
+    pub fn holds(&self, offset: u64) -> bool {
+        self.offsets.contains(&offset)
     }
 }
 
@@ -353,11 +415,11 @@ pub trait Browse: Send + Sync {
     /// after. Empty if the topic does not exist.
     fn end_offsets_of(&self, topic: &Topic) -> impl Future<Output = Result<Vec<u64>, BackendError>> + Send;
 
-    /// One page of a read that keeps memory bounded: up to `limit` records of `partition` of
-    /// `topic`, in offset order, at or after offset `from` (from the first record kept, if
-    /// that is later) and before `until`; empty when there is none. Retries waiting out of
-    /// sight (a Redis delay set) are not in it. [`dead_letters::Scan`](crate::dead_letters::Scan)
-    /// pages through a queue with it.
+    /// One page of a read that keeps memory bounded: up to [`Page::limit`] records of the
+    /// page's partition of `topic`, in offset order, in the page's range (from the first record
+    /// kept, if that is later); empty when there is none. Retries waiting out of sight (a Redis
+    /// delay set) are not in it. [`dead_letters::Scan`](crate::dead_letters::Scan) pages
+    /// through a queue with it.
     ///
     /// This default reads the rest of the partition with [`read`](Self::read) and keeps a
     /// page of it: correct, but not bounded; a backend that can read a page (Kafka, Redis,
@@ -365,21 +427,19 @@ pub trait Browse: Send + Sync {
     fn read_page(
         &self,
         topic: &Topic,
-        partition: u32,
-        from: u64,
-        until: u64,
-        limit: usize,
+        page: Page,
     ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send {
         async move {
             let partitions = self.end_offsets_of(topic).await?.len();
+            let partition = page.partition();
             if partition as usize >= partitions {
                 return Ok(Vec::new());
             }
             let mut starts = vec![u64::MAX; partitions];
-            starts[partition as usize] = from;
+            starts[partition as usize] = page.from();
             let mut records = self.read(topic, &starts).await?;
-            records.retain(|r| r.partition == partition && r.offset >= from && r.offset < until);
-            records.truncate(limit);
+            records.retain(|r| r.partition == partition && page.holds(r.offset));
+            records.truncate(page.limit());
             Ok(records)
         }
     }

@@ -3,7 +3,7 @@
 //! or PostgreSQL (rows with a due time, feature `postgres`).
 
 use super::{
-    Backend, Browse, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Record,
+    Backend, Browse, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Page, Position, Publish, Record,
     RetryStore, Subscription, Topic, TopicAdmin, Undelivered,
 };
 use crate::error::BackendError;
@@ -176,18 +176,11 @@ impl<M: Backend + Browse, R: RetryStore> Browse for Tiered<M, R> {
         }
     }
 
-    async fn read_page(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        from: u64,
-        until: u64,
-        limit: usize,
-    ) -> Result<Vec<Record>, BackendError> {
+    async fn read_page(&self, topic: &Topic, page: Page) -> Result<Vec<Record>, BackendError> {
         if topic.role.is_derived() {
-            self.retries.read_page(topic, partition, from, until, limit).await
+            self.retries.read_page(topic, page).await
         } else {
-            self.main.read_page(topic, partition, from, until, limit).await
+            self.main.read_page(topic, page).await
         }
     }
 }

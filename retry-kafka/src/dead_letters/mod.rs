@@ -56,7 +56,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::backend::{Browse, Record, Topic};
+use crate::backend::{Browse, Page, Record, Topic};
 use crate::error::BackendError;
 use crate::failure::ErrorKind;
 use crate::headers::{self, FailureContext, HeaderError};
@@ -209,10 +209,11 @@ impl<'b, B: Browse> Scan<'b, B> {
             let Some(&end) = self.ends.get(self.partition as usize) else {
                 return Ok(None);
             };
-            let page = self
-                .backend
-                .read_page(&self.topic, self.partition, self.next, end, self.page_size)
-                .await?;
+            let Some(page) = Page::new(self.partition, self.next..end, self.page_size) else {
+                self.last_page = true;
+                continue;
+            };
+            let page = self.backend.read_page(&self.topic, page).await?;
             // A short page is the partition's last: no round trip to find it empty.
             self.last_page = page.len() < self.page_size;
             if let Some(last) = page.last() {

@@ -7,7 +7,7 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{consumer, partition_count, transport, until_settled, Kafka};
-use crate::backend::{Browse, Record, Topic};
+use crate::backend::{Browse, Page, Record, Topic};
 use crate::error::BackendError;
 
 impl Browse for Kafka {
@@ -32,24 +32,18 @@ impl Browse for Kafka {
         .await
     }
 
-    async fn read_page(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        from: u64,
-        until: u64,
-        limit: usize,
-    ) -> Result<Vec<Record>, BackendError> {
+    async fn read_page(&self, topic: &Topic, page: Page) -> Result<Vec<Record>, BackendError> {
         let name = topic.name.to_string();
         self.with_reader(topic.role, move |reader| {
-            let partition = partition as i32;
+            let partition = page.partition() as i32;
             let timeout = Duration::from_secs(10);
             let (low, high) = until_settled(timeout, |left| {
                 reader.client.fetch_watermarks(&name, partition, left)
             })?;
-            let start = low.max(from.min(i64::MAX as u64) as i64);
-            let end = high.min(until.min(i64::MAX as u64) as i64);
-            if end <= start || limit == 0 {
+            let start = low.max(page.from().min(i64::MAX as u64) as i64);
+            let end = high.min(page.until().min(i64::MAX as u64) as i64);
+            let limit = page.limit();
+            if end <= start {
                 return Ok(Vec::new());
             }
             let here = (name.clone(), partition, start);

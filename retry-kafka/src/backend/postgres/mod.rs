@@ -67,7 +67,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
 
 use super::{
-    Browse, Delivered, OutboundRecord, PartitionCounts, Publish, Record, RetryStore, Topic, TopicAdmin,
+    Browse, Delivered, OutboundRecord, Page, PartitionCounts, Publish, Record, RetryStore, Topic, TopicAdmin,
     TopicRole,
 };
 use crate::clock::now_ms;
@@ -471,18 +471,12 @@ impl Browse for Postgres {
         Ok(rows.iter().map(|row| row.get::<_, i64>(0) as u64).collect())
     }
 
-    async fn read_page(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        from: u64,
-        until: u64,
-        limit: usize,
-    ) -> Result<Vec<Record>, BackendError> {
+    async fn read_page(&self, topic: &Topic, page: Page) -> Result<Vec<Record>, BackendError> {
         let client = self.client().await?;
         let topic = &*topic.name;
-        let partition = partition as i32;
-        let [from, until, limit] = [from, until, limit as u64].map(|n| n.min(i64::MAX as u64) as i64);
+        let partition = page.partition() as i32;
+        let [from, until, limit] =
+            [page.from(), page.until(), page.limit() as u64].map(|n| n.min(i64::MAX as u64) as i64);
         let rows = client
             .query_typed(
                 sql::READ_PAGE,

@@ -41,7 +41,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
 use super::{
-    Backend, Browse, Delivered, OutboundRecord, PartitionCounts, Publish, Record, Subscription, Topic,
+    Backend, Browse, Delivered, OutboundRecord, Page, PartitionCounts, Publish, Record, Subscription, Topic,
     TopicAdmin, TopicRole,
 };
 use crate::error::BackendError;
@@ -311,29 +311,19 @@ impl Browse for Redis {
     }
 
     /// One XRANGE of the partition's stream.
-    async fn read_page(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        from: u64,
-        until: u64,
-        limit: usize,
-    ) -> Result<Vec<Record>, BackendError> {
-        if until <= from || limit == 0 {
-            return Ok(Vec::new());
-        }
+    async fn read_page(&self, topic: &Topic, page: Page) -> Result<Vec<Record>, BackendError> {
         let reply: Value = redis::cmd("XRANGE")
-            .arg(keys::stream(&topic.name, partition))
-            .arg(StreamId::of_offset(from).to_string())
-            .arg(StreamId::of_offset(until - 1).to_string())
+            .arg(keys::stream(&topic.name, page.partition()))
+            .arg(StreamId::of_offset(page.from()).to_string())
+            .arg(StreamId::of_offset(page.last()).to_string())
             .arg("COUNT")
-            .arg(limit)
+            .arg(page.limit())
             .query_async(&mut self.connection())
             .await
             .map_err(transport)?;
         Ok(parse_entries(reply)
             .into_iter()
-            .map(|(id, fields)| decode(partition, id, fields))
+            .map(|(id, fields)| decode(page.partition(), id, fields))
             .collect())
     }
 }
