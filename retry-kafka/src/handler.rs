@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::batch::{BatchInput, BatchStart};
+use crate::breaker::Breaker;
 use crate::context::Context;
 use crate::event::CodecError;
 use crate::failure::HandlerError;
@@ -178,6 +179,7 @@ pub struct HandlerSpec {
     timeout_ms: Option<u64>,
     concurrency: u32,
     rate: Option<Rate>,
+    breaker: Option<Breaker>,
     call: Call,
     file: &'static str,
     line: u32,
@@ -196,6 +198,7 @@ pub struct Declaration {
     pub timeout_ms: Option<u64>,
     pub concurrency: u32,
     pub rate: Option<Rate>,
+    pub breaker: Option<Breaker>,
     pub call: Call,
     pub file: &'static str,
     pub line: u32,
@@ -215,6 +218,7 @@ pub const fn handler_spec(declared: Declaration) -> HandlerSpec {
         timeout_ms: declared.timeout_ms,
         concurrency: declared.concurrency,
         rate: declared.rate,
+        breaker: declared.breaker,
         call: declared.call,
         file: declared.file,
         line: declared.line,
@@ -274,6 +278,12 @@ impl HandlerSpec {
     /// (`rate = "200/s"`).
     pub fn rate(&self) -> Option<Rate> {
         self.rate
+    }
+
+    /// Its circuit breaker (`breaker` or `breaker(...)`): when its failures mean the service
+    /// it calls is down, its attempts stop until probes find it back.
+    pub fn breaker(&self) -> Option<Breaker> {
+        self.breaker
     }
 
     /// For a batch handler (`batch(max = .., linger = ..)`): the most records in one call and

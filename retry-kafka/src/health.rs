@@ -8,7 +8,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use crate::breaker::{BreakerState, CircuitBreaker};
 
 use crate::shutdown::ShutdownHandle;
 
@@ -124,10 +126,23 @@ impl HealthReport {
         reasons
     }
 
+    /// The handlers whose circuit breaker is not closed (open or half-open), once each: their
+    /// dependency is down, or being probed.
+    pub fn open_breakers(&self) -> Vec<&'static str> {
+        let mut handlers: Vec<&'static str> = self
+            .consumers
+            .iter()
+            .filter(|c| c.breaker.is_some_and(|b| b != BreakerState::Closed))
+            .map(|c| c.handler)
+            .collect();
+        handlers.dedup();
+        handlers
+    }
+
     /// The report as JSON, as `/healthz` and `/readyz` answer it: `ready`, `live`,
-    /// `shutting_down`, `reasons` (why not ready) and `consumers` (each with `handler`,
-    /// `topic`, `group`, `level`, `state`, `error` when failed, `assigned`, `held`,
-    /// `last_poll_ms`).
+    /// `shutting_down`, `reasons` (why not ready), `open_breakers` (the handlers whose
+    /// breaker is open or half-open) and `consumers` (each with `handler`, `topic`, `group`,
+    /// `level`, `state`, `error` when failed, `assigned`, `held`, `last_poll_ms`, `breaker`).
     ///
     /// ```
     /// # fn show(report: retry_kafka::app::HealthReport) {
@@ -153,6 +168,7 @@ impl HealthReport {
                     "assigned": c.assigned,
                     "held": c.held,
                     "last_poll_ms": c.last_poll_ms,
+                    "breaker": c.breaker.map(|b| b.as_str()),
                 })
             })
             .collect();
@@ -161,6 +177,7 @@ impl HealthReport {
             "live": self.is_live(),
             "shutting_down": self.shutting_down,
             "reasons": self.not_ready_reasons(),
+            "open_breakers": self.open_breakers(),
             "consumers": consumers,
         })
         .to_string()
@@ -188,6 +205,10 @@ pub struct ConsumerReport {
     /// When a fetch last returned something (a record or an assignment change), epoch ms;
     /// `None` before the first. An idle topic delivers nothing, so this ages while all is well.
     pub last_poll_ms: Option<i64>,
+    /// The handler's circuit breaker (`breaker` on the handler), shared by its consumers;
+    /// `None` without one. An open breaker leaves the app ready and live: restarting or
+    /// unrouting the consumer does not bring its dependency back.
+    pub breaker: Option<BreakerState>,
 }
 
 impl fmt::Display for ConsumerReport {
@@ -238,6 +259,8 @@ pub(crate) struct ConsumerHealth {
     state: Mutex<State>,
     /// Epoch ms of the last fetch that returned something; 0 before the first.
     last_poll_ms: AtomicI64,
+    /// The handler's breaker, once the app started it.
+    breaker: OnceLock<Arc<CircuitBreaker>>,
 }
 
 struct State {
@@ -259,7 +282,13 @@ impl ConsumerHealth {
                 held: BTreeSet::new(),
             }),
             last_poll_ms: AtomicI64::new(0),
+            breaker: OnceLock::new(),
         })
+    }
+
+    /// Reports `breaker`'s state from now on.
+    pub(crate) fn watch(&self, breaker: Arc<CircuitBreaker>) {
+        let _ = self.breaker.set(breaker);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -325,6 +354,7 @@ impl ConsumerHealth {
             assigned: state.assigned.iter().copied().collect(),
             held: state.held.iter().copied().collect(),
             last_poll_ms: (last_poll_ms != 0).then_some(last_poll_ms),
+            breaker: self.breaker.get().map(|breaker| breaker.state()),
         }
     }
 }
@@ -375,6 +405,7 @@ mod tests {
                 assigned: vec![],
                 held: vec![],
                 last_poll_ms: Some(1_000),
+                breaker: None,
             }
         );
         assert_eq!(report.consumers[0].last_poll_ms, None);
@@ -392,7 +423,7 @@ mod tests {
         assert_eq!(report.not_ready_reasons(), vec!["shutting down"]);
         assert_eq!(
             report.to_json(),
-            r#"{"consumers":[{"assigned":[],"error":null,"group":"billing","handler":"app::charge","held":[],"last_poll_ms":null,"level":0,"state":"running","topic":"orders"}],"live":true,"ready":false,"reasons":["shutting down"],"shutting_down":true}"#
+            r#"{"consumers":[{"assigned":[],"breaker":null,"error":null,"group":"billing","handler":"app::charge","held":[],"last_poll_ms":null,"level":0,"state":"running","topic":"orders"}],"live":true,"open_breakers":[],"ready":false,"reasons":["shutting down"],"shutting_down":true}"#
         );
     }
 }

@@ -50,6 +50,8 @@
 pub mod backend;
 // Batch handlers: the types their signatures use, and how a batch is decoded and started.
 mod batch;
+// `breaker` on a handler: what it declares and one handler's breaker at work.
+mod breaker;
 mod clock;
 // `Settings`, the one reader of the environment, and every variable's name (public as `settings`).
 mod config;
@@ -64,6 +66,7 @@ mod failure;
 /// ([`HandlerError`]) and what it knows about the message it handles ([`Context`]).
 pub mod handler {
     pub use crate::batch::{BatchContext, BatchError, BatchFailures};
+    pub use crate::breaker::{Breaker, BreakerState, BreakerWindow};
     pub use crate::context::{Context, Origin};
     pub use crate::failure::{ErrorKind, HandlerError};
     pub use crate::handlers::{registered_handlers, HandlerSpec, OnExhausted};
@@ -206,6 +209,7 @@ pub mod __private {
     /// renames this module too.
     pub mod v0_1_0 {
         pub use crate::batch::{into_batch_outcome, BatchContext, BatchInput, BatchStart};
+        pub use crate::breaker::Breaker;
         pub use crate::context::Context;
         pub use crate::event::codec::{Json, Raw};
         pub use crate::event::short_forms::{MsgPack, MsgPackFeature, Protobuf, ProtobufFeature};

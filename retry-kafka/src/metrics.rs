@@ -51,6 +51,11 @@ pub(crate) const HELD_PARTITIONS: &str = "retry_kafka_held_partitions";
 /// Messages of the level's topic its group has not committed, as the backend reports it
 /// (refreshed periodically). Labels: `topic`, `group`, `level`.
 pub(crate) const CONSUMER_LAG: &str = "retry_kafka_consumer_lag";
+/// A handler's circuit breaker: 0 closed, 1 open, 2 half-open. Labels: `topic`, `group`.
+pub(crate) const BREAKER_STATE: &str = "retry_kafka_breaker_state";
+/// A handler's circuit breaker's transitions. Labels: `topic`, `group`, `to` (`open`,
+/// `half-open`, `closed`).
+pub(crate) const BREAKER_TRANSITIONS: &str = "retry_kafka_breaker_transitions_total";
 
 /// Every kind in the order of [`kind_index`].
 const KINDS: [ErrorKind; 5] = [
@@ -104,6 +109,11 @@ pub(crate) fn describe() {
         "Partitions held while their records wait in memory"
     );
     describe_gauge!(CONSUMER_LAG, "Messages the group has not committed yet");
+    describe_gauge!(
+        BREAKER_STATE,
+        "A handler's circuit breaker: 0 closed, 1 open, 2 half-open"
+    );
+    describe_counter!(BREAKER_TRANSITIONS, "A handler's circuit breaker's transitions");
 }
 
 /// One level's handles and health, and its handler's [`Counters`] (what `App::stats` shows),

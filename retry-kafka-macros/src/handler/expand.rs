@@ -40,6 +40,17 @@ pub(super) fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Si
         }
         None => quote!(::core::option::Option::None),
     };
+    let breaker = match args.breaker {
+        Some(b) => {
+            let (rate, attempts, window_ms) = (b.failure_rate, b.window_attempts, b.window_ms);
+            let (min, cool_down, max_cool_down, probes) =
+                (b.min_attempts, b.cool_down_ms, b.max_cool_down_ms, b.probes);
+            quote!(::core::option::Option::Some(#rk::Breaker::declared(
+                #rate, #attempts, #window_ms, #min, #cool_down, #max_cool_down, #probes
+            )))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     // Every name the expansion introduces starts with `__rk_`, so a handler or a type named
     // `payload`, `event` or `context` is never shadowed by one of them.
     let (entry, call) = match args.batch {
@@ -68,6 +79,7 @@ pub(super) fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Si
                     timeout_ms: #timeout,
                     concurrency: #concurrency,
                     rate: #rate,
+                    breaker: #breaker,
                     call: #call,
                     file: ::core::file!(),
                     line: ::core::line!(),

@@ -26,7 +26,7 @@ const BATCH_FORM: &str = "expected `batch(max = 500, linger = \"50ms\")`";
 const MAX_BATCH: u32 = 100_000;
 
 /// Every option `parse_args` accepts, as the "unknown option" message lists them.
-const OPTIONS: [&str; 10] = [
+const OPTIONS: [&str; 11] = [
     "topic",
     "group",
     "retries",
@@ -36,8 +36,40 @@ const OPTIONS: [&str; 10] = [
     "concurrency",
     "batch",
     "rate",
+    "breaker",
     "crate",
 ];
+
+/// What `breaker(...)` accepts, said when it gets something else.
+const BREAKER_FORM: &str = "expected `breaker` alone or with options: `breaker(failure_rate = 50, window = \"30s\", min_attempts = 20, cool_down = \"30s\", max_cool_down = \"5m\", probes = 1)` (`window` a duration or a number of attempts)";
+
+/// A circuit breaker's settings as declared, every option filled in (defaults where absent).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct BreakerArgs {
+    pub(super) failure_rate: u8,
+    /// The last so many attempts; 0 for a time window.
+    pub(super) window_attempts: u32,
+    pub(super) window_ms: u64,
+    pub(super) min_attempts: u32,
+    pub(super) cool_down_ms: u64,
+    pub(super) max_cool_down_ms: u64,
+    pub(super) probes: u32,
+}
+
+impl Default for BreakerArgs {
+    /// The runtime's `Breaker::default()`, which `breaker` alone declares.
+    fn default() -> Self {
+        BreakerArgs {
+            failure_rate: 50,
+            window_attempts: 0,
+            window_ms: 30_000,
+            min_attempts: 20,
+            cool_down_ms: 30_000,
+            max_cool_down_ms: 300_000,
+            probes: 1,
+        }
+    }
+}
 
 /// The options as read: each `None` when absent or already reported.
 #[derive(Default)]
@@ -53,6 +85,8 @@ pub(super) struct HandlerArgs {
     pub(super) concurrency: Option<u32>,
     /// `rate = "200/s"`: attempts and period in ms.
     pub(super) rate: Option<(u32, u64)>,
+    /// `breaker` or `breaker(...)`: its settings, when every option given was readable.
+    pub(super) breaker: Option<BreakerArgs>,
     /// `batch(max = .., linger = ..)`: where it was written, and max and linger when both read.
     pub(super) batch: Option<(Span, Option<(u32, u64)>)>,
     /// `on_exhausted` was given but unreadable; reported already, so not "missing" too.
@@ -161,6 +195,7 @@ pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
                 }
             }
             "batch" => parsed.batch = Some((meta.path.span(), parse_batch(&meta, errors)?)),
+            "breaker" => parsed.breaker = parse_breaker(&meta, errors)?,
             "crate" => parsed.krate = attr::crate_path(&meta, errors)?,
             _ => {
                 errors.spanned(&meta.path, unknown_option_message(&meta));
@@ -251,6 +286,138 @@ fn parse_batch(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<(u
             Ok(None)
         }
     }
+}
+
+/// An integer option in `range`; `None` when it is not one (reported already).
+fn bounded(
+    meta: &ParseNestedMeta,
+    errors: &Errors,
+    expected: &str,
+    range: std::ops::RangeInclusive<u32>,
+    out_of_range: &str,
+) -> syn::Result<Option<u32>> {
+    let Some(value) = attr::value::<LitInt>(meta, errors, expected)? else {
+        return Ok(None);
+    };
+    match value.base10_parse::<u32>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => {
+            errors.spanned(&value, out_of_range);
+            Ok(None)
+        }
+    }
+}
+
+/// `breaker` alone (the defaults) or `breaker(failure_rate = 50, window = "30s", ...)`, any
+/// option left out at its default. `None` when an option is wrong (reported already).
+fn parse_breaker(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<BreakerArgs>> {
+    let mut args = BreakerArgs::default();
+    if meta.input.peek(syn::Token![=]) {
+        errors.spanned(&meta.path, BREAKER_FORM);
+        attr::skip(meta)?;
+        return Ok(None);
+    }
+    if !meta.input.peek(syn::token::Paren) {
+        return Ok(Some(args));
+    }
+    let mut ok = true;
+    let mut cool_down_span = None;
+    meta.parse_nested_meta(|inner| {
+        let name = inner
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let mut fail = |span: &dyn quote::ToTokens, message: String| {
+            errors.spanned(span, message);
+            ok = false;
+        };
+        match name.as_str() {
+            "failure_rate" => {
+                let range = "`failure_rate` is a percentage of failed attempts: from 1 to 100";
+                match bounded(
+                    &inner,
+                    errors,
+                    "expected a percentage: `failure_rate = 50`",
+                    1..=100,
+                    range,
+                )? {
+                    Some(n) => args.failure_rate = n as u8,
+                    None => ok = false,
+                }
+            }
+            "window" => {
+                let expected =
+                    "expected a duration or a number of attempts: `window = \"30s\"` or `window = 100`";
+                match attr::value::<Lit>(&inner, errors, expected)? {
+                    Some(Lit::Str(value)) => match parse_millis(&value.value()) {
+                        Ok(ms) if (1_000..=86_400_000).contains(&ms) => {
+                            (args.window_attempts, args.window_ms) = (0, ms)
+                        }
+                        Ok(_) => fail(&value, "a time `window` is from \"1s\" to \"1d\"".into()),
+                        Err(message) => fail(&value, message),
+                    },
+                    Some(Lit::Int(value)) => match value.base10_parse::<u32>() {
+                        Ok(n) if (1..=100_000).contains(&n) => args.window_attempts = n,
+                        _ => fail(&value, "a `window` of attempts holds from 1 to 100000".into()),
+                    },
+                    Some(other) => fail(&other, expected.into()),
+                    None => ok = false,
+                }
+            }
+            "min_attempts" => {
+                let expected = "expected an integer: `min_attempts = 20`";
+                let range = "`min_attempts` must be at least 1";
+                match bounded(&inner, errors, expected, 1..=u32::MAX, range)? {
+                    Some(n) => args.min_attempts = n,
+                    None => ok = false,
+                }
+            }
+            "cool_down" | "max_cool_down" => {
+                let expected = format!("expected a duration as a string literal: `{name} = \"30s\"`");
+                match attr::value::<LitStr>(&inner, errors, &expected)? {
+                    Some(value) => match parse_millis(&value.value()) {
+                        Ok(0) => fail(&value, format!("`{name}` must be longer than zero")),
+                        Ok(ms) if name == "cool_down" => {
+                            args.cool_down_ms = ms;
+                            cool_down_span = Some(value.span());
+                        }
+                        Ok(ms) => args.max_cool_down_ms = ms,
+                        Err(message) => fail(&value, message),
+                    },
+                    None => ok = false,
+                }
+            }
+            "probes" => {
+                let range = "`probes` (attempts at a time while half-open) is from 1 to 1000";
+                match bounded(
+                    &inner,
+                    errors,
+                    "expected an integer: `probes = 1`",
+                    1..=1_000,
+                    range,
+                )? {
+                    Some(n) => args.probes = n,
+                    None => ok = false,
+                }
+            }
+            _ => {
+                fail(&inner.path, format!("unknown breaker option; {BREAKER_FORM}"));
+                attr::skip(&inner)?;
+            }
+        }
+        Ok(())
+    })?;
+    if ok && args.max_cool_down_ms < args.cool_down_ms {
+        // The declared cool-down only grows: a cap below it could never hold.
+        let span = cool_down_span.unwrap_or_else(|| meta.path.span());
+        errors.push(syn::Error::new(
+            span,
+            "`cool_down` must not be longer than `max_cool_down` (default \"5m\")",
+        ));
+        ok = false;
+    }
+    Ok(ok.then_some(args))
 }
 
 /// `["10s", "1m"]`, `["30s"; 3]` or `exponential(first = "1s", factor = 2, levels = 5, max = "1m")`.

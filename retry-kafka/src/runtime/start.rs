@@ -13,6 +13,7 @@ use super::endpoint;
 use super::running::{Running, Services};
 use super::{consumer, provision};
 use crate::backend::{Backend, Subscription, Topic, TopicRole};
+use crate::breaker::CircuitBreaker;
 use crate::error::Error;
 use crate::metrics::LevelMetrics;
 use crate::policy::RetryPolicy;
@@ -61,6 +62,19 @@ impl<B: Backend> App<B> {
             let main_topic: Arc<str> = topology.main.as_str().into();
             // One limiter for all of the handler's levels: the rate caps its attempts in all.
             let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
+            // One breaker too: an outage is the handler's dependency's, not one level's.
+            let breaker = spec.breaker().map(|settings| {
+                let breaker = Arc::new(CircuitBreaker::new(
+                    settings,
+                    spec.name(),
+                    &main_topic,
+                    spec.group(),
+                ));
+                for consumer in health.iter() {
+                    consumer.watch(breaker.clone());
+                }
+                breaker
+            });
             for level in 0..=policy.levels() {
                 let topic = topology.level(level);
                 let seam_topic = Topic::new(topic, TopicRole::of_level(level));
@@ -89,6 +103,7 @@ impl<B: Backend> App<B> {
                     main_topic: main_topic.clone(),
                     shutdown: shutdown.clone(),
                     rate: rate.clone(),
+                    breaker: breaker.clone(),
                     metrics: Arc::new(LevelMetrics::new(
                         &main_topic,
                         spec.group(),

@@ -30,6 +30,7 @@ use self::hand_offs::{HandOffs, PendingHandOff, Targets, Ticket};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
 use crate::backend::{Consumer, Delivered, Fetched, Record, Undelivered};
+use crate::breaker::{CircuitBreaker, Outcome};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
 use crate::handlers::{Call, HandlerSpec};
@@ -61,6 +62,8 @@ pub(crate) struct Level {
     pub(crate) metrics: Arc<crate::metrics::LevelMetrics>,
     /// The handler's `rate`, shared by its levels.
     pub(crate) rate: Option<Arc<AttemptRate>>,
+    /// The handler's circuit breaker, shared by its levels.
+    pub(crate) breaker: Option<Arc<CircuitBreaker>>,
 }
 
 impl Level {
@@ -100,7 +103,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         Self {
             hand_offs: HandOffs::new(level.hand_off_window),
             targets: Targets::of(&level.topology),
-            gate: RateGate::new(level.rate.clone()),
+            gate: RateGate::new(level.rate.clone(), level.breaker.clone()),
             level,
             consumer,
             partitions: Partitions::default(),
@@ -327,6 +330,13 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         } = done;
         self.level.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
+        // Every outcome tells the breaker about the dependency, a revoked partition's too.
+        let held_back = self.level.breaker.as_ref().is_some_and(|breaker| {
+            breaker.conclude(match &result {
+                Ok(()) => Outcome::Succeeded,
+                Err(failure) => Outcome::of_failure(failure.kind),
+            })
+        });
         if !self.partitions.is_current(partition, generation) {
             // Revoked meanwhile: the partition's new owner runs it again.
             return;
@@ -338,6 +348,16 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             }
             Err(failure) => failure,
         };
+        if held_back {
+            // The outage's failure, not the record's: it waits in its place (its offset stays
+            // in flight) and is attempted again once the breaker lets attempts through.
+            self.level.metrics.failed(failure.kind);
+            tracing::debug!(topic = %self.level.topic, partition, offset, kind = %failure.kind,
+                error = %failure.message, "attempt failed while the breaker is open; the record waits");
+            let due = self.level.due_at(&record);
+            self.partitions.put_back(record, due);
+            return;
+        }
         let Some(hand_off) = self.level.hand_off_of(record, failure, span, generation) else {
             return self.finish(partition, offset).await;
         };

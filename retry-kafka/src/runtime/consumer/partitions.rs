@@ -175,6 +175,22 @@ impl Partitions {
         hold.then_some(offset + 1)
     }
 
+    /// Puts a started record back among the waiting ones, in offset order (its offset stays
+    /// in flight): started again when its turn comes, as if it had not been. Not counted
+    /// against [`WAITING_LIMIT`]: what can come back is bounded by the attempts under way.
+    pub(super) fn put_back(&mut self, record: Record, due: Option<i64>) {
+        let state = self.get(record.partition);
+        let at = state.waiting.partition_point(|w| w.record.offset < record.offset);
+        state.waiting.insert(
+            at,
+            Waiting {
+                due: due.unwrap_or(0),
+                record,
+            },
+        );
+        self.waiting += 1;
+    }
+
     /// Whether the first record waiting on the partition at `index` is due at `now` (epoch ms).
     pub(super) fn head_due(&self, index: usize, now: i64) -> bool {
         self.list[index]

@@ -1,0 +1,526 @@
+//! Circuit breakers: `breaker` on a handler stops its attempts while the service it calls is
+//! down, instead of walking every record through every retry level into the dead letters.
+//!
+//! [`Breaker`] is what the attribute declares; [`CircuitBreaker`] is one handler's breaker at
+//! work, shared by the consumers of its main topic and retry levels (an outage is the
+//! handler's, not one level's). Only transient failures and timeouts count: a permanent or
+//! decode failure is the record's fault, not the dependency's. The clock is tokio's, so a
+//! paused clock drives it in virtual time, like retry delays.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use ::metrics::{Counter, Gauge};
+use tokio::time::Instant;
+
+use crate::failure::ErrorKind;
+
+/// How long a consumer waits before asking again while a probe of another consumer is under
+/// way: the most a half-open breaker's closing can go unseen by a level that waits.
+const PROBE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Buckets of a time window: outcomes older than the window leave a tenth of it at a time.
+const BUCKETS: u32 = 10;
+
+/// What `#[retry_handler(..., breaker)]` declares: when a handler's failures mean its
+/// dependency is down, and how it probes for the dependency's return.
+///
+/// The breaker **opens** when, over the window, at least `min_attempts` attempts concluded and
+/// at least `failure_rate` percent of them failed transiently or timed out. While open, none of
+/// the handler's consumers starts an attempt: records wait where they are (fetched ones in
+/// memory, the rest in the topic, partitions held), nothing is handed on or dead-lettered
+/// because of the outage, and a record whose attempt failed after the breaker opened is
+/// attempted again later, its failure not counted. After the cool-down it is **half-open**:
+/// `probes` attempts at a time; a success closes it, a failure opens it again with the
+/// cool-down doubled, up to `max_cool_down`.
+///
+/// ```
+/// use retry_kafka::handler::{Breaker, BreakerWindow};
+/// use std::time::Duration;
+///
+/// let breaker = Breaker::default();
+/// assert_eq!(breaker.failure_rate(), 50);
+/// assert_eq!(breaker.window(), BreakerWindow::Time(Duration::from_secs(30)));
+/// assert_eq!(breaker.min_attempts(), 20);
+/// assert_eq!(breaker.cool_down(), Duration::from_secs(30));
+/// assert_eq!(breaker.max_cool_down(), Duration::from_secs(300));
+/// assert_eq!(breaker.probes(), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    failure_rate: u8,
+    window: BreakerWindow,
+    min_attempts: u32,
+    cool_down_ms: u64,
+    max_cool_down_ms: u64,
+    probes: u32,
+}
+
+/// The outcomes a [`Breaker`] weighs: the last so many attempts, or those of the last so long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerWindow {
+    /// The last `n` attempts concluded (`window = 100`).
+    Attempts(u32),
+    /// The attempts concluded in the last period (`window = "30s"`).
+    Time(Duration),
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker::declared(50, 0, 30_000, 20, 30_000, 300_000, 1)
+    }
+}
+
+impl Breaker {
+    /// What `breaker(...)` declared, every option filled in (the macro checked each):
+    /// `window_attempts` is 0 for a time window of `window_ms`.
+    #[doc(hidden)]
+    pub const fn declared(
+        failure_rate: u8,
+        window_attempts: u32,
+        window_ms: u64,
+        min_attempts: u32,
+        cool_down_ms: u64,
+        max_cool_down_ms: u64,
+        probes: u32,
+    ) -> Self {
+        let window = if window_attempts > 0 {
+            BreakerWindow::Attempts(window_attempts)
+        } else {
+            BreakerWindow::Time(Duration::from_millis(window_ms))
+        };
+        Breaker {
+            failure_rate,
+            window,
+            min_attempts,
+            cool_down_ms,
+            max_cool_down_ms,
+            probes,
+        }
+    }
+
+    /// The share of failed attempts, in percent, at or above which it opens.
+    pub fn failure_rate(&self) -> u8 {
+        self.failure_rate
+    }
+
+    /// The outcomes it weighs.
+    pub fn window(&self) -> BreakerWindow {
+        self.window
+    }
+
+    /// The fewest attempts in the window before it may open.
+    pub fn min_attempts(&self) -> u32 {
+        self.min_attempts
+    }
+
+    /// How long it stays open the first time before probing.
+    pub fn cool_down(&self) -> Duration {
+        Duration::from_millis(self.cool_down_ms)
+    }
+
+    /// The longest cool-down, however often probes fail.
+    pub fn max_cool_down(&self) -> Duration {
+        Duration::from_millis(self.max_cool_down_ms)
+    }
+
+    /// Probe attempts at a time while half-open.
+    pub fn probes(&self) -> u32 {
+        self.probes
+    }
+}
+
+/// Where a breaker is: what [`App::health`](crate::App::health) reports per consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Attempts run.
+    Closed,
+    /// No attempt starts until the cool-down is over.
+    Open,
+    /// A few probe attempts run; the rest wait for their outcome.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`: as logs, metrics and `/healthz` name it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a concluded attempt counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Succeeded,
+    /// A transient failure or a timeout: the dependency's.
+    Failed,
+    /// A permanent or decode failure: the record's, says nothing of the dependency.
+    Ignored,
+}
+
+impl Outcome {
+    /// How a failure of `kind` counts.
+    pub(crate) fn of_failure(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Transient | ErrorKind::Timeout => Outcome::Failed,
+            _ => Outcome::Ignored,
+        }
+    }
+}
+
+/// One handler's breaker at work, shared by its consumers.
+pub(crate) struct CircuitBreaker {
+    settings: Breaker,
+    /// The [`BreakerState`] as a number, read without the lock: a closed breaker admits an
+    /// attempt with one atomic load.
+    state: AtomicU8,
+    inner: Mutex<Inner>,
+    handler: &'static str,
+    topic: String,
+    group: &'static str,
+    gauge: Gauge,
+    opened: Counter,
+    half_opened: Counter,
+    closed: Counter,
+}
+
+struct Inner {
+    phase: Phase,
+    window: Window,
+    /// The next cool-down: the declared one, doubled by each failed probe.
+    cool_down: Duration,
+}
+
+enum Phase {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probing: u32 },
+}
+
+impl CircuitBreaker {
+    pub(crate) fn new(settings: Breaker, handler: &'static str, topic: &str, group: &'static str) -> Self {
+        let labels = [("topic", topic.to_owned()), ("group", group.to_owned())];
+        let transitions = |to: &'static str| {
+            let mut labels = labels.to_vec();
+            labels.push(("to", to.to_owned()));
+            ::metrics::counter!(crate::metrics::BREAKER_TRANSITIONS, &labels)
+        };
+        let gauge = ::metrics::gauge!(crate::metrics::BREAKER_STATE, &labels);
+        gauge.set(0.0);
+        CircuitBreaker {
+            settings,
+            state: AtomicU8::new(0),
+            inner: Mutex::new(Inner {
+                phase: Phase::Closed,
+                window: Window::new(settings.window),
+                cool_down: settings.cool_down(),
+            }),
+            handler,
+            topic: topic.to_owned(),
+            group,
+            gauge,
+            opened: transitions("open"),
+            half_opened: transitions("half-open"),
+            closed: transitions("closed"),
+        }
+    }
+
+    /// Where it is now.
+    pub(crate) fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an attempt may start now (taking a probe's place when half-open), or when to
+    /// ask again.
+    pub(crate) fn admit(&self) -> Result<(), Instant> {
+        if self.state.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let mut inner = self.inner();
+        let now = Instant::now();
+        match inner.phase {
+            Phase::Closed => Ok(()),
+            Phase::Open { until } if now < until => Err(until),
+            Phase::Open { .. } => {
+                self.enter(&mut inner, Phase::HalfOpen { probing: 1 });
+                Ok(())
+            }
+            Phase::HalfOpen { ref mut probing } if *probing < self.settings.probes => {
+                *probing += 1;
+                Ok(())
+            }
+            Phase::HalfOpen { .. } => Err(now + PROBE_RECHECK),
+        }
+    }
+
+    /// Counts a concluded attempt. Returns whether a failure is to be held back, not handed
+    /// on: it came while the breaker is open, or opened it (the outage's, not the record's).
+    pub(crate) fn conclude(&self, outcome: Outcome) -> bool {
+        let mut inner = self.inner();
+        let now = Instant::now();
+        match (&mut inner.phase, outcome) {
+            (Phase::Closed, Outcome::Ignored) => false,
+            (Phase::Closed, _) => {
+                inner.window.add(now, outcome == Outcome::Failed);
+                if outcome == Outcome::Succeeded || !inner.window.trips(&self.settings, now) {
+                    return false;
+                }
+                let until = now + inner.cool_down;
+                self.enter(&mut inner, Phase::Open { until });
+                true
+            }
+            // Attempts started before it opened: a success says little, a failure waits.
+            (Phase::Open { .. }, outcome) => outcome == Outcome::Failed,
+            (Phase::HalfOpen { probing }, Outcome::Ignored) => {
+                *probing = probing.saturating_sub(1);
+                false
+            }
+            (Phase::HalfOpen { .. }, Outcome::Succeeded) => {
+                inner.cool_down = self.settings.cool_down();
+                inner.window = Window::new(self.settings.window);
+                self.enter(&mut inner, Phase::Closed);
+                false
+            }
+            (Phase::HalfOpen { .. }, Outcome::Failed) => {
+                inner.cool_down = (inner.cool_down * 2).min(self.settings.max_cool_down());
+                let until = now + inner.cool_down;
+                self.enter(&mut inner, Phase::Open { until });
+                true
+            }
+        }
+    }
+
+    /// Moves to `phase`: the state others read, the metrics, one log line.
+    fn enter(&self, inner: &mut Inner, phase: Phase) {
+        let (state, counter) = match phase {
+            Phase::Closed => (BreakerState::Closed, &self.closed),
+            Phase::Open { .. } => (BreakerState::Open, &self.opened),
+            Phase::HalfOpen { .. } => (BreakerState::HalfOpen, &self.half_opened),
+        };
+        let (handler, topic, group) = (self.handler, &self.topic, self.group);
+        match phase {
+            Phase::Open { .. } => tracing::warn!(
+                handler, %topic, group, cool_down = ?inner.cool_down,
+                "circuit breaker opened: attempts stop until the cool-down is over; records wait, none is handed on"
+            ),
+            Phase::HalfOpen { .. } => tracing::info!(handler, %topic, group,
+                probes = self.settings.probes, "circuit breaker half-open: probing"),
+            Phase::Closed => {
+                tracing::info!(handler, %topic, group, "circuit breaker closed: attempts run again")
+            }
+        }
+        inner.phase = phase;
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.gauge.set(state as u8 as f64);
+        counter.increment(1);
+    }
+}
+
+/// The outcomes a closed breaker weighs.
+enum Window {
+    /// The last `limit` outcomes, `true` for a failure.
+    Attempts {
+        limit: usize,
+        outcomes: VecDeque<bool>,
+        failed: u32,
+    },
+    /// Counts per tenth of the period, oldest first: (start, attempts, failed).
+    Time {
+        bucket: Duration,
+        buckets: VecDeque<(Instant, u32, u32)>,
+    },
+}
+
+impl Window {
+    fn new(window: BreakerWindow) -> Self {
+        match window {
+            BreakerWindow::Attempts(limit) => Window::Attempts {
+                limit: limit as usize,
+                outcomes: VecDeque::with_capacity(limit as usize),
+                failed: 0,
+            },
+            BreakerWindow::Time(period) => Window::Time {
+                bucket: (period / BUCKETS).max(Duration::from_millis(1)),
+                buckets: VecDeque::with_capacity(BUCKETS as usize + 1),
+            },
+        }
+    }
+
+    fn add(&mut self, now: Instant, failed_now: bool) {
+        match self {
+            Window::Attempts {
+                limit,
+                outcomes,
+                failed,
+            } => {
+                if outcomes.len() == *limit && outcomes.pop_front() == Some(true) {
+                    *failed -= 1;
+                }
+                outcomes.push_back(failed_now);
+                *failed += failed_now as u32;
+            }
+            Window::Time { bucket, buckets } => {
+                Self::expire(*bucket, buckets, now);
+                match buckets.back_mut() {
+                    Some((start, attempts, failed)) if now < *start + *bucket => {
+                        *attempts += 1;
+                        *failed += failed_now as u32;
+                    }
+                    _ => buckets.push_back((now, 1, failed_now as u32)),
+                }
+            }
+        }
+    }
+
+    fn expire(bucket: Duration, buckets: &mut VecDeque<(Instant, u32, u32)>, now: Instant) {
+        let span = bucket * BUCKETS;
+        while buckets.front().is_some_and(|(start, ..)| *start + span <= now) {
+            buckets.pop_front();
+        }
+    }
+
+    /// Attempts and failures in the window now.
+    fn counts(&mut self, now: Instant) -> (u32, u32) {
+        match self {
+            Window::Attempts { outcomes, failed, .. } => (outcomes.len() as u32, *failed),
+            Window::Time { bucket, buckets } => {
+                Self::expire(*bucket, buckets, now);
+                buckets
+                    .iter()
+                    .fold((0, 0), |(a, f), (_, attempts, failed)| (a + attempts, f + failed))
+            }
+        }
+    }
+
+    /// Whether the window's failures open a breaker of `settings`.
+    fn trips(&mut self, settings: &Breaker, now: Instant) -> bool {
+        let (attempts, failed) = self.counts(now);
+        attempts >= settings.min_attempts
+            && attempts > 0
+            && u64::from(failed) * 100 >= u64::from(settings.failure_rate) * u64::from(attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(window_attempts: u32, window_ms: u64) -> CircuitBreaker {
+        let settings = Breaker::declared(50, window_attempts, window_ms, 4, 1_000, 4_000, 1);
+        CircuitBreaker::new(settings, "tests::charge", "orders", "billing")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_opens_at_the_failure_rate_once_enough_attempts_concluded() {
+        let breaker = breaker(10, 0);
+        // Three failures of three: under `min_attempts` (4), so it stays closed.
+        for _ in 0..3 {
+            assert!(!breaker.conclude(Outcome::Failed));
+        }
+        // Permanent failures are the record's: not counted.
+        assert!(!breaker.conclude(Outcome::Ignored));
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.admit().is_ok());
+        // The fourth: 4 of 4 failed, the failure that opens it is held back.
+        assert!(breaker.conclude(Outcome::Failed));
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.admit(), Err(Instant::now() + Duration::from_secs(1)));
+        // Attempts that were under way: a failure is held back too, a success changes nothing.
+        assert!(breaker.conclude(Outcome::Failed));
+        assert!(!breaker.conclude(Outcome::Succeeded));
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_the_rate_it_stays_closed() {
+        let breaker = breaker(4, 0);
+        for outcome in [
+            Outcome::Failed,
+            Outcome::Succeeded,
+            Outcome::Succeeded,
+            Outcome::Succeeded,
+        ] {
+            assert!(!breaker.conclude(outcome), "1 failure of 4: 25%");
+        }
+        // The oldest outcome (the failure) leaves as the next comes.
+        assert!(!breaker.conclude(Outcome::Failed), "1 failure of the last 4");
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.conclude(Outcome::Failed), "2 of the last 4: 50%");
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_time_window_forgets_what_is_older_than_its_period() {
+        let breaker = breaker(0, 10_000);
+        for _ in 0..3 {
+            assert!(!breaker.conclude(Outcome::Failed));
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // The three failures left the window: 1 attempt now, under `min_attempts`.
+        assert!(!breaker.conclude(Outcome::Failed));
+        for _ in 0..2 {
+            assert!(!breaker.conclude(Outcome::Failed));
+        }
+        assert!(breaker.conclude(Outcome::Failed), "4 in the window, all failed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_probes_one_at_a_time_and_the_cool_down_grows_up_to_its_cap() {
+        let breaker = breaker(4, 0);
+        for _ in 0..4 {
+            breaker.conclude(Outcome::Failed);
+        }
+        let mut cool_downs = Vec::new();
+        for _ in 0..4 {
+            let until = breaker.admit().expect_err("open");
+            cool_downs.push(until - Instant::now());
+            tokio::time::advance(until - Instant::now()).await;
+            assert_eq!(breaker.admit(), Ok(()), "the probe");
+            assert_eq!(breaker.state(), BreakerState::HalfOpen);
+            let recheck = breaker.admit().expect_err("one probe at a time");
+            assert_eq!(recheck - Instant::now(), PROBE_RECHECK);
+            assert!(breaker.conclude(Outcome::Failed), "a failed probe is held back");
+            assert_eq!(breaker.state(), BreakerState::Open);
+        }
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(cool_downs, [secs(1), secs(2), secs(4), secs(4)]);
+        // A permanent failure of the probe says nothing: another probe may go.
+        tokio::time::advance(secs(4)).await;
+        assert_eq!(breaker.admit(), Ok(()));
+        assert!(!breaker.conclude(Outcome::Ignored));
+        assert_eq!(breaker.admit(), Ok(()), "the probe's place is free again");
+        assert!(!breaker.conclude(Outcome::Succeeded));
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        // Closed again, from a fresh window and the declared cool-down.
+        for _ in 0..3 {
+            assert!(!breaker.conclude(Outcome::Failed));
+        }
+        assert!(breaker.conclude(Outcome::Failed));
+        assert_eq!(breaker.admit(), Err(Instant::now() + secs(1)));
+    }
+}
