@@ -152,5 +152,13 @@ async fn an_outage_waits_behind_an_open_breaker_instead_of_filling_the_dead_lett
         );
     }
     assert_eq!(health.report().open_breakers(), Vec::<&str>::new());
+    let stats = app.stats();
+    let stats = stats.handler("guarded").unwrap();
+    assert_eq!(
+        (stats.breaker_opened, stats.breaker_half_opened, stats.breaker_closed),
+        (3, 3, 1),
+        "opened, two failed probes, the third closed it"
+    );
+    assert_eq!(stats.dead_lettered, 0);
     app.shutdown().await;
 }

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -199,6 +199,8 @@ pub(crate) struct CircuitBreaker {
     handler: &'static str,
     topic: String,
     group: &'static str,
+    /// Transitions by the state entered: open, half-open, closed (for `App::stats`).
+    transitions: [AtomicU64; 3],
     gauge: Gauge,
     opened: Counter,
     half_opened: Counter,
@@ -219,6 +221,7 @@ enum Phase {
 }
 
 impl CircuitBreaker {
+    /// The breaker of `handler`, on `topic` (its main topic) in `group`.
     pub(crate) fn new(settings: Breaker, handler: &'static str, topic: &str, group: &'static str) -> Self {
         let labels = [("topic", topic.to_owned()), ("group", group.to_owned())];
         let transitions = |to: &'static str| {
@@ -239,11 +242,17 @@ impl CircuitBreaker {
             handler,
             topic: topic.to_owned(),
             group,
+            transitions: Default::default(),
             gauge,
             opened: transitions("open"),
             half_opened: transitions("half-open"),
             closed: transitions("closed"),
         }
+    }
+
+    /// How often it opened, went half-open and closed.
+    pub(crate) fn transitions(&self) -> [u64; 3] {
+        self.transitions.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     /// Where it is now.
@@ -338,6 +347,12 @@ impl CircuitBreaker {
         self.state.store(state as u8, Ordering::Relaxed);
         self.gauge.set(state as u8 as f64);
         counter.increment(1);
+        let index = match state {
+            BreakerState::Open => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Closed => 2,
+        };
+        self.transitions[index].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -522,5 +537,6 @@ mod tests {
         }
         assert!(breaker.conclude(Outcome::Failed));
         assert_eq!(breaker.admit(), Err(Instant::now() + secs(1)));
+        assert_eq!(breaker.transitions(), [6, 5, 1], "opened, half-opened, closed");
     }
 }

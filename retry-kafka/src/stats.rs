@@ -1,8 +1,9 @@
 //! Counters per handler: what the quickstart prints and what metrics can hang on.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crate::breaker::CircuitBreaker;
 use crate::handlers::HandlerSpec;
 
 /// Live counters of one handler, shared by its consumers. One relaxed increment per outcome.
@@ -14,6 +15,8 @@ pub(crate) struct Counters {
     dead_lettered: AtomicU64,
     parked: AtomicU64,
     dropped: AtomicU64,
+    /// The handler's breaker, once the app started it: its transitions.
+    breaker: OnceLock<Arc<CircuitBreaker>>,
 }
 
 impl Counters {
@@ -26,6 +29,7 @@ impl Counters {
             dead_lettered: AtomicU64::new(0),
             parked: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            breaker: OnceLock::new(),
         })
     }
 
@@ -53,7 +57,14 @@ impl Counters {
         self.dropped.fetch_add(1, Relaxed);
     }
 
+    /// Counts `breaker`'s transitions from now on.
+    pub(crate) fn watch(&self, breaker: Arc<CircuitBreaker>) {
+        let _ = self.breaker.set(breaker);
+    }
+
     pub(crate) fn snapshot(&self) -> HandlerStats {
+        let [opened, half_opened, closed] =
+            self.breaker.get().map_or([0; 3], |breaker| breaker.transitions());
         HandlerStats {
             handler: self.spec.name(),
             succeeded: self.succeeded.load(Relaxed),
@@ -62,6 +73,9 @@ impl Counters {
             dead_lettered: self.dead_lettered.load(Relaxed),
             parked: self.parked.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            breaker_opened: opened,
+            breaker_half_opened: half_opened,
+            breaker_closed: closed,
         }
     }
 }
@@ -84,6 +98,12 @@ pub struct HandlerStats {
     pub parked: u64,
     /// Messages dropped after their last attempt (`on_exhausted = "drop"`).
     pub dropped: u64,
+    /// Times its circuit breaker opened (after failures, or after a failed probe).
+    pub breaker_opened: u64,
+    /// Times its circuit breaker went half-open (a cool-down over).
+    pub breaker_half_opened: u64,
+    /// Times its circuit breaker closed (a probe succeeded).
+    pub breaker_closed: u64,
 }
 
 /// Counters of every running handler.

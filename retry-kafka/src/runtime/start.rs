@@ -70,6 +70,7 @@ impl<B: Backend> App<B> {
                     &main_topic,
                     spec.group(),
                 ));
+                counters.watch(breaker.clone());
                 for consumer in health.iter() {
                     consumer.watch(breaker.clone());
                 }
