@@ -33,26 +33,40 @@ async fn own_broker() -> KafkaHarness {
 
 /// A worker on the harness's broker, with the consumer settings of `kafka_support::test_settings`.
 fn spawn_worker(harness: &KafkaHarness, name: &str) -> Worker {
-    Worker::spawn(
-        name,
-        &[
-            ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
-            ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
-            ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
-        ],
-    )
+    Worker::spawn(name, &worker_env(harness))
 }
+
+/// A worker's environment: the harness's broker, the consumer settings of
+/// `kafka_support::test_settings`.
+fn worker_env(harness: &KafkaHarness) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
+        ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
+        ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
+    ]
+}
+
+/// The workers' commit interval in the kill test (`KAFKA_COMMIT_INTERVAL_MS`), the default.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
     let harness = own_broker().await;
-    // Repeats are bounded by what was in flight or not yet committed at the kill (1 s of auto-commit).
-    process_support::a_killed_worker_restarted_loses_nothing(
-        &harness,
-        |name| spawn_worker(&harness, name),
-        200,
-    )
-    .await;
+    let spawn = |name: &str| {
+        let mut env = worker_env(&harness);
+        env.push((
+            "KAFKA_COMMIT_INTERVAL_MS",
+            COMMIT_INTERVAL.as_millis().to_string(),
+        ));
+        Worker::spawn(name, &env)
+    };
+    // What a kill repeats: the successes since the last commit started (an interval at most,
+    // plus its round trip and the wait for the handle's acknowledgements, up to another
+    // interval), at the worker's pace, and the attempt in flight (concurrency 1, and one on the
+    // retry level). 100 ms of slack for the poll thread's rounds and a debug build on 2 cores.
+    let bound =
+        |pace: f64| (pace * (2 * COMMIT_INTERVAL + Duration::from_millis(100)).as_secs_f64()) as usize + 3;
+    process_support::a_killed_worker_restarted_loses_nothing_within(&harness, spawn, bound).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

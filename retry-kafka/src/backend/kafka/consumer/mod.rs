@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,7 +28,11 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::{mpsc, oneshot};
 
+mod commits;
 mod poll;
+
+use commits::AckRequest;
+pub(crate) use commits::CommitPolicy;
 
 use super::{transport, Kafka};
 use crate::backend::{
@@ -102,8 +107,9 @@ pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]
     config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        // The poll thread commits (`commits.rs`): sooner than librdkafka's auto-commit, and
+        // after a count of records too.
+        .set("enable.auto.commit", "false")
         // At least once: an offset is stored only when the runtime acknowledges it.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -231,6 +237,8 @@ pub struct KafkaConsumer {
     /// Acknowledgements not yet sent to the poll thread.
     acks: Acks,
     acked_since_flush: usize,
+    /// The poll thread asks for the acknowledgements held here (to commit, or on a revoke).
+    ack_request: Arc<AckRequest>,
     thread: Option<JoinHandle<()>>,
     topic: String,
     /// Produces hand-offs (to this cluster or the retry cluster).
@@ -243,9 +251,11 @@ impl KafkaConsumer {
         brokers: &str,
         subscription: Subscription,
         properties: &[(String, String)],
+        commits: CommitPolicy,
     ) -> Result<Self, BackendError> {
         let name = subscription.topic.name.to_string();
-        let context = RebalanceLog::new(name.clone());
+        let ack_request = Arc::new(AckRequest::default());
+        let context = RebalanceLog::new(name.clone(), ack_request.clone());
         let consumer: RawConsumer = config(brokers, &subscription.group, properties)
             .create_with_context(context)
             .map_err(transport)?;
@@ -258,7 +268,7 @@ impl KafkaConsumer {
         let thread = std::thread::Builder::new()
             .name(format!("rk-poll-{name}"))
             .spawn(move || {
-                PollThread::new(name, items_tx, emptied_rx, commands_rx).run(consumer);
+                PollThread::new(name, items_tx, emptied_rx, commands_rx, commits).run(consumer);
                 // Only now may an embedded cluster go: its clients are closed.
                 drop(backend);
             })
@@ -272,6 +282,7 @@ impl KafkaConsumer {
             partitions: ByPartition::default(),
             acks: Acks::default(),
             acked_since_flush: 0,
+            ack_request,
             thread: Some(thread),
             topic,
             kafka,
@@ -287,12 +298,13 @@ impl KafkaConsumer {
     }
 
     /// Hands the folded acknowledgements to the poll thread: once per batch of records, not
-    /// once per message.
+    /// once per message, or when it asks for them.
     fn flush_acks(&mut self) {
         self.acked_since_flush = 0;
         if !self.acks.is_empty() {
             let _ = self.commands.send(Command::Acks(std::mem::take(&mut self.acks)));
         }
+        self.ack_request.answered();
     }
 }
 
@@ -408,13 +420,13 @@ impl Consumer for KafkaConsumer {
     }
 
     /// Folded here and sent to the poll thread with the next batch (or every `ACK_FLUSH`
-    /// acknowledgements, or before any other command or close); the thread stores the offsets
-    /// for the next commit.
+    /// acknowledgements, or when the thread asks, or before any other command or close); the
+    /// thread stores the offsets for the next commit.
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         if let Some(view) = self.partitions.get(partition) {
             self.acks.add(partition, view.generation, offset);
             self.acked_since_flush += 1;
-            if self.acked_since_flush >= ACK_FLUSH {
+            if self.acked_since_flush >= ACK_FLUSH || self.ack_request.is_raised() {
                 self.flush_acks();
             }
         }

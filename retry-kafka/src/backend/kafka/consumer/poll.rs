@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,6 +14,7 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
 use super::{
     record_of, Acks, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
 };
@@ -27,6 +28,8 @@ pub(super) struct RebalanceLog {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Whether `events` has something: checked after every poll without taking the lock.
     pending: AtomicBool,
+    /// Asks the handle for the acknowledgements it holds.
+    pub(super) ack_request: Arc<AckRequest>,
 }
 
 enum RebalanceEvent {
@@ -35,9 +38,10 @@ enum RebalanceEvent {
 }
 
 impl RebalanceLog {
-    pub(super) fn new(topic: String) -> Self {
+    pub(super) fn new(topic: String, ack_request: Arc<AckRequest>) -> Self {
         RebalanceLog {
             topic,
+            ack_request,
             events: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
         }
@@ -99,6 +103,9 @@ struct Assigned {
     held: bool,
     /// The offset after the last record handed to the runtime.
     next: Option<u64>,
+    /// The offset after the last record settled (stored), or the first one fetched: how many
+    /// records an acknowledgement settles, for the commit schedule.
+    settled: Option<u64>,
 }
 
 pub(super) type RawConsumer = BaseConsumer<RebalanceLog>;
@@ -120,6 +127,9 @@ pub(super) struct PollThread {
     backpressure: bool,
     /// Since when the runtime has had no room for records.
     behind_since: Option<std::time::Instant>,
+    commits: CommitSchedule,
+    /// The acknowledgements were asked for since the last commit started.
+    acks_asked: bool,
 }
 
 impl PollThread {
@@ -128,6 +138,7 @@ impl PollThread {
         items: mpsc::Sender<Vec<Item>>,
         emptied: std_mpsc::Receiver<Vec<Item>>,
         commands: std_mpsc::Receiver<Command>,
+        commits: CommitPolicy,
     ) -> Self {
         Self {
             topic,
@@ -141,14 +152,19 @@ impl PollThread {
             pending: None,
             backpressure: false,
             behind_since: None,
+            commits: CommitSchedule::new(commits),
+            acks_asked: false,
         }
     }
 
     pub(super) fn run(mut self, consumer: RawConsumer) {
         loop {
+            // Read before the commands: an answer seen here has its acknowledgements in them.
+            let answered = consumer.context().ack_request.is_answered();
             if let Err(reply) = self.drain_commands(&consumer) {
                 return self.close(consumer, reply);
             }
+            self.commit_if_due(&consumer, answered);
             if let Some(batch) = self.pending.take() {
                 // The runtime is behind. Wait a little for room; if it stays behind, pause
                 // fetching but keep polling, so the member stays in its group.
@@ -224,8 +240,18 @@ impl PollThread {
             }
         };
         // Acknowledgements of an assignment that has since changed are stale.
-        acks.0
-            .retain(|&(partition, generation, _)| self.current(partition, generation).is_some());
+        acks.0.retain(|&(partition, generation, offset)| {
+            let Some(assigned) = self.partitions.get_mut(partition) else {
+                return false;
+            };
+            if assigned.generation != generation {
+                return false;
+            }
+            let settled = offset + 1;
+            let from = assigned.settled.replace(settled).unwrap_or(settled);
+            self.commits.settled(settled.saturating_sub(from));
+            true
+        });
         if !acks.is_empty() {
             let mut list = TopicPartitionList::with_capacity(acks.0.len());
             for &(partition, _, offset) in &acks.0 {
@@ -241,6 +267,26 @@ impl PollThread {
             }
         }
         result
+    }
+
+    /// Starts an asynchronous commit of the stored offsets when the schedule says so; once the
+    /// interval has passed, asks the handle for its acknowledgements until then.
+    fn commit_if_due(&mut self, consumer: &RawConsumer, answered: bool) {
+        let context = consumer.context();
+        let now = Instant::now();
+        if !self.commits.due(now, self.acks_asked && answered) {
+            if self.commits.interval_passed(now) {
+                context.ack_request.raise();
+                self.acks_asked = true;
+            }
+            return;
+        }
+        self.commits.started(now);
+        self.acks_asked = false;
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
+            // Tried again at the next interval, with whatever was settled by then.
+            tracing::debug!(topic = %self.topic, %error, "commit not started");
+        }
     }
 
     /// Polls up to a batch of records (waiting at most `wait` for the first), with the
@@ -287,6 +333,7 @@ impl PollThread {
                                 generation,
                                 held: false,
                                 next: None,
+                                settled: None,
                             },
                         );
                         tagged.push((partition, generation));
@@ -312,6 +359,7 @@ impl PollThread {
         };
         let record = record_of(message, &mut self.arena);
         assigned.next = Some(record.offset + 1);
+        assigned.settled.get_or_insert(record.offset);
         batch.push(Item::Record {
             generation: assigned.generation,
             record,
