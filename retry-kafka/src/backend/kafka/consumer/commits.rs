@@ -1,10 +1,11 @@
 //! When the poll thread commits. The offsets the runtime settles are stored as they come and
 //! committed asynchronously every `interval`, or as soon as `records` records were settled,
 //! whichever comes first, so a consumer killed with SIGKILL repeats at most that much work
-//! (librdkafka's auto-commit did it every second). librdkafka reports nothing back for an
-//! asynchronous commit that succeeds (rust-rdkafka sets no `offset_commit_cb`), so commits are
-//! not paced by their outcomes: at 500,000 records a second the count makes 500 small requests
-//! a second, each one list of stored offsets.
+//! (librdkafka's auto-commit does it every second). librdkafka reports nothing back for an
+//! asynchronous commit (rust-rdkafka sets no `offset_commit_cb`), so commits are not paced by
+//! their outcomes: at 500,000 records a second the count makes 500 small requests a second,
+//! each one list of stored offsets. A failed one is sent again by librdkafka's auto-commit,
+//! kept on as the backstop (`consumer::config`).
 //!
 //! The handle folds acknowledgements and sends them once per batch of records, which at a slow
 //! handler's pace is seconds apart; so when the interval has passed the thread asks for them

@@ -107,9 +107,12 @@ pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]
     config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
-        // The poll thread commits (`commits.rs`): sooner than librdkafka's auto-commit, and
-        // after a count of records too.
-        .set("enable.auto.commit", "false")
+        // The poll thread commits (`commits.rs`), sooner than this and after a count of records
+        // too; librdkafka's reports nothing back for those (no `offset_commit_cb`), so its
+        // auto-commit stays as the backstop that tries a failed one again (a commit refused
+        // during a rebalance, say). It sends nothing when the stored offsets were committed.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
         // At least once: an offset is stored only when the runtime acknowledges it.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
