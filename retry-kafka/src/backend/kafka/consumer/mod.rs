@@ -14,7 +14,8 @@
 //! where it stopped handing records over. Each record carries the partition's assignment
 //! generation at fetch time; the handle drops records of an assignment that has since changed.
 //!
-//! This file is the handle; `poll.rs` the thread.
+//! This file is the handle; `poll.rs` the thread; `settle.rs` the acknowledgements it stores;
+//! `commits.rs` when it commits them.
 
 use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod commits;
 mod poll;
+mod settle;
 
 use commits::AckRequest;
 pub(crate) use commits::CommitPolicy;
@@ -41,6 +43,7 @@ use crate::backend::{
 use crate::error::BackendError;
 use crate::headers::Headers;
 use poll::{PollThread, RawConsumer, RebalanceLog};
+use settle::Settlement;
 
 /// Records per batch sent to the runtime.
 const BATCH: usize = 256;
@@ -172,7 +175,6 @@ impl Acks {
 enum Command {
     Hold { partition: u32, generation: u64 },
     Resume { partition: u32, generation: u64 },
-    Acks(Acks),
     Close(oneshot::Sender<Result<(), BackendError>>),
 }
 
@@ -239,6 +241,8 @@ pub struct KafkaConsumer {
     partitions: ByPartition<PartitionView>,
     /// Acknowledgements not yet sent to the poll thread.
     acks: Acks,
+    /// Where they go: a channel of their own, which the revoke callback drains.
+    acks_out: std_mpsc::Sender<Acks>,
     acked_since_flush: usize,
     /// The poll thread asks for the acknowledgements held here (to commit, or on a revoke).
     ack_request: Arc<AckRequest>,
@@ -258,7 +262,8 @@ impl KafkaConsumer {
     ) -> Result<Self, BackendError> {
         let name = subscription.topic.name.to_string();
         let ack_request = Arc::new(AckRequest::default());
-        let context = RebalanceLog::new(name.clone(), ack_request.clone());
+        let (acks_out, acks_in) = std_mpsc::channel();
+        let context = RebalanceLog::new(name.clone(), ack_request.clone(), Settlement::new(acks_in));
         let consumer: RawConsumer = config(brokers, &subscription.group, properties)
             .create_with_context(context)
             .map_err(transport)?;
@@ -284,6 +289,7 @@ impl KafkaConsumer {
             commands,
             partitions: ByPartition::default(),
             acks: Acks::default(),
+            acks_out,
             acked_since_flush: 0,
             ack_request,
             thread: Some(thread),
@@ -305,7 +311,7 @@ impl KafkaConsumer {
     fn flush_acks(&mut self) {
         self.acked_since_flush = 0;
         if !self.acks.is_empty() {
-            let _ = self.commands.send(Command::Acks(std::mem::take(&mut self.acks)));
+            let _ = self.acks_out.send(std::mem::take(&mut self.acks));
         }
         self.ack_request.answered();
     }

@@ -15,8 +15,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
+use super::settle::Settlement;
 use super::{
-    record_of, Acks, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
+    record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
 };
 use crate::backend::kafka::transport;
 use crate::error::BackendError;
@@ -30,6 +31,10 @@ pub(super) struct RebalanceLog {
     pending: AtomicBool,
     /// Asks the handle for the acknowledgements it holds.
     pub(super) ack_request: Arc<AckRequest>,
+    /// The acknowledgements, stored as offsets: by the poll thread, and by the revoke callback.
+    settlement: Mutex<Settlement>,
+    /// The consumer is closing: the handle sent everything already; a revoke waits for nothing.
+    closing: AtomicBool,
 }
 
 enum RebalanceEvent {
@@ -38,10 +43,12 @@ enum RebalanceEvent {
 }
 
 impl RebalanceLog {
-    pub(super) fn new(topic: String, ack_request: Arc<AckRequest>) -> Self {
+    pub(super) fn new(topic: String, ack_request: Arc<AckRequest>, settlement: Settlement) -> Self {
         RebalanceLog {
             topic,
             ack_request,
+            settlement: Mutex::new(settlement),
+            closing: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
         }
@@ -50,6 +57,12 @@ impl RebalanceLog {
     fn log(&self, event: RebalanceEvent) {
         self.events.lock().expect("never poisoned").push(event);
         self.pending.store(true, Ordering::Release);
+    }
+
+    /// Only the poll thread takes it (in a round, or in a callback inside `poll`): never
+    /// contended.
+    fn settlement(&self) -> std::sync::MutexGuard<'_, Settlement> {
+        self.settlement.lock().expect("never poisoned")
     }
 
     fn take(&self) -> Vec<RebalanceEvent> {
@@ -73,11 +86,17 @@ impl ClientContext for RebalanceLog {}
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            // Commit what was acknowledged before the partitions go to another member.
+            let revoked = self.partitions(list);
+            // Store what the runtime acknowledged, and what it acknowledges for a moment more,
+            // then commit it before the partitions go to another member. A lost assignment (the
+            // session expired) has nothing to commit to.
+            if !self.closing.load(Ordering::Acquire) && !consumer.assignment_lost() {
+                self.settlement()
+                    .drain_for_revoke(consumer, &self.topic, &revoked, &self.ack_request);
+            }
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(topic = %self.topic, %error, "commit on revoke");
             }
-            let revoked = self.partitions(list);
             tracing::debug!(topic = %self.topic, ?revoked, "partitions revoked");
             self.log(RebalanceEvent::Revoked(revoked));
         }
@@ -103,9 +122,6 @@ struct Assigned {
     held: bool,
     /// The offset after the last record handed to the runtime.
     next: Option<u64>,
-    /// The offset after the last record settled (stored), or the first one fetched: how many
-    /// records an acknowledgement settles, for the commit schedule.
-    settled: Option<u64>,
 }
 
 pub(super) type RawConsumer = BaseConsumer<RebalanceLog>;
@@ -171,6 +187,10 @@ impl PollThread {
                 let unsent = match wait_for_room(&self.items, POLL_WAIT) {
                     Room::Ready(permit) => {
                         permit.send(batch);
+                        let mut settlement = consumer.context().settlement();
+                        for (partition, assigned) in self.partitions.iter() {
+                            settlement.handed(partition, assigned.next);
+                        }
                         Ok(())
                     }
                     Room::Full => Err(Some(batch)),
@@ -218,54 +238,24 @@ impl PollThread {
         }
     }
 
-    /// Applies every queued command; acknowledgements are folded into one offset store per
-    /// round. Returns the reply channel of a close request.
+    /// Applies every queued command, and stores the offsets the runtime acknowledged since the
+    /// last round. Returns the reply channel of a close request.
     fn drain_commands(
         &mut self,
         consumer: &RawConsumer,
     ) -> Result<(), oneshot::Sender<Result<(), BackendError>>> {
-        let mut acks = Acks::default();
         let result = loop {
             match self.commands.try_recv() {
                 Ok(Command::Close(reply)) => break Err(reply),
-                Ok(Command::Acks(Acks(received))) => {
-                    for (partition, generation, offset) in received {
-                        acks.add(partition, generation, offset);
-                    }
-                }
                 Ok(command) => self.apply(consumer, command),
                 Err(std_mpsc::TryRecvError::Empty) => break Ok(()),
                 // The handle is gone without closing: commit and leave anyway.
                 Err(std_mpsc::TryRecvError::Disconnected) => break Err(oneshot::channel().0),
             }
         };
-        // Acknowledgements of an assignment that has since changed are stale.
-        acks.0.retain(|&(partition, generation, offset)| {
-            let Some(assigned) = self.partitions.get_mut(partition) else {
-                return false;
-            };
-            if assigned.generation != generation {
-                return false;
-            }
-            let settled = offset + 1;
-            let from = assigned.settled.replace(settled).unwrap_or(settled);
-            self.commits.settled(settled.saturating_sub(from));
-            true
-        });
-        if !acks.is_empty() {
-            let mut list = TopicPartitionList::with_capacity(acks.0.len());
-            for &(partition, _, offset) in &acks.0 {
-                // The committed offset is the next one to read.
-                let _ = list.add_partition_offset(
-                    &self.topic,
-                    partition as i32,
-                    Offset::Offset(offset as i64 + 1),
-                );
-            }
-            if let Err(error) = consumer.store_offsets(&list) {
-                tracing::warn!(topic = %self.topic, ?acks, %error, "storing offsets failed");
-            }
-        }
+        // Acknowledgements sent before a command are in their channel by now.
+        let (records, _) = consumer.context().settlement().store(consumer, &self.topic);
+        self.commits.settled(records);
         result
     }
 
@@ -313,9 +303,12 @@ impl PollThread {
         for event in events {
             match event {
                 RebalanceEvent::Revoked(revoked) => {
+                    let mut settlement = consumer.context().settlement();
                     for partition in &revoked {
                         self.partitions.remove(*partition);
+                        settlement.revoked(*partition);
                     }
+                    drop(settlement);
                     if let Some(pending) = &mut self.pending {
                         pending.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
                     }
@@ -333,9 +326,9 @@ impl PollThread {
                                 generation,
                                 held: false,
                                 next: None,
-                                settled: None,
                             },
                         );
+                        consumer.context().settlement().assigned(partition, generation);
                         tagged.push((partition, generation));
                     }
                     // A partition may come back paused from an earlier assignment; start fresh,
@@ -359,7 +352,6 @@ impl PollThread {
         };
         let record = record_of(message, &mut self.arena);
         assigned.next = Some(record.offset + 1);
-        assigned.settled.get_or_insert(record.offset);
         batch.push(Item::Record {
             generation: assigned.generation,
             record,
@@ -395,7 +387,6 @@ impl PollThread {
                     self.resume_at(consumer, partition, next);
                 }
             }
-            Command::Acks(_) => unreachable!("folded by drain_commands"),
             Command::Close(_) => unreachable!("handled by run"),
         }
     }
@@ -459,6 +450,9 @@ impl PollThread {
     }
 
     fn close(self, consumer: RawConsumer, reply: oneshot::Sender<Result<(), BackendError>>) {
+        // The handle sent its acknowledgements before asking to close.
+        consumer.context().closing.store(true, Ordering::Release);
+        consumer.context().settlement().store(&consumer, &self.topic);
         // Other members of the group (the other levels) may be leaving at the same moment; a
         // commit during their rebalance is refused, so keep serving the group and try again.
         let deadline = std::time::Instant::now() + CLOSE_COMMIT_LIMIT;
