@@ -420,7 +420,7 @@ impl ApacheKafka {
     /// the plaintext and controller ports.
     fn start_configured(extra: impl FnOnce(&Path, [u16; 3]) -> (String, Vec<String>)) -> Self {
         let started = Instant::now();
-        let (java, libs) = (Self::java(), Self::libs());
+        let java = Self::java();
         let [port, controller, more1, more2, more3] = free_ports();
 
         remove_directories_of_killed_processes(APACHE_KAFKA_DIRECTORY);
@@ -458,22 +458,9 @@ impl ApacheKafka {
         )
         .expect("broker configuration");
 
-        let java_command = || {
-            let mut command = Command::new(&java);
-            command
-                .args(jvm_options())
-                .arg(format!("-Dkafka.logs.dir={}", dir.display()))
-                .arg("-cp")
-                .arg(libs.join("*"));
-            if let Some(logging) = log4j_configuration(&libs) {
-                command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
-            }
-            command
-        };
-
         // A single-node dynamic quorum (KIP-853): the node is the one voter of its controller.
         let cluster_id = random_cluster_id();
-        let format = java_command()
+        let format = Self::java_command(&dir)
             .args(["kafka.tools.StorageTool", "format", "--cluster-id", &cluster_id])
             .arg("--config")
             .arg(&config)
@@ -489,15 +476,7 @@ impl ApacheKafka {
             String::from_utf8_lossy(&format.stderr)
         );
 
-        let output = std::fs::File::create(dir.join("stdout.log")).expect("broker output file");
-        let mut broker_command = java_command();
-        broker_command
-            .arg("kafka.Kafka")
-            .arg(&config)
-            .stdout(Stdio::from(output.try_clone().unwrap()))
-            .stderr(Stdio::from(output));
-        let child = spawn_dying_with_this_process(broker_command)
-            .unwrap_or_else(|error| panic!("start {}: {error}", java.display()));
+        let child = Self::spawn_broker(&dir);
         let mut broker = ApacheKafka {
             child: Mutex::new(child),
             bootstrap: format!("127.0.0.1:{port}"),
@@ -507,6 +486,63 @@ impl ApacheKafka {
         broker.wait_until_ready(port, started + Duration::from_secs(60));
         broker.startup = started.elapsed();
         broker
+    }
+
+    /// The JVM with the broker's jars and logging, for the storage tool and the broker.
+    fn java_command(dir: &Path) -> Command {
+        let libs = Self::libs();
+        let mut command = Command::new(Self::java());
+        command
+            .args(jvm_options())
+            .arg(format!("-Dkafka.logs.dir={}", dir.display()))
+            .arg("-cp")
+            .arg(libs.join("*"));
+        if let Some(logging) = log4j_configuration(&libs) {
+            command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
+        }
+        command
+    }
+
+    /// The broker's JVM on the configuration and the data in `dir` (appending its output to
+    /// `stdout.log`), dying with this process.
+    fn spawn_broker(dir: &Path) -> Child {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stdout.log"))
+            .expect("broker output file");
+        let mut command = Self::java_command(dir);
+        command
+            .arg("kafka.Kafka")
+            .arg(dir.join("server.properties"))
+            .stdout(Stdio::from(output.try_clone().unwrap()))
+            .stderr(Stdio::from(output));
+        spawn_dying_with_this_process(command)
+            .unwrap_or_else(|error| panic!("start {}: {error}", Self::java().display()))
+    }
+
+    /// Kills the broker with SIGKILL (by its handle), as a crash would, and keeps its data for
+    /// [`start_again`](Self::start_again).
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the broker again on its data, at the same address, after [`kill`](Self::kill);
+    /// returns once it answers a metadata request (60 s at most).
+    pub fn start_again(&mut self) {
+        let port = self
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the broker's port");
+        *self
+            .child
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Self::spawn_broker(&self.dir);
+        self.wait_until_ready(port, Instant::now() + Duration::from_secs(60));
     }
 
     /// The broker's log (WARN and up, and `kafka.server` at INFO).

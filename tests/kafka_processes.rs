@@ -1,7 +1,8 @@
 //! Kafka behaviour that needs real processes and the real broker (Apache Kafka 4.4.0): workers
-//! killed with SIGKILL lose nothing, two workers share a group and one finishes what the other
-//! left, a foreign client's garbage is dead-lettered byte for byte, and neither a long handler
-//! nor a long retry delay makes a consumer leave its group.
+//! killed with SIGKILL lose nothing (and repeat what the commit interval bounds), the broker
+//! killed with SIGKILL mid-run and started again on its data loses nothing, two workers share a
+//! group and one finishes what the other left, a foreign client's garbage is dead-lettered byte
+//! for byte, and neither a long handler nor a long retry delay makes a consumer leave its group.
 //!
 //! The worker process (`rk-worker`) has its topic and group built in, so no two tests that run
 //! workers may share a broker: the foreign-client test runs them on the broker this binary
@@ -33,26 +34,88 @@ async fn own_broker() -> KafkaHarness {
 
 /// A worker on the harness's broker, with the consumer settings of `kafka_support::test_settings`.
 fn spawn_worker(harness: &KafkaHarness, name: &str) -> Worker {
-    Worker::spawn(
-        name,
-        &[
-            ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
-            ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
-            ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
-        ],
-    )
+    Worker::spawn(name, &worker_env(harness))
 }
+
+/// A worker's environment: the harness's broker, the consumer settings of
+/// `kafka_support::test_settings`.
+fn worker_env(harness: &KafkaHarness) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
+        ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
+        ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
+    ]
+}
+
+/// The workers' commit interval in the kill test (`KAFKA_COMMIT_INTERVAL_MS`), the default.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
     let harness = own_broker().await;
-    // Repeats are bounded by what was in flight or not yet committed at the kill (1 s of auto-commit).
-    process_support::a_killed_worker_restarted_loses_nothing(
-        &harness,
-        |name| spawn_worker(&harness, name),
-        200,
-    )
-    .await;
+    let spawn = |name: &str| {
+        let mut env = worker_env(&harness);
+        env.push((
+            "KAFKA_COMMIT_INTERVAL_MS",
+            COMMIT_INTERVAL.as_millis().to_string(),
+        ));
+        Worker::spawn(name, &env)
+    };
+    // What a kill repeats: the successes since the last commit started (an interval at most,
+    // plus its round trip and the wait for the handle's acknowledgements, up to another
+    // interval), at the worker's pace, and the attempt in flight (concurrency 1, and one on the
+    // retry level). 100 ms of slack for the poll thread's rounds and a debug build on 2 cores.
+    let bound =
+        |pace: f64| (pace * (2 * COMMIT_INTERVAL + Duration::from_millis(100)).as_secs_f64()) as usize + 3;
+    process_support::a_killed_worker_restarted_loses_nothing_within(&harness, spawn, bound).await;
+}
+
+/// The broker-outage scenario of issue 22: orders, and how long the broker is gone.
+const OUTAGE_ORDERS: u64 = 20_000;
+const OUTAGE_AFTER: Duration = Duration::from_millis(1500);
+const OUTAGE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_killed_mid_run_and_restarted_on_its_data_loses_nothing() {
+    let mut harness = own_broker().await;
+    harness.create_topic(TOPIC, 4).await;
+    // Published concurrently, a thousand at a time: one by one would take longer than the run.
+    let producer = Producer::new(harness.backend());
+    let orders: Vec<process_support::Order> = (0..OUTAGE_ORDERS)
+        .map(|id| process_support::Order { id })
+        .collect();
+    for chunk in orders.chunks(1000) {
+        for sent in futures::future::join_all(chunk.iter().map(|order| producer.send(order))).await {
+            sent.unwrap();
+        }
+    }
+    let mut env = worker_env(&harness);
+    // ~1 ms an attempt: ~20 s of work, so the outage lands early in it.
+    env.push(("WORKER_HANDLER_MS", "1".into()));
+    let worker = Worker::spawn("outage", &env);
+    worker.wait_for_attempts(1, "the worker did not get going").await;
+    tokio::time::sleep(OUTAGE_AFTER).await;
+    let broker = harness.broker.as_mut().expect("a broker of the test's own");
+    tokio::task::block_in_place(|| broker.kill());
+    let done_at_kill = worker.attempts().len();
+    tokio::time::sleep(OUTAGE).await;
+    let done_in_outage = worker.attempts().len() - done_at_kill;
+    tokio::task::block_in_place(|| broker.start_again());
+
+    let (dead, repeats) = process_support::wait_until_done(&harness, &[&worker], OUTAGE_ORDERS).await;
+    assert_eq!(
+        dead,
+        process_support::expected_dead(OUTAGE_ORDERS),
+        "exactly the invalid orders are dead-lettered"
+    );
+    eprintln!(
+        "broker SIGKILLed after {done_at_kill} attempts, started again on its data {} s later ({done_in_outage} \
+         attempts meanwhile): all {OUTAGE_ORDERS} orders done, {repeats} successful attempts were repeats, {} dead \
+         letters for {} invalid orders",
+        OUTAGE.as_secs(),
+        harness.records(process_support::DLQ).await.len(),
+        dead.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,3 +176,39 @@ async fn run_without_a_backend_fails_naming_the_setting() {
     std::env::remove_var("REDIS_URL");
     std::env::remove_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND);
 }
+
+#[tokio::test]
+async fn kafka_commit_settings_out_of_range_are_refused_naming_their_variable() {
+    use retry_kafka::backend::kafka::Kafka;
+    use retry_kafka::settings::{BackendChoice, Settings};
+    use std::time::Duration;
+
+    let message =
+        |builder: retry_kafka::backend::kafka::KafkaBuilder| builder.build().err().unwrap().to_string();
+    assert_eq!(
+        message(Kafka::builder("127.0.0.1:9092").commit_interval(Duration::ZERO)),
+        "invalid KAFKA_COMMIT_INTERVAL_MS: 0 ms is out of range: give 1 to 60000 ms"
+    );
+    assert_eq!(
+        message(Kafka::builder("127.0.0.1:9092").commit_records(0)),
+        "invalid KAFKA_COMMIT_RECORDS: 0 records: give at least 1"
+    );
+    // From the environment's variables, as run() reads them: refused before any I/O.
+    let settings = Settings::from_vars([
+        ("KAFKA_BROKERS", "127.0.0.1:9092"),
+        ("KAFKA_COMMIT_INTERVAL_MS", "120000"),
+    ])
+    .unwrap();
+    assert_eq!(settings.choice(), Ok(BackendChoice::Kafka));
+    /// Work that never runs: the backend is refused first.
+    struct Nothing;
+    impl retry_kafka::settings::WithBackend for Nothing {
+        type Output = ();
+        async fn run<B: retry_kafka::backend::Backend + retry_kafka::backend::Browse>(self, _: B) {}
+    }
+    let error = settings.with_backend(Nothing).await.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "invalid KAFKA_COMMIT_INTERVAL_MS: 120000 ms is out of range: give 1 to 60000 ms"
+    );
+}

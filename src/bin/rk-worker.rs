@@ -28,11 +28,25 @@ fn log(line: &str) {
         .expect("write worker log");
 }
 
+/// How long an attempt takes: `WORKER_HANDLER_MS`, 5 ms unless set (a test of many orders sets
+/// 0).
+fn handler_time() -> Duration {
+    static TIME: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+        let ms =
+            std::env::var("WORKER_HANDLER_MS").map_or(5, |ms| ms.parse().expect("WORKER_HANDLER_MS in ms"));
+        Duration::from_millis(ms)
+    });
+    *TIME
+}
+
 /// Fails transiently on the first attempt of every 7th order, permanently for orders ending in
-/// 13 of each 50, and takes a few milliseconds, so a kill lands mid-run.
+/// 13 of each 50, and takes a few milliseconds (`WORKER_HANDLER_MS`), so a kill lands mid-run.
 #[retry_handler(group = "proc-workers", retries = ["500ms"], dlq)]
 async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    let time = handler_time();
+    if !time.is_zero() {
+        tokio::time::sleep(time).await;
+    }
     let outcome = if order.id % 50 == 13 {
         Err(HandlerError::permanent(format!("order {} is invalid", order.id)))
     } else if order.id.is_multiple_of(7) && ctx.attempt() == 1 {

@@ -58,7 +58,7 @@ impl Settings {
         let vars = Vars(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
         Ok(Settings {
             backend: vars.get(RETRY_KAFKA_BACKEND).map(str::parse).transpose()?,
-            kafka: KafkaSettings::from_vars(&vars),
+            kafka: KafkaSettings::from_vars(&vars)?,
             redis: RedisSettings::from_vars(&vars)?,
             postgres: PostgresSettings::from_vars(&vars)?,
             metrics_addr: match vars.get(RETRY_KAFKA_METRICS_ADDR).map(str::trim) {
@@ -75,20 +75,22 @@ impl Settings {
 
 impl KafkaSettings {
     /// `KAFKA_BROKERS`, `KAFKA_RETRY_BROKERS` and the `KAFKA_CLIENT_*`, `KAFKA_CONSUMER_*`
-    /// and `KAFKA_PRODUCER_*` properties of the environment.
+    /// and `KAFKA_PRODUCER_*` properties and the `KAFKA_COMMIT_*` options of the environment.
     #[cfg(feature = "kafka")]
-    pub(crate) fn from_env() -> Self {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(&Vars::process())
     }
 
-    fn from_vars(vars: &Vars) -> Self {
-        KafkaSettings {
+    fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(KafkaSettings {
             brokers: vars.get(KAFKA_BROKERS).map(str::to_owned),
             retry_brokers: vars.get(KAFKA_RETRY_BROKERS).map(str::to_owned),
             client_properties: vars.properties(KAFKA_CLIENT_PREFIX),
             consumer_properties: vars.properties(KAFKA_CONSUMER_PREFIX),
             producer_properties: vars.properties(KAFKA_PRODUCER_PREFIX),
-        }
+            commit_interval: vars.millis(KAFKA_COMMIT_INTERVAL_MS)?,
+            commit_records: vars.number(KAFKA_COMMIT_RECORDS)?,
+        })
     }
 }
 
@@ -220,6 +222,8 @@ mod tests {
             ("KAFKA_BROKERS", "a:9092"),
             ("KAFKA_CLIENT_SECURITY_PROTOCOL", "SASL_SSL"),
             ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "10000"),
+            ("KAFKA_COMMIT_INTERVAL_MS", "50"),
+            ("KAFKA_COMMIT_RECORDS", "500"),
             ("POSTGRES_URL", "postgres://app@db/app"),
             ("POSTGRES_LEASE_MS", "60000"),
             ("RETRY_KAFKA_METRICS_ADDR", " 0.0.0.0:9090 "),
@@ -235,6 +239,8 @@ mod tests {
             settings.kafka.consumer_properties,
             [("session.timeout.ms".to_owned(), "10000".to_owned())]
         );
+        assert_eq!(settings.kafka.commit_interval, Some(Duration::from_millis(50)));
+        assert_eq!(settings.kafka.commit_records, Some(500));
         assert_eq!(settings.postgres.url_variable, POSTGRES_URL);
         assert_eq!(settings.postgres.lease, Some(Duration::from_secs(60)));
         assert_eq!(settings.metrics_addr, Some(([0, 0, 0, 0], 9090).into()));
@@ -242,6 +248,10 @@ mod tests {
 
         let message =
             |vars: &[(&str, &str)]| Settings::from_vars(vars.iter().copied()).unwrap_err().to_string();
+        assert_eq!(
+            message(&[("KAFKA_COMMIT_INTERVAL_MS", "soon")]),
+            "invalid KAFKA_COMMIT_INTERVAL_MS: \"soon\" is not a whole number"
+        );
         assert_eq!(
             message(&[("REDIS_UNORDERED", "yes")]),
             "invalid REDIS_UNORDERED: \"yes\" is neither true nor false"

@@ -57,6 +57,10 @@ pub struct KafkaSettings {
     pub consumer_properties: Vec<(String, String)>,
     /// `KAFKA_PRODUCER_*`: librdkafka properties of the producer.
     pub producer_properties: Vec<(String, String)>,
+    /// [`KAFKA_COMMIT_INTERVAL_MS`](vars::KAFKA_COMMIT_INTERVAL_MS).
+    pub commit_interval: Option<Duration>,
+    /// [`KAFKA_COMMIT_RECORDS`](vars::KAFKA_COMMIT_RECORDS).
+    pub commit_records: Option<u64>,
 }
 
 /// Redis's settings ([`Redis::builder`](crate::backend::redis::Redis::builder) in code).
@@ -327,6 +331,8 @@ impl fmt::Debug for KafkaSettings {
             .field("client_properties", &hidden(&self.client_properties))
             .field("consumer_properties", &hidden(&self.consumer_properties))
             .field("producer_properties", &hidden(&self.producer_properties))
+            .field("commit_interval", &self.commit_interval)
+            .field("commit_records", &self.commit_records)
             .finish()
     }
 }

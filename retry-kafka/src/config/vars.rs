@@ -38,6 +38,12 @@ pub const KAFKA_CLIENT_PREFIX: &str = "KAFKA_CLIENT_";
 pub const KAFKA_CONSUMER_PREFIX: &str = "KAFKA_CONSUMER_";
 /// `KAFKA_PRODUCER_<NAME>`: a librdkafka property of the producer only.
 pub const KAFKA_PRODUCER_PREFIX: &str = "KAFKA_PRODUCER_";
+/// The most time between a record's acknowledgement and the commit of its offset, in ms
+/// (default 100): what a killed consumer repeats at most, at its rate.
+pub const KAFKA_COMMIT_INTERVAL_MS: &str = "KAFKA_COMMIT_INTERVAL_MS";
+/// Acknowledged records after which a consumer commits without waiting for the interval
+/// (default 1000).
+pub const KAFKA_COMMIT_RECORDS: &str = "KAFKA_COMMIT_RECORDS";
 
 /// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`.
 pub const REDIS_URL: &str = "REDIS_URL";

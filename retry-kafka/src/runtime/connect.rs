@@ -126,6 +126,12 @@ fn kafka(settings: &KafkaSettings) -> Result<Kafka, ConfigError> {
     for (key, value) in &settings.producer_properties {
         builder = builder.producer_property(key.clone(), value.clone());
     }
+    if let Some(interval) = settings.commit_interval {
+        builder = builder.commit_interval(interval);
+    }
+    if let Some(records) = settings.commit_records {
+        builder = builder.commit_records(records);
+    }
     builder.build()
 }
 
@@ -196,7 +202,7 @@ impl Kafka {
     /// # Ok::<(), retry_kafka::error::ConfigError>(())
     /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
-        kafka(&KafkaSettings::from_env())
+        kafka(&KafkaSettings::from_env()?)
     }
 }
 

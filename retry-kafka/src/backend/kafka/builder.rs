@@ -2,10 +2,12 @@
 //! checked when it is built.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 
+use super::consumer::CommitPolicy;
 use super::writer::Writer;
 use super::{consumer, Cluster, EmbeddedKafka, Kafka, Refusals, Shared};
 use crate::error::ConfigError;
@@ -18,6 +20,7 @@ pub struct KafkaBuilder {
     pub(super) producer_properties: Vec<(String, String)>,
     pub(super) replication_factor: i32,
     pub(super) embedded: Option<Arc<EmbeddedKafka>>,
+    pub(super) commit_policy: CommitPolicy,
 }
 
 impl KafkaBuilder {
@@ -52,8 +55,39 @@ impl KafkaBuilder {
         self
     }
 
-    /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it.
+    /// The most time between a record's acknowledgement and the commit of its offset (default
+    /// 100 ms; 1 ms to 60 s): a consumer killed with SIGKILL repeats at most the records it
+    /// settled in that time, and those in flight. Commits are asynchronous, from the consumer's
+    /// poll thread, one at a time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use retry_kafka::backend::kafka::Kafka;
+    ///
+    /// let builder = Kafka::builder("localhost:9092").commit_interval(Duration::from_millis(50));
+    /// ```
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_policy.interval = interval;
+        self
+    }
+
+    /// Settled records after which a consumer commits without waiting for
+    /// [`commit_interval`](Self::commit_interval) (default 1000; at least 1).
+    ///
+    /// ```
+    /// use retry_kafka::backend::kafka::Kafka;
+    ///
+    /// let builder = Kafka::builder("localhost:9092").commit_records(5000);
+    /// ```
+    pub fn commit_records(mut self, records: u64) -> Self {
+        self.commit_policy.records = records;
+        self
+    }
+
+    /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it, and
+    /// on a commit setting out of range, naming its variable.
     pub fn build(self) -> Result<Kafka, ConfigError> {
+        self.commit_policy.check()?;
         let cluster = |brokers: &str| -> Result<Cluster, ConfigError> {
             let mut config = ClientConfig::new();
             config
@@ -93,6 +127,7 @@ impl KafkaBuilder {
                 consumer_properties: self.consumer_properties,
                 replication_factor: self.replication_factor,
                 embedded: self.embedded,
+                commit_policy: self.commit_policy,
             }),
         })
     }

@@ -61,6 +61,7 @@ struct Shared {
     consumer_properties: Vec<(String, String)>,
     replication_factor: i32,
     embedded: Option<Arc<EmbeddedKafka>>,
+    commit_policy: consumer::CommitPolicy,
 }
 
 struct Cluster {
@@ -142,6 +143,7 @@ impl Kafka {
             producer_properties: Vec::new(),
             replication_factor: -1,
             embedded: None,
+            commit_policy: consumer::CommitPolicy::default(),
         }
     }
 
@@ -498,7 +500,8 @@ impl Backend for Kafka {
             ));
         }
         properties.extend(self.shared.consumer_properties.iter().cloned());
-        KafkaConsumer::start(self.clone(), &brokers, subscription, &properties)
+        let commits = self.shared.commit_policy;
+        KafkaConsumer::start(self.clone(), &brokers, subscription, &properties, commits)
     }
 
     async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {

@@ -14,10 +14,12 @@
 //! where it stopped handing records over. Each record carries the partition's assignment
 //! generation at fetch time; the handle drops records of an assignment that has since changed.
 //!
-//! This file is the handle; `poll.rs` the thread.
+//! This file is the handle; `poll.rs` the thread; `settle.rs` the acknowledgements it stores;
+//! `commits.rs` when it commits them.
 
 use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,7 +29,12 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::{mpsc, oneshot};
 
+mod commits;
 mod poll;
+mod settle;
+
+use commits::AckRequest;
+pub(crate) use commits::CommitPolicy;
 
 use super::{transport, Kafka};
 use crate::backend::{
@@ -36,6 +43,7 @@ use crate::backend::{
 use crate::error::BackendError;
 use crate::headers::Headers;
 use poll::{PollThread, RawConsumer, RebalanceLog};
+use settle::Settlement;
 
 /// Records per batch sent to the runtime.
 const BATCH: usize = 256;
@@ -102,6 +110,10 @@ pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]
     config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
+        // The poll thread commits (`commits.rs`), sooner than this and after a count of records
+        // too; librdkafka's reports nothing back for those (no `offset_commit_cb`), so its
+        // auto-commit stays as the backstop that tries a failed one again (a commit refused
+        // during a rebalance, say). It sends nothing when the stored offsets were committed.
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // At least once: an offset is stored only when the runtime acknowledges it.
@@ -163,7 +175,6 @@ impl Acks {
 enum Command {
     Hold { partition: u32, generation: u64 },
     Resume { partition: u32, generation: u64 },
-    Acks(Acks),
     Close(oneshot::Sender<Result<(), BackendError>>),
 }
 
@@ -230,7 +241,11 @@ pub struct KafkaConsumer {
     partitions: ByPartition<PartitionView>,
     /// Acknowledgements not yet sent to the poll thread.
     acks: Acks,
+    /// Where they go: a channel of their own, which the revoke callback drains.
+    acks_out: std_mpsc::Sender<Acks>,
     acked_since_flush: usize,
+    /// The poll thread asks for the acknowledgements held here (to commit, or on a revoke).
+    ack_request: Arc<AckRequest>,
     thread: Option<JoinHandle<()>>,
     topic: String,
     /// Produces hand-offs (to this cluster or the retry cluster).
@@ -243,9 +258,12 @@ impl KafkaConsumer {
         brokers: &str,
         subscription: Subscription,
         properties: &[(String, String)],
+        commits: CommitPolicy,
     ) -> Result<Self, BackendError> {
         let name = subscription.topic.name.to_string();
-        let context = RebalanceLog::new(name.clone());
+        let ack_request = Arc::new(AckRequest::default());
+        let (acks_out, acks_in) = std_mpsc::channel();
+        let context = RebalanceLog::new(name.clone(), ack_request.clone(), Settlement::new(acks_in));
         let consumer: RawConsumer = config(brokers, &subscription.group, properties)
             .create_with_context(context)
             .map_err(transport)?;
@@ -258,7 +276,7 @@ impl KafkaConsumer {
         let thread = std::thread::Builder::new()
             .name(format!("rk-poll-{name}"))
             .spawn(move || {
-                PollThread::new(name, items_tx, emptied_rx, commands_rx).run(consumer);
+                PollThread::new(name, items_tx, emptied_rx, commands_rx, commits).run(consumer);
                 // Only now may an embedded cluster go: its clients are closed.
                 drop(backend);
             })
@@ -271,7 +289,9 @@ impl KafkaConsumer {
             commands,
             partitions: ByPartition::default(),
             acks: Acks::default(),
+            acks_out,
             acked_since_flush: 0,
+            ack_request,
             thread: Some(thread),
             topic,
             kafka,
@@ -287,12 +307,13 @@ impl KafkaConsumer {
     }
 
     /// Hands the folded acknowledgements to the poll thread: once per batch of records, not
-    /// once per message.
+    /// once per message, or when it asks for them.
     fn flush_acks(&mut self) {
         self.acked_since_flush = 0;
         if !self.acks.is_empty() {
-            let _ = self.commands.send(Command::Acks(std::mem::take(&mut self.acks)));
+            let _ = self.acks_out.send(std::mem::take(&mut self.acks));
         }
+        self.ack_request.answered();
     }
 }
 
@@ -408,13 +429,13 @@ impl Consumer for KafkaConsumer {
     }
 
     /// Folded here and sent to the poll thread with the next batch (or every `ACK_FLUSH`
-    /// acknowledgements, or before any other command or close); the thread stores the offsets
-    /// for the next commit.
+    /// acknowledgements, or when the thread asks, or before any other command or close); the
+    /// thread stores the offsets for the next commit.
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         if let Some(view) = self.partitions.get(partition) {
             self.acks.add(partition, view.generation, offset);
             self.acked_since_flush += 1;
-            if self.acked_since_flush >= ACK_FLUSH {
+            if self.acked_since_flush >= ACK_FLUSH || self.ack_request.is_raised() {
                 self.flush_acks();
             }
         }

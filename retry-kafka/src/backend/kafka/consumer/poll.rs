@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,8 +14,10 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
+use super::settle::Settlement;
 use super::{
-    record_of, Acks, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
+    record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
 };
 use crate::backend::kafka::transport;
 use crate::error::BackendError;
@@ -27,6 +29,12 @@ pub(super) struct RebalanceLog {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Whether `events` has something: checked after every poll without taking the lock.
     pending: AtomicBool,
+    /// Asks the handle for the acknowledgements it holds.
+    pub(super) ack_request: Arc<AckRequest>,
+    /// The acknowledgements, stored as offsets: by the poll thread, and by the revoke callback.
+    settlement: Mutex<Settlement>,
+    /// The consumer is closing: the handle sent everything already; a revoke waits for nothing.
+    closing: AtomicBool,
 }
 
 enum RebalanceEvent {
@@ -35,9 +43,12 @@ enum RebalanceEvent {
 }
 
 impl RebalanceLog {
-    pub(super) fn new(topic: String) -> Self {
+    pub(super) fn new(topic: String, ack_request: Arc<AckRequest>, settlement: Settlement) -> Self {
         RebalanceLog {
             topic,
+            ack_request,
+            settlement: Mutex::new(settlement),
+            closing: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
         }
@@ -46,6 +57,12 @@ impl RebalanceLog {
     fn log(&self, event: RebalanceEvent) {
         self.events.lock().expect("never poisoned").push(event);
         self.pending.store(true, Ordering::Release);
+    }
+
+    /// Only the poll thread takes it (in a round, or in a callback inside `poll`): never
+    /// contended.
+    fn settlement(&self) -> std::sync::MutexGuard<'_, Settlement> {
+        self.settlement.lock().expect("never poisoned")
     }
 
     fn take(&self) -> Vec<RebalanceEvent> {
@@ -69,11 +86,17 @@ impl ClientContext for RebalanceLog {}
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            // Commit what was acknowledged before the partitions go to another member.
+            let revoked = self.partitions(list);
+            // Store what the runtime acknowledged, and what it acknowledges for a moment more,
+            // then commit it before the partitions go to another member. A lost assignment (the
+            // session expired) has nothing to commit to.
+            if !self.closing.load(Ordering::Acquire) && !consumer.assignment_lost() {
+                self.settlement()
+                    .drain_for_revoke(consumer, &self.topic, &revoked, &self.ack_request);
+            }
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(topic = %self.topic, %error, "commit on revoke");
             }
-            let revoked = self.partitions(list);
             tracing::debug!(topic = %self.topic, ?revoked, "partitions revoked");
             self.log(RebalanceEvent::Revoked(revoked));
         }
@@ -120,6 +143,9 @@ pub(super) struct PollThread {
     backpressure: bool,
     /// Since when the runtime has had no room for records.
     behind_since: Option<std::time::Instant>,
+    commits: CommitSchedule,
+    /// The acknowledgements were asked for since the last commit started.
+    acks_asked: bool,
 }
 
 impl PollThread {
@@ -128,6 +154,7 @@ impl PollThread {
         items: mpsc::Sender<Vec<Item>>,
         emptied: std_mpsc::Receiver<Vec<Item>>,
         commands: std_mpsc::Receiver<Command>,
+        commits: CommitPolicy,
     ) -> Self {
         Self {
             topic,
@@ -141,20 +168,29 @@ impl PollThread {
             pending: None,
             backpressure: false,
             behind_since: None,
+            commits: CommitSchedule::new(commits),
+            acks_asked: false,
         }
     }
 
     pub(super) fn run(mut self, consumer: RawConsumer) {
         loop {
+            // Read before the commands: an answer seen here has its acknowledgements in them.
+            let answered = consumer.context().ack_request.is_answered();
             if let Err(reply) = self.drain_commands(&consumer) {
                 return self.close(consumer, reply);
             }
+            self.commit_if_due(&consumer, answered);
             if let Some(batch) = self.pending.take() {
                 // The runtime is behind. Wait a little for room; if it stays behind, pause
                 // fetching but keep polling, so the member stays in its group.
                 let unsent = match wait_for_room(&self.items, POLL_WAIT) {
                     Room::Ready(permit) => {
                         permit.send(batch);
+                        let mut settlement = consumer.context().settlement();
+                        for (partition, assigned) in self.partitions.iter() {
+                            settlement.handed(partition, assigned.next);
+                        }
                         Ok(())
                     }
                     Room::Full => Err(Some(batch)),
@@ -202,45 +238,45 @@ impl PollThread {
         }
     }
 
-    /// Applies every queued command; acknowledgements are folded into one offset store per
-    /// round. Returns the reply channel of a close request.
+    /// Applies every queued command, and stores the offsets the runtime acknowledged since the
+    /// last round. Returns the reply channel of a close request.
     fn drain_commands(
         &mut self,
         consumer: &RawConsumer,
     ) -> Result<(), oneshot::Sender<Result<(), BackendError>>> {
-        let mut acks = Acks::default();
         let result = loop {
             match self.commands.try_recv() {
                 Ok(Command::Close(reply)) => break Err(reply),
-                Ok(Command::Acks(Acks(received))) => {
-                    for (partition, generation, offset) in received {
-                        acks.add(partition, generation, offset);
-                    }
-                }
                 Ok(command) => self.apply(consumer, command),
                 Err(std_mpsc::TryRecvError::Empty) => break Ok(()),
                 // The handle is gone without closing: commit and leave anyway.
                 Err(std_mpsc::TryRecvError::Disconnected) => break Err(oneshot::channel().0),
             }
         };
-        // Acknowledgements of an assignment that has since changed are stale.
-        acks.0
-            .retain(|&(partition, generation, _)| self.current(partition, generation).is_some());
-        if !acks.is_empty() {
-            let mut list = TopicPartitionList::with_capacity(acks.0.len());
-            for &(partition, _, offset) in &acks.0 {
-                // The committed offset is the next one to read.
-                let _ = list.add_partition_offset(
-                    &self.topic,
-                    partition as i32,
-                    Offset::Offset(offset as i64 + 1),
-                );
-            }
-            if let Err(error) = consumer.store_offsets(&list) {
-                tracing::warn!(topic = %self.topic, ?acks, %error, "storing offsets failed");
-            }
-        }
+        // Acknowledgements sent before a command are in their channel by now.
+        let (records, _) = consumer.context().settlement().store(consumer, &self.topic);
+        self.commits.settled(records);
         result
+    }
+
+    /// Starts an asynchronous commit of the stored offsets when the schedule says so; once the
+    /// interval has passed, asks the handle for its acknowledgements until then.
+    fn commit_if_due(&mut self, consumer: &RawConsumer, answered: bool) {
+        let context = consumer.context();
+        let now = Instant::now();
+        if !self.commits.due(now, self.acks_asked && answered) {
+            if self.commits.interval_passed(now) {
+                context.ack_request.raise();
+                self.acks_asked = true;
+            }
+            return;
+        }
+        self.commits.started(now);
+        self.acks_asked = false;
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
+            // Tried again at the next interval, with whatever was settled by then.
+            tracing::debug!(topic = %self.topic, %error, "commit not started");
+        }
     }
 
     /// Polls up to a batch of records (waiting at most `wait` for the first), with the
@@ -267,9 +303,12 @@ impl PollThread {
         for event in events {
             match event {
                 RebalanceEvent::Revoked(revoked) => {
+                    let mut settlement = consumer.context().settlement();
                     for partition in &revoked {
                         self.partitions.remove(*partition);
+                        settlement.revoked(*partition);
                     }
+                    drop(settlement);
                     if let Some(pending) = &mut self.pending {
                         pending.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
                     }
@@ -289,6 +328,7 @@ impl PollThread {
                                 next: None,
                             },
                         );
+                        consumer.context().settlement().assigned(partition, generation);
                         tagged.push((partition, generation));
                     }
                     // A partition may come back paused from an earlier assignment; start fresh,
@@ -347,7 +387,6 @@ impl PollThread {
                     self.resume_at(consumer, partition, next);
                 }
             }
-            Command::Acks(_) => unreachable!("folded by drain_commands"),
             Command::Close(_) => unreachable!("handled by run"),
         }
     }
@@ -411,6 +450,9 @@ impl PollThread {
     }
 
     fn close(self, consumer: RawConsumer, reply: oneshot::Sender<Result<(), BackendError>>) {
+        // The handle sent its acknowledgements before asking to close.
+        consumer.context().closing.store(true, Ordering::Release);
+        consumer.context().settlement().store(&consumer, &self.topic);
         // Other members of the group (the other levels) may be leaving at the same moment; a
         // commit during their rebalance is refused, so keep serving the group and try again.
         let deadline = std::time::Instant::now() + CLOSE_COMMIT_LIMIT;

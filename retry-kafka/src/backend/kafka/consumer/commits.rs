@@ -1,0 +1,201 @@
+//! When the poll thread commits. The offsets the runtime settles are stored as they come and
+//! committed asynchronously every `interval`, or as soon as `records` records were settled,
+//! whichever comes first, so a consumer killed with SIGKILL repeats at most that much work
+//! (librdkafka's auto-commit does it every second). librdkafka reports nothing back for an
+//! asynchronous commit (rust-rdkafka sets no `offset_commit_cb`), so commits are not paced by
+//! their outcomes: at 500,000 records a second the count makes 500 small requests a second,
+//! each one list of stored offsets. A failed one is sent again by librdkafka's auto-commit,
+//! kept on as the backstop (`consumer::config`).
+//!
+//! The handle folds acknowledgements and sends them once per batch of records, which at a slow
+//! handler's pace is seconds apart; so when the interval has passed the thread asks for them
+//! (`AckRequest`), and commits once they came (or one more interval later, when the runtime
+//! acknowledged nothing meanwhile).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::vars;
+use crate::error::ConfigError;
+
+/// How often a consumer commits what it settled ([`KafkaBuilder::commit_interval`] and
+/// [`KafkaBuilder::commit_records`]).
+///
+/// [`KafkaBuilder::commit_interval`]: crate::backend::kafka::KafkaBuilder::commit_interval
+/// [`KafkaBuilder::commit_records`]: crate::backend::kafka::KafkaBuilder::commit_records
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CommitPolicy {
+    pub(crate) interval: Duration,
+    pub(crate) records: u64,
+}
+
+impl CommitPolicy {
+    pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+    pub(crate) const DEFAULT_RECORDS: u64 = 1000;
+    /// A minute: a longer interval is more likely seconds given as milliseconds than meant.
+    const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+    /// Fails naming the setting's variable when a value is out of range.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() || self.interval > Self::MAX_INTERVAL {
+            return Err(ConfigError::Invalid {
+                field: vars::KAFKA_COMMIT_INTERVAL_MS,
+                reason: format!(
+                    "{} ms is out of range: give 1 to {} ms",
+                    self.interval.as_millis(),
+                    Self::MAX_INTERVAL.as_millis()
+                ),
+            });
+        }
+        if self.records == 0 {
+            return Err(ConfigError::Invalid {
+                field: vars::KAFKA_COMMIT_RECORDS,
+                reason: "0 records: give at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for CommitPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Self::DEFAULT_INTERVAL,
+            records: Self::DEFAULT_RECORDS,
+        }
+    }
+}
+
+/// The poll thread's commit schedule: what was settled since the last commit started, and
+/// whether that commit is still in flight.
+pub(super) struct CommitSchedule {
+    policy: CommitPolicy,
+    /// Records settled (their offsets stored) since the last commit started.
+    settled: u64,
+    /// When the last commit started.
+    last: Instant,
+}
+
+impl CommitSchedule {
+    pub(super) fn new(policy: CommitPolicy) -> Self {
+        Self {
+            policy,
+            settled: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// `records` more records settled, their offsets stored.
+    pub(super) fn settled(&mut self, records: u64) {
+        self.settled += records;
+    }
+
+    /// Whether the interval since the last commit has passed: time to ask for the
+    /// acknowledgements the handle holds.
+    pub(super) fn interval_passed(&self, now: Instant) -> bool {
+        now.duration_since(self.last) >= self.policy.interval
+    }
+
+    /// Whether to start a commit now: something was settled since the last one, and the count
+    /// is reached or the interval has passed and the acknowledgements asked for came
+    /// (`acks_in`; after two intervals, without them).
+    pub(super) fn due(&self, now: Instant, acks_in: bool) -> bool {
+        if self.settled == 0 {
+            return false;
+        }
+        let elapsed = now.duration_since(self.last);
+        self.settled >= self.policy.records
+            || (elapsed >= self.policy.interval && (acks_in || elapsed >= 2 * self.policy.interval))
+    }
+
+    /// A commit of everything settled so far started at `now`.
+    pub(super) fn started(&mut self, now: Instant) {
+        self.settled = 0;
+        self.last = now;
+    }
+}
+
+/// The poll thread's request for the acknowledgements the handle holds: raised by the thread,
+/// cleared by the handle once it sent them (sent first, so a thread that sees it cleared finds
+/// them in its channel). One relaxed load per acknowledgement on the handle's side.
+#[derive(Default)]
+pub(super) struct AckRequest(AtomicBool);
+
+impl AckRequest {
+    pub(super) fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The acknowledgements held were sent.
+    pub(super) fn answered(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    /// Whether the last request was answered: what the handle sent before is in the channel.
+    pub(super) fn is_answered(&self) -> bool {
+        !self.0.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> CommitPolicy {
+        CommitPolicy {
+            interval: Duration::from_millis(100),
+            records: 1000,
+        }
+    }
+
+    #[test]
+    fn commits_after_the_interval_or_the_count_whichever_first() {
+        let start = Instant::now();
+        let mut schedule = CommitSchedule::new(policy());
+        schedule.last = start;
+        let later = |ms| start + Duration::from_millis(ms);
+        // Nothing settled: nothing to commit, however long it has been.
+        assert!(!schedule.due(later(500), true));
+        schedule.settled(10);
+        assert!(!schedule.interval_passed(later(99)));
+        assert!(!schedule.due(later(99), true));
+        assert!(schedule.interval_passed(later(100)));
+        // The acknowledgements asked for have not come: wait for them, one interval at most.
+        assert!(!schedule.due(later(100), false));
+        assert!(schedule.due(later(100), true));
+        assert!(schedule.due(later(200), false));
+        schedule.started(later(100));
+        // The count, before the interval.
+        schedule.settled(999);
+        assert!(!schedule.due(later(110), true));
+        schedule.settled(1);
+        assert!(schedule.due(later(110), false));
+        schedule.started(later(110));
+        assert!(!schedule.due(later(110), true));
+    }
+
+    #[test]
+    fn an_interval_or_a_count_out_of_range_is_named() {
+        assert!(policy().check().is_ok());
+        let zero = CommitPolicy {
+            interval: Duration::ZERO,
+            ..policy()
+        };
+        assert_eq!(
+            zero.check().unwrap_err().to_string(),
+            "invalid KAFKA_COMMIT_INTERVAL_MS: 0 ms is out of range: give 1 to 60000 ms"
+        );
+        let none = CommitPolicy {
+            records: 0,
+            ..policy()
+        };
+        assert_eq!(
+            none.check().unwrap_err().to_string(),
+            "invalid KAFKA_COMMIT_RECORDS: 0 records: give at least 1"
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! What the runtime settled, stored as offsets for the next commit. The poll thread stores
+//! once per round; the revoke callback (inside `poll`, on the same thread) stores what has
+//! arrived and, for up to `REVOKE_DRAIN`, what the runtime acknowledges meanwhile, before the
+//! partitions go: acknowledgements still on their way when a partition was revoked used to be
+//! dropped, and their records redelivered to the new owner.
+
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::commits::AckRequest;
+use super::{Acks, ByPartition};
+
+/// How long a revoke waits for the acknowledgements of records the runtime was given: attempts
+/// that finish within it are committed, not redelivered. The rebalance waits as long (the poll
+/// thread serves the group between polls), well within any session timeout.
+pub(super) const REVOKE_DRAIN: Duration = Duration::from_millis(300);
+
+/// One assigned partition's progress.
+struct Progress {
+    generation: u64,
+    /// The offset after the last record settled (its offset stored).
+    settled: Option<u64>,
+    /// The offset after the last record handed to the runtime.
+    handed: Option<u64>,
+}
+
+/// The acknowledgements from the handle, and what was stored of them per partition.
+pub(super) struct Settlement {
+    acks: std_mpsc::Receiver<Acks>,
+    partitions: ByPartition<Progress>,
+}
+
+impl Settlement {
+    pub(super) fn new(acks: std_mpsc::Receiver<Acks>) -> Self {
+        Self {
+            acks,
+            partitions: ByPartition::default(),
+        }
+    }
+
+    pub(super) fn assigned(&mut self, partition: u32, generation: u64) {
+        self.partitions.insert(
+            partition,
+            Progress {
+                generation,
+                settled: None,
+                handed: None,
+            },
+        );
+    }
+
+    pub(super) fn revoked(&mut self, partition: u32) {
+        self.partitions.remove(partition);
+    }
+
+    /// Records up to `next` (exclusive) of `partition` went to the runtime.
+    pub(super) fn handed(&mut self, partition: u32, next: Option<u64>) {
+        if let Some(progress) = self.partitions.get_mut(partition) {
+            progress.handed = next;
+        }
+    }
+
+    /// Stores the offsets of every acknowledgement that has arrived, folded, as one list.
+    /// Returns how many records they settle (the first acknowledgement of an assignment counts
+    /// none: where it started is not known here), and whether the handle is gone.
+    pub(super) fn store<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+    ) -> (u64, bool) {
+        let mut acks = Acks::default();
+        let gone = loop {
+            match self.acks.try_recv() {
+                Ok(Acks(received)) => {
+                    for (partition, generation, offset) in received {
+                        acks.add(partition, generation, offset);
+                    }
+                }
+                Err(std_mpsc::TryRecvError::Empty) => break false,
+                Err(std_mpsc::TryRecvError::Disconnected) => break true,
+            }
+        };
+        (self.store_folded(consumer, topic, acks), gone)
+    }
+
+    fn store_folded<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        mut acks: Acks,
+    ) -> u64 {
+        let mut records = 0;
+        // Acknowledgements of an assignment that has since changed are stale.
+        acks.0.retain(|&(partition, generation, offset)| {
+            let Some(progress) = self.partitions.get_mut(partition) else {
+                return false;
+            };
+            if progress.generation != generation {
+                return false;
+            }
+            let settled = offset + 1;
+            let from = progress.settled.replace(settled).unwrap_or(settled);
+            records += settled.saturating_sub(from);
+            true
+        });
+        if acks.is_empty() {
+            return records;
+        }
+        let mut list = TopicPartitionList::with_capacity(acks.0.len());
+        for &(partition, _, offset) in &acks.0 {
+            // The committed offset is the next one to read.
+            let _ = list.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64 + 1));
+        }
+        if let Err(error) = consumer.store_offsets(&list) {
+            tracing::warn!(topic, ?acks, %error, "storing offsets failed");
+        }
+        records
+    }
+
+    /// Before `revoked` go: asks the handle for the acknowledgements it holds and stores what
+    /// arrives until every record handed over of them is settled, or for `REVOKE_DRAIN` at
+    /// most. The caller commits.
+    pub(super) fn drain_for_revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        revoked: &[u32],
+        ack_request: &AckRequest,
+    ) {
+        let deadline = Instant::now() + REVOKE_DRAIN;
+        ack_request.raise();
+        loop {
+            let (_, gone) = self.store(consumer, topic);
+            if gone || self.all_settled(revoked) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::debug!(topic, ?revoked, "revoked with acknowledgements still to come");
+                return;
+            }
+            match self.acks.recv_timeout(deadline - now) {
+                Ok(acks) => {
+                    self.store_folded(consumer, topic, acks);
+                    // The handle answers each request once; ask for the next ones too.
+                    ack_request.raise();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn all_settled(&self, partitions: &[u32]) -> bool {
+        partitions.iter().all(|&partition| {
+            self.partitions
+                .get(partition)
+                .is_none_or(|progress| match (progress.handed, progress.settled) {
+                    (None, _) => true,
+                    (Some(handed), Some(settled)) => settled >= handed,
+                    (Some(_), None) => false,
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::{Settlement, REVOKE_DRAIN};
+    use crate::backend::kafka::consumer::commits::AckRequest;
+    use crate::backend::kafka::consumer::Acks;
+
+    /// A client that never connects: storing offsets of partitions it was not assigned fails
+    /// (logged), which these tests do not look at.
+    fn client() -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "settle-test")
+            .create()
+            .unwrap()
+    }
+
+    fn acks(list: &[(u32, u64, u64)]) -> Acks {
+        let mut acks = Acks::default();
+        for &(partition, generation, offset) in list {
+            acks.add(partition, generation, offset);
+        }
+        acks
+    }
+
+    #[test]
+    fn counts_what_acknowledgements_settle_and_drops_stale_ones() {
+        let client = client();
+        let (tx, rx) = std_mpsc::channel();
+        let mut settlement = Settlement::new(rx);
+        settlement.assigned(0, 2);
+        settlement.handed(0, Some(10));
+        // The first of an assignment counts nothing; one of an earlier assignment is stale.
+        tx.send(acks(&[(0, 2, 4), (0, 1, 9)])).unwrap();
+        assert_eq!(settlement.store(&client, "t"), (0, false));
+        assert!(!settlement.all_settled(&[0]));
+        tx.send(acks(&[(0, 2, 9)])).unwrap();
+        assert_eq!(settlement.store(&client, "t"), (5, false));
+        assert!(settlement.all_settled(&[0]));
+        drop(tx);
+        assert_eq!(settlement.store(&client, "t"), (0, true));
+    }
+
+    #[test]
+    fn a_revoke_waits_for_acknowledgements_until_everything_handed_over_is_settled_or_no_longer() {
+        let client = client();
+        let (tx, rx) = std_mpsc::channel();
+        let mut settlement = Settlement::new(rx);
+        let request = AckRequest::default();
+        settlement.assigned(3, 1);
+        settlement.handed(3, Some(100));
+
+        // The last acknowledgement arrives 50 ms into the revoke: it ends the wait.
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let tx = tx.clone();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                tx.send(acks(&[(3, 1, 99)])).unwrap();
+            });
+            settlement.drain_for_revoke(&client, "t", &[3], &request);
+        });
+        let waited = started.elapsed();
+        assert!(request.is_raised(), "the handle was asked for what it holds");
+        assert!(
+            waited >= Duration::from_millis(50) && waited < REVOKE_DRAIN,
+            "{waited:?}"
+        );
+        assert!(settlement.all_settled(&[3]));
+
+        // Records handed over and never acknowledged: the wait ends at the limit.
+        settlement.handed(3, Some(200));
+        let started = Instant::now();
+        settlement.drain_for_revoke(&client, "t", &[3], &request);
+        let waited = started.elapsed();
+        assert!(
+            waited >= REVOKE_DRAIN && waited < REVOKE_DRAIN + Duration::from_millis(200),
+            "{waited:?}"
+        );
+    }
+}
