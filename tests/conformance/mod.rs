@@ -101,6 +101,7 @@ macro_rules! conformance_suite {
             raw_text_events_round_trip_and_invalid_utf8_is_dead_lettered,
             raw_bytes_events_round_trip_whatever_the_bytes,
             raw_vec_events_round_trip_whatever_the_bytes,
+            a_dependency_outage_waits_behind_the_breaker,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(
@@ -1457,4 +1458,92 @@ pub async fn a_batch_handler_settles_each_record_on_its_own<H: Harness>(harness:
         "conf.batch.conf-batch.retry.1",
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A dependency down for a while, then back: behind a breaker the records wait, none is
+// dead-lettered, each succeeds once, each partition's main-topic records in their order
+
+/// Whether the breaker case's dependency is down, and its failed attempts.
+static BREAKER_DOWN: AtomicBool = AtomicBool::new(true);
+static BREAKER_FAILED: AtomicU32 = AtomicU32::new(0);
+
+#[retry_handler(topic = "conf.breaker", group = "conf-breaker", retries = ["200ms", "400ms"], dlq,
+    breaker(failure_rate = 50, window = 10, min_attempts = 3, cool_down = "300ms", max_cool_down = "600ms"))]
+async fn behind_breaker(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    if BREAKER_DOWN.load(Ordering::SeqCst) {
+        BREAKER_FAILED.fetch_add(1, Ordering::SeqCst);
+        return Err(HandlerError::transient("dependency unavailable"));
+    }
+    record("breaker", &order, &ctx);
+    Ok(())
+}
+
+pub async fn a_dependency_outage_waits_behind_the_breaker<H: Harness>(harness: &H) {
+    const COUNT: u64 = 30;
+    BREAKER_DOWN.store(true, Ordering::SeqCst);
+    harness.create_topic("conf.breaker", 2).await;
+    let (app, running) = start(harness, "conf-breaker").await;
+    let health = app.health();
+    for id in 0..COUNT {
+        publish(&app, "conf.breaker", &order(id)).await;
+    }
+    eventually(Duration::from_secs(20), "the breaker to open", || {
+        !health.report().open_breakers().is_empty()
+    })
+    .await;
+    // Down for 1.5 s more: probes every 300 ms, then 600 ms, fail.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = health.report();
+    assert!(report.is_ready(), "an open breaker leaves the app ready");
+    assert_eq!(report.open_breakers().len(), 1, "{:?}", report.open_breakers());
+    assert!(
+        app.stats().handler("behind_breaker").unwrap().dead_lettered == 0,
+        "nothing dead-lettered during the outage"
+    );
+    BREAKER_DOWN.store(false, Ordering::SeqCst);
+    succeeded_eventually(
+        &app,
+        "behind_breaker",
+        COUNT,
+        Duration::from_secs(30),
+        "every order",
+    )
+    .await;
+    running.shutdown().await.unwrap();
+
+    let dead = harness.records("conf.breaker.conf-breaker.dlq").await;
+    assert!(dead.is_empty(), "{} dead-lettered", dead.len());
+    let seen = seen("breaker");
+    let mut ids: Vec<u64> = seen.iter().map(|s| s.order.id).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..COUNT).collect::<Vec<_>>(),
+        "each order succeeded exactly once"
+    );
+    for partition in 0..2 {
+        let offsets: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.topic == "conf.breaker" && s.partition == partition)
+            .map(|s| s.offset)
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition}'s main-topic records succeeded in order: {offsets:?}"
+        );
+    }
+    let stats = app.stats();
+    let stats = stats.handler("behind_breaker").unwrap();
+    // Opened once, then after each failed probe; every opening ends half-open; closed once.
+    assert!(
+        stats.breaker_opened >= 2,
+        "a probe failed during the outage: {stats:?}"
+    );
+    assert_eq!(stats.breaker_half_opened, stats.breaker_opened, "{stats:?}");
+    assert_eq!(stats.breaker_closed, 1, "{stats:?}");
+    // The failures that opened it (3), and one per failed probe.
+    let failed = u64::from(BREAKER_FAILED.load(Ordering::SeqCst));
+    assert_eq!(failed, 3 + stats.breaker_opened - 1, "{stats:?}");
+    assert_fully_committed(harness, "conf.breaker", "conf-breaker").await;
 }
