@@ -166,3 +166,58 @@ async fn an_outage_waits_behind_an_open_breaker_instead_of_filling_the_dead_lett
     assert_eq!(stats.dead_lettered, 0);
     app.shutdown().await;
 }
+
+#[retry_handler(group = "cfg-configured", retries = ["1s"], dlq)]
+async fn configured(payment: Payment) -> Result<(), HandlerError> {
+    let _ = payment;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_set_in_code_applies_and_a_wrong_one_fails_at_build_naming_it() {
+    use retry_kafka::backend::memory::InMemory;
+    use retry_kafka::handler::Breaker;
+    let only = |spec: &retry_kafka::handler::HandlerSpec| spec.function() == "configured";
+    let build = |name: &str, breaker: Breaker| {
+        App::builder()
+            .backend(InMemory::new())
+            .handlers(only)
+            .breaker(name, breaker)
+            .build()
+    };
+    let error = build("configurd", Breaker::default()).err().expect("refused");
+    assert_eq!(
+        error.to_string(),
+        "the breaker of handler \"configurd\": no handler of that name runs in this app"
+    );
+    let error = build("configured", Breaker::default().with_probes(0))
+        .err()
+        .expect("refused");
+    assert_eq!(
+        error.to_string(),
+        "the breaker of handler \"configured\": probes attempts at a time while half-open: from 1 to 1000"
+    );
+    let error = build(
+        "configured",
+        Breaker::default().with_cool_down(Duration::from_secs(600)),
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("max_cool_down must not be shorter than cool_down"),
+        "{error}"
+    );
+
+    let app = build("breaker::configured", Breaker::default()).unwrap();
+    let health = app.health();
+    let app = TestApp::start_with(app).await;
+    let states: Vec<_> = health.report().consumers.iter().map(|c| c.breaker).collect();
+    assert_eq!(
+        states,
+        [Some(BreakerState::Closed); 2],
+        "the main topic and level 1"
+    );
+    app.shutdown().await;
+}

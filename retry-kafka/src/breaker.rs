@@ -102,6 +102,95 @@ impl Breaker {
         }
     }
 
+    /// Opens at `percent` failed attempts (1 to 100; checked by
+    /// [`AppBuilder::breaker`](crate::app::AppBuilder::breaker)'s `build`).
+    ///
+    /// ```
+    /// use retry_kafka::handler::{Breaker, BreakerWindow};
+    /// use std::time::Duration;
+    ///
+    /// let breaker = Breaker::default()
+    ///     .with_failure_rate(80)
+    ///     .with_window(BreakerWindow::Attempts(100))
+    ///     .with_min_attempts(10)
+    ///     .with_cool_down(Duration::from_secs(5))
+    ///     .with_max_cool_down(Duration::from_secs(60))
+    ///     .with_probes(2);
+    /// assert_eq!((breaker.failure_rate(), breaker.probes()), (80, 2));
+    /// assert!(breaker.check().is_ok());
+    /// assert_eq!(
+    ///     Breaker::default().with_failure_rate(0).check().unwrap_err().0,
+    ///     "failure_rate"
+    /// );
+    /// ```
+    pub fn with_failure_rate(mut self, percent: u8) -> Self {
+        self.failure_rate = percent;
+        self
+    }
+
+    /// Weighs the outcomes of `window`.
+    pub fn with_window(mut self, window: BreakerWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// May open only after `attempts` attempts in the window (at least 1).
+    pub fn with_min_attempts(mut self, attempts: u32) -> Self {
+        self.min_attempts = attempts;
+        self
+    }
+
+    /// Stays open `cool_down` the first time (longer than zero, at most `max_cool_down`).
+    pub fn with_cool_down(mut self, cool_down: Duration) -> Self {
+        self.cool_down_ms = cool_down.as_millis().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// Doubles the cool-down after each failed probe up to `max_cool_down`.
+    pub fn with_max_cool_down(mut self, max_cool_down: Duration) -> Self {
+        self.max_cool_down_ms = max_cool_down.as_millis().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// Lets `probes` attempts at a time through while half-open (1 to 1000).
+    pub fn with_probes(mut self, probes: u32) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// The settings' ranges, the same the attribute checks at compile time: the first setting
+    /// out of range, and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let fail = |field, reason: &str| Err((field, reason.to_owned()));
+        if !(1..=100).contains(&self.failure_rate) {
+            return fail("failure_rate", "a percentage of failed attempts: from 1 to 100");
+        }
+        match self.window {
+            BreakerWindow::Attempts(n) if !(1..=100_000).contains(&n) => {
+                return fail("window", "a window of attempts holds from 1 to 100000");
+            }
+            BreakerWindow::Time(period)
+                if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&period) =>
+            {
+                return fail("window", "a time window is from 1 s to 1 day");
+            }
+            _ => {}
+        }
+        if self.min_attempts == 0 {
+            return fail("min_attempts", "must be at least 1");
+        }
+        if self.cool_down_ms == 0 {
+            return fail("cool_down", "must be longer than zero");
+        }
+        if self.max_cool_down_ms < self.cool_down_ms {
+            return fail("max_cool_down", "must not be shorter than cool_down");
+        }
+        if !(1..=1_000).contains(&self.probes) {
+            return fail("probes", "attempts at a time while half-open: from 1 to 1000");
+        }
+        Ok(())
+    }
+
     /// The share of failed attempts, in percent, at or above which it opens.
     pub fn failure_rate(&self) -> u8 {
         self.failure_rate

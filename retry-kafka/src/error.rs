@@ -55,6 +55,15 @@ pub enum ConfigError {
          App::builder().backend(...)"
     )]
     NoBackend,
+    /// A breaker set in code ([`AppBuilder::breaker`](crate::app::AppBuilder::breaker)) names
+    /// no handler the app runs, or has a setting out of range.
+    #[error("the breaker of handler {handler:?}: {reason}")]
+    Breaker {
+        /// The handler, as given.
+        handler: String,
+        /// What is wrong: the setting and its range, or that no such handler runs.
+        reason: String,
+    },
     /// A setting has an invalid value.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -259,6 +268,11 @@ impl fmt::Debug for ConfigError {
         }
         match self {
             ConfigError::NoBackend => f.write_str("NoBackend"),
+            ConfigError::Breaker { handler, reason } => f
+                .debug_struct("Breaker")
+                .field("handler", handler)
+                .field("reason", reason)
+                .finish(),
             ConfigError::Invalid { field, reason } => f
                 .debug_struct("Invalid")
                 .field("field", field)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::provision::Provisioning;
 use super::signals::TerminationSignals;
 use crate::backend::{Backend, Topic, TopicRole};
+use crate::breaker::Breaker;
 use crate::error::{BackendError, Error};
 use crate::handlers::HandlerSpec;
 use crate::health::{ConsumerHealth, Health};
@@ -50,6 +51,8 @@ pub struct App<B: Backend> {
 /// of its levels' consumers.
 pub(super) struct AppHandler {
     pub(super) spec: &'static HandlerSpec,
+    /// Its breaker: the one set in code, else the attribute's.
+    pub(super) breaker: Option<Breaker>,
     pub(super) topology: Arc<Topology>,
     pub(super) counters: Arc<Counters>,
     /// One per level, the main topic's first.

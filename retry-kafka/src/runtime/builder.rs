@@ -8,6 +8,7 @@ use super::provision::Provisioning;
 use super::validate;
 use crate::backend::memory::InMemory;
 use crate::backend::Backend;
+use crate::breaker::Breaker;
 use crate::error::ConfigError;
 use crate::handlers::{registered_handlers, HandlerSpec};
 use crate::health::{ConsumerHealth, Health};
@@ -48,6 +49,8 @@ pub struct AppBuilder<B> {
     #[cfg(feature = "prometheus")]
     metrics_addr: Option<std::net::SocketAddr>,
     lag_interval: Option<Duration>,
+    /// Breakers set in code, by handler name.
+    breakers: Vec<(String, Breaker)>,
 }
 
 type HandlerFilter = Box<dyn Fn(&HandlerSpec) -> bool + Send + Sync>;
@@ -68,6 +71,7 @@ impl App<InMemory> {
             #[cfg(feature = "prometheus")]
             metrics_addr: None,
             lag_interval: None,
+            breakers: Vec::new(),
         }
     }
 }
@@ -85,12 +89,42 @@ impl<B> AppBuilder<B> {
             #[cfg(feature = "prometheus")]
             metrics_addr: self.metrics_addr,
             lag_interval: self.lag_interval,
+            breakers: self.breakers,
         }
     }
 
     /// Runs only the registered handlers for which `keep` returns true.
     pub fn handlers(mut self, keep: impl Fn(&HandlerSpec) -> bool + Send + Sync + 'static) -> Self {
         self.filter = Some(Box::new(keep));
+        self
+    }
+
+    /// Gives the handler named `handler` (its function's name, or its full path) a circuit
+    /// breaker, or replaces the one its attribute declares: the same settings as
+    /// `breaker(...)` ([`Breaker`]), from configuration rather than code. `build` fails naming
+    /// the handler when none of that name runs, or the setting out of range.
+    ///
+    /// ```
+    /// use retry_kafka::handler::Breaker;
+    /// use retry_kafka::prelude::*;
+    /// use std::time::Duration;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Event, Serialize, Deserialize)]
+    /// # #[event(topic = "payments")]
+    /// # struct Payment { id: u64 }
+    ///
+    /// #[retry_handler(group = "ledger", retries = ["10s"], dlq)]
+    /// async fn book(payment: Payment) -> Result<(), HandlerError> { Ok(()) }
+    ///
+    /// # fn main() -> Result<(), retry_kafka::error::ConfigError> {
+    /// let breaker = Breaker::default().with_cool_down(Duration::from_secs(60));
+    /// let app = App::builder().backend(InMemory::new()).breaker("book", breaker).build()?;
+    /// let wrong = App::builder().backend(InMemory::new()).breaker("bok", breaker).build();
+    /// assert!(wrong.err().unwrap().to_string().contains("\"bok\""));
+    /// # Ok(()) }
+    /// ```
+    pub fn breaker(mut self, handler: impl Into<String>, breaker: Breaker) -> Self {
+        self.breakers.push((handler.into(), breaker));
         self
     }
 
@@ -177,11 +211,14 @@ impl<B: Backend> AppBuilder<B> {
             .filter(|spec| self.filter.as_ref().is_none_or(|keep| keep(spec)))
             .collect();
         let topologies = validate::validate(&specs, &self.naming)?;
+        let breakers = breakers(&specs, self.breakers)?;
         let handlers: Vec<AppHandler> = specs
             .into_iter()
             .zip(topologies)
-            .map(|(spec, topology)| AppHandler {
+            .zip(breakers)
+            .map(|((spec, topology), breaker)| AppHandler {
                 spec,
+                breaker,
                 counters: Counters::new(spec),
                 health: (0..=topology.retries.len() as u32)
                     .map(|level| ConsumerHealth::new(spec.name(), topology.level(level), spec.group(), level))
@@ -213,4 +250,27 @@ impl<B: Backend> AppBuilder<B> {
             hand_off_window: self.hand_off_window,
         })
     }
+}
+
+/// Each handler's breaker: the one set in code for it (checked), else its attribute's.
+fn breakers(
+    specs: &[&'static HandlerSpec],
+    set: Vec<(String, Breaker)>,
+) -> Result<Vec<Option<Breaker>>, ConfigError> {
+    let mut breakers: Vec<Option<Breaker>> = specs.iter().map(|spec| spec.breaker()).collect();
+    for (handler, breaker) in set {
+        let invalid = |reason: String| ConfigError::Breaker {
+            handler: handler.clone(),
+            reason,
+        };
+        breaker
+            .check()
+            .map_err(|(field, reason)| invalid(format!("{field} {reason}")))?;
+        let index = specs
+            .iter()
+            .position(|spec| spec.name() == handler || spec.function() == handler)
+            .ok_or_else(|| invalid("no handler of that name runs in this app".to_owned()))?;
+        breakers[index] = Some(breaker);
+    }
+    Ok(breakers)
 }

@@ -53,6 +53,7 @@ impl<B: Backend> App<B> {
         let mut lags = Vec::new();
         for AppHandler {
             spec,
+            breaker,
             topology,
             counters,
             health,
@@ -63,7 +64,7 @@ impl<B: Backend> App<B> {
             // One limiter for all of the handler's levels: the rate caps its attempts in all.
             let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
             // One breaker too: an outage is the handler's dependency's, not one level's.
-            let breaker = spec.breaker().map(|settings| {
+            let breaker = breaker.map(|settings| {
                 let breaker = Arc::new(CircuitBreaker::new(
                     settings,
                     spec.name(),
