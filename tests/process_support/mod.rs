@@ -35,9 +35,14 @@ impl Worker {
     /// Starts a worker with `env` (the backend's settings) and no backend setting inherited
     /// from this process.
     pub fn spawn(name: &str, env: &[(&str, String)]) -> Self {
+        Self::spawn_program(env!("CARGO_BIN_EXE_rk-worker"), name, env)
+    }
+
+    /// Starts `program` (a worker binary of this package) as [`spawn`](Worker::spawn) does.
+    pub fn spawn_program(program: &str, name: &str, env: &[(&str, String)]) -> Self {
         let log = std::env::temp_dir().join(format!("rk-worker-{}-{name}.log", std::process::id()));
         let _ = std::fs::remove_file(&log);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rk-worker"));
+        let mut command = Command::new(program);
         for (name, _) in std::env::vars() {
             if name.starts_with("KAFKA_")
                 || name.starts_with("REDIS_")
@@ -61,6 +66,15 @@ impl Worker {
             .spawn()
             .expect("start rk-worker");
         Worker { child, log }
+    }
+
+    /// Every line of the worker's log: one per attempt finished.
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `(id, attempt, ok)` for every attempt this worker finished.

@@ -1,0 +1,64 @@
+//! A worker process for the breaker's process test (`tests/kafka_breaker.rs`): two handlers
+//! call one dependency, one behind a circuit breaker, the other without. The dependency is down
+//! while the file `$OUTAGE_FLAG` exists.
+//!
+//! Every attempt appends `handler id attempt outcome` to `$WORKER_LOG`.
+
+use std::io::Write;
+use std::path::Path;
+
+use retry_kafka::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "proc.payments", key = "id")]
+struct Payment {
+    id: u64,
+}
+
+fn log(line: &str) {
+    let path = std::env::var("WORKER_LOG").expect("WORKER_LOG is set");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("worker log");
+    // One small O_APPEND write per line: whole lines, even when the process is killed.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("write worker log");
+}
+
+/// The dependency: down while the flag file exists.
+fn call_dependency(handler: &str, payment: &Payment, ctx: &Context) -> Result<(), HandlerError> {
+    let flag = std::env::var("OUTAGE_FLAG").expect("OUTAGE_FLAG is set");
+    let outcome = if Path::new(&flag).exists() {
+        Err(HandlerError::transient("payment gateway unavailable"))
+    } else {
+        Ok(())
+    };
+    let result = if outcome.is_ok() { "ok" } else { "failed" };
+    log(&format!("{handler} {} {} {result}", payment.id, ctx.attempt()));
+    outcome
+}
+
+#[retry_handler(group = "proc-guarded", retries = ["1s", "2s"], dlq,
+    breaker(failure_rate = 50, window = "10s", min_attempts = 20, cool_down = "5s", max_cool_down = "10s"))]
+async fn guarded(payment: Payment, ctx: Context) -> Result<(), HandlerError> {
+    call_dependency("guarded", &payment, &ctx)
+}
+
+#[retry_handler(group = "proc-unguarded", retries = ["1s", "2s"], dlq)]
+async fn unguarded(payment: Payment, ctx: Context) -> Result<(), HandlerError> {
+    call_dependency("unguarded", &payment, &ctx)
+}
+
+#[tokio::main]
+async fn main() -> retry_kafka::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    retry_kafka::run().await
+}
