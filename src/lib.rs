@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod kafka_acls;
+pub use kafka_acls::TopicAcl;
 mod kafka_cluster;
 pub use kafka_cluster::KafkaCluster;
 mod postgres_server;
@@ -365,7 +367,10 @@ impl ApacheKafka {
 
     /// A broker with three more listeners beside its plaintext one, each on a free loopback
     /// port: TLS, SASL/SCRAM-SHA-512 over TLS and SASL/PLAIN, with certificates made by
-    /// `openssl` for this broker (see [`SecuredKafka`]).
+    /// `openssl` for this broker (see [`SecuredKafka`]). Its authorizer (`StandardAuthorizer`)
+    /// allows everything on a resource without ACLs, and the plaintext listener's principal
+    /// (`User:ANONYMOUS`) everything: a test denies an operation with
+    /// [`SecuredKafka::add_acls`].
     pub fn start_secured() -> SecuredKafka {
         let mut ports = [0; 3];
         let mut ca_file = PathBuf::new();
@@ -395,7 +400,10 @@ impl ApacheKafka {
                  listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n\
                  listener.name.sasl_plaintext.plain.sasl.jaas.config=\
                  org.apache.kafka.common.security.plain.PlainLoginModule required \
-                 user_{PLAIN_USER}=\"{PLAIN_PASSWORD}\";\n",
+                 user_{PLAIN_USER}=\"{PLAIN_PASSWORD}\";\n\
+                 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+                 allow.everyone.if.no.acl.found=true\n\
+                 super.users=User:ANONYMOUS\n",
                 port = "{port}",
                 controller = "{controller}",
                 keystore = certificates.join("keystore.pem").display(),
@@ -593,6 +601,8 @@ pub const SCRAM_PASSWORD: &str = "alice-scram-secret";
 /// The SASL/PLAIN user of [`ApacheKafka::start_secured`] and its password.
 pub const PLAIN_USER: &str = "bob";
 pub const PLAIN_PASSWORD: &str = "bob-plain-secret";
+/// [`PLAIN_USER`]'s principal, as ACLs name it.
+pub const PLAIN_PRINCIPAL: &str = "User:bob";
 
 /// An Apache Kafka broker with a listener per security protocol (its plaintext one is
 /// `broker.bootstrap`). Every listener's certificate is signed by the CA in [`ca_file`].

@@ -69,12 +69,12 @@ impl KafkaBuilder {
             }
             let writer = Writer::create(&config).map_err(|error| invalid("producer property", error))?;
             let admin = config
-                .create()
+                .create_with_context(Refusals::new("admin"))
                 .map_err(|error| invalid("producer property", error))?;
             // Consumer properties are checked here too, so a typo fails at start.
             let metadata = consumer::config(brokers, "retry-kafka-metadata", &self.consumer_properties)
                 .set("allow.auto.create.topics", "false")
-                .create_with_context(Refusals::default())
+                .create_with_context(Refusals::new("metadata"))
                 .map_err(|error| invalid("consumer property", error))?;
             Ok(Cluster {
                 brokers: brokers.to_owned(),

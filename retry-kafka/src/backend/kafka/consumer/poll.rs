@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     record_of, Acks, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
 };
-use crate::backend::kafka::transport;
+use crate::backend::kafka::{transport, Refusals};
 use crate::error::BackendError;
 
 /// Collects rebalance events raised inside `poll`, so the thread can put them in order with
@@ -27,6 +27,8 @@ pub(super) struct RebalanceLog {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Whether `events` has something: checked after every poll without taking the lock.
     pending: AtomicBool,
+    /// The refusals this consumer was given.
+    refusals: Refusals,
 }
 
 enum RebalanceEvent {
@@ -40,6 +42,7 @@ impl RebalanceLog {
             topic,
             events: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
+            refusals: Refusals::new("consumer"),
         }
     }
 
@@ -64,7 +67,11 @@ impl RebalanceLog {
     }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.refusals.note(&error, reason);
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
