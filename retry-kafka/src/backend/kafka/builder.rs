@@ -82,6 +82,7 @@ impl KafkaBuilder {
                 admin,
                 metadata: Arc::new(metadata),
                 reader: Arc::default(),
+                lag_clients: Arc::default(),
             })
         };
         let main = cluster(&self.brokers)?;

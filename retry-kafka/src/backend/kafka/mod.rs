@@ -4,6 +4,7 @@
 //! producer that waits for the broker's acknowledgement; topic provisioning at start. What a
 //! failure means is decided by the runtime, as for every backend.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,9 @@ struct Cluster {
     /// The client [`Browse`] reads with, made on first use and kept: a tool's command reads
     /// page after page, and a client per call cost a connection to every broker each time.
     reader: Arc<std::sync::Mutex<Option<Reader>>>,
+    /// A client per consumer group whose lag is asked, made on first use and kept: the app
+    /// asks every second while a level settles messages.
+    lag_clients: Arc<std::sync::Mutex<HashMap<String, Arc<BaseConsumer<Refusals>>>>>,
 }
 
 /// A client outside any group, and where its assignment would deliver next.
@@ -393,19 +397,31 @@ impl TopicAdmin for Kafka {
 }
 
 impl Kafka {
-    /// [`Backend::lag`]: a client in the group that never joins it reads the committed offsets.
+    /// [`Backend::lag`]: a client in the group that never joins it reads the committed offsets
+    /// (one per group, kept).
     async fn lag_of(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
-        let config = consumer::config(
-            &self.cluster_of(topic.role).brokers,
-            group,
-            &self.shared.consumer_properties,
-        );
-        let topic = topic.name.to_string();
-        tokio::task::spawn_blocking(move || {
-            // A client in the group that never joins it: it only reads the committed offsets.
-            let client: BaseConsumer<Refusals> = config
-                .create_with_context(Refusals::new("lag"))
-                .map_err(transport)?;
+        let cluster = self.cluster_of(topic.role);
+        let config = consumer::config(&cluster.brokers, group, &self.shared.consumer_properties);
+        let clients = cluster.lag_clients.clone();
+        let (topic, group) = (topic.name.to_string(), group.to_owned());
+        blocking(move || {
+            let client = {
+                let mut clients = clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match clients.get(&group) {
+                    Some(client) => client.clone(),
+                    None => {
+                        // A client in the group that never joins it: it only reads the
+                        // committed offsets.
+                        let client: Arc<BaseConsumer<Refusals>> = Arc::new(
+                            config
+                                .create_with_context(Refusals::new("lag"))
+                                .map_err(transport)?,
+                        );
+                        clients.insert(group, client.clone());
+                        client
+                    }
+                }
+            };
             let timeout = Duration::from_secs(10);
             let partitions = partition_count(&client, &topic)?;
             let mut list = TopicPartitionList::new();
@@ -429,7 +445,6 @@ impl Kafka {
             Ok(lag)
         })
         .await
-        .map_err(transport)?
     }
 }
 
