@@ -211,10 +211,22 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 }
 
 /// Spawns `command` so that the kernel SIGKILLs the child when this process ends, however it
-/// ends (a failed test, SIGKILL, a CI timeout), with `PR_SET_PDEATHSIG`. The kernel sends that
-/// signal when the *thread* that spawned the child exits, so every such child is spawned by one
-/// thread that lives as long as the process, not by a test's or a blocking pool's thread.
-fn spawn_dying_with_this_process(command: Command) -> io::Result<Child> {
+/// ends (a failed test, SIGKILL, a CI timeout), with `PR_SET_PDEATHSIG`: every server and
+/// worker process the tests start (Apache Kafka, `redis-server`, `postgres` and `initdb`,
+/// `rk-worker`) is spawned here. The kernel sends that signal when the *thread* that spawned
+/// the child exits, so every such child is spawned by one thread that lives as long as the
+/// process, not by a test's or a blocking pool's thread. The signal is armed after the
+/// command's `uid`/`gid` take effect (a change of credentials would clear it), so a child that
+/// runs as another user keeps it.
+///
+/// ```no_run
+/// let mut sleep = std::process::Command::new("sleep");
+/// sleep.arg("60");
+/// let mut child = retry_kafka_suite::spawn_dying_with_this_process(sleep)?;
+/// child.kill()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn_dying_with_this_process(command: Command) -> io::Result<Child> {
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -895,6 +907,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// The URL without the password.
     pub fn url_without_password(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -950,11 +967,8 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        let child = spawn_dying_with_this_process(command).expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -989,47 +1003,57 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
 
-    /// The helper process's part (`RK_SPAWN_HELPER` set): spawns a long `sleep` that should die
-    /// with this process, not with the thread that asked for it, prints its pid and waits for
-    /// it (to be killed meanwhile).
-    fn spawn_a_sleep_and_wait() {
+    /// The helper process's part of the first test (`RK_SPAWN_HELPER=sleep`): spawns a long
+    /// `sleep` that should die with this process, not with the thread that asked for it, and
+    /// prints its pid.
+    // Never waited for: the helper is SIGKILLed, and whoever inherits the sleep reaps it.
+    #[allow(clippy::zombie_processes)]
+    fn spawn_a_sleep() -> Vec<u32> {
         let mut sleep = Command::new("sleep");
         sleep.arg("60");
         // Asked for by a thread that ends at once, as a test's or a blocking pool's thread does.
-        let mut child = std::thread::spawn(move || spawn_dying_with_this_process(sleep))
+        let child = std::thread::spawn(move || spawn_dying_with_this_process(sleep))
             .join()
             .expect("the asking thread")
             .expect("spawn sleep");
-        println!("sleep pid {}", child.id());
-        let _ = child.wait();
+        vec![child.id()]
     }
 
-    #[test]
-    fn a_child_dies_with_the_process_not_with_the_thread_that_spawned_it() {
-        // This test runs itself again as the helper process (no ignored test to stand in).
-        if std::env::var_os("RK_SPAWN_HELPER").is_some() {
-            return spawn_a_sleep_and_wait();
-        }
+    /// The helper process's part of the second test (`RK_SPAWN_HELPER=servers`): starts a
+    /// `redis-server` and a `postgres` (which runs as another user when this is root), and
+    /// prints their pids.
+    fn start_servers() -> Vec<u32> {
+        let redis = RedisServer::start();
+        let postgres = PostgresServer::start();
+        let pids = vec![redis.pid(), postgres.pid()];
+        // Never stopped by this process: only the kernel's signal can stop them.
+        std::mem::forget((redis, postgres));
+        pids
+    }
+
+    /// Runs `test` again as a helper process (`RK_SPAWN_HELPER` set to `role`, no ignored test
+    /// to stand in), which spawns children and prints their pids; kills the helper with
+    /// SIGKILL and checks its children died within 10 s. Returns the helper's pid.
+    fn children_die_with(test: &str, role: &str) -> u32 {
         let mut helper = Command::new(std::env::current_exe().expect("this test binary"))
-            .args([
-                "--exact",
-                "tests::a_child_dies_with_the_process_not_with_the_thread_that_spawned_it",
-            ])
-            .args(["--nocapture", "--test-threads=1"])
-            .env("RK_SPAWN_HELPER", "1")
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("RK_SPAWN_HELPER", role)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the helper process");
         let output = BufReader::new(helper.stdout.take().expect("the helper's output"));
-        let pid: u32 = output
+        let pids: Vec<u32> = output
             .lines()
             .map_while(Result::ok)
             // libtest has printed `test <name> ... ` on the same line.
-            .find_map(|line| line.split_once("sleep pid ")?.1.trim().parse().ok())
-            .expect("the helper printed its child's pid");
+            .find_map(|line| {
+                let pids = line.split_once("child pids ")?.1;
+                pids.split_whitespace().map(|pid| pid.parse().ok()).collect()
+            })
+            .expect("the helper printed its children's pids");
         // Dead: gone, or a zombie until whoever inherited it reaps it.
-        let dead = || {
+        let dead = |pid: u32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
                 stat.rsplit(')')
                     .next()
@@ -1037,23 +1061,75 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(200));
-        let alive = !dead();
+        let alive: Vec<bool> = pids.iter().map(|&pid| !dead(pid)).collect();
 
         // The helper's own process, by its handle: SIGKILL, so nothing of it runs after.
+        let helper_pid = helper.id();
         helper.kill().expect("SIGKILL the helper");
         helper.wait().expect("reap the helper");
         assert!(
-            alive,
-            "the helper's child {pid} died with the thread that asked for it"
+            alive.iter().all(|&alive| alive),
+            "the helper's children {pids:?} were not all alive before it was killed: {alive:?}"
         );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !dead() {
+        while let Some(&pid) = pids.iter().find(|&&pid| !dead(pid)) {
             if Instant::now() > deadline {
-                // SAFETY: a signal to the sleep this test had spawned, seen alive just now.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                panic!("the helper's child {pid} outlived it by 10 s");
+                for &pid in &pids {
+                    // SAFETY: a signal to a child the helper had spawned, seen alive just now.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+                panic!("the helper's child {pid} (of {pids:?}) outlived it by 10 s");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        helper_pid
+    }
+
+    /// In the helper process: spawns what `RK_SPAWN_HELPER` says, prints the pids and waits
+    /// to be killed. Returns false in the test's own process.
+    fn serve_as_helper() -> bool {
+        let pids = match std::env::var("RK_SPAWN_HELPER").as_deref() {
+            Ok("sleep") => spawn_a_sleep(),
+            Ok("servers") => start_servers(),
+            _ => return false,
+        };
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        println!("child pids {}", pids.join(" "));
+        std::thread::sleep(Duration::from_secs(120));
+        true
+    }
+
+    #[test]
+    fn a_child_dies_with_the_process_not_with_the_thread_that_spawned_it() {
+        if serve_as_helper() {
+            return;
+        }
+        children_die_with(
+            "tests::a_child_dies_with_the_process_not_with_the_thread_that_spawned_it",
+            "sleep",
+        );
+    }
+
+    #[test]
+    fn redis_server_and_postgres_die_with_the_process_that_started_them() {
+        if serve_as_helper() {
+            return;
+        }
+        let helper = children_die_with(
+            "tests::redis_server_and_postgres_die_with_the_process_that_started_them",
+            "servers",
+        );
+        // What the killed helper could not remove.
+        for prefix in ["retry-kafka-redis-", "retry-kafka-pg-"] {
+            let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) && name.ends_with(&format!("-{helper}")) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
         }
     }
 }

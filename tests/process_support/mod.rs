@@ -48,7 +48,7 @@ impl Worker {
                 command.env_remove(name);
             }
         }
-        let child = command
+        command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("WORKER_LOG", &log)
             // RK_WORKER_LOG=debug (say) shows what the workers do.
@@ -57,9 +57,9 @@ impl Worker {
                 std::env::var("RK_WORKER_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rk-worker");
+            .stderr(Stdio::inherit());
+        // Dies with this test process, however it ends.
+        let child = retry_kafka_suite::spawn_dying_with_this_process(command).expect("start rk-worker");
         Worker { child, log }
     }
 
