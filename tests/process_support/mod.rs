@@ -214,11 +214,11 @@ pub async fn a_killed_worker_restarted_loses_nothing<H: Harness>(
 
 /// Two workers share the group until both have work; one is killed, 200 more orders are
 /// published, and the survivor does every one of them. Returns the workers, the survivor still
-/// running, for checks of their own.
+/// running, for checks of their own, and how many orders were published.
 pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
     harness: &H,
     spawn: impl Fn(&str) -> Worker,
-) -> [Worker; 2] {
+) -> ([Worker; 2], u64) {
     harness.create_topic(TOPIC, 4).await;
     let mut first = spawn("a");
     let second = spawn("b");
@@ -242,5 +242,5 @@ pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
         "the survivor did all the work after the kill"
     );
     eprintln!("two workers, one killed: {published} orders done, {repeats} repeated successes");
-    [first, second]
+    ([first, second], published)
 }
