@@ -269,6 +269,17 @@ fn spawn_with_parent_death_signal(command: &mut Command) -> io::Result<Child> {
     command.spawn()
 }
 
+/// A worker process's logging (`rk-worker`, `rk-soak-worker`): to stderr, at `RUST_LOG`'s
+/// levels, warnings and errors when it is not set.
+pub fn init_worker_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_test_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -478,18 +489,7 @@ impl ApacheKafka {
         )
         .expect("broker configuration");
 
-        let java_command = || {
-            let mut command = Command::new(&java);
-            command
-                .args(jvm_options())
-                .arg(format!("-Dkafka.logs.dir={}", dir.display()))
-                .arg("-cp")
-                .arg(libs.join("*"));
-            if let Some(logging) = log4j_configuration(&libs) {
-                command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
-            }
-            command
-        };
+        let java_command = || broker_java(&java, &libs, &dir);
 
         // A single-node dynamic quorum (KIP-853): the node is the one voter of its controller.
         let cluster_id = random_cluster_id();
@@ -509,15 +509,7 @@ impl ApacheKafka {
             String::from_utf8_lossy(&format.stderr)
         );
 
-        let output = std::fs::File::create(dir.join("stdout.log")).expect("broker output file");
-        let mut broker_command = java_command();
-        broker_command
-            .arg("kafka.Kafka")
-            .arg(&config)
-            .stdout(Stdio::from(output.try_clone().unwrap()))
-            .stderr(Stdio::from(output));
-        let child = spawn_dying_with_this_process(broker_command)
-            .unwrap_or_else(|error| panic!("start {}: {error}", java.display()));
+        let child = spawn_broker(&java, &libs, &dir);
         let mut broker = ApacheKafka {
             child: Mutex::new(child),
             bootstrap: format!("127.0.0.1:{port}"),
@@ -527,6 +519,31 @@ impl ApacheKafka {
         broker.wait_until_ready(port, started + Duration::from_secs(60));
         broker.startup = started.elapsed();
         broker
+    }
+
+    /// Kills the broker with SIGKILL, waits `down_for`, and starts it again on its data and
+    /// ports; returns once it answers a metadata request (60 s at most).
+    pub fn restart(&mut self, down_for: Duration) {
+        {
+            let child = self
+                .child
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(down_for);
+        let child = spawn_broker(&Self::java(), &Self::libs(), &self.dir);
+        *self
+            .child
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = child;
+        let port = self
+            .bootstrap
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("127.0.0.1:<port>");
+        self.wait_until_ready(port, Instant::now() + Duration::from_secs(60));
     }
 
     /// The broker's log (WARN and up, and `kafka.server` at INFO).
@@ -630,6 +647,38 @@ pub struct SecuredKafka {
     pub sasl_plaintext: String,
     /// The CA certificate (PEM) to trust.
     pub ca_file: PathBuf,
+}
+
+/// `java` with the broker's JVM flags, logging into `dir` and the jars of `libs` on its class
+/// path: a command for the broker or one of Kafka's tools.
+fn broker_java(java: &Path, libs: &Path, dir: &Path) -> Command {
+    let mut command = Command::new(java);
+    command
+        .args(jvm_options())
+        .arg(format!("-Dkafka.logs.dir={}", dir.display()))
+        .arg("-cp")
+        .arg(libs.join("*"));
+    if let Some(logging) = log4j_configuration(libs) {
+        command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
+    }
+    command
+}
+
+/// Starts the broker configured in `dir` (`server.properties`), its output appended to
+/// `stdout.log` there; it dies with this process.
+fn spawn_broker(java: &Path, libs: &Path, dir: &Path) -> Child {
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("broker output file");
+    let mut broker = broker_java(java, libs, dir);
+    broker
+        .arg("kafka.Kafka")
+        .arg(dir.join("server.properties"))
+        .stdout(Stdio::from(output.try_clone().unwrap()))
+        .stderr(Stdio::from(output));
+    spawn_dying_with_this_process(broker).unwrap_or_else(|error| panic!("start {}: {error}", java.display()))
 }
 
 /// How the temporary directory of an Apache Kafka broker begins; `<port>-<pid>` follows.
