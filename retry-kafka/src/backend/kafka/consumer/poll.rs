@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     record_of, Acks, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
 };
-use crate::backend::kafka::{transport, Refusals};
+use crate::backend::kafka::Refusals;
 use crate::error::BackendError;
 
 /// Collects rebalance events raised inside `poll`, so the thread can put them in order with
@@ -261,6 +261,8 @@ impl PollThread {
                 None => break,
                 Some(Ok(message)) => self.push_record(&message, batch),
                 Some(Err(error)) => {
+                    // The brokers' refusal, when a recent one explains it.
+                    let error = consumer.context().refusals.explain(error);
                     tracing::warn!(topic = %self.topic, %error, "consumer error; librdkafka retries");
                     break;
                 }
@@ -431,7 +433,7 @@ impl PollThread {
                     tracing::debug!(topic = %self.topic, %code, "commit on close refused; retrying");
                     let _ = consumer.poll(Duration::from_millis(50));
                 }
-                Err(error) => break Err(transport(error)),
+                Err(error) => break Err(consumer.context().refusals.explain(error)),
             }
         };
         // Dropping the consumer closes it: it leaves the group now, not after a session timeout.
