@@ -1,6 +1,7 @@
 //! The soak, run by `scripts/soak.sh` (ignored here: not in CI). `SOAK_EVENTS` events (a
 //! million) go through Apache Kafka with the retries and dead letters on `redis-server`
-//! (`Tiered<Kafka, Redis>`), handled by three `rk-soak-worker` processes; `SOAK_KILLS` (20)
+//! (`Tiered<Kafka, Redis>`) or, with `SOAK_STORE=postgres`, in PostgreSQL
+//! (`Tiered<Kafka, Postgres>`), handled by three `rk-soak-worker` processes; `SOAK_KILLS` (20)
 //! times a random worker is killed with SIGKILL at a random moment (when the successes pass a
 //! random point between 2% and 75% of the run, at least 1 s after the last kill) and started
 //! again at once, and halfway through the kills the broker is killed with SIGKILL and started
@@ -8,7 +9,7 @@
 //!
 //! What is checked is read without retry-kafka: the events are written by confluent-kafka
 //! (Python, librdkafka of its own), the successes are the workers' own log lines, the dead
-//! letters are read with `redis-cli`. At the end: 0 lost (every event succeeded or was
+//! letters are read with `redis-cli` or `psql`. At the end: 0 lost (every event succeeded or was
 //! dead-lettered), exactly the invalid ones dead-lettered, the repeated successes counted and
 //! within their bound, and every worker's RSS sampled every 2 s.
 //!
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use retry_kafka_suite::{spawn_dying_with_this_process, ApacheKafka, RedisServer};
+use retry_kafka_suite::{spawn_dying_with_this_process, ApacheKafka, PostgresServer, RedisServer};
 
 const TOPIC: &str = "soak.events";
 const DLQ: &str = "soak.events.soak.dlq";
@@ -164,9 +165,77 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The ids of every dead letter (repeats included), read with `redis-cli`.
-fn dead_letters(redis: &RedisServer) -> Vec<u64> {
-    let mut ids = Vec::new();
+/// Where the retries and dead letters are: `SOAK_STORE`, `redis` (the default) or `postgres`.
+enum Store {
+    Redis(RedisServer),
+    Postgres(PostgresServer),
+}
+
+impl Store {
+    fn start() -> Self {
+        match std::env::var("SOAK_STORE").as_deref() {
+            Ok("postgres") => Store::Postgres(PostgresServer::start()),
+            Ok("redis") | Err(_) => Store::Redis(RedisServer::start()),
+            Ok(other) => panic!("SOAK_STORE={other}: give redis or postgres"),
+        }
+    }
+
+    /// The workers' settings for it, beside `KAFKA_BROKERS`.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Store::Redis(redis) => vec![
+                ("REDIS_URL", redis.url()),
+                ("RETRY_KAFKA_BACKEND", "kafka+redis".to_owned()),
+                ("REDIS_SESSION_TIMEOUT_MS", "1500".to_owned()),
+            ],
+            Store::Postgres(postgres) => vec![
+                ("DATABASE_URL", postgres.url()),
+                ("RETRY_KAFKA_BACKEND", "kafka+postgres".to_owned()),
+                ("POSTGRES_LEASE_MS", "1500".to_owned()),
+            ],
+        }
+    }
+
+    /// The ids of every dead letter (repeats included), read with `redis-cli` or `psql`.
+    fn dead_letters(&self) -> Vec<u64> {
+        let payloads = match self {
+            Store::Redis(redis) => redis_payloads(redis),
+            Store::Postgres(postgres) => {
+                let query = format!(
+                    "SELECT convert_from(payload, 'UTF8') FROM retry_kafka_records WHERE topic = '{DLQ}'"
+                );
+                let output = Command::new("psql")
+                    .arg(postgres.url())
+                    .args(["-At", "-c", &query])
+                    .output()
+                    .expect("psql runs");
+                assert!(
+                    output.status.success(),
+                    "psql failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            }
+        };
+        payloads
+            .iter()
+            .map(|payload| {
+                payload
+                    .trim_start_matches("{\"id\":")
+                    .trim_end_matches('}')
+                    .parse()
+                    .unwrap_or_else(|_| panic!("a dead letter's payload: {payload}"))
+            })
+            .collect()
+    }
+}
+
+/// The payload of every entry of the dead-letter streams, read with `redis-cli`.
+fn redis_payloads(redis: &RedisServer) -> Vec<String> {
+    let mut payloads = Vec::new();
     for partition in 0..PARTITIONS {
         let output = Command::new("redis-cli")
             .args(["-p", &redis.port.to_string(), "--raw", "XRANGE"])
@@ -177,18 +246,14 @@ fn dead_letters(redis: &RedisServer) -> Vec<u64> {
         assert!(output.status.success(), "redis-cli XRANGE failed");
         let text = String::from_utf8_lossy(&output.stdout);
         let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.windows(2) {
-            if pair[0] == "payload" {
-                let id = pair[1]
-                    .trim_start_matches("{\"id\":")
-                    .trim_end_matches('}')
-                    .parse()
-                    .unwrap_or_else(|_| panic!("a dead letter's payload: {}", pair[1]));
-                ids.push(id);
-            }
-        }
+        payloads.extend(
+            lines
+                .windows(2)
+                .filter(|pair| pair[0] == "payload")
+                .map(|pair| pair[1].to_owned()),
+        );
     }
-    ids
+    payloads
 }
 
 /// A small xorshift generator: the kills' moments and victims.
@@ -220,7 +285,7 @@ fn a_million_events_through_kills_and_a_broker_restart() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let mut broker = ApacheKafka::start();
-    let redis = RedisServer::start();
+    let store = Store::start();
     let started = Instant::now();
     produce(&broker.bootstrap, events);
     let produced_in = started.elapsed();
@@ -229,14 +294,12 @@ fn a_million_events_through_kills_and_a_broker_restart() {
         produced_in.as_secs_f64()
     );
 
-    let env = [
+    let mut env = vec![
         ("KAFKA_BROKERS", broker.bootstrap.clone()),
-        ("REDIS_URL", redis.url()),
-        ("RETRY_KAFKA_BACKEND", "kafka+redis".to_owned()),
         ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".to_owned()),
         ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".to_owned()),
-        ("REDIS_SESSION_TIMEOUT_MS", "1500".to_owned()),
     ];
+    env.extend(store.env());
     let mut slots: Vec<Slot> = (0..WORKERS)
         .map(|slot| {
             let (child, log) = spawn_worker(&dir, slot, 0, &env);
@@ -294,7 +357,7 @@ fn a_million_events_through_kills_and_a_broker_restart() {
             }
         }
         if unique_successes == expected_successes {
-            let dead = dead_letters(&redis);
+            let dead = store.dead_letters();
             let unique: HashSet<u64> = dead.iter().copied().collect();
             if unique.len() >= expected_dead.len() {
                 break dead;
