@@ -42,10 +42,11 @@ fn spawn_worker(harness: &PostgresHarness<RedisHarness>, name: &str) -> Worker {
 }
 
 /// A worker on Apache Kafka's main topic with the retries in PostgreSQL, with the consumer
-/// settings of the Kafka process tests.
+/// settings of the Kafka process tests. Its log is named apart from the Redis tests' workers
+/// of the same name: the tests of this binary run at once.
 fn spawn_kafka_worker(harness: &PostgresHarness<KafkaHarness>, name: &str) -> Worker {
     Worker::spawn(
-        name,
+        &format!("kafka-{name}"),
         &[
             ("KAFKA_BROKERS", harness.main.backend.brokers().to_owned()),
             ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
