@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::{
-    free_ports, jvm_options, log4j_configuration, random_cluster_id, remove_directories_of_killed_processes,
+    broker_java, free_ports, random_cluster_id, remove_directories_of_killed_processes,
     spawn_dying_with_this_process, ApacheKafka,
 };
 
@@ -287,17 +287,7 @@ impl KafkaCluster {
 
 impl Node {
     fn java_command(&self) -> Command {
-        let libs = ApacheKafka::libs();
-        let mut command = Command::new(ApacheKafka::java());
-        command
-            .args(jvm_options())
-            .arg(format!("-Dkafka.logs.dir={}", self.logs.display()))
-            .arg("-cp")
-            .arg(libs.join("*"));
-        if let Some(logging) = log4j_configuration(&libs) {
-            command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
-        }
-        command
+        broker_java(&ApacheKafka::java(), &ApacheKafka::libs(), &self.logs)
     }
 
     fn spawn(&mut self) {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod kafka_acls;
+pub use kafka_acls::TopicAcl;
 mod kafka_cluster;
 pub use kafka_cluster::KafkaCluster;
 mod postgres_server;
@@ -209,10 +211,22 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 }
 
 /// Spawns `command` so that the kernel SIGKILLs the child when this process ends, however it
-/// ends (a failed test, SIGKILL, a CI timeout), with `PR_SET_PDEATHSIG`. The kernel sends that
-/// signal when the *thread* that spawned the child exits, so every such child is spawned by one
-/// thread that lives as long as the process, not by a test's or a blocking pool's thread.
-fn spawn_dying_with_this_process(command: Command) -> io::Result<Child> {
+/// ends (a failed test, SIGKILL, a CI timeout), with `PR_SET_PDEATHSIG`: every server and
+/// worker process the tests start (Apache Kafka, `redis-server`, `postgres` and `initdb`,
+/// `rk-worker`) is spawned here. The kernel sends that signal when the *thread* that spawned
+/// the child exits, so every such child is spawned by one thread that lives as long as the
+/// process, not by a test's or a blocking pool's thread. The signal is armed after the
+/// command's `uid`/`gid` take effect (a change of credentials would clear it), so a child that
+/// runs as another user keeps it.
+///
+/// ```no_run
+/// let mut sleep = std::process::Command::new("sleep");
+/// sleep.arg("60");
+/// let mut child = retry_kafka_suite::spawn_dying_with_this_process(sleep)?;
+/// child.kill()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn_dying_with_this_process(command: Command) -> io::Result<Child> {
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -253,6 +267,17 @@ fn spawn_with_parent_death_signal(command: &mut Command) -> io::Result<Child> {
         });
     }
     command.spawn()
+}
+
+/// A worker process's logging (`rk-worker`, `rk-soak-worker`): to stderr, at `RUST_LOG`'s
+/// levels, warnings and errors when it is not set.
+pub fn init_worker_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Logs to the test's output when `RUST_LOG` is set.
@@ -365,7 +390,10 @@ impl ApacheKafka {
 
     /// A broker with three more listeners beside its plaintext one, each on a free loopback
     /// port: TLS, SASL/SCRAM-SHA-512 over TLS and SASL/PLAIN, with certificates made by
-    /// `openssl` for this broker (see [`SecuredKafka`]).
+    /// `openssl` for this broker (see [`SecuredKafka`]). Its authorizer (`StandardAuthorizer`)
+    /// allows everything on a resource without ACLs, and the plaintext listener's principal
+    /// (`User:ANONYMOUS`) everything: a test denies an operation with
+    /// [`SecuredKafka::add_acls`].
     pub fn start_secured() -> SecuredKafka {
         let mut ports = [0; 3];
         let mut ca_file = PathBuf::new();
@@ -395,7 +423,10 @@ impl ApacheKafka {
                  listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n\
                  listener.name.sasl_plaintext.plain.sasl.jaas.config=\
                  org.apache.kafka.common.security.plain.PlainLoginModule required \
-                 user_{PLAIN_USER}=\"{PLAIN_PASSWORD}\";\n",
+                 user_{PLAIN_USER}=\"{PLAIN_PASSWORD}\";\n\
+                 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+                 allow.everyone.if.no.acl.found=true\n\
+                 super.users=User:ANONYMOUS\n",
                 port = "{port}",
                 controller = "{controller}",
                 keystore = certificates.join("keystore.pem").display(),
@@ -420,7 +451,7 @@ impl ApacheKafka {
     /// the plaintext and controller ports.
     fn start_configured(extra: impl FnOnce(&Path, [u16; 3]) -> (String, Vec<String>)) -> Self {
         let started = Instant::now();
-        let java = Self::java();
+        let (java, libs) = (Self::java(), Self::libs());
         let [port, controller, more1, more2, more3] = free_ports();
 
         remove_directories_of_killed_processes(APACHE_KAFKA_DIRECTORY);
@@ -458,9 +489,11 @@ impl ApacheKafka {
         )
         .expect("broker configuration");
 
+        let java_command = || broker_java(&java, &libs, &dir);
+
         // A single-node dynamic quorum (KIP-853): the node is the one voter of its controller.
         let cluster_id = random_cluster_id();
-        let format = Self::java_command(&dir)
+        let format = java_command()
             .args(["kafka.tools.StorageTool", "format", "--cluster-id", &cluster_id])
             .arg("--config")
             .arg(&config)
@@ -476,7 +509,7 @@ impl ApacheKafka {
             String::from_utf8_lossy(&format.stderr)
         );
 
-        let child = Self::spawn_broker(&dir);
+        let child = spawn_broker(&java, &libs, &dir);
         let mut broker = ApacheKafka {
             child: Mutex::new(child),
             bootstrap: format!("127.0.0.1:{port}"),
@@ -488,39 +521,6 @@ impl ApacheKafka {
         broker
     }
 
-    /// The JVM with the broker's jars and logging, for the storage tool and the broker.
-    fn java_command(dir: &Path) -> Command {
-        let libs = Self::libs();
-        let mut command = Command::new(Self::java());
-        command
-            .args(jvm_options())
-            .arg(format!("-Dkafka.logs.dir={}", dir.display()))
-            .arg("-cp")
-            .arg(libs.join("*"));
-        if let Some(logging) = log4j_configuration(&libs) {
-            command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
-        }
-        command
-    }
-
-    /// The broker's JVM on the configuration and the data in `dir` (appending its output to
-    /// `stdout.log`), dying with this process.
-    fn spawn_broker(dir: &Path) -> Child {
-        let output = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stdout.log"))
-            .expect("broker output file");
-        let mut command = Self::java_command(dir);
-        command
-            .arg("kafka.Kafka")
-            .arg(dir.join("server.properties"))
-            .stdout(Stdio::from(output.try_clone().unwrap()))
-            .stderr(Stdio::from(output));
-        spawn_dying_with_this_process(command)
-            .unwrap_or_else(|error| panic!("start {}: {error}", Self::java().display()))
-    }
-
     /// Kills the broker with SIGKILL (by its handle), as a crash would, and keeps its data for
     /// [`start_again`](Self::start_again).
     pub fn kill(&self) {
@@ -529,19 +529,27 @@ impl ApacheKafka {
         let _ = child.wait();
     }
 
+    /// Kills the broker with SIGKILL, waits `down_for`, and starts it again on its data and
+    /// ports; returns once it answers a metadata request (60 s at most).
+    pub fn restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.start_again();
+    }
+
     /// Starts the broker again on its data, at the same address, after [`kill`](Self::kill);
     /// returns once it answers a metadata request (60 s at most).
     pub fn start_again(&mut self) {
         let port = self
             .bootstrap
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .expect("the broker's port");
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("127.0.0.1:<port>");
         *self
             .child
             .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Self::spawn_broker(&self.dir);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            spawn_broker(&Self::java(), &Self::libs(), &self.dir);
         self.wait_until_ready(port, Instant::now() + Duration::from_secs(60));
     }
 
@@ -629,6 +637,8 @@ pub const SCRAM_PASSWORD: &str = "alice-scram-secret";
 /// The SASL/PLAIN user of [`ApacheKafka::start_secured`] and its password.
 pub const PLAIN_USER: &str = "bob";
 pub const PLAIN_PASSWORD: &str = "bob-plain-secret";
+/// [`PLAIN_USER`]'s principal, as ACLs name it.
+pub const PLAIN_PRINCIPAL: &str = "User:bob";
 
 /// An Apache Kafka broker with a listener per security protocol (its plaintext one is
 /// `broker.bootstrap`). Every listener's certificate is signed by the CA in [`ca_file`].
@@ -644,6 +654,38 @@ pub struct SecuredKafka {
     pub sasl_plaintext: String,
     /// The CA certificate (PEM) to trust.
     pub ca_file: PathBuf,
+}
+
+/// `java` with the broker's JVM flags, logging into `dir` and the jars of `libs` on its class
+/// path: a command for the broker or one of Kafka's tools.
+fn broker_java(java: &Path, libs: &Path, dir: &Path) -> Command {
+    let mut command = Command::new(java);
+    command
+        .args(jvm_options())
+        .arg(format!("-Dkafka.logs.dir={}", dir.display()))
+        .arg("-cp")
+        .arg(libs.join("*"));
+    if let Some(logging) = log4j_configuration(libs) {
+        command.arg(format!("-Dlog4j2.configurationFile={}", logging.display()));
+    }
+    command
+}
+
+/// Starts the broker configured in `dir` (`server.properties`), its output appended to
+/// `stdout.log` there; it dies with this process.
+fn spawn_broker(java: &Path, libs: &Path, dir: &Path) -> Child {
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("broker output file");
+    let mut broker = broker_java(java, libs, dir);
+    broker
+        .arg("kafka.Kafka")
+        .arg(dir.join("server.properties"))
+        .stdout(Stdio::from(output.try_clone().unwrap()))
+        .stderr(Stdio::from(output));
+    spawn_dying_with_this_process(broker).unwrap_or_else(|error| panic!("start {}: {error}", java.display()))
 }
 
 /// How the temporary directory of an Apache Kafka broker begins; `<port>-<pid>` follows.
@@ -921,6 +963,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// The URL without the password.
     pub fn url_without_password(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -976,11 +1023,8 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        let child = spawn_dying_with_this_process(command).expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -1015,47 +1059,57 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
 
-    /// The helper process's part (`RK_SPAWN_HELPER` set): spawns a long `sleep` that should die
-    /// with this process, not with the thread that asked for it, prints its pid and waits for
-    /// it (to be killed meanwhile).
-    fn spawn_a_sleep_and_wait() {
+    /// The helper process's part of the first test (`RK_SPAWN_HELPER=sleep`): spawns a long
+    /// `sleep` that should die with this process, not with the thread that asked for it, and
+    /// prints its pid.
+    // Never waited for: the helper is SIGKILLed, and whoever inherits the sleep reaps it.
+    #[allow(clippy::zombie_processes)]
+    fn spawn_a_sleep() -> Vec<u32> {
         let mut sleep = Command::new("sleep");
         sleep.arg("60");
         // Asked for by a thread that ends at once, as a test's or a blocking pool's thread does.
-        let mut child = std::thread::spawn(move || spawn_dying_with_this_process(sleep))
+        let child = std::thread::spawn(move || spawn_dying_with_this_process(sleep))
             .join()
             .expect("the asking thread")
             .expect("spawn sleep");
-        println!("sleep pid {}", child.id());
-        let _ = child.wait();
+        vec![child.id()]
     }
 
-    #[test]
-    fn a_child_dies_with_the_process_not_with_the_thread_that_spawned_it() {
-        // This test runs itself again as the helper process (no ignored test to stand in).
-        if std::env::var_os("RK_SPAWN_HELPER").is_some() {
-            return spawn_a_sleep_and_wait();
-        }
+    /// The helper process's part of the second test (`RK_SPAWN_HELPER=servers`): starts a
+    /// `redis-server` and a `postgres` (which runs as another user when this is root), and
+    /// prints their pids.
+    fn start_servers() -> Vec<u32> {
+        let redis = RedisServer::start();
+        let postgres = PostgresServer::start();
+        let pids = vec![redis.pid(), postgres.pid()];
+        // Never stopped by this process: only the kernel's signal can stop them.
+        std::mem::forget((redis, postgres));
+        pids
+    }
+
+    /// Runs `test` again as a helper process (`RK_SPAWN_HELPER` set to `role`, no ignored test
+    /// to stand in), which spawns children and prints their pids; kills the helper with
+    /// SIGKILL and checks its children died within 10 s. Returns the helper's pid.
+    fn children_die_with(test: &str, role: &str) -> u32 {
         let mut helper = Command::new(std::env::current_exe().expect("this test binary"))
-            .args([
-                "--exact",
-                "tests::a_child_dies_with_the_process_not_with_the_thread_that_spawned_it",
-            ])
-            .args(["--nocapture", "--test-threads=1"])
-            .env("RK_SPAWN_HELPER", "1")
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("RK_SPAWN_HELPER", role)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the helper process");
         let output = BufReader::new(helper.stdout.take().expect("the helper's output"));
-        let pid: u32 = output
+        let pids: Vec<u32> = output
             .lines()
             .map_while(Result::ok)
             // libtest has printed `test <name> ... ` on the same line.
-            .find_map(|line| line.split_once("sleep pid ")?.1.trim().parse().ok())
-            .expect("the helper printed its child's pid");
+            .find_map(|line| {
+                let pids = line.split_once("child pids ")?.1;
+                pids.split_whitespace().map(|pid| pid.parse().ok()).collect()
+            })
+            .expect("the helper printed its children's pids");
         // Dead: gone, or a zombie until whoever inherited it reaps it.
-        let dead = || {
+        let dead = |pid: u32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
                 stat.rsplit(')')
                     .next()
@@ -1063,23 +1117,75 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(200));
-        let alive = !dead();
+        let alive: Vec<bool> = pids.iter().map(|&pid| !dead(pid)).collect();
 
         // The helper's own process, by its handle: SIGKILL, so nothing of it runs after.
+        let helper_pid = helper.id();
         helper.kill().expect("SIGKILL the helper");
         helper.wait().expect("reap the helper");
         assert!(
-            alive,
-            "the helper's child {pid} died with the thread that asked for it"
+            alive.iter().all(|&alive| alive),
+            "the helper's children {pids:?} were not all alive before it was killed: {alive:?}"
         );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !dead() {
+        while let Some(&pid) = pids.iter().find(|&&pid| !dead(pid)) {
             if Instant::now() > deadline {
-                // SAFETY: a signal to the sleep this test had spawned, seen alive just now.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                panic!("the helper's child {pid} outlived it by 10 s");
+                for &pid in &pids {
+                    // SAFETY: a signal to a child the helper had spawned, seen alive just now.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+                panic!("the helper's child {pid} (of {pids:?}) outlived it by 10 s");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        helper_pid
+    }
+
+    /// In the helper process: spawns what `RK_SPAWN_HELPER` says, prints the pids and waits
+    /// to be killed. Returns false in the test's own process.
+    fn serve_as_helper() -> bool {
+        let pids = match std::env::var("RK_SPAWN_HELPER").as_deref() {
+            Ok("sleep") => spawn_a_sleep(),
+            Ok("servers") => start_servers(),
+            _ => return false,
+        };
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        println!("child pids {}", pids.join(" "));
+        std::thread::sleep(Duration::from_secs(120));
+        true
+    }
+
+    #[test]
+    fn a_child_dies_with_the_process_not_with_the_thread_that_spawned_it() {
+        if serve_as_helper() {
+            return;
+        }
+        children_die_with(
+            "tests::a_child_dies_with_the_process_not_with_the_thread_that_spawned_it",
+            "sleep",
+        );
+    }
+
+    #[test]
+    fn redis_server_and_postgres_die_with_the_process_that_started_them() {
+        if serve_as_helper() {
+            return;
+        }
+        let helper = children_die_with(
+            "tests::redis_server_and_postgres_die_with_the_process_that_started_them",
+            "servers",
+        );
+        // What the killed helper could not remove.
+        for prefix in ["retry-kafka-redis-", "retry-kafka-pg-"] {
+            let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) && name.ends_with(&format!("-{helper}")) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
         }
     }
 }

@@ -6,11 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::free_ports;
+use crate::{free_ports, spawn_dying_with_this_process};
 
 /// The user that owns the cluster's files when the tests run as root (initdb and postgres
 /// refuse to run as root); Debian's package creates it.
 const SYSTEM_USER: &str = "postgres";
+
+/// The user and group ids of [`SYSTEM_USER`].
+fn system_user() -> (u32, u32) {
+    let name = std::ffi::CString::new(SYSTEM_USER).expect("no NUL");
+    // SAFETY: a NUL-terminated name; the entry is read at once, before any other getpw* call
+    // of this thread.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !entry.is_null(),
+        "the user {SYSTEM_USER} does not exist: run ./scripts/install-test-deps.sh (Debian's \
+         postgresql package creates it)"
+    );
+    // SAFETY: not null, checked above.
+    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+}
 
 /// A `postgres` server on a free loopback port with a cluster of its own (superuser
 /// `postgres`, trust authentication), stopped on drop.
@@ -86,6 +101,11 @@ impl PostgresServer {
         self.url_as("postgres")
     }
 
+    /// The server's process id (the postmaster's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// The URL for `user` (trust authentication: no password).
     pub fn url_as(&self, user: &str) -> String {
         format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
@@ -96,23 +116,17 @@ impl PostgresServer {
     }
 
     /// A command that runs `program` as the cluster's owner: as is for a normal user, as
-    /// [`SYSTEM_USER`] for root (setpriv execs, so the child is the program itself).
+    /// [`SYSTEM_USER`] for root. The child changes its user itself (std's `uid`/`gid`, before
+    /// [`spawn_dying_with_this_process`] arms its parent-death signal, which a change of user
+    /// would clear; `setpriv` in between cleared it).
     fn command(program: &Path) -> Command {
+        let mut command = Command::new(program);
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Command::new(program);
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::process::CommandExt;
+            let (uid, gid) = system_user();
+            command.uid(uid).gid(gid);
         }
-        let mut command = Command::new("setpriv");
-        command
-            .args([
-                "--reuid",
-                SYSTEM_USER,
-                "--regid",
-                SYSTEM_USER,
-                "--init-groups",
-                "--",
-            ])
-            .arg(program);
         command
     }
 
@@ -124,7 +138,8 @@ impl PostgresServer {
                 .expect("chown");
             assert!(owned.success(), "chown {SYSTEM_USER} {}", self.dir.display());
         }
-        let output = Self::command(&Self::bin_dir().join("initdb"))
+        let mut initdb = Self::command(&Self::bin_dir().join("initdb"));
+        initdb
             .arg("-D")
             .arg(self.data())
             .args([
@@ -138,7 +153,10 @@ impl PostgresServer {
                 "--locale",
                 "C",
             ])
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let output = spawn_dying_with_this_process(initdb)
+            .and_then(|initdb| initdb.wait_with_output())
             .expect("run initdb");
         assert!(
             output.status.success(),
@@ -192,7 +210,8 @@ impl PostgresServer {
 
     fn launch(&mut self) {
         let log = self.dir.join("server.log");
-        let child = Self::command(&Self::bin_dir().join("postgres"))
+        let mut postgres = Self::command(&Self::bin_dir().join("postgres"));
+        postgres
             .arg("-D")
             .arg(self.data())
             .args(["-p", &self.port.to_string()])
@@ -210,9 +229,8 @@ impl PostgresServer {
             ])
             .args(["-c", "shared_buffers=16MB", "-c", "max_connections=200"])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("postgres log"))
-            .spawn()
-            .expect("start postgres");
+            .stderr(std::fs::File::create(&log).expect("postgres log"));
+        let child = spawn_dying_with_this_process(postgres).expect("start postgres");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -6,16 +6,27 @@
 //! On each listener an app handles orders, retries some and dead-letters others, so the main
 //! topic, the retry level and the DLQ all go through it. A wrong password and an untrusted
 //! certificate fail the app's start with an error that names the problem and not the secret.
+//! An ACL that denies the app's principal WRITE on its retry topic holds the failed record
+//! unacknowledged, with a warning that names the topic and the ACL, until the ACL goes.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use retry_kafka::backend::kafka::Kafka;
-use retry_kafka::backend::{Browse as _, Topic, TopicAdmin as _, TopicRole};
+use std::sync::Arc;
+
+use rdkafka::bindings::rd_kafka_AclOperation_t::{RD_KAFKA_ACL_OPERATION_ALL, RD_KAFKA_ACL_OPERATION_WRITE};
+use retry_kafka::backend::{Backend as _, Browse as _, Topic, TopicAdmin as _, TopicRole};
 use retry_kafka::prelude::*;
-use retry_kafka_suite::{ApacheKafka, SecuredKafka, PLAIN_PASSWORD, PLAIN_USER, SCRAM_PASSWORD, SCRAM_USER};
+use retry_kafka_suite::{
+    ApacheKafka, SecuredKafka, TopicAcl, PLAIN_PASSWORD, PLAIN_PRINCIPAL, PLAIN_USER, SCRAM_PASSWORD,
+    SCRAM_USER,
+};
 use serde::{Deserialize, Serialize};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 const DLQ: &str = "secure.orders.secure-workers.dlq";
 
@@ -132,8 +143,41 @@ async fn round_trip(listener: &str, kafka: Kafka, ids: std::ops::Range<u64>) {
     );
 }
 
+/// Every warning and error logged in this process, as text: what an operator would read.
+static WARNINGS: Mutex<String> = Mutex::new(String::new());
+
+struct Warnings;
+
+impl std::io::Write for Warnings {
+    fn write(&mut self, text: &[u8]) -> std::io::Result<usize> {
+        WARNINGS.lock().unwrap().push_str(&String::from_utf8_lossy(text));
+        Ok(text.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set, and warnings to [`WARNINGS`].
+fn init_tracing() {
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(|| Warnings)
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
+        .try_init();
+}
+
 async fn secured_broker() -> SecuredKafka {
-    retry_kafka_suite::init_test_tracing();
+    init_tracing();
     tokio::task::spawn_blocking(ApacheKafka::start_secured)
         .await
         .unwrap()
@@ -202,4 +246,124 @@ async fn a_wrong_password_or_an_untrusted_certificate_fails_the_start_naming_the
     let error = start_error(untrusting).await;
     eprintln!("untrusted certificate: {error}");
     assert!(error.to_lowercase().contains("certificate"), "{error}");
+}
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "acl.payments", key = "id")]
+struct Payment {
+    id: u64,
+}
+
+const PAYMENTS_RETRY: &str = "acl.payments.acl-workers.retry.1";
+
+/// `(id, attempt)` of every attempt of `pay`.
+static PAID: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+
+/// Fails the first attempt of payment 0, so it goes to the retry level.
+#[retry_handler(group = "acl-workers", retries = ["200ms"], dlq)]
+async fn pay(payment: Payment, ctx: Context) -> Result<(), HandlerError> {
+    PAID.lock().unwrap().push((payment.id, ctx.attempt()));
+    if payment.id == 0 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("declined once"));
+    }
+    Ok(())
+}
+
+/// The lines logged so far that name the refused write to the retry topic.
+fn denied_writes() -> Vec<String> {
+    let needle = format!("not authorized to write to topic {PAYMENTS_RETRY:?}");
+    WARNINGS
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_an_acl_denies_is_not_acknowledged_and_the_warning_names_the_topic_and_the_acl() {
+    let broker = Arc::new(secured_broker().await);
+    // Everyone may do everything on the retry topic but the app's principal, which may not write.
+    let acls = [
+        TopicAcl {
+            topic: PAYMENTS_RETRY,
+            principal: "User:*",
+            operation: RD_KAFKA_ACL_OPERATION_ALL,
+            allow: true,
+        },
+        TopicAcl {
+            topic: PAYMENTS_RETRY,
+            principal: PLAIN_PRINCIPAL,
+            operation: RD_KAFKA_ACL_OPERATION_WRITE,
+            allow: false,
+        },
+    ];
+    let admin = broker.clone();
+    tokio::task::spawn_blocking(move || admin.add_acls(&acls))
+        .await
+        .unwrap();
+
+    let kafka = plain(&broker, PLAIN_PASSWORD);
+    let main = Topic::main("acl.payments");
+    kafka.create_topic(&main, 1).await.unwrap();
+    let app = App::builder()
+        .backend(kafka.clone())
+        .handlers(|spec| spec.group() == "acl-workers")
+        .build()
+        .unwrap();
+    let running = app.start().await.unwrap();
+    let producer = app.producer();
+    for id in 0..5 {
+        producer.send(&Payment { id }).await.unwrap();
+    }
+
+    // Payment 0 failed and its hand-off to the retry topic is refused: the warning says why.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while denied_writes().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no two warnings of the refused write in 60 s; warnings:\n{}",
+            WARNINGS.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warning = denied_writes().remove(0);
+    eprintln!("the warning: {warning}");
+    assert!(
+        warning.contains("TOPIC_AUTHORIZATION_FAILED") && warning.contains("WRITE"),
+        "{warning}"
+    );
+    assert!(!warning.contains("transport failure"), "{warning}");
+    // Tried again, and never acknowledged: the group's committed offset has not passed it, so
+    // a restart would run payment 0 (and the four behind it) again.
+    assert_eq!(kafka.lag(&main, "acl-workers").await.unwrap(), 5);
+
+    // The ACL goes: the write goes through on a later try, the retry succeeds, and the main
+    // topic is acknowledged to its end.
+    let admin = broker.clone();
+    tokio::task::spawn_blocking(move || admin.remove_acls(&acls[1..]))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let retried = PAID.lock().unwrap().contains(&(0, 2));
+        let lag = kafka.lag(&main, "acl-workers").await.unwrap();
+        if retried && lag == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "60 s after the ACL went: retried {retried}, lag {lag}; attempts {:?}",
+            PAID.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let paid: HashSet<u64> = PAID.lock().unwrap().iter().map(|&(id, _)| id).collect();
+    assert_eq!(paid, (0..5).collect());
+    running.shutdown().await.unwrap();
+    eprintln!(
+        "{} warnings of the refused write before the ACL went",
+        denied_writes().len()
+    );
 }

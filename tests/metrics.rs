@@ -188,9 +188,12 @@ async fn the_endpoint_counts_a_known_workload_exactly() {
     }
     assert_eq!(value("retry_kafka_retried_total", &labels("1")), Some(2.0));
     assert_eq!(value("retry_kafka_retried_total", &labels("2")), Some(0.0));
+    // Only the series the handler can have: nothing goes past its last level, and with a
+    // dead-letter queue nothing is dropped.
+    assert_eq!(value("retry_kafka_retried_total", &labels("3")), None);
     assert_eq!(value("retry_kafka_dead_lettered_total", &dead_letter), Some(3.0));
     assert_eq!(value("retry_kafka_parked_total", &dead_letter), Some(0.0));
-    assert_eq!(value("retry_kafka_dropped_total", &dead_letter), Some(0.0));
+    assert_eq!(value("retry_kafka_dropped_total", &dead_letter), None);
     assert_eq!(
         value("retry_kafka_handler_duration_seconds_count", &labels("0")),
         Some(10.0)
@@ -202,6 +205,11 @@ async fn the_endpoint_counts_a_known_workload_exactly() {
     assert_eq!(
         value("retry_kafka_retry_lateness_seconds_count", &labels("1")),
         Some(2.0)
+    );
+    // The main topic has no due time: no lateness series.
+    assert_eq!(
+        value("retry_kafka_retry_lateness_seconds_count", &labels("0")),
+        None
     );
     assert_eq!(
         value("retry_kafka_dead_letter_age_seconds_count", &dead_letter),
@@ -462,4 +470,170 @@ async fn readyz_turns_503_when_a_consumer_stops_and_health_says_which_and_why() 
         format!("{error}"),
         format!("consumer of topic \"health.orders.health-shipping.retry.1\" in group \"health-shipping\" stopped: {expected_error}")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// On Apache Kafka: the lag gauge follows the commits soon after the last message settles (its
+// period is an hour here, so only that can bring it to 0), and each handler exports only the
+// series it can have.
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(topic = "lag.invoices", key = "id")]
+struct Invoice {
+    id: u64,
+}
+
+/// Holds every attempt of `invoice` until the test opens it.
+static OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One retry level and a dead-letter queue: every 4th invoice fails once.
+#[retry_handler(topic = "lag.invoices", group = "lag-billing", retries = ["50ms"], dlq)]
+async fn invoice(invoice: Invoice, ctx: Context) -> Result<(), HandlerError> {
+    while !OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if invoice.id.is_multiple_of(4) && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("try later"));
+    }
+    Ok(())
+}
+
+/// Drops what fails: no dead-letter queue.
+#[retry_handler(topic = "lag.invoices", group = "lag-discarding", on_exhausted = "drop")]
+async fn discard(_invoice: Invoice) -> Result<(), HandlerError> {
+    Err(HandlerError::permanent("not wanted here"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_follows_the_commits_and_each_handler_exports_only_its_series() {
+    const INVOICES: u64 = 200;
+    let broker = tokio::task::spawn_blocking(retry_kafka_suite::ApacheKafka::shared)
+        .await
+        .unwrap();
+    let kafka = retry_kafka::backend::kafka::Kafka::builder(broker.bootstrap.clone())
+        .replication_factor(1)
+        .build()
+        .unwrap();
+    kafka.create_topic(&Topic::main("lag.invoices"), 2).await.unwrap();
+    let app = App::builder()
+        .backend(kafka)
+        .handlers(|spec| spec.topic() == "lag.invoices")
+        .metrics_addr(loopback())
+        .lag_interval(Duration::from_secs(3600))
+        .build()
+        .expect("valid handlers");
+    for id in 0..INVOICES {
+        app.producer().send(&Invoice { id }).await.expect("publish");
+    }
+    let running = app.start().await.expect("app starts");
+    let addr = running.metrics_addr().expect("the endpoint is on");
+    let billing = |level: &'static str| {
+        [
+            ("topic", "lag.invoices"),
+            ("group", "lag-billing"),
+            ("level", level),
+        ]
+    };
+    let discarding = [
+        ("topic", "lag.invoices"),
+        ("group", "lag-discarding"),
+        ("level", "0"),
+    ];
+    let scrape = || async { samples(&get(addr, "/metrics").await.1) };
+
+    // The first round, at start, sees the invoices nobody has settled yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = sample(&scrape().await, "retry_kafka_consumer_lag", &billing("0"));
+        if lag == Some(INVOICES as f64) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "billing's lag read {lag:?}, not {INVOICES}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    let retried = INVOICES.div_ceil(4);
+    wait_until("every invoice has settled", || {
+        let stats = running.stats();
+        let billed = stats.handler("invoice").expect("invoice runs");
+        let discarded = stats.handler("discard").expect("discard runs");
+        billed.succeeded == INVOICES && billed.retried == vec![retried] && discarded.dropped == INVOICES
+    })
+    .await;
+    let settled = std::time::Instant::now();
+    let lags = [billing("0"), billing("1"), discarding];
+    let mut scraped = scrape().await;
+    while !lags
+        .iter()
+        .all(|labels| sample(&scraped, "retry_kafka_consumer_lag", labels) == Some(0.0))
+    {
+        assert!(
+            settled.elapsed() < Duration::from_secs(5),
+            "5 s after the last invoice settled the lag reads {:?}",
+            lags.map(|labels| sample(&scraped, "retry_kafka_consumer_lag", &labels))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scraped = scrape().await;
+    }
+    eprintln!(
+        "the lag gauge read 0 on every level {} ms after the last invoice settled (period: 1 h)",
+        settled.elapsed().as_millis()
+    );
+
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&scraped, name, labels);
+    let dead_letter = |group| [("topic", "lag.invoices"), ("group", group)];
+    // One retry level: retried to level 1 only; lateness on level 1 only.
+    assert_eq!(
+        value("retry_kafka_retried_total", &billing("1")),
+        Some(retried as f64)
+    );
+    assert_eq!(value("retry_kafka_retried_total", &billing("2")), None);
+    assert_eq!(
+        value("retry_kafka_retry_lateness_seconds_count", &billing("1")),
+        Some(retried as f64)
+    );
+    assert_eq!(
+        value("retry_kafka_retry_lateness_seconds_count", &billing("0")),
+        None
+    );
+    // A dead-letter queue: dead letters and parked entries, no drops.
+    assert_eq!(
+        value("retry_kafka_dead_lettered_total", &dead_letter("lag-billing")),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("retry_kafka_parked_total", &dead_letter("lag-billing")),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("retry_kafka_dropped_total", &dead_letter("lag-billing")),
+        None
+    );
+    // No retry level and no dead-letter queue: drops only.
+    assert_eq!(
+        value("retry_kafka_dropped_total", &dead_letter("lag-discarding")),
+        Some(INVOICES as f64)
+    );
+    for name in [
+        "retry_kafka_dead_lettered_total",
+        "retry_kafka_parked_total",
+        "retry_kafka_dead_letter_age_seconds_count",
+    ] {
+        assert_eq!(value(name, &dead_letter("lag-discarding")), None, "{name}");
+    }
+    assert_eq!(
+        value(
+            "retry_kafka_retried_total",
+            &[
+                ("topic", "lag.invoices"),
+                ("group", "lag-discarding"),
+                ("level", "1")
+            ]
+        ),
+        None
+    );
+    running.shutdown().await.expect("clean shutdown");
 }

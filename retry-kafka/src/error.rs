@@ -187,9 +187,9 @@ pub enum BackendError {
         #[source]
         source: Source,
     },
-    /// The servers refused this client: a wrong user or password, or a server certificate
-    /// the client does not trust. The reason is the server's or the TLS library's; it never
-    /// holds the password.
+    /// The servers refused this client: a wrong user or password, a server certificate the
+    /// client does not trust, or an ACL (a grant) that denies an operation. The reason is the
+    /// server's or the TLS library's; it never holds the password.
     #[error("{backend} backend: the servers refused this client: {reason}; {hint}")]
     Refused {
         /// The backend's name.

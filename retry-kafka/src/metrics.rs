@@ -6,15 +6,17 @@
 //! hands out no-op handles and a bump is a branch on `None`. A recorder of your own must be
 //! installed before [`App::start`](crate::App::start) to receive them.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use tokio::sync::Notify;
 
 use crate::clock::now_ms;
 use crate::failure::ErrorKind;
 use crate::health::ConsumerHealth;
+use crate::policy::Topology;
 use crate::stats::Counters;
 
 /// Attempts that succeeded. Labels: `topic`, `group`, `level`.
@@ -48,8 +50,10 @@ pub(crate) const ASSIGNED_PARTITIONS: &str = "retry_kafka_assigned_partitions";
 /// Partitions held (not fetched) because too many records wait in memory. Labels: `topic`,
 /// `group`, `level`.
 pub(crate) const HELD_PARTITIONS: &str = "retry_kafka_held_partitions";
-/// Messages of the level's topic its group has not committed, as the backend reports it
-/// (refreshed periodically). Labels: `topic`, `group`, `level`.
+/// Messages of the level's topic its group has not committed, as the backend reports it: asked
+/// every second while the level settles messages and for two seconds after its last (so it
+/// follows commits within about 3 s), and every `lag_interval` (15 s) besides. Labels:
+/// `topic`, `group`, `level`.
 pub(crate) const CONSUMER_LAG: &str = "retry_kafka_consumer_lag";
 /// A handler's circuit breaker: 0 closed, 1 open, 2 half-open. Labels: `topic`, `group`.
 pub(crate) const BREAKER_STATE: &str = "retry_kafka_breaker_state";
@@ -108,7 +112,11 @@ pub(crate) fn describe() {
         HELD_PARTITIONS,
         "Partitions held while their records wait in memory"
     );
-    describe_gauge!(CONSUMER_LAG, "Messages the group has not committed yet");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages the group has not committed yet; follows commits within about 3 s while \
+         messages settle, else refreshed every lag_interval (15 s by default)"
+    );
     describe_gauge!(
         BREAKER_STATE,
         "A handler's circuit breaker: 0 closed, 1 open, 2 half-open"
@@ -117,38 +125,58 @@ pub(crate) fn describe() {
 }
 
 /// One level's handles and health, and its handler's [`Counters`] (what `App::stats` shows),
-/// registered once at start; the consumer loop calls these hooks and nothing else.
+/// registered once at start; the consumer loop calls these hooks and nothing else. Only the
+/// series the handler can have are registered (a registered series is exported, 0 or not): no
+/// `retried` on its last level, no lateness on the main topic, dead letters and parked
+/// entries only with a dead-letter queue, drops only without one.
 pub(crate) struct LevelMetrics {
     level: u32,
     counters: Arc<Counters>,
     handled: Counter,
     /// One per [`ErrorKind`], in the order of [`kind_index`].
     failed: [Counter; 5],
-    /// Handed on to the next level (`level + 1`), the only level a failure goes to.
-    retried: Counter,
-    dead_lettered: Counter,
-    parked: Counter,
-    dropped: Counter,
+    /// Handed on to the next level (`level + 1`), the only level a failure goes to; none on
+    /// the last level.
+    retried: Option<Counter>,
+    dead_lettered: Option<Counter>,
+    parked: Option<Counter>,
+    dropped: Option<Counter>,
     in_flight: Gauge,
     /// What `in_flight` holds for this consumer, to take back what is left when it stops.
     running: AtomicU64,
     duration: Histogram,
-    lateness: Histogram,
-    dead_letter_age: Histogram,
+    /// On retry levels only: the main topic has no due time.
+    lateness: Option<Histogram>,
+    dead_letter_age: Option<Histogram>,
     assigned: Gauge,
     held: Gauge,
+    /// The level's lag, when the app reports it.
+    lag: Option<LevelLag>,
     pub(crate) health: Arc<ConsumerHealth>,
 }
 
+/// A level's lag gauge, and what tells the lag task that the level settled messages (their
+/// acknowledgements, then commits, follow: its lag is about to move).
+struct LevelLag {
+    gauge: Gauge,
+    /// Set on every settled message, cleared by the lag task when it looks.
+    moved: AtomicBool,
+    /// The lag task's, shared by every level: woken when a level's `moved` is set.
+    wake: Arc<Notify>,
+}
+
 impl LevelMetrics {
-    /// Registers the handles of `level` of the handler on `main_topic` in `group`.
+    /// Registers the handles of `level` of the handler whose topics are `topology`, in
+    /// `group`; with `lag` (the lag task's wake-up), its lag gauge too.
     pub(crate) fn new(
-        main_topic: &str,
+        topology: &Topology,
         group: &str,
         level: u32,
         counters: Arc<Counters>,
         health: Arc<ConsumerHealth>,
+        lag: Option<Arc<Notify>>,
     ) -> Self {
+        let main_topic = topology.main.as_str();
         let labels = [
             ("topic", main_topic.to_owned()),
             ("group", group.to_owned()),
@@ -165,23 +193,55 @@ impl LevelMetrics {
             labels.push(("kind", kind.as_str().to_owned()));
             counter!(FAILED, &labels)
         });
+        let keeps_dead_letters = topology.dead_letter.is_some();
+        let is_last = level as usize >= topology.retries.len();
         Self {
             level,
             counters,
             handled: counter!(HANDLED, &labels),
             failed,
-            retried: counter!(RETRIED, &next),
-            dead_lettered: counter!(DEAD_LETTERED, &dead_letter),
-            parked: counter!(PARKED, &dead_letter),
-            dropped: counter!(DROPPED, &dead_letter),
+            retried: (!is_last).then(|| counter!(RETRIED, &next)),
+            dead_lettered: keeps_dead_letters.then(|| counter!(DEAD_LETTERED, &dead_letter)),
+            parked: keeps_dead_letters.then(|| counter!(PARKED, &dead_letter)),
+            dropped: (!keeps_dead_letters).then(|| counter!(DROPPED, &dead_letter)),
             in_flight: gauge!(IN_FLIGHT, &labels),
             running: AtomicU64::new(0),
             duration: histogram!(HANDLER_DURATION, &labels),
-            lateness: histogram!(RETRY_LATENESS, &labels),
-            dead_letter_age: histogram!(DEAD_LETTER_AGE, &dead_letter),
+            lateness: (level > 0).then(|| histogram!(RETRY_LATENESS, &labels)),
+            dead_letter_age: keeps_dead_letters.then(|| histogram!(DEAD_LETTER_AGE, &dead_letter)),
             assigned: gauge!(ASSIGNED_PARTITIONS, &labels),
             held: gauge!(HELD_PARTITIONS, &labels),
+            // Registered only when reported: a gauge never set would export a false 0.
+            lag: lag.map(|wake| LevelLag {
+                gauge: gauge!(CONSUMER_LAG, &labels),
+                moved: AtomicBool::new(false),
+                wake,
+            }),
             health,
+        }
+    }
+
+    /// A message settled (handled, handed on or dropped): the level's lag is about to move.
+    /// Costs a relaxed load per message; the lag task is woken once until it looks again.
+    fn settled(&self) {
+        if let Some(lag) = &self.lag {
+            if !lag.moved.load(Relaxed) && !lag.moved.swap(true, Relaxed) {
+                lag.wake.notify_one();
+            }
+        }
+    }
+
+    /// Whether the level settled messages since the lag task last asked (and forgets it).
+    pub(crate) fn take_lag_moved(&self) -> bool {
+        self.lag
+            .as_ref()
+            .is_some_and(|lag| lag.moved.swap(false, Relaxed))
+    }
+
+    /// Sets the level's lag gauge.
+    pub(crate) fn set_lag(&self, messages: u64) {
+        if let Some(lag) = &self.lag {
+            lag.gauge.set(messages as f64);
         }
     }
 
@@ -195,8 +255,8 @@ impl LevelMetrics {
     pub(crate) fn started(&self, due: Option<i64>) {
         self.in_flight.increment(1.0);
         self.running.fetch_add(1, Relaxed);
-        if let Some(due) = due {
-            self.lateness.record(seconds(now_ms() - due));
+        if let (Some(due), Some(lateness)) = (due, &self.lateness) {
+            lateness.record(seconds(now_ms() - due));
         }
     }
 
@@ -210,6 +270,7 @@ impl LevelMetrics {
     pub(crate) fn handled(&self) {
         self.counters.succeeded();
         self.handled.increment(1);
+        self.settled();
     }
 
     pub(crate) fn failed(&self, kind: ErrorKind) {
@@ -219,30 +280,34 @@ impl LevelMetrics {
 
     pub(crate) fn dropped(&self) {
         self.counters.dropped();
-        self.dropped.increment(1);
+        bump(&self.dropped);
+        self.settled();
     }
 
     /// A failure was durably written to retry `level`.
     pub(crate) fn retried(&self, level: u32) {
         debug_assert_eq!(level, self.level + 1, "a failure goes to the next level");
         self.counters.retried(level);
-        self.retried.increment(1);
+        bump(&self.retried);
+        self.settled();
     }
 
     /// A failure was durably written to the dead-letter queue; `failing_since_ms` is the
     /// message's original timestamp, or else its first failure (epoch ms).
     pub(crate) fn dead_lettered(&self, failing_since_ms: Option<i64>) {
         self.counters.dead_lettered();
-        self.dead_lettered.increment(1);
-        if let Some(since) = failing_since_ms {
-            self.dead_letter_age.record(seconds(now_ms() - since));
+        bump(&self.dead_lettered);
+        if let (Some(since), Some(age)) = (failing_since_ms, &self.dead_letter_age) {
+            age.record(seconds(now_ms() - since));
         }
+        self.settled();
     }
 
     /// A replayed dead letter that failed again was durably written to the parking queue.
     pub(crate) fn parked(&self) {
         self.counters.parked();
-        self.parked.increment(1);
+        bump(&self.parked);
+        self.settled();
     }
 
     pub(crate) fn assigned(&self, partitions: &[u32]) {
@@ -277,19 +342,16 @@ impl LevelMetrics {
     }
 }
 
+/// Adds one to a counter the handler has.
+fn bump(counter: &Option<Counter>) {
+    if let Some(counter) = counter {
+        counter.increment(1);
+    }
+}
+
 /// Milliseconds as seconds, never negative (an attempt that started early is 0 s late).
 fn seconds(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
-}
-
-/// The consumer-lag gauge of one level, set by the app's lag task.
-pub(crate) fn lag_gauge(main_topic: &str, group: &str, level: u32) -> Gauge {
-    gauge!(
-        CONSUMER_LAG,
-        "topic" => main_topic.to_owned(),
-        "group" => group.to_owned(),
-        "level" => level.to_string()
-    )
 }
 
 #[cfg(test)]

@@ -65,11 +65,6 @@ async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() -> retry_kafka::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    retry_kafka_suite::init_worker_tracing();
     retry_kafka::run().await
 }

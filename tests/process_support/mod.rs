@@ -53,7 +53,7 @@ impl Worker {
                 command.env_remove(name);
             }
         }
-        let child = command
+        command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("WORKER_LOG", &log)
             // RK_WORKER_LOG=debug (say) shows what the workers do.
@@ -62,9 +62,9 @@ impl Worker {
                 std::env::var("RK_WORKER_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rk-worker");
+            .stderr(Stdio::inherit());
+        // Dies with this test process, however it ends.
+        let child = retry_kafka_suite::spawn_dying_with_this_process(command).expect("start rk-worker");
         Worker { child, log }
     }
 
@@ -244,11 +244,11 @@ pub async fn a_killed_worker_restarted_loses_nothing_within<H: Harness>(
 
 /// Two workers share the group until both have work; one is killed, 200 more orders are
 /// published, and the survivor does every one of them. Returns the workers, the survivor still
-/// running, for checks of their own.
+/// running, for checks of their own, and how many orders were published.
 pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
     harness: &H,
     spawn: impl Fn(&str) -> Worker,
-) -> [Worker; 2] {
+) -> ([Worker; 2], u64) {
     harness.create_topic(TOPIC, 4).await;
     let mut first = spawn("a");
     let second = spawn("b");
@@ -272,5 +272,5 @@ pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
         "the survivor did all the work after the kill"
     );
     eprintln!("two workers, one killed: {published} orders done, {repeats} repeated successes");
-    [first, second]
+    ([first, second], published)
 }

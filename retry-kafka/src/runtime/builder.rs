@@ -188,7 +188,9 @@ impl<B> AppBuilder<B> {
     }
 
     /// How often a task of the app asks the backend for each level's consumer lag and sets
-    /// the `retry_kafka_consumer_lag` gauge. Default: every 15 s when
+    /// the `retry_kafka_consumer_lag` gauge, besides every second while the level settles
+    /// messages and for two seconds after its last (so the gauge follows commits within about
+    /// 3 s): how stale the gauge can be when nothing settles. Default: every 15 s when
     /// `metrics_addr` is set (feature `prometheus`), never otherwise; set it to report
     /// lag to a `metrics` recorder of your own. `Duration::ZERO` turns it off.
     ///

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::app::{App, AppHandler};
@@ -51,6 +53,8 @@ impl<B: Backend> App<B> {
         };
         let mut levels = Vec::new();
         let mut lags = Vec::new();
+        // Woken when a level settles messages, so its lag is asked soon after (see `report_lag`).
+        let lag_wake = self.lag_interval.map(|_| Arc::new(Notify::new()));
         for AppHandler {
             spec,
             breaker,
@@ -87,12 +91,19 @@ impl<B: Backend> App<B> {
                         group: topology.consumer_group(spec.group(), level).to_owned(),
                     })
                     .await?;
-                // Registered only when reported: a gauge never set would export a false 0.
-                if self.lag_interval.is_some() {
+                let metrics = Arc::new(LevelMetrics::new(
+                    topology,
+                    spec.group(),
+                    level,
+                    counters.clone(),
+                    health[level as usize].clone(),
+                    lag_wake.clone(),
+                ));
+                if lag_wake.is_some() {
                     lags.push(Lag {
                         topic: seam_topic,
                         group: topology.consumer_group(spec.group(), level).to_owned(),
-                        gauge: crate::metrics::lag_gauge(&main_topic, spec.group(), level),
+                        metrics: metrics.clone(),
                     });
                 }
                 let level = consumer::Level {
@@ -106,13 +117,7 @@ impl<B: Backend> App<B> {
                     shutdown: shutdown.clone(),
                     rate: rate.clone(),
                     breaker: breaker.clone(),
-                    metrics: Arc::new(LevelMetrics::new(
-                        &main_topic,
-                        spec.group(),
-                        level,
-                        counters.clone(),
-                        health[level as usize].clone(),
-                    )),
+                    metrics,
                 };
                 levels.push((level, consumer));
             }
@@ -133,11 +138,11 @@ impl<B: Backend> App<B> {
                 })
             });
         }
-        if let Some(interval) = self.lag_interval {
+        if let (Some(interval), Some(wake)) = (self.lag_interval, lag_wake) {
             services.tasks.spawn(report_lag(
                 self.backend.clone(),
                 lags,
-                interval,
+                LagPace { interval, wake },
                 services.stop.clone(),
             ));
         }
@@ -182,33 +187,75 @@ impl Drop for StopReport {
     }
 }
 
-/// One level's consumer lag: where to ask, and the gauge to set.
+/// One level's consumer lag: where to ask, and the level's metrics, whose gauge it sets.
 struct Lag {
     topic: Topic,
     group: String,
-    gauge: ::metrics::Gauge,
+    metrics: Arc<LevelMetrics>,
 }
 
-/// Sets each level's lag gauge every `interval` until `stop`. A backend that cannot say
-/// leaves the gauge as it was.
-async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, interval: Duration, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// How often a level's lag is asked while it settles messages.
+const LAG_WHILE_SETTLING: Duration = Duration::from_secs(1);
+/// Rounds a level's lag is still asked after its last settled message: what it acknowledged is
+/// committed within them (Kafka commits every second).
+const LAG_ROUNDS_AFTER: u32 = 2;
+
+/// When the lag task asks: every `interval`, and whenever `wake` says a level settled messages.
+struct LagPace {
+    interval: Duration,
+    wake: Arc<Notify>,
+}
+
+/// Sets each level's lag gauge until `stop`: every [`LAG_WHILE_SETTLING`] for a level that
+/// settles messages and for [`LAG_ROUNDS_AFTER`] rounds after its last, so the gauge follows
+/// its commits within about 3 s; every `interval` for every level besides (a level that
+/// settles nothing while messages arrive). It sleeps while nothing settles. A backend that
+/// cannot say leaves the gauge as it was.
+async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, pace: LagPace, stop: CancellationToken) {
+    // Rounds since each level last settled something; past LAG_ROUNDS_AFTER it is quiet.
+    let mut rounds_since = vec![u32::MAX; lags.len()];
+    let mut next_full = Instant::now();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
+        let now = Instant::now();
+        let full = now >= next_full;
+        if full {
+            next_full = now + pace.interval;
         }
-        for lag in &lags {
+        for (lag, since) in lags.iter().zip(&mut rounds_since) {
+            *since = match lag.metrics.take_lag_moved() {
+                true => 0,
+                false => since.saturating_add(1),
+            };
+            if !full && *since > LAG_ROUNDS_AFTER {
+                continue;
+            }
             let asked = tokio::select! {
                 _ = stop.cancelled() => return,
                 asked = backend.lag(&lag.topic, &lag.group) => asked,
             };
             match asked {
-                Ok(messages) => lag.gauge.set(messages as f64),
+                Ok(messages) => lag.metrics.set_lag(messages),
                 Err(error) => {
                     tracing::debug!(topic = %lag.topic, group = %lag.group, %error, "consumer lag unknown")
                 }
+            }
+        }
+        let settling = rounds_since.iter().any(|&since| since < LAG_ROUNDS_AFTER);
+        let next = match settling {
+            true => next_full.min(Instant::now() + LAG_WHILE_SETTLING),
+            false => next_full,
+        };
+        let mut woken = false;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+            _ = pace.wake.notified(), if !settling => woken = true,
+        }
+        if woken {
+            // What settled is acknowledged, then committed, a moment later: ask after that.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(LAG_WHILE_SETTLING) => {}
             }
         }
     }

@@ -22,7 +22,7 @@ impl Browse for Kafka {
             let client = &reader.client;
             (0..partition_count(client, &topic)?)
                 .map(|partition| {
-                    let (_, high) = until_settled(Duration::from_secs(10), |left| {
+                    let (_, high) = until_settled(client.context(), Duration::from_secs(10), |left| {
                         client.fetch_watermarks(&topic, partition, left)
                     })?;
                     Ok(high.max(0) as u64)
@@ -37,7 +37,7 @@ impl Browse for Kafka {
         self.with_reader(topic.role, move |reader| {
             let partition = page.partition() as i32;
             let timeout = Duration::from_secs(10);
-            let (low, high) = until_settled(timeout, |left| {
+            let (low, high) = until_settled(reader.client.context(), timeout, |left| {
                 reader.client.fetch_watermarks(&name, partition, left)
             })?;
             let start = low.max(page.from().min(i64::MAX as u64) as i64);
@@ -68,7 +68,7 @@ impl Browse for Kafka {
                     continue;
                 };
                 deadline = std::time::Instant::now() + Duration::from_secs(30);
-                let message = message.map_err(transport)?;
+                let message = message.map_err(|error| reader.client.context().explain(error))?;
                 // One fetched for an earlier assignment, still queued when this one was made.
                 if message.partition() != partition || message.topic() != name || message.offset() < start {
                     continue;

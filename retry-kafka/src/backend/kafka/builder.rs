@@ -103,12 +103,12 @@ impl KafkaBuilder {
             }
             let writer = Writer::create(&config).map_err(|error| invalid("producer property", error))?;
             let admin = config
-                .create()
+                .create_with_context(Refusals::new("admin"))
                 .map_err(|error| invalid("producer property", error))?;
             // Consumer properties are checked here too, so a typo fails at start.
             let metadata = consumer::config(brokers, "retry-kafka-metadata", &self.consumer_properties)
                 .set("allow.auto.create.topics", "false")
-                .create_with_context(Refusals::default())
+                .create_with_context(Refusals::new("metadata"))
                 .map_err(|error| invalid("consumer property", error))?;
             Ok(Cluster {
                 brokers: brokers.to_owned(),
@@ -116,6 +116,7 @@ impl KafkaBuilder {
                 admin,
                 metadata: Arc::new(metadata),
                 reader: Arc::default(),
+                lag_clients: Arc::default(),
             })
         };
         let main = cluster(&self.brokers)?;

@@ -4,12 +4,12 @@
 //! producer that waits for the broker's acknowledgement; topic provisioning at start. What a
 //! failure means is decided by the runtime, as for every backend.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BlockingRetryable as _, ConstantBuilder, Retryable as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -24,11 +24,13 @@ mod browse;
 mod builder;
 mod consumer;
 mod embedded;
+mod refusals;
 mod writer;
 
 pub use builder::KafkaBuilder;
 pub use consumer::KafkaConsumer;
 pub use embedded::EmbeddedKafka;
+use refusals::{denied, Operation, Refusals};
 
 /// `fetch.wait.max.ms` of retry-level consumers, unless set with `consumer_property`.
 const RETRY_LEVEL_FETCH_WAIT_MS: &str = "25";
@@ -68,69 +70,25 @@ struct Cluster {
     brokers: String,
     /// Writes hand-offs and published records.
     writer: writer::Writer,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<Refusals>,
     /// Answers metadata questions without creating topics (a producer's metadata request may
-    /// auto-create the topic it asks about). The first client an app's start uses: it notes
-    /// why the brokers refused it, if they did.
+    /// auto-create the topic it asks about). The first client an app's start uses.
     metadata: Arc<BaseConsumer<Refusals>>,
     /// The client [`Browse`] reads with, made on first use and kept: a tool's command reads
     /// page after page, and a client per call cost a connection to every broker each time.
     reader: Arc<std::sync::Mutex<Option<Reader>>>,
+    /// A client per consumer group whose lag is asked, made on first use and kept: the app
+    /// asks every second while a level settles messages.
+    lag_clients: Arc<std::sync::Mutex<HashMap<String, Arc<BaseConsumer<Refusals>>>>>,
 }
 
 /// A client outside any group, and where its assignment would deliver next.
 struct Reader {
-    client: BaseConsumer,
+    client: BaseConsumer<Refusals>,
     /// (topic, partition, offset) the assigned partition's next record is at, when a page
     /// stopped there: the next page of it goes on without assigning again (which would drop
     /// what librdkafka fetched ahead).
     next: Option<(String, i32, i64)>,
-}
-
-/// The last reason the brokers refused a client (a SASL authentication failure, a TLS
-/// handshake that failed), as librdkafka reported it, so an error at start can name it instead
-/// of librdkafka's "broker transport failure". librdkafka's reasons carry no secrets.
-#[derive(Clone, Default)]
-struct Refusals {
-    last: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl rdkafka::ClientContext for Refusals {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let refused = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
-        ) || reason.contains("SSL handshake failed")
-            || reason.contains("authentication");
-        if refused {
-            *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.to_owned());
-        }
-        // What rdkafka's default context does.
-        tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for Refusals {}
-
-impl Refusals {
-    /// `error` as a backend error: the brokers' refusal when there was one.
-    fn explain(&self, error: KafkaError) -> BackendError {
-        match self
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-        {
-            Some(reason) => BackendError::Refused {
-                backend: "kafka",
-                reason,
-                hint: "check the credentials (sasl.username, sasl.password) and the TLS settings \
-                       (ssl.ca.location)",
-                source: Box::new(error),
-            },
-            None => transport(error),
-        }
-    }
 }
 
 impl Kafka {
@@ -207,7 +165,9 @@ impl Kafka {
             let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if slot.is_none() {
                 *slot = Some(Reader {
-                    client: config.create().map_err(transport)?,
+                    client: config
+                        .create_with_context(Refusals::new("reader"))
+                        .map_err(transport)?,
                     next: None,
                 });
             }
@@ -233,8 +193,9 @@ impl Kafka {
             let mut records = Vec::new();
             let mut arena = consumer::Arena::default();
             for partition in 0..partitions {
-                let (low, high) =
-                    until_settled(timeout, |left| client.fetch_watermarks(&topic, partition, left))?;
+                let (low, high) = until_settled(client.context(), timeout, |left| {
+                    client.fetch_watermarks(&topic, partition, left)
+                })?;
                 let start = from
                     .get(partition as usize)
                     .map_or(low, |&from| low.max(from.min(i64::MAX as u64) as i64));
@@ -257,7 +218,8 @@ impl Kafka {
                     let Some(message) = client.poll(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let record = consumer::record_of(&message.map_err(transport)?, &mut arena);
+                    let message = message.map_err(|error| client.context().explain(error))?;
+                    let record = consumer::record_of(&message, &mut arena);
                     let done = record.offset + 1 >= high as u64;
                     records.push(record);
                     if done {
@@ -292,15 +254,15 @@ impl Kafka {
             .admin
             .create_topics([&new], &options)
             .await
-            .map_err(transport)?;
+            .map_err(|error| cluster.admin.inner().context().explain(error))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(BackendError::Transport {
-                        backend: "kafka",
-                        source: format!("creating topic {name:?} failed: {code}").into(),
-                    })
+                    let failed = format!("creating topic {name:?} failed: {code}");
+                    return Err(
+                        denied(&name, Operation::Create, Some(code), failed).unwrap_or_else(transport)
+                    );
                 }
             }
         }
@@ -357,10 +319,10 @@ impl Kafka {
 }
 
 /// The partition count of `topic` as `client` sees it; 0 when it does not exist.
-fn partition_count(client: &BaseConsumer, topic: &str) -> Result<i32, BackendError> {
+fn partition_count(client: &BaseConsumer<Refusals>, topic: &str) -> Result<i32, BackendError> {
     let metadata = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(transport)?;
+        .map_err(|error| client.context().explain(error))?;
     Ok(metadata
         .topics()
         .first()
@@ -373,8 +335,9 @@ fn partition_count(client: &BaseConsumer, topic: &str) -> Result<i32, BackendErr
 /// a topic or the first group is created, or while a broker restarts, and librdkafka's watermark
 /// and committed-offset queries return those errors instead of retrying them (Apache Kafka 4.4:
 /// NotLeaderForPartition right after a topic is in the metadata, NotCoordinator while the
-/// offsets topic is created).
+/// offsets topic is created). A failure is explained by the client's `refusals`.
 fn until_settled<T>(
+    refusals: &Refusals,
     timeout: Duration,
     mut query: impl FnMut(Duration) -> KafkaResult<T>,
 ) -> Result<T, BackendError> {
@@ -388,7 +351,7 @@ fn until_settled<T>(
         )
         .when(|error| is_settling(error) && !left().is_zero())
         .call()
-        .map_err(transport)
+        .map_err(|error| refusals.explain(error))
 }
 
 /// A leader or a group coordinator not (yet) in place: asking again later succeeds.
@@ -436,28 +399,45 @@ impl TopicAdmin for Kafka {
 }
 
 impl Kafka {
-    /// [`Backend::lag`]: a client in the group that never joins it reads the committed offsets.
+    /// [`Backend::lag`]: a client in the group that never joins it reads the committed offsets
+    /// (one per group, kept).
     async fn lag_of(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
-        let config = consumer::config(
-            &self.cluster_of(topic.role).brokers,
-            group,
-            &self.shared.consumer_properties,
-        );
-        let topic = topic.name.to_string();
-        tokio::task::spawn_blocking(move || {
-            // A client in the group that never joins it: it only reads the committed offsets.
-            let client: BaseConsumer = config.create().map_err(transport)?;
+        let cluster = self.cluster_of(topic.role);
+        let config = consumer::config(&cluster.brokers, group, &self.shared.consumer_properties);
+        let clients = cluster.lag_clients.clone();
+        let (topic, group) = (topic.name.to_string(), group.to_owned());
+        blocking(move || {
+            let client = {
+                let mut clients = clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match clients.get(&group) {
+                    Some(client) => client.clone(),
+                    None => {
+                        // A client in the group that never joins it: it only reads the
+                        // committed offsets.
+                        let client: Arc<BaseConsumer<Refusals>> = Arc::new(
+                            config
+                                .create_with_context(Refusals::new("lag"))
+                                .map_err(transport)?,
+                        );
+                        clients.insert(group, client.clone());
+                        client
+                    }
+                }
+            };
             let timeout = Duration::from_secs(10);
             let partitions = partition_count(&client, &topic)?;
             let mut list = TopicPartitionList::new();
             for partition in 0..partitions {
                 list.add_partition(&topic, partition);
             }
-            let committed = until_settled(timeout, |left| client.committed_offsets(list.clone(), left))?;
+            let committed = until_settled(client.context(), timeout, |left| {
+                client.committed_offsets(list.clone(), left)
+            })?;
             let mut lag = 0;
             for partition in 0..partitions {
-                let (low, high) =
-                    until_settled(timeout, |left| client.fetch_watermarks(&topic, partition, left))?;
+                let (low, high) = until_settled(client.context(), timeout, |left| {
+                    client.fetch_watermarks(&topic, partition, left)
+                })?;
                 let done = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
                     Some(Offset::Offset(offset)) => offset.max(low),
                     _ => low,
@@ -467,7 +447,6 @@ impl Kafka {
             Ok(lag)
         })
         .await
-        .map_err(transport)?
     }
 }
 

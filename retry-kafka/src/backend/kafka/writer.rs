@@ -25,6 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 use rdkafka::ClientContext;
 use slab::Slab;
 
+use super::Refusals;
 use crate::backend::{Delivered, OutboundRecord, Topic};
 use crate::error::BackendError;
 
@@ -44,7 +45,11 @@ pub(super) struct Writer {
 impl Writer {
     /// Creates the producer from `config` and starts its poll thread.
     pub(super) fn create(config: &ClientConfig) -> Result<Self, KafkaError> {
-        let producer: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(Reports::default())?);
+        let reports = Reports {
+            slots: Mutex::default(),
+            refusals: Refusals::new("producer"),
+        };
+        let producer: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(reports)?);
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {
             let (producer, stop) = (producer.clone(), stop.clone());
@@ -94,7 +99,10 @@ impl Writer {
             },
             Err((error, _)) => {
                 self.producer.context().slots().remove(slot);
-                State::Refused(Some(error))
+                State::Refused {
+                    producer: self.producer.clone(),
+                    error: Some(error),
+                }
             }
         };
         Write {
@@ -132,7 +140,11 @@ enum State {
         producer: Arc<BaseProducer<Reports>>,
         slot: usize,
     },
-    Refused(Option<KafkaError>),
+    /// librdkafka did not queue it (its queue is full, the topic is unknown).
+    Refused {
+        producer: Arc<BaseProducer<Reports>>,
+        error: Option<KafkaError>,
+    },
     Finished,
 }
 
@@ -140,13 +152,9 @@ impl Future for Write {
     type Output = Result<Delivered, BackendError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let failed = |topic: &str, error: KafkaError| BackendError::Produce {
-            topic: topic.to_owned(),
-            source: error.into(),
-        };
         let this = &mut *self;
         let result = match &mut this.state {
-            State::Refused(error) => Err(error.take().expect("polled after completion")),
+            State::Refused { error, .. } => Err(error.take().expect("polled after completion")),
             State::Queued { producer, slot } => {
                 let mut slots = producer.context().slots();
                 match &mut slots[*slot] {
@@ -165,8 +173,13 @@ impl Future for Write {
             }
             State::Finished => panic!("polled after completion"),
         };
-        this.state = State::Finished;
-        Poll::Ready(result.map_err(|error| failed(&this.topic, error)))
+        let state = std::mem::replace(&mut this.state, State::Finished);
+        Poll::Ready(result.map_err(|error| {
+            let (State::Queued { producer, .. } | State::Refused { producer, .. }) = state else {
+                unreachable!("finished just now")
+            };
+            producer.context().refusals.explain_write(&this.topic, error)
+        }))
     }
 }
 
@@ -195,10 +208,11 @@ enum Slot {
     Abandoned,
 }
 
-/// The producer's context: the table of writes, filled in by delivery reports.
-#[derive(Default)]
+/// The producer's context: the table of writes, filled in by delivery reports, and the
+/// refusals that explain a failed write.
 pub(super) struct Reports {
     slots: Mutex<Slab<Slot>>,
+    refusals: Refusals,
 }
 
 impl Reports {
@@ -207,7 +221,11 @@ impl Reports {
     }
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.refusals.note(&error, reason);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = usize;

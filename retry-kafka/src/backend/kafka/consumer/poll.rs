@@ -19,7 +19,7 @@ use super::settle::Settlement;
 use super::{
     record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
 };
-use crate::backend::kafka::transport;
+use crate::backend::kafka::Refusals;
 use crate::error::BackendError;
 
 /// Collects rebalance events raised inside `poll`, so the thread can put them in order with
@@ -35,6 +35,8 @@ pub(super) struct RebalanceLog {
     settlement: Mutex<Settlement>,
     /// The consumer is closing: the handle sent everything already; a revoke waits for nothing.
     closing: AtomicBool,
+    /// The refusals this consumer was given.
+    refusals: Refusals,
 }
 
 enum RebalanceEvent {
@@ -51,6 +53,7 @@ impl RebalanceLog {
             closing: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
+            refusals: Refusals::new("consumer"),
         }
     }
 
@@ -81,7 +84,11 @@ impl RebalanceLog {
     }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.refusals.note(&error, reason);
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -290,6 +297,8 @@ impl PollThread {
                 None => break,
                 Some(Ok(message)) => self.push_record(&message, batch),
                 Some(Err(error)) => {
+                    // The brokers' refusal, when a recent one explains it.
+                    let error = consumer.context().refusals.explain(error);
                     tracing::warn!(topic = %self.topic, %error, "consumer error; librdkafka retries");
                     break;
                 }
@@ -466,7 +475,7 @@ impl PollThread {
                     tracing::debug!(topic = %self.topic, %code, "commit on close refused; retrying");
                     let _ = consumer.poll(Duration::from_millis(50));
                 }
-                Err(error) => break Err(transport(error)),
+                Err(error) => break Err(consumer.context().refusals.explain(error)),
             }
         };
         // Dropping the consumer closes it: it leaves the group now, not after a session timeout.
