@@ -195,7 +195,7 @@ async fn a_breaker_set_in_code_applies_and_a_wrong_one_fails_at_build_naming_it(
         .expect("refused");
     assert_eq!(
         error.to_string(),
-        "the breaker of handler \"configured\": probes attempts at a time while half-open: from 1 to 1000"
+        "the breaker of handler \"configured\": probes (attempts at a time while half-open) is from 1 to 1000"
     );
     let error = build(
         "configured",
@@ -206,7 +206,7 @@ async fn a_breaker_set_in_code_applies_and_a_wrong_one_fails_at_build_naming_it(
     assert!(
         error
             .to_string()
-            .contains("max_cool_down must not be shorter than cool_down"),
+            .contains("max_cool_down must not be shorter than `cool_down`"),
         "{error}"
     );
 

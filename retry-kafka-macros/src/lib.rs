@@ -7,6 +7,8 @@
 use proc_macro::TokenStream;
 
 mod attr;
+// The ranges of `breaker(...)`'s settings, shared with the runtime (a symlink there).
+mod breaker_rules;
 mod codec;
 mod duration;
 mod errors;

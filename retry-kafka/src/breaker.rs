@@ -16,6 +16,7 @@ use std::time::Duration;
 use ::metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
+use crate::breaker_rules as rules;
 use crate::failure::ErrorKind;
 
 /// How long a consumer waits before asking again while a probe of another consumer is under
@@ -158,37 +159,18 @@ impl Breaker {
         self
     }
 
-    /// The settings' ranges, the same the attribute checks at compile time: the first setting
-    /// out of range, and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        let fail = |field, reason: &str| Err((field, reason.to_owned()));
-        if !(1..=100).contains(&self.failure_rate) {
-            return fail("failure_rate", "a percentage of failed attempts: from 1 to 100");
-        }
+    /// The settings' ranges, the same the attribute checks at compile time (one rule for both:
+    /// `breaker_rules.rs`): the first setting out of range, and why.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        rules::failure_rate(u64::from(self.failure_rate))?;
         match self.window {
-            BreakerWindow::Attempts(n) if !(1..=100_000).contains(&n) => {
-                return fail("window", "a window of attempts holds from 1 to 100000");
-            }
-            BreakerWindow::Time(period)
-                if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&period) =>
-            {
-                return fail("window", "a time window is from 1 s to 1 day");
-            }
-            _ => {}
+            BreakerWindow::Attempts(n) => rules::window_attempts(u64::from(n))?,
+            BreakerWindow::Time(period) => rules::window_ms(period.as_millis().min(u64::MAX as u128) as u64)?,
         }
-        if self.min_attempts == 0 {
-            return fail("min_attempts", "must be at least 1");
-        }
-        if self.cool_down_ms == 0 {
-            return fail("cool_down", "must be longer than zero");
-        }
-        if self.max_cool_down_ms < self.cool_down_ms {
-            return fail("max_cool_down", "must not be shorter than cool_down");
-        }
-        if !(1..=1_000).contains(&self.probes) {
-            return fail("probes", "attempts at a time while half-open: from 1 to 1000");
-        }
-        Ok(())
+        rules::min_attempts(u64::from(self.min_attempts))?;
+        rules::cool_down_ms(self.cool_down_ms)?;
+        rules::max_cool_down_ms(self.max_cool_down_ms, self.cool_down_ms)?;
+        rules::probes(u64::from(self.probes))
     }
 
     /// The share of failed attempts, in percent, at or above which it opens.

@@ -52,6 +52,9 @@ pub mod backend;
 mod batch;
 // `breaker` on a handler: what it declares and one handler's breaker at work.
 mod breaker;
+// The ranges of its settings, shared with the macros: a symlink to
+// `retry-kafka-macros/src/breaker_rules.rs`.
+mod breaker_rules;
 mod clock;
 // `Settings`, the one reader of the environment, and every variable's name (public as `settings`).
 mod config;

@@ -9,6 +9,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprArray, ExprCall, ExprLit, Lit, LitInt, LitStr, Path};
 
 use crate::attr;
+use crate::breaker_rules::{self as rules, OutOfRange};
 use crate::duration::{parse_millis, parse_rate};
 use crate::errors::Errors;
 use crate::names;
@@ -288,26 +289,6 @@ fn parse_batch(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<(u
     }
 }
 
-/// An integer option in `range`; `None` when it is not one (reported already).
-fn bounded(
-    meta: &ParseNestedMeta,
-    errors: &Errors,
-    expected: &str,
-    range: std::ops::RangeInclusive<u32>,
-    out_of_range: &str,
-) -> syn::Result<Option<u32>> {
-    let Some(value) = attr::value::<LitInt>(meta, errors, expected)? else {
-        return Ok(None);
-    };
-    match value.base10_parse::<u32>() {
-        Ok(n) if range.contains(&n) => Ok(Some(n)),
-        _ => {
-            errors.spanned(&value, out_of_range);
-            Ok(None)
-        }
-    }
-}
-
 /// `breaker` alone (the defaults) or `breaker(failure_rate = 50, window = "30s", ...)`, any
 /// option left out at its default. `None` when an option is wrong (reported already).
 fn parse_breaker(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<BreakerArgs>> {
@@ -328,22 +309,38 @@ fn parse_breaker(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<
             .get_ident()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let mut fail = |span: &dyn quote::ToTokens, message: String| {
-            errors.spanned(span, message);
-            ok = false;
-        };
+        // A value read, held to its range (`breaker_rules`, shared with the runtime).
+        let mut checked =
+            |span: &dyn quote::ToTokens, value: u64, rule: fn(u64) -> Result<(), OutOfRange>| {
+                let held =
+                    rule(value).map_err(|(setting, why)| errors.spanned(span, format!("`{setting}` {why}")));
+                ok &= held.is_ok();
+                held.is_ok()
+            };
         match name.as_str() {
-            "failure_rate" => {
-                let range = "`failure_rate` is a percentage of failed attempts: from 1 to 100";
-                match bounded(
-                    &inner,
-                    errors,
-                    "expected a percentage: `failure_rate = 50`",
-                    1..=100,
-                    range,
-                )? {
-                    Some(n) => args.failure_rate = n as u8,
-                    None => ok = false,
+            "failure_rate" | "min_attempts" | "probes" => {
+                let expected = format!(
+                    "expected an integer: `{name} = {}`",
+                    match name.as_str() {
+                        "failure_rate" => 50,
+                        "min_attempts" => 20,
+                        _ => 1,
+                    }
+                );
+                let Some(value) = attr::value::<LitInt>(&inner, errors, &expected)? else {
+                    ok = false;
+                    return Ok(());
+                };
+                let Ok(n) = value.base10_parse::<u64>() else {
+                    errors.spanned(&value, expected);
+                    ok = false;
+                    return Ok(());
+                };
+                match name.as_str() {
+                    "failure_rate" if checked(&value, n, rules::failure_rate) => args.failure_rate = n as u8,
+                    "min_attempts" if checked(&value, n, rules::min_attempts) => args.min_attempts = n as u32,
+                    "probes" if checked(&value, n, rules::probes) => args.probes = n as u32,
+                    _ => {}
                 }
             }
             "window" => {
@@ -351,25 +348,29 @@ fn parse_breaker(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<
                     "expected a duration or a number of attempts: `window = \"30s\"` or `window = 100`";
                 match attr::value::<Lit>(&inner, errors, expected)? {
                     Some(Lit::Str(value)) => match parse_millis(&value.value()) {
-                        Ok(ms) if (1_000..=86_400_000).contains(&ms) => {
+                        Ok(ms) if checked(&value, ms, rules::window_ms) => {
                             (args.window_attempts, args.window_ms) = (0, ms)
                         }
-                        Ok(_) => fail(&value, "a time `window` is from \"1s\" to \"1d\"".into()),
-                        Err(message) => fail(&value, message),
+                        Ok(_) => {}
+                        Err(message) => {
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
                     },
-                    Some(Lit::Int(value)) => match value.base10_parse::<u32>() {
-                        Ok(n) if (1..=100_000).contains(&n) => args.window_attempts = n,
-                        _ => fail(&value, "a `window` of attempts holds from 1 to 100000".into()),
+                    Some(Lit::Int(value)) => match value.base10_parse::<u64>() {
+                        Ok(n) if checked(&value, n, rules::window_attempts) => {
+                            args.window_attempts = n as u32
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            errors.spanned(&value, expected);
+                            ok = false;
+                        }
                     },
-                    Some(other) => fail(&other, expected.into()),
-                    None => ok = false,
-                }
-            }
-            "min_attempts" => {
-                let expected = "expected an integer: `min_attempts = 20`";
-                let range = "`min_attempts` must be at least 1";
-                match bounded(&inner, errors, expected, 1..=u32::MAX, range)? {
-                    Some(n) => args.min_attempts = n,
+                    Some(other) => {
+                        errors.spanned(&other, expected);
+                        ok = false;
+                    }
                     None => ok = false,
                 }
             }
@@ -377,45 +378,38 @@ fn parse_breaker(meta: &ParseNestedMeta, errors: &Errors) -> syn::Result<Option<
                 let expected = format!("expected a duration as a string literal: `{name} = \"30s\"`");
                 match attr::value::<LitStr>(&inner, errors, &expected)? {
                     Some(value) => match parse_millis(&value.value()) {
-                        Ok(0) => fail(&value, format!("`{name}` must be longer than zero")),
-                        Ok(ms) if name == "cool_down" => {
+                        Ok(ms) if name == "cool_down" && checked(&value, ms, rules::cool_down_ms) => {
                             args.cool_down_ms = ms;
                             cool_down_span = Some(value.span());
                         }
-                        Ok(ms) => args.max_cool_down_ms = ms,
-                        Err(message) => fail(&value, message),
+                        Ok(ms) if name == "max_cool_down" && checked(&value, ms, rules::cool_down_ms) => {
+                            args.max_cool_down_ms = ms
+                        }
+                        Ok(_) => {}
+                        Err(message) => {
+                            errors.spanned(&value, message);
+                            ok = false;
+                        }
                     },
                     None => ok = false,
                 }
             }
-            "probes" => {
-                let range = "`probes` (attempts at a time while half-open) is from 1 to 1000";
-                match bounded(
-                    &inner,
-                    errors,
-                    "expected an integer: `probes = 1`",
-                    1..=1_000,
-                    range,
-                )? {
-                    Some(n) => args.probes = n,
-                    None => ok = false,
-                }
-            }
             _ => {
-                fail(&inner.path, format!("unknown breaker option; {BREAKER_FORM}"));
+                errors.spanned(&inner.path, format!("unknown breaker option; {BREAKER_FORM}"));
+                ok = false;
                 attr::skip(&inner)?;
             }
         }
         Ok(())
     })?;
-    if ok && args.max_cool_down_ms < args.cool_down_ms {
-        // The declared cool-down only grows: a cap below it could never hold.
-        let span = cool_down_span.unwrap_or_else(|| meta.path.span());
-        errors.push(syn::Error::new(
-            span,
-            "`cool_down` must not be longer than `max_cool_down` (default \"5m\")",
-        ));
-        ok = false;
+    if ok {
+        if let Err((setting, why)) = rules::max_cool_down_ms(args.max_cool_down_ms, args.cool_down_ms) {
+            // Reported at `cool_down` when it was written (the default cap is "5m").
+            let span = cool_down_span.unwrap_or_else(|| meta.path.span());
+            let message = format!("`{setting}` {why}; it defaults to \"5m\"");
+            errors.push(syn::Error::new(span, message));
+            ok = false;
+        }
     }
     Ok(ok.then_some(args))
 }

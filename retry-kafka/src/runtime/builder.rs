@@ -267,7 +267,7 @@ fn breakers(
         };
         breaker
             .check()
-            .map_err(|(field, reason)| invalid(format!("{field} {reason}")))?;
+            .map_err(|(setting, why)| invalid(format!("{setting} {why}")))?;
         let index = specs
             .iter()
             .position(|spec| spec.name() == handler || spec.function() == handler)

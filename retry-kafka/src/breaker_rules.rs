@@ -1,0 +1,1 @@
+../../retry-kafka-macros/src/breaker_rules.rs
