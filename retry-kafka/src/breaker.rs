@@ -272,10 +272,14 @@ pub(crate) struct CircuitBreaker {
     group: &'static str,
     /// Transitions by the state entered: open, half-open, closed (for `App::stats`).
     transitions: [AtomicU64; 3],
-    gauge: Gauge,
-    opened: Counter,
-    half_opened: Counter,
-    closed: Counter,
+    handles: BreakerHandles,
+}
+
+/// A breaker's metric handles: its state, and its transitions by the state entered.
+pub(crate) struct BreakerHandles {
+    pub(crate) state: Gauge,
+    /// Entered open, half-open and closed, in this order.
+    pub(crate) entered: [Counter; 3],
 }
 
 struct Inner {
@@ -292,16 +296,16 @@ enum Phase {
 }
 
 impl CircuitBreaker {
-    /// The breaker of `handler`, on `topic` (its main topic) in `group`.
-    pub(crate) fn new(settings: Breaker, handler: &'static str, topic: &str, group: &'static str) -> Self {
-        let labels = [("topic", topic.to_owned()), ("group", group.to_owned())];
-        let transitions = |to: &'static str| {
-            let mut labels = labels.to_vec();
-            labels.push(("to", to.to_owned()));
-            ::metrics::counter!(crate::metrics::BREAKER_TRANSITIONS, &labels)
-        };
-        let gauge = ::metrics::gauge!(crate::metrics::BREAKER_STATE, &labels);
-        gauge.set(0.0);
+    /// The breaker of `handler`, on `topic` (its main topic) in `group`, reporting to `handles`
+    /// (made by `metrics::breaker_handles`, which owns the series' names).
+    pub(crate) fn new(
+        settings: Breaker,
+        handler: &'static str,
+        topic: &str,
+        group: &'static str,
+        handles: BreakerHandles,
+    ) -> Self {
+        handles.state.set(0.0);
         CircuitBreaker {
             settings,
             state: AtomicU8::new(0),
@@ -314,10 +318,7 @@ impl CircuitBreaker {
             topic: topic.to_owned(),
             group,
             transitions: Default::default(),
-            gauge,
-            opened: transitions("open"),
-            half_opened: transitions("half-open"),
-            closed: transitions("closed"),
+            handles,
         }
     }
 
@@ -397,10 +398,10 @@ impl CircuitBreaker {
 
     /// Moves to `phase`: the state others read, the metrics, one log line.
     fn enter(&self, inner: &mut Inner, phase: Phase) {
-        let (state, counter) = match phase {
-            Phase::Closed => (BreakerState::Closed, &self.closed),
-            Phase::Open { .. } => (BreakerState::Open, &self.opened),
-            Phase::HalfOpen { .. } => (BreakerState::HalfOpen, &self.half_opened),
+        let state = match phase {
+            Phase::Closed => BreakerState::Closed,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
         };
         let (handler, topic, group) = (self.handler, &self.topic, self.group);
         match phase {
@@ -416,13 +417,13 @@ impl CircuitBreaker {
         }
         inner.phase = phase;
         self.state.store(state as u8, Ordering::Relaxed);
-        self.gauge.set(state as u8 as f64);
-        counter.increment(1);
+        self.handles.state.set(state as u8 as f64);
         let index = match state {
             BreakerState::Open => 0,
             BreakerState::HalfOpen => 1,
             BreakerState::Closed => 2,
         };
+        self.handles.entered[index].increment(1);
         self.transitions[index].fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -518,7 +519,11 @@ mod tests {
 
     fn breaker(window_attempts: u32, window_ms: u64) -> CircuitBreaker {
         let settings = Breaker::declared(50, window_attempts, window_ms, 4, 1_000, 4_000, 1);
-        CircuitBreaker::new(settings, "tests::charge", "orders", "billing")
+        let handles = BreakerHandles {
+            state: Gauge::noop(),
+            entered: [Counter::noop(), Counter::noop(), Counter::noop()],
+        };
+        CircuitBreaker::new(settings, "tests::charge", "orders", "billing", handles)
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ use std::time::Instant;
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::Notify;
 
+use crate::breaker::BreakerHandles;
 use crate::clock::now_ms;
 use crate::failure::ErrorKind;
 use crate::health::ConsumerHealth;
@@ -122,6 +123,20 @@ pub(crate) fn describe() {
         "A handler's circuit breaker: 0 closed, 1 open, 2 half-open"
     );
     describe_counter!(BREAKER_TRANSITIONS, "A handler's circuit breaker's transitions");
+}
+
+/// The metric handles of a handler's circuit breaker, on its main topic in `group`.
+pub(crate) fn breaker_handles(main_topic: &str, group: &str) -> BreakerHandles {
+    let labels = [("topic", main_topic.to_owned()), ("group", group.to_owned())];
+    let entered = |to: &'static str| {
+        let mut labels = labels.to_vec();
+        labels.push(("to", to.to_owned()));
+        ::metrics::counter!(BREAKER_TRANSITIONS, &labels)
+    };
+    BreakerHandles {
+        state: ::metrics::gauge!(BREAKER_STATE, &labels),
+        entered: [entered("open"), entered("half-open"), entered("closed")],
+    }
 }
 
 /// One level's handles and health, and its handler's [`Counters`] (what `App::stats` shows),

@@ -69,11 +69,13 @@ impl<B: Backend> App<B> {
             let rate = spec.rate().map(|rate| Arc::new(AttemptRate::new(rate)));
             // One breaker too: an outage is the handler's dependency's, not one level's.
             let breaker = breaker.map(|settings| {
+                let handles = crate::metrics::breaker_handles(&main_topic, spec.group());
                 let breaker = Arc::new(CircuitBreaker::new(
                     settings,
                     spec.name(),
                     &main_topic,
                     spec.group(),
+                    handles,
                 ));
                 counters.watch(breaker.clone());
                 for consumer in health.iter() {
