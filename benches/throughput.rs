@@ -32,6 +32,7 @@ use redis::Value;
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::redis::Redis;
 use retry_kafka::backend::{Publish as _, Topic, TopicAdmin as _, TopicRole};
+use retry_kafka::handler::Breaker;
 use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
 use retry_kafka_suite::{process_cpu_time, raw_consumer_config, BenchKafka, BenchRedis};
@@ -147,18 +148,23 @@ fn raw_round(bootstrap: &str, group: &str, read_headers: bool) -> Rate {
 /// retry-kafka: one registered handler, run by the app until it has handled every message.
 /// `fresh`: nothing committed for its group yet (the mock cluster's first round; the mock
 /// refuses a commit from outside the group).
-async fn retry_kafka_round(kafka: &Kafka, fresh: bool) -> Rate {
+/// `breaker`: the handler behind a circuit breaker (set in code; closed all along).
+async fn retry_kafka_round(kafka: &Kafka, fresh: bool, breaker: bool) -> Rate {
     if !fresh {
         reset_group(kafka.brokers(), "bench-rk");
     }
-    app_round(kafka.clone()).await
+    app_round(kafka.clone(), breaker).await
 }
 
 /// Runs the registered handler on `backend` until it has handled every message; its rate.
-async fn app_round<B: retry_kafka::backend::Backend>(backend: B) -> Rate {
+async fn app_round<B: retry_kafka::backend::Backend>(backend: B, breaker: bool) -> Rate {
     HANDLED.store(0, Ordering::SeqCst);
     *FIRST.lock().unwrap() = None;
-    let app = App::builder().backend(backend).build().unwrap();
+    let mut app = App::builder().backend(backend);
+    if breaker {
+        app = app.breaker("charge", Breaker::default());
+    }
+    let app = app.build().unwrap();
     let running = app.start().await.unwrap();
     while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -310,14 +316,19 @@ async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> Rate {
             .await
             .unwrap();
     }
-    app_round(redis.clone()).await
+    app_round(redis.clone(), false).await
 }
 
 /// Prints one round of both sides.
 fn print_round(backend: &str, round: u64, raw_name: &str, raw: Rate, ours: Rate) {
+    print_pair(backend, round, (raw_name, raw), ("retry-kafka", ours));
+}
+
+/// One round's two sides, each with its name.
+fn print_pair(backend: &str, round: u64, (left_name, left): (&str, Rate), (right_name, right): (&str, Rate)) {
     println!(
-        "{backend} round {round}: {raw_name:<20} {:>9.0} msg/s {:>5.2} CPU-µs/msg | retry-kafka {:>9.0} msg/s {:>5.2} CPU-µs/msg",
-        raw.per_second, raw.cpu_us, ours.per_second, ours.cpu_us
+        "{backend} round {round}: {left_name:<20} {:>9.0} msg/s {:>5.2} CPU-µs/msg | {right_name} {:>9.0} msg/s {:>5.2} CPU-µs/msg",
+        left.per_second, left.cpu_us, right.per_second, right.cpu_us
     );
 }
 
@@ -369,7 +380,7 @@ async fn kafka_rounds() {
         *MESSAGES, broker.description, broker.bootstrap
     );
 
-    let (mut raw, mut raw_headers, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut raw_headers, mut ours, mut guarded) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
         let raw_side = |read_headers: bool| {
             let bootstrap = broker.bootstrap.clone();
@@ -378,15 +389,37 @@ async fn kafka_rounds() {
         };
         let raw_rate = raw_side(false).await.unwrap();
         let raw_headers_rate = raw_side(true).await.unwrap();
-        let our_rate = retry_kafka_round(&kafka, broker.is_embedded() && round == 0).await;
+        // With and without a breaker, alternating which goes first.
+        let fresh = broker.is_embedded() && round == 0;
+        let (our_rate, guarded_rate) = if round % 2 == 0 {
+            let ours = retry_kafka_round(&kafka, fresh, false).await;
+            (ours, retry_kafka_round(&kafka, false, true).await)
+        } else {
+            let guarded = retry_kafka_round(&kafka, fresh, true).await;
+            (retry_kafka_round(&kafka, false, false).await, guarded)
+        };
         print_round("kafka", round, "raw rdkafka loop", raw_rate, our_rate);
         print_round("kafka", round, "raw loop + headers()", raw_headers_rate, our_rate);
+        print_pair(
+            "kafka",
+            round,
+            ("retry-kafka", our_rate),
+            ("with a breaker", guarded_rate),
+        );
         raw.push(raw_rate);
         raw_headers.push(raw_headers_rate);
         ours.push(our_rate);
+        guarded.push(guarded_rate);
     }
     print_medians("kafka", &raw, &ours);
     print_medians("kafka, the raw loop reading headers", &raw_headers, &ours);
+    // "raw" is retry-kafka without a breaker here, "retry-kafka" the same handler behind one
+    // (closed all along): the CPU-µs ratio is the breaker's cost per message.
+    print_medians(
+        "kafka, a breaker's cost: \"raw\" = without, \"retry-kafka\" = with",
+        &ours,
+        &guarded,
+    );
 }
 
 async fn redis_rounds() {
