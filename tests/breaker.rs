@@ -155,7 +155,11 @@ async fn an_outage_waits_behind_an_open_breaker_instead_of_filling_the_dead_lett
     let stats = app.stats();
     let stats = stats.handler("guarded").unwrap();
     assert_eq!(
-        (stats.breaker_opened, stats.breaker_half_opened, stats.breaker_closed),
+        (
+            stats.breaker_opened,
+            stats.breaker_half_opened,
+            stats.breaker_closed
+        ),
         (3, 3, 1),
         "opened, two failed probes, the third closed it"
     );
