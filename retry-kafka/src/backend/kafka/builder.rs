@@ -104,7 +104,9 @@ impl KafkaBuilder {
 
     /// Work at risk, in records: acknowledged records of one partition waiting for their
     /// commit past which the consumer's level starts no attempt (default 10,000; at least 1),
-    /// as [`at_risk_limit`](Self::at_risk_limit) does in time.
+    /// as [`at_risk_limit`](Self::at_risk_limit) does in time. Counted once they have waited
+    /// as long as a commit that got through takes to be reported (two commit intervals and
+    /// 500 ms): at full speed more than that are settled between two reports.
     ///
     /// ```
     /// use retry_kafka::backend::kafka::Kafka;

@@ -5,31 +5,43 @@
 //! through. Attempts under way finish and are acknowledged meanwhile; the consumer stays in
 //! its group (it stops fetching, and the backend pauses its partitions).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::backend::Consumer;
+use crate::health::ConsumerHealth;
 
 /// How often a stopped level asks its consumer again: the consumer's own check runs about as
 /// often (Kafka's poll thread, every round).
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// One level's view of its consumer's commits: read once per round of the loop (a load).
-#[derive(Default)]
 pub(super) struct CommitWatch {
     /// The level starts no attempt: its consumer's commits are behind.
     stopped: bool,
     /// Since when, for the line that says it resumed.
     since: Option<Instant>,
+    /// Where `/healthz` reads it (`commits_behind`).
+    health: Arc<ConsumerHealth>,
 }
 
 impl CommitWatch {
+    pub(super) fn new(health: Arc<ConsumerHealth>) -> Self {
+        Self {
+            stopped: false,
+            since: None,
+            health,
+        }
+    }
+
     /// Asks the consumer, and logs when the answer changes. Returns whether attempts may start.
     pub(super) fn refresh<C: Consumer>(&mut self, consumer: &C, topic: &str, group: &str) -> bool {
         let behind = consumer.commits_behind();
         if behind != self.stopped {
             self.stopped = behind;
+            self.health.commits_behind(behind);
             if behind {
                 self.since = Some(Instant::now());
                 tracing::warn!(
@@ -64,7 +76,6 @@ impl CommitWatch {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     use super::*;
     use crate::backend::{Fetched, HandOff, OutboundRecord, Position, Topic};
@@ -97,18 +108,22 @@ mod tests {
     async fn a_level_stops_while_its_commits_are_behind_and_looks_again_until_they_get_through() {
         let flag = Arc::new(AtomicBool::new(false));
         let consumer = Behind(flag.clone());
-        let mut watch = CommitWatch::default();
+        let health = ConsumerHealth::new("app::charge", "orders", "billing", 0);
+        let mut watch = CommitWatch::new(health.clone());
+        let said = || health.report().commits_behind;
         assert!(watch.refresh(&consumer, "orders", "billing"));
         assert_eq!(watch.recheck_at(), None, "a running level is woken by its work");
 
         flag.store(true, Ordering::Relaxed);
         assert!(!watch.refresh(&consumer, "orders", "billing"));
         assert!(watch.stopped());
+        assert!(said(), "health says so");
         assert_eq!(watch.recheck_at(), Some(Instant::now() + RECHECK));
 
         flag.store(false, Ordering::Relaxed);
         assert!(watch.refresh(&consumer, "orders", "billing"));
         assert!(!watch.stopped());
+        assert!(!said());
         assert_eq!(watch.recheck_at(), None);
     }
 }

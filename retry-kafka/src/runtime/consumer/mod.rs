@@ -109,7 +109,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             hand_offs: HandOffs::new(level.hand_off_window),
             targets: Targets::of(&level.topology),
             gate: RateGate::new(level.rate.clone(), level.breaker.clone()),
-            commits: CommitWatch::default(),
+            commits: CommitWatch::new(level.metrics.health.clone()),
             level,
             consumer,
             partitions: Partitions::default(),

@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::settle::RiskBound;
 use crate::config::vars;
 use crate::error::ConfigError;
 
@@ -55,11 +56,16 @@ impl CommitPolicy {
     /// Below it, a commit merely on its way would stop attempts.
     const MIN_AT_RISK_LIMIT: Duration = Duration::from_millis(100);
 
-    /// How old the oldest uncommitted acknowledgement may grow: the setting, and never less
-    /// than two commit intervals (a commit is started every interval, and takes a round trip)
-    /// and the statistics' interval that reports it.
-    pub(crate) fn at_risk_age(&self) -> Duration {
-        self.at_risk_limit.max(2 * self.interval + STATS_INTERVAL)
+    /// When settled records waiting for their commit are at risk: the settings, and never
+    /// before a commit that got through could have been reported (two commit intervals: one
+    /// is started every interval, and takes a round trip; and the statistics' interval).
+    pub(crate) fn risk_bound(&self) -> RiskBound {
+        let report_lag = 2 * self.interval + STATS_INTERVAL;
+        RiskBound {
+            age: self.at_risk_limit.max(report_lag),
+            records: self.at_risk_records,
+            report_lag,
+        }
     }
 
     /// Fails naming the setting's variable when a value is out of range.
@@ -267,7 +273,14 @@ mod tests {
             ..policy()
         };
         assert!(slow.check().is_ok());
-        assert_eq!(slow.at_risk_age(), Duration::from_millis(20_500));
-        assert_eq!(policy().at_risk_age(), Duration::from_secs(5));
+        assert_eq!(slow.risk_bound().age, Duration::from_millis(20_500));
+        assert_eq!(
+            policy().risk_bound(),
+            RiskBound {
+                age: Duration::from_secs(5),
+                records: 10_000,
+                report_lag: Duration::from_millis(700),
+            }
+        );
     }
 }

@@ -318,11 +318,8 @@ impl PollThread {
     /// Says whether settled work waits past its bound for a commit, and logs when that changes.
     fn watch_commits(&self, consumer: &RawConsumer) {
         let context = consumer.context();
-        let policy = self.commits.policy();
-        let at_risk =
-            context
-                .settlement()
-                .at_risk(Instant::now(), policy.at_risk_age(), policy.at_risk_records);
+        let bound = self.commits.policy().risk_bound();
+        let at_risk = context.settlement().at_risk(Instant::now(), bound);
         let was = context.commits_behind.swap(at_risk.is_some(), Ordering::Relaxed);
         match at_risk {
             Some(risk) if !was => tracing::debug!(topic = %self.topic, partition = risk.partition,

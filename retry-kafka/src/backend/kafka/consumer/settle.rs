@@ -37,6 +37,19 @@ struct Progress {
     waiting_since: Option<Instant>,
 }
 
+/// When settled records waiting for their commit are at risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RiskBound {
+    /// The oldest has waited this long...
+    pub(crate) age: Duration,
+    /// ...or this many wait on one partition, and have waited `report_lag`: at full speed
+    /// more are settled between two reports of the committed offsets than the bound, so a
+    /// count alone would stop a consumer whose commits all get through.
+    pub(crate) records: u64,
+    /// The longest a commit that got through may take to be reported.
+    pub(crate) report_lag: Duration,
+}
+
 /// A partition whose settled records have waited past a bound for their commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AtRisk {
@@ -212,14 +225,15 @@ impl Settlement {
         }
     }
 
-    /// The first partition whose settled records have waited for their commit longer than
-    /// `age`, or number `records` or more.
-    pub(super) fn at_risk(&self, now: Instant, age: Duration, records: u64) -> Option<AtRisk> {
+    /// The first partition whose settled records waiting for their commit are past `bound`.
+    pub(super) fn at_risk(&self, now: Instant, bound: RiskBound) -> Option<AtRisk> {
         self.partitions.iter().find_map(|(partition, progress)| {
             let waited = progress
                 .waiting_since
                 .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
-            (waited >= age || progress.uncommitted >= records).then_some(AtRisk {
+            let past =
+                waited >= bound.age || (progress.uncommitted >= bound.records && waited >= bound.report_lag);
+            past.then_some(AtRisk {
                 partition,
                 waited,
                 records: progress.uncommitted,
@@ -248,7 +262,7 @@ mod tests {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::BaseConsumer;
 
-    use super::{Settlement, REVOKE_DRAIN};
+    use super::{RiskBound, Settlement, REVOKE_DRAIN};
     use crate::backend::kafka::consumer::commits::AckRequest;
     use crate::backend::kafka::consumer::Acks;
 
@@ -293,52 +307,55 @@ mod tests {
         let client = client();
         let (tx, rx) = std_mpsc::channel();
         let mut settlement = Settlement::new(rx);
-        let (age, records) = (Duration::from_secs(5), 100);
+        let age = Duration::from_secs(5);
+        let bound = RiskBound {
+            age,
+            records: 100,
+            report_lag: Duration::from_millis(700),
+        };
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
         settlement.assigned(0, 1);
         settlement.assigned(1, 1);
-        assert_eq!(
-            settlement.at_risk(at(60_000), age, records),
-            None,
-            "nothing settled"
-        );
+        assert_eq!(settlement.at_risk(at(60_000), bound), None, "nothing settled");
         // Partition 0 settles through offset 9, committed through it: nothing waits.
         tx.send(acks(&[(0, 1, 9)])).unwrap();
         settlement.store(&client, "t");
         settlement.committed(0, 10, Instant::now());
-        assert_eq!(settlement.at_risk(Instant::now() + 2 * age, age, records), None);
+        assert_eq!(settlement.at_risk(Instant::now() + 2 * age, bound), None);
         // Then 50 more, never committed (the broker is gone): at risk once the age is reached.
         tx.send(acks(&[(0, 1, 59)])).unwrap();
         settlement.store(&client, "t");
         let stored = Instant::now();
-        assert_eq!(settlement.at_risk(stored, age, records), None);
-        let risk = settlement
-            .at_risk(stored + age, age, records)
-            .expect("past the age");
+        assert_eq!(settlement.at_risk(stored, bound), None);
+        let risk = settlement.at_risk(stored + age, bound).expect("past the age");
         assert_eq!((risk.partition, risk.records), (0, 50));
         // A commit through 30 leaves 30 behind, younger than the report.
         settlement.committed(0, 30, stored + age);
-        assert_eq!(settlement.at_risk(stored + age, age, records), None);
-        assert!(settlement.at_risk(stored + 2 * age, age, records).is_some());
+        assert_eq!(settlement.at_risk(stored + age, bound), None);
+        assert!(settlement.at_risk(stored + 2 * age, bound).is_some());
         // Reported again unmoved (the broker is gone): the clock goes on.
         settlement.committed(0, 30, stored + 2 * age);
-        assert!(settlement.at_risk(stored + 2 * age, age, records).is_some());
+        assert!(settlement.at_risk(stored + 2 * age, bound).is_some());
         // A commit through everything: nothing waits, however long after.
         settlement.committed(0, 60, stored + age);
-        assert_eq!(settlement.at_risk(stored + 10 * age, age, records), None);
-        // Partition 1: past the count at once.
+        assert_eq!(settlement.at_risk(stored + 10 * age, bound), None);
+        // Partition 1: past the count once a report could have said they were committed.
         tx.send(acks(&[(1, 1, 0)])).unwrap();
         settlement.store(&client, "t");
         tx.send(acks(&[(1, 1, 100)])).unwrap();
         settlement.store(&client, "t");
-        let risk = settlement
-            .at_risk(Instant::now(), age, records)
-            .expect("past the count");
+        assert_eq!(
+            settlement.at_risk(Instant::now(), bound),
+            None,
+            "not reported yet"
+        );
+        let later = Instant::now() + bound.report_lag;
+        let risk = settlement.at_risk(later, bound).expect("past the count");
         assert_eq!((risk.partition, risk.records), (1, 100));
         // Revoked: its records are the next owner's.
         settlement.revoked(1);
-        assert_eq!(settlement.at_risk(Instant::now(), age, records), None);
+        assert_eq!(settlement.at_risk(later, bound), None);
     }
 
     #[test]
