@@ -1,6 +1,7 @@
 //! Kafka behaviour that needs real processes and the real broker (Apache Kafka 4.4.0): workers
 //! killed with SIGKILL lose nothing (and repeat what the commit interval bounds), the broker
-//! killed with SIGKILL mid-run and started again on its data loses nothing, two workers share a
+//! killed with SIGKILL mid-run and started again on its data loses nothing (and repeats what the
+//! bound on work at risk allows), two workers share a
 //! group and one finishes what the other left, a foreign client's garbage is dead-lettered byte
 //! for byte, and neither a long handler nor a long retry delay makes a consumer leave its group.
 //!
@@ -74,6 +75,9 @@ async fn a_worker_killed_mid_run_and_restarted_loses_nothing() {
 const OUTAGE_ORDERS: u64 = 20_000;
 const OUTAGE_AFTER: Duration = Duration::from_millis(1500);
 const OUTAGE: Duration = Duration::from_secs(20);
+/// The workers' bound on work at risk in the outage test (`KAFKA_AT_RISK_MS`; default 5 s):
+/// shorter, so the run shows the bound apart from the work librdkafka fetched before the kill.
+const AT_RISK: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_killed_mid_run_and_restarted_on_its_data_loses_nothing() {
@@ -92,14 +96,34 @@ async fn the_broker_killed_mid_run_and_restarted_on_its_data_loses_nothing() {
     let mut env = worker_env(&harness);
     // ~1 ms an attempt: ~20 s of work, so the outage lands early in it.
     env.push(("WORKER_HANDLER_MS", "1".into()));
+    env.push(("KAFKA_AT_RISK_MS", AT_RISK.as_millis().to_string()));
     let worker = Worker::spawn("outage", &env);
     worker.wait_for_attempts(1, "the worker did not get going").await;
+    let (paced_from, pace_start) = (worker.attempts().len(), Instant::now());
     tokio::time::sleep(OUTAGE_AFTER).await;
     let broker = harness.broker.as_mut().expect("a broker of the test's own");
     tokio::task::block_in_place(|| broker.kill());
     let done_at_kill = worker.attempts().len();
-    tokio::time::sleep(OUTAGE).await;
+    let pace = (done_at_kill - paced_from) as f64 / pace_start.elapsed().as_secs_f64();
+    // What the outage repeats: the successes acknowledged since the last commit that got
+    // through (up to two commit intervals before the kill) until the worker stops starting
+    // attempts, `AT_RISK` later, at the worker's pace. 300 ms for the poll thread's and the
+    // loop's rounds, half as much again for a pace that picks up after the start (a debug
+    // build on 2 cores), and the attempts in flight. With the stop disabled
+    // (`KAFKA_AT_RISK_MS=3600000`) the worker ran until its assignment was lost, 6 s in, and
+    // this failed: 2,279 repeats, bound 1,791 (4,522 before a lost assignment's batches were
+    // dropped).
+    let max_repeats =
+        (1.5 * pace * (AT_RISK + 2 * COMMIT_INTERVAL + Duration::from_millis(300)).as_secs_f64()) as usize
+            + 10;
+    // Attempts by second of the outage: they stop `AT_RISK` after the last commit.
+    let mut by_second = Vec::new();
+    for _ in 0..OUTAGE.as_secs() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        by_second.push(worker.attempts().len() - done_at_kill);
+    }
     let done_in_outage = worker.attempts().len() - done_at_kill;
+    eprintln!("attempts since the kill, by second: {by_second:?}");
     tokio::task::block_in_place(|| broker.start_again());
 
     let (dead, repeats) = process_support::wait_until_done(&harness, &[&worker], OUTAGE_ORDERS).await;
@@ -109,13 +133,14 @@ async fn the_broker_killed_mid_run_and_restarted_on_its_data_loses_nothing() {
         "exactly the invalid orders are dead-lettered"
     );
     eprintln!(
-        "broker SIGKILLed after {done_at_kill} attempts, started again on its data {} s later ({done_in_outage} \
-         attempts meanwhile): all {OUTAGE_ORDERS} orders done, {repeats} successful attempts were repeats, {} dead \
-         letters for {} invalid orders",
+        "broker SIGKILLed after {done_at_kill} attempts ({pace:.0}/s), started again on its data {} s later \
+         ({done_in_outage} attempts meanwhile): all {OUTAGE_ORDERS} orders done, {repeats} successful attempts \
+         were repeats (bound {max_repeats}), {} dead letters for {} invalid orders",
         OUTAGE.as_secs(),
         harness.records(process_support::DLQ).await.len(),
         dead.len()
     );
+    assert!(repeats <= max_repeats, "{repeats} repeats, bound {max_repeats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

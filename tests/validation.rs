@@ -178,7 +178,7 @@ async fn run_without_a_backend_fails_naming_the_setting() {
 }
 
 #[tokio::test]
-async fn kafka_commit_settings_out_of_range_are_refused_naming_their_variable() {
+async fn kafka_commit_and_at_risk_settings_out_of_range_are_refused_naming_their_variable() {
     use retry_kafka::backend::kafka::Kafka;
     use retry_kafka::settings::{BackendChoice, Settings};
     use std::time::Duration;
@@ -192,6 +192,14 @@ async fn kafka_commit_settings_out_of_range_are_refused_naming_their_variable() 
     assert_eq!(
         message(Kafka::builder("127.0.0.1:9092").commit_records(0)),
         "invalid KAFKA_COMMIT_RECORDS: 0 records: give at least 1"
+    );
+    assert_eq!(
+        message(Kafka::builder("127.0.0.1:9092").at_risk_limit(Duration::from_millis(50))),
+        "invalid KAFKA_AT_RISK_MS: 50 ms is out of range: give 100 to 3600000 ms"
+    );
+    assert_eq!(
+        message(Kafka::builder("127.0.0.1:9092").at_risk_records(0)),
+        "invalid KAFKA_AT_RISK_RECORDS: 0 records: give at least 1"
     );
     // From the environment's variables, as run() reads them: refused before any I/O.
     let settings = Settings::from_vars([
@@ -210,5 +218,15 @@ async fn kafka_commit_settings_out_of_range_are_refused_naming_their_variable() 
     assert_eq!(
         error,
         "invalid KAFKA_COMMIT_INTERVAL_MS: 120000 ms is out of range: give 1 to 60000 ms"
+    );
+    let settings = Settings::from_vars([
+        ("KAFKA_BROKERS", "127.0.0.1:9092"),
+        ("KAFKA_AT_RISK_MS", "7200000"),
+    ])
+    .unwrap();
+    let error = settings.with_backend(Nothing).await.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "invalid KAFKA_AT_RISK_MS: 7200000 ms is out of range: give 100 to 3600000 ms"
     );
 }

@@ -668,7 +668,12 @@ mod tests {
         assert!(timed.conclude(Outcome::Failed), "4 of 4 in the window failed");
         // A count window: the successes come before the failure that follows them.
         let counted = breaker(4, 0);
-        for outcome in [Outcome::Failed, Outcome::Failed, Outcome::Succeeded, Outcome::Succeeded] {
+        for outcome in [
+            Outcome::Failed,
+            Outcome::Failed,
+            Outcome::Succeeded,
+            Outcome::Succeeded,
+        ] {
             assert!(!counted.conclude(outcome));
         }
         assert!(!counted.conclude(Outcome::Succeeded));
@@ -680,7 +685,10 @@ mod tests {
             busy.conclude(Outcome::Succeeded);
         }
         assert_eq!(busy.pending.load(Ordering::Relaxed), 0);
-        assert_eq!(busy.inner().window.counts(Instant::now()), (PENDING_SUCCESSES * 2, 0));
+        assert_eq!(
+            busy.inner().window.counts(Instant::now()),
+            (PENDING_SUCCESSES * 2, 0)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::breaker::{BreakerState, CircuitBreaker};
@@ -142,7 +142,8 @@ impl HealthReport {
     /// The report as JSON, as `/healthz` and `/readyz` answer it: `ready`, `live`,
     /// `shutting_down`, `reasons` (why not ready), `open_breakers` (the handlers whose
     /// breaker is open or half-open) and `consumers` (each with `handler`, `topic`, `group`,
-    /// `level`, `state`, `error` when failed, `assigned`, `held`, `last_poll_ms`, `breaker`).
+    /// `level`, `state`, `error` when failed, `assigned`, `held`, `last_poll_ms`, `breaker`,
+    /// `commits_behind`).
     ///
     /// ```
     /// # fn show(report: retry_kafka::app::HealthReport) {
@@ -169,6 +170,7 @@ impl HealthReport {
                     "held": c.held,
                     "last_poll_ms": c.last_poll_ms,
                     "breaker": c.breaker.map(|b| b.as_str()),
+                    "commits_behind": c.commits_behind,
                 })
             })
             .collect();
@@ -209,6 +211,11 @@ pub struct ConsumerReport {
     /// `None` without one. An open breaker leaves the app ready and live: restarting or
     /// unrouting the consumer does not bring its dependency back.
     pub breaker: Option<BreakerState>,
+    /// It starts no attempt because the work it settled waits past its bound for a commit
+    /// (Kafka, the broker gone: `KAFKA_AT_RISK_MS`); it goes on once commits get through. Like
+    /// an open breaker, it leaves the app ready and live: a restart would not bring the broker
+    /// back, and would run that work again.
+    pub commits_behind: bool,
 }
 
 impl fmt::Display for ConsumerReport {
@@ -261,6 +268,8 @@ pub(crate) struct ConsumerHealth {
     last_poll_ms: AtomicI64,
     /// The handler's breaker, once the app started it.
     breaker: OnceLock<Arc<CircuitBreaker>>,
+    /// The consumer loop starts no attempt: its consumer's commits are behind.
+    commits_behind: AtomicBool,
 }
 
 struct State {
@@ -283,7 +292,13 @@ impl ConsumerHealth {
             }),
             last_poll_ms: AtomicI64::new(0),
             breaker: OnceLock::new(),
+            commits_behind: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the consumer loop starts no attempt because its commits are behind.
+    pub(crate) fn commits_behind(&self, behind: bool) {
+        self.commits_behind.store(behind, Relaxed);
     }
 
     /// Reports `breaker`'s state from now on.
@@ -342,7 +357,7 @@ impl ConsumerHealth {
         counts
     }
 
-    fn report(&self) -> ConsumerReport {
+    pub(crate) fn report(&self) -> ConsumerReport {
         let state = self.lock();
         let last_poll_ms = self.last_poll_ms.load(Relaxed);
         ConsumerReport {
@@ -355,6 +370,7 @@ impl ConsumerHealth {
             held: state.held.iter().copied().collect(),
             last_poll_ms: (last_poll_ms != 0).then_some(last_poll_ms),
             breaker: self.breaker.get().map(|breaker| breaker.state()),
+            commits_behind: self.commits_behind.load(Relaxed),
         }
     }
 }
@@ -406,6 +422,7 @@ mod tests {
                 held: vec![],
                 last_poll_ms: Some(1_000),
                 breaker: None,
+                commits_behind: false,
             }
         );
         assert_eq!(report.consumers[0].last_poll_ms, None);
@@ -423,7 +440,7 @@ mod tests {
         assert_eq!(report.not_ready_reasons(), vec!["shutting down"]);
         assert_eq!(
             report.to_json(),
-            r#"{"consumers":[{"assigned":[],"breaker":null,"error":null,"group":"billing","handler":"app::charge","held":[],"last_poll_ms":null,"level":0,"state":"running","topic":"orders"}],"live":true,"open_breakers":[],"ready":false,"reasons":["shutting down"],"shutting_down":true}"#
+            r#"{"consumers":[{"assigned":[],"breaker":null,"commits_behind":false,"error":null,"group":"billing","handler":"app::charge","held":[],"last_poll_ms":null,"level":0,"state":"running","topic":"orders"}],"live":true,"open_breakers":[],"ready":false,"reasons":["shutting down"],"shutting_down":true}"#
         );
     }
 }

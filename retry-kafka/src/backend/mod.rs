@@ -320,6 +320,30 @@ pub trait Consumer: Send + 'static {
 
     /// Commits what was acknowledged and leaves the group.
     fn close(self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Whether work this member acknowledged has waited too long for its commit (the broker or
+    /// its group coordinator is gone, say): everything run since would run again after a
+    /// restart, so the runtime starts no attempt while it is, and goes on once commits get
+    /// through. Read once per round of the consumer loop: a load, not a call to the broker.
+    ///
+    /// A backend that commits as it acknowledges (in-process, Redis, PostgreSQL) never is: the
+    /// default. Kafka commits asynchronously and says so past its bounds
+    /// (`KafkaBuilder::at_risk_limit`, `KafkaBuilder::at_risk_records`).
+    ///
+    /// ```
+    /// use retry_kafka::backend::{memory::InMemory, Backend, Consumer, Subscription, Topic};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
+    /// let broker = InMemory::new();
+    /// let subscription = Subscription { topic: Topic::main("orders"), group: "billing".into() };
+    /// let consumer = broker.subscribe(subscription).await?;
+    /// assert!(!consumer.commits_behind());
+    /// # Ok(()) }
+    /// ```
+    fn commits_behind(&self) -> bool {
+        false
+    }
 }
 
 /// Topics: how many partitions they have and creating them. Transports and retry stores alike.

@@ -127,6 +127,14 @@ impl<M: Backend, R: RetryStore> Consumer for TieredConsumer<M, R> {
         }
     }
 
+    /// Whichever consumer reads the level says.
+    fn commits_behind(&self) -> bool {
+        match self {
+            TieredConsumer::Main { consumer, .. } => consumer.commits_behind(),
+            TieredConsumer::Retry(c) => c.commits_behind(),
+        }
+    }
+
     async fn close(self) -> Result<(), BackendError> {
         match self {
             TieredConsumer::Main { consumer, .. } => consumer.close().await,

@@ -75,7 +75,8 @@ impl Settings {
 
 impl KafkaSettings {
     /// `KAFKA_BROKERS`, `KAFKA_RETRY_BROKERS` and the `KAFKA_CLIENT_*`, `KAFKA_CONSUMER_*`
-    /// and `KAFKA_PRODUCER_*` properties and the `KAFKA_COMMIT_*` options of the environment.
+    /// and `KAFKA_PRODUCER_*` properties and the `KAFKA_COMMIT_*` and `KAFKA_AT_RISK_*` options
+    /// of the environment.
     #[cfg(feature = "kafka")]
     pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(&Vars::process())
@@ -90,6 +91,8 @@ impl KafkaSettings {
             producer_properties: vars.properties(KAFKA_PRODUCER_PREFIX),
             commit_interval: vars.millis(KAFKA_COMMIT_INTERVAL_MS)?,
             commit_records: vars.number(KAFKA_COMMIT_RECORDS)?,
+            at_risk_limit: vars.millis(KAFKA_AT_RISK_MS)?,
+            at_risk_records: vars.number(KAFKA_AT_RISK_RECORDS)?,
         })
     }
 }
@@ -224,6 +227,8 @@ mod tests {
             ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "10000"),
             ("KAFKA_COMMIT_INTERVAL_MS", "50"),
             ("KAFKA_COMMIT_RECORDS", "500"),
+            ("KAFKA_AT_RISK_MS", "2000"),
+            ("KAFKA_AT_RISK_RECORDS", "4000"),
             ("POSTGRES_URL", "postgres://app@db/app"),
             ("POSTGRES_LEASE_MS", "60000"),
             ("RETRY_KAFKA_METRICS_ADDR", " 0.0.0.0:9090 "),
@@ -241,6 +246,8 @@ mod tests {
         );
         assert_eq!(settings.kafka.commit_interval, Some(Duration::from_millis(50)));
         assert_eq!(settings.kafka.commit_records, Some(500));
+        assert_eq!(settings.kafka.at_risk_limit, Some(Duration::from_secs(2)));
+        assert_eq!(settings.kafka.at_risk_records, Some(4000));
         assert_eq!(settings.postgres.url_variable, POSTGRES_URL);
         assert_eq!(settings.postgres.lease, Some(Duration::from_secs(60)));
         assert_eq!(settings.metrics_addr, Some(([0, 0, 0, 0], 9090).into()));

@@ -61,6 +61,10 @@ pub struct KafkaSettings {
     pub commit_interval: Option<Duration>,
     /// [`KAFKA_COMMIT_RECORDS`](vars::KAFKA_COMMIT_RECORDS).
     pub commit_records: Option<u64>,
+    /// [`KAFKA_AT_RISK_MS`](vars::KAFKA_AT_RISK_MS).
+    pub at_risk_limit: Option<Duration>,
+    /// [`KAFKA_AT_RISK_RECORDS`](vars::KAFKA_AT_RISK_RECORDS).
+    pub at_risk_records: Option<u64>,
 }
 
 /// Redis's settings ([`Redis::builder`](crate::backend::redis::Redis::builder) in code).
@@ -333,6 +337,8 @@ impl fmt::Debug for KafkaSettings {
             .field("producer_properties", &hidden(&self.producer_properties))
             .field("commit_interval", &self.commit_interval)
             .field("commit_records", &self.commit_records)
+            .field("at_risk_limit", &self.at_risk_limit)
+            .field("at_risk_records", &self.at_risk_records)
             .finish()
     }
 }

@@ -44,6 +44,13 @@ pub const KAFKA_COMMIT_INTERVAL_MS: &str = "KAFKA_COMMIT_INTERVAL_MS";
 /// Acknowledged records after which a consumer commits without waiting for the interval
 /// (default 1000).
 pub const KAFKA_COMMIT_RECORDS: &str = "KAFKA_COMMIT_RECORDS";
+/// Work at risk, in ms (default 5000; 100 to 3,600,000): when a consumer's oldest acknowledged
+/// but uncommitted record is older (the broker is gone, say), its level starts no attempt
+/// until commits get through again; what ran meanwhile would run again.
+pub const KAFKA_AT_RISK_MS: &str = "KAFKA_AT_RISK_MS";
+/// Work at risk, in records (default 10000; at least 1): acknowledged records of one partition
+/// waiting for their commit past which the level starts no attempt.
+pub const KAFKA_AT_RISK_RECORDS: &str = "KAFKA_AT_RISK_RECORDS";
 
 /// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`.
 pub const REDIS_URL: &str = "REDIS_URL";

@@ -132,6 +132,12 @@ fn kafka(settings: &KafkaSettings) -> Result<Kafka, ConfigError> {
     if let Some(records) = settings.commit_records {
         builder = builder.commit_records(records);
     }
+    if let Some(limit) = settings.at_risk_limit {
+        builder = builder.at_risk_limit(limit);
+    }
+    if let Some(records) = settings.at_risk_records {
+        builder = builder.at_risk_records(records);
+    }
     builder.build()
 }
 

@@ -84,8 +84,42 @@ impl KafkaBuilder {
         self
     }
 
+    /// Work at risk, in time: when a consumer's oldest acknowledged record still uncommitted
+    /// is older than this (default 5 s; 100 ms to 1 h; never less than two commit intervals),
+    /// its level starts no attempt until a commit gets through again. Commits fail while the
+    /// broker or the group's coordinator is gone, and everything run meanwhile would run again
+    /// after a restart; this bounds it. Acknowledgements, hand-offs under way and the group's
+    /// heartbeats go on meanwhile.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use retry_kafka::backend::kafka::Kafka;
+    ///
+    /// let builder = Kafka::builder("localhost:9092").at_risk_limit(Duration::from_secs(2));
+    /// ```
+    pub fn at_risk_limit(mut self, limit: Duration) -> Self {
+        self.commit_policy.at_risk_limit = limit;
+        self
+    }
+
+    /// Work at risk, in records: acknowledged records of one partition waiting for their
+    /// commit past which the consumer's level starts no attempt (default 10,000; at least 1),
+    /// as [`at_risk_limit`](Self::at_risk_limit) does in time. Counted once they have waited
+    /// as long as a commit that got through takes to be reported (two commit intervals and
+    /// 500 ms): at full speed more than that are settled between two reports.
+    ///
+    /// ```
+    /// use retry_kafka::backend::kafka::Kafka;
+    ///
+    /// let builder = Kafka::builder("localhost:9092").at_risk_records(50_000);
+    /// ```
+    pub fn at_risk_records(mut self, records: u64) -> Self {
+        self.commit_policy.at_risk_records = records;
+        self
+    }
+
     /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it, and
-    /// on a commit setting out of range, naming its variable.
+    /// on a commit or work-at-risk setting out of range, naming its variable.
     pub fn build(self) -> Result<Kafka, ConfigError> {
         self.commit_policy.check()?;
         let cluster = |brokers: &str| -> Result<Cluster, ConfigError> {

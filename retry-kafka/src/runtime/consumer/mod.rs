@@ -7,8 +7,10 @@
 //! - [`attempt`]: what every attempt shares, and the [`Attempts`] strategy, run by
 //!   [`one_record`] or [`batches`];
 //! - [`gate`]: the handler's `rate`;
+//! - [`at_risk`]: no attempt starts while the consumer's commits are behind;
 //! - [`outcome`]: what a failure becomes by the policy.
 
+mod at_risk;
 mod attempt;
 mod batches;
 mod gate;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+use self::at_risk::CommitWatch;
 use self::attempt::{Attempts, Done};
 use self::batches::Batches;
 use self::gate::RateGate;
@@ -94,6 +97,8 @@ struct LevelLoop<C, A> {
     /// Where hand-offs go, by role, named once.
     targets: Targets,
     gate: RateGate,
+    /// Whether the consumer's commits are behind: no attempt starts meanwhile.
+    commits: CommitWatch,
     /// Shutdown was requested: nothing new starts, what is under way finishes.
     stopping: bool,
 }
@@ -104,6 +109,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             hand_offs: HandOffs::new(level.hand_off_window),
             targets: Targets::of(&level.topology),
             gate: RateGate::new(level.rate.clone(), level.breaker.clone()),
+            commits: CommitWatch::new(level.metrics.health.clone()),
             level,
             consumer,
             partitions: Partitions::default(),
@@ -127,7 +133,10 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 tracing::debug!(topic = %self.level.topic, group = self.level.spec.group(),
                     in_flight = self.attempts.in_flight(), hand_offs = self.hand_offs.under_way(), "stopping");
             }
-            if !self.stopping && self.partitions.waiting() > 0 {
+            let startable = self
+                .commits
+                .refresh(&self.consumer, &self.level.topic, self.level.spec.group());
+            if !self.stopping && startable && self.partitions.waiting() > 0 {
                 self.start_waiting().await;
             }
             self.attempts.launch(&self.level, self.stopping, &self.partitions);
@@ -183,30 +192,39 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         consumer.close().await.map_err(Error::from)
     }
 
-    /// Whether to fetch: not stopping, room for another attempt and in the hand-off window,
-    /// and, under a rate limit, no records waiting for a token (those go first).
+    /// Whether to fetch: not stopping, commits not behind, room for another attempt and in the
+    /// hand-off window, and, under a rate limit, no records waiting for a token (those go
+    /// first).
     fn wants_fetch(&self) -> bool {
         let waiting_for_token = self.gate.throttled_until().is_some() && self.partitions.waiting() > 0;
-        !self.stopping && self.attempts.room() && self.hand_offs.has_room() && !waiting_for_token
+        !self.stopping
+            && !self.commits.stopped()
+            && self.attempts.room()
+            && self.hand_offs.has_room()
+            && !waiting_for_token
     }
 
-    /// When the loop must look again without being woken: the next try of a failed hand-off
-    /// and, when an attempt could start, the next waiting record's due time (not before the
-    /// next rate token).
+    /// When the loop must look again without being woken: the next try of a failed hand-off,
+    /// the next look at the commits while they are behind and, when an attempt could start,
+    /// the next waiting record's due time (not before the next rate token).
     fn next_wake(&self) -> Option<Instant> {
+        let recheck = self.commits.recheck_at();
         if self.partitions.waiting() == 0 && self.hand_offs.failed() == 0 {
-            return None;
+            return recheck;
         }
         // Due records matter only when one could start now; otherwise a head that is due
         // already would wake the loop again at once, round after round.
-        let can_start = !self.stopping && self.attempts.room();
+        let can_start = !self.stopping && !self.commits.stopped() && self.attempts.room();
         let due = if can_start {
             let startable = |index| !self.hand_offs.blocks(index);
             self.partitions.next_due(startable, self.gate.throttled_until())
         } else {
             None
         };
-        due.into_iter().chain(self.hand_offs.next_retry()).min()
+        due.into_iter()
+            .chain(self.hand_offs.next_retry())
+            .chain(recheck)
+            .min()
     }
 
     async fn fetched(&mut self, fetched: Result<Fetched, BackendError>) -> Result<(), Error> {
@@ -272,6 +290,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         let due = self.level.due_at(&record);
         let partition = record.partition;
         let ready = due.is_none_or(|due| due <= now_ms())
+            && !self.commits.stopped()
             && self.partitions.none_waiting(partition)
             && !self.hand_offs.blocks(partition as usize);
         if ready && self.gate.admit() {

@@ -1,11 +1,13 @@
 //! When the poll thread commits. The offsets the runtime settles are stored as they come and
 //! committed asynchronously every `interval`, or as soon as `records` records were settled,
 //! whichever comes first, so a consumer killed with SIGKILL repeats at most that much work
-//! (librdkafka's auto-commit does it every second). librdkafka reports nothing back for an
-//! asynchronous commit (rust-rdkafka sets no `offset_commit_cb`), so commits are not paced by
-//! their outcomes: at 500,000 records a second the count makes 500 small requests a second,
-//! each one list of stored offsets. A failed one is sent again by librdkafka's auto-commit,
-//! kept on as the backstop (`consumer::config`).
+//! (librdkafka's auto-commit does it every second). Commits are not paced by their outcomes:
+//! at 500,000 records a second the count makes 500 small requests a second, each one list of
+//! stored offsets. A failed one is sent again by librdkafka's auto-commit, kept on as the
+//! backstop (`consumer::config`). librdkafka's statistics (every `STATS_INTERVAL`) tell the
+//! poll thread what got through, whoever's commit it was: settled work that waits past
+//! `at_risk_limit` or `at_risk_records` for it makes the consumer's commits behind, and its
+//! level starts no attempt until they get through (`settle.rs` keeps the count).
 //!
 //! The handle folds acknowledgements and sends them once per batch of records, which at a slow
 //! handler's pace is seconds apart; so when the interval has passed the thread asks for them
@@ -15,8 +17,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::settle::RiskBound;
 use crate::config::vars;
 use crate::error::ConfigError;
+
+/// How often librdkafka reports the committed offsets (`statistics.interval.ms`): the one
+/// report of an asynchronous commit's outcome (`poll.rs`). Each costs a parse of a few KiB of
+/// JSON on the poll thread.
+pub(super) const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often a consumer commits what it settled ([`KafkaBuilder::commit_interval`] and
 /// [`KafkaBuilder::commit_records`]).
@@ -27,6 +35,13 @@ use crate::error::ConfigError;
 pub(crate) struct CommitPolicy {
     pub(crate) interval: Duration,
     pub(crate) records: u64,
+    /// Work at risk: the oldest acknowledgement still uncommitted may be this old at most...
+    pub(crate) at_risk_limit: Duration,
+    /// ...and this many acknowledged records per partition may wait for their commit, before
+    /// the consumer says its commits are behind ([`Consumer::commits_behind`]).
+    ///
+    /// [`Consumer::commits_behind`]: crate::backend::Consumer::commits_behind
+    pub(crate) at_risk_records: u64,
 }
 
 impl CommitPolicy {
@@ -34,6 +49,24 @@ impl CommitPolicy {
     pub(crate) const DEFAULT_RECORDS: u64 = 1000;
     /// A minute: a longer interval is more likely seconds given as milliseconds than meant.
     const MAX_INTERVAL: Duration = Duration::from_secs(60);
+    pub(crate) const DEFAULT_AT_RISK_LIMIT: Duration = Duration::from_secs(5);
+    pub(crate) const DEFAULT_AT_RISK_RECORDS: u64 = 10_000;
+    /// An hour: past it, the bound is no bound.
+    const MAX_AT_RISK_LIMIT: Duration = Duration::from_secs(3600);
+    /// Below it, a commit merely on its way would stop attempts.
+    const MIN_AT_RISK_LIMIT: Duration = Duration::from_millis(100);
+
+    /// When settled records waiting for their commit are at risk: the settings, and never
+    /// before a commit that got through could have been reported (two commit intervals: one
+    /// is started every interval, and takes a round trip; and the statistics' interval).
+    pub(crate) fn risk_bound(&self) -> RiskBound {
+        let report_lag = 2 * self.interval + STATS_INTERVAL;
+        RiskBound {
+            age: self.at_risk_limit.max(report_lag),
+            records: self.at_risk_records,
+            report_lag,
+        }
+    }
 
     /// Fails naming the setting's variable when a value is out of range.
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
@@ -53,6 +86,23 @@ impl CommitPolicy {
                 reason: "0 records: give at least 1".into(),
             });
         }
+        if self.at_risk_limit < Self::MIN_AT_RISK_LIMIT || self.at_risk_limit > Self::MAX_AT_RISK_LIMIT {
+            return Err(ConfigError::Invalid {
+                field: vars::KAFKA_AT_RISK_MS,
+                reason: format!(
+                    "{} ms is out of range: give {} to {} ms",
+                    self.at_risk_limit.as_millis(),
+                    Self::MIN_AT_RISK_LIMIT.as_millis(),
+                    Self::MAX_AT_RISK_LIMIT.as_millis()
+                ),
+            });
+        }
+        if self.at_risk_records == 0 {
+            return Err(ConfigError::Invalid {
+                field: vars::KAFKA_AT_RISK_RECORDS,
+                reason: "0 records: give at least 1".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -62,6 +112,8 @@ impl Default for CommitPolicy {
         Self {
             interval: Self::DEFAULT_INTERVAL,
             records: Self::DEFAULT_RECORDS,
+            at_risk_limit: Self::DEFAULT_AT_RISK_LIMIT,
+            at_risk_records: Self::DEFAULT_AT_RISK_RECORDS,
         }
     }
 }
@@ -83,6 +135,10 @@ impl CommitSchedule {
             settled: 0,
             last: Instant::now(),
         }
+    }
+
+    pub(super) fn policy(&self) -> &CommitPolicy {
+        &self.policy
     }
 
     /// `records` more records settled, their offsets stored.
@@ -146,10 +202,7 @@ mod tests {
     use super::*;
 
     fn policy() -> CommitPolicy {
-        CommitPolicy {
-            interval: Duration::from_millis(100),
-            records: 1000,
-        }
+        CommitPolicy::default()
     }
 
     #[test]
@@ -181,21 +234,53 @@ mod tests {
     #[test]
     fn an_interval_or_a_count_out_of_range_is_named() {
         assert!(policy().check().is_ok());
-        let zero = CommitPolicy {
-            interval: Duration::ZERO,
+        let refusals = [
+            (
+                CommitPolicy {
+                    interval: Duration::ZERO,
+                    ..policy()
+                },
+                "invalid KAFKA_COMMIT_INTERVAL_MS: 0 ms is out of range: give 1 to 60000 ms",
+            ),
+            (
+                CommitPolicy {
+                    records: 0,
+                    ..policy()
+                },
+                "invalid KAFKA_COMMIT_RECORDS: 0 records: give at least 1",
+            ),
+            (
+                CommitPolicy {
+                    at_risk_limit: Duration::from_millis(99),
+                    ..policy()
+                },
+                "invalid KAFKA_AT_RISK_MS: 99 ms is out of range: give 100 to 3600000 ms",
+            ),
+            (
+                CommitPolicy {
+                    at_risk_records: 0,
+                    ..policy()
+                },
+                "invalid KAFKA_AT_RISK_RECORDS: 0 records: give at least 1",
+            ),
+        ];
+        for (refused, message) in refusals {
+            assert_eq!(refused.check().unwrap_err().to_string(), message);
+        }
+        // Never less than two commit intervals, whatever is given.
+        let slow = CommitPolicy {
+            interval: Duration::from_secs(10),
             ..policy()
         };
+        assert!(slow.check().is_ok());
+        assert_eq!(slow.risk_bound().age, Duration::from_millis(20_500));
         assert_eq!(
-            zero.check().unwrap_err().to_string(),
-            "invalid KAFKA_COMMIT_INTERVAL_MS: 0 ms is out of range: give 1 to 60000 ms"
-        );
-        let none = CommitPolicy {
-            records: 0,
-            ..policy()
-        };
-        assert_eq!(
-            none.check().unwrap_err().to_string(),
-            "invalid KAFKA_COMMIT_RECORDS: 0 records: give at least 1"
+            policy().risk_bound(),
+            RiskBound {
+                age: Duration::from_secs(5),
+                records: 10_000,
+                report_lag: Duration::from_millis(700),
+            }
         );
     }
 }

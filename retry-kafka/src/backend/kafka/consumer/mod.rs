@@ -18,6 +18,7 @@
 //! `commits.rs` when it commits them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -111,9 +112,9 @@ pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         // The poll thread commits (`commits.rs`), sooner than this and after a count of records
-        // too; librdkafka's reports nothing back for those (no `offset_commit_cb`), so its
-        // auto-commit stays as the backstop that tries a failed one again (a commit refused
-        // during a rebalance, say). It sends nothing when the stored offsets were committed.
+        // too, and does not send a failed one again; librdkafka's auto-commit stays as the
+        // backstop that does (a commit refused during a rebalance, or while the broker was
+        // gone). It sends nothing when the stored offsets were committed.
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // At least once: an offset is stored only when the runtime acknowledges it.
@@ -246,6 +247,10 @@ pub struct KafkaConsumer {
     acked_since_flush: usize,
     /// The poll thread asks for the acknowledgements held here (to commit, or on a revoke).
     ack_request: Arc<AckRequest>,
+    /// Set by the poll thread while settled work waits past its bound for a commit.
+    commits_behind: Arc<AtomicBool>,
+    /// Set by the poll thread: records of a generation below it belong to an assignment gone.
+    stale_below: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
     topic: String,
     /// Produces hand-offs (to this cluster or the retry cluster).
@@ -263,8 +268,21 @@ impl KafkaConsumer {
         let name = subscription.topic.name.to_string();
         let ack_request = Arc::new(AckRequest::default());
         let (acks_out, acks_in) = std_mpsc::channel();
-        let context = RebalanceLog::new(name.clone(), ack_request.clone(), Settlement::new(acks_in));
+        let commits_behind = Arc::new(AtomicBool::new(false));
+        let stale_below = Arc::new(AtomicU64::new(0));
+        let context = RebalanceLog::new(
+            name.clone(),
+            ack_request.clone(),
+            Settlement::new(acks_in),
+            commits_behind.clone(),
+            stale_below.clone(),
+        );
         let consumer: RawConsumer = config(brokers, &subscription.group, properties)
+            // After the user's properties: the committed offsets are read from them.
+            .set(
+                "statistics.interval.ms",
+                commits::STATS_INTERVAL.as_millis().to_string(),
+            )
             .create_with_context(context)
             .map_err(transport)?;
         consumer.subscribe(&[&name]).map_err(transport)?;
@@ -292,6 +310,8 @@ impl KafkaConsumer {
             acks_out,
             acked_since_flush: 0,
             ack_request,
+            commits_behind,
+            stale_below,
             thread: Some(thread),
             topic,
             kafka,
@@ -329,7 +349,10 @@ impl Consumer for KafkaConsumer {
                         let Some(view) = self.partitions.get_mut(record.partition) else {
                             continue;
                         };
-                        if view.generation != generation {
+                        // The one load per record: the assignment was lost after it was sent.
+                        if view.generation != generation
+                            || generation < self.stale_below.load(Ordering::Relaxed)
+                        {
                             continue;
                         }
                         match view.held_from {
@@ -440,6 +463,13 @@ impl Consumer for KafkaConsumer {
             }
         }
         Ok(())
+    }
+
+    /// Past [`KafkaBuilder::at_risk_limit`](crate::backend::kafka::KafkaBuilder::at_risk_limit)
+    /// or [`at_risk_records`](crate::backend::kafka::KafkaBuilder::at_risk_records) without a
+    /// commit reported: the poll thread watches the commits' outcomes.
+    fn commits_behind(&self) -> bool {
+        self.commits_behind.load(Ordering::Relaxed)
     }
 
     async fn close(mut self) -> Result<(), BackendError> {

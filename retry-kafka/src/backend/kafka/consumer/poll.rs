@@ -3,7 +3,7 @@
 //! between polls in the order they were sent, puts rebalances in order with the records, and
 //! pauses its partitions while the runtime is behind.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
@@ -37,6 +37,14 @@ pub(super) struct RebalanceLog {
     closing: AtomicBool,
     /// The refusals this consumer was given.
     refusals: Refusals,
+    /// Settled work waits past its bound for a commit: set by the poll thread, read by the
+    /// handle ([`Consumer::commits_behind`](crate::backend::Consumer::commits_behind)).
+    pub(super) commits_behind: Arc<AtomicBool>,
+    /// Records of an assignment generation below this are stale: set when the member is left
+    /// with no partition (its assignment was lost, say, when the broker was gone past the
+    /// session timeout), so the handle drops the batches still in the channel at once, rather
+    /// than running up to `CHANNEL_BATCHES` batches of work whose commits cannot succeed.
+    pub(super) stale_below: Arc<AtomicU64>,
 }
 
 enum RebalanceEvent {
@@ -45,10 +53,18 @@ enum RebalanceEvent {
 }
 
 impl RebalanceLog {
-    pub(super) fn new(topic: String, ack_request: Arc<AckRequest>, settlement: Settlement) -> Self {
+    pub(super) fn new(
+        topic: String,
+        ack_request: Arc<AckRequest>,
+        settlement: Settlement,
+        commits_behind: Arc<AtomicBool>,
+        stale_below: Arc<AtomicU64>,
+    ) -> Self {
         RebalanceLog {
             topic,
             ack_request,
+            commits_behind,
+            stale_below,
             settlement: Mutex::new(settlement),
             closing: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
@@ -87,6 +103,25 @@ impl RebalanceLog {
 impl ClientContext for RebalanceLog {
     fn error(&self, error: KafkaError, reason: &str) {
         self.refusals.note(&error, reason);
+    }
+
+    /// librdkafka's statistics (every `STATS_INTERVAL`): the committed offset of each
+    /// partition, whoever's commit moved it. The only report of an asynchronous commit:
+    /// librdkafka reports those to an `offset_commit_cb` only, which rdkafka does not set (it
+    /// asks for commit events, which only the auto-commit sends). Runs inside `poll`, on the
+    /// poll thread.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut settlement = self.settlement();
+        for (&partition, stats) in &topic.partitions {
+            // -1 is librdkafka's unassigned partition; a negative offset is none committed yet.
+            if partition >= 0 && stats.committed_offset >= 0 {
+                settlement.committed(partition as u32, stats.committed_offset as u64, now);
+            }
+        }
     }
 }
 
@@ -188,6 +223,7 @@ impl PollThread {
                 return self.close(consumer, reply);
             }
             self.commit_if_due(&consumer, answered);
+            self.watch_commits(&consumer);
             if let Some(batch) = self.pending.take() {
                 // The runtime is behind. Wait a little for room; if it stays behind, pause
                 // fetching but keep polling, so the member stays in its group.
@@ -286,6 +322,20 @@ impl PollThread {
         }
     }
 
+    /// Says whether settled work waits past its bound for a commit, and logs when that changes.
+    fn watch_commits(&self, consumer: &RawConsumer) {
+        let context = consumer.context();
+        let bound = self.commits.policy().risk_bound();
+        let at_risk = context.settlement().at_risk(Instant::now(), bound);
+        let was = context.commits_behind.swap(at_risk.is_some(), Ordering::Relaxed);
+        match at_risk {
+            Some(risk) if !was => tracing::debug!(topic = %self.topic, partition = risk.partition,
+                waited = ?risk.waited, records = risk.records, "settled records wait for their commit"),
+            None if was => tracing::debug!(topic = %self.topic, "nothing waits for a commit any more"),
+            _ => {}
+        }
+    }
+
     /// Polls up to a batch of records (waiting at most `wait` for the first), with the
     /// rebalance events raised meanwhile in their place.
     fn poll_batch(&mut self, consumer: &RawConsumer, mut wait: Duration, batch: &mut Vec<Item>) {
@@ -323,6 +373,12 @@ impl PollThread {
                     }
                     batch.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
                     batch.push(Item::Revoked(revoked));
+                    if self.partitions.iter().next().is_none() {
+                        consumer
+                            .context()
+                            .stale_below
+                            .store(self.generations + 1, Ordering::Relaxed);
+                    }
                 }
                 RebalanceEvent::Assigned(assigned) => {
                     let mut tagged = Vec::with_capacity(assigned.len());

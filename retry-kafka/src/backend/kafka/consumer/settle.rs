@@ -25,6 +25,39 @@ struct Progress {
     settled: Option<u64>,
     /// The offset after the last record handed to the runtime.
     handed: Option<u64>,
+    /// The highest offset a commit was reported through for (the next one to read).
+    committed: Option<u64>,
+    /// Records settled and not reported committed (before the first report: since the
+    /// assignment's first acknowledgement).
+    uncommitted: u64,
+    /// Since when settled records have been waiting for their commit: the first store past
+    /// the committed offset, or the report of a commit that left some behind (what it left was
+    /// stored after that commit started, so it is no older than the report, give or take the
+    /// report's interval).
+    waiting_since: Option<Instant>,
+}
+
+/// When settled records waiting for their commit are at risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RiskBound {
+    /// The oldest has waited this long...
+    pub(crate) age: Duration,
+    /// ...or this many wait on one partition, and have waited `report_lag`: at full speed
+    /// more are settled between two reports of the committed offsets than the bound, so a
+    /// count alone would stop a consumer whose commits all get through.
+    pub(crate) records: u64,
+    /// The longest a commit that got through may take to be reported.
+    pub(crate) report_lag: Duration,
+}
+
+/// A partition whose settled records have waited past a bound for their commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AtRisk {
+    pub(super) partition: u32,
+    /// How long its oldest uncommitted record has waited.
+    pub(super) waited: Duration,
+    /// How many settled records wait for their commit.
+    pub(super) records: u64,
 }
 
 /// The acknowledgements from the handle, and what was stored of them per partition.
@@ -48,6 +81,9 @@ impl Settlement {
                 generation,
                 settled: None,
                 handed: None,
+                committed: None,
+                uncommitted: 0,
+                waiting_since: None,
             },
         );
     }
@@ -93,6 +129,7 @@ impl Settlement {
         mut acks: Acks,
     ) -> u64 {
         let mut records = 0;
+        let now = Instant::now();
         // Acknowledgements of an assignment that has since changed are stale.
         acks.0.retain(|&(partition, generation, offset)| {
             let Some(progress) = self.partitions.get_mut(partition) else {
@@ -103,7 +140,19 @@ impl Settlement {
             }
             let settled = offset + 1;
             let from = progress.settled.replace(settled).unwrap_or(settled);
-            records += settled.saturating_sub(from);
+            let added = settled.saturating_sub(from);
+            records += added;
+            match progress.committed {
+                Some(committed) if settled <= committed => {}
+                Some(committed) => {
+                    progress.uncommitted = settled - committed;
+                    progress.waiting_since.get_or_insert(now);
+                }
+                None => {
+                    progress.uncommitted += added;
+                    progress.waiting_since.get_or_insert(now);
+                }
+            }
             true
         });
         if acks.is_empty() {
@@ -153,6 +202,45 @@ impl Settlement {
         }
     }
 
+    /// `partition` is committed through `next` (the next offset to read), as reported at
+    /// `now`; a report that does not move it changes nothing (the clock of what waits goes on).
+    pub(super) fn committed(&mut self, partition: u32, next: u64, now: Instant) {
+        let Some(progress) = self.partitions.get_mut(partition) else {
+            return;
+        };
+        if progress.committed.is_some_and(|committed| committed >= next) {
+            return;
+        }
+        let committed = next;
+        progress.committed = Some(committed);
+        match progress.settled {
+            Some(settled) if settled > committed => {
+                progress.uncommitted = settled - committed;
+                progress.waiting_since = Some(now);
+            }
+            _ => {
+                progress.uncommitted = 0;
+                progress.waiting_since = None;
+            }
+        }
+    }
+
+    /// The first partition whose settled records waiting for their commit are past `bound`.
+    pub(super) fn at_risk(&self, now: Instant, bound: RiskBound) -> Option<AtRisk> {
+        self.partitions.iter().find_map(|(partition, progress)| {
+            let waited = progress
+                .waiting_since
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+            let past =
+                waited >= bound.age || (progress.uncommitted >= bound.records && waited >= bound.report_lag);
+            past.then_some(AtRisk {
+                partition,
+                waited,
+                records: progress.uncommitted,
+            })
+        })
+    }
+
     fn all_settled(&self, partitions: &[u32]) -> bool {
         partitions.iter().all(|&partition| {
             self.partitions
@@ -174,7 +262,7 @@ mod tests {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::BaseConsumer;
 
-    use super::{Settlement, REVOKE_DRAIN};
+    use super::{RiskBound, Settlement, REVOKE_DRAIN};
     use crate::backend::kafka::consumer::commits::AckRequest;
     use crate::backend::kafka::consumer::Acks;
 
@@ -212,6 +300,62 @@ mod tests {
         assert!(settlement.all_settled(&[0]));
         drop(tx);
         assert_eq!(settlement.store(&client, "t"), (0, true));
+    }
+
+    #[test]
+    fn settled_records_are_at_risk_past_an_age_or_a_count_until_a_commit_is_reported() {
+        let client = client();
+        let (tx, rx) = std_mpsc::channel();
+        let mut settlement = Settlement::new(rx);
+        let age = Duration::from_secs(5);
+        let bound = RiskBound {
+            age,
+            records: 100,
+            report_lag: Duration::from_millis(700),
+        };
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        settlement.assigned(0, 1);
+        settlement.assigned(1, 1);
+        assert_eq!(settlement.at_risk(at(60_000), bound), None, "nothing settled");
+        // Partition 0 settles through offset 9, committed through it: nothing waits.
+        tx.send(acks(&[(0, 1, 9)])).unwrap();
+        settlement.store(&client, "t");
+        settlement.committed(0, 10, Instant::now());
+        assert_eq!(settlement.at_risk(Instant::now() + 2 * age, bound), None);
+        // Then 50 more, never committed (the broker is gone): at risk once the age is reached.
+        tx.send(acks(&[(0, 1, 59)])).unwrap();
+        settlement.store(&client, "t");
+        let stored = Instant::now();
+        assert_eq!(settlement.at_risk(stored, bound), None);
+        let risk = settlement.at_risk(stored + age, bound).expect("past the age");
+        assert_eq!((risk.partition, risk.records), (0, 50));
+        // A commit through 30 leaves 30 behind, younger than the report.
+        settlement.committed(0, 30, stored + age);
+        assert_eq!(settlement.at_risk(stored + age, bound), None);
+        assert!(settlement.at_risk(stored + 2 * age, bound).is_some());
+        // Reported again unmoved (the broker is gone): the clock goes on.
+        settlement.committed(0, 30, stored + 2 * age);
+        assert!(settlement.at_risk(stored + 2 * age, bound).is_some());
+        // A commit through everything: nothing waits, however long after.
+        settlement.committed(0, 60, stored + age);
+        assert_eq!(settlement.at_risk(stored + 10 * age, bound), None);
+        // Partition 1: past the count once a report could have said they were committed.
+        tx.send(acks(&[(1, 1, 0)])).unwrap();
+        settlement.store(&client, "t");
+        tx.send(acks(&[(1, 1, 100)])).unwrap();
+        settlement.store(&client, "t");
+        assert_eq!(
+            settlement.at_risk(Instant::now(), bound),
+            None,
+            "not reported yet"
+        );
+        let later = Instant::now() + bound.report_lag;
+        let risk = settlement.at_risk(later, bound).expect("past the count");
+        assert_eq!((risk.partition, risk.records), (1, 100));
+        // Revoked: its records are the next owner's.
+        settlement.revoked(1);
+        assert_eq!(settlement.at_risk(later, bound), None);
     }
 
     #[test]
