@@ -48,7 +48,7 @@ const PENDING_SUCCESSES: u32 = 256;
 ///
 /// let breaker = Breaker::default();
 /// assert_eq!(breaker.failure_rate(), 50);
-/// assert_eq!(breaker.window(), BreakerWindow::Time(Duration::from_secs(30)));
+/// assert_eq!(breaker.window(), BreakerWindow::Attempts(100));
 /// assert_eq!(breaker.min_attempts(), 20);
 /// assert_eq!(breaker.cool_down(), Duration::from_secs(30));
 /// assert_eq!(breaker.max_cool_down(), Duration::from_secs(300));
@@ -75,7 +75,7 @@ pub enum BreakerWindow {
 
 impl Default for Breaker {
     fn default() -> Self {
-        Breaker::declared(50, 0, 30_000, 20, 30_000, 300_000, 1)
+        Breaker::declared(50, 100, 30_000, 20, 30_000, 300_000, 1)
     }
 }
 

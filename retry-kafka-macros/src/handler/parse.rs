@@ -42,7 +42,7 @@ const OPTIONS: [&str; 11] = [
 ];
 
 /// What `breaker(...)` accepts, said when it gets something else.
-const BREAKER_FORM: &str = "expected `breaker` alone or with options: `breaker(failure_rate = 50, window = \"30s\", min_attempts = 20, cool_down = \"30s\", max_cool_down = \"5m\", probes = 1)` (`window` a duration or a number of attempts)";
+const BREAKER_FORM: &str = "expected `breaker` alone or with options: `breaker(failure_rate = 50, window = 100, min_attempts = 20, cool_down = \"30s\", max_cool_down = \"5m\", probes = 1)` (`window` a number of attempts or a duration, `\"10s\"`)";
 
 /// A circuit breaker's settings as declared, every option filled in (defaults where absent).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -62,7 +62,7 @@ impl Default for BreakerArgs {
     fn default() -> Self {
         BreakerArgs {
             failure_rate: 50,
-            window_attempts: 0,
+            window_attempts: 100,
             window_ms: 30_000,
             min_attempts: 20,
             cool_down_ms: 30_000,
