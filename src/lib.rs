@@ -269,7 +269,25 @@ fn spawn_with_parent_death_signal(command: &mut Command) -> io::Result<Child> {
     command.spawn()
 }
 
-/// A worker process's logging (`rk-worker`, `rk-soak-worker`): to stderr, at `RUST_LOG`'s
+/// Appends `line` to the worker's log (`$WORKER_LOG`), the file kept open: one `O_APPEND`
+/// write per line, so a worker killed with SIGKILL leaves whole lines only. What the tests read
+/// back of a worker's attempts.
+pub fn worker_log(line: &str) {
+    use std::io::Write as _;
+    static FILE: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let mut file = FILE.get_or_init(|| {
+        let path = std::env::var("WORKER_LOG").expect("WORKER_LOG is set");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("worker log")
+    });
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("write worker log");
+}
+
+/// A worker process's logging (`rk-worker`, `rk-soak-worker`, `rk-outage-worker`): to stderr, at `RUST_LOG`'s
 /// levels, warnings and errors when it is not set.
 pub fn init_worker_tracing() {
     tracing_subscriber::fmt()

@@ -4,7 +4,6 @@
 //!
 //! Every attempt appends `handler id attempt outcome` to `$WORKER_LOG`.
 
-use std::io::Write;
 use std::path::Path;
 
 use retry_kafka::prelude::*;
@@ -14,18 +13,6 @@ use serde::{Deserialize, Serialize};
 #[event(topic = "proc.payments", key = "id")]
 struct Payment {
     id: u64,
-}
-
-fn log(line: &str) {
-    let path = std::env::var("WORKER_LOG").expect("WORKER_LOG is set");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("worker log");
-    // One small O_APPEND write per line: whole lines, even when the process is killed.
-    file.write_all(format!("{line}\n").as_bytes())
-        .expect("write worker log");
 }
 
 /// The dependency: down while the flag file exists.
@@ -42,7 +29,7 @@ fn call_dependency(handler: &str, payment: &Payment, ctx: &Context) -> Result<()
         Ok(())
     };
     let result = if outcome.is_ok() { "ok" } else { "failed" };
-    log(&format!("{handler} {} {} {result}", payment.id, ctx.attempt()));
+    retry_kafka_suite::worker_log(&format!("{handler} {} {} {result}", payment.id, ctx.attempt()));
     outcome
 }
 
@@ -59,11 +46,6 @@ async fn unguarded(payment: Payment, ctx: Context) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() -> retry_kafka::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    retry_kafka_suite::init_worker_tracing();
     retry_kafka::run().await
 }

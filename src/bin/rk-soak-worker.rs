@@ -6,9 +6,6 @@
 //! opened once in append mode, so the line is whole and on disk for the reader even when the
 //! process is killed with SIGKILL right after.
 
-use std::io::Write;
-use std::sync::OnceLock;
-
 use retry_kafka::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -16,19 +13,6 @@ use serde::{Deserialize, Serialize};
 #[event(topic = "soak.events", key = "id")]
 struct SoakEvent {
     id: u64,
-}
-
-fn log(line: &str) {
-    static FILE: OnceLock<std::fs::File> = OnceLock::new();
-    let mut file = FILE.get_or_init(|| {
-        let path = std::env::var("WORKER_LOG").expect("WORKER_LOG is set");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("worker log")
-    });
-    file.write_all(line.as_bytes()).expect("write worker log");
 }
 
 /// Fails the first attempt of every 10th event (one 1 s retry level) and every attempt of the
@@ -43,7 +27,7 @@ async fn soak(event: SoakEvent, ctx: Context) -> Result<(), HandlerError> {
         Ok(())
     };
     let word = if outcome.is_ok() { "ok" } else { "failed" };
-    log(&format!("{} {} {word}\n", event.id, ctx.attempt()));
+    retry_kafka_suite::worker_log(&format!("{} {} {word}", event.id, ctx.attempt()));
     outcome
 }
 

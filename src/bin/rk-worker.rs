@@ -4,7 +4,6 @@
 //! Every attempt appends `id attempt outcome` to `$WORKER_LOG`, so a test can tell what was
 //! done even after the process was killed with SIGKILL.
 
-use std::io::Write;
 use std::time::Duration;
 
 use retry_kafka::prelude::*;
@@ -14,18 +13,6 @@ use serde::{Deserialize, Serialize};
 #[event(topic = "proc.orders", key = "id")]
 struct Order {
     id: u64,
-}
-
-fn log(line: &str) {
-    let path = std::env::var("WORKER_LOG").expect("WORKER_LOG is set");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("worker log");
-    // One small O_APPEND write per line: whole lines, even when the process is killed.
-    file.write_all(format!("{line}\n").as_bytes())
-        .expect("write worker log");
 }
 
 /// How long an attempt takes: `WORKER_HANDLER_MS`, 5 ms unless set (a test of many orders sets
@@ -54,7 +41,7 @@ async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
     } else {
         Ok(())
     };
-    log(&format!(
+    retry_kafka_suite::worker_log(&format!(
         "{} {} {}",
         order.id,
         ctx.attempt(),
