@@ -23,6 +23,8 @@ mod connect;
 mod consumer;
 #[cfg(feature = "prometheus")]
 mod endpoint;
+// The consumer-lag gauge's task.
+mod lag;
 mod provision;
 mod running;
 mod signals;

@@ -2,16 +2,14 @@
 //! app (the metrics endpoint, the lag reporter).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::app::{App, AppHandler};
 #[cfg(feature = "prometheus")]
 use super::endpoint;
+use super::lag::{report_lag, Lag, LagPace};
 use super::running::{Running, Services};
 use super::{consumer, provision};
 use crate::backend::{Backend, Subscription, Topic, TopicRole};
@@ -185,80 +183,6 @@ impl Drop for StopReport {
             metrics.stopped(Some(
                 "the consumer task ended without draining (it panicked or the app was dropped)".into(),
             ));
-        }
-    }
-}
-
-/// One level's consumer lag: where to ask, and the level's metrics, whose gauge it sets.
-struct Lag {
-    topic: Topic,
-    group: String,
-    metrics: Arc<LevelMetrics>,
-}
-
-/// How often a level's lag is asked while it settles messages.
-const LAG_WHILE_SETTLING: Duration = Duration::from_secs(1);
-/// Rounds a level's lag is still asked after its last settled message: what it acknowledged is
-/// committed within them (Kafka commits every second).
-const LAG_ROUNDS_AFTER: u32 = 2;
-
-/// When the lag task asks: every `interval`, and whenever `wake` says a level settled messages.
-struct LagPace {
-    interval: Duration,
-    wake: Arc<Notify>,
-}
-
-/// Sets each level's lag gauge until `stop`: every [`LAG_WHILE_SETTLING`] for a level that
-/// settles messages and for [`LAG_ROUNDS_AFTER`] rounds after its last, so the gauge follows
-/// its commits within about 3 s; every `interval` for every level besides (a level that
-/// settles nothing while messages arrive). It sleeps while nothing settles. A backend that
-/// cannot say leaves the gauge as it was.
-async fn report_lag<B: Backend>(backend: B, lags: Vec<Lag>, pace: LagPace, stop: CancellationToken) {
-    // Rounds since each level last settled something; past LAG_ROUNDS_AFTER it is quiet.
-    let mut rounds_since = vec![u32::MAX; lags.len()];
-    let mut next_full = Instant::now();
-    loop {
-        let now = Instant::now();
-        let full = now >= next_full;
-        if full {
-            next_full = now + pace.interval;
-        }
-        for (lag, since) in lags.iter().zip(&mut rounds_since) {
-            *since = match lag.metrics.take_lag_moved() {
-                true => 0,
-                false => since.saturating_add(1),
-            };
-            if !full && *since > LAG_ROUNDS_AFTER {
-                continue;
-            }
-            let asked = tokio::select! {
-                _ = stop.cancelled() => return,
-                asked = backend.lag(&lag.topic, &lag.group) => asked,
-            };
-            match asked {
-                Ok(messages) => lag.metrics.set_lag(messages),
-                Err(error) => {
-                    tracing::debug!(topic = %lag.topic, group = %lag.group, %error, "consumer lag unknown")
-                }
-            }
-        }
-        let settling = rounds_since.iter().any(|&since| since < LAG_ROUNDS_AFTER);
-        let next = match settling {
-            true => next_full.min(Instant::now() + LAG_WHILE_SETTLING),
-            false => next_full,
-        };
-        let mut woken = false;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
-            _ = pace.wake.notified(), if !settling => woken = true,
-        }
-        if woken {
-            // What settled is acknowledged, then committed, a moment later: ask after that.
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(LAG_WHILE_SETTLING) => {}
-            }
         }
     }
 }
