@@ -230,3 +230,53 @@ async fn kafka_commit_and_at_risk_settings_out_of_range_are_refused_naming_their
         "invalid KAFKA_AT_RISK_MS: 7200000 ms is out of range: give 100 to 3600000 ms"
     );
 }
+
+#[retry_handler(group = "val-ordered-parallel", retries = ["1s"], dlq, ordering = "key", concurrency = 4)]
+async fn ordered_in_parallel(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[retry_handler(group = "val-ordered", retries = ["1s"], dlq, ordering = "key")]
+async fn ordered(_order: Order) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[test]
+fn key_ordering_with_concurrency_is_refused_naming_the_handler() {
+    let error = build(|spec| spec.group() == "val-ordered-parallel").unwrap_err();
+    assert!(matches!(error, ConfigError::KeyOrdering { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("ordered_in_parallel"), "{message}");
+    assert!(message.contains("concurrency = 4"), "{message}");
+}
+
+#[tokio::test]
+async fn key_ordering_on_a_backend_that_cannot_keep_it_is_refused_before_any_io() {
+    // Nothing listens there: the refusal comes before a connection is tried.
+    let kafka = retry_kafka::backend::kafka::Kafka::builder("127.0.0.1:1")
+        .build()
+        .unwrap();
+    let app = App::builder()
+        .backend(kafka)
+        .handlers(|spec| spec.group() == "val-ordered")
+        .build()
+        .unwrap();
+    let started = tokio::time::timeout(std::time::Duration::from_secs(5), app.start())
+        .await
+        .expect("refused at once, before any I/O");
+    let error = started.err().expect("refused");
+    let message = format!("{error:?}");
+    assert!(message.contains("`validation::ordered`"), "{message}");
+    assert!(message.contains("ordering = \"key\""), "{message}");
+    assert!(message.contains("kafka backend"), "{message}");
+    // In-process, it runs and has a held topic.
+    let app = App::builder()
+        .backend(InMemory::new())
+        .handlers(|spec| spec.group() == "val-ordered")
+        .build()
+        .unwrap();
+    assert_eq!(
+        app.topology(0).held.as_deref(),
+        Some("val.orders.val-ordered.held")
+    );
+}

@@ -102,6 +102,14 @@ pub enum ConfigError {
         /// The other.
         second: String,
     },
+    /// A handler declares `ordering = "key"` where its order cannot be kept.
+    #[error("handler `{handler}` declares ordering = \"key\", which {reason}")]
+    KeyOrdering {
+        /// The handler's full name.
+        handler: String,
+        /// Why it cannot run that way, and what to do.
+        reason: String,
+    },
     /// One topic name plays two roles.
     #[error("topic {topic:?} is {first} and also {second}; rename a group or change the topic naming")]
     TopicConflict {
@@ -270,6 +278,11 @@ impl fmt::Debug for ConfigError {
             ConfigError::NoBackend => f.write_str("NoBackend"),
             ConfigError::Breaker { handler, reason } => f
                 .debug_struct("Breaker")
+                .field("handler", handler)
+                .field("reason", reason)
+                .finish(),
+            ConfigError::KeyOrdering { handler, reason } => f
+                .debug_struct("KeyOrdering")
                 .field("handler", handler)
                 .field("reason", reason)
                 .finish(),

@@ -146,6 +146,32 @@ pub enum OnExhausted {
     Drop,
 }
 
+/// Whether a failing record holds back the later records of its key (`ordering = "key"`).
+///
+/// Retry topics let a partition go on past a failing record, so by default a later record of
+/// the same key is handled before the failed one's retry. With `ordering = "key"` it is not:
+/// while a record of key K waits on a retry level, every later record of K from the main topic
+/// waits behind it (on the handler's held topic, unattempted) and is attempted after it
+/// concludes, in the order it was produced; other keys flow as before. Records without a key
+/// are never held back.
+///
+/// ```
+/// use retry_kafka::handler::RetryOrdering;
+///
+/// assert_eq!(RetryOrdering::default(), RetryOrdering::None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RetryOrdering {
+    /// Retries may be overtaken by later records of their key (`ordering = "none"`, the
+    /// default; what every retry-topic library does).
+    #[default]
+    None,
+    /// A failing record holds back the later records of its key until it concludes
+    /// (`ordering = "key"`).
+    Key,
+}
+
 /// One registered handler, as `#[retry_handler]` declared it.
 ///
 /// The macro submits one per annotated function; [`App`](crate::App) collects them all. Read it
@@ -180,6 +206,7 @@ pub struct HandlerSpec {
     concurrency: u32,
     rate: Option<Rate>,
     breaker: Option<Breaker>,
+    ordering: RetryOrdering,
     call: Call,
     file: &'static str,
     line: u32,
@@ -199,6 +226,7 @@ pub struct Declaration {
     pub concurrency: u32,
     pub rate: Option<Rate>,
     pub breaker: Option<Breaker>,
+    pub ordering: RetryOrdering,
     pub call: Call,
     pub file: &'static str,
     pub line: u32,
@@ -219,6 +247,7 @@ pub const fn handler_spec(declared: Declaration) -> HandlerSpec {
         concurrency: declared.concurrency,
         rate: declared.rate,
         breaker: declared.breaker,
+        ordering: declared.ordering,
         call: declared.call,
         file: declared.file,
         line: declared.line,
@@ -284,6 +313,11 @@ impl HandlerSpec {
     /// it calls is down, its attempts stop until probes find it back.
     pub fn breaker(&self) -> Option<Breaker> {
         self.breaker
+    }
+
+    /// Whether a failing record holds back the later records of its key (`ordering = "key"`).
+    pub fn ordering(&self) -> RetryOrdering {
+        self.ordering
     }
 
     /// For a batch handler (`batch(max = .., linger = ..)`): the most records in one call and

@@ -47,6 +47,12 @@ pub mod names {
     /// parked copy of an earlier replay) and carried by every later hop, so the parking queue's
     /// copies tell the loop guard how often that entry was replayed and failed again.
     pub const REPLAY_ORIGIN: &str = "rk-replay-origin";
+    /// On a key-ordered handler's record held back behind an earlier record of its key, epoch
+    /// ms when it was held back; carried by its later hops, so its dead letter says it waited.
+    pub const HELD_AT: &str = "rk-held-at";
+    /// Beside [`HELD_AT`]: the main-topic offset of the record of its key it waited behind
+    /// (the first of the key's records on a retry level when it was held back).
+    pub const HELD_BEHIND: &str = "rk-held-behind";
     /// W3C trace context. Without the `opentelemetry` feature (or without an OpenTelemetry
     /// layer) it is carried unchanged; with them every retry and dead-letter hop gets one that
     /// continues the trace, the failed attempt's span as its parent.
@@ -59,7 +65,7 @@ pub mod names {
     /// The names above, so a header read from a broker under one of them takes the constant
     /// instead of a copy of its name.
     #[cfg(any(feature = "kafka", feature = "redis", feature = "postgres"))]
-    pub(crate) const KNOWN: [&str; 17] = [
+    pub(crate) const KNOWN: [&str; 19] = [
         SCHEMA,
         ORIGINAL_TOPIC,
         ORIGINAL_PARTITION,
@@ -75,6 +81,8 @@ pub mod names {
         REPLAYS,
         REPLAY_OF,
         REPLAY_ORIGIN,
+        HELD_AT,
+        HELD_BEHIND,
         TRACEPARENT,
         TRACESTATE,
     ];
@@ -233,6 +241,46 @@ impl IntoIterator for Headers {
     }
 }
 
+/// What a key-ordered handler's record carries onto its held topic when it is held back
+/// behind an earlier record of its key: where it came from (as a failure's context says it),
+/// no attempt made, and what it waits behind. Its own headers stay; `rk-*` ones are rewritten,
+/// as every hop does.
+pub(crate) struct HeldBack<'a> {
+    pub(crate) original_topic: &'a str,
+    pub(crate) original_partition: u32,
+    pub(crate) original_offset: u64,
+    pub(crate) original_timestamp_ms: Option<i64>,
+    pub(crate) group: &'a str,
+    pub(crate) held_at_ms: i64,
+    /// The main-topic offset of the key's record on a retry level.
+    pub(crate) behind_offset: u64,
+    pub(crate) replays: Option<u32>,
+}
+
+impl HeldBack<'_> {
+    pub(crate) fn write_to(&self, headers: &mut Headers) {
+        headers.retain(|name| !name.starts_with(names::PREFIX) || name == names::REPLAY_ORIGIN);
+        let mut values = Values(BytesMut::with_capacity(
+            96 + self.original_topic.len() + self.group.len(),
+        ));
+        let mut put = |name: &'static str, value: Bytes| headers.entries.push((Cow::Borrowed(name), value));
+        put(names::SCHEMA, values.number(SCHEMA_VERSION));
+        put(names::ORIGINAL_TOPIC, values.text(self.original_topic));
+        put(names::ORIGINAL_PARTITION, values.number(self.original_partition));
+        put(names::ORIGINAL_OFFSET, values.number(self.original_offset));
+        if let Some(timestamp) = self.original_timestamp_ms {
+            put(names::ORIGINAL_TIMESTAMP, values.number(timestamp));
+        }
+        put(names::GROUP, values.text(self.group));
+        put(names::ATTEMPTS, values.number(0u32));
+        put(names::HELD_AT, values.number(self.held_at_ms));
+        put(names::HELD_BEHIND, values.number(self.behind_offset));
+        if let Some(replays) = self.replays {
+            put(names::REPLAYS, values.number(replays));
+        }
+    }
+}
+
 /// The failure story of a retried or dead-lettered message, as carried in its `rk-*` headers.
 ///
 /// ```
@@ -325,7 +373,12 @@ impl FailureContext {
     /// are, in order, and so does `rk-replay-origin` (not a failure's, a replay's: the loop
     /// guard counts by it).
     pub fn write_to(&self, headers: &mut Headers) {
-        headers.retain(|name| !name.starts_with(names::PREFIX) || name == names::REPLAY_ORIGIN);
+        headers.retain(|name| {
+            !name.starts_with(names::PREFIX)
+                || name == names::REPLAY_ORIGIN
+                || name == names::HELD_AT
+                || name == names::HELD_BEHIND
+        });
         headers.entries.reserve(13);
         // Every value goes into one buffer, each header a view of it: one allocation for the
         // values instead of one per header.

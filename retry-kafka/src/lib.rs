@@ -72,7 +72,7 @@ pub mod handler {
     pub use crate::breaker::{Breaker, BreakerState, BreakerWindow};
     pub use crate::context::{Context, Origin};
     pub use crate::failure::{ErrorKind, HandlerError};
-    pub use crate::handlers::{registered_handlers, HandlerSpec, OnExhausted};
+    pub use crate::handlers::{registered_handlers, HandlerSpec, OnExhausted, RetryOrdering};
     pub use crate::rate::Rate;
 }
 // The file behind `handler`; what only the macro expansions use is public through `__private`
@@ -217,7 +217,9 @@ pub mod __private {
         pub use crate::event::codec::{Json, Raw};
         pub use crate::event::short_forms::{MsgPack, MsgPackFeature, Protobuf, ProtobufFeature};
         pub use crate::event::{Codec, CodecError, Event, EventKey, RawPayload};
-        pub use crate::handlers::{handler_spec, into_outcome, Call, Declaration, HandlerSlot, OnExhausted};
+        pub use crate::handlers::{
+            handler_spec, into_outcome, Call, Declaration, HandlerSlot, OnExhausted, RetryOrdering,
+        };
         pub use crate::rate::Rate;
         pub use bytes::Bytes;
         pub use inventory;

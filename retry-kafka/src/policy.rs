@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::failure::ErrorKind;
-use crate::handlers::{HandlerSpec, OnExhausted};
+use crate::handlers::{HandlerSpec, OnExhausted, RetryOrdering};
 
 /// What a topic is for in a handler's topology: the policy decides it, and every topic the
 /// runtime names to a backend carries it (a [`Topic`](crate::backend::Topic)), wherever a
@@ -38,6 +38,9 @@ pub enum TopicRole {
     /// A handler's parking queue: dead letters that were replayed and failed again, kept for
     /// a person instead of cycling through replays.
     Parked,
+    /// A key-ordered handler's held records: later records of a key whose failed record
+    /// waits on a retry level, waiting unattempted behind it (`ordering = "key"`).
+    Held,
 }
 
 impl TopicRole {
@@ -144,6 +147,7 @@ impl RetryPolicy {
 /// assert_eq!(naming.retry("orders", "billing", 2), "orders.billing.retry.2");
 /// assert_eq!(naming.dead_letter("orders", "billing"), "orders.billing.dlq");
 /// assert_eq!(naming.parked("orders", "billing"), "orders.billing.parked");
+/// assert_eq!(naming.held("orders", "billing"), "orders.billing.held");
 ///
 /// let custom = TopicNaming::new("{group}-{topic}-retry-{level}", "{group}-{topic}-dlt")
 ///     .unwrap()
@@ -158,6 +162,7 @@ pub struct TopicNaming {
     retry: String,
     dead_letter: String,
     parked: String,
+    held: String,
 }
 
 impl Default for TopicNaming {
@@ -166,6 +171,7 @@ impl Default for TopicNaming {
             retry: "{topic}.{group}.retry.{level}".into(),
             dead_letter: "{topic}.{group}.dlq".into(),
             parked: "{topic}.{group}.parked".into(),
+            held: "{topic}.{group}.held".into(),
         }
     }
 }
@@ -211,6 +217,19 @@ impl TopicNaming {
     pub fn parked(&self, topic: &str, group: &str) -> String {
         self.parked.replace("{topic}", topic).replace("{group}", group)
     }
+
+    /// A custom pattern for a key-ordered handler's held topic (default `{topic}.{group}.held`).
+    pub fn with_held(mut self, held: impl Into<String>) -> Result<Self, ConfigError> {
+        let held = held.into();
+        needs("held_topic_pattern", &held, &["{group}"])?;
+        self.held = held;
+        Ok(self)
+    }
+
+    /// A key-ordered handler's held topic: later records of keys whose failed record waits.
+    pub fn held(&self, topic: &str, group: &str) -> String {
+        self.held.replace("{topic}", topic).replace("{group}", group)
+    }
 }
 
 fn needs(field: &'static str, pattern: &str, placeholders: &[&str]) -> Result<(), ConfigError> {
@@ -234,6 +253,8 @@ pub struct Topology {
     pub dead_letter: Option<String>,
     /// The parking queue (replayed dead letters that failed again), with the dead-letter topic.
     pub parked: Option<String>,
+    /// The held topic of a key-ordered handler (`ordering = "key"`).
+    pub held: Option<String>,
 }
 
 impl Topology {
@@ -248,6 +269,7 @@ impl Topology {
                 .collect(),
             dead_letter: keeps_dead_letters.then(|| naming.dead_letter(topic, group)),
             parked: keeps_dead_letters.then(|| naming.parked(topic, group)),
+            held: (spec.ordering() == RetryOrdering::Key).then(|| naming.held(topic, group)),
         }
     }
 
@@ -261,6 +283,7 @@ impl Topology {
     ///     retries: vec!["orders.billing.retry.1".into()],
     ///     dead_letter: None,
     ///     parked: None,
+    ///     held: None,
     /// };
     /// assert_eq!(topology.topic(TopicRole::Retry { level: 1 }), Some("orders.billing.retry.1"));
     /// assert_eq!(topology.topic(TopicRole::Retry { level: 2 }), None);
@@ -275,6 +298,7 @@ impl Topology {
                 .map(String::as_str),
             TopicRole::DeadLetter => self.dead_letter.as_deref(),
             TopicRole::Parked => self.parked.as_deref(),
+            TopicRole::Held => self.held.as_deref(),
         }
     }
 
@@ -284,6 +308,11 @@ impl Topology {
             0 => &self.main,
             n => &self.retries[n as usize - 1],
         }
+    }
+
+    /// The consumer group that reads the held topic: named like it, as a retry level's.
+    pub fn held_group(&self) -> Option<&str> {
+        self.held.as_deref()
     }
 
     /// The consumer group that reads level `level`: the handler's own group on the main topic,
@@ -299,6 +328,7 @@ impl Topology {
     ///     retries: vec!["orders.billing.retry.1".into()],
     ///     dead_letter: Some("orders.billing.dlq".into()),
     ///     parked: Some("orders.billing.parked".into()),
+    ///     held: None,
     /// };
     /// assert_eq!(topology.consumer_group("billing", 0), "billing");
     /// assert_eq!(topology.consumer_group("billing", 1), "orders.billing.retry.1");
@@ -318,6 +348,7 @@ impl Topology {
         let kept = [
             (self.dead_letter.as_deref(), TopicRole::DeadLetter),
             (self.parked.as_deref(), TopicRole::Parked),
+            (self.held.as_deref(), TopicRole::Held),
         ];
         retries.chain(
             kept.into_iter()
@@ -367,6 +398,10 @@ pub struct HandlerPlan {
     pub dead_letter: Option<String>,
     /// Its parking queue, if it keeps dead letters.
     pub parked: Option<String>,
+    /// Its held topic, if it keeps each key's order (`ordering = "key"`); absent from plans
+    /// of handlers that do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// One retry level of a [`HandlerPlan`].
@@ -405,6 +440,7 @@ impl TopologyPlan {
                         .collect(),
                     dead_letter: topology.dead_letter.clone(),
                     parked: topology.parked.clone(),
+                    held: topology.held.clone(),
                 })
                 .collect(),
         }
@@ -422,6 +458,7 @@ impl HandlerPlan {
         let kept = [
             (self.dead_letter.as_deref(), TopicRole::DeadLetter),
             (self.parked.as_deref(), TopicRole::Parked),
+            (self.held.as_deref(), TopicRole::Held),
         ];
         std::iter::once((self.topic.as_str(), TopicRole::Main))
             .chain(levels)

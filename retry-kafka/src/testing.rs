@@ -155,16 +155,21 @@ impl TestApp {
         }
     }
 
-    /// Topics with unacknowledged messages, with how many.
+    /// Topics with unacknowledged messages (main topics, retry levels, held topics), with how
+    /// many.
     pub fn backlog(&self) -> Vec<(String, u64)> {
         let mut backlog = Vec::new();
         for (index, spec) in self.app.handlers().enumerate() {
             let topology = self.app.topology(index);
-            for level in 0..=topology.retries.len() as u32 {
-                let topic = topology.level(level);
-                let lag = self
-                    .broker()
-                    .lag_of(topic, topology.consumer_group(spec.group(), level));
+            let levels = (0..=topology.retries.len() as u32).map(|level| {
+                (
+                    topology.level(level),
+                    topology.consumer_group(spec.group(), level),
+                )
+            });
+            let held = topology.held.as_deref().map(|held| (held, held));
+            for (topic, group) in levels.chain(held) {
+                let lag = self.broker().lag_of(topic, group);
                 if lag > 0 {
                     backlog.push((topic.to_owned(), lag));
                 }

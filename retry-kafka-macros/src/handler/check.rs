@@ -21,6 +21,13 @@ pub(super) fn check_policy(args: &HandlerArgs, errors: &Errors) {
         )),
         _ => {}
     }
+    if let (Some(ordering), Some((batch, _))) = (args.key_ordered, args.batch) {
+        errors.push(syn::Error::new(
+            ordering,
+            "`ordering = \"key\"` is for handlers of one record at a time: a batch mixes keys and fails as one",
+        ));
+        errors.push(syn::Error::new(batch, "this makes it a batch handler"));
+    }
 }
 
 /// What the expansion needs from the function's signature.

@@ -51,6 +51,10 @@ pub(super) fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Si
         }
         None => quote!(::core::option::Option::None),
     };
+    let ordering = match args.key_ordered {
+        Some(_) => quote!(#rk::RetryOrdering::Key),
+        None => quote!(#rk::RetryOrdering::None),
+    };
     // Every name the expansion introduces starts with `__rk_`, so a handler or a type named
     // `payload`, `event` or `context` is never shadowed by one of them.
     let (entry, call) = match args.batch {
@@ -80,6 +84,7 @@ pub(super) fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Si
                     concurrency: #concurrency,
                     rate: #rate,
                     breaker: #breaker,
+                    ordering: #ordering,
                     call: #call,
                     file: ::core::file!(),
                     line: ::core::line!(),

@@ -27,7 +27,7 @@ const BATCH_FORM: &str = "expected `batch(max = 500, linger = \"50ms\")`";
 const MAX_BATCH: u32 = 100_000;
 
 /// Every option `parse_args` accepts, as the "unknown option" message lists them.
-const OPTIONS: [&str; 11] = [
+const OPTIONS: [&str; 12] = [
     "topic",
     "group",
     "retries",
@@ -38,6 +38,7 @@ const OPTIONS: [&str; 11] = [
     "batch",
     "rate",
     "breaker",
+    "ordering",
     "crate",
 ];
 
@@ -94,6 +95,8 @@ pub(super) struct HandlerArgs {
     pub(super) exhaustion_misspelled: bool,
     /// `crate = "..."`: the path to the runtime, when the user renamed it.
     pub(super) krate: Option<Path>,
+    /// `ordering = "key"`: where it was written, so a batch handler's is reported there.
+    pub(super) key_ordered: Option<Span>,
 }
 
 /// What happens to a message after its last retry (`on_exhausted = "..."`).
@@ -197,6 +200,19 @@ pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
             }
             "batch" => parsed.batch = Some((meta.path.span(), parse_batch(&meta, errors)?)),
             "breaker" => parsed.breaker = parse_breaker(&meta, errors)?,
+            "ordering" => {
+                let expected = "expected a string literal: `ordering = \"key\"` or `ordering = \"none\"`";
+                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
+                    match value.value().as_str() {
+                        "key" => parsed.key_ordered = Some(value.span()),
+                        "none" => {}
+                        other => errors.spanned(
+                            &value,
+                            format!("unknown ordering {other:?}; expected \"key\" (a failing record holds back later records of its key) or \"none\""),
+                        ),
+                    }
+                }
+            }
             "crate" => parsed.krate = attr::crate_path(&meta, errors)?,
             _ => {
                 errors.spanned(&meta.path, unknown_option_message(&meta));

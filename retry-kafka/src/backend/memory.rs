@@ -267,6 +267,24 @@ impl Backend for InMemory {
         "memory"
     }
 
+    fn keeps_partitions_together(&self) -> bool {
+        true
+    }
+
+    async fn unacknowledged(&self, topic: &Topic, group: &str) -> Result<Vec<Record>, BackendError> {
+        let committed = self.committed(&topic.name, group);
+        let state = self.state();
+        let Some(log) = state.topics.get(&*topic.name) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .partitions
+            .iter()
+            .zip(committed.iter().copied().chain(std::iter::repeat(0)))
+            .flat_map(|(records, from)| records.iter().filter(move |r| r.offset >= from).cloned())
+            .collect())
+    }
+
     async fn subscribe(&self, subscription: Subscription) -> Result<MemoryConsumer, BackendError> {
         let member = self.shared.next_member.fetch_add(1, Ordering::Relaxed);
         let default = self.shared.default_partitions;

@@ -496,6 +496,31 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
         subscription: Subscription,
     ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send;
 
+    /// Whether a key-ordered handler (`ordering = "key"`) can run on this backend: the holds
+    /// of a partition's keys live in the process that consumes it, so every level of the
+    /// handler must be consumed, partition for partition, by one process. So far only the
+    /// in-process broker, which serves one process, gives that.
+    fn keeps_partitions_together(&self) -> bool {
+        false
+    }
+
+    /// The records of `topic` that `group` has not acknowledged, oldest first per partition:
+    /// what a key-ordered handler's holds are counted from when it starts, so a restart keeps
+    /// them. Needed where [`keeps_partitions_together`](Self::keeps_partitions_together) is
+    /// true; elsewhere it is never asked (the default refuses).
+    fn unacknowledged(
+        &self,
+        topic: &Topic,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send {
+        let error = BackendError::Transport {
+            backend: self.name(),
+            source: format!("cannot list the records of {topic} that group {group:?} has not acknowledged")
+                .into(),
+        };
+        async move { Err(error) }
+    }
+
     /// Messages of `topic` that `group` has not committed yet (consumer lag).
     fn lag(&self, topic: &Topic, group: &str) -> impl Future<Output = Result<u64, BackendError>> + Send;
 }

@@ -222,8 +222,15 @@ impl<B: Backend> AppBuilder<B> {
                 spec,
                 breaker,
                 counters: Counters::new(spec),
+                // One per consumer: each level's, then the held topic's (key-ordered handlers).
                 health: (0..=topology.retries.len() as u32)
                     .map(|level| ConsumerHealth::new(spec.name(), topology.level(level), spec.group(), level))
+                    .chain(
+                        topology
+                            .held
+                            .as_deref()
+                            .map(|held| ConsumerHealth::new(spec.name(), held, spec.group(), 0)),
+                    )
                     .collect(),
                 topology: Arc::new(topology),
             })

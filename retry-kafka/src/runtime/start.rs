@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::app::{App, AppHandler};
+use super::consumer::key_holds::{KeyHolds, Stage};
 #[cfg(feature = "prometheus")]
 use super::endpoint;
 use super::lag::{report_lag, Lag, LagPace};
@@ -14,15 +15,53 @@ use super::running::{Running, Services};
 use super::{consumer, provision};
 use crate::backend::{Backend, Subscription, Topic, TopicRole};
 use crate::breaker::CircuitBreaker;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::metrics::LevelMetrics;
-use crate::policy::RetryPolicy;
+use crate::policy::{RetryPolicy, Topology};
 use crate::rate::AttemptRate;
 use crate::shutdown::Shutdown;
 
 impl<B: Backend> App<B> {
+    /// A key-ordered handler's holds as the records it left out say: those on its retry
+    /// levels and its held topic not acknowledged yet.
+    async fn restore_holds(&self, group: &str, topology: &Topology, held: &str) -> Result<KeyHolds, Error> {
+        let holds = KeyHolds::default();
+        for level in 1..=topology.retries.len() as u32 {
+            let topic = Topic::new(topology.level(level), TopicRole::Retry { level });
+            let records = self
+                .backend
+                .unacknowledged(&topic, topology.consumer_group(group, level))
+                .await?;
+            holds.restore(Stage::Retry, &records);
+        }
+        let records = self
+            .backend
+            .unacknowledged(&Topic::new(held, TopicRole::Held), held)
+            .await?;
+        holds.restore(Stage::Held, &records);
+        Ok(holds)
+    }
+
+    /// Refuses a key-ordered handler on a backend that cannot keep its order, before any I/O.
+    fn check_key_ordering(&self) -> Result<(), ConfigError> {
+        let ordered = self.handlers.iter().find(|h| h.topology.held.is_some());
+        match ordered {
+            Some(handler) if !self.backend.keeps_partitions_together() => Err(ConfigError::KeyOrdering {
+                handler: handler.spec.name().to_owned(),
+                reason: format!(
+                    "cannot run on the {} backend yet: it keeps each key's holds in the process that \
+                     consumes the key's partition on every level, and so far only the in-process \
+                     broker (`memory`) guarantees one such process",
+                    self.backend.name()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Creates the topics, joins every group and starts the consumers; returns once all run.
     pub async fn start(&self) -> Result<Running, Error> {
+        self.check_key_ordering()?;
         // First, so probes answer while topics are provisioned and groups joined, and so the
         // level handles below register with the recorder.
         let mut services = Services::default();
@@ -81,14 +120,35 @@ impl<B: Backend> App<B> {
                 }
                 breaker
             });
-            for level in 0..=policy.levels() {
-                let topic = topology.level(level);
-                let seam_topic = Topic::new(topic, TopicRole::of_level(level));
+            // A key-ordered handler's levels share its holds, and its held topic has a
+            // consumer of its own: its records' first attempts, counted as level 0's.
+            let key_holds = match &topology.held {
+                Some(held) => Some(Arc::new(self.restore_holds(spec.group(), topology, held).await?)),
+                None => None,
+            };
+            let consumers = (0..=policy.levels())
+                .map(|level| {
+                    let role = TopicRole::of_level(level);
+                    (
+                        level,
+                        role,
+                        topology.level(level),
+                        topology.consumer_group(spec.group(), level),
+                    )
+                })
+                .chain(
+                    topology
+                        .held
+                        .as_deref()
+                        .map(|held| (0, TopicRole::Held, held, held)),
+                );
+            for (index, (level, role, topic, group)) in consumers.enumerate() {
+                let seam_topic = Topic::new(topic, role);
                 let consumer = self
                     .backend
                     .subscribe(Subscription {
                         topic: seam_topic.clone(),
-                        group: topology.consumer_group(spec.group(), level).to_owned(),
+                        group: group.to_owned(),
                     })
                     .await?;
                 let metrics = Arc::new(LevelMetrics::new(
@@ -96,13 +156,13 @@ impl<B: Backend> App<B> {
                     spec.group(),
                     level,
                     counters.clone(),
-                    health[level as usize].clone(),
+                    health[index].clone(),
                     lag_wake.clone(),
                 ));
                 if lag_wake.is_some() {
                     lags.push(Lag {
                         topic: seam_topic,
-                        group: topology.consumer_group(spec.group(), level).to_owned(),
+                        group: group.to_owned(),
                         metrics: metrics.clone(),
                     });
                 }
@@ -117,6 +177,8 @@ impl<B: Backend> App<B> {
                     shutdown: shutdown.clone(),
                     rate: rate.clone(),
                     breaker: breaker.clone(),
+                    key_holds: key_holds.clone(),
+                    held: role == TopicRole::Held,
                     metrics,
                 };
                 levels.push((level, consumer));

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::error::ConfigError;
-use crate::handlers::HandlerSpec;
+use crate::handlers::{HandlerSpec, RetryOrdering};
 use crate::names::{self, NameError};
 use crate::policy::TopicRole;
 use crate::policy::{TopicNaming, Topology};
@@ -28,6 +28,18 @@ pub(crate) fn validate(
             });
         }
     }
+    for spec in handlers {
+        if spec.ordering() == RetryOrdering::Key && spec.concurrency() > 1 {
+            return Err(ConfigError::KeyOrdering {
+                handler: spec.name().to_owned(),
+                reason: format!(
+                    "runs one record at a time for now: remove `concurrency = {}` ({})",
+                    spec.concurrency(),
+                    spec.location()
+                ),
+            });
+        }
+    }
     let topologies: Vec<Topology> = handlers.iter().map(|spec| Topology::of(spec, naming)).collect();
     // Main topics may be shared (one per group); every derived topic has exactly one role.
     let mut roles: HashMap<&str, String> = HashMap::new();
@@ -42,6 +54,7 @@ pub(crate) fn validate(
             let role = match role {
                 TopicRole::DeadLetter => format!("the dead-letter topic of `{}`", spec.name()),
                 TopicRole::Parked => format!("the parking queue of `{}`", spec.name()),
+                TopicRole::Held => format!("the held topic of `{}`", spec.name()),
                 _ => format!("a retry topic of `{}`", spec.name()),
             };
             if let Some(first) = roles.insert(topic, role.clone()) {

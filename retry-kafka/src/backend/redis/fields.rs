@@ -45,7 +45,7 @@ pub(crate) enum Layout {
     /// producers write, and of dead-letter and parking streams, which operators read with
     /// `redis-cli` (the failure context as text fields).
     FieldPerValue,
-    /// `rk-schema: 2`: the record as one msgpack field; a retry level's entries, written and
+    /// `rk-schema: 2`: the record as one msgpack field; a retry level's (and a held topic's) entries, written and
     /// read only by the framework, on the failure path's hot loop.
     Packed,
 }
@@ -53,7 +53,7 @@ pub(crate) enum Layout {
 impl Layout {
     pub(crate) fn of(role: TopicRole) -> Layout {
         match role {
-            TopicRole::Retry { .. } => Layout::Packed,
+            TopicRole::Retry { .. } | TopicRole::Held => Layout::Packed,
             TopicRole::Main | TopicRole::DeadLetter | TopicRole::Parked => Layout::FieldPerValue,
         }
     }

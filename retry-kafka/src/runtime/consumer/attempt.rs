@@ -233,8 +233,9 @@ impl Level {
     pub(super) fn lineage(&self, record: &Record) -> Lineage {
         let replays = headers::replays(&record.headers);
         // On the main topic rk-* headers may be forged or left over from a replay: counting
-        // starts here. Only rk-replays carries forward.
-        if self.level == 0 {
+        // starts here. Only rk-replays carries forward. (The held topic is written by the
+        // runtime alone: its records say where they came from, as a retry level's do.)
+        if self.level == 0 && !self.held {
             return Lineage {
                 origin: Origin {
                     topic: self.main_topic.clone(),

@@ -78,6 +78,7 @@ pub(super) struct Targets {
     retries: Vec<Topic>,
     dead_letter: Option<Topic>,
     parked: Option<Topic>,
+    held: Option<Topic>,
 }
 
 impl Targets {
@@ -89,6 +90,7 @@ impl Targets {
                 .collect(),
             dead_letter: topic(TopicRole::DeadLetter),
             parked: topic(TopicRole::Parked),
+            held: topic(TopicRole::Held),
         }
     }
 
@@ -97,6 +99,7 @@ impl Targets {
             TopicRole::Retry { level } => self.retries.get(level.checked_sub(1)? as usize),
             TopicRole::DeadLetter => self.dead_letter.as_ref(),
             TopicRole::Parked => self.parked.as_ref(),
+            TopicRole::Held => self.held.as_ref(),
             _ => None,
         }
     }

@@ -8,13 +8,15 @@
 //!   [`one_record`] or [`batches`];
 //! - [`gate`]: the handler's `rate`;
 //! - [`at_risk`]: no attempt starts while the consumer's commits are behind;
-//! - [`outcome`]: what a failure becomes by the policy.
+//! - [`outcome`]: what a failure becomes by the policy;
+//! - [`key_holds`]: a key-ordered handler's later records wait behind their key's retry.
 
 mod at_risk;
 mod attempt;
 mod batches;
 mod gate;
 mod hand_offs;
+pub(crate) mod key_holds;
 mod one_record;
 mod outcome;
 mod partitions;
@@ -30,9 +32,10 @@ use self::attempt::{Attempts, Done};
 use self::batches::Batches;
 use self::gate::RateGate;
 use self::hand_offs::{HandOffs, PendingHandOff, Targets, Ticket};
+use self::key_holds::{KeyHolds, KeyOrder, Stage};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
-use crate::backend::{Consumer, Delivered, Fetched, Record, Undelivered};
+use crate::backend::{Consumer, Delivered, Fetched, Record, TopicRole, Undelivered};
 use crate::breaker::{CircuitBreaker, Outcome};
 use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::{BackendError, Error};
@@ -67,6 +70,11 @@ pub(crate) struct Level {
     pub(crate) rate: Option<Arc<AttemptRate>>,
     /// The handler's circuit breaker, shared by its levels.
     pub(crate) breaker: Option<Arc<CircuitBreaker>>,
+    /// A key-ordered handler's holds, shared by its levels (`ordering = "key"`).
+    pub(crate) key_holds: Option<Arc<KeyHolds>>,
+    /// Whether this consumer reads the handler's held topic (then `level` is 0: its records
+    /// get their first attempt here).
+    pub(crate) held: bool,
 }
 
 impl Level {
@@ -99,8 +107,18 @@ struct LevelLoop<C, A> {
     gate: RateGate,
     /// Whether the consumer's commits are behind: no attempt starts meanwhile.
     commits: CommitWatch,
+    /// A key-ordered handler's holds, as this level sees them.
+    order: Option<KeyOrder>,
     /// Shutdown was requested: nothing new starts, what is under way finishes.
     stopping: bool,
+}
+
+/// Until a key's retry concludes, when the level waits for that (the held level).
+async fn released(order: &mut Option<KeyOrder>) {
+    match order {
+        Some(order) => order.released().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
@@ -110,6 +128,14 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             targets: Targets::of(&level.topology),
             gate: RateGate::new(level.rate.clone(), level.breaker.clone()),
             commits: CommitWatch::new(level.metrics.health.clone()),
+            order: level.key_holds.clone().map(|holds| {
+                let stage = match (level.level, level.held) {
+                    (0, false) => Stage::Main,
+                    (0, true) => Stage::Held,
+                    _ => Stage::Retry,
+                };
+                KeyOrder::new(holds, stage)
+            }),
             level,
             consumer,
             partitions: Partitions::default(),
@@ -146,6 +172,8 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             let wake = self.next_wake();
             let linger = self.attempts.wake_at();
             let fetch = self.wants_fetch();
+            let waits_for_releases = self.partitions.waiting() > 0
+                && self.order.as_ref().is_some_and(KeyOrder::waits_for_releases);
             tokio::select! {
                 biased;
                 finished = self.attempts.next(), if self.attempts.in_flight() > 0 => {
@@ -162,6 +190,8 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 }
                 // A batch's linger is over: the top of the loop starts it.
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
+                // A key's retry concluded: its held records may start (the top of the loop).
+                _ = released(&mut self.order), if waits_for_releases => {}
                 fetched = self.consumer.next(), if fetch => {
                     // Once per round, not per record: a clock read per record showed in the
                     // success path's instruction count.
@@ -216,7 +246,14 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         // already would wake the loop again at once, round after round.
         let can_start = !self.stopping && !self.commits.stopped() && self.attempts.room();
         let due = if can_start {
-            let startable = |index| !self.hand_offs.blocks(index);
+            // A held record whose key is still out waits for a release, not for a time.
+            let startable = |index| {
+                !self.hand_offs.blocks(index)
+                    && match (&self.order, self.partitions.head(index)) {
+                        (Some(order), Some(head)) => order.may_start_now(head),
+                        _ => true,
+                    }
+            };
             self.partitions.next_due(startable, self.gate.throttled_until())
         } else {
             None
@@ -292,7 +329,8 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         let ready = due.is_none_or(|due| due <= now_ms())
             && !self.commits.stopped()
             && self.partitions.none_waiting(partition)
-            && !self.hand_offs.blocks(partition as usize);
+            && !self.hand_offs.blocks(partition as usize)
+            && self.order.as_mut().is_none_or(|order| order.may_start(&record));
         if ready && self.gate.admit() {
             let generation = self.partitions.generation(partition);
             return self.start(record, generation, due).await;
@@ -314,6 +352,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 if self.hand_offs.blocks(index) || !self.partitions.head_due(index, now) {
                     break;
                 }
+                if let (Some(order), Some(head)) = (&mut self.order, self.partitions.head(index)) {
+                    if !order.may_start(head) {
+                        break;
+                    }
+                }
                 if !self.gate.admit() {
                     return;
                 }
@@ -330,6 +373,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
 
     async fn start(&mut self, record: Record, generation: u32, due: Option<i64>) {
         self.partitions.started(record.partition, record.offset);
+        if let Some(behind) = self.order.as_ref().and_then(|order| order.hold_back(&record)) {
+            // Its key has a record out on a retry level: it waits behind it, unattempted.
+            let hand_off = self.level.held_back(record, behind, generation);
+            return self.hand_on(hand_off);
+        }
         if let Some(finished) = self.attempts.start(&self.level, record, generation, due) {
             for done in finished {
                 self.conclude(done).await;
@@ -349,6 +397,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         } = done;
         self.level.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
+        // Read before the record is handed on: its key and where it first came from.
+        let key = self.order.as_ref().and_then(|order| {
+            let key = order.key_of(&record)?;
+            Some((key, order.origin_offset(&record)))
+        });
         // Every outcome tells the breaker about the dependency, a revoked partition's too.
         let held_back = self.level.breaker.as_ref().is_some_and(|breaker| {
             breaker.conclude(match &result {
@@ -363,6 +416,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         let failure = match result {
             Ok(()) => {
                 self.level.metrics.handled();
+                self.key_concluded(partition, key, false);
                 return self.finish(partition, offset).await;
             }
             Err(failure) => failure,
@@ -378,8 +432,24 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             return;
         }
         let Some(hand_off) = self.level.hand_off_of(record, failure, span, generation) else {
+            self.key_concluded(partition, key, false);
             return self.finish(partition, offset).await;
         };
+        let retried = matches!(hand_off.ticket.target, TopicRole::Retry { .. });
+        self.key_concluded(partition, key, retried);
+        self.hand_on(hand_off);
+    }
+
+    /// Tells the key's holds that one of its records concluded here (see [`KeyOrder`]).
+    fn key_concluded(&self, partition: u32, key: Option<(u64, u64)>, retried: bool) {
+        if let (Some(order), Some((key, origin))) = (&self.order, key) {
+            order.concluded(partition, key, retried, origin);
+        }
+    }
+
+    /// Sends a hand-off, or queues it behind its partition's failed one.
+    fn hand_on(&mut self, hand_off: PendingHandOff) {
+        let partition = hand_off.ticket.partition;
         if self.hand_offs.blocks(partition as usize) {
             // Behind a failed hand-off of this partition: in failure order, after it.
             self.hand_offs.queue_behind(hand_off);

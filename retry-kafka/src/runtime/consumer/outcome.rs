@@ -7,7 +7,7 @@ use super::hand_offs::{PendingHandOff, Ticket};
 use super::Level;
 use crate::backend::{OutboundRecord, Record, TopicRole};
 use crate::clock::now_ms;
-use crate::headers::FailureContext;
+use crate::headers::{FailureContext, HeldBack};
 use crate::policy::Step;
 use crate::trace::AttemptSpan;
 
@@ -82,11 +82,49 @@ impl Level {
         Some(PendingHandOff::new(ticket, record))
     }
 
+    /// The hand-off that holds `record` back on the held topic, unattempted, behind the
+    /// record of its key that started on main-topic offset `behind` (`ordering = "key"`).
+    pub(super) fn held_back(&self, record: Record, behind: u64, generation: u32) -> PendingHandOff {
+        let (partition, offset) = (record.partition, record.offset);
+        let lineage = self.lineage(&record);
+        let now = now_ms();
+        tracing::debug!(topic = %self.topic, partition, offset, group = self.spec.group(),
+            behind, "held back behind an earlier record of its key");
+        let mut headers = record.headers;
+        HeldBack {
+            original_topic: &lineage.origin.topic,
+            original_partition: lineage.origin.partition,
+            original_offset: lineage.origin.offset,
+            original_timestamp_ms: lineage.origin.timestamp_ms,
+            group: self.spec.group(),
+            held_at_ms: now,
+            behind_offset: behind,
+            replays: lineage.replays,
+        }
+        .write_to(&mut headers);
+        let record = OutboundRecord {
+            partition: Some(partition),
+            key: record.key,
+            payload: record.payload,
+            headers,
+        };
+        let ticket = Ticket::new(
+            partition,
+            offset,
+            generation,
+            TopicRole::Held,
+            lineage.origin.timestamp_ms,
+        );
+        PendingHandOff::new(ticket, record)
+    }
+
     /// Counts a hand-off that is durable, by where it went.
     pub(super) fn handed_off(&self, ticket: &Ticket) {
         match ticket.target {
             TopicRole::Retry { level } => self.metrics.retried(level),
             TopicRole::Parked => self.metrics.parked(),
+            // Not a failure's: a record held back behind its key's retry, no attempt made.
+            TopicRole::Held => {}
             _ => self.metrics.dead_lettered(ticket.failing_since_ms),
         }
     }

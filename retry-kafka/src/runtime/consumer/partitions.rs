@@ -199,6 +199,11 @@ impl Partitions {
             .is_some_and(|head| head.due <= now)
     }
 
+    /// The first record waiting on the partition at `index`.
+    pub(super) fn head(&self, index: usize) -> Option<&Record> {
+        self.list.get(index)?.waiting.front().map(|head| &head.record)
+    }
+
     /// Takes the first record waiting on the partition at `index` (see [`head_due`]).
     ///
     /// [`head_due`]: Partitions::head_due

@@ -1,0 +1,321 @@
+//! A key-ordered handler's holds (`ordering = "key"`): which keys of each partition have a
+//! record out on a retry level (its *heads*) or held back on the held topic (its *followers*),
+//! shared by the handler's consumers in this process.
+//!
+//! The rule, one owner for every level: a main-topic record whose key has a head or a
+//! follower is not attempted but held back (handed to the held topic, no attempt counted); a
+//! held record is attempted only when its key has no head, in the held topic's order (which is
+//! the main topic's, per key); a key's hold ends when its last head concludes and its last
+//! follower has been attempted. Counts, not records: memory grows with the keys held, never
+//! with a key's backlog (the followers wait on the held topic).
+//!
+//! Keys are kept as 64-bit hashes: two keys of a partition sharing one only hold each other
+//! back (order is kept, a record waits longer), never the other way round.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::backend::Record;
+use crate::headers::{names, Headers};
+
+/// Which part of the chain a level is: where its records are in a key's story.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The main topic: records not seen before.
+    Main,
+    /// A retry level: a key's head.
+    Retry,
+    /// The held topic: a key's followers, each attempted for the first time.
+    Held,
+}
+
+/// A key's hold in one partition.
+#[derive(Default, Debug)]
+struct Hold {
+    /// Its records on retry levels: waiting there, or being attempted.
+    heads: u32,
+    /// Its records on the held topic, not concluded yet.
+    followers: u32,
+    /// The main-topic offset of the record that started the hold, for `rk-held-behind`.
+    behind: u64,
+}
+
+/// The holds of one key-ordered handler, shared by its levels.
+pub(crate) struct KeyHolds {
+    keys: Mutex<HashMap<(u32, u64), Hold>>,
+    /// Bumped when a key's last head concludes: the held level looks at its waiting records again.
+    released: watch::Sender<u64>,
+    hasher: std::hash::RandomState,
+}
+
+impl Default for KeyHolds {
+    fn default() -> Self {
+        Self {
+            keys: Mutex::new(HashMap::new()),
+            released: watch::Sender::new(0),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
+
+impl KeyHolds {
+    /// The key of `record` as the holds know it; `None` for a record without a key, which is
+    /// never held back.
+    pub(crate) fn key_of(&self, record: &Record) -> Option<u64> {
+        let key = record.key.as_deref()?;
+        Some(self.hasher.hash_one(key))
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), Hold>> {
+        // Every change below is one step on plain counters: a panic elsewhere leaves them whole.
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A main-topic record of `key`: if the key is held, it becomes one more follower and the
+    /// main-topic offset it waits behind is returned; otherwise it may be attempted.
+    pub(crate) fn hold_back(&self, partition: u32, key: u64) -> Option<u64> {
+        let mut keys = self.keys();
+        let hold = keys.get_mut(&(partition, key))?;
+        hold.followers += 1;
+        Some(hold.behind)
+    }
+
+    /// Whether a held record of `key` may be attempted: the key has no record on a retry level.
+    pub(crate) fn is_free(&self, partition: u32, key: u64) -> bool {
+        self.keys()
+            .get(&(partition, key))
+            .is_none_or(|hold| hold.heads == 0)
+    }
+
+    /// A record of `key` concluded on `stage`: `retried` when it was handed to a retry level
+    /// (otherwise it succeeded, or went to the dead letters, the parking queue or nowhere).
+    /// `origin` is its main-topic offset.
+    pub(crate) fn concluded(&self, partition: u32, key: u64, stage: Stage, retried: bool, origin: u64) {
+        let mut keys = self.keys();
+        let hold = keys.entry((partition, key)).or_default();
+        let heads_before = hold.heads;
+        match stage {
+            Stage::Main => {}
+            Stage::Retry => hold.heads = hold.heads.saturating_sub(1),
+            Stage::Held => hold.followers = hold.followers.saturating_sub(1),
+        }
+        if retried {
+            if hold.heads == 0 {
+                hold.behind = origin;
+            }
+            hold.heads += 1;
+        }
+        let (heads, followers) = (hold.heads, hold.followers);
+        if heads == 0 && followers == 0 {
+            keys.remove(&(partition, key));
+        }
+        drop(keys);
+        if heads_before > 0 && heads == 0 {
+            self.released.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Counts records still out from before this process started: unacknowledged on a retry
+    /// level (`Stage::Retry`, heads) or on the held topic (`Stage::Held`, followers). What was
+    /// concluded but not acknowledged is counted too; it is consumed again and concludes again.
+    pub(crate) fn restore<'r>(&self, stage: Stage, records: impl IntoIterator<Item = &'r Record>) {
+        let mut keys = self.keys();
+        for record in records {
+            let Some(key) = self.key_of(record) else {
+                continue;
+            };
+            let hold = keys.entry((record.partition, key)).or_default();
+            match stage {
+                Stage::Retry => {
+                    if hold.heads == 0 {
+                        hold.behind = origin_offset(&record.headers).unwrap_or(record.offset);
+                    }
+                    hold.heads += 1;
+                }
+                Stage::Held => hold.followers += 1,
+                Stage::Main => {}
+            }
+        }
+    }
+
+    /// Woken when a key's last head concludes (see [`watch::Receiver::changed`]).
+    pub(crate) fn releases(&self) -> watch::Receiver<u64> {
+        self.released.subscribe()
+    }
+
+    /// Keys held and followers waiting, over all partitions.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (usize, u32) {
+        let keys = self.keys();
+        (keys.len(), keys.values().map(|hold| hold.followers).sum())
+    }
+}
+
+/// One level's view of its handler's holds: what the loop asks before it starts a record and
+/// tells when one concludes.
+pub(super) struct KeyOrder {
+    holds: std::sync::Arc<KeyHolds>,
+    stage: Stage,
+    releases: watch::Receiver<u64>,
+}
+
+impl KeyOrder {
+    pub(super) fn new(holds: std::sync::Arc<KeyHolds>, stage: Stage) -> Self {
+        let releases = holds.releases();
+        Self {
+            holds,
+            stage,
+            releases,
+        }
+    }
+
+    pub(super) fn key_of(&self, record: &Record) -> Option<u64> {
+        self.holds.key_of(record)
+    }
+
+    /// Whether `record` may be attempted now. Only the held level waits: for a key without a
+    /// head. Marks the releases seen, so [`released`](Self::released) wakes only for later ones.
+    pub(super) fn may_start(&mut self, record: &Record) -> bool {
+        if self.stage != Stage::Held {
+            return true;
+        }
+        self.releases.borrow_and_update();
+        self.holds
+            .key_of(record)
+            .is_none_or(|key| self.holds.is_free(record.partition, key))
+    }
+
+    /// [`may_start`](Self::may_start) without marking releases seen, for a look that only
+    /// decides when to wake.
+    pub(super) fn may_start_now(&self, record: &Record) -> bool {
+        self.stage != Stage::Held
+            || self
+                .holds
+                .key_of(record)
+                .is_none_or(|key| self.holds.is_free(record.partition, key))
+    }
+
+    /// On the main topic, for a record whose key is held: the main-topic offset it waits
+    /// behind (it is counted as a follower). `None` elsewhere, or when it may be attempted.
+    pub(super) fn hold_back(&self, record: &Record) -> Option<u64> {
+        if self.stage != Stage::Main {
+            return None;
+        }
+        let key = self.holds.key_of(record)?;
+        self.holds.hold_back(record.partition, key)
+    }
+
+    /// A record of `key` concluded: handed to a retry level (`retried`) or done with.
+    pub(super) fn concluded(&self, partition: u32, key: u64, retried: bool, origin: u64) {
+        self.holds.concluded(partition, key, self.stage, retried, origin);
+    }
+
+    /// The main-topic offset of `record`: its own on the main topic, else as its headers say.
+    pub(super) fn origin_offset(&self, record: &Record) -> u64 {
+        match self.stage {
+            Stage::Main => record.offset,
+            _ => origin_offset(&record.headers).unwrap_or(record.offset),
+        }
+    }
+
+    /// Whether this level waits for releases: the held level.
+    pub(super) fn waits_for_releases(&self) -> bool {
+        self.stage == Stage::Held
+    }
+
+    /// A key's last head concluded since [`may_start`](Self::may_start) last looked.
+    /// Cancel-safe; pending forever once the holds are gone.
+    pub(super) async fn released(&mut self) {
+        if self.releases.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn origin_offset(headers: &Headers) -> Option<u64> {
+    headers.get_str(names::ORIGINAL_OFFSET)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: u32, key: &str) -> Record {
+        Record {
+            partition,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
+            payload: None,
+            headers: Headers::new(),
+        }
+    }
+
+    #[test]
+    fn a_key_is_held_from_its_first_retry_until_its_last_follower_concluded() {
+        let holds = KeyHolds::default();
+        let k = holds.key_of(&record(0, "k")).unwrap();
+        let other = holds.key_of(&record(0, "other")).unwrap();
+        assert_eq!(holds.hold_back(0, k), None, "nothing failed yet");
+        // k's record at offset 10 fails on the main topic and goes to level 1.
+        holds.concluded(0, k, Stage::Main, true, 10);
+        assert_eq!(
+            holds.hold_back(0, k),
+            Some(10),
+            "the next record of k is held back"
+        );
+        assert_eq!(holds.hold_back(0, k), Some(10));
+        assert_eq!(holds.hold_back(0, other), None, "another key flows");
+        assert_eq!(
+            holds.hold_back(1, k),
+            None,
+            "the same key in another partition flows"
+        );
+        assert!(!holds.is_free(0, k), "followers wait while the head is out");
+        assert_eq!(holds.counts(), (1, 2));
+        // The head fails on level 1 and goes to level 2: still out.
+        holds.concluded(0, k, Stage::Retry, true, 10);
+        assert!(!holds.is_free(0, k));
+        // It succeeds on level 2: the followers may go, and a main record still waits behind them.
+        holds.concluded(0, k, Stage::Retry, false, 10);
+        assert!(holds.is_free(0, k));
+        assert_eq!(holds.hold_back(0, k), Some(10), "followers are still waiting");
+        // The first follower fails: it is the key's head now.
+        holds.concluded(0, k, Stage::Held, true, 11);
+        assert!(!holds.is_free(0, k));
+        holds.concluded(0, k, Stage::Retry, false, 11);
+        holds.concluded(0, k, Stage::Held, false, 12);
+        holds.concluded(0, k, Stage::Held, false, 13);
+        assert_eq!(holds.counts(), (0, 0), "the hold is gone");
+        assert_eq!(holds.hold_back(0, k), None);
+    }
+
+    #[test]
+    fn a_release_wakes_the_held_level_once() {
+        let holds = std::sync::Arc::new(KeyHolds::default());
+        let mut order = KeyOrder::new(holds.clone(), Stage::Held);
+        let r = record(3, "k");
+        let k = holds.key_of(&r).unwrap();
+        holds.concluded(3, k, Stage::Main, true, 1);
+        assert!(!order.may_start(&r));
+        assert!(!order.releases.has_changed().unwrap());
+        holds.concluded(3, k, Stage::Retry, false, 1);
+        assert!(order.releases.has_changed().unwrap());
+        assert!(order.may_start(&r));
+        assert!(!order.releases.has_changed().unwrap(), "seen");
+    }
+
+    #[test]
+    fn records_without_a_key_are_never_held() {
+        let holds = std::sync::Arc::new(KeyHolds::default());
+        let mut keyless = record(0, "");
+        keyless.key = None;
+        let main = KeyOrder::new(holds.clone(), Stage::Main);
+        let mut held = KeyOrder::new(holds, Stage::Held);
+        assert_eq!(main.hold_back(&keyless), None);
+        assert!(held.may_start(&keyless));
+    }
+}
