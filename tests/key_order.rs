@@ -246,3 +246,103 @@ async fn the_holds_survive_a_restart() {
     assert_eq!(*AFTER_RESTART.lock().unwrap(), [0, 1, 2, 3]);
     app.shutdown().await;
 }
+
+/// How often each (key, seq) of the property test fails before it succeeds; `u32::MAX`: always.
+static SCHEDULE: Mutex<Option<HashMap<(u8, u16), u32>>> = Mutex::new(None);
+/// The property test's successes, in order, and every attempt's (key, seq, attempt).
+static PROPERTY: Mutex<(Vec<(u8, u16)>, Vec<(u8, u16, u32)>)> = Mutex::new((Vec::new(), Vec::new()));
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(topic = "ko.property", key = "key")]
+struct Step {
+    key: u8,
+    seq: u16,
+}
+
+#[retry_handler(group = "kp-ordered", retries = ["1s", "3s"], dlq, ordering = "key")]
+async fn ordered_property(step: Step, ctx: Context) -> Result<(), HandlerError> {
+    let fails = SCHEDULE
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|schedule| schedule.get(&(step.key, step.seq)).copied())
+        .unwrap_or(0);
+    let mut seen = PROPERTY.lock().unwrap();
+    seen.1.push((step.key, step.seq, ctx.attempt()));
+    if ctx.attempt() <= fails {
+        return Err(HandlerError::transient("scheduled failure"));
+    }
+    seen.0.push((step.key, step.seq));
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Whatever fails, for every key: the successes are the records that did not exhaust their
+    /// attempts, in production order; a record exhausts its attempts only by its own failures
+    /// (3 attempts), and no record makes an attempt it was not owed.
+    #[test]
+    fn any_failure_schedule_keeps_each_keys_order(
+        records in proptest::collection::vec((0u8..5, proptest::prelude::prop_oneof![
+            8 => proptest::prelude::Just(0u32),
+            2 => proptest::prelude::Just(1u32),
+            1 => proptest::prelude::Just(2u32),
+            1 => proptest::prelude::Just(u32::MAX),
+        ]), 1..40),
+        pause_ms in 0u64..1500,
+    ) {
+        let mut schedule = HashMap::new();
+        let mut produced: Vec<(u8, u16)> = Vec::new();
+        for (seq, (key, fails)) in records.iter().enumerate() {
+            schedule.insert((*key, seq as u16), *fails);
+            produced.push((*key, seq as u16));
+        }
+        *SCHEDULE.lock().unwrap() = Some(schedule.clone());
+        *PROPERTY.lock().unwrap() = (Vec::new(), Vec::new());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (successes, tries) = runtime.block_on(async {
+            let app = TestApp::start_with(
+                App::builder()
+                    .backend(InMemory::new())
+                    .handlers(|spec| spec.group() == "kp-ordered")
+                    .build()
+                    .unwrap(),
+            )
+            .await;
+            // Half the records, a pause (some retries come due meanwhile), the rest.
+            let half = produced.len() / 2;
+            for &(key, seq) in &produced[..half] {
+                app.publish(&Step { key, seq }).await;
+            }
+            app.advance(Duration::from_millis(pause_ms)).await;
+            for &(key, seq) in &produced[half..] {
+                app.publish(&Step { key, seq }).await;
+            }
+            app.advance(Duration::from_secs(10)).await;
+            app.settle().await;
+            app.shutdown().await;
+            std::mem::take(&mut *PROPERTY.lock().unwrap())
+        });
+        let expected: Vec<(u8, u16)> = produced
+            .iter()
+            .copied()
+            .filter(|record| schedule[record] < 3)
+            .collect();
+        for key in 0..5u8 {
+            let got: Vec<u16> = successes.iter().filter(|s| s.0 == key).map(|s| s.1).collect();
+            let want: Vec<u16> = expected.iter().filter(|s| s.0 == key).map(|s| s.1).collect();
+            proptest::prop_assert_eq!(got, want, "key {}", key);
+        }
+        for &(key, seq) in &produced {
+            let attempts: Vec<u32> = tries.iter().filter(|t| (t.0, t.1) == (key, seq)).map(|t| t.2).collect();
+            let owed = schedule[&(key, seq)].saturating_add(1).min(3);
+            let want: Vec<u32> = (1..=owed).collect();
+            proptest::prop_assert_eq!(attempts, want, "({}, {})", key, seq);
+        }
+    }
+}
