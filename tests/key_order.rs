@@ -249,8 +249,18 @@ async fn the_holds_survive_a_restart() {
 
 /// How often each (key, seq) of the property test fails before it succeeds; `u32::MAX`: always.
 static SCHEDULE: Mutex<Option<HashMap<(u8, u16), u32>>> = Mutex::new(None);
-/// The property test's successes, in order, and every attempt's (key, seq, attempt).
-static PROPERTY: Mutex<(Vec<(u8, u16)>, Vec<(u8, u16, u32)>)> = Mutex::new((Vec::new(), Vec::new()));
+/// What the property test's handler saw.
+struct Observed {
+    /// (key, seq) of each success, in order.
+    successes: Vec<(u8, u16)>,
+    /// (key, seq, attempt) of every attempt.
+    tries: Vec<(u8, u16, u32)>,
+}
+
+static PROPERTY: Mutex<Observed> = Mutex::new(Observed {
+    successes: Vec::new(),
+    tries: Vec::new(),
+});
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[event(topic = "ko.property", key = "key")]
@@ -268,11 +278,11 @@ async fn ordered_property(step: Step, ctx: Context) -> Result<(), HandlerError> 
         .and_then(|schedule| schedule.get(&(step.key, step.seq)).copied())
         .unwrap_or(0);
     let mut seen = PROPERTY.lock().unwrap();
-    seen.1.push((step.key, step.seq, ctx.attempt()));
+    seen.tries.push((step.key, step.seq, ctx.attempt()));
     if ctx.attempt() <= fails {
         return Err(HandlerError::transient("scheduled failure"));
     }
-    seen.0.push((step.key, step.seq));
+    seen.successes.push((step.key, step.seq));
     Ok(())
 }
 
@@ -299,7 +309,11 @@ proptest::proptest! {
             produced.push((*key, seq as u16));
         }
         *SCHEDULE.lock().unwrap() = Some(schedule.clone());
-        *PROPERTY.lock().unwrap() = (Vec::new(), Vec::new());
+        {
+            let mut observed = PROPERTY.lock().unwrap();
+            observed.successes.clear();
+            observed.tries.clear();
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
@@ -326,7 +340,8 @@ proptest::proptest! {
             app.advance(Duration::from_secs(10)).await;
             app.settle().await;
             app.shutdown().await;
-            std::mem::take(&mut *PROPERTY.lock().unwrap())
+            let mut observed = PROPERTY.lock().unwrap();
+            (std::mem::take(&mut observed.successes), std::mem::take(&mut observed.tries))
         });
         let expected: Vec<(u8, u16)> = produced
             .iter()

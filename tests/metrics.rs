@@ -637,3 +637,93 @@ async fn the_lag_follows_the_commits_and_each_handler_exports_only_its_series() 
     );
     running.shutdown().await.expect("clean shutdown");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A key-ordered handler's holds: keys held, records held back, how long a hold lasted
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(topic = "holds.accounts", key = "account")]
+struct Entry {
+    account: u64,
+    seq: u64,
+}
+
+#[retry_handler(group = "holds-ledger", retries = ["400ms"], dlq, ordering = "key")]
+async fn post_entry(entry: Entry, ctx: Context) -> Result<(), HandlerError> {
+    if (entry.account, entry.seq) == (1, 0) && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("ledger busy"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holds_of_a_key_ordered_handler_are_gauged_and_timed() {
+    let app = App::builder()
+        .backend(InMemory::new())
+        .handlers(|spec| spec.group() == "holds-ledger")
+        .metrics_addr(loopback())
+        .build()
+        .expect("valid handlers");
+    let running = app.start().await.expect("app starts");
+    let addr = running.metrics_addr().expect("the endpoint is on");
+    let labels = [("topic", "holds.accounts"), ("group", "holds-ledger")];
+    let scrape = || async { samples(&get(addr, "/metrics").await.1) };
+    assert_eq!(
+        sample(&scrape().await, "retry_kafka_held_keys", &labels),
+        Some(0.0)
+    );
+
+    // Account 1's first entry fails once: its next two wait behind it. Account 2 flows.
+    for (account, seq) in [(1, 0), (1, 1), (2, 0), (1, 2)] {
+        app.producer()
+            .send(&Entry { account, seq })
+            .await
+            .expect("publish");
+    }
+    let mut held = None;
+    for _ in 0..100 {
+        let now = scrape().await;
+        let pair = (
+            sample(&now, "retry_kafka_held_keys", &labels),
+            sample(&now, "retry_kafka_held_records", &labels),
+        );
+        if pair == (Some(1.0), Some(2.0)) {
+            held = Some(pair);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        held,
+        Some((Some(1.0), Some(2.0))),
+        "one key held, two records behind it"
+    );
+
+    wait_until("every entry has settled", || {
+        let stats = running.stats();
+        let stats = stats.handler("post_entry").expect("post_entry runs");
+        stats.succeeded == 4
+    })
+    .await;
+    let mut settled = BTreeMap::new();
+    for _ in 0..100 {
+        settled = scrape().await;
+        if sample(&settled, "retry_kafka_held_keys", &labels) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sample(&settled, "retry_kafka_held_keys", &labels), Some(0.0));
+    assert_eq!(sample(&settled, "retry_kafka_held_records", &labels), Some(0.0));
+    assert_eq!(
+        sample(&settled, "retry_kafka_key_hold_seconds_count", &labels),
+        Some(1.0),
+        "one hold ended"
+    );
+    let lasted = sample(&settled, "retry_kafka_key_hold_seconds_sum", &labels).unwrap();
+    assert!(
+        (0.4..5.0).contains(&lasted),
+        "the hold lasted the retry's delay and more: {lasted} s"
+    );
+    running.shutdown().await.expect("clean stop");
+}

@@ -61,6 +61,15 @@ pub(crate) const BREAKER_STATE: &str = "retry_kafka_breaker_state";
 /// A handler's circuit breaker's transitions. Labels: `topic`, `group`, `to` (`open`,
 /// `half-open`, `closed`).
 pub(crate) const BREAKER_TRANSITIONS: &str = "retry_kafka_breaker_transitions_total";
+/// Keys a key-ordered handler holds (a record of theirs on a retry level, or held back).
+/// Labels: `topic`, `group`.
+pub(crate) const HELD_KEYS: &str = "retry_kafka_held_keys";
+/// Records of a key-ordered handler held back behind their key's retry, not attempted yet.
+/// Labels: `topic`, `group`.
+pub(crate) const HELD_RECORDS: &str = "retry_kafka_held_records";
+/// How long a key-ordered handler's key was held, from its first retry to its last held
+/// record's conclusion, in seconds. Labels: `topic`, `group`.
+pub(crate) const KEY_HOLD: &str = "retry_kafka_key_hold_seconds";
 
 /// Every kind in the order of [`kind_index`].
 const KINDS: [ErrorKind; 5] = [
@@ -123,6 +132,43 @@ pub(crate) fn describe() {
         "A handler's circuit breaker: 0 closed, 1 open, 2 half-open"
     );
     describe_counter!(BREAKER_TRANSITIONS, "A handler's circuit breaker's transitions");
+    describe_gauge!(
+        HELD_KEYS,
+        "Keys of a key-ordered handler held behind a record on a retry level"
+    );
+    describe_gauge!(
+        HELD_RECORDS,
+        "Records of a key-ordered handler held back behind their key's retry"
+    );
+    describe_histogram!(KEY_HOLD, Unit::Seconds, "How long a key was held");
+}
+
+/// The metric handles of a key-ordered handler's holds, on its main topic in `group`.
+pub(crate) fn key_hold_handles(main_topic: &str, group: &str) -> KeyHoldHandles {
+    let labels = [("topic", main_topic.to_owned()), ("group", group.to_owned())];
+    KeyHoldHandles {
+        keys: ::metrics::gauge!(HELD_KEYS, &labels),
+        records: ::metrics::gauge!(HELD_RECORDS, &labels),
+        hold: ::metrics::histogram!(KEY_HOLD, &labels),
+    }
+}
+
+/// A key-ordered handler's hold metrics: keys held, records held back, how long holds last.
+pub(crate) struct KeyHoldHandles {
+    pub(crate) keys: Gauge,
+    pub(crate) records: Gauge,
+    pub(crate) hold: Histogram,
+}
+
+impl Default for KeyHoldHandles {
+    /// Handles that record nothing.
+    fn default() -> Self {
+        KeyHoldHandles {
+            keys: Gauge::noop(),
+            records: Gauge::noop(),
+            hold: Histogram::noop(),
+        }
+    }
 }
 
 /// The metric handles of a handler's circuit breaker, on its main topic in `group`.

@@ -25,7 +25,7 @@ impl<B: Backend> App<B> {
     /// A key-ordered handler's holds as the records it left out say: those on its retry
     /// levels and its held topic not acknowledged yet.
     async fn restore_holds(&self, group: &str, topology: &Topology, held: &str) -> Result<KeyHolds, Error> {
-        let holds = KeyHolds::default();
+        let holds = KeyHolds::new(crate::metrics::key_hold_handles(&topology.main, group));
         for level in 1..=topology.retries.len() as u32 {
             let topic = Topic::new(topology.level(level), TopicRole::Retry { level });
             let records = self

@@ -12,14 +12,17 @@
 //! Keys are kept as 64-bit hashes: two keys of a partition sharing one only hold each other
 //! back (order is kept, a record waits longer), never the other way round.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::backend::Record;
 use crate::headers::{names, Headers};
+use crate::metrics::KeyHoldHandles;
 
 /// Which part of the chain a level is: where its records are in a key's story.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +36,7 @@ pub(crate) enum Stage {
 }
 
 /// A key's hold in one partition.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct Hold {
     /// Its records on retry levels: waiting there, or being attempted.
     heads: u32,
@@ -41,27 +44,56 @@ struct Hold {
     followers: u32,
     /// The main-topic offset of the record that started the hold, for `rk-held-behind`.
     behind: u64,
+    /// When the hold started (or was counted, at start), for how long it lasted.
+    since: Instant,
 }
 
-/// The holds of one key-ordered handler, shared by its levels.
-pub(crate) struct KeyHolds {
-    keys: Mutex<HashMap<(u32, u64), Hold>>,
-    /// Bumped when a key's last head concludes: the held level looks at its waiting records again.
-    released: watch::Sender<u64>,
-    hasher: std::hash::RandomState,
-}
-
-impl Default for KeyHolds {
+impl Default for Hold {
     fn default() -> Self {
-        Self {
-            keys: Mutex::new(HashMap::new()),
-            released: watch::Sender::new(0),
-            hasher: std::hash::RandomState::new(),
+        Hold {
+            heads: 0,
+            followers: 0,
+            behind: 0,
+            since: Instant::now(),
         }
     }
 }
 
+/// Every hold of the handler, and the followers over all of them (for the gauge).
+#[derive(Default)]
+struct Holds {
+    keys: HashMap<(u32, u64), Hold>,
+    followers: u64,
+}
+
+/// The holds of one key-ordered handler, shared by its levels.
+pub(crate) struct KeyHolds {
+    holds: Mutex<Holds>,
+    /// Bumped when a key's last head concludes: the held level looks at its waiting records again.
+    released: watch::Sender<u64>,
+    hasher: std::hash::RandomState,
+    handles: KeyHoldHandles,
+}
+
+impl Default for KeyHolds {
+    fn default() -> Self {
+        Self::new(KeyHoldHandles::default())
+    }
+}
+
 impl KeyHolds {
+    /// No holds yet; `handles` are its metrics.
+    pub(crate) fn new(handles: KeyHoldHandles) -> Self {
+        handles.keys.set(0.0);
+        handles.records.set(0.0);
+        Self {
+            holds: Mutex::new(Holds::default()),
+            released: watch::Sender::new(0),
+            hasher: std::hash::RandomState::new(),
+            handles,
+        }
+    }
+
     /// The key of `record` as the holds know it; `None` for a record without a key, which is
     /// never held back.
     pub(crate) fn key_of(&self, record: &Record) -> Option<u64> {
@@ -69,23 +101,33 @@ impl KeyHolds {
         Some(self.hasher.hash_one(key))
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), Hold>> {
+    fn holds(&self) -> std::sync::MutexGuard<'_, Holds> {
         // Every change below is one step on plain counters: a panic elsewhere leaves them whole.
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+        self.holds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The gauges, as `holds` says (called with the lock held, after a change).
+    fn publish(&self, holds: &Holds) {
+        self.handles.keys.set(holds.keys.len() as f64);
+        self.handles.records.set(holds.followers as f64);
     }
 
     /// A main-topic record of `key`: if the key is held, it becomes one more follower and the
     /// main-topic offset it waits behind is returned; otherwise it may be attempted.
     pub(crate) fn hold_back(&self, partition: u32, key: u64) -> Option<u64> {
-        let mut keys = self.keys();
-        let hold = keys.get_mut(&(partition, key))?;
+        let mut holds = self.holds();
+        let hold = holds.keys.get_mut(&(partition, key))?;
         hold.followers += 1;
-        Some(hold.behind)
+        let behind = hold.behind;
+        holds.followers += 1;
+        self.publish(&holds);
+        Some(behind)
     }
 
     /// Whether a held record of `key` may be attempted: the key has no record on a retry level.
     pub(crate) fn is_free(&self, partition: u32, key: u64) -> bool {
-        self.keys()
+        self.holds()
+            .keys
             .get(&(partition, key))
             .is_none_or(|hold| hold.heads == 0)
     }
@@ -94,13 +136,23 @@ impl KeyHolds {
     /// (otherwise it succeeded, or went to the dead letters, the parking queue or nowhere).
     /// `origin` is its main-topic offset.
     pub(crate) fn concluded(&self, partition: u32, key: u64, stage: Stage, retried: bool, origin: u64) {
-        let mut keys = self.keys();
-        let hold = keys.entry((partition, key)).or_default();
+        let mut guard = self.holds();
+        let holds = &mut *guard;
+        let hold = match holds.keys.entry((partition, key)) {
+            Entry::Occupied(hold) => hold.into_mut(),
+            // A key not held that stays so: nothing to count (a main-topic success, mostly).
+            Entry::Vacant(_) if !retried => return,
+            Entry::Vacant(free) => free.insert(Hold::default()),
+        };
         let heads_before = hold.heads;
         match stage {
             Stage::Main => {}
             Stage::Retry => hold.heads = hold.heads.saturating_sub(1),
-            Stage::Held => hold.followers = hold.followers.saturating_sub(1),
+            Stage::Held if hold.followers > 0 => {
+                hold.followers -= 1;
+                holds.followers -= 1;
+            }
+            Stage::Held => {}
         }
         if retried {
             if hold.heads == 0 {
@@ -110,9 +162,12 @@ impl KeyHolds {
         }
         let (heads, followers) = (hold.heads, hold.followers);
         if heads == 0 && followers == 0 {
-            keys.remove(&(partition, key));
+            if let Some(ended) = holds.keys.remove(&(partition, key)) {
+                self.handles.hold.record(ended.since.elapsed().as_secs_f64());
+            }
         }
-        drop(keys);
+        self.publish(holds);
+        drop(guard);
         if heads_before > 0 && heads == 0 {
             self.released.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -122,12 +177,13 @@ impl KeyHolds {
     /// level (`Stage::Retry`, heads) or on the held topic (`Stage::Held`, followers). What was
     /// concluded but not acknowledged is counted too; it is consumed again and concludes again.
     pub(crate) fn restore<'r>(&self, stage: Stage, records: impl IntoIterator<Item = &'r Record>) {
-        let mut keys = self.keys();
+        let mut guard = self.holds();
+        let holds = &mut *guard;
         for record in records {
             let Some(key) = self.key_of(record) else {
                 continue;
             };
-            let hold = keys.entry((record.partition, key)).or_default();
+            let hold = holds.keys.entry((record.partition, key)).or_default();
             match stage {
                 Stage::Retry => {
                     if hold.heads == 0 {
@@ -135,10 +191,14 @@ impl KeyHolds {
                     }
                     hold.heads += 1;
                 }
-                Stage::Held => hold.followers += 1,
+                Stage::Held => {
+                    hold.followers += 1;
+                    holds.followers += 1;
+                }
                 Stage::Main => {}
             }
         }
+        self.publish(holds);
     }
 
     /// Woken when a key's last head concludes (see [`watch::Receiver::changed`]).
@@ -148,9 +208,9 @@ impl KeyHolds {
 
     /// Keys held and followers waiting, over all partitions.
     #[cfg(test)]
-    pub(crate) fn counts(&self) -> (usize, u32) {
-        let keys = self.keys();
-        (keys.len(), keys.values().map(|hold| hold.followers).sum())
+    pub(crate) fn counts(&self) -> (usize, u64) {
+        let holds = self.holds();
+        (holds.keys.len(), holds.followers)
     }
 }
 
@@ -170,6 +230,11 @@ impl KeyOrder {
             stage,
             releases,
         }
+    }
+
+    /// Whether a conclusion here can change a hold: anything but a main-topic success.
+    pub(super) fn counts(&self, succeeded: bool) -> bool {
+        !(succeeded && self.stage == Stage::Main)
     }
 
     pub(super) fn key_of(&self, record: &Record) -> Option<u64> {

@@ -397,8 +397,12 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         } = done;
         self.level.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
-        // Read before the record is handed on: its key and where it first came from.
+        // Read before the record is handed on: its key and where it first came from (not for
+        // a main-topic success, which changes no hold).
         let key = self.order.as_ref().and_then(|order| {
+            if !order.counts(result.is_ok()) {
+                return None;
+            }
             let key = order.key_of(&record)?;
             Some((key, order.origin_offset(&record)))
         });
