@@ -361,3 +361,93 @@ proptest::proptest! {
         }
     }
 }
+
+/// The parallel test's attempts under way, per key and in all, and the most seen of each.
+#[derive(Default)]
+struct Parallel {
+    running: HashMap<u64, u32>,
+    total: u32,
+    most_per_key: u32,
+    most_in_all: u32,
+    successes: Vec<(u64, u64, Instant)>,
+    failed: Vec<(u64, u64)>,
+}
+
+static PARALLEL: Mutex<Option<Parallel>> = Mutex::new(None);
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(topic = "ko.parallel", key = "account")]
+struct Transfer {
+    account: u64,
+    seq: u64,
+}
+
+#[retry_handler(group = "kc-ordered", retries = ["1s"], dlq, ordering = "key", concurrency = 16)]
+async fn ordered_in_parallel(transfer: Transfer, ctx: Context) -> Result<(), HandlerError> {
+    {
+        let mut guard = PARALLEL.lock().unwrap();
+        let seen = guard.get_or_insert_with(Parallel::default);
+        let running = seen.running.entry(transfer.account).or_default();
+        *running += 1;
+        let per_key = *running;
+        seen.total += 1;
+        seen.most_per_key = seen.most_per_key.max(per_key);
+        seen.most_in_all = seen.most_in_all.max(seen.total);
+    }
+    // 1 ms of I/O.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut guard = PARALLEL.lock().unwrap();
+    let seen = guard.as_mut().unwrap();
+    *seen.running.get_mut(&transfer.account).unwrap() -= 1;
+    seen.total -= 1;
+    // Every 7th record of every 3rd account fails its first attempt.
+    if transfer.account.is_multiple_of(3) && transfer.seq % 7 == 3 && ctx.attempt() == 1 {
+        seen.failed.push((transfer.account, transfer.seq));
+        return Err(HandlerError::transient("busy"));
+    }
+    seen.successes
+        .push((transfer.account, transfer.seq, Instant::now()));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_runs_keys_in_parallel_and_each_key_one_at_a_time() {
+    const KEYS: u64 = 40;
+    const PER_KEY: u64 = 20;
+    let app = TestApp::start_only(|spec| spec.group() == "kc-ordered").await;
+    let began = Instant::now();
+    for seq in 0..PER_KEY {
+        for account in 0..KEYS {
+            app.publish(&Transfer { account, seq }).await;
+        }
+    }
+    app.settle().await;
+    let seen = PARALLEL.lock().unwrap().take().unwrap();
+    assert_eq!(seen.successes.len() as u64, KEYS * PER_KEY);
+    assert_eq!(seen.most_per_key, 1, "one attempt of a key at a time");
+    assert!(
+        seen.most_in_all > 4,
+        "keys ran in parallel: at most {} at once",
+        seen.most_in_all
+    );
+    assert_eq!(out_of_order(&seen.successes), Vec::<u64>::new());
+    assert_eq!(
+        seen.failed.len() as u64,
+        KEYS.div_ceil(3) * 3,
+        "seq 3, 10 and 17 of every 3rd key"
+    );
+    // The keys that never fail: 540 records of 1 ms over 4 partitions. One at a time that is
+    // 135 ms per partition; 16 at once, a few ms.
+    let last = seen
+        .successes
+        .iter()
+        .filter(|s| !s.0.is_multiple_of(3))
+        .map(|s| s.2 - began)
+        .max()
+        .unwrap();
+    assert!(
+        last < Duration::from_millis(60),
+        "the keys that never fail took {last:?}"
+    );
+    app.shutdown().await;
+}

@@ -231,23 +231,9 @@ async fn kafka_commit_and_at_risk_settings_out_of_range_are_refused_naming_their
     );
 }
 
-#[retry_handler(group = "val-ordered-parallel", retries = ["1s"], dlq, ordering = "key", concurrency = 4)]
-async fn ordered_in_parallel(_order: Order) -> Result<(), HandlerError> {
-    Ok(())
-}
-
 #[retry_handler(group = "val-ordered", retries = ["1s"], dlq, ordering = "key")]
 async fn ordered(_order: Order) -> Result<(), HandlerError> {
     Ok(())
-}
-
-#[test]
-fn key_ordering_with_concurrency_is_refused_naming_the_handler() {
-    let error = build(|spec| spec.group() == "val-ordered-parallel").unwrap_err();
-    assert!(matches!(error, ConfigError::KeyOrdering { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(message.contains("ordered_in_parallel"), "{message}");
-    assert!(message.contains("concurrency = 4"), "{message}");
 }
 
 #[tokio::test]

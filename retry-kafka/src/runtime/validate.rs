@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::error::ConfigError;
-use crate::handlers::{HandlerSpec, RetryOrdering};
+use crate::handlers::HandlerSpec;
 use crate::names::{self, NameError};
 use crate::policy::TopicRole;
 use crate::policy::{TopicNaming, Topology};
@@ -25,18 +25,6 @@ pub(crate) fn validate(
                 group: spec.group().to_owned(),
                 first: describe(first),
                 second: describe(spec),
-            });
-        }
-    }
-    for spec in handlers {
-        if spec.ordering() == RetryOrdering::Key && spec.concurrency() > 1 {
-            return Err(ConfigError::KeyOrdering {
-                handler: spec.name().to_owned(),
-                reason: format!(
-                    "runs one record at a time for now: remove `concurrency = {}` ({})",
-                    spec.concurrency(),
-                    spec.location()
-                ),
             });
         }
     }

@@ -13,7 +13,7 @@
 //! back (order is kept, a record waits longer), never the other way round.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 
@@ -215,20 +215,53 @@ impl KeyHolds {
 }
 
 /// One level's view of its handler's holds: what the loop asks before it starts a record and
-/// tells when one concludes.
+/// tells when one concludes. With `concurrency > 1` it also knows the keys with an attempt
+/// under way on this level: different keys run in parallel, one key at a time.
 pub(super) struct KeyOrder {
     holds: std::sync::Arc<KeyHolds>,
     stage: Stage,
     releases: watch::Receiver<u64>,
+    /// (partition, key) of the attempts under way, when several may be (`concurrency > 1`).
+    busy: Option<HashSet<(u32, u64)>>,
 }
 
 impl KeyOrder {
-    pub(super) fn new(holds: std::sync::Arc<KeyHolds>, stage: Stage) -> Self {
+    pub(super) fn new(holds: std::sync::Arc<KeyHolds>, stage: Stage, concurrency: usize) -> Self {
         let releases = holds.releases();
         Self {
             holds,
             stage,
             releases,
+            busy: (concurrency > 1).then(HashSet::new),
+        }
+    }
+
+    /// Whether a record of this key has an attempt under way here.
+    fn is_busy(&self, record: &Record) -> bool {
+        match &self.busy {
+            Some(busy) => self
+                .holds
+                .key_of(record)
+                .is_some_and(|key| busy.contains(&(record.partition, key))),
+            None => false,
+        }
+    }
+
+    /// An attempt of `record` starts: its key is busy here until it concludes.
+    pub(super) fn started(&mut self, record: &Record) {
+        if let Some(busy) = &mut self.busy {
+            if let Some(key) = self.holds.key_of(record) {
+                busy.insert((record.partition, key));
+            }
+        }
+    }
+
+    /// An attempt of `record` concluded (whatever its outcome, stale or not).
+    pub(super) fn finished(&mut self, record: &Record) {
+        if let Some(busy) = &mut self.busy {
+            if let Some(key) = self.holds.key_of(record) {
+                busy.remove(&(record.partition, key));
+            }
         }
     }
 
@@ -244,6 +277,9 @@ impl KeyOrder {
     /// Whether `record` may be attempted now. Only the held level waits: for a key without a
     /// head. Marks the releases seen, so [`released`](Self::released) wakes only for later ones.
     pub(super) fn may_start(&mut self, record: &Record) -> bool {
+        if self.is_busy(record) {
+            return false;
+        }
         if self.stage != Stage::Held {
             return true;
         }
@@ -256,11 +292,12 @@ impl KeyOrder {
     /// [`may_start`](Self::may_start) without marking releases seen, for a look that only
     /// decides when to wake.
     pub(super) fn may_start_now(&self, record: &Record) -> bool {
-        self.stage != Stage::Held
-            || self
-                .holds
-                .key_of(record)
-                .is_none_or(|key| self.holds.is_free(record.partition, key))
+        !self.is_busy(record)
+            && (self.stage != Stage::Held
+                || self
+                    .holds
+                    .key_of(record)
+                    .is_none_or(|key| self.holds.is_free(record.partition, key)))
     }
 
     /// On the main topic, for a record whose key is held: the main-topic offset it waits
@@ -361,7 +398,7 @@ mod tests {
     #[test]
     fn a_release_wakes_the_held_level_once() {
         let holds = std::sync::Arc::new(KeyHolds::default());
-        let mut order = KeyOrder::new(holds.clone(), Stage::Held);
+        let mut order = KeyOrder::new(holds.clone(), Stage::Held, 1);
         let r = record(3, "k");
         let k = holds.key_of(&r).unwrap();
         holds.concluded(3, k, Stage::Main, true, 1);
@@ -378,8 +415,8 @@ mod tests {
         let holds = std::sync::Arc::new(KeyHolds::default());
         let mut keyless = record(0, "");
         keyless.key = None;
-        let main = KeyOrder::new(holds.clone(), Stage::Main);
-        let mut held = KeyOrder::new(holds, Stage::Held);
+        let main = KeyOrder::new(holds.clone(), Stage::Main, 1);
+        let mut held = KeyOrder::new(holds, Stage::Held, 1);
         assert_eq!(main.hold_back(&keyless), None);
         assert!(held.may_start(&keyless));
     }

@@ -134,7 +134,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                     (0, true) => Stage::Held,
                     _ => Stage::Retry,
                 };
-                KeyOrder::new(holds, stage)
+                KeyOrder::new(holds, stage, level.spec.concurrency() as usize)
             }),
             level,
             consumer,
@@ -352,15 +352,22 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 if self.hand_offs.blocks(index) || !self.partitions.head_due(index, now) {
                     break;
                 }
-                if let (Some(order), Some(head)) = (&mut self.order, self.partitions.head(index)) {
-                    if !order.may_start(head) {
-                        break;
-                    }
-                }
+                // Key-ordered: the first waiting record whose key may go (a record of a key
+                // that may not is passed over, and so are the later ones of that key).
+                let at = match &mut self.order {
+                    None => 0,
+                    Some(order) => match self
+                        .partitions
+                        .first_due(index, now, |record| order.may_start(record))
+                    {
+                        Some(at) => at,
+                        None => break,
+                    },
+                };
                 if !self.gate.admit() {
                     return;
                 }
-                let next = self.partitions.take_head(index).expect("its head is due");
+                let next = self.partitions.take_at(index, at).expect("it is due");
                 if next.resume {
                     let partition = next.record.partition;
                     self.consumer.resume(partition);
@@ -373,10 +380,13 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
 
     async fn start(&mut self, record: Record, generation: u32, due: Option<i64>) {
         self.partitions.started(record.partition, record.offset);
-        if let Some(behind) = self.order.as_ref().and_then(|order| order.hold_back(&record)) {
-            // Its key has a record out on a retry level: it waits behind it, unattempted.
-            let hand_off = self.level.held_back(record, behind, generation);
-            return self.hand_on(hand_off);
+        if let Some(order) = &mut self.order {
+            if let Some(behind) = order.hold_back(&record) {
+                // Its key has a record out on a retry level: it waits behind it, unattempted.
+                let hand_off = self.level.held_back(record, behind, generation);
+                return self.hand_on(hand_off);
+            }
+            order.started(&record);
         }
         if let Some(finished) = self.attempts.start(&self.level, record, generation, due) {
             for done in finished {
@@ -397,6 +407,9 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         } = done;
         self.level.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
+        if let Some(order) = &mut self.order {
+            order.finished(&record);
+        }
         // Read before the record is handed on: its key and where it first came from (not for
         // a main-topic success, which changes no hold).
         let key = self.order.as_ref().and_then(|order| {

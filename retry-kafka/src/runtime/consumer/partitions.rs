@@ -204,12 +204,34 @@ impl Partitions {
         self.list.get(index)?.waiting.front().map(|head| &head.record)
     }
 
-    /// Takes the first record waiting on the partition at `index` (see [`head_due`]).
+    /// Where the first record waiting on the partition at `index` that is due at `now` and
+    /// passes `may_start` is. Records are due in order, so the look stops at the first one
+    /// that is not due.
+    pub(super) fn first_due(
+        &self,
+        index: usize,
+        now: i64,
+        mut may_start: impl FnMut(&Record) -> bool,
+    ) -> Option<usize> {
+        self.list
+            .get(index)?
+            .waiting
+            .iter()
+            .take_while(|w| w.due <= now)
+            .position(|w| may_start(&w.record))
+    }
+
+    /// Takes the record waiting at `at` on the partition at `index` (see [`first_due`]): the
+    /// head, or one passed over records of keys that may not start.
     ///
-    /// [`head_due`]: Partitions::head_due
-    pub(super) fn take_head(&mut self, index: usize) -> Option<Next> {
+    /// [`first_due`]: Partitions::first_due
+    pub(super) fn take_at(&mut self, index: usize, at: usize) -> Option<Next> {
         let state = &mut self.list[index];
-        let Waiting { due, record } = state.waiting.pop_front()?;
+        let taken = match at {
+            0 => state.waiting.pop_front(),
+            _ => state.waiting.remove(at),
+        };
+        let Waiting { due, record } = taken?;
         let resume = state.held && state.waiting.len() < RESUME_BELOW;
         state.held &= !resume;
         self.waiting -= 1;
@@ -219,6 +241,14 @@ impl Partitions {
             due: (due > 0).then_some(due),
             resume,
         })
+    }
+
+    /// Takes the first record waiting on the partition at `index` (see [`head_due`]).
+    ///
+    /// [`head_due`]: Partitions::head_due
+    #[cfg(test)]
+    pub(super) fn take_head(&mut self, index: usize) -> Option<Next> {
+        self.take_at(index, 0)
     }
 
     /// The earliest due time of a head that could start (`startable` says which partitions
