@@ -271,16 +271,25 @@ impl Backend for InMemory {
         true
     }
 
-    async fn unacknowledged(&self, topic: &Topic, group: &str) -> Result<Vec<Record>, BackendError> {
+    async fn unacknowledged(
+        &self,
+        topic: &Topic,
+        group: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<Record>, BackendError> {
         let committed = self.committed(&topic.name, group);
         let state = self.state();
         let Some(log) = state.topics.get(&*topic.name) else {
             return Ok(Vec::new());
         };
-        Ok(log
-            .partitions
+        Ok(partitions
             .iter()
-            .zip(committed.iter().copied().chain(std::iter::repeat(0)))
+            .filter_map(|&p| {
+                Some((
+                    log.partitions.get(p as usize)?,
+                    committed.get(p as usize).copied().unwrap_or(0),
+                ))
+            })
             .flat_map(|(records, from)| records.iter().filter(move |r| r.offset >= from).cloned())
             .collect())
     }

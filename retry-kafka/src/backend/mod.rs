@@ -504,15 +504,18 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
         false
     }
 
-    /// The records of `topic` that `group` has not acknowledged, oldest first per partition:
-    /// what a key-ordered handler's holds are counted from when it starts, so a restart keeps
-    /// them. Needed where [`keeps_partitions_together`](Self::keeps_partitions_together) is
-    /// true; elsewhere it is never asked (the default refuses).
+    /// The records of `partitions` of `topic` that `group` has not acknowledged, oldest first
+    /// per partition: what a key-ordered handler's holds are counted from when its main
+    /// consumer is assigned those partitions, so a restart or a rebalance keeps them. Needed
+    /// where [`keeps_partitions_together`](Self::keeps_partitions_together) is true; elsewhere
+    /// it is never asked (the default refuses).
     fn unacknowledged(
         &self,
         topic: &Topic,
         group: &str,
+        partitions: &[u32],
     ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send {
+        let _ = partitions;
         let error = BackendError::Transport {
             backend: self.name(),
             source: format!("cannot list the records of {topic} that group {group:?} has not acknowledged")

@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::app::{App, AppHandler};
-use super::consumer::key_holds::{KeyHolds, Stage};
+use super::consumer::key_holds::{KeyHolds, Stage, Unsettled};
 #[cfg(feature = "prometheus")]
 use super::endpoint;
 use super::lag::{report_lag, Lag, LagPace};
@@ -22,24 +22,31 @@ use crate::rate::AttemptRate;
 use crate::shutdown::Shutdown;
 
 impl<B: Backend> App<B> {
-    /// A key-ordered handler's holds as the records it left out say: those on its retry
-    /// levels and its held topic not acknowledged yet.
-    async fn restore_holds(&self, group: &str, topology: &Topology, held: &str) -> Result<KeyHolds, Error> {
-        let holds = KeyHolds::new(crate::metrics::key_hold_handles(&topology.main, group));
-        for level in 1..=topology.retries.len() as u32 {
-            let topic = Topic::new(topology.level(level), TopicRole::Retry { level });
-            let records = self
-                .backend
-                .unacknowledged(&topic, topology.consumer_group(group, level))
-                .await?;
-            holds.restore(Stage::Retry, &records);
-        }
-        let records = self
-            .backend
-            .unacknowledged(&Topic::new(held, TopicRole::Held), held)
-            .await?;
-        holds.restore(Stage::Held, &records);
-        Ok(holds)
+    /// Where a key-ordered handler's holds are counted from: the records of its retry levels
+    /// and its held topic not acknowledged yet, in the partitions asked for.
+    fn unsettled(&self, group: &str, topology: &Topology, held: &str) -> Unsettled {
+        let mut out: Vec<(Topic, String, Stage)> = (1..=topology.retries.len() as u32)
+            .map(|level| {
+                let topic = Topic::new(topology.level(level), TopicRole::Retry { level });
+                (
+                    topic,
+                    topology.consumer_group(group, level).to_owned(),
+                    Stage::Retry,
+                )
+            })
+            .collect();
+        out.push((Topic::new(held, TopicRole::Held), held.to_owned(), Stage::Held));
+        let backend = self.backend.clone();
+        Arc::new(move |partitions: Vec<u32>| {
+            let (backend, out) = (backend.clone(), out.clone());
+            Box::pin(async move {
+                let mut found = Vec::with_capacity(out.len());
+                for (topic, group, stage) in &out {
+                    found.push((*stage, backend.unacknowledged(topic, group, &partitions).await?));
+                }
+                Ok(found)
+            })
+        })
     }
 
     /// Refuses a key-ordered handler on a backend that cannot keep its order, before any I/O.
@@ -122,10 +129,13 @@ impl<B: Backend> App<B> {
             });
             // A key-ordered handler's levels share its holds, and its held topic has a
             // consumer of its own: its records' first attempts, counted as level 0's.
-            let key_holds = match &topology.held {
-                Some(held) => Some(Arc::new(self.restore_holds(spec.group(), topology, held).await?)),
-                None => None,
-            };
+            let key_holds = topology.held.as_deref().map(|held| {
+                let handles = crate::metrics::key_hold_handles(&topology.main, spec.group());
+                Arc::new(KeyHolds::new(
+                    handles,
+                    self.unsettled(spec.group(), topology, held),
+                ))
+            });
             let consumers = (0..=policy.levels())
                 .map(|level| {
                     let role = TopicRole::of_level(level);

@@ -21,6 +21,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backend::Record;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::BackendError;
 use crate::headers::{names, Headers};
 use crate::metrics::KeyHoldHandles;
 
@@ -64,30 +69,47 @@ impl Default for Hold {
 struct Holds {
     keys: HashMap<(u32, u64), Hold>,
     followers: u64,
+    /// Partitions whose holds have been counted since the main consumer was assigned them:
+    /// only their retries and held records may start.
+    counted: HashSet<u32>,
 }
+
+/// Where the holds of newly assigned partitions are counted from: for each retry level and
+/// the held topic, the records of those partitions not acknowledged yet.
+pub(crate) type Unsettled = Arc<
+    dyn Fn(Vec<u32>) -> BoxFuture<'static, Result<Vec<(Stage, Vec<Record>)>, BackendError>> + Send + Sync,
+>;
 
 /// The holds of one key-ordered handler, shared by its levels.
 pub(crate) struct KeyHolds {
     holds: Mutex<Holds>,
+    unsettled: Unsettled,
     /// Bumped when a key's last head concludes: the held level looks at its waiting records again.
     released: watch::Sender<u64>,
     hasher: std::hash::RandomState,
     handles: KeyHoldHandles,
 }
 
+#[cfg(test)]
 impl Default for KeyHolds {
+    /// Holds with no records to count and no metrics.
     fn default() -> Self {
-        Self::new(KeyHoldHandles::default())
+        Self::new(
+            KeyHoldHandles::default(),
+            Arc::new(|_| Box::pin(async { Ok(Vec::new()) })),
+        )
     }
 }
 
 impl KeyHolds {
-    /// No holds yet; `handles` are its metrics.
-    pub(crate) fn new(handles: KeyHoldHandles) -> Self {
+    /// No holds yet; `handles` are its metrics, `unsettled` where assigned partitions' holds
+    /// are counted from.
+    pub(crate) fn new(handles: KeyHoldHandles, unsettled: Unsettled) -> Self {
         handles.keys.set(0.0);
         handles.records.set(0.0);
         Self {
             holds: Mutex::new(Holds::default()),
+            unsettled,
             released: watch::Sender::new(0),
             hasher: std::hash::RandomState::new(),
             handles,
@@ -173,12 +195,52 @@ impl KeyHolds {
         }
     }
 
-    /// Counts records still out from before this process started: unacknowledged on a retry
-    /// level (`Stage::Retry`, heads) or on the held topic (`Stage::Held`, followers). What was
-    /// concluded but not acknowledged is counted too; it is consumed again and concludes again.
-    pub(crate) fn restore<'r>(&self, stage: Stage, records: impl IntoIterator<Item = &'r Record>) {
+    /// Whether the holds of `partition` have been counted since it was assigned.
+    pub(crate) fn is_counted(&self, partition: u32) -> bool {
+        self.holds().counted.contains(&partition)
+    }
+
+    /// The main consumer was assigned `partitions`: their holds are counted from the records
+    /// still out, unacknowledged on a retry level (`Stage::Retry`, heads) or on the held topic
+    /// (`Stage::Held`, followers). What was concluded but not acknowledged is counted too; it
+    /// is consumed again and concludes again. Until then no retry or held record of theirs
+    /// starts.
+    pub(crate) async fn count(&self, partitions: Vec<u32>) -> Result<(), BackendError> {
+        let out = (self.unsettled)(partitions.clone()).await?;
+        {
+            let mut holds = self.holds();
+            for (stage, records) in &out {
+                self.restore(&mut holds, *stage, records);
+            }
+            holds.counted.extend(partitions);
+            self.publish(&holds);
+        }
+        // The retry levels and the held topic look at what waits for these partitions.
+        self.released.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// The main consumer lost `partitions`: their holds go with them (their new owner counts
+    /// them again), and their retries and held records wait for the next count.
+    pub(crate) fn forget(&self, partitions: &[u32]) {
         let mut guard = self.holds();
         let holds = &mut *guard;
+        let mut dropped = 0;
+        holds.keys.retain(|(partition, _), hold| {
+            let keep = !partitions.contains(partition);
+            if !keep {
+                dropped += u64::from(hold.followers);
+            }
+            keep
+        });
+        holds.followers -= dropped;
+        for partition in partitions {
+            holds.counted.remove(partition);
+        }
+        self.publish(holds);
+    }
+
+    fn restore<'r>(&self, holds: &mut Holds, stage: Stage, records: impl IntoIterator<Item = &'r Record>) {
         for record in records {
             let Some(key) = self.key_of(record) else {
                 continue;
@@ -198,7 +260,6 @@ impl KeyHolds {
                 Stage::Main => {}
             }
         }
-        self.publish(holds);
     }
 
     /// Woken when a key's last head concludes (see [`watch::Receiver::changed`]).
@@ -277,27 +338,46 @@ impl KeyOrder {
     /// Whether `record` may be attempted now. Only the held level waits: for a key without a
     /// head. Marks the releases seen, so [`released`](Self::released) wakes only for later ones.
     pub(super) fn may_start(&mut self, record: &Record) -> bool {
-        if self.is_busy(record) {
-            return false;
+        if self.stage != Stage::Main {
+            self.releases.borrow_and_update();
         }
-        if self.stage != Stage::Held {
-            return true;
-        }
-        self.releases.borrow_and_update();
-        self.holds
-            .key_of(record)
-            .is_none_or(|key| self.holds.is_free(record.partition, key))
+        self.may_start_now(record)
     }
 
     /// [`may_start`](Self::may_start) without marking releases seen, for a look that only
     /// decides when to wake.
     pub(super) fn may_start_now(&self, record: &Record) -> bool {
-        !self.is_busy(record)
-            && (self.stage != Stage::Held
-                || self
-                    .holds
-                    .key_of(record)
-                    .is_none_or(|key| self.holds.is_free(record.partition, key)))
+        if self.is_busy(record) {
+            return false;
+        }
+        match self.stage {
+            Stage::Main => true,
+            // A key's head runs once its partition's holds are counted (else its conclusion
+            // could come before the count and be counted again).
+            Stage::Retry => self.holds.is_counted(record.partition),
+            Stage::Held => {
+                self.holds.is_counted(record.partition)
+                    && self
+                        .holds
+                        .key_of(record)
+                        .is_none_or(|key| self.holds.is_free(record.partition, key))
+            }
+        }
+    }
+
+    /// On the main topic: the holds of newly assigned partitions are counted before any of
+    /// their records starts; lost ones are forgotten.
+    pub(super) async fn assigned(&self, partitions: &[u32]) -> Result<(), BackendError> {
+        if self.stage != Stage::Main {
+            return Ok(());
+        }
+        self.holds.count(partitions.to_vec()).await
+    }
+
+    pub(super) fn revoked(&self, partitions: &[u32]) {
+        if self.stage == Stage::Main {
+            self.holds.forget(partitions);
+        }
     }
 
     /// On the main topic, for a record whose key is held: the main-topic offset it waits
@@ -323,9 +403,9 @@ impl KeyOrder {
         }
     }
 
-    /// Whether this level waits for releases: the held level.
+    /// Whether this level waits for releases and counts: the retry levels and the held level.
     pub(super) fn waits_for_releases(&self) -> bool {
-        self.stage == Stage::Held
+        self.stage != Stage::Main
     }
 
     /// A key's last head concluded since [`may_start`](Self::may_start) last looked.
@@ -395,11 +475,21 @@ mod tests {
         assert_eq!(holds.hold_back(0, k), None);
     }
 
-    #[test]
-    fn a_release_wakes_the_held_level_once() {
+    #[tokio::test]
+    async fn a_release_wakes_the_held_level_once() {
         let holds = std::sync::Arc::new(KeyHolds::default());
         let mut order = KeyOrder::new(holds.clone(), Stage::Held, 1);
         let r = record(3, "k");
+        assert!(!order.may_start(&r), "partition 3's holds are not counted yet");
+        KeyOrder::new(holds.clone(), Stage::Main, 1)
+            .assigned(&[3])
+            .await
+            .unwrap();
+        assert!(
+            order.releases.has_changed().unwrap(),
+            "the count wakes the held level"
+        );
+        assert!(order.may_start(&r));
         let k = holds.key_of(&r).unwrap();
         holds.concluded(3, k, Stage::Main, true, 1);
         assert!(!order.may_start(&r));
@@ -410,14 +500,36 @@ mod tests {
         assert!(!order.releases.has_changed().unwrap(), "seen");
     }
 
-    #[test]
-    fn records_without_a_key_are_never_held() {
+    #[tokio::test]
+    async fn records_without_a_key_are_never_held() {
         let holds = std::sync::Arc::new(KeyHolds::default());
+        holds.count(vec![0]).await.unwrap();
         let mut keyless = record(0, "");
         keyless.key = None;
         let main = KeyOrder::new(holds.clone(), Stage::Main, 1);
         let mut held = KeyOrder::new(holds, Stage::Held, 1);
         assert_eq!(main.hold_back(&keyless), None);
         assert!(held.may_start(&keyless));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_partition_forgets_its_holds_until_counted_again() {
+        let holds = std::sync::Arc::new(KeyHolds::default());
+        holds.count(vec![0, 1]).await.unwrap();
+        let (a, b) = (record(0, "a"), record(1, "b"));
+        let (ka, kb) = (holds.key_of(&a).unwrap(), holds.key_of(&b).unwrap());
+        holds.concluded(0, ka, Stage::Main, true, 5);
+        holds.concluded(1, kb, Stage::Main, true, 6);
+        assert_eq!(holds.hold_back(0, ka), Some(5));
+        assert_eq!(holds.counts(), (2, 1));
+        holds.forget(&[0]);
+        assert_eq!(holds.counts(), (1, 0), "partition 0's hold and follower are gone");
+        assert!(!holds.is_counted(0) && holds.is_counted(1));
+        let retry = KeyOrder::new(holds.clone(), Stage::Retry, 1);
+        assert!(
+            !retry.may_start_now(&a),
+            "partition 0's retries wait for the next count"
+        );
+        assert!(retry.may_start_now(&b));
     }
 }

@@ -271,10 +271,24 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             Ok(Fetched::Assigned(partitions)) => {
                 metrics.assigned(&partitions);
                 tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "assigned");
+                if let Some(order) = &self.order {
+                    // Before any record of these partitions: their keys' holds, counted.
+                    while let Err(error) = order.assigned(&partitions).await {
+                        if level.shutdown.deadline().is_some() {
+                            break;
+                        }
+                        tracing::warn!(topic = %level.topic, group = level.spec.group(), ?partitions, %error,
+                            "counting the held keys of assigned partitions failed; retrying");
+                        tokio::time::sleep(FETCH_BACKOFF).await;
+                    }
+                }
             }
             Ok(Fetched::Revoked(partitions)) => {
                 metrics.revoked(&partitions);
                 tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "revoked");
+                if let Some(order) = &self.order {
+                    order.revoked(&partitions);
+                }
                 for partition in partitions {
                     self.partitions.revoke(partition);
                     self.hand_offs.revoke(partition);
