@@ -239,11 +239,11 @@ async fn ordered(_order: Order) -> Result<(), HandlerError> {
 #[tokio::test]
 async fn key_ordering_on_a_backend_that_cannot_keep_it_is_refused_before_any_io() {
     // Nothing listens there: the refusal comes before a connection is tried.
-    let kafka = retry_kafka::backend::kafka::Kafka::builder("127.0.0.1:1")
+    let redis = retry_kafka::backend::redis::Redis::builder("redis://127.0.0.1:1")
         .build()
         .unwrap();
     let app = App::builder()
-        .backend(kafka)
+        .backend(redis)
         .handlers(|spec| spec.group() == "val-ordered")
         .build()
         .unwrap();
@@ -254,7 +254,7 @@ async fn key_ordering_on_a_backend_that_cannot_keep_it_is_refused_before_any_io(
     let message = format!("{error:?}");
     assert!(message.contains("`validation::ordered`"), "{message}");
     assert!(message.contains("ordering = \"key\""), "{message}");
-    assert!(message.contains("kafka backend"), "{message}");
+    assert!(message.contains("redis backend"), "{message}");
     // In-process, it runs and has a held topic.
     let app = App::builder()
         .backend(InMemory::new())

@@ -498,10 +498,32 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
 
     /// Whether a key-ordered handler (`ordering = "key"`) can run on this backend: the holds
     /// of a partition's keys live in the process that consumes it, so every level of the
-    /// handler must be consumed, partition for partition, by one process. So far only the
-    /// in-process broker, which serves one process, gives that.
+    /// handler must be consumed, partition for partition, by one process: the Kafka backend
+    /// gives that with [`subscribe_together`](Self::subscribe_together), the in-process broker
+    /// by serving one process.
     fn keeps_partitions_together(&self) -> bool {
         false
+    }
+
+    /// Subscribes a key-ordered handler's consumers together: `main` joins its group, and each
+    /// of `followers` (its retry levels and held topic) reads, partition for partition, what
+    /// the main member is assigned, and gives a partition up before the main member does.
+    /// Needed where [`keeps_partitions_together`](Self::keeps_partitions_together) is true; the
+    /// default subscribes each on its own, which is that only where one process consumes
+    /// everything (the in-process broker).
+    fn subscribe_together(
+        &self,
+        main: Subscription,
+        followers: Vec<Subscription>,
+    ) -> impl Future<Output = Result<Vec<Self::Consumer>, BackendError>> + Send {
+        async move {
+            let mut consumers = Vec::with_capacity(followers.len() + 1);
+            consumers.push(self.subscribe(main).await?);
+            for subscription in followers {
+                consumers.push(self.subscribe(subscription).await?);
+            }
+            Ok(consumers)
+        }
     }
 
     /// The records of `partitions` of `topic` that `group` has not acknowledged, oldest first

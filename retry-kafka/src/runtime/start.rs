@@ -57,8 +57,8 @@ impl<B: Backend> App<B> {
                 handler: handler.spec.name().to_owned(),
                 reason: format!(
                     "cannot run on the {} backend yet: it keeps each key's holds in the process that \
-                     consumes the key's partition on every level, and so far only the in-process \
-                     broker (`memory`) guarantees one such process",
+                     consumes the key's partition on every level, which only the Kafka backend and \
+                     the in-process broker (`memory`) guarantee so far",
                     self.backend.name()
                 ),
             }),
@@ -136,7 +136,7 @@ impl<B: Backend> App<B> {
                     self.unsettled(spec.group(), topology, held),
                 ))
             });
-            let consumers = (0..=policy.levels())
+            let consumed: Vec<(u32, TopicRole, &str, &str)> = (0..=policy.levels())
                 .map(|level| {
                     let role = TopicRole::of_level(level);
                     (
@@ -151,16 +151,33 @@ impl<B: Backend> App<B> {
                         .held
                         .as_deref()
                         .map(|held| (0, TopicRole::Held, held, held)),
-                );
-            for (index, (level, role, topic, group)) in consumers.enumerate() {
+                )
+                .collect();
+            let mut subscriptions = consumed.iter().map(|&(_, role, topic, group)| Subscription {
+                topic: Topic::new(topic, role),
+                group: group.to_owned(),
+            });
+            let consumers = match &key_holds {
+                // Every level reads, partition for partition, what the main consumer is
+                // assigned: each partition's holds live in one process.
+                Some(_) => {
+                    let main = subscriptions.next().expect("the main topic is a level");
+                    self.backend
+                        .subscribe_together(main, subscriptions.collect())
+                        .await?
+                }
+                None => {
+                    let mut consumers = Vec::with_capacity(consumed.len());
+                    for subscription in subscriptions {
+                        consumers.push(self.backend.subscribe(subscription).await?);
+                    }
+                    consumers
+                }
+            };
+            for (index, ((level, role, topic, group), consumer)) in
+                consumed.into_iter().zip(consumers).enumerate()
+            {
                 let seam_topic = Topic::new(topic, role);
-                let consumer = self
-                    .backend
-                    .subscribe(Subscription {
-                        topic: seam_topic.clone(),
-                        group: group.to_owned(),
-                    })
-                    .await?;
                 let metrics = Arc::new(LevelMetrics::new(
                     topology,
                     spec.group(),

@@ -29,6 +29,7 @@ mod writer;
 
 pub use builder::KafkaBuilder;
 pub use consumer::KafkaConsumer;
+use consumer::{Followers, Membership};
 pub use embedded::EmbeddedKafka;
 use refusals::{denied, Operation, Refusals};
 
@@ -402,6 +403,13 @@ impl Kafka {
     /// [`Backend::lag`]: a client in the group that never joins it reads the committed offsets
     /// (one per group, kept).
     async fn lag_of(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        let marks = self.committed_of(topic, group).await?;
+        Ok(marks.iter().map(|mark| mark.high.saturating_sub(mark.done)).sum())
+    }
+
+    /// Per partition of `topic`: where `group` is (its committed offset, the partition's start
+    /// when none) and where the partition ends.
+    async fn committed_of(&self, topic: &Topic, group: &str) -> Result<Vec<Marks>, BackendError> {
         let cluster = self.cluster_of(topic.role);
         let config = consumer::config(&cluster.brokers, group, &self.shared.consumer_properties);
         let clients = cluster.lag_clients.clone();
@@ -433,21 +441,30 @@ impl Kafka {
             let committed = until_settled(client.context(), timeout, |left| {
                 client.committed_offsets(list.clone(), left)
             })?;
-            let mut lag = 0;
-            for partition in 0..partitions {
-                let (low, high) = until_settled(client.context(), timeout, |left| {
-                    client.fetch_watermarks(&topic, partition, left)
-                })?;
-                let done = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => offset.max(low),
-                    _ => low,
-                };
-                lag += (high - done).max(0) as u64;
-            }
-            Ok(lag)
+            (0..partitions)
+                .map(|partition| {
+                    let (low, high) = until_settled(client.context(), timeout, |left| {
+                        client.fetch_watermarks(&topic, partition, left)
+                    })?;
+                    let done = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+                        Some(Offset::Offset(offset)) => offset.max(low),
+                        _ => low,
+                    };
+                    Ok(Marks {
+                        done: done.max(0) as u64,
+                        high: high.max(0) as u64,
+                    })
+                })
+                .collect()
         })
         .await
     }
+}
+
+/// Where a group is in one partition, and where the partition ends.
+struct Marks {
+    done: u64,
+    high: u64,
 }
 
 impl Publish for Kafka {
@@ -464,6 +481,59 @@ impl Backend for Kafka {
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<KafkaConsumer, BackendError> {
+        self.consumer(subscription, Membership::Joins(None))
+    }
+
+    fn keeps_partitions_together(&self) -> bool {
+        true
+    }
+
+    async fn subscribe_together(
+        &self,
+        main: Subscription,
+        followers: Vec<Subscription>,
+    ) -> Result<Vec<KafkaConsumer>, BackendError> {
+        // The followers first, so the main member's first assignment reaches them.
+        let links = Arc::new(Followers::default());
+        let mut consumers = Vec::with_capacity(followers.len() + 1);
+        for subscription in followers {
+            let follower = self.consumer(subscription, Membership::Follows)?;
+            follower.follow(&links);
+            consumers.push(follower);
+        }
+        consumers.insert(0, self.consumer(main, Membership::Joins(Some(links)))?);
+        Ok(consumers)
+    }
+
+    async fn unacknowledged(
+        &self,
+        topic: &Topic,
+        group: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<Record>, BackendError> {
+        let marks = self.committed_of(topic, group).await?;
+        // Past the end where not asked for: nothing read there.
+        let from = (0..marks.len() as u32)
+            .map(|p| match partitions.contains(&p) {
+                true => marks[p as usize].done,
+                false => u64::MAX,
+            })
+            .collect();
+        self.read_from(&topic.name, topic.role, from).await
+    }
+
+    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
+        self.lag_of(topic, group).await
+    }
+}
+
+impl Kafka {
+    /// A consumer of `subscription`, joining its group or following a main consumer.
+    fn consumer(
+        &self,
+        subscription: Subscription,
+        membership: Membership,
+    ) -> Result<KafkaConsumer, BackendError> {
         let brokers = self.cluster_of(subscription.topic.role).brokers.clone();
         let retry_level = matches!(subscription.topic.role, TopicRole::Retry { .. });
         let set_by_user = |key: &str| self.shared.consumer_properties.iter().any(|(k, _)| k == key);
@@ -480,15 +550,16 @@ impl Backend for Kafka {
         }
         properties.extend(self.shared.consumer_properties.iter().cloned());
         let commits = self.shared.commit_policy;
-        KafkaConsumer::start(self.clone(), &brokers, subscription, &properties, commits)
+        KafkaConsumer::start(
+            self.clone(),
+            &brokers,
+            subscription,
+            &properties,
+            commits,
+            membership,
+        )
     }
 
-    async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
-        self.lag_of(topic, group).await
-    }
-}
-
-impl Kafka {
     /// Queues `record` for `topic` in the producer and returns a future of the broker's
     /// acknowledgement. Queuing happens now, so records queued one after another to one
     /// partition are written in that order (the producer is idempotent).

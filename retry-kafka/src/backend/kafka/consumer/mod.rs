@@ -31,11 +31,14 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::{mpsc, oneshot};
 
 mod commits;
+mod follow;
 mod poll;
 mod settle;
 
 use commits::AckRequest;
 pub(crate) use commits::CommitPolicy;
+pub(crate) use follow::Followers;
+use follow::Following;
 
 use super::{transport, Kafka};
 use crate::backend::{
@@ -174,9 +177,25 @@ impl Acks {
 /// What the handle asks the poll thread to do. Each carries the partition's generation; the
 /// thread ignores requests about an assignment that has since changed.
 enum Command {
-    Hold { partition: u32, generation: u64 },
-    Resume { partition: u32, generation: u64 },
+    Hold {
+        partition: u32,
+        generation: u64,
+    },
+    Resume {
+        partition: u32,
+        generation: u64,
+    },
     Close(oneshot::Sender<Result<(), BackendError>>),
+    /// From the main consumer this one follows (`follow.rs`).
+    Follow(Following),
+}
+
+/// How a consumer gets its partitions.
+pub(crate) enum Membership {
+    /// It joins its group, and those that follow it read what it is assigned.
+    Joins(Option<Arc<Followers>>),
+    /// It reads what a main consumer is assigned (`follow.rs`).
+    Follows,
 }
 
 /// Per partition number: partitions are small dense numbers, so a vector, not a hash map, on
@@ -264,6 +283,7 @@ impl KafkaConsumer {
         subscription: Subscription,
         properties: &[(String, String)],
         commits: CommitPolicy,
+        membership: Membership,
     ) -> Result<Self, BackendError> {
         let name = subscription.topic.name.to_string();
         let ack_request = Arc::new(AckRequest::default());
@@ -276,6 +296,10 @@ impl KafkaConsumer {
             Settlement::new(acks_in),
             commits_behind.clone(),
             stale_below.clone(),
+            match &membership {
+                Membership::Joins(followers) => followers.clone(),
+                Membership::Follows => None,
+            },
         );
         let consumer: RawConsumer = config(brokers, &subscription.group, properties)
             // After the user's properties: the committed offsets are read from them.
@@ -285,7 +309,9 @@ impl KafkaConsumer {
             )
             .create_with_context(context)
             .map_err(transport)?;
-        consumer.subscribe(&[&name]).map_err(transport)?;
+        if let Membership::Joins(_) = membership {
+            consumer.subscribe(&[&name]).map_err(transport)?;
+        }
         let (items_tx, items) = mpsc::channel(CHANNEL_BATCHES);
         let (commands, commands_rx) = std_mpsc::channel();
         let (emptied, emptied_rx) = std_mpsc::channel();
@@ -316,6 +342,12 @@ impl KafkaConsumer {
             topic,
             kafka,
         })
+    }
+
+    /// Makes this consumer (started with [`Membership::Follows`]) one of `followers`: it reads
+    /// what their main consumer is assigned.
+    pub(crate) fn follow(&self, followers: &Followers) {
+        followers.add(self.commands.clone());
     }
 
     fn command(&mut self, command: Command) {

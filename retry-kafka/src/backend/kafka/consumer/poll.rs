@@ -15,6 +15,7 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
+use super::follow::{Followers, Following};
 use super::settle::Settlement;
 use super::{
     record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
@@ -45,6 +46,8 @@ pub(super) struct RebalanceLog {
     /// session timeout), so the handle drops the batches still in the channel at once, rather
     /// than running up to `CHANNEL_BATCHES` batches of work whose commits cannot succeed.
     pub(super) stale_below: Arc<AtomicU64>,
+    /// The consumers that read what this one is assigned (a key-ordered handler's levels).
+    followers: Option<Arc<Followers>>,
 }
 
 enum RebalanceEvent {
@@ -59,8 +62,10 @@ impl RebalanceLog {
         settlement: Settlement,
         commits_behind: Arc<AtomicBool>,
         stale_below: Arc<AtomicU64>,
+        followers: Option<Arc<Followers>>,
     ) -> Self {
         RebalanceLog {
+            followers,
             topic,
             ack_request,
             commits_behind,
@@ -129,6 +134,10 @@ impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked = self.partitions(list);
+            // Followers first: the partitions leave this process on every level together.
+            if let Some(followers) = &self.followers {
+                followers.revoke(&self.topic, &revoked);
+            }
             // Store what the runtime acknowledged, and what it acknowledges for a moment more,
             // then commit it before the partitions go to another member. A lost assignment (the
             // session expired) has nothing to commit to.
@@ -149,6 +158,9 @@ impl ConsumerContext for RebalanceLog {
             Rebalance::Assign(list) => {
                 let assigned = self.partitions(list);
                 tracing::debug!(topic = %self.topic, ?assigned, "partitions assigned");
+                if let Some(followers) = &self.followers {
+                    followers.assign(&assigned);
+                }
                 self.log(RebalanceEvent::Assigned(assigned));
             }
             Rebalance::Error(error) => tracing::warn!(topic = %self.topic, %error, "rebalance failed"),
@@ -452,7 +464,56 @@ impl PollThread {
                     self.resume_at(consumer, partition, next);
                 }
             }
+            Command::Follow(following) => self.follow(consumer, following),
             Command::Close(_) => unreachable!("handled by run"),
+        }
+    }
+
+    /// What the main consumer this one follows was assigned or loses (`follow.rs`), as a
+    /// rebalance of its own.
+    fn follow(&mut self, consumer: &RawConsumer, following: Following) {
+        let context = consumer.context();
+        let list = |partitions: &[u32]| {
+            let mut list = TopicPartitionList::new();
+            for &partition in partitions {
+                // From the committed offset (the group's start when none: auto.offset.reset).
+                let _ = list.add_partition_offset(&self.topic, partition as i32, Offset::Stored);
+            }
+            list
+        };
+        match following {
+            Following::Assign(partitions) => {
+                if let Err(error) = consumer.incremental_assign(&list(&partitions)) {
+                    tracing::warn!(topic = %self.topic, ?partitions, %error, "assigning what the main consumer was assigned failed");
+                    return;
+                }
+                tracing::debug!(topic = %self.topic, ?partitions, "partitions assigned (following)");
+                context.log(RebalanceEvent::Assigned(partitions));
+            }
+            Following::Revoke(partitions, done) => {
+                let owned: Vec<u32> = partitions
+                    .iter()
+                    .copied()
+                    .filter(|&p| self.partitions.get(p).is_some())
+                    .collect();
+                if !owned.is_empty() {
+                    context.settlement().drain_for_revoke(
+                        consumer,
+                        &self.topic,
+                        &owned,
+                        &context.ack_request,
+                    );
+                    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                        tracing::debug!(topic = %self.topic, %error, "commit on revoke (following)");
+                    }
+                }
+                if let Err(error) = consumer.incremental_unassign(&list(&partitions)) {
+                    tracing::debug!(topic = %self.topic, ?partitions, %error, "unassign (following)");
+                }
+                tracing::debug!(topic = %self.topic, ?partitions, "partitions revoked (following)");
+                context.log(RebalanceEvent::Revoked(partitions));
+                let _ = done.send(());
+            }
         }
     }
 
