@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use conformance::Harness;
 use kafka_support::KafkaHarness;
-use process_support::{expected_dead, publish_orders, wait_until_done, Worker, TOPIC};
+use process_support::{
+    expected_dead, publish_orders, storm as storm_workers, wait_until_done, Storm, Worker, TOPIC,
+};
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka_suite::ApacheKafka;
 
@@ -72,9 +74,6 @@ async fn storm(protocol: Protocol) {
     }
     let spawn = |name: &str| Worker::spawn(name, &env);
 
-    // Three slots; every worker that ever ran is kept, so its log of attempts is read at the end.
-    let mut slots: [Option<Worker>; 3] = [Some(spawn("w0")), Some(spawn("w1")), Some(spawn("w2"))];
-    let mut retired: Vec<Worker> = Vec::new();
     let started = Instant::now();
     let publishing = {
         let harness = KafkaHarness {
@@ -92,42 +91,18 @@ async fn storm(protocol: Protocol) {
             next
         })
     };
-    let (mut joins, mut leaves, mut kills) = (0, 0, 0);
-    let mut step = 0;
-    while started.elapsed() < STORM {
-        tokio::time::sleep(EVERY).await;
-        let slot = step % 3;
-        match slots[slot].take() {
-            Some(mut worker) => {
-                // Leaving in turn politely (SIGTERM: the app drains and leaves its group) and
-                // not (SIGKILL: the group notices when the session times out).
-                if (leaves + kills) % 2 == 0 {
-                    tokio::task::block_in_place(|| worker.terminate());
-                    leaves += 1;
-                } else {
-                    worker.kill();
-                    kills += 1;
-                }
-                retired.push(worker);
-            }
-            None => {
-                slots[slot] = Some(spawn(&format!("w{slot}-{step}")));
-                joins += 1;
-            }
-        }
-        step += 1;
-    }
+    let Storm {
+        workers,
+        joins,
+        leaves,
+        kills,
+    } = storm_workers(spawn, started, STORM, EVERY).await;
     let published = publishing.await.unwrap();
-    for (slot, worker) in slots.iter_mut().enumerate() {
-        if worker.is_none() {
-            *worker = Some(spawn(&format!("w{slot}-final")));
-        }
-    }
     // Published after the storm, on every partition: a partition left paused would keep some.
     let total = published + 120;
     publish_orders(&harness, published..total).await;
 
-    let workers: Vec<&Worker> = slots.iter().flatten().chain(retired.iter()).collect();
+    let workers: Vec<&Worker> = workers.iter().collect();
     let (dead, repeats) = wait_until_done(&harness, &workers, total).await;
     assert_eq!(
         dead,

@@ -77,6 +77,15 @@ impl Worker {
             .collect()
     }
 
+    /// The lines of this worker's log of attempts, as its binary wrote them.
+    pub fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `(id, attempt, ok)` for every attempt this worker finished.
     pub fn attempts(&self) -> Vec<(u64, u32, bool)> {
         std::fs::read_to_string(&self.log)
@@ -273,4 +282,62 @@ pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
     );
     eprintln!("two workers, one killed: {published} orders done, {repeats} repeated successes");
     ([first, second], published)
+}
+
+/// What a storm of workers left: every worker that ran (those still running first, one per
+/// slot, started again where a slot was empty at the end) and how often one joined, left
+/// (SIGTERM) or was killed (SIGKILL).
+pub struct Storm {
+    pub workers: Vec<Worker>,
+    pub joins: u32,
+    pub leaves: u32,
+    pub kills: u32,
+}
+
+/// Three worker slots, from `started` for `length`: every `every` the next slot's worker
+/// leaves (SIGTERM and SIGKILL in turn) or, when the slot is empty, one joins. `spawn` starts
+/// a worker by name.
+pub async fn storm(
+    spawn: impl Fn(&str) -> Worker,
+    started: Instant,
+    length: Duration,
+    every: Duration,
+) -> Storm {
+    let mut slots: [Option<Worker>; 3] = [Some(spawn("w0")), Some(spawn("w1")), Some(spawn("w2"))];
+    let mut retired: Vec<Worker> = Vec::new();
+    let (mut joins, mut leaves, mut kills) = (0, 0, 0);
+    let mut step = 0;
+    while started.elapsed() < length {
+        tokio::time::sleep(every).await;
+        let slot = step % 3;
+        match slots[slot].take() {
+            Some(mut worker) => {
+                // Leaving in turn politely (SIGTERM: the app drains and leaves its group) and
+                // not (SIGKILL: the group notices when the session times out).
+                if (leaves + kills) % 2 == 0 {
+                    tokio::task::block_in_place(|| worker.terminate());
+                    leaves += 1;
+                } else {
+                    worker.kill();
+                    kills += 1;
+                }
+                retired.push(worker);
+            }
+            None => {
+                slots[slot] = Some(spawn(&format!("w{slot}-{step}")));
+                joins += 1;
+            }
+        }
+        step += 1;
+    }
+    let running = slots
+        .into_iter()
+        .enumerate()
+        .map(|(slot, worker)| worker.unwrap_or_else(|| spawn(&format!("w{slot}-final"))));
+    Storm {
+        workers: running.chain(retired).collect(),
+        joins,
+        leaves,
+        kills,
+    }
 }

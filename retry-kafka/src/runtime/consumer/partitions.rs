@@ -227,6 +227,11 @@ impl Partitions {
     /// [`first_due`]: Partitions::first_due
     pub(super) fn take_at(&mut self, index: usize, at: usize) -> Option<Next> {
         let state = &mut self.list[index];
+        // Records passed over hold the acknowledged prefix back as if started: acknowledging
+        // the one taken must not commit past them (they would never be read again).
+        for passed in state.waiting.iter().take(at) {
+            state.progress.start(passed.record.offset);
+        }
         let taken = match at {
             0 => state.waiting.pop_front(),
             _ => state.waiting.remove(at),
@@ -373,6 +378,25 @@ mod tests {
         assert!(partitions.take_head(1).is_none());
         assert_eq!(partitions.waiting(), 0);
         assert!(!partitions.head_due(0, i64::MAX), "partition 0 was never fetched");
+    }
+
+    #[test]
+    fn records_passed_over_hold_the_acknowledged_prefix_back() {
+        let mut partitions = Partitions::default();
+        for offset in [4, 5, 6] {
+            partitions.keep(record(0, offset), None);
+        }
+        // 4 and 5 wait (their key is busy); 6 goes first.
+        let next = partitions.take_at(0, 2).unwrap();
+        assert_eq!(next.record.offset, 6);
+        partitions.started(0, 6);
+        assert_eq!(partitions.finish(0, 6), None, "4 and 5 are not done");
+        let four = partitions.take_at(0, 0).unwrap();
+        partitions.started(0, four.record.offset);
+        assert_eq!(partitions.finish(0, 4), Some(4));
+        let five = partitions.take_at(0, 0).unwrap();
+        partitions.started(0, five.record.offset);
+        assert_eq!(partitions.finish(0, 5), Some(6));
     }
 
     #[test]
