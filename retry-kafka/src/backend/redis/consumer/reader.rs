@@ -8,7 +8,6 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::pacing::{AckDebounce, Every, Heartbeat, Recover, Recovery};
 use super::{create_group, Acks, Control, Item};
 use crate::backend::redis::fields::decode;
+use crate::backend::redis::link::Link;
 use crate::backend::redis::reply::{parse_entries, stream_replies};
 use crate::backend::redis::stream_id::StreamId;
 use crate::backend::redis::{scripts, Settings};
@@ -29,12 +29,13 @@ pub(super) struct Reader {
     pub(super) group: String,
     pub(super) member: String,
     pub(super) streams: Vec<String>,
-    /// The delay set to move due entries from, on a retry level.
-    pub(super) delayed: Option<String>,
+    /// The delay sets to move due entries from, on a retry level: the topic's one, or on a
+    /// cluster one per partition (where only an owned partition's is moved). Empty elsewhere.
+    pub(super) delayed: Vec<String>,
     pub(super) members: String,
     pub(super) leases: Vec<String>,
-    pub(super) conn: ConnectionManager,
-    pub(super) blocking: ConnectionManager,
+    pub(super) conn: Link,
+    pub(super) blocking: Link,
     pub(super) settings: Settings,
     pub(super) sender: mpsc::Sender<Item>,
     pub(super) control: Arc<Mutex<Control>>,
@@ -131,7 +132,7 @@ impl Reader {
         // server's next tick (100 ms at the default `hz`), which made retries up to ~100 ms
         // late. Nothing has been taken yet, so being cancelled meanwhile loses nothing.
         let mut waited_for_due = false;
-        if let (Some(_), Some(due), false) = (&self.delayed, self.next_due, self.behind) {
+        if let (false, Some(due), false) = (self.delayed.is_empty(), self.next_due, self.behind) {
             let wait = due - now_ms();
             if wait > 0 {
                 let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
@@ -188,9 +189,19 @@ impl Reader {
         }
         let now = now_ms();
         // Only a member that reads moves due retries, in the same round trip as its read.
-        let moving = self.delayed.is_some() && self.next_due.is_none_or(|due| due <= now);
-        if let (Some(delayed), true) = (&self.delayed, moving) {
-            pipe.invoke_script(scripts::MOVE_DUE.key(delayed).arg(now).arg(1000));
+        let cluster = self.conn.is_cluster();
+        let moves: Vec<&String> = match (self.next_due.is_none_or(|due| due <= now), cluster) {
+            (false, _) => Vec::new(),
+            (true, false) => self.delayed.iter().collect(),
+            (true, true) => self
+                .owned
+                .iter()
+                .filter_map(|&p| self.delayed.get(p as usize))
+                .collect(),
+        };
+        let moving = !moves.is_empty();
+        for delayed in &moves {
+            pipe.invoke_script(scripts::MOVE_DUE.key(*delayed).arg(now).arg(1000));
         }
         let streams: Vec<(u32, String)> = if replaying {
             // History reads do not block: read the pending entries first.
@@ -198,7 +209,7 @@ impl Reader {
         } else {
             live.iter().map(|&p| (p, ">".to_owned())).collect()
         };
-        let block = if replaying || (self.behind && self.delayed.is_some()) {
+        let block = if replaying || cluster || (self.behind && !self.delayed.is_empty()) {
             // History reads do not block; nor does a retry level's read while it is behind:
             // what is there is read at once, and an empty read goes back to waiting for the
             // next due time on the precise timer, not on a blocked read's server-side timeout.
@@ -209,7 +220,7 @@ impl Reader {
             if waited_for_due {
                 // Waited already: only read what is there (and what the move just added).
                 block = Duration::from_millis(1);
-            } else if self.delayed.is_some() {
+            } else if !self.delayed.is_empty() {
                 let until_due = match self.next_due {
                     Some(due) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
                     None => self.settings.due_poll,
@@ -219,21 +230,29 @@ impl Reader {
             Some(block.max(Duration::from_millis(1)))
         };
         let per_stream = (self.settings.batch / streams.len()).max(1);
-        let read = pipe.cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.member)
-            .arg("COUNT")
-            .arg(per_stream);
-        if let Some(block) = block {
-            read.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        read.arg("STREAMS");
-        for (p, _) in &streams {
-            read.arg(&self.streams[*p as usize]);
-        }
-        for (_, id) in &streams {
-            read.arg(id);
+        // One read of every stream; on a cluster, whose streams are in different slots, one
+        // read per stream (`link.rs` sends each to its shard).
+        let reads: Vec<&[(u32, String)]> = match cluster {
+            false => vec![&streams[..]],
+            true => streams.chunks(1).collect(),
+        };
+        for streams in &reads {
+            let read = pipe.cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.member)
+                .arg("COUNT")
+                .arg(per_stream);
+            if let Some(block) = block {
+                read.arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            read.arg("STREAMS");
+            for (p, _) in streams.iter() {
+                read.arg(&self.streams[*p as usize]);
+            }
+            for (_, id) in streams.iter() {
+                read.arg(id);
+            }
         }
         // Each reply on its own: a move that failed (the server forgot the script, after a
         // restart) must not lose what the read took into this member's pending list.
@@ -249,29 +268,47 @@ impl Reader {
         let mut replies = replies.into_iter();
         let mut moved = Ok(());
         if moving {
-            match replies.next() {
-                Some(Value::Array(reply)) => {
-                    self.next_due = match reply.get(1) {
-                        Some(Value::Int(due)) if *due >= 0 => Some(*due),
-                        _ => None,
-                    };
+            self.next_due = None;
+        }
+        for reply in replies.by_ref().take(moves.len()) {
+            match reply {
+                Value::Array(reply) => {
+                    if let Some(Value::Int(due)) =
+                        reply.get(1).filter(|due| matches!(due, Value::Int(d) if *d >= 0))
+                    {
+                        self.next_due = Some(self.next_due.map_or(*due, |next| next.min(*due)));
+                    }
                 }
-                Some(Value::ServerError(error)) => moved = Err(RedisError::from(error)),
+                Value::ServerError(error) => moved = Err(RedisError::from(error)),
                 _ => {}
             }
         }
-        let reply = match replies.next() {
-            Some(Value::ServerError(error)) => {
-                self.control.lock().unwrap().restore_acks(acks);
-                return Err(error.into());
-            }
-            Some(reply) => reply,
-            None => return moved,
-        };
+        // The reads' replies; a read that failed (on a cluster, one shard's) fails the round
+        // once the others' entries are delivered, and its acknowledgements are sent again.
+        let mut read_failed = None;
+        let read: Vec<Value> = replies
+            .filter_map(|reply| match reply {
+                Value::ServerError(error) => {
+                    read_failed = Some(RedisError::from(error));
+                    None
+                }
+                reply => Some(reply),
+            })
+            .collect();
+        if let Some(error) = read_failed.take_if(|_| read.is_empty()) {
+            self.control.lock().unwrap().restore_acks(acks);
+            return Err(error);
+        }
+        if read.is_empty() {
+            return moved;
+        }
+        if read_failed.is_some() {
+            self.control.lock().unwrap().restore_acks(acks);
+        }
         let mut permits = permits;
         let mut read_any = vec![false; self.streams.len()];
         self.behind = false;
-        for (key, entries) in stream_replies(reply) {
+        for (key, entries) in read.into_iter().flat_map(stream_replies) {
             let Some(p) = self.streams.iter().position(|s| s.as_bytes() == key) else {
                 continue;
             };
@@ -309,6 +346,9 @@ impl Reader {
                 }
             }
         }
+        if let Some(error) = read_failed {
+            return Err(error);
+        }
         if replaying {
             // A partition whose history read came back empty is caught up.
             let mut control = self.control.lock().unwrap();
@@ -316,6 +356,22 @@ impl Reader {
                 if !read_any[*p as usize] && control.epochs[*p as usize] == epochs[*p as usize] {
                     control.replay_after[*p as usize] = None;
                 }
+            }
+        }
+        if cluster && !replaying && !self.behind && !read_any.contains(&true) {
+            // A cluster's reads do not block (a blocked read would hold up its shard's
+            // connection, which the other partitions' reads share): an empty round waits
+            // `due_poll` (or until the next due retry, or a resume) before the next.
+            let until_due = self
+                .next_due
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(1) as u64));
+            let pause = next_heartbeat
+                .saturating_duration_since(Instant::now())
+                .min(self.settings.due_poll)
+                .min(until_due.unwrap_or(Duration::MAX));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         match moved {
