@@ -1084,6 +1084,8 @@ impl RedisServer {
                 "--cluster-node-timeout",
                 "2000",
             ]);
+            // A replica's first sync at once, not after the default 5 s wait for more replicas.
+            command.args(["--repl-diskless-sync-delay", "0"]);
         }
         command.stdout(Stdio::null()).stderr(Stdio::null());
         let child = spawn_dying_with_this_process(command).expect("start redis-server");

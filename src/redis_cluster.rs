@@ -101,14 +101,19 @@ impl RedisCluster {
 
     /// Every node still running says the cluster is ok with every slot covered; three masters
     /// serve the slots (after a failover, a promoted replica among them) and every other live
-    /// node is a replica.
+    /// node is a replica in sync with its master.
     pub fn wait_until_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let live = self.nodes.iter().filter(|node| node.child.is_some());
+            // A replica that never synced with its master refuses to replace it (its data is
+            // too old: `cluster-replica-validity-factor`), so replicas must be in sync too.
             let ok = live.clone().all(|node| {
                 let info = Self::cli(node.port, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                let replication = Self::cli(node.port, &["info", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master") || replication.contains("master_link_status:up"))
             });
             let replicas = self
                 .node_lines()
@@ -120,7 +125,8 @@ impl RedisCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "the Redis Cluster was not ok within {within:?}"
+                "the Redis Cluster was not ok within {within:?}; cluster nodes:\n{}",
+                self.node_lines().join("\n")
             );
             std::thread::sleep(Duration::from_millis(100));
         }

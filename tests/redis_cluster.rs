@@ -1,13 +1,17 @@
 //! The Redis backend on a Redis Cluster (three masters, three replicas, started per test on
 //! free loopback ports and killed after), with the cluster's key layout: the conformance
 //! suite; the partitions of one topic spread over the shards; a hand-off cut between its
-//! write and its source's acknowledgement (which are in different slots) written once.
+//! write and its source's acknowledgement (which are in different slots) written once; a
+//! worker process that runs on while a master is killed and its replica takes over.
 
 mod conformance;
+mod process_support;
 mod redis_support;
 
 use std::time::{Duration, Instant};
 
+use conformance::Harness as _;
+use process_support::{expected_dead, publish_orders, wait_until_done, Worker, TOPIC};
 use redis::aio::ConnectionLike;
 use redis_support::{cluster_stream, RedisCluster, RedisClusterHarness, Servers as _};
 use retry_kafka::backend::redis::RedisConsumer;
@@ -180,6 +184,47 @@ async fn a_hand_off_cut_between_its_write_and_its_acknowledgement_is_written_onc
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     second.close().await.expect("close");
+}
+
+/// A worker process (`rk-worker`) on the cluster, through `REDIS_CLUSTER_URLS` as a deployment
+/// configures it; 300 orders on 6 partitions (two per shard), then one master is killed
+/// (SIGKILL) mid-run, its replica takes over, 50 more orders are published: every
+/// order succeeds or is dead-lettered as the handler decides, and the repeats are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_run_loses_nothing_and_the_worker_carries_on() {
+    let mut harness = cluster().await;
+    harness.create_topic(TOPIC, 6).await;
+    publish_orders(&harness, 0..300).await;
+    let worker = Worker::spawn(
+        "failover",
+        &[
+            ("REDIS_CLUSTER_URLS", harness.server.urls().join(",")),
+            ("REDIS_SESSION_TIMEOUT_MS", "1500".into()),
+            ("REDIS_KEEP_ACKNOWLEDGED_MS", "3600000".into()),
+        ],
+    );
+    worker.wait_for_attempts(60, "the worker did not get going").await;
+    let at_kill = worker.attempts().len();
+    let (master, _) = harness.server.masters()[0];
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| {
+        harness.server.kill(master);
+        harness.server.wait_until_ok(Duration::from_secs(30));
+    });
+    let failover = killed.elapsed();
+    assert!(
+        at_kill < 300,
+        "the kill came too late to matter ({at_kill} attempts)"
+    );
+
+    // Published after the failover: the worker must be reading every partition again.
+    publish_orders(&harness, 300..350).await;
+    let (dead, repeats) = wait_until_done(&harness, &[&worker], 350).await;
+    assert_eq!(dead, expected_dead(350));
+    eprintln!(
+        "master on {master} killed after {at_kill} attempts, replica promoted in {failover:?}: \
+         all 350 done, {repeats} repeated successes"
+    );
 }
 
 /// The next record, skipping assignments (a take-over comes after the old lease expires).
