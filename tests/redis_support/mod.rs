@@ -271,6 +271,17 @@ impl RedisHarness<RedisCluster> {
         let backend = cluster_settings(&server).build().expect("redis cluster backend");
         RedisHarness { backend, server }
     }
+
+    /// On a cluster, members that all read every partition ([`RedisBuilder::unordered`]).
+    pub fn start_cluster_unordered() -> Self {
+        init_tracing();
+        let server = RedisCluster::start();
+        let backend = cluster_settings(&server)
+            .unordered()
+            .build()
+            .expect("redis cluster backend");
+        RedisHarness { backend, server }
+    }
 }
 
 /// [`test_settings`] for a cluster.
