@@ -1,6 +1,6 @@
 //! The Redis backend on a Redis Cluster (three masters, three replicas, started per test on
 //! free loopback ports and killed after), with the cluster's key layout: the conformance
-//! suite, ordered and unordered; the partitions of one topic spread over the shards; a hand-off cut between its
+//! suite (unordered: `redis_cluster_unordered.rs`); the partitions of one topic spread over the shards; a hand-off cut between its
 //! write and its source's acknowledgement (which are in different slots) written once; a
 //! worker process that runs on while a master is killed and its replica takes over.
 
@@ -27,20 +27,6 @@ async fn cluster() -> RedisClusterHarness {
 }
 
 conformance_suite!(cluster);
-
-/// The suite again with every member reading every partition (`RedisBuilder::unordered`):
-/// claims of idle entries span the shards.
-mod unordered {
-    use super::*;
-
-    async fn unordered_cluster() -> RedisClusterHarness {
-        tokio::task::spawn_blocking(RedisClusterHarness::start_cluster_unordered)
-            .await
-            .expect("start the redis cluster")
-    }
-
-    conformance_suite!(unordered_cluster);
-}
 
 /// A topic of 12 partitions on three shards: each shard holds some of its streams, and the
 /// entries written by key land on all three.

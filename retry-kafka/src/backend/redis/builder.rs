@@ -216,9 +216,10 @@ impl RedisBuilder {
             let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(invalid)?;
             (Client::Server(client), Link::Server(conn), KeyLayout::Server)
         } else {
+            let nodes: Vec<String> = self.cluster_nodes.iter().map(|url| redact(url)).collect();
             let invalid = |error: redis::RedisError| ConfigError::Invalid {
                 field: vars::REDIS_CLUSTER_URLS,
-                reason: format!("{}: {error}", redact(&self.url)),
+                reason: format!("{}: {error}", nodes.join(",")),
             };
             #[allow(unused_mut)] // mutated with `redis-tls` only
             let mut builder = ClusterClient::builder(self.cluster_nodes.iter().map(String::as_str))

@@ -63,10 +63,18 @@ impl ConnectionLike for Link {
 
 /// `pipeline` as one pipeline per slot, sent at once; the replies in `pipeline`'s order.
 async fn by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> redis::RedisResult<Vec<Value>> {
+    if pipeline.is_empty() {
+        return Ok(Vec::new());
+    }
+    let slots: Vec<Option<Slot>> = pipeline.cmd_iter().map(slot_of).collect();
+    let mut conn = conn;
+    if slots.iter().all(|slot| *slot == slots[0]) {
+        // One slot (a partition's acknowledgements and read, a lease): as it is, no copy.
+        return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
+    }
     // (slot, the pipeline of that slot, the index of each of its commands in `pipeline`)
     let mut parts: Vec<(Option<Slot>, Pipeline, Vec<usize>)> = Vec::new();
-    for (index, cmd) in pipeline.cmd_iter().enumerate() {
-        let slot = slot_of(cmd);
+    for (index, (cmd, slot)) in pipeline.cmd_iter().zip(slots).enumerate() {
         let part = match parts.iter_mut().position(|(s, _, _)| *s == slot) {
             Some(at) => &mut parts[at],
             None => {
@@ -76,10 +84,6 @@ async fn by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> redis::RedisRe
         };
         part.1.add_command(cmd.clone());
         part.2.push(index);
-    }
-    if parts.len() == 1 {
-        let mut conn = conn;
-        return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
     }
     let sent = parts.iter().map(|(_, part, _)| {
         let mut conn = conn.clone();

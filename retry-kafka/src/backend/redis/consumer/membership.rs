@@ -227,6 +227,8 @@ impl Reader {
             for (id, fields) in parse_entries(entries) {
                 let Some(permit) = permits.next() else { break };
                 claimed += 1;
+                let sent = &mut self.sent_up_to[p as usize];
+                *sent = (*sent).max(Some(id));
                 permit.send(Item::Record {
                     epoch: epochs[p as usize],
                     id,

@@ -166,6 +166,7 @@ impl RedisConsumer {
             lease_until: Instant::now(),
             next_due: None,
             sweep: false,
+            sent_up_to: vec![None; n],
             behind: false,
         };
         tracing::debug!(%topic, %group, member = %reader.member, "redis consumer joining");

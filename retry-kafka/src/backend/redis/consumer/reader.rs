@@ -49,6 +49,9 @@ pub(super) struct Reader {
     pub(super) next_due: Option<i64>,
     /// Unordered: claim what other members left pending, in the next round.
     pub(super) sweep: bool,
+    /// The last entry of each partition sent to the consumer (by reads; claims of the
+    /// unordered mode too), for [`Reader::read_pending_first`].
+    pub(super) sent_up_to: Vec<Option<StreamId>>,
     /// The last read filled its count on some stream: more is there already, so the next read
     /// waits for nothing (a move takes up to 1,000 due entries, a read [`Settings::batch`]).
     pub(super) behind: bool,
@@ -262,6 +265,9 @@ impl Reader {
             Err(error) => {
                 // Unsent acknowledgements go back, to be sent with the next read.
                 self.control.lock().unwrap().restore_acks(acks);
+                if cluster && !replaying {
+                    self.read_pending_first(&live, &epochs);
+                }
                 return Err(error);
             }
         };
@@ -297,6 +303,9 @@ impl Reader {
             .collect();
         if let Some(error) = read_failed.take_if(|_| read.is_empty()) {
             self.control.lock().unwrap().restore_acks(acks);
+            if cluster && !replaying {
+                self.read_pending_first(&live, &epochs);
+            }
             return Err(error);
         }
         if read.is_empty() {
@@ -337,6 +346,9 @@ impl Reader {
                 last = Some(id);
             }
             read_any[p] = last.is_some() || unsent.is_some();
+            if last.is_some() {
+                self.sent_up_to[p] = last;
+            }
             let mut control = self.control.lock().unwrap();
             if control.epochs[p] == epochs[p] {
                 if let Some(first) = unsent {
@@ -347,6 +359,9 @@ impl Reader {
             }
         }
         if let Some(error) = read_failed {
+            if cluster && !replaying {
+                self.read_pending_first(&live, &epochs);
+            }
             return Err(error);
         }
         if replaying {
@@ -378,6 +393,20 @@ impl Reader {
             // The server forgot the scripts (it restarted): load them for the next move.
             Err(error) if scripts::is_missing(&error) => scripts::load(&mut self.conn).await,
             moved => moved,
+        }
+    }
+
+    /// On a cluster, after a read round that failed on some shard (its reads may have taken
+    /// entries into this member's pending list, and their reply is lost): the live partitions
+    /// read their pending entries after the last one delivered before new ones, so none is
+    /// left pending and undelivered while this member keeps the partition.
+    fn read_pending_first(&self, live: &[u32], epochs: &[u64]) {
+        let mut control = self.control.lock().unwrap();
+        for &p in live {
+            let p = p as usize;
+            if control.epochs[p] == epochs[p] && control.replay_after[p].is_none() {
+                control.replay_after[p] = Some(self.sent_up_to[p].unwrap_or(StreamId::ZERO));
+            }
         }
     }
 
