@@ -2,8 +2,10 @@
 # Installs what the tests need beyond Rust, pinned, into .tools/ (ignored by git):
 #   confluent-kafka 2.16 (Python, in .tools/venv): a foreign Kafka client for the tests that
 #   write bytes retry-kafka did not produce.
-#   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo),
-#   and openssl, which makes the certificates of the TLS tests' servers.
+#   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo;
+#   redis-server depends on redis-tools, which has redis-cli: the Redis Cluster tests create
+#   their cluster with `redis-cli --cluster create`), and openssl, which makes the
+#   certificates of the TLS tests' servers.
 #   libssl-dev and pkg-config (Debian's), for the kafka-ssl feature the tests build with (TLS
 #   and SASL/SCRAM against Apache Kafka); libsasl2-dev, for kafka-gssapi, which the
 #   `cargo doc --all-features` step builds.
@@ -53,13 +55,13 @@ install_ssl_headers() {
 
 install_redis() {
     if command -v redis-server >/dev/null && redis-server --version | grep -q 'v=7\.' \
-        && command -v openssl >/dev/null; then
+        && command -v redis-cli >/dev/null && command -v openssl >/dev/null; then
         return
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server openssl >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools openssl >/dev/null
     # Debian starts a service on install where there is an init system; the tests do not use it.
     $sudo service redis-server stop >/dev/null 2>&1 || true
     redis-server --version

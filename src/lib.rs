@@ -13,7 +13,9 @@ pub use kafka_acls::TopicAcl;
 mod kafka_cluster;
 pub use kafka_cluster::KafkaCluster;
 mod postgres_server;
+mod redis_cluster;
 pub use postgres_server::{PostgresServer, ServerTls};
+pub use redis_cluster::RedisCluster;
 
 /// CPU time this process has used so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`): what the
 /// benchmarks divide by messages, steadier than wall time on a shared machine.
@@ -905,6 +907,9 @@ pub struct RedisServer {
     append_only: bool,
     /// Serves TLS only, with a self-signed certificate for 127.0.0.1.
     tls: bool,
+    /// A node of a Redis Cluster (`--cluster-enabled yes`), with its cluster bus port:
+    /// [`RedisCluster`].
+    cluster: Option<u16>,
     dir: PathBuf,
 }
 
@@ -945,10 +950,38 @@ impl RedisServer {
             password: password.map(str::to_owned),
             append_only,
             tls: false,
+            cluster: None,
             dir,
         };
         server.launch();
         server
+    }
+
+    /// A node for [`RedisCluster`]: cluster mode on, no persistence, no password.
+    fn start_cluster_node() -> Self {
+        // The bus port too: by default it is the port + 10000, which another test may hold.
+        let [port, bus] = free_ports();
+        let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis data directory");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            password: None,
+            append_only: false,
+            tls: false,
+            cluster: Some(bus),
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    /// Kills the server (SIGKILL), as a crashed machine goes.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// A server that speaks TLS only (`rediss://`), with a certificate for 127.0.0.1 signed by
@@ -1040,6 +1073,19 @@ impl RedisServer {
         }
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
+        }
+        if let Some(bus) = self.cluster {
+            // A node is failed over after 2 s without answers (15 s by default), so the
+            // failover tests take seconds.
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            command.args([
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+            // A replica's first sync at once, not after the default 5 s wait for more replicas.
+            command.args(["--repl-diskless-sync-delay", "0"]);
         }
         command.stdout(Stdio::null()).stderr(Stdio::null());
         let child = spawn_dying_with_this_process(command).expect("start redis-server");

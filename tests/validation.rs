@@ -166,6 +166,14 @@ async fn run_without_a_backend_fails_naming_the_setting() {
         message.starts_with("invalid REDIS_URL: http://127.0.0.1:1: "),
         "{message}"
     );
+    // A cluster's nodes beside one server's URL: which layout is meant must be said.
+    std::env::set_var("REDIS_CLUSTER_URLS", "redis://127.0.0.1:1,redis://127.0.0.1:2");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert!(
+        message.starts_with("invalid REDIS_CLUSTER_URLS: REDIS_URL is set too; set one of them"),
+        "{message}"
+    );
+    std::env::remove_var("REDIS_CLUSTER_URLS");
 
     // Both set: the choice must be made, and the message names the three.
     std::env::remove_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND);

@@ -25,6 +25,10 @@ pub(crate) struct Connection {
     /// Redis URL, e.g. `redis://localhost:6379`. Else REDIS_URL.
     #[arg(long, global = true)]
     redis_url: Option<String>,
+    /// A Redis Cluster's nodes, comma-separated, e.g. `redis://10.0.0.1:7000,redis://10.0.0.2:7000`
+    /// (the cluster's key layout, as the program's). Else REDIS_CLUSTER_URLS.
+    #[arg(long, global = true, value_delimiter = ',')]
+    redis_cluster_urls: Vec<String>,
     /// PostgreSQL URL of the retries and dead letters, e.g. `postgres://app@localhost/app`
     /// (with --brokers or --redis-url for the main topics). Else DATABASE_URL or POSTGRES_URL.
     #[arg(long, global = true)]
@@ -51,6 +55,9 @@ impl Connection {
         }
         if let Some(url) = self.redis_url {
             settings.redis.url = Some(url);
+        }
+        if !self.redis_cluster_urls.is_empty() {
+            settings.redis.cluster_urls = self.redis_cluster_urls;
         }
         if let Some(url) = self.database_url {
             settings.postgres.url = Some(url);

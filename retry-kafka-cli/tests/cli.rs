@@ -25,7 +25,7 @@ use retry_kafka::headers::{FailureContext, Headers};
 use retry_kafka::prelude::*;
 use retry_kafka::settings::vars::RETRY_KAFKA_PRINT_TOPOLOGY;
 use retry_kafka::Bytes;
-use retry_kafka_suite::{ApacheKafka, PostgresServer, RedisServer};
+use retry_kafka_suite::{ApacheKafka, PostgresServer, RedisCluster, RedisServer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -115,6 +115,21 @@ async fn on_redis_server() {
         .build()
         .expect("redis backend");
     scenario(backend, Tool::new("--redis-url", &server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let backend = Redis::cluster_builder(cluster.urls())
+        .default_partitions(2)
+        .build()
+        .expect("redis cluster backend");
+    scenario(
+        backend,
+        Tool::new("--redis-cluster-urls", &cluster.urls().join(",")),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

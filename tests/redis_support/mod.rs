@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::Value;
 use retry_kafka::backend::redis::{Redis, RedisBuilder};
 use retry_kafka::backend::{Backend as _, Browse as _, Record, Topic, TopicAdmin, TopicRole};
-pub use retry_kafka_suite::RedisServer;
+pub use retry_kafka_suite::{RedisCluster, RedisServer};
 
 use crate::conformance::Harness;
 
@@ -28,13 +28,38 @@ pub fn test_settings(url: &str) -> RedisBuilder {
         .keep_acknowledged(Duration::from_secs(3600))
 }
 
-/// The conformance harness on one redis-server.
-pub struct RedisHarness {
+/// The conformance harness on one redis-server, or (`RedisClusterHarness`) on a Redis Cluster.
+pub struct RedisHarness<S = RedisServer> {
     pub backend: Redis,
-    pub server: RedisServer,
+    pub server: S,
 }
 
-impl RedisHarness {
+/// The conformance harness on a Redis Cluster of three masters and three replicas, with the
+/// cluster's key layout.
+pub type RedisClusterHarness = RedisHarness<RedisCluster>;
+
+/// What a harness's backend runs on: one server or a cluster, and a test's own connection to it.
+pub trait Servers: Send + Sync + 'static {
+    fn connection(&self) -> impl std::future::Future<Output = impl ConnectionLike + Send> + Send;
+}
+
+impl Servers for RedisServer {
+    async fn connection(&self) -> impl ConnectionLike + Send {
+        connect(&self.url()).await
+    }
+}
+
+impl Servers for RedisCluster {
+    async fn connection(&self) -> impl ConnectionLike + Send {
+        redis::cluster::ClusterClient::new(self.urls())
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("connect to the redis cluster")
+    }
+}
+
+impl RedisHarness<RedisServer> {
     pub fn start() -> Self {
         Self::start_with(None, false)
     }
@@ -62,14 +87,6 @@ impl RedisHarness {
     pub async fn connection(&self) -> MultiplexedConnection {
         connect(&self.server.url()).await
     }
-
-    async fn partitions(&self, topic: &str) -> u32 {
-        self.backend
-            .partitions(&Topic::new(topic, retry_kafka_suite::role_of(topic)))
-            .await
-            .expect("partitions")
-            .unwrap_or(0)
-    }
 }
 
 pub async fn connect(url: &str) -> MultiplexedConnection {
@@ -85,8 +102,21 @@ pub fn stream(topic: &str, p: u32) -> String {
     format!("{{{topic}}}:{p}")
 }
 
+/// The stream of `topic`'s partition `p` in the cluster layout.
+pub fn cluster_stream(topic: &str, p: u32) -> String {
+    format!("{{{topic}:{p}}}")
+}
+
+/// The stream of `topic`'s partition `p` in `backend`'s layout.
+pub fn stream_of(backend: &Redis, topic: &str, p: u32) -> String {
+    match backend.is_cluster() {
+        true => cluster_stream(topic, p),
+        false => stream(topic, p),
+    }
+}
+
 /// The entry IDs of a stream, in order.
-pub async fn ids(conn: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
+pub async fn ids(conn: &mut (impl ConnectionLike + Send), stream: &str) -> Vec<String> {
     let entries: Value = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -116,7 +146,7 @@ fn id_key(id: &str) -> (u64, u64) {
 
 /// How many entries of `stream` `group` has acknowledged as one prefix: the position of its
 /// oldest pending entry, or of the first entry after the last it read.
-pub async fn committed_position(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
+pub async fn committed_position(conn: &mut (impl ConnectionLike + Send), stream: &str, group: &str) -> u64 {
     let ids = ids(conn, stream).await;
     let groups: redis::RedisResult<Value> = redis::cmd("XINFO")
         .arg("GROUPS")
@@ -163,7 +193,7 @@ pub async fn committed_position(conn: &mut MultiplexedConnection, stream: &str, 
     }
 }
 
-impl Harness for RedisHarness {
+impl<S: Servers> Harness for RedisHarness<S> {
     type Backend = Redis;
 
     fn backend(&self) -> Redis {
@@ -186,27 +216,79 @@ impl Harness for RedisHarness {
 
     /// Positions, not offsets: Redis offsets are IDs, and the suite counts messages.
     async fn committed(&self, topic: &str, group: &str) -> Vec<u64> {
-        let mut conn = self.connection().await;
-        let mut positions = Vec::new();
-        for p in 0..self.partitions(topic).await {
-            positions.push(committed_position(&mut conn, &stream(topic, p), group).await);
-        }
-        positions
+        committed_positions(&mut self.server.connection().await, &self.backend, topic, group).await
     }
 
     async fn end_offsets(&self, topic: &str) -> Vec<u64> {
-        let mut conn = self.connection().await;
-        let mut ends = Vec::new();
-        for p in 0..self.partitions(topic).await {
-            let len: u64 = redis::cmd("XLEN")
-                .arg(stream(topic, p))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            ends.push(len);
-        }
-        ends
+        stream_lengths(&mut self.server.connection().await, &self.backend, topic).await
     }
+}
+
+/// `group`'s committed position on each partition of `topic`, in `backend`'s layout.
+pub async fn committed_positions(
+    conn: &mut (impl ConnectionLike + Send),
+    backend: &Redis,
+    topic: &str,
+    group: &str,
+) -> Vec<u64> {
+    let mut positions = Vec::new();
+    for p in 0..partitions_of(backend, topic).await {
+        positions.push(committed_position(conn, &stream_of(backend, topic, p), group).await);
+    }
+    positions
+}
+
+/// The length of each partition's stream of `topic`, in `backend`'s layout.
+pub async fn stream_lengths(
+    conn: &mut (impl ConnectionLike + Send),
+    backend: &Redis,
+    topic: &str,
+) -> Vec<u64> {
+    let mut ends = Vec::new();
+    for p in 0..partitions_of(backend, topic).await {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(stream_of(backend, topic, p))
+            .query_async(conn)
+            .await
+            .unwrap();
+        ends.push(len);
+    }
+    ends
+}
+
+async fn partitions_of(backend: &Redis, topic: &str) -> u32 {
+    backend
+        .partitions(&Topic::new(topic, retry_kafka_suite::role_of(topic)))
+        .await
+        .expect("partitions")
+        .unwrap_or(0)
+}
+
+impl RedisHarness<RedisCluster> {
+    pub fn start_cluster() -> Self {
+        init_tracing();
+        let server = RedisCluster::start();
+        let backend = cluster_settings(&server).build().expect("redis cluster backend");
+        RedisHarness { backend, server }
+    }
+
+    /// On a cluster, members that all read every partition ([`RedisBuilder::unordered`]).
+    pub fn start_cluster_unordered() -> Self {
+        init_tracing();
+        let server = RedisCluster::start();
+        let backend = cluster_settings(&server)
+            .unordered()
+            .build()
+            .expect("redis cluster backend");
+        RedisHarness { backend, server }
+    }
+}
+
+/// [`test_settings`] for a cluster.
+pub fn cluster_settings(cluster: &RedisCluster) -> RedisBuilder {
+    Redis::cluster_builder(cluster.urls())
+        .session_timeout(Duration::from_millis(1500))
+        .keep_acknowledged(Duration::from_secs(3600))
 }
 
 /// Nothing pending in `group` on `topic` and its first retry level: crash recovery claimed it.

@@ -107,6 +107,7 @@ impl RedisSettings {
     fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
         Ok(RedisSettings {
             url: vars.get(REDIS_URL).map(str::to_owned),
+            cluster_urls: vars.list(REDIS_CLUSTER_URLS)?,
             session_timeout: vars.millis(REDIS_SESSION_TIMEOUT_MS)?,
             keep_acknowledged: vars.millis(REDIS_KEEP_ACKNOWLEDGED_MS)?,
             keep_acknowledged_entries: vars.number(REDIS_KEEP_ACKNOWLEDGED_ENTRIES)?,
@@ -176,6 +177,24 @@ impl Vars {
         Ok(self.number(name)?.map(Duration::from_millis))
     }
 
+    /// Comma-separated values in `name` (spaces around each trimmed); unset or empty is none.
+    /// An empty item (`a,,b`, a trailing comma) fails, naming the variable.
+    fn list(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        match self.get(name).map(str::trim) {
+            None | Some("") => Ok(Vec::new()),
+            Some(text) => text
+                .split(',')
+                .map(|item| match item.trim() {
+                    "" => Err(ConfigError::Invalid {
+                        field: name,
+                        reason: format!("{text:?} has an empty item; separate the URLs with single commas"),
+                    }),
+                    item => Ok(item.to_owned()),
+                })
+                .collect(),
+        }
+    }
+
     /// `true`/`1` or `false`/`0`/empty in `name`; unset is false.
     fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
         match self.get(name) {
@@ -217,6 +236,22 @@ pub(crate) fn host_name() -> String {
 mod tests {
     use super::*;
     use crate::config::BackendChoice;
+
+    #[test]
+    fn a_redis_cluster_is_a_list_of_nodes_that_picks_redis() {
+        let settings =
+            Settings::from_vars([("REDIS_CLUSTER_URLS", " redis://a:7000, redis://b:7000 ")]).unwrap();
+        assert_eq!(settings.redis.cluster_urls, ["redis://a:7000", "redis://b:7000"]);
+        assert_eq!(settings.redis.url, None);
+        #[cfg(feature = "redis")]
+        assert_eq!(settings.choice().unwrap(), BackendChoice::Redis);
+        let error =
+            Settings::from_vars([("REDIS_CLUSTER_URLS", "redis://a:7000,,redis://b:7000")]).unwrap_err();
+        assert!(
+            error.to_string().starts_with("invalid REDIS_CLUSTER_URLS: "),
+            "{error}"
+        );
+    }
 
     #[test]
     fn every_value_is_typed_and_a_bad_one_is_named() {

@@ -73,6 +73,9 @@ pub struct KafkaSettings {
 pub struct RedisSettings {
     /// [`REDIS_URL`](vars::REDIS_URL).
     pub url: Option<String>,
+    /// [`REDIS_CLUSTER_URLS`](vars::REDIS_CLUSTER_URLS): a Redis Cluster's nodes, with the
+    /// cluster's key layout; empty for one server.
+    pub cluster_urls: Vec<String>,
     /// [`REDIS_SESSION_TIMEOUT_MS`](vars::REDIS_SESSION_TIMEOUT_MS).
     pub session_timeout: Option<Duration>,
     /// [`REDIS_KEEP_ACKNOWLEDGED_MS`](vars::REDIS_KEEP_ACKNOWLEDGED_MS).
@@ -244,7 +247,8 @@ impl Settings {
             return Ok(choice);
         }
         let kafka = cfg!(feature = "kafka") && self.kafka.brokers.is_some();
-        let redis = cfg!(feature = "redis") && self.redis.url.is_some();
+        let redis =
+            cfg!(feature = "redis") && (self.redis.url.is_some() || !self.redis.cluster_urls.is_empty());
         #[cfg(feature = "postgres")]
         if self.postgres.url.is_some() {
             return self.choice_with_postgres(kafka, redis);
@@ -347,6 +351,14 @@ impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &self.url.as_deref().map(without_password))
+            .field(
+                "cluster_urls",
+                &self
+                    .cluster_urls
+                    .iter()
+                    .map(|url| without_password(url))
+                    .collect::<Vec<_>>(),
+            )
             .field("session_timeout", &self.session_timeout)
             .field("keep_acknowledged", &self.keep_acknowledged)
             .field("keep_acknowledged_entries", &self.keep_acknowledged_entries)

@@ -54,6 +54,10 @@ pub const KAFKA_AT_RISK_RECORDS: &str = "KAFKA_AT_RISK_RECORDS";
 
 /// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`.
 pub const REDIS_URL: &str = "REDIS_URL";
+/// A Redis Cluster's nodes, comma-separated URLs (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`):
+/// the cluster's key layout instead of [`REDIS_URL`]'s one server. One node is enough; more
+/// let the client start while one of them is down.
+pub const REDIS_CLUSTER_URLS: &str = "REDIS_CLUSTER_URLS";
 /// How long a Redis member may go silent before its partitions are taken over, in ms.
 pub const REDIS_SESSION_TIMEOUT_MS: &str = "REDIS_SESSION_TIMEOUT_MS";
 /// How long acknowledged entries stay in a stream, in ms.

@@ -144,11 +144,24 @@ fn kafka(settings: &KafkaSettings) -> Result<Kafka, ConfigError> {
 /// The Redis backend of `settings`; reads the CA file now, naming its variable on failure.
 #[cfg(feature = "redis")]
 fn redis(settings: &RedisSettings) -> Result<Redis, ConfigError> {
-    let url = settings
-        .url
-        .clone()
-        .ok_or_else(|| not_set(vars::REDIS_URL, "the server's URL, e.g. redis://127.0.0.1:6379"))?;
-    let mut builder = Redis::builder(url);
+    let mut builder = match (&settings.url, settings.cluster_urls.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err(ConfigError::Invalid {
+                field: vars::REDIS_CLUSTER_URLS,
+                reason: "REDIS_URL is set too; set one of them: REDIS_URL for one server, \
+                         REDIS_CLUSTER_URLS for a Redis Cluster (their keys are laid out differently)"
+                    .into(),
+            })
+        }
+        (None, nodes @ [_, ..]) => Redis::cluster_builder(nodes.iter().cloned()),
+        (Some(url), []) => Redis::builder(url.clone()),
+        (None, []) => {
+            return Err(not_set(
+                vars::REDIS_URL,
+                "the server's URL, e.g. redis://127.0.0.1:6379",
+            ));
+        }
+    };
     if let Some(timeout) = settings.session_timeout {
         builder = builder.session_timeout(timeout);
     }
@@ -214,7 +227,7 @@ impl Kafka {
 
 #[cfg(feature = "redis")]
 impl Redis {
-    /// The server named by `REDIS_URL`, with settings from the environment where given:
+    /// The server named by `REDIS_URL` (or the cluster of `REDIS_CLUSTER_URLS`), with settings from the environment where given:
     /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`,
     /// `REDIS_KEEP_ACKNOWLEDGED_ENTRIES`, `REDIS_DEFAULT_PARTITIONS`, `REDIS_UNORDERED`,
     /// `REDIS_TLS_CA_FILE`: the Redis part of [`Settings::from_env`]. A value that does not

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
 
 use super::error::redact;
-use super::{Redis, Shared};
+use super::keys::KeyLayout;
+use super::link::Link;
+use super::{Client, Redis, Shared};
 use crate::config::vars;
 use crate::error::ConfigError;
 
@@ -36,6 +39,8 @@ pub(crate) struct Settings {
 /// ```
 pub struct RedisBuilder {
     url: String,
+    /// The nodes of a Redis Cluster to learn its shards from; empty for one server.
+    cluster_nodes: Vec<String>,
     settings: Settings,
     tls_root: Option<Vec<u8>>,
 }
@@ -46,6 +51,7 @@ impl Redis {
     pub fn builder(url: impl Into<String>) -> RedisBuilder {
         RedisBuilder {
             url: url.into(),
+            cluster_nodes: Vec::new(),
             settings: Settings {
                 session_timeout: Duration::from_secs(10),
                 block: Duration::from_millis(500),
@@ -60,6 +66,34 @@ impl Redis {
             },
             tls_root: None,
         }
+    }
+}
+
+impl Redis {
+    /// Settings for a Redis Cluster, given one or more of its nodes (`redis://host:port`, or
+    /// `rediss://` with the `redis-tls` feature; a password in the first node's URL is used
+    /// for every node); the client learns the rest of the cluster from them and follows
+    /// its shards as they fail over (MOVED and ASK redirections, by redis-rs).
+    ///
+    /// Keys follow the cluster layout: each partition's keys in a slot of their own, so a
+    /// topic's partitions spread over the shards (ARCHITECTURE.md, Redis keys). A deployment
+    /// on one server keeps the one-server layout with [`Redis::builder`]; the two do not read
+    /// each other's keys.
+    ///
+    /// ```
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let builder = Redis::cluster_builder(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+    /// ```
+    pub fn cluster_builder<I, U>(nodes: I) -> RedisBuilder
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut builder = Redis::builder(nodes.join(","));
+        builder.cluster_nodes = nodes;
+        builder
     }
 }
 
@@ -138,49 +172,78 @@ impl RedisBuilder {
     /// The backend; fails naming the URL when it is malformed, and outside a tokio runtime.
     /// Connects on first use.
     pub fn build(self) -> Result<Redis, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            field: vars::REDIS_URL,
-            reason,
-        };
-        let client = match self.tls_root {
-            None => redis::Client::open(self.url.as_str()),
-            #[cfg(feature = "redis-tls")]
-            Some(root) => redis::Client::build_with_tls(
-                self.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root),
-                },
-            ),
-            #[cfg(not(feature = "redis-tls"))]
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: vars::REDIS_TLS_CA_FILE,
-                    reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
-                })
-            }
-        }
-        .map_err(|error| invalid(format!("{}: {error}", redact(&self.url))))?;
         if self.settings.session_timeout < Duration::from_millis(300) {
             return Err(ConfigError::Invalid {
                 field: "session_timeout",
                 reason: "must be at least 300ms".into(),
             });
         }
-        // The connection manager spawns its task on the current runtime (and panics without one).
+        #[cfg(not(feature = "redis-tls"))]
+        if self.tls_root.is_some() {
+            return Err(ConfigError::Invalid {
+                field: vars::REDIS_TLS_CA_FILE,
+                reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
+            });
+        }
+        // The connections spawn their tasks on the current runtime (and panic without one).
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime { backend: "redis" });
         }
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.settings.response_timeout))
-            .set_connection_timeout(Some(self.settings.response_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|error| invalid(format!("{}: {error}", redact(&self.url))))?;
+        let timeout = self.settings.response_timeout;
+        let (client, conn, keys) = if self.cluster_nodes.is_empty() {
+            let invalid = |error: redis::RedisError| ConfigError::Invalid {
+                field: vars::REDIS_URL,
+                reason: format!("{}: {error}", redact(&self.url)),
+            };
+            let client = match &self.tls_root {
+                None => redis::Client::open(self.url.as_str()),
+                #[cfg(feature = "redis-tls")]
+                Some(root) => redis::Client::build_with_tls(
+                    self.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root.clone()),
+                    },
+                ),
+                #[cfg(not(feature = "redis-tls"))]
+                Some(_) => unreachable!("refused above"),
+            }
+            .map_err(invalid)?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(timeout))
+                .set_max_delay(Duration::from_secs(2));
+            let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(invalid)?;
+            (Client::Server(client), Link::Server(conn), KeyLayout::Server)
+        } else {
+            let nodes: Vec<String> = self.cluster_nodes.iter().map(|url| redact(url)).collect();
+            let invalid = |error: redis::RedisError| ConfigError::Invalid {
+                field: vars::REDIS_CLUSTER_URLS,
+                reason: format!("{}: {error}", nodes.join(",")),
+            };
+            #[allow(unused_mut)] // mutated with `redis-tls` only
+            let mut builder = ClusterClient::builder(self.cluster_nodes.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout);
+            #[cfg(feature = "redis-tls")]
+            if let Some(root) = &self.tls_root {
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                });
+            }
+            let client = builder.build().map_err(invalid)?;
+            let config = ClusterConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout);
+            let conn = client.get_pending_async_connection_with_config(config);
+            (Client::Cluster(client), Link::Cluster(conn), KeyLayout::Cluster)
+        };
         Ok(Redis {
             shared: Arc::new(Shared {
                 url: self.url,
                 client,
+                keys,
                 conn,
                 settings: self.settings,
                 partitions: Default::default(),

@@ -173,8 +173,10 @@ pub(crate) fn pack_delayed(stream: &str, member_id: &str, fields: &Encoded<'_>) 
 pub(crate) fn unpack_delayed(member: &[u8]) -> Option<(u32, Fields)> {
     let mut items = msgpack::strings(member)?.into_iter();
     let stream = items.next()?;
+    // `{topic}:3`, or on a cluster `{topic:3}` (keys.rs).
     let partition = std::str::from_utf8(&stream)
         .ok()?
+        .trim_end_matches('}')
         .rsplit(':')
         .next()?
         .parse()
@@ -190,6 +192,15 @@ pub(crate) fn unpack_delayed(member: &[u8]) -> Option<(u32, Fields)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delayed_member_names_its_partition_in_either_key_layout() {
+        let fields: Encoded<'_> = vec![(Cow::Borrowed("rk-attempts"), Cow::Borrowed(&b"1"[..]))];
+        for stream in ["{orders.b.retry.1}:3", "{orders.b.retry.1:3}"] {
+            let (partition, unpacked) = unpack_delayed(&pack_delayed(stream, "id", &fields)).expect(stream);
+            assert_eq!((partition, unpacked.len()), (3, 1), "{stream}");
+        }
+    }
 
     #[test]
     fn fields_round_trip_including_reserved_header_names() {

@@ -4,20 +4,26 @@
 //! source), so a source is acknowledged only together with its next hop, and one hand-off's
 //! error stays its own. Each hand-off's future completes with its own result.
 //!
+//! On a cluster, a hand-off's write and its source are in different slots, so no MULTI/EXEC
+//! holds both: a batch goes in rounds, the writes (each once per source: a repeated hand-off
+//! of a source whose XACK was lost writes nothing again, `scripts.rs`), then the XACKs of the
+//! sources written, then, after the hand-offs have completed, the deletion of their marks.
+//!
 //! [`send_batch`] is the batch itself (writes in, one result per write out): if the seam comes
 //! to complete hand-offs in batches, it calls that, and only the queue in front goes.
 
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error;
+use super::link::Link;
 use super::produce::{query_retrying, Write};
-use super::Redis;
+use super::{scripts, Redis};
 use crate::backend::Delivered;
 use crate::error::BackendError;
 
@@ -106,7 +112,7 @@ fn stopped(topic: &str) -> BackendError {
 /// Until stopped: takes everything queued (at most [`MAX_BATCH`]), sends it in one round trip,
 /// completes each; then sends what was queued before the stop.
 async fn run(
-    conn: ConnectionManager,
+    mut conn: Link,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     stop: CancellationToken,
     timeout: Duration,
@@ -126,9 +132,17 @@ async fn run(
             return; // closed and empty
         }
         let (writes, done): (Vec<Write>, Vec<_>) = batch.drain(..).map(|q| (q.write, q.done)).unzip();
-        let results = send_batch(&conn, writes, timeout).await;
+        let (results, marks) = send_batch(&conn, writes, timeout).await;
         for (done, result) in done.into_iter().zip(results) {
             let _ = done.send(result); // a future dropped meanwhile: nobody waits
+        }
+        if !marks.is_empty() {
+            // A mark whose deletion fails expires on its own (`produce.rs`).
+            let mut forget = redis::pipe();
+            for mark in marks {
+                forget.cmd("DEL").arg(mark).ignore();
+            }
+            let _: Result<(), _> = forget.query_async(&mut conn).await;
         }
     }
 }
@@ -138,18 +152,25 @@ async fn run(
 /// retries) fails every write of it; none of their sources is acknowledged by what was not
 /// applied, and a write applied whose reply was lost is written again on the runtime's retry:
 /// at least once.
+///
+/// On a cluster, the writes' XACKs follow in a second round trip, and the marks of the
+/// hand-offs acknowledged are returned, to be deleted once the hand-offs have completed.
 pub(crate) async fn send_batch(
-    conn: &ConnectionManager,
+    conn: &Link,
     mut writes: Vec<Write>,
     timeout: Duration,
-) -> Vec<Result<Delivered, BackendError>> {
+) -> (Vec<Result<Delivered, BackendError>>, Vec<String>) {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for write in &mut writes {
         write.add_to(&mut pipe);
     }
-    match query_retrying(conn, &pipe, timeout).await {
+    let mut scripts_lost = false;
+    let mut results: Vec<Result<Delivered, BackendError>> = match query_retrying(conn, &pipe, timeout).await {
         Ok(replies) => {
+            scripts_lost = replies
+                .iter()
+                .any(|reply| matches!(reply, Value::ServerError(error) if error.code() == "NOSCRIPT"));
             let mut replies = replies.into_iter();
             writes.iter().map(|write| write.delivered(&mut replies)).collect()
         }
@@ -157,5 +178,40 @@ pub(crate) async fn send_batch(
             .iter()
             .map(|write| Err(error::produce(&write.topic, failed.clone())))
             .collect(),
+    };
+    if !conn.is_cluster() {
+        return (results, Vec::new());
     }
+    if scripts_lost {
+        // A shard that failed over or restarted lost the scripts: load them for the runtime's
+        // next try of these hand-offs.
+        let _ = scripts::load(&mut conn.clone()).await;
+    }
+    let mut acks = redis::pipe();
+    acks.ignore_errors();
+    let acking: Vec<usize> = (0..writes.len())
+        .filter(|&at| results[at].is_ok() && writes[at].add_ack_to(&mut acks))
+        .collect();
+    if acking.is_empty() {
+        return (results, Vec::new());
+    }
+    let mut marks = Vec::with_capacity(acking.len());
+    match query_retrying(conn, &acks, timeout).await {
+        Ok(replies) => {
+            for (&at, reply) in acking.iter().zip(replies) {
+                match reply {
+                    Value::ServerError(refused) => {
+                        results[at] = Err(error::produce(&writes[at].topic, refused.into()));
+                    }
+                    _ => marks.extend(writes[at].mark().map(str::to_owned)),
+                }
+            }
+        }
+        Err(failed) => {
+            for &at in &acking {
+                results[at] = Err(error::produce(&writes[at].topic, failed.clone()));
+            }
+        }
+    }
+    (results, marks)
 }

@@ -5,6 +5,10 @@
 //! acknowledge the source in one transaction (MULTI/EXEC), many of them pipelined in one round
 //! trip. What a failure means is decided by the runtime.
 //!
+//! On a Redis Cluster ([`Redis::cluster_builder`]) keys are tagged per partition, so a topic's
+//! partitions spread over the shards, and a hand-off, whose write and source are in different
+//! slots, writes once per source and then acknowledges (ARCHITECTURE.md, Redis Cluster).
+//!
 //! # Keys and entries
 //!
 //! The keys (one hash tag per topic), their types and what each holds are listed once, in the
@@ -26,7 +30,8 @@
 //! | `consumer/membership.rs` | membership, leases, take-over, claims of idle entries, leaving |
 //! | `consumer/trim.rs` | trimming what every group acknowledged |
 //! | `error.rs` | a `redis` error as a `BackendError`, with what to change when refused |
-//! | `keys.rs` | key names |
+//! | `keys.rs` | key names, in the one-server or the cluster layout |
+//! | `link.rs` | a connection to one server or to a cluster; a cluster's pipelines split by slot |
 //! | `scripts.rs` | the Lua scripts, run by their SHA1 |
 //! | `stream_id.rs` | stream entry IDs as offsets |
 //! | `fields.rs` | a record as stream fields (a field per value, or packed) and as a delay-set member, and back |
@@ -38,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
 use super::{
@@ -47,6 +53,8 @@ use super::{
 use crate::error::BackendError;
 use error::{explain, transport, Doing};
 use fields::{decode, unpack_delayed};
+use keys::KeyLayout;
+use link::Link;
 use reply::{parse_entries, parse_groups};
 use stream_id::StreamId;
 
@@ -56,6 +64,7 @@ mod error;
 mod fields;
 mod hand_offs;
 mod keys;
+mod link;
 mod msgpack;
 mod produce;
 mod reply;
@@ -86,10 +95,12 @@ pub struct Redis {
 
 struct Shared {
     url: String,
-    client: redis::Client,
-    /// Commands that never block share one multiplexed connection; each consumer's blocking
-    /// reads have a connection of their own.
-    conn: ConnectionManager,
+    client: Client,
+    /// Where keys go: the one-server layout, or the cluster's (`keys.rs`).
+    keys: KeyLayout,
+    /// Commands that never block share one multiplexed connection (on a cluster, one per
+    /// shard); each consumer's reads and hand-offs have connections of their own.
+    conn: Link,
     settings: Settings,
     partitions: PartitionCounts,
     next_member: AtomicU64,
@@ -97,40 +108,54 @@ struct Shared {
     admitted: AtomicBool,
 }
 
+/// What connections are made from: one server's client, or a cluster's.
+#[allow(clippy::large_enum_variant)] // one per backend, behind its `Arc`
+enum Client {
+    Server(redis::Client),
+    Cluster(ClusterClient),
+}
+
 impl Redis {
-    /// The server's URL, as given.
+    /// The server's URL, as given; for a cluster, its nodes' URLs as given, joined by commas.
     pub fn url(&self) -> &str {
         &self.shared.url
+    }
+
+    /// Whether this backend talks to a Redis Cluster (with the cluster's key layout).
+    pub fn is_cluster(&self) -> bool {
+        self.shared.keys == KeyLayout::Cluster
+    }
+
+    pub(crate) fn keys(&self) -> KeyLayout {
+        self.shared.keys
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.shared.settings
     }
 
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> Link {
         self.shared.conn.clone()
     }
 
     /// A connection of its own for a consumer's blocking reads (a blocking command would stall
     /// every other command on a shared connection), with a response timeout longer than a read.
-    pub(crate) async fn blocking_connection(&self) -> Result<ConnectionManager, BackendError> {
+    /// A cluster's reads do not block (`consumer/reader.rs` says why).
+    pub(crate) async fn blocking_connection(&self) -> Result<Link, BackendError> {
         let settings = &self.shared.settings;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.block + settings.response_timeout))
-            .set_connection_timeout(Some(settings.response_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(transport)
+        self.shared.client.connect(
+            settings.block + settings.response_timeout,
+            settings.response_timeout,
+        )
     }
 
     /// A connection of its own for a consumer's hand-off writer, so its pipelined writes queue
     /// behind nobody else's commands.
-    pub(crate) fn writing_connection(&self) -> Result<ConnectionManager, BackendError> {
+    pub(crate) fn writing_connection(&self) -> Result<Link, BackendError> {
         let settings = &self.shared.settings;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_connection_timeout(Some(settings.response_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config).map_err(transport)
+        self.shared
+            .client
+            .connect(settings.response_timeout, settings.response_timeout)
     }
 
     pub(crate) fn member_name(&self) -> String {
@@ -140,7 +165,7 @@ impl Redis {
     /// The partition count stored for `topic`, if it has one.
     async fn stored_partitions(&self, topic: &str) -> Result<Option<u32>, BackendError> {
         let count: Option<u32> = redis::cmd("HGET")
-            .arg(keys::meta(topic))
+            .arg(self.keys().meta(topic))
             .arg("partitions")
             .query_async(&mut self.connection())
             .await
@@ -166,7 +191,7 @@ impl Redis {
     /// Sets the partition count of `topic` unless it has one.
     async fn create(&self, topic: &str, partitions: u32) -> Result<(), BackendError> {
         let _: i64 = redis::cmd("HSETNX")
-            .arg(keys::meta(topic))
+            .arg(self.keys().meta(topic))
             .arg("partitions")
             .arg(partitions)
             .query_async(&mut self.connection())
@@ -180,14 +205,22 @@ impl Redis {
     async fn read_delayed(&self, topic: &str) -> Result<Vec<Record>, BackendError> {
         let mut records = Vec::new();
         let mut conn = self.connection();
-        let waiting: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(keys::delayed(topic))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(transport)?;
-        for member in waiting {
+        let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
+        let mut waiting: Vec<(f64, Vec<u8>)> = Vec::new();
+        for set in self.keys().delay_sets(topic, partitions) {
+            let mut members: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+                .arg(set)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await
+                .map_err(transport)?;
+            waiting.extend(members.drain(..).map(|(member, due)| (due, member)));
+        }
+        // In due order across the partitions' sets (a cluster has one per partition).
+        waiting.sort_by(|(a, _), (b, _)| a.total_cmp(b));
+        for (_, member) in waiting {
             if let Some((partition, fields)) = unpack_delayed(&member) {
                 let mut record = decode(partition, StreamId { ms: 0, seq: 0 }, fields);
                 record.offset = u64::MAX;
@@ -210,7 +243,7 @@ impl Redis {
             };
             loop {
                 let reply: Value = redis::cmd("XRANGE")
-                    .arg(keys::stream(topic, partition))
+                    .arg(self.keys().stream(topic, partition))
                     .arg(&from)
                     .arg("+")
                     .arg("COUNT")
@@ -250,17 +283,26 @@ impl Redis {
         if self.shared.admitted.load(Ordering::Acquire) {
             return Ok(());
         }
-        let timeout = Some(self.shared.settings.response_timeout);
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout);
+        let timeout = self.shared.settings.response_timeout;
         let ping = async {
-            let mut conn = self
-                .shared
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
+            match &self.shared.client {
+                Client::Server(client) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout));
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                }
+                Client::Cluster(client) => {
+                    let config = ClusterConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(timeout);
+                    let mut conn = client.get_async_connection_with_config(config).await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                }
+            }
         };
         let url = &self.shared.url;
         match ping
@@ -296,7 +338,7 @@ impl Browse for Redis {
         let mut ends = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions {
             let reply: Value = redis::cmd("XREVRANGE")
-                .arg(keys::stream(topic, partition))
+                .arg(self.keys().stream(topic, partition))
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
@@ -313,7 +355,7 @@ impl Browse for Redis {
     /// One XRANGE of the partition's stream.
     async fn read_page(&self, topic: &Topic, page: Page) -> Result<Vec<Record>, BackendError> {
         let reply: Value = redis::cmd("XRANGE")
-            .arg(keys::stream(&topic.name, page.partition()))
+            .arg(self.keys().stream(&topic.name, page.partition()))
             .arg(StreamId::of_offset(page.from()).to_string())
             .arg(StreamId::of_offset(page.last()).to_string())
             .arg("COUNT")
@@ -355,7 +397,7 @@ impl Redis {
         let partitions = self.stored_partitions(topic).await?.unwrap_or(0);
         let mut lag = 0;
         for partition in 0..partitions {
-            let key = keys::stream(topic, partition);
+            let key = self.keys().stream(topic, partition);
             let groups: Result<Value, RedisError> = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(&key)
@@ -385,11 +427,14 @@ impl Redis {
                     .map_err(transport)?,
             };
         }
-        let waiting: u64 = redis::cmd("ZCARD")
-            .arg(keys::delayed(topic))
-            .query_async(&mut conn)
-            .await
-            .map_err(transport)?;
+        let mut waiting = 0;
+        for set in self.keys().delay_sets(topic, partitions) {
+            waiting += redis::cmd("ZCARD")
+                .arg(set)
+                .query_async::<u64>(&mut conn)
+                .await
+                .map_err(transport)?;
+        }
         Ok(lag + waiting)
     }
 }
@@ -415,5 +460,30 @@ impl Backend for Redis {
 
     async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
         self.lag_of(&topic.name, group).await
+    }
+}
+
+impl Client {
+    /// A connection of its own, connected on first use, waiting `response` for a reply.
+    fn connect(&self, response: Duration, connection: Duration) -> Result<Link, BackendError> {
+        match self {
+            Client::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(response))
+                    .set_connection_timeout(Some(connection))
+                    .set_max_delay(Duration::from_secs(2));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(Link::Server)
+                    .map_err(transport)
+            }
+            Client::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_response_timeout(response)
+                    .set_connection_timeout(connection);
+                Ok(Link::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
     }
 }

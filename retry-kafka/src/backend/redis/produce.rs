@@ -1,21 +1,29 @@
 //! Writing entries: an XADD to a partition stream, a ZADD to a retry level's delay set, and a
-//! hand-off's write of the next hop and acknowledgement of its source in one MULTI/EXEC
-//! ([`Write`]; the hand-off writer, `hand_offs.rs`, sends many in one pipeline).
+//! hand-off's write of the next hop and acknowledgement of its source ([`Write`]; the hand-off
+//! writer, `hand_offs.rs`, sends many in one pipeline): on one server in one MULTI/EXEC, on a
+//! cluster (where the two are in different slots) the write once per source, then the XACK.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 
 use super::fields::{self, Layout};
+use super::keys::KeyLayout;
+use super::link::Link;
 use super::stream_id::StreamId;
-use super::{error, keys, Redis};
+use super::{error, scripts, Redis};
 use crate::backend::{Delivered, OutboundRecord, Topic, TopicRole};
 use crate::clock::now_ms;
 use crate::error::BackendError;
+
+/// How long a hand-off's mark lives on a cluster (`keys.rs`): the mark is deleted once its
+/// source is acknowledged, so only a mark whose deletion was lost (a crash between the XACK and
+/// the DEL) waits this long; a source redelivered later than this after a crash between the
+/// write and the XACK would be handed on twice.
+const HAND_OFF_MARK_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The entry a hand-off acknowledges: its stream, group and ID.
 pub(crate) struct Source {
@@ -56,7 +64,8 @@ impl Redis {
         source: Option<&Source>,
     ) -> Write {
         let topic = &*to.name;
-        let stream = keys::stream(topic, partition);
+        let keys = self.keys();
+        let stream = keys.stream(topic, partition);
         let fields = fields::encode(record, Layout::of(to.role));
         // Only a retry level keeps records in a delay set, until due: one due already goes
         // straight to the stream. Elsewhere `rk-due-at` is just a header.
@@ -64,24 +73,58 @@ impl Redis {
             TopicRole::Retry { .. } => record.due_at_ms().filter(|&due| due > now_ms()),
             _ => None,
         };
-        let write = match due {
-            Some(due) => {
-                let member_id = match source {
-                    Some(source) => format!("{}/{}/{}", source.stream, source.group, source.id),
-                    None => self.member_name(),
+        let source_id = source.map(|source| format!("{}/{}/{}", source.stream, source.group, source.id));
+        // On a cluster a hand-off's write and its source's XACK are in different slots: the
+        // write goes once per source (its mark, in the target's slot, says it went), then the
+        // XACK, then the mark is deleted (`hand_offs.rs`).
+        let mark = match (keys, &source_id) {
+            (KeyLayout::Cluster, Some(source_id)) => {
+                let target = match due {
+                    Some(_) => keys.delayed(topic, partition),
+                    None => stream.clone(),
                 };
+                Some((keys.handed(&target, source_id), target))
+            }
+            _ => None,
+        };
+        let write = match (due, mark.as_ref()) {
+            (Some(due), None) => {
+                let member_id = source_id.unwrap_or_else(|| self.member_name());
                 let member = fields::pack_delayed(&stream, &member_id, &fields);
                 let mut add = redis::cmd("ZADD");
-                add.arg(keys::delayed(topic)).arg(due).arg(member);
+                add.arg(keys.delayed(topic, partition)).arg(due).arg(member);
                 add
             }
-            None => {
+            (None, None) => {
                 let mut add = redis::cmd("XADD");
                 add.arg(&stream).arg("*");
                 for (name, value) in &fields {
                     add.arg(name.as_bytes()).arg(&value[..]);
                 }
                 add
+            }
+            (due, Some((mark, target))) => {
+                let mut once = redis::cmd("EVALSHA");
+                once.arg(scripts::HAND_OFF_ONCE.get_hash())
+                    .arg(2)
+                    .arg(mark)
+                    .arg(target)
+                    .arg(HAND_OFF_MARK_LIFETIME.as_millis() as u64);
+                match due {
+                    Some(due) => {
+                        let member_id = source_id.as_deref().unwrap_or_default();
+                        once.arg("z")
+                            .arg(due)
+                            .arg(fields::pack_delayed(&stream, member_id, &fields));
+                    }
+                    None => {
+                        once.arg("x");
+                        for (name, value) in &fields {
+                            once.arg(name.as_bytes()).arg(&value[..]);
+                        }
+                    }
+                }
+                once
             }
         };
         let ack = source.map(|source| {
@@ -95,9 +138,10 @@ impl Redis {
             topic: to.name.clone(),
             partition,
             delayed: due.is_some(),
-            acks: ack.is_some(),
+            acks: ack.is_some() && mark.is_none(),
             write,
             ack,
+            mark: mark.map(|(mark, _)| mark),
         }
     }
 
@@ -131,6 +175,8 @@ pub(crate) struct Write {
     ack: Option<redis::Cmd>,
     /// With the XACK of its source, in a MULTI/EXEC.
     acks: bool,
+    /// On a cluster: the mark of a hand-off's write, deleted once its source is acknowledged.
+    mark: Option<String>,
 }
 
 impl Write {
@@ -140,7 +186,7 @@ impl Write {
     /// The commands move into `pipe`: add a write once.
     pub(crate) fn add_to(&mut self, pipe: &mut redis::Pipeline) {
         let write = std::mem::replace(&mut self.write, redis::Cmd::new());
-        match self.ack.take() {
+        match self.ack.take_if(|_| self.acks) {
             Some(ack) => {
                 pipe.cmd("MULTI").add_command(write).add_command(ack).cmd("EXEC");
             }
@@ -148,6 +194,23 @@ impl Write {
                 pipe.add_command(write);
             }
         }
+    }
+
+    /// On a cluster, once the write is in: adds the XACK of the hand-off's source to `pipe`;
+    /// whether there was one. Adds it once.
+    pub(crate) fn add_ack_to(&mut self, pipe: &mut redis::Pipeline) -> bool {
+        match self.ack.take() {
+            Some(ack) => {
+                pipe.add_command(ack);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// On a cluster: the mark that says the hand-off's write went (`keys.rs`).
+    pub(crate) fn mark(&self) -> Option<&str> {
+        self.mark.as_deref()
     }
 
     /// The outcome, from this write's replies (taken from `replies`, in the order
@@ -206,7 +269,7 @@ impl Write {
 /// dropped or refused connection (a server restart, a network blip) until `timeout` has
 /// passed. A write whose reply was lost may then be applied twice: at least once, as everywhere.
 pub(crate) async fn query_retrying(
-    conn: &ConnectionManager,
+    conn: &Link,
     pipe: &redis::Pipeline,
     timeout: Duration,
 ) -> Result<Vec<Value>, RedisError> {

@@ -16,6 +16,8 @@ pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 /// Gives a partition's lease up; see [`RELEASE_LUA`].
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+/// On a cluster, writes a hand-off's next hop once per source; see [`HAND_OFF_ONCE_LUA`].
+pub(crate) static HAND_OFF_ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(HAND_OFF_ONCE_LUA));
 
 /// Whether the server did not know a script (`NOSCRIPT`), alone or among the errors of a
 /// pipeline.
@@ -23,17 +25,17 @@ pub(crate) fn is_missing(error: &RedisError) -> bool {
     super::error::has_code(error, "NOSCRIPT")
 }
 
-/// Sends every script to the server (`SCRIPT LOAD`), in one round trip.
+/// Sends every script to the server (`SCRIPT LOAD`), one command each: a cluster client sends
+/// each to every node, where a pipeline of them would reach one.
 pub(crate) async fn load(conn: &mut impl ConnectionLike) -> RedisResult<()> {
-    redis::pipe()
-        .load_script(&MOVE_DUE)
-        .ignore()
-        .load_script(&ACQUIRE)
-        .ignore()
-        .load_script(&RELEASE)
-        .ignore()
-        .query_async(conn)
-        .await
+    for code in [MOVE_DUE_LUA, ACQUIRE_LUA, RELEASE_LUA, HAND_OFF_ONCE_LUA] {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(code)
+            .exec_async(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Runs `pipe`, whose commands may all run twice (script invocations and the like); when the
@@ -82,4 +84,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"#;
+
+/// KEYS: the hand-off's mark, the next hop's stream or delay set (one slot: `keys.rs`).
+/// ARGV: the mark's lifetime (ms), then `x` and the entry's fields (XADD), or `z`, the due
+/// time and the member (ZADD).
+/// Writes the next hop and the mark, holding its stream ID (`0-0` in a delay set), unless the
+/// mark is there: then the hop was written by an earlier try whose source was not
+/// acknowledged, and nothing is written again. Returns the stream ID either way.
+const HAND_OFF_ONCE_LUA: &str = r#"
+local written = redis.call('GET', KEYS[1])
+if written then return written end
+local id = '0-0'
+if ARGV[2] == 'z' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+else
+  id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
+return id
 "#;

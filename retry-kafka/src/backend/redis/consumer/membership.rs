@@ -125,6 +125,9 @@ impl Reader {
             self.owned.insert(p);
         }
         if !taken.is_empty() {
+            // A partition taken may have retries due before the ones known (on a cluster each
+            // partition has its own delay set): look at the sets again in the next read.
+            self.next_due = None;
             tracing::debug!(topic = %self.topic, group = %self.group, member = %self.member, partitions = ?taken, "partitions taken");
             // Informational for the runtime: never wait for room (that would delay heartbeats).
             let _ = self.sender.try_send(Item::Event(Fetched::Assigned(taken)));
@@ -224,6 +227,8 @@ impl Reader {
             for (id, fields) in parse_entries(entries) {
                 let Some(permit) = permits.next() else { break };
                 claimed += 1;
+                let sent = &mut self.sent_up_to[p as usize];
+                *sent = (*sent).max(Some(id));
                 permit.send(Item::Record {
                     epoch: epochs[p as usize],
                     id,

@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -20,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::transport;
 use super::hand_offs::HandOffWriter;
+use super::link::Link;
 use super::stream_id::StreamId;
-use super::{keys, Redis, Source};
+use super::{Redis, Source};
 use crate::backend::{
     Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, TopicRole, Undelivered,
 };
@@ -125,7 +125,8 @@ impl RedisConsumer {
     ) -> Result<Self, BackendError> {
         let Subscription { topic, group } = subscription;
         let (topic, role) = (topic.name.to_string(), topic.role);
-        let streams: Vec<String> = (0..partitions).map(|p| keys::stream(&topic, p)).collect();
+        let keys = redis.keys();
+        let streams: Vec<String> = (0..partitions).map(|p| keys.stream(&topic, p)).collect();
         let mut conn = redis.connection();
         for stream in &streams {
             create_group(&mut conn, stream, &group).await?;
@@ -144,9 +145,12 @@ impl RedisConsumer {
         let stop = CancellationToken::new();
         let reader = Reader {
             member: redis.member_name(),
-            delayed: matches!(role, TopicRole::Retry { .. }).then(|| keys::delayed(&topic)),
-            members: keys::members(&topic, &group),
-            leases: (0..partitions).map(|p| keys::lease(&topic, &group, p)).collect(),
+            delayed: match role {
+                TopicRole::Retry { .. } => keys.delay_sets(&topic, partitions),
+                _ => Vec::new(),
+            },
+            members: keys.members(&topic, &group),
+            leases: (0..partitions).map(|p| keys.lease(&topic, &group, p)).collect(),
             blocking: redis.blocking_connection().await?,
             conn,
             topic: topic.clone(),
@@ -162,6 +166,7 @@ impl RedisConsumer {
             lease_until: Instant::now(),
             next_due: None,
             sweep: false,
+            sent_up_to: vec![None; n],
             behind: false,
         };
         tracing::debug!(%topic, %group, member = %reader.member, "redis consumer joining");
@@ -245,7 +250,8 @@ impl Consumer for RedisConsumer {
 
     /// One MULTI/EXEC per call: it writes the next hop (ZADD into the level's delay set, or
     /// XADD to the dead-letter stream) and XACKs the source in one step. The consumer's
-    /// hand-off writer sends those queued during one round trip together in the next.
+    /// hand-off writer sends those queued during one round trip together in the next. On a
+    /// cluster the write (once per source) and the XACK go in two rounds (`hand_offs.rs`).
     fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
         let source = self.source_of(from.partition, from.offset);
         let redis = self.redis.clone();
@@ -345,7 +351,7 @@ impl Drop for RedisConsumer {
     }
 }
 
-async fn create_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<(), BackendError> {
+async fn create_group(conn: &mut Link, stream: &str, group: &str) -> Result<(), BackendError> {
     let created: Result<(), RedisError> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

@@ -8,7 +8,6 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::pacing::{AckDebounce, Every, Heartbeat, Recover, Recovery};
 use super::{create_group, Acks, Control, Item};
 use crate::backend::redis::fields::decode;
+use crate::backend::redis::link::Link;
 use crate::backend::redis::reply::{parse_entries, stream_replies};
 use crate::backend::redis::stream_id::StreamId;
 use crate::backend::redis::{scripts, Settings};
@@ -29,12 +29,13 @@ pub(super) struct Reader {
     pub(super) group: String,
     pub(super) member: String,
     pub(super) streams: Vec<String>,
-    /// The delay set to move due entries from, on a retry level.
-    pub(super) delayed: Option<String>,
+    /// The delay sets to move due entries from, on a retry level: the topic's one, or on a
+    /// cluster one per partition (where only an owned partition's is moved). Empty elsewhere.
+    pub(super) delayed: Vec<String>,
     pub(super) members: String,
     pub(super) leases: Vec<String>,
-    pub(super) conn: ConnectionManager,
-    pub(super) blocking: ConnectionManager,
+    pub(super) conn: Link,
+    pub(super) blocking: Link,
     pub(super) settings: Settings,
     pub(super) sender: mpsc::Sender<Item>,
     pub(super) control: Arc<Mutex<Control>>,
@@ -48,6 +49,9 @@ pub(super) struct Reader {
     pub(super) next_due: Option<i64>,
     /// Unordered: claim what other members left pending, in the next round.
     pub(super) sweep: bool,
+    /// The last entry of each partition sent to the consumer (by reads; claims of the
+    /// unordered mode too), for [`Reader::read_pending_first`].
+    pub(super) sent_up_to: Vec<Option<StreamId>>,
     /// The last read filled its count on some stream: more is there already, so the next read
     /// waits for nothing (a move takes up to 1,000 due entries, a read [`Settings::batch`]).
     pub(super) behind: bool,
@@ -131,7 +135,7 @@ impl Reader {
         // server's next tick (100 ms at the default `hz`), which made retries up to ~100 ms
         // late. Nothing has been taken yet, so being cancelled meanwhile loses nothing.
         let mut waited_for_due = false;
-        if let (Some(_), Some(due), false) = (&self.delayed, self.next_due, self.behind) {
+        if let (false, Some(due), false) = (self.delayed.is_empty(), self.next_due, self.behind) {
             let wait = due - now_ms();
             if wait > 0 {
                 let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
@@ -188,9 +192,19 @@ impl Reader {
         }
         let now = now_ms();
         // Only a member that reads moves due retries, in the same round trip as its read.
-        let moving = self.delayed.is_some() && self.next_due.is_none_or(|due| due <= now);
-        if let (Some(delayed), true) = (&self.delayed, moving) {
-            pipe.invoke_script(scripts::MOVE_DUE.key(delayed).arg(now).arg(1000));
+        let cluster = self.conn.is_cluster();
+        let moves: Vec<&String> = match (self.next_due.is_none_or(|due| due <= now), cluster) {
+            (false, _) => Vec::new(),
+            (true, false) => self.delayed.iter().collect(),
+            (true, true) => self
+                .owned
+                .iter()
+                .filter_map(|&p| self.delayed.get(p as usize))
+                .collect(),
+        };
+        let moving = !moves.is_empty();
+        for delayed in &moves {
+            pipe.invoke_script(scripts::MOVE_DUE.key(*delayed).arg(now).arg(1000));
         }
         let streams: Vec<(u32, String)> = if replaying {
             // History reads do not block: read the pending entries first.
@@ -198,7 +212,7 @@ impl Reader {
         } else {
             live.iter().map(|&p| (p, ">".to_owned())).collect()
         };
-        let block = if replaying || (self.behind && self.delayed.is_some()) {
+        let block = if replaying || cluster || (self.behind && !self.delayed.is_empty()) {
             // History reads do not block; nor does a retry level's read while it is behind:
             // what is there is read at once, and an empty read goes back to waiting for the
             // next due time on the precise timer, not on a blocked read's server-side timeout.
@@ -209,7 +223,7 @@ impl Reader {
             if waited_for_due {
                 // Waited already: only read what is there (and what the move just added).
                 block = Duration::from_millis(1);
-            } else if self.delayed.is_some() {
+            } else if !self.delayed.is_empty() {
                 let until_due = match self.next_due {
                     Some(due) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
                     None => self.settings.due_poll,
@@ -219,21 +233,29 @@ impl Reader {
             Some(block.max(Duration::from_millis(1)))
         };
         let per_stream = (self.settings.batch / streams.len()).max(1);
-        let read = pipe.cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.member)
-            .arg("COUNT")
-            .arg(per_stream);
-        if let Some(block) = block {
-            read.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        read.arg("STREAMS");
-        for (p, _) in &streams {
-            read.arg(&self.streams[*p as usize]);
-        }
-        for (_, id) in &streams {
-            read.arg(id);
+        // One read of every stream; on a cluster, whose streams are in different slots, one
+        // read per stream (`link.rs` sends each to its shard).
+        let reads: Vec<&[(u32, String)]> = match cluster {
+            false => vec![&streams[..]],
+            true => streams.chunks(1).collect(),
+        };
+        for streams in &reads {
+            let read = pipe.cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.member)
+                .arg("COUNT")
+                .arg(per_stream);
+            if let Some(block) = block {
+                read.arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            read.arg("STREAMS");
+            for (p, _) in streams.iter() {
+                read.arg(&self.streams[*p as usize]);
+            }
+            for (_, id) in streams.iter() {
+                read.arg(id);
+            }
         }
         // Each reply on its own: a move that failed (the server forgot the script, after a
         // restart) must not lose what the read took into this member's pending list.
@@ -243,35 +265,59 @@ impl Reader {
             Err(error) => {
                 // Unsent acknowledgements go back, to be sent with the next read.
                 self.control.lock().unwrap().restore_acks(acks);
+                if cluster && !replaying {
+                    self.read_pending_first(&live, &epochs);
+                }
                 return Err(error);
             }
         };
         let mut replies = replies.into_iter();
         let mut moved = Ok(());
         if moving {
-            match replies.next() {
-                Some(Value::Array(reply)) => {
-                    self.next_due = match reply.get(1) {
-                        Some(Value::Int(due)) if *due >= 0 => Some(*due),
-                        _ => None,
-                    };
+            self.next_due = None;
+        }
+        for reply in replies.by_ref().take(moves.len()) {
+            match reply {
+                Value::Array(reply) => {
+                    if let Some(Value::Int(due)) =
+                        reply.get(1).filter(|due| matches!(due, Value::Int(d) if *d >= 0))
+                    {
+                        self.next_due = Some(self.next_due.map_or(*due, |next| next.min(*due)));
+                    }
                 }
-                Some(Value::ServerError(error)) => moved = Err(RedisError::from(error)),
+                Value::ServerError(error) => moved = Err(RedisError::from(error)),
                 _ => {}
             }
         }
-        let reply = match replies.next() {
-            Some(Value::ServerError(error)) => {
-                self.control.lock().unwrap().restore_acks(acks);
-                return Err(error.into());
+        // The reads' replies; a read that failed (on a cluster, one shard's) fails the round
+        // once the others' entries are delivered, and its acknowledgements are sent again.
+        let mut read_failed = None;
+        let read: Vec<Value> = replies
+            .filter_map(|reply| match reply {
+                Value::ServerError(error) => {
+                    read_failed = Some(RedisError::from(error));
+                    None
+                }
+                reply => Some(reply),
+            })
+            .collect();
+        if let Some(error) = read_failed.take_if(|_| read.is_empty()) {
+            self.control.lock().unwrap().restore_acks(acks);
+            if cluster && !replaying {
+                self.read_pending_first(&live, &epochs);
             }
-            Some(reply) => reply,
-            None => return moved,
-        };
+            return Err(error);
+        }
+        if read.is_empty() {
+            return moved;
+        }
+        if read_failed.is_some() {
+            self.control.lock().unwrap().restore_acks(acks);
+        }
         let mut permits = permits;
         let mut read_any = vec![false; self.streams.len()];
         self.behind = false;
-        for (key, entries) in stream_replies(reply) {
+        for (key, entries) in read.into_iter().flat_map(stream_replies) {
             let Some(p) = self.streams.iter().position(|s| s.as_bytes() == key) else {
                 continue;
             };
@@ -300,6 +346,9 @@ impl Reader {
                 last = Some(id);
             }
             read_any[p] = last.is_some() || unsent.is_some();
+            if last.is_some() {
+                self.sent_up_to[p] = last;
+            }
             let mut control = self.control.lock().unwrap();
             if control.epochs[p] == epochs[p] {
                 if let Some(first) = unsent {
@@ -308,6 +357,12 @@ impl Reader {
                     control.replay_after[p] = last;
                 }
             }
+        }
+        if let Some(error) = read_failed {
+            if cluster && !replaying {
+                self.read_pending_first(&live, &epochs);
+            }
+            return Err(error);
         }
         if replaying {
             // A partition whose history read came back empty is caught up.
@@ -318,10 +373,40 @@ impl Reader {
                 }
             }
         }
+        if cluster && !replaying && !self.behind && !read_any.contains(&true) {
+            // A cluster's reads do not block (a blocked read would hold up its shard's
+            // connection, which the other partitions' reads share): an empty round waits
+            // `due_poll` (or until the next due retry, or a resume) before the next.
+            let until_due = self
+                .next_due
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(1) as u64));
+            let pause = next_heartbeat
+                .saturating_duration_since(Instant::now())
+                .min(self.settings.due_poll)
+                .min(until_due.unwrap_or(Duration::MAX));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
         match moved {
             // The server forgot the scripts (it restarted): load them for the next move.
             Err(error) if scripts::is_missing(&error) => scripts::load(&mut self.conn).await,
             moved => moved,
+        }
+    }
+
+    /// On a cluster, after a read round that failed on some shard (its reads may have taken
+    /// entries into this member's pending list, and their reply is lost): the live partitions
+    /// read their pending entries after the last one delivered before new ones, so none is
+    /// left pending and undelivered while this member keeps the partition.
+    fn read_pending_first(&self, live: &[u32], epochs: &[u64]) {
+        let mut control = self.control.lock().unwrap();
+        for &p in live {
+            let p = p as usize;
+            if control.epochs[p] == epochs[p] && control.replay_after[p].is_none() {
+                control.replay_after[p] = Some(self.sent_up_to[p].unwrap_or(StreamId::ZERO));
+            }
         }
     }
 

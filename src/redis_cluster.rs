@@ -1,0 +1,155 @@
+//! A Redis Cluster for tests: three masters and three replicas (`redis-server
+//! --cluster-enabled yes` ×6 on free loopback ports, joined by `redis-cli --cluster create`),
+//! killed on drop.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::RedisServer;
+
+/// Three masters, each with one replica, covering the 16384 slots.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster and waits until every node says `cluster_state:ok`
+    /// and every replica is attached. Panics (naming the command) when redis-cli is missing.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_cluster_node()).collect();
+        let cluster = RedisCluster { nodes };
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(redis_cli())
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_until_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// The nodes' URLs, `redis://127.0.0.1:port`, for `Redis::cluster_builder`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect()
+    }
+
+    /// `redis-cli -p port args…`'s output (panics if it fails to run).
+    pub fn cli(port: u16, args: &[&str]) -> String {
+        let output = Command::new(redis_cli())
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The ports of the masters that serve slots (as a live node sees them), each with its
+    /// slot ranges.
+    pub fn masters(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let mut masters = Vec::new();
+        for line in self.node_lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("a node's port");
+            let slots = fields[8..]
+                .iter()
+                .filter(|range| !range.starts_with('['))
+                .filter_map(|range| match range.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => range.parse().ok().map(|slot| (slot, slot)),
+                })
+                .collect();
+            masters.push((port, slots));
+        }
+        masters.sort();
+        masters
+    }
+
+    /// `cluster nodes` as a live node answers it, a line per node.
+    fn node_lines(&self) -> Vec<String> {
+        let live = self
+            .nodes
+            .iter()
+            .find(|node| node.child.is_some())
+            .expect("a live node");
+        Self::cli(live.port, &["cluster", "nodes"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every node still running says the cluster is ok with every slot covered; three masters
+    /// serve the slots (after a failover, a promoted replica among them) and every other live
+    /// node is a replica in sync with its master.
+    pub fn wait_until_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let live = self.nodes.iter().filter(|node| node.child.is_some());
+            // A replica that never synced with its master refuses to replace it (its data is
+            // too old: `cluster-replica-validity-factor`), so replicas must be in sync too.
+            let ok = live.clone().all(|node| {
+                let info = Self::cli(node.port, &["cluster", "info"]);
+                let replication = Self::cli(node.port, &["info", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master") || replication.contains("master_link_status:up"))
+            });
+            let replicas = self
+                .node_lines()
+                .iter()
+                .filter(|line| line.contains("slave") && !line.contains("fail"))
+                .count();
+            if ok && self.masters().len() == 3 && replicas == live.count() - 3 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster was not ok within {within:?}; cluster nodes:\n{}",
+                self.node_lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the node on `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .expect("a node on that port");
+        node.kill();
+    }
+}
+
+/// `redis-cli`, beside `redis-server` (Debian's redis-tools, which redis-server depends on).
+fn redis_cli() -> PathBuf {
+    let cli = RedisServer::binary().with_file_name("redis-cli");
+    assert!(
+        cli.is_file(),
+        "redis-cli is not installed at {}: run ./scripts/test.sh (or ./scripts/install-test-deps.sh)",
+        cli.display()
+    );
+    cli
+}
