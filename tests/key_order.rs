@@ -451,3 +451,79 @@ async fn concurrency_runs_keys_in_parallel_and_each_key_one_at_a_time() {
     );
     app.shutdown().await;
 }
+
+/// Successes of the two-instance test, in order: (account, seq).
+static TWO_INSTANCES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(topic = "ko.shared", key = "account")]
+struct Shared {
+    account: u64,
+    seq: u64,
+}
+
+#[retry_handler(group = "ks-ordered", retries = ["1s"], dlq, ordering = "key")]
+async fn ordered_in_two_instances(event: Shared, ctx: Context) -> Result<(), HandlerError> {
+    if event.seq % 4 == 1 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("fails once"));
+    }
+    TWO_INSTANCES.lock().unwrap().push((event.account, event.seq));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_instances_on_one_broker_keep_each_keys_order_through_rebalances() {
+    let keep = |spec: &retry_kafka::handler::HandlerSpec| spec.group() == "ks-ordered";
+    let build = |broker: &InMemory| {
+        App::builder()
+            .backend(broker.clone())
+            .handlers(keep)
+            .build()
+            .unwrap()
+    };
+    let first = TestApp::start_only(keep).await;
+    let broker = first.broker().clone();
+    let publish = |app: &TestApp, seqs: std::ops::Range<u64>| {
+        let producer = app.app().producer();
+        async move {
+            for seq in seqs {
+                for account in 0..10 {
+                    producer.send(&Shared { account, seq }).await.unwrap();
+                }
+            }
+        }
+    };
+    publish(&first, 0..4).await;
+    first.advance(Duration::from_millis(200)).await;
+    // A second instance joins while failures wait and records are held: partitions move, and
+    // their retry levels and held topic with them.
+    let second = TestApp::start_with(build(&broker)).await;
+    publish(&second, 4..8).await;
+    second.advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        second.backlog(),
+        Vec::new(),
+        "both instances settled everything together"
+    );
+    first.shutdown().await;
+    publish(&second, 8..12).await;
+    second.advance(Duration::from_secs(5)).await;
+    assert_eq!(second.backlog(), Vec::new());
+    second.shutdown().await;
+
+    let successes = TWO_INSTANCES.lock().unwrap().clone();
+    let mut firsts: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (account, seq) in successes {
+        let seen = firsts.entry(account).or_default();
+        if !seen.contains(&seq) {
+            seen.push(seq);
+        }
+    }
+    for account in 0..10 {
+        assert_eq!(
+            firsts[&account],
+            (0..12).collect::<Vec<u64>>(),
+            "account {account}"
+        );
+    }
+}

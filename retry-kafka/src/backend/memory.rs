@@ -98,6 +98,18 @@ impl Log {
     }
 }
 
+impl Log {
+    /// The group `name` on this topic, made (nothing committed, no member) if new.
+    fn group(&mut self, name: &str) -> &mut Group {
+        let partitions = self.partitions.len();
+        self.groups.entry(name.to_owned()).or_insert_with(|| Group {
+            committed: vec![0; partitions],
+            members: Vec::new(),
+            generation: 0,
+        })
+    }
+}
+
 impl Group {
     fn owner(&self, partition: u32) -> Option<u64> {
         (!self.members.is_empty()).then(|| self.members[partition as usize % self.members.len()])
@@ -271,6 +283,20 @@ impl Backend for InMemory {
         true
     }
 
+    async fn subscribe_together(
+        &self,
+        main: Subscription,
+        followers: Vec<Subscription>,
+    ) -> Result<Vec<MemoryConsumer>, BackendError> {
+        let leader = self.subscribe(main).await?;
+        let mut consumers: Vec<MemoryConsumer> = followers
+            .into_iter()
+            .map(|subscription| self.follower(subscription, &leader))
+            .collect();
+        consumers.insert(0, leader);
+        Ok(consumers)
+    }
+
     async fn unacknowledged(
         &self,
         topic: &Topic,
@@ -300,39 +326,40 @@ impl Backend for InMemory {
         let changed = {
             let mut state = self.state();
             let topic = state.topic(&subscription.topic.name, default);
-            let partitions = topic.partitions.len();
-            let group = topic
-                .groups
-                .entry(subscription.group.clone())
-                .or_insert_with(|| Group {
-                    committed: vec![0; partitions],
-                    members: Vec::new(),
-                    generation: 0,
-                });
+            let group = topic.group(&subscription.group);
             group.members.push(member);
             group.members.sort_unstable();
             group.generation += 1;
             topic.changed.notify_waiters();
             topic.changed.clone()
         };
-        Ok(MemoryConsumer {
-            broker: self.clone(),
-            topic: subscription.topic.name.to_string(),
-            group: subscription.group,
-            member,
-            changed,
-            generation: 0,
-            assigned: Vec::new(),
-            positions: HashMap::new(),
-            held: HashSet::new(),
-            cursor: 0,
-            buffer: VecDeque::new(),
-            events: VecDeque::new(),
-        })
+        Ok(MemoryConsumer::new(self.clone(), subscription, member, changed))
     }
 
     async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {
         Ok(self.lag_of(&topic.name, group))
+    }
+}
+
+impl InMemory {
+    /// A consumer of `subscription` that reads what `leader` is assigned: never a member of
+    /// its group, whose committed offsets it keeps (`Backend::subscribe_together`).
+    fn follower(&self, subscription: Subscription, leader: &MemoryConsumer) -> MemoryConsumer {
+        let default = self.shared.default_partitions;
+        let changed = {
+            let mut state = self.state();
+            let topic = state.topic(&subscription.topic.name, default);
+            topic.group(&subscription.group);
+            topic.changed.clone()
+        };
+        let mut follower = MemoryConsumer::new(self.clone(), subscription, 0, changed);
+        follower.leader = Some(Leader {
+            topic: leader.topic.clone(),
+            group: leader.group.clone(),
+            member: leader.member,
+            changed: leader.changed.clone(),
+        });
+        follower
     }
 }
 
@@ -399,9 +426,38 @@ pub struct MemoryConsumer {
     cursor: usize,
     buffer: VecDeque<Record>,
     events: VecDeque<Fetched>,
+    /// The main consumer whose assignment this one reads, instead of being a member.
+    leader: Option<Leader>,
+}
+
+/// The main consumer a follower reads the assignment of.
+struct Leader {
+    topic: String,
+    group: String,
+    member: u64,
+    /// Its topic's wake-up: its group changes there.
+    changed: Arc<Notify>,
 }
 
 impl MemoryConsumer {
+    fn new(broker: InMemory, subscription: Subscription, member: u64, changed: Arc<Notify>) -> Self {
+        MemoryConsumer {
+            broker,
+            topic: subscription.topic.name.to_string(),
+            group: subscription.group,
+            member,
+            changed,
+            generation: 0,
+            assigned: Vec::new(),
+            positions: HashMap::new(),
+            held: HashSet::new(),
+            cursor: 0,
+            buffer: VecDeque::new(),
+            events: VecDeque::new(),
+            leader: None,
+        }
+    }
+
     /// Moves fetched records into the buffer, or records an assignment change. Returns whether
     /// there is something to deliver.
     fn poll_state(&mut self) -> bool {
@@ -412,9 +468,23 @@ impl MemoryConsumer {
         let Some(group) = topic.groups.get(&self.group) else {
             return false;
         };
-        if group.generation != self.generation {
-            self.generation = group.generation;
-            let now = group.assignment(self.member, topic.partitions.len() as u32);
+        // A follower's assignment is its leader's, in the leader's group.
+        let (generation, member, assigning) = match &self.leader {
+            None => (group.generation, self.member, group),
+            Some(leader) => {
+                let Some(assigning) = state
+                    .topics
+                    .get(&leader.topic)
+                    .and_then(|t| t.groups.get(&leader.group))
+                else {
+                    return false;
+                };
+                (assigning.generation, leader.member, assigning)
+            }
+        };
+        if generation != self.generation {
+            self.generation = generation;
+            let now = assigning.assignment(member, topic.partitions.len() as u32);
             let revoked: Vec<u32> = self
                 .assigned
                 .iter()
@@ -481,8 +551,23 @@ impl Consumer for MemoryConsumer {
             tokio::pin!(notified);
             // Registered before looking, so an append between the look and the wait wakes us.
             notified.as_mut().enable();
+            // A follower also wakes when its leader's group changes.
+            let leader_changed = self.leader.as_ref().map(|leader| leader.changed.clone());
+            let leader_notified = leader_changed.as_ref().map(|changed| changed.notified());
+            let mut leader_notified = std::pin::pin!(leader_notified);
+            if let Some(notified) = leader_notified.as_mut().as_pin_mut() {
+                notified.enable();
+            }
             if !self.poll_state() {
-                notified.await;
+                match leader_notified.as_mut().as_pin_mut() {
+                    Some(leader) => {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = leader => {}
+                        }
+                    }
+                    None => notified.await,
+                }
             }
         }
     }
@@ -505,6 +590,22 @@ impl Consumer for MemoryConsumer {
 
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {
         let mut state = self.broker.state();
+        // A member that lost the partition may not commit it: the new owner redelivers
+        // instead, as a fenced Kafka member would. A follower owns what its leader owns.
+        let owner = match &self.leader {
+            None => state
+                .topics
+                .get(&self.topic)
+                .and_then(|t| t.groups.get(&self.group))
+                .and_then(|group| group.owner(partition)),
+            Some(leader) => state
+                .topics
+                .get(&leader.topic)
+                .and_then(|t| t.groups.get(&leader.group))
+                .and_then(|group| group.owner(partition))
+                .filter(|&owner| owner == leader.member)
+                .map(|_| self.member),
+        };
         let Some(group) = state
             .topics
             .get_mut(&self.topic)
@@ -512,9 +613,7 @@ impl Consumer for MemoryConsumer {
         else {
             return Ok(());
         };
-        // A member that lost the partition may not commit it: the new owner redelivers
-        // instead, as a fenced Kafka member would.
-        if group.owner(partition) == Some(self.member) {
+        if owner == Some(self.member) {
             let slot = &mut group.committed[partition as usize];
             *slot = (*slot).max(offset + 1);
         }
@@ -529,6 +628,10 @@ impl Consumer for MemoryConsumer {
 
 impl Drop for MemoryConsumer {
     fn drop(&mut self) {
+        if self.leader.is_some() {
+            // Never a member: nothing to leave.
+            return;
+        }
         let mut state = self.broker.state();
         if let Some(topic) = state.topics.get_mut(&self.topic) {
             if let Some(group) = topic.groups.get_mut(&self.group) {

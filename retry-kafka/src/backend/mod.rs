@@ -499,8 +499,8 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
     /// Whether a key-ordered handler (`ordering = "key"`) can run on this backend: the holds
     /// of a partition's keys live in the process that consumes it, so every level of the
     /// handler must be consumed, partition for partition, by one process: the Kafka backend
-    /// gives that with [`subscribe_together`](Self::subscribe_together), the in-process broker
-    /// by serving one process.
+    /// and the in-process broker give that with
+    /// [`subscribe_together`](Self::subscribe_together).
     fn keeps_partitions_together(&self) -> bool {
         false
     }
@@ -509,8 +509,8 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
     /// of `followers` (its retry levels and held topic) reads, partition for partition, what
     /// the main member is assigned, and gives a partition up before the main member does.
     /// Needed where [`keeps_partitions_together`](Self::keeps_partitions_together) is true; the
-    /// default subscribes each on its own, which is that only where one process consumes
-    /// everything (the in-process broker).
+    /// default subscribes each on its own (never asked for: such a backend refuses key-ordered
+    /// handlers at start).
     fn subscribe_together(
         &self,
         main: Subscription,
