@@ -39,7 +39,7 @@ pub(crate) use commits::CommitPolicy;
 
 use super::{transport, Kafka};
 use crate::backend::{
-    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, Undelivered,
+    Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Record, Subscription, Topic,
 };
 use crate::error::BackendError;
 use crate::headers::Headers;
@@ -255,6 +255,8 @@ pub struct KafkaConsumer {
     topic: String,
     /// Produces hand-offs (to this cluster or the retry cluster).
     kafka: Kafka,
+    /// Where the producer's delivery reports complete this consumer's hand-offs.
+    hand_offs: HandOffReports,
 }
 
 impl KafkaConsumer {
@@ -315,6 +317,7 @@ impl KafkaConsumer {
             thread: Some(thread),
             topic,
             kafka,
+            hand_offs: HandOffReports::new(),
         })
     }
 
@@ -405,10 +408,12 @@ impl Consumer for KafkaConsumer {
         }
     }
 
-    fn hand_off(&mut self, _from: Position, to: Topic, record: OutboundRecord) -> HandOff {
-        // librdkafka copied what it sends; the record waits here only to be given back.
-        let produced = self.kafka.produce(&to, &record);
-        Box::pin(async move { produced.await.map_err(|error| Undelivered::new(error, record)) })
+    fn hand_off(&mut self, id: HandOffId, _from: Position, to: Topic, record: OutboundRecord) {
+        self.kafka.hand_off(id, &to, record, &self.hand_offs);
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        &self.hand_offs
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already
