@@ -56,6 +56,8 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long one poll waits for a message; also the most a command (e.g. a resume) waits.
 const POLL_WAIT: Duration = Duration::from_millis(20);
+/// The same while the runtime holds a partition: its resume comes soon and must not wait.
+const HELD_POLL_WAIT: Duration = Duration::from_millis(1);
 
 /// A fetched message as a [`Record`]: its bytes copied once out of librdkafka's buffer (which
 /// a record may outlive by minutes, waiting for its due time), into `arena`.
