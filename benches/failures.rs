@@ -44,7 +44,8 @@
 //! failures workload that warm the broker up; medians and the spread (min–max) are printed.
 //! `BENCH_ONLY=failures,outage,lateness,idle,peer` picks workloads; `BENCH_WINDOW` sets the
 //! hand-off window (and the plain producer's), `BENCH_FETCH_WAIT_MS` the consumers'
-//! `fetch.wait.max.ms`, `BENCH_PRODUCER=linger.ms=20,...` producer properties (the app's and the
+//! `fetch.wait.max.ms`, `BENCH_COMMIT_INTERVAL_MS`, `BENCH_COMMIT_RECORDS` and
+//! `BENCH_AT_RISK_RECORDS` the Kafka builder's settings of those names, `BENCH_PRODUCER=linger.ms=20,...` producer properties (the app's and the
 //! plain producer's), `BENCH_PROFILE_FAILURES=1` runs only the failing rounds (for `perf`).
 
 #[path = "failures/floor.rs"]
@@ -171,6 +172,9 @@ struct Late {
 
 /// Attempt start − rk-due-at of each retry, ms.
 static LATENESS: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+/// Each retry's due time and lateness, ms, for `BENCH_LATE_TRACE=1`: where in the burst the
+/// late ones are.
+static LATE_TRACE: Mutex<Vec<(i64, i64)>> = Mutex::new(Vec::new());
 static LATE_RETRIED: AtomicU64 = AtomicU64::new(0);
 
 #[retry_handler(group = "bench-late", retries = ["2s"], dlq)]
@@ -183,7 +187,9 @@ async fn late(_event: Late, ctx: Context) -> Result<(), HandlerError> {
         .get_str("rk-due-at")
         .and_then(|v| v.parse().ok())
         .expect("a retry carries rk-due-at");
-    LATENESS.lock().unwrap().push(epoch_ms() - due);
+    let late = epoch_ms() - due;
+    LATENESS.lock().unwrap().push(late);
+    LATE_TRACE.lock().unwrap().push((due, late));
     LATE_RETRIED.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -344,6 +350,16 @@ impl KafkaBench {
             let mut kafka = Kafka::builder(bootstrap.clone());
             if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
                 kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
+            }
+            // Experiments on the poll thread's commits and the work-at-risk bound.
+            if let Ok(ms) = std::env::var("BENCH_COMMIT_INTERVAL_MS") {
+                kafka = kafka.commit_interval(Duration::from_millis(ms.parse().unwrap()));
+            }
+            if let Ok(records) = std::env::var("BENCH_COMMIT_RECORDS") {
+                kafka = kafka.commit_records(records.parse().unwrap());
+            }
+            if let Ok(records) = std::env::var("BENCH_AT_RISK_RECORDS") {
+                kafka = kafka.at_risk_records(records.parse().unwrap());
             }
             for (key, value) in producer_properties() {
                 kafka = kafka.producer_property(key, value);
@@ -911,6 +927,7 @@ async fn lateness<X: Bench>(bench: &X, what: &str, count: u64, every: Duration) 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     LATENESS.lock().unwrap().clear();
+    LATE_TRACE.lock().unwrap().clear();
     LATE_RETRIED.store(0, Ordering::SeqCst);
     let started = tokio::time::Instant::now();
     // Each send its own task, so pacing never waits for an acknowledgement.
@@ -935,6 +952,21 @@ async fn lateness<X: Bench>(bench: &X, what: &str, count: u64, every: Duration) 
     late.sort_unstable();
     let at = |q: f64| late[((late.len() - 1) as f64 * q).round() as usize];
     let early = late.iter().filter(|&&l| l < 0).count();
+    if std::env::var_os("BENCH_LATE_TRACE").is_some() {
+        // Per 20 ms of due time: how many were due, and the worst lateness among them.
+        let mut trace = LATE_TRACE.lock().unwrap().clone();
+        trace.sort_unstable();
+        let first = trace.first().map_or(0, |&(due, _)| due);
+        let mut buckets = std::collections::BTreeMap::<i64, (u32, i64)>::new();
+        for (due, late) in trace {
+            let bucket = buckets.entry((due - first) / 20 * 20).or_default();
+            bucket.0 += 1;
+            bucket.1 = bucket.1.max(late);
+        }
+        for (at, (count, worst)) in buckets {
+            println!("  {what}: due +{at:>5} ms: {count:>5} due, worst {worst:>4} ms late");
+        }
+    }
     println!(
         "{} lateness, {what} ({count} events, 2 s level): p50 {} ms, p99 {} ms, max {} ms, early {early} (target p99 ≤ 25 ms, 0 early)",
         bench.name(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use retry_kafka::app::{ConsumerState, Running};
 use retry_kafka::backend::memory::InMemory;
 use retry_kafka::backend::{
-    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Subscription, Topic,
-    TopicAdmin,
+    Backend, Consumer, Delivered, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Publish,
+    Subscription, Topic, TopicAdmin,
 };
 use retry_kafka::error::BackendError;
 use retry_kafka::prelude::*;
@@ -361,8 +361,12 @@ impl Consumer for StoppingConsumer {
         self.inner.resume(partition)
     }
 
-    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
-        self.inner.hand_off(from, to, record)
+    fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord) {
+        self.inner.hand_off(id, from, to, record)
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        self.inner.hand_off_reports()
     }
 
     async fn ack(&mut self, partition: u32, offset: u64) -> Result<(), BackendError> {

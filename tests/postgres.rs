@@ -19,7 +19,8 @@ use postgres_support::{connect, rows_in_state, start_server, test_backend, test_
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka::backend::postgres::Postgres;
 use retry_kafka::backend::{
-    Browse, Consumer, Fetched, OutboundRecord, Position, Publish, RetryStore, Topic, TopicAdmin, TopicRole,
+    Browse, Consumer, Fetched, HandOffId, OutboundRecord, Position, Publish, RetryStore, Topic, TopicAdmin,
+    TopicRole,
 };
 use retry_kafka::error::BackendError;
 use retry_kafka::handler::ErrorKind;
@@ -121,8 +122,10 @@ async fn a_hand_off_written_again_after_a_crash_is_one_row() {
         offset: first.offset,
     };
     let to = Topic::new(next, TopicRole::Retry { level: 2 });
-    let a = worker.hand_off(from, to.clone(), hop.clone()).await.unwrap();
-    let b = worker.hand_off(from, to, hop).await.unwrap();
+    worker.hand_off(HandOffId(0), from, to.clone(), hop.clone());
+    let a = handed_off(&worker).await;
+    worker.hand_off(HandOffId(1), from, to, hop);
+    let b = handed_off(&worker).await;
     assert_eq!(a, b);
     assert_eq!(
         postgres
@@ -134,6 +137,14 @@ async fn a_hand_off_written_again_after_a_crash_is_one_row() {
     );
     assert_eq!(rows_in_state(&server, topic, "handled").await, 1);
     worker.close().await.unwrap();
+}
+
+/// The one hand-off the worker reports next, durable.
+async fn handed_off(worker: &impl Consumer) -> Position {
+    let mut finished = Vec::new();
+    worker.hand_off_reports().wait(&mut finished).await;
+    assert_eq!(finished.len(), 1);
+    finished.pop().unwrap().result.unwrap()
 }
 
 /// Everything a worker gets until nothing is left, acknowledging as it goes.

@@ -16,8 +16,8 @@ use redis::aio::ConnectionLike;
 use redis_support::{cluster_stream, RedisCluster, RedisClusterHarness, Servers as _};
 use retry_kafka::backend::redis::RedisConsumer;
 use retry_kafka::backend::{
-    Backend as _, Browse as _, Consumer, Fetched, OutboundRecord, Publish as _, Record, Subscription, Topic,
-    TopicAdmin as _, TopicRole,
+    Backend as _, Browse as _, Consumer, Delivered, Fetched, HandOffId, OutboundRecord, Position,
+    Publish as _, Record, Subscription, Topic, TopicAdmin as _, TopicRole, Undelivered,
 };
 
 async fn cluster() -> RedisClusterHarness {
@@ -102,16 +102,20 @@ async fn a_hand_off_cut_between_its_write_and_its_acknowledgement_is_written_onc
     allow_xack(&harness.server, false);
     let mut first = backend.subscribe(subscription()).await.expect("subscribe");
     let (to_retry, to_dead_letter) = (next_record(&mut first).await, next_record(&mut first).await);
-    let retried = first
-        .hand_off(to_retry.position(), level.clone(), retry_of(&to_retry))
-        .await;
-    let dead = first
-        .hand_off(
-            to_dead_letter.position(),
-            dlq.clone(),
-            dead_letter_of(&to_dead_letter),
-        )
-        .await;
+    let retried = hand_off(
+        &mut first,
+        to_retry.position(),
+        level.clone(),
+        retry_of(&to_retry),
+    )
+    .await;
+    let dead = hand_off(
+        &mut first,
+        to_dead_letter.position(),
+        dlq.clone(),
+        dead_letter_of(&to_dead_letter),
+    )
+    .await;
     assert!(
         retried.is_err() && dead.is_err(),
         "the XACKs were refused, so the hand-offs failed"
@@ -133,18 +137,22 @@ async fn a_hand_off_cut_between_its_write_and_its_acknowledgement_is_written_onc
         [to_retry.position(), to_dead_letter.position()],
         "the new member gets both entries again"
     );
-    second
-        .hand_off(to_retry.position(), level.clone(), retry_of(&to_retry))
-        .await
-        .expect("the retry handed on");
-    let delivered = second
-        .hand_off(
-            to_dead_letter.position(),
-            dlq.clone(),
-            dead_letter_of(&to_dead_letter),
-        )
-        .await
-        .expect("the dead letter handed on");
+    hand_off(
+        &mut second,
+        to_retry.position(),
+        level.clone(),
+        retry_of(&to_retry),
+    )
+    .await
+    .expect("the retry handed on");
+    let delivered = hand_off(
+        &mut second,
+        to_dead_letter.position(),
+        dlq.clone(),
+        dead_letter_of(&to_dead_letter),
+    )
+    .await
+    .expect("the dead letter handed on");
 
     assert_eq!(waiting_retries(&mut conn).await, 1, "one retry, not two");
     assert_eq!(dead_letters(&mut conn).await, 1, "one dead letter, not two");
@@ -299,4 +307,24 @@ fn allow_xack(cluster: &RedisCluster, allowed: bool) {
         let reply = RedisCluster::cli(node.port, &["ACL", "SETUSER", "default", rule]);
         assert_eq!(reply.trim(), "OK", "ACL SETUSER default {rule} on {}", node.port);
     }
+}
+
+/// Hands `record` on from `from` as the runtime does, and waits for its report.
+async fn hand_off(
+    consumer: &mut RedisConsumer,
+    from: Position,
+    to: Topic,
+    record: OutboundRecord,
+) -> Result<Delivered, Undelivered> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = HandOffId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    consumer.hand_off(id, from, to, record);
+    let mut finished = Vec::new();
+    while finished.is_empty() {
+        consumer.hand_off_reports().wait(&mut finished).await;
+    }
+    assert_eq!(finished.len(), 1);
+    let report = finished.pop().unwrap();
+    assert_eq!(report.id, id);
+    report.result
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::{
-    Backend, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Position, Publish, Record, Subscription,
-    Topic, TopicAdmin, Undelivered,
+    Backend, Consumer, Delivered, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Publish,
+    Record, Subscription, Topic, TopicAdmin, Undelivered,
 };
 use crate::clock::now_ms;
 use crate::error::BackendError;
@@ -426,6 +426,8 @@ pub struct MemoryConsumer {
     cursor: usize,
     buffer: VecDeque<Record>,
     events: VecDeque<Fetched>,
+    /// Hand-offs are written at once: each is reported as it is started.
+    hand_offs: HandOffReports,
     /// The main consumer whose assignment this one reads, instead of being a member.
     leader: Option<Leader>,
 }
@@ -454,6 +456,7 @@ impl MemoryConsumer {
             cursor: 0,
             buffer: VecDeque::new(),
             events: VecDeque::new(),
+            hand_offs: HandOffReports::new(),
             leader: None,
         }
     }
@@ -572,8 +575,12 @@ impl Consumer for MemoryConsumer {
         }
     }
 
-    fn hand_off(&mut self, _from: Position, to: Topic, record: OutboundRecord) -> HandOff {
-        Box::pin(std::future::ready(self.broker.append(&to.name, record)))
+    fn hand_off(&mut self, id: HandOffId, _from: Position, to: Topic, record: OutboundRecord) {
+        self.hand_offs.report(id, self.broker.append(&to.name, record));
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        &self.hand_offs
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {

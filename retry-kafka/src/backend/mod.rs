@@ -7,7 +7,6 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use bytes::Bytes;
 use crate::error::BackendError;
 use crate::headers::Headers;
 
+mod hand_off;
 pub mod memory;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod partition_counts;
@@ -22,9 +22,11 @@ mod tiered;
 
 /// The policy decides a topic's role; the seam carries it in every [`Topic`].
 pub use crate::policy::TopicRole;
+pub(crate) use hand_off::HandOffTasks;
+pub use hand_off::{HandOffId, HandOffReports, HandedOff};
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use partition_counts::PartitionCounts;
-pub use tiered::{Tiered, TieredConsumer};
+pub use tiered::{Tiered, TieredConsumer, TieredHandOffs};
 
 /// A name for the `n`th member this process made, unique across processes and hosts: host,
 /// process id, a clock fraction (a pid reused after a restart), `n`. Backends whose members
@@ -253,10 +255,6 @@ pub enum Fetched {
     Revoked(Vec<u32>),
 }
 
-/// A hand-off under way: resolves once the next hop is durably written (see
-/// [`Consumer::hand_off`]). It owns what it needs, so many can be in flight at once.
-pub type HandOff = Pin<Box<dyn Future<Output = Result<Delivered, Undelivered>> + Send>>;
-
 /// A hand-off that did not go through: why, and its record, given back so the runtime can try
 /// again without keeping a copy of every record it hands on.
 ///
@@ -304,16 +302,22 @@ pub trait Consumer: Send + 'static {
     fn resume(&mut self, partition: u32);
 
     /// Starts handing the message delivered at `from` on: writes `record` to `to` (the next
-    /// retry level, the dead-letter or the parking queue). The returned future resolves once
-    /// the write is durable (broker acknowledgement awaited); the runtime acknowledges the
-    /// source only then, and tries a failed hand-off again later. Hand-offs started one after
-    /// another to one partition of `to` are written in that order. A backend that can write
-    /// the next hop and acknowledge the source in one step (Redis, PostgreSQL) does so here.
+    /// retry level, the dead-letter or the parking queue), and reports the result as `id` into
+    /// [`hand_off_reports`](Consumer::hand_off_reports) once the write is durable (broker
+    /// acknowledgement awaited) or failed; exactly one report per hand-off, unless the consumer
+    /// is dropped first. The runtime acknowledges the source only on success, and tries a
+    /// failed hand-off again later. Hand-offs started one after another to one partition of
+    /// `to` are written in that order. A backend that can write the next hop and acknowledge
+    /// the source in one step (Redis, PostgreSQL) does so here.
     ///
-    /// The future owns `to` and `record` and does not borrow the consumer: the runtime keeps a
-    /// window of hand-offs in flight instead of waiting for each in line. A failed write gives
-    /// the record back ([`Undelivered`]): the runtime keeps no copy to try again with.
-    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff;
+    /// Nothing is awaited: the runtime keeps a window of hand-offs in flight and takes their
+    /// reports in batches, with no future per hand-off. A failed write gives the record back
+    /// ([`Undelivered`]): the runtime keeps no copy to try again with.
+    fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord);
+
+    /// Where [`hand_off`](Consumer::hand_off) reports: the runtime takes a clone once and
+    /// drains it each round of its loop.
+    fn hand_off_reports(&self) -> &HandOffReports;
 
     /// Marks every offset up to and including `offset` on `partition` as done.
     fn ack(&mut self, partition: u32, offset: u64) -> impl Future<Output = Result<(), BackendError>> + Send;

@@ -3,8 +3,8 @@
 //! or PostgreSQL (rows with a due time, feature `postgres`).
 
 use super::{
-    Backend, Browse, Consumer, Delivered, Fetched, HandOff, OutboundRecord, Page, Position, Publish, Record,
-    RetryStore, Subscription, Topic, TopicAdmin, Undelivered,
+    Backend, Browse, Consumer, Delivered, Fetched, HandOffId, HandOffReports, HandOffTasks, OutboundRecord,
+    Page, Position, Publish, Record, RetryStore, Subscription, Topic, TopicAdmin, Undelivered,
 };
 use crate::error::BackendError;
 
@@ -73,8 +73,9 @@ pub enum TieredConsumer<M: Backend, R: RetryStore> {
     Main {
         /// The main topic's consumer.
         consumer: M::Consumer,
-        /// Where its failures go: every retry level, the dead-letter and the parking queue.
-        retries: R,
+        /// Its failures on their way to the retry store (every retry level, the dead-letter
+        /// and the parking queue).
+        hand_offs: TieredHandOffs,
     },
     /// Reads a retry level.
     Retry(R::Consumer),
@@ -91,18 +92,17 @@ impl<M: Backend, R: RetryStore> Consumer for TieredConsumer<M, R> {
     /// From a main topic, a durable write to the retry store (after which the runtime
     /// acknowledges the main topic's offset); from a retry level, the retry store's own
     /// hand-off (atomic on Redis and PostgreSQL).
-    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
+    fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord) {
         match self {
-            TieredConsumer::Main { retries, .. } => {
-                let retries = retries.clone();
-                // `Publish::send` takes the record, so a copy is kept to give back on failure.
-                let kept = record.clone();
-                Box::pin(async move {
-                    let sent = retries.send(&to, record).await;
-                    sent.map_err(|error| Undelivered::new(error, kept))
-                })
-            }
-            TieredConsumer::Retry(c) => c.hand_off(from, to, record),
+            TieredConsumer::Main { hand_offs, .. } => hand_offs.tasks.start(id, (to, record)),
+            TieredConsumer::Retry(c) => c.hand_off(id, from, to, record),
+        }
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        match self {
+            TieredConsumer::Main { hand_offs, .. } => &hand_offs.reports,
+            TieredConsumer::Retry(c) => c.hand_off_reports(),
         }
     }
 
@@ -137,9 +137,60 @@ impl<M: Backend, R: RetryStore> Consumer for TieredConsumer<M, R> {
 
     async fn close(self) -> Result<(), BackendError> {
         match self {
-            TieredConsumer::Main { consumer, .. } => consumer.close().await,
+            TieredConsumer::Main {
+                consumer,
+                mut hand_offs,
+            } => {
+                hand_offs.tasks.close().await;
+                consumer.close().await
+            }
             TieredConsumer::Retry(c) => c.close().await,
         }
+    }
+}
+
+/// A main topic's hand-offs to the retry store: `Publish::send`s run by a task of the
+/// consumer's own, many at once, each reported by its id. Part of
+/// [`TieredConsumer::Main`]; closed with it.
+///
+/// ```no_run
+/// use retry_kafka::backend::{Backend, Consumer, Subscription, Tiered, TieredConsumer, Topic};
+/// use retry_kafka::backend::kafka::Kafka;
+/// use retry_kafka::backend::redis::Redis;
+///
+/// # async fn inspect(backend: Tiered<Kafka, Redis>) -> Result<(), retry_kafka::error::BackendError> {
+/// let subscription = Subscription { topic: Topic::main("orders"), group: "audit".into() };
+/// if let TieredConsumer::Main { hand_offs, .. } = backend.subscribe(subscription).await? {
+///     println!("{hand_offs:?}");
+/// }
+/// # Ok(()) }
+/// ```
+pub struct TieredHandOffs {
+    tasks: HandOffTasks<(Topic, OutboundRecord)>,
+    reports: HandOffReports,
+}
+
+impl TieredHandOffs {
+    fn start<R: RetryStore>(retries: R) -> Self {
+        let reports = HandOffReports::new();
+        let tasks = HandOffTasks::spawn(reports.clone(), move |(to, record): (Topic, OutboundRecord)| {
+            let retries = retries.clone();
+            // `Publish::send` takes the record, so a copy is kept to give back on failure.
+            let kept = record.clone();
+            async move {
+                let sent = retries.send(&to, record).await;
+                sent.map_err(|error| Undelivered::new(error, kept))
+            }
+        });
+        Self { tasks, reports }
+    }
+}
+
+impl std::fmt::Debug for TieredHandOffs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredHandOffs")
+            .field("reports", &self.reports)
+            .finish()
     }
 }
 
@@ -220,7 +271,7 @@ impl<M: Backend, R: RetryStore> Backend for Tiered<M, R> {
         } else {
             TieredConsumer::Main {
                 consumer: self.main.subscribe(subscription).await?,
-                retries: self.retries.clone(),
+                hand_offs: TieredHandOffs::start(self.retries.clone()),
             }
         })
     }

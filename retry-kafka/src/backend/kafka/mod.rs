@@ -16,7 +16,8 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    Backend, Delivered, OutboundRecord, Publish, Record, Subscription, Topic, TopicAdmin, TopicRole,
+    Backend, Delivered, HandOffId, HandOffReports, OutboundRecord, Publish, Record, Subscription, Topic,
+    TopicAdmin, TopicRole,
 };
 use crate::error::{BackendError, ConfigError};
 
@@ -565,5 +566,13 @@ impl Kafka {
     /// partition are written in that order (the producer is idempotent).
     fn produce(&self, topic: &Topic, record: &OutboundRecord) -> writer::Write {
         self.cluster_of(topic.role).writer.write(topic, record)
+    }
+
+    /// Queues a hand-off's `record` for `topic`; its result is reported as `id` into
+    /// `reports`. Queued now, so hand-offs to one partition are written in the order started.
+    fn hand_off(&self, id: HandOffId, topic: &Topic, record: OutboundRecord, reports: &HandOffReports) {
+        self.cluster_of(topic.role)
+            .writer
+            .hand_off(id, topic, record, reports)
     }
 }

@@ -1,14 +1,15 @@
 //! The cluster's one producer, for hand-offs and [`Publish`](crate::backend::Publish) alike:
 //! a librdkafka producer polled by a thread of its own, whose delivery reports complete the
-//! writes waiting on them by slot number.
+//! writes by slot number.
 //!
 //! rdkafka's `FutureProducer` allocates a oneshot channel and a boxed sender per record. Here a
-//! write is a slot in one table (no allocation per record once the table has grown): its
-//! delivery report stores the result in the slot and wakes the write's waker. A consumer's
-//! hand-offs sit in one `FuturesUnordered`, so the reports of one batch wake its task once:
-//! the first wake schedules it, the others find it scheduled. (rdkafka's `poll` keeps
-//! serving reports until its timeout, so waking at the end of a poll round would delay every
-//! report by that timeout.)
+//! write is a slot in one table (no allocation per record once the table has grown). A
+//! hand-off's slot holds its record (to give back on failure), its id and its consumer's
+//! `HandOffReports`: the delivery report pushes the result there, and only the first report
+//! after the runtime looked wakes it, so a batch of reports wakes a consumer's task once and
+//! no future exists per hand-off. A `Publish` write's slot holds the waker of its future.
+//! (rdkafka's `poll` keeps serving reports until its timeout, so waking at the end of a poll
+//! round would delay every report by that timeout.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +27,7 @@ use rdkafka::ClientContext;
 use slab::Slab;
 
 use super::Refusals;
-use crate::backend::{Delivered, OutboundRecord, Topic};
+use crate::backend::{Delivered, HandOffId, HandOffReports, OutboundRecord, Topic, Undelivered};
 use crate::error::BackendError;
 
 /// How long one poll of the producer waits for reports; also how long closing waits for the
@@ -73,26 +74,8 @@ impl Writer {
     /// acknowledgement (or why there was none). librdkafka copies what it sends: the caller
     /// keeps `record`.
     pub(super) fn write(&self, topic: &Topic, record: &OutboundRecord) -> Write {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in record.headers.iter() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
         let slot = self.producer.context().slots().insert(Slot::Waiting(None));
-        let mut outbound: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&topic.name, slot).headers(headers);
-        if let Some(partition) = record.partition {
-            outbound = outbound.partition(partition as i32);
-        }
-        if let Some(key) = record.key.as_deref() {
-            outbound = outbound.key(key);
-        }
-        if let Some(payload) = record.payload.as_deref() {
-            outbound = outbound.payload(payload);
-        }
-        let state = match self.producer.send(outbound) {
+        let state = match self.producer.send(outbound(topic, record, slot)) {
             Ok(()) => State::Queued {
                 producer: self.producer.clone(),
                 slot,
@@ -111,6 +94,63 @@ impl Writer {
             topic: topic.name.clone(),
         }
     }
+
+    /// Queues a hand-off's `record` for `topic`; its delivery report (or librdkafka's refusal
+    /// to queue it) is reported as `id` into `reports`, the record given back on failure.
+    pub(super) fn hand_off(
+        &self,
+        id: HandOffId,
+        topic: &Topic,
+        record: OutboundRecord,
+        reports: &HandOffReports,
+    ) {
+        let context = self.producer.context();
+        // Held while librdkafka queues the record (it copies what it sends, and calls no
+        // report from `send`): the slot then takes the record itself, not a copy.
+        let mut slots = context.slots();
+        let entry = slots.vacant_entry();
+        match self.producer.send(outbound(topic, &record, entry.key())) {
+            Ok(()) => {
+                entry.insert(Slot::HandOff(PendingHandOff {
+                    id,
+                    topic: topic.name.clone(),
+                    record,
+                    reports: reports.clone(),
+                }));
+            }
+            Err((error, _)) => {
+                drop(slots);
+                let error = context.refusals.explain_write(&topic.name, error);
+                reports.report(id, Err(Undelivered::new(error, record)));
+            }
+        }
+    }
+}
+
+/// `record` as librdkafka takes it, to `topic`, with `slot` as its delivery opaque.
+fn outbound<'a>(
+    topic: &'a Topic,
+    record: &'a OutboundRecord,
+    slot: usize,
+) -> BaseRecord<'a, [u8], [u8], usize> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (name, value) in record.headers.iter() {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let mut outbound = BaseRecord::with_opaque_to(&topic.name, slot).headers(headers);
+    if let Some(partition) = record.partition {
+        outbound = outbound.partition(partition as i32);
+    }
+    if let Some(key) = record.key.as_deref() {
+        outbound = outbound.key(key);
+    }
+    if let Some(payload) = record.payload.as_deref() {
+        outbound = outbound.payload(payload);
+    }
+    outbound
 }
 
 impl Drop for Writer {
@@ -168,7 +208,7 @@ impl Future for Write {
                         }
                         return Poll::Pending;
                     }
-                    Slot::Abandoned => unreachable!("only a dropped write abandons its slot"),
+                    Slot::Abandoned | Slot::HandOff(_) => unreachable!("a write's slot is its own"),
                 }
             }
             State::Finished => panic!("polled after completion"),
@@ -206,6 +246,17 @@ enum Slot {
     Done(Result<Delivered, KafkaError>),
     /// Its write was dropped before the report: the report only frees the slot.
     Abandoned,
+    /// A hand-off: its report goes to its consumer's reports.
+    HandOff(PendingHandOff),
+}
+
+/// A hand-off queued in librdkafka.
+struct PendingHandOff {
+    id: HandOffId,
+    topic: Arc<str>,
+    /// Given back if the write fails.
+    record: OutboundRecord,
+    reports: HandOffReports,
 }
 
 /// The producer's context: the table of writes, filled in by delivery reports, and the
@@ -243,13 +294,28 @@ impl ProducerContext for Reports {
             let Some(entry) = slots.get_mut(slot) else {
                 return;
             };
+            if matches!(entry, Slot::HandOff(_)) {
+                let Slot::HandOff(hand_off) = slots.remove(slot) else {
+                    unreachable!("matched above")
+                };
+                drop(slots);
+                let PendingHandOff {
+                    id,
+                    topic,
+                    record,
+                    reports,
+                } = hand_off;
+                let result = result
+                    .map_err(|error| Undelivered::new(self.refusals.explain_write(&topic, error), record));
+                return reports.report(id, result);
+            }
             match std::mem::replace(entry, Slot::Done(result)) {
                 Slot::Waiting(waker) => waker,
                 Slot::Abandoned => {
                     slots.remove(slot);
                     None
                 }
-                Slot::Done(_) => unreachable!("one report per write"),
+                Slot::Done(_) | Slot::HandOff(_) => unreachable!("one report per write"),
             }
         };
         // Outside the lock: the woken task may poll its write at once.
@@ -264,7 +330,7 @@ mod tests {
     use rdkafka::producer::Producer as _;
 
     use crate::backend::kafka::Kafka;
-    use crate::backend::{OutboundRecord, Topic, TopicAdmin as _};
+    use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Topic, TopicAdmin as _};
 
     #[tokio::test]
     async fn reports_complete_writes_by_slot_and_a_dropped_write_frees_its_own() {
@@ -286,6 +352,37 @@ mod tests {
             .collect();
         // Queued in order to one partition, written in that order, after the dropped one.
         assert_eq!(offsets, (1..=100).collect::<Vec<u64>>());
+        let slots = kafka.shared.main.writer.producer.context().slots();
+        assert!(slots.is_empty(), "{} slots left", slots.len());
+    }
+
+    #[tokio::test]
+    async fn hand_offs_are_reported_by_id_in_batches_and_free_their_slots() {
+        let kafka = Kafka::embedded().unwrap();
+        let topic = Topic::main("writer.hand_offs");
+        kafka.create_topic(&topic, 1).await.unwrap();
+        let record = |n: u64| OutboundRecord {
+            partition: Some(0),
+            payload: Some(n.to_string().into()),
+            ..Default::default()
+        };
+        let reports = HandOffReports::new();
+        for n in 0..100 {
+            kafka.hand_off(HandOffId(n), &topic, record(n), &reports);
+        }
+        let (mut finished, mut batch, mut batches) = (Vec::new(), Vec::new(), 0);
+        while finished.len() < 100 {
+            reports.wait(&mut batch).await;
+            batches += 1;
+            finished.append(&mut batch);
+        }
+        // Queued in order to one partition: written in that order, each id once.
+        let written: Vec<(u64, u64)> = finished
+            .into_iter()
+            .map(|done| (done.id.0, done.result.unwrap().offset))
+            .collect();
+        assert_eq!(written, (0..100).map(|n| (n, n)).collect::<Vec<_>>());
+        assert!(batches < 100, "reports are taken many at once: {batches} batches");
         let slots = kafka.shared.main.writer.producer.context().slots();
         assert!(slots.is_empty(), "{} slots left", slots.len());
     }

@@ -22,7 +22,10 @@ use super::error::transport;
 use super::link::Link;
 use super::sql::params;
 use super::{decode, sql, Postgres, Settings};
-use crate::backend::{Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Topic, Undelivered};
+use crate::backend::{
+    Consumer, Fetched, HandOffId, HandOffReports, HandOffTasks, OutboundRecord, Position, Record, Topic,
+    Undelivered,
+};
 use crate::clock::{instant_at, now_ms};
 use crate::error::BackendError;
 
@@ -68,6 +71,9 @@ pub struct PostgresConsumer {
     wake: watch::Receiver<u64>,
     acks: Option<mpsc::UnboundedSender<(u32, u64)>>,
     keeper: Option<JoinHandle<()>>,
+    /// Hand-offs' statements, many at once, each reported by its id.
+    hand_offs: HandOffTasks<(Position, Topic, OutboundRecord)>,
+    hand_off_reports: HandOffReports,
 }
 
 impl PostgresConsumer {
@@ -89,7 +95,23 @@ impl PostgresConsumer {
             backend.settings().clone(),
             received,
         ));
+        let hand_off_reports = HandOffReports::new();
+        let hand_offs = {
+            let (backend, topic) = (backend.clone(), topic.clone());
+            HandOffTasks::spawn(
+                hand_off_reports.clone(),
+                move |(from, to, record): (Position, Topic, OutboundRecord)| {
+                    let (backend, source) = (backend.clone(), (topic.clone(), from.partition, from.offset));
+                    async move {
+                        let written = backend.write(&to, &record, Some(&source)).await;
+                        written.map_err(|error| Undelivered::new(error, record))
+                    }
+                },
+            )
+        };
         Ok(PostgresConsumer {
+            hand_offs,
+            hand_off_reports,
             backend,
             topic,
             member,
@@ -225,13 +247,12 @@ impl Consumer for PostgresConsumer {
     }
 
     /// Writes the next hop and marks the source row handled in one statement.
-    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
-        let backend = self.backend.clone();
-        let source = (self.topic.clone(), from.partition, from.offset);
-        Box::pin(async move {
-            let written = backend.write(&to, &record, Some(&source)).await;
-            written.map_err(|error| Undelivered::new(error, record))
-        })
+    fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord) {
+        self.hand_offs.start(id, (from, to, record));
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        &self.hand_off_reports
     }
 
     /// Hands the rows this worker delivered up to `offset` to its keeper, which marks them
@@ -253,6 +274,8 @@ impl Consumer for PostgresConsumer {
 
     /// Marks what was acknowledged handled and gives this worker's other rows back.
     async fn close(mut self) -> Result<(), BackendError> {
+        // Hand-offs under way finish first: their sources are marked handled by them.
+        self.hand_offs.close().await;
         self.acks = None;
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.await;

@@ -2,70 +2,81 @@
 //! hand-offs. What is queued while one round trip is under way goes out in the next, as one
 //! pipelined write; each hand-off in it is its own MULTI/EXEC (the next hop and the XACK of its
 //! source), so a source is acknowledged only together with its next hop, and one hand-off's
-//! error stays its own. Each hand-off's future completes with its own result.
+//! error stays its own. A round trip's results are reported to the consumer's
+//! `HandOffReports` at once, by the runtime's ids: no oneshot or future per hand-off.
 //!
 //! On a cluster, a hand-off's write and its source are in different slots, so no MULTI/EXEC
 //! holds both: a batch goes in rounds, the writes (each once per source: a repeated hand-off
 //! of a source whose XACK was lost writes nothing again, `scripts.rs`), then the XACKs of the
-//! sources written, then, after the hand-offs have completed, the deletion of their marks.
-//!
-//! [`send_batch`] is the batch itself (writes in, one result per write out): if the seam comes
-//! to complete hand-offs in batches, it calls that, and only the queue in front goes.
+//! sources written, then, after the hand-offs have been reported, the deletion of their marks.
 
-use std::future::Future;
 use std::time::Duration;
 
 use redis::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error;
 use super::link::Link;
-use super::produce::{query_retrying, Write};
+use super::produce::{query_retrying, Source, Write};
 use super::{scripts, Redis};
-use crate::backend::Delivered;
+use crate::backend::{Delivered, HandOffId, HandOffReports, HandedOff, OutboundRecord, Topic, Undelivered};
 use crate::error::BackendError;
 
 /// The most hand-offs in one pipelined write: one round trip's worth at the hand-off window.
 const MAX_BATCH: usize = 1024;
 
-/// A write waiting for its round trip, and where its result goes.
+/// A hand-off waiting for its round trip: its id, where it goes, its record (given back if the
+/// write fails) and the entry it acknowledges.
 struct Queued {
-    write: Write,
-    done: oneshot::Sender<Result<Delivered, BackendError>>,
+    id: HandOffId,
+    to: Topic,
+    record: OutboundRecord,
+    source: Option<Source>,
 }
 
 /// The writer task and the way into its queue. Owned by one consumer, which closes it.
 pub(crate) struct HandOffWriter {
-    queue: HandOffQueue,
+    queue: mpsc::UnboundedSender<Queued>,
+    reports: HandOffReports,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
-}
-
-/// The way into a writer's queue, for a hand-off's future to own.
-#[derive(Clone)]
-pub(crate) struct HandOffQueue {
-    sender: mpsc::UnboundedSender<Queued>,
 }
 
 impl HandOffWriter {
     /// Starts the task, on a connection of its own.
     pub(crate) fn start(redis: &Redis) -> Result<Self, BackendError> {
         let conn = redis.writing_connection()?;
-        let timeout = redis.settings().response_timeout;
-        let (sender, queue) = mpsc::unbounded_channel();
+        let (queue, received) = mpsc::unbounded_channel();
+        let reports = HandOffReports::new();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(conn, queue, stop.clone(), timeout));
+        let task = tokio::spawn(run(redis.clone(), conn, received, stop.clone(), reports.clone()));
         Ok(HandOffWriter {
-            queue: HandOffQueue { sender },
+            queue,
+            reports,
             stop,
             task: Some(task),
         })
     }
 
-    pub(crate) fn queue(&self) -> HandOffQueue {
-        self.queue.clone()
+    /// Where the results are reported, by id.
+    pub(crate) fn reports(&self) -> &HandOffReports {
+        &self.reports
+    }
+
+    /// Queues a hand-off for the next round trip; its result is reported as `id`.
+    pub(crate) fn hand_off(&self, id: HandOffId, to: Topic, record: OutboundRecord, source: Option<Source>) {
+        let queued = Queued {
+            id,
+            to,
+            record,
+            source,
+        };
+        if let Err(mpsc::error::SendError(Queued { id, to, record, .. })) = self.queue.send(queued) {
+            self.reports
+                .report(id, Err(Undelivered::new(stopped(&to.name), record)));
+        }
     }
 
     /// Sends what is queued already, then ends the task. A hand-off queued after this fails
@@ -87,21 +98,6 @@ impl Drop for HandOffWriter {
     }
 }
 
-impl HandOffQueue {
-    /// Queues `write`; the future completes when the round trip that carries it does.
-    pub(crate) fn send(&self, write: Write) -> impl Future<Output = Result<Delivered, BackendError>> + Send {
-        let (done, result) = oneshot::channel();
-        let topic = write.topic.clone();
-        let queued = self.sender.send(Queued { write, done }).is_ok();
-        async move {
-            if !queued {
-                return Err(stopped(&topic));
-            }
-            result.await.unwrap_or_else(|_| Err(stopped(&topic)))
-        }
-    }
-}
-
 fn stopped(topic: &str) -> BackendError {
     BackendError::Produce {
         topic: topic.to_owned(),
@@ -110,14 +106,17 @@ fn stopped(topic: &str) -> BackendError {
 }
 
 /// Until stopped: takes everything queued (at most [`MAX_BATCH`]), sends it in one round trip,
-/// completes each; then sends what was queued before the stop.
+/// reports the batch's results at once; then sends what was queued before the stop.
 async fn run(
+    redis: Redis,
     mut conn: Link,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     stop: CancellationToken,
-    timeout: Duration,
+    reports: HandOffReports,
 ) {
+    let timeout = redis.settings().response_timeout;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let (mut writes, mut records, mut finished) = (Vec::new(), Vec::new(), Vec::new());
     let mut stopping = false;
     loop {
         let received = tokio::select! {
@@ -131,11 +130,36 @@ async fn run(
         if received == 0 {
             return; // closed and empty
         }
-        let (writes, done): (Vec<Write>, Vec<_>) = batch.drain(..).map(|q| (q.write, q.done)).unzip();
-        let (results, marks) = send_batch(&conn, writes, timeout).await;
-        for (done, result) in done.into_iter().zip(results) {
-            let _ = done.send(result); // a future dropped meanwhile: nobody waits
+        for Queued {
+            id,
+            to,
+            record,
+            source,
+        } in batch.drain(..)
+        {
+            // In queue order: hand-offs to one partition are written in the order started.
+            match redis.pick_partition(&to.name, &record).await {
+                Ok(target) => {
+                    writes.push(redis.prepare(&to, target, &record, source.as_ref()));
+                    records.push((id, record));
+                }
+                Err(error) => finished.push(HandedOff {
+                    id,
+                    result: Err(Undelivered::new(error, record)),
+                }),
+            }
         }
+        let (results, marks) = send_batch(&conn, std::mem::take(&mut writes), timeout).await;
+        finished.extend(
+            records
+                .drain(..)
+                .zip(results)
+                .map(|((id, record), result)| HandedOff {
+                    id,
+                    result: result.map_err(|error| Undelivered::new(error, record)),
+                }),
+        );
+        reports.report_all(finished.drain(..));
         if !marks.is_empty() {
             // A mark whose deletion fails expires on its own (`produce.rs`).
             let mut forget = redis::pipe();

@@ -78,11 +78,11 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::backend::{Fetched, HandOff, OutboundRecord, Position, Topic};
+    use crate::backend::{Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Topic};
     use crate::error::BackendError;
 
     /// A consumer whose commits are behind when the test says so.
-    struct Behind(Arc<AtomicBool>);
+    struct Behind(Arc<AtomicBool>, HandOffReports);
 
     impl Consumer for Behind {
         async fn next(&mut self) -> Result<Fetched, BackendError> {
@@ -90,8 +90,11 @@ mod tests {
         }
         fn hold(&mut self, _: u32, _: u64) {}
         fn resume(&mut self, _: u32) {}
-        fn hand_off(&mut self, _: Position, _: Topic, _: OutboundRecord) -> HandOff {
+        fn hand_off(&mut self, _: HandOffId, _: Position, _: Topic, _: OutboundRecord) {
             unreachable!("no hand-off in this test")
+        }
+        fn hand_off_reports(&self) -> &HandOffReports {
+            &self.1
         }
         async fn ack(&mut self, _: u32, _: u64) -> Result<(), BackendError> {
             Ok(())
@@ -107,7 +110,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_level_stops_while_its_commits_are_behind_and_looks_again_until_they_get_through() {
         let flag = Arc::new(AtomicBool::new(false));
-        let consumer = Behind(flag.clone());
+        let consumer = Behind(flag.clone(), HandOffReports::new());
         let health = ConsumerHealth::new("app::charge", "orders", "billing", 0);
         let mut watch = CommitWatch::new(health.clone());
         let said = || health.report().commits_behind;

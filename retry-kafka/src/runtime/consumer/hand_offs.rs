@@ -4,18 +4,21 @@
 //! durable. A failed write is tried again after a pause (50 ms doubling to 5 s), in source
 //! order, and its partition hands nothing else on meanwhile: later failures would overtake it
 //! on the next level.
+//!
+//! A write under way is its [`Ticket`] in a slab whose key is the hand-off's id; the consumer
+//! reports results by id into its `HandOffReports`, taken once per round of the loop: no
+//! future, box or wake-up per hand-off.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use slab::Slab;
 use tokio::time::Instant;
 
-use crate::backend::{Consumer, Delivered, HandOff, OutboundRecord, Position, Topic, TopicRole, Undelivered};
+use crate::backend::{
+    Consumer, Delivered, HandOffId, HandOffReports, HandedOff, OutboundRecord, Position, Topic, TopicRole,
+    Undelivered,
+};
 use crate::policy::Topology;
 
 /// Pauses between attempts to hand a failed message on: 50 ms, doubling up to 5 s.
@@ -104,13 +107,14 @@ impl Targets {
         }
     }
 
-    /// Starts writing a hand-off's record to its target.
+    /// Starts writing a hand-off's record to its target; the consumer reports it as `id`.
     pub(super) fn write(
         &self,
         consumer: &mut impl Consumer,
+        id: HandOffId,
         ticket: &Ticket,
         record: OutboundRecord,
-    ) -> HandOff {
+    ) {
         let to = self
             .get(ticket.target)
             .expect("the policy hands on only to topics of the handler's topology")
@@ -119,22 +123,7 @@ impl Targets {
             partition: ticket.partition,
             offset: ticket.offset,
         };
-        consumer.hand_off(from, to, record)
-    }
-}
-
-/// A hand-off under way, with its ticket.
-struct Sending {
-    ticket: Option<Ticket>,
-    write: HandOff,
-}
-
-impl Future for Sending {
-    type Output = (Ticket, Result<Delivered, Undelivered>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let result = std::task::ready!(self.write.as_mut().poll(cx));
-        Poll::Ready((self.ticket.take().expect("polled after completion"), result))
+        consumer.hand_off(id, from, to, record)
     }
 }
 
@@ -167,7 +156,13 @@ impl Blocked {
 pub(super) struct HandOffs {
     /// The most under way at once (started or waiting to be tried again).
     window: usize,
-    sending: FuturesUnordered<Sending>,
+    /// The tickets of writes with the backend; a ticket's key is its hand-off's id.
+    sending: Slab<Ticket>,
+    /// Where the consumer reports finished writes.
+    reports: HandOffReports,
+    /// Reports taken and not concluded yet, last first; swapped with the consumer's buffer,
+    /// so neither grows again.
+    finished: Vec<HandedOff>,
     /// Indexed by partition number.
     blocked: Vec<Blocked>,
     /// Failed ones waiting, over all partitions: when 0 there is nothing to look for.
@@ -175,10 +170,12 @@ pub(super) struct HandOffs {
 }
 
 impl HandOffs {
-    pub(super) fn new(window: usize) -> Self {
+    pub(super) fn new(window: usize, reports: HandOffReports) -> Self {
         Self {
             window: window.max(1),
-            sending: FuturesUnordered::new(),
+            sending: Slab::new(),
+            reports,
+            finished: Vec::new(),
             blocked: Vec::new(),
             failed: 0,
         }
@@ -207,9 +204,21 @@ impl HandOffs {
         self.failed
     }
 
-    /// Whether a write is in flight.
+    /// Whether a write is in flight (or reported and not concluded yet).
     pub(super) fn is_sending(&self) -> bool {
         !self.sending.is_empty()
+    }
+
+    /// Starts `ticket`'s write: its id is its key among the writes in flight.
+    fn start(
+        &mut self,
+        ticket: Ticket,
+        record: OutboundRecord,
+        write: impl FnOnce(HandOffId, &Ticket, OutboundRecord),
+    ) {
+        let entry = self.sending.vacant_entry();
+        let id = HandOffId(entry.key() as u64);
+        write(id, entry.insert(ticket), record);
     }
 
     /// Whether the partition at `index` has a failed hand-off not through yet: it starts and
@@ -223,14 +232,10 @@ impl HandOffs {
     pub(super) fn send(
         &mut self,
         hand_off: PendingHandOff,
-        write: impl FnOnce(&Ticket, OutboundRecord) -> HandOff,
+        write: impl FnOnce(HandOffId, &Ticket, OutboundRecord),
     ) {
         let PendingHandOff { ticket, record } = hand_off;
-        let write = write(&ticket, record);
-        self.sending.push(Sending {
-            ticket: Some(ticket),
-            write,
-        });
+        self.start(ticket, record, write);
     }
 
     /// Keeps a hand-off of a blocked partition behind the failed ones, in failure order.
@@ -239,12 +244,34 @@ impl HandOffs {
         self.failed += 1;
     }
 
-    /// The next write that finished. Cancel-safe; pending forever when none is in flight.
-    pub(super) async fn next(&mut self) -> (Ticket, Result<Delivered, Undelivered>) {
-        match self.sending.next().await {
-            Some(finished) => finished,
-            None => std::future::pending().await,
+    /// Waits until a write finished (at once when some were taken and not concluded yet):
+    /// then [`finished`](HandOffs::finished) gives them. Cancel-safe.
+    pub(super) async fn wait(&mut self) {
+        if self.finished.is_empty() {
+            self.reports.wait(&mut self.finished).await;
+            self.finished.reverse();
         }
+    }
+
+    /// Takes the writes that finished without waiting: whether there were any.
+    pub(super) fn poll_finished(&mut self) -> bool {
+        if self.finished.is_empty() && self.reports.take(&mut self.finished) {
+            self.finished.reverse();
+        }
+        !self.finished.is_empty()
+    }
+
+    /// The next write taken as finished, in the order the consumer reported them, with its
+    /// ticket.
+    pub(super) fn finished(&mut self) -> Option<(Ticket, Result<Delivered, Undelivered>)> {
+        while let Some(HandedOff { id, result }) = self.finished.pop() {
+            // Every id is reported once; one not in flight would be a backend's mistake.
+            match self.sending.try_remove(id.0 as usize) {
+                Some(ticket) => return Some((ticket, result)),
+                None => debug_assert!(false, "hand-off {id:?} reported but not in flight"),
+            }
+        }
+        None
     }
 
     /// A write of the partition's current generation is durable.
@@ -294,12 +321,13 @@ impl HandOffs {
 
     /// Starts again, in order, the failed hand-offs whose pause is over, each record given to
     /// `write`.
-    pub(super) fn retry_due(&mut self, mut write: impl FnMut(&Ticket, OutboundRecord) -> HandOff) {
+    pub(super) fn retry_due(&mut self, mut write: impl FnMut(HandOffId, &Ticket, OutboundRecord)) {
         if self.failed == 0 {
             return;
         }
         let now = Instant::now();
-        for state in &mut self.blocked {
+        for index in 0..self.blocked.len() {
+            let state = &mut self.blocked[index];
             if state.retry_at.is_none_or(|at| at > now) {
                 continue;
             }
@@ -309,11 +337,7 @@ impl HandOffs {
             self.failed -= again.len();
             for PendingHandOff { mut ticket, record } in again {
                 ticket.again = true;
-                let write = write(&ticket, record);
-                self.sending.push(Sending {
-                    ticket: Some(ticket),
-                    write,
-                });
+                self.start(ticket, record, &mut write);
             }
         }
     }
@@ -339,9 +363,13 @@ mod tests {
         PendingHandOff::new(ticket, record)
     }
 
-    /// A write that succeeds or fails at once; a failure gives the record back.
-    fn write(result: Result<(), ()>) -> impl FnMut(&Ticket, OutboundRecord) -> HandOff {
-        move |_, record| {
+    /// A write that succeeds or fails at once, reported into `reports`; a failure gives the
+    /// record back.
+    fn write(
+        reports: &HandOffReports,
+        result: Result<(), ()>,
+    ) -> impl FnMut(HandOffId, &Ticket, OutboundRecord) + '_ {
+        move |id, _, record| {
             let written = result
                 .map(|()| Delivered {
                     partition: 0,
@@ -354,8 +382,19 @@ mod tests {
                     };
                     Undelivered::new(error, record)
                 });
-            Box::pin(std::future::ready(written))
+            reports.report(id, written);
         }
+    }
+
+    /// The next write that finished.
+    async fn next(hand_offs: &mut HandOffs) -> (Ticket, Result<Delivered, Undelivered>) {
+        hand_offs.wait().await;
+        hand_offs.finished().expect("a write finished")
+    }
+
+    fn with_reports(window: usize) -> (HandOffs, HandOffReports) {
+        let reports = HandOffReports::new();
+        (HandOffs::new(window, reports.clone()), reports)
     }
 
     /// A failed write's hand-off, its record given back.
@@ -366,9 +405,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_write_blocks_its_partition_and_is_tried_again_after_a_growing_pause() {
-        let mut hand_offs = HandOffs::new(8);
-        hand_offs.send(hand_off(0, 10), write(Err(())));
-        let failed = returned(hand_offs.next().await);
+        let (mut hand_offs, reports) = with_reports(8);
+        hand_offs.send(hand_off(0, 10), write(&reports, Err(())));
+        let failed = returned(next(&mut hand_offs).await);
         assert_eq!(
             failed.record.payload.as_deref(),
             Some(&b"10"[..]),
@@ -382,49 +421,49 @@ mod tests {
         hand_offs.queue_behind(hand_off(0, 11));
         assert_eq!(hand_offs.next_retry(), Some(start + Duration::from_millis(50)));
 
-        hand_offs.retry_due(|_, _| unreachable!("not due yet"));
+        hand_offs.retry_due(|_, _, _| unreachable!("not due yet"));
         tokio::time::advance(Duration::from_millis(50)).await;
         let mut order = Vec::new();
-        hand_offs.retry_due(|ticket, record| {
+        hand_offs.retry_due(|id, ticket, record| {
             order.push(ticket.offset);
-            write(Err(()))(ticket, record)
+            write(&reports, Err(()))(id, ticket, record)
         });
         assert_eq!(order, [10, 11]);
         assert!(hand_offs.blocks(0), "tried again, not through yet");
         assert_eq!(hand_offs.failed(), 0);
-        let first = returned(hand_offs.next().await);
+        let first = returned(next(&mut hand_offs).await);
         let second_pause = hand_offs.write_failed(first) - Instant::now();
         assert!(
             second_pause > Duration::from_millis(50),
             "the pause grows: {second_pause:?}"
         );
-        let second = returned(hand_offs.next().await);
+        let second = returned(next(&mut hand_offs).await);
         hand_offs.write_failed(second);
         assert_eq!(hand_offs.failed(), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_queued_while_others_are_tried_again_go_out_once_those_are_through() {
-        let mut hand_offs = HandOffs::new(8);
-        hand_offs.send(hand_off(2, 1), write(Err(())));
-        let failed = returned(hand_offs.next().await);
+        let (mut hand_offs, reports) = with_reports(8);
+        hand_offs.send(hand_off(2, 1), write(&reports, Err(())));
+        let failed = returned(next(&mut hand_offs).await);
         hand_offs.write_failed(failed);
         tokio::time::advance(Duration::from_millis(50)).await;
-        hand_offs.retry_due(write(Ok(())));
+        hand_offs.retry_due(write(&reports, Ok(())));
         // An attempt that was running fails now: behind the one tried again.
         hand_offs.queue_behind(hand_off(2, 5));
-        let (retried, result) = hand_offs.next().await;
+        let (retried, result) = next(&mut hand_offs).await;
         assert!(result.is_ok());
         hand_offs.written(&retried);
         assert!(hand_offs.blocks(2), "5 is not through");
         assert_eq!(hand_offs.next_retry(), Some(Instant::now()), "5 goes out at once");
         let mut sent = Vec::new();
-        hand_offs.retry_due(|ticket, record| {
+        hand_offs.retry_due(|id, ticket, record| {
             sent.push(ticket.offset);
-            write(Ok(()))(ticket, record)
+            write(&reports, Ok(()))(id, ticket, record)
         });
         assert_eq!(sent, [5]);
-        let (through, _) = hand_offs.next().await;
+        let (through, _) = next(&mut hand_offs).await;
         hand_offs.written(&through);
         assert!(!hand_offs.blocks(2));
         assert_eq!(hand_offs.under_way(), 0);
@@ -432,10 +471,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_revoked_partition_forgets_its_failed_hand_offs() {
-        let mut hand_offs = HandOffs::new(2);
-        hand_offs.send(hand_off(1, 1), write(Err(())));
+        let (mut hand_offs, reports) = with_reports(2);
+        hand_offs.send(hand_off(1, 1), write(&reports, Err(())));
         assert!(hand_offs.has_room());
-        let failed = returned(hand_offs.next().await);
+        let failed = returned(next(&mut hand_offs).await);
         hand_offs.write_failed(failed);
         hand_offs.queue_behind(hand_off(1, 2));
         assert!(!hand_offs.has_room(), "two under way fill a window of 2");

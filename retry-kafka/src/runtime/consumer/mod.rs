@@ -124,7 +124,7 @@ async fn released(order: &mut Option<KeyOrder>) {
 impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     fn new(level: Level, consumer: C, attempts: A) -> Self {
         Self {
-            hand_offs: HandOffs::new(level.hand_off_window),
+            hand_offs: HandOffs::new(level.hand_off_window, consumer.hand_off_reports().clone()),
             targets: Targets::of(&level.topology),
             gate: RateGate::new(level.rate.clone(), level.breaker.clone()),
             commits: CommitWatch::new(level.metrics.health.clone()),
@@ -181,12 +181,12 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                         self.conclude(done).await;
                     }
                 }
-                (hand_off, result) = self.hand_offs.next(), if self.hand_offs.is_sending() => {
-                    self.sent(hand_off, result).await;
+                _ = self.hand_offs.wait(), if self.hand_offs.is_sending() => {
+                    self.sent_all().await;
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {
                     let Self { consumer, hand_offs, targets, .. } = &mut self;
-                    hand_offs.retry_due(|ticket, record| targets.write(consumer, ticket, record));
+                    hand_offs.retry_due(|id, ticket, record| targets.write(consumer, id, ticket, record));
                 }
                 // A batch's linger is over: the top of the loop starts it.
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
@@ -312,11 +312,8 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         for _ in 0..AT_HAND {
             // Every hand-off already through, as rounds of the `biased` select would take
             // them before another record.
-            while self.hand_offs.is_sending() {
-                let Some((ticket, result)) = self.hand_offs.next().now_or_never() else {
-                    break;
-                };
-                self.sent(ticket, result).await;
+            if self.hand_offs.poll_finished() {
+                self.sent_all().await;
             }
             // Attempts under way (concurrency > 1, or a handler that waits) finish in the
             // loop's own order; a due waiting record or a batch to start goes first.
@@ -491,7 +488,16 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 targets,
                 ..
             } = self;
-            hand_offs.send(hand_off, |ticket, record| targets.write(consumer, ticket, record));
+            hand_offs.send(hand_off, |id, ticket, record| {
+                targets.write(consumer, id, ticket, record)
+            });
+        }
+    }
+
+    /// Every hand-off taken as finished, in the order they were reported.
+    async fn sent_all(&mut self) {
+        while let Some((ticket, result)) = self.hand_offs.finished() {
+            self.sent(ticket, result).await;
         }
     }
 

@@ -42,7 +42,7 @@ use follow::Following;
 
 use super::{transport, Kafka};
 use crate::backend::{
-    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, Undelivered,
+    Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Record, Subscription, Topic,
 };
 use crate::error::BackendError;
 use crate::headers::Headers;
@@ -59,6 +59,8 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long one poll waits for a message; also the most a command (e.g. a resume) waits.
 const POLL_WAIT: Duration = Duration::from_millis(20);
+/// The same while the runtime holds a partition: its resume comes soon and must not wait.
+const HELD_POLL_WAIT: Duration = Duration::from_millis(1);
 
 /// A fetched message as a [`Record`]: its bytes copied once out of librdkafka's buffer (which
 /// a record may outlive by minutes, waiting for its due time), into `arena`.
@@ -274,6 +276,8 @@ pub struct KafkaConsumer {
     topic: String,
     /// Produces hand-offs (to this cluster or the retry cluster).
     kafka: Kafka,
+    /// Where the producer's delivery reports complete this consumer's hand-offs.
+    hand_offs: HandOffReports,
 }
 
 impl KafkaConsumer {
@@ -341,6 +345,7 @@ impl KafkaConsumer {
             thread: Some(thread),
             topic,
             kafka,
+            hand_offs: HandOffReports::new(),
         })
     }
 
@@ -437,10 +442,12 @@ impl Consumer for KafkaConsumer {
         }
     }
 
-    fn hand_off(&mut self, _from: Position, to: Topic, record: OutboundRecord) -> HandOff {
-        // librdkafka copied what it sends; the record waits here only to be given back.
-        let produced = self.kafka.produce(&to, &record);
-        Box::pin(async move { produced.await.map_err(|error| Undelivered::new(error, record)) })
+    fn hand_off(&mut self, id: HandOffId, _from: Position, to: Topic, record: OutboundRecord) {
+        self.kafka.hand_off(id, &to, record, &self.hand_offs);
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        &self.hand_offs
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already

@@ -18,7 +18,8 @@ use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
 use super::follow::{Followers, Following};
 use super::settle::Settlement;
 use super::{
-    record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, PAUSE_AFTER, POLL_WAIT,
+    record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, HELD_POLL_WAIT, PAUSE_AFTER,
+    POLL_WAIT,
 };
 use crate::backend::kafka::Refusals;
 use crate::error::BackendError;
@@ -200,7 +201,13 @@ pub(super) struct PollThread {
     commits: CommitSchedule,
     /// The acknowledgements were asked for since the last commit started.
     acks_asked: bool,
+    /// Until when polls wait [`HELD_POLL_WAIT`]: a partition was held or resumed just now,
+    /// so the runtime is cycling through a backlog and its next resume comes soon.
+    cycling_until: Option<Instant>,
 }
+
+/// How long after a hold or a resume polls wait only [`HELD_POLL_WAIT`].
+const CYCLING: Duration = Duration::from_millis(100);
 
 impl PollThread {
     pub(super) fn new(
@@ -224,6 +231,7 @@ impl PollThread {
             behind_since: None,
             commits: CommitSchedule::new(commits),
             acks_asked: false,
+            cycling_until: None,
         }
     }
 
@@ -284,7 +292,14 @@ impl PollThread {
                 .take()
                 .or_else(|| self.emptied.try_recv().ok())
                 .unwrap_or_else(|| Vec::with_capacity(BATCH));
-            self.poll_batch(&consumer, POLL_WAIT, &mut batch);
+            // While the runtime cycles through a backlog it resumes a held partition as soon
+            // as its kept records run low; commands are read between polls, so a poll waiting
+            // its full round would keep that resume, and every record due behind it, waiting
+            // (burst lateness). A partition held for long (a retry level's long delay) polls
+            // at the usual pace again after CYCLING.
+            let cycling = self.cycling_until.is_some_and(|until| Instant::now() < until);
+            let wait = if cycling { HELD_POLL_WAIT } else { POLL_WAIT };
+            self.poll_batch(&consumer, wait, &mut batch);
             if batch.is_empty() {
                 self.spare = Some(batch);
             } else {
@@ -448,6 +463,7 @@ impl PollThread {
                 // goes on from `next` after the resume.
                 assigned.held = true;
                 self.pause(consumer, &[partition]);
+                self.cycling_until = Some(Instant::now() + CYCLING);
             }
             Command::Resume {
                 partition,
@@ -460,6 +476,7 @@ impl PollThread {
                     return;
                 }
                 let next = assigned.next;
+                self.cycling_until = Some(Instant::now() + CYCLING);
                 if !self.backpressure {
                     self.resume_at(consumer, partition, next);
                 }

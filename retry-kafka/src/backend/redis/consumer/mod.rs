@@ -23,7 +23,8 @@ use super::link::Link;
 use super::stream_id::StreamId;
 use super::{Redis, Source};
 use crate::backend::{
-    Consumer, Fetched, HandOff, OutboundRecord, Position, Record, Subscription, Topic, TopicRole, Undelivered,
+    Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Record, Subscription, Topic,
+    TopicRole,
 };
 use crate::error::BackendError;
 use reader::Reader;
@@ -111,9 +112,7 @@ pub struct RedisConsumer {
     reader: Option<JoinHandle<Result<(), BackendError>>>,
     /// Entries delivered and not acknowledged, per partition, in offset order.
     delivered: HashMap<u32, VecDeque<(u64, StreamId)>>,
-    /// Picks a hand-off's partition and builds its write.
-    redis: Redis,
-    /// Sends hand-offs, many per round trip.
+    /// Picks each hand-off's partition, builds its write and sends it, many per round trip.
     writer: Option<HandOffWriter>,
 }
 
@@ -183,7 +182,6 @@ impl RedisConsumer {
             stop,
             reader: Some(reader),
             delivered: HashMap::new(),
-            redis,
             writer: Some(writer),
         })
     }
@@ -252,20 +250,14 @@ impl Consumer for RedisConsumer {
     /// XADD to the dead-letter stream) and XACKs the source in one step. The consumer's
     /// hand-off writer sends those queued during one round trip together in the next. On a
     /// cluster the write (once per source) and the XACK go in two rounds (`hand_offs.rs`).
-    fn hand_off(&mut self, from: Position, to: Topic, record: OutboundRecord) -> HandOff {
+    fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord) {
         let source = self.source_of(from.partition, from.offset);
-        let redis = self.redis.clone();
-        let queue = self.writer.as_ref().expect("open until closed").queue();
-        Box::pin(async move {
-            let written = match redis.pick_partition(&to.name, &record).await {
-                Ok(target) => {
-                    let write = redis.prepare(&to, target, &record, source.as_ref());
-                    queue.send(write).await
-                }
-                Err(error) => Err(error),
-            };
-            written.map_err(|error| Undelivered::new(error, record))
-        })
+        let writer = self.writer.as_ref().expect("open until closed");
+        writer.hand_off(id, to, record, source);
+    }
+
+    fn hand_off_reports(&self) -> &HandOffReports {
+        self.writer.as_ref().expect("open until closed").reports()
     }
 
     fn hold(&mut self, partition: u32, offset: u64) {
