@@ -105,24 +105,33 @@ impl Writer {
         reports: &HandOffReports,
     ) {
         let context = self.producer.context();
-        // Held while librdkafka queues the record (it copies what it sends, and calls no
-        // report from `send`): the slot then takes the record itself, not a copy.
+        // The slot is taken first (its number is the report's opaque) and filled after the
+        // send: the lock is not held while librdkafka queues the record, or the poll thread's
+        // reports would wait for it.
+        let slot = context.slots().insert(Slot::Sending);
+        if let Err((error, _)) = self.producer.send(outbound(topic, &record, slot)) {
+            context.slots().remove(slot);
+            let error = context.refusals.explain_write(&topic.name, error);
+            return reports.report(id, Err(Undelivered::new(error, record)));
+        }
+        let pending = PendingHandOff {
+            id,
+            topic: topic.name.clone(),
+            record,
+            reports: reports.clone(),
+        };
         let mut slots = context.slots();
-        let entry = slots.vacant_entry();
-        match self.producer.send(outbound(topic, &record, entry.key())) {
-            Ok(()) => {
-                entry.insert(Slot::HandOff(PendingHandOff {
-                    id,
-                    topic: topic.name.clone(),
-                    record,
-                    reports: reports.clone(),
-                }));
-            }
-            Err((error, _)) => {
+        match std::mem::replace(&mut slots[slot], Slot::HandOff(pending)) {
+            Slot::Sending => {}
+            // Reported already, between the send and now: reported here.
+            Slot::Done(result) => {
+                let Slot::HandOff(pending) = slots.remove(slot) else {
+                    unreachable!("put there just now")
+                };
                 drop(slots);
-                let error = context.refusals.explain_write(&topic.name, error);
-                reports.report(id, Err(Undelivered::new(error, record)));
+                pending.report(result, &context.refusals);
             }
+            _ => unreachable!("a hand-off's slot is its own"),
         }
     }
 }
@@ -208,7 +217,9 @@ impl Future for Write {
                         }
                         return Poll::Pending;
                     }
-                    Slot::Abandoned | Slot::HandOff(_) => unreachable!("a write's slot is its own"),
+                    Slot::Abandoned | Slot::HandOff(_) | Slot::Sending => {
+                        unreachable!("a write's slot is its own")
+                    }
                 }
             }
             State::Finished => panic!("polled after completion"),
@@ -246,6 +257,8 @@ enum Slot {
     Done(Result<Delivered, KafkaError>),
     /// Its write was dropped before the report: the report only frees the slot.
     Abandoned,
+    /// A hand-off being queued in librdkafka; a report that comes meanwhile is kept as `Done`.
+    Sending,
     /// A hand-off: its report goes to its consumer's reports.
     HandOff(PendingHandOff),
 }
@@ -257,6 +270,20 @@ struct PendingHandOff {
     /// Given back if the write fails.
     record: OutboundRecord,
     reports: HandOffReports,
+}
+
+impl PendingHandOff {
+    /// Reports the delivery's result, the record given back on failure.
+    fn report(self, result: Result<Delivered, KafkaError>, refusals: &Refusals) {
+        let Self {
+            id,
+            topic,
+            record,
+            reports,
+        } = self;
+        let result = result.map_err(|error| Undelivered::new(refusals.explain_write(&topic, error), record));
+        reports.report(id, result);
+    }
 }
 
 /// The producer's context: the table of writes, filled in by delivery reports, and the
@@ -299,15 +326,7 @@ impl ProducerContext for Reports {
                     unreachable!("matched above")
                 };
                 drop(slots);
-                let PendingHandOff {
-                    id,
-                    topic,
-                    record,
-                    reports,
-                } = hand_off;
-                let result = result
-                    .map_err(|error| Undelivered::new(self.refusals.explain_write(&topic, error), record));
-                return reports.report(id, result);
+                return hand_off.report(result, &self.refusals);
             }
             match std::mem::replace(entry, Slot::Done(result)) {
                 Slot::Waiting(waker) => waker,
@@ -315,6 +334,8 @@ impl ProducerContext for Reports {
                     slots.remove(slot);
                     None
                 }
+                // A hand-off being sent: its sender finds the result and reports it.
+                Slot::Sending => None,
                 Slot::Done(_) | Slot::HandOff(_) => unreachable!("one report per write"),
             }
         };
