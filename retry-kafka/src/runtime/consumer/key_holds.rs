@@ -15,16 +15,13 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backend::Record;
-use std::sync::Arc;
-
-use futures_util::future::BoxFuture;
-
 use crate::error::BackendError;
 use crate::headers::{names, Headers};
 use crate::metrics::KeyHoldHandles;
@@ -279,7 +276,7 @@ impl KeyHolds {
 /// tells when one concludes. With `concurrency > 1` it also knows the keys with an attempt
 /// under way on this level: different keys run in parallel, one key at a time.
 pub(super) struct KeyOrder {
-    holds: std::sync::Arc<KeyHolds>,
+    holds: Arc<KeyHolds>,
     stage: Stage,
     releases: watch::Receiver<u64>,
     /// (partition, key) of the attempts under way, when several may be (`concurrency > 1`).
@@ -287,7 +284,7 @@ pub(super) struct KeyOrder {
 }
 
 impl KeyOrder {
-    pub(super) fn new(holds: std::sync::Arc<KeyHolds>, stage: Stage, concurrency: usize) -> Self {
+    pub(super) fn new(holds: Arc<KeyHolds>, stage: Stage, concurrency: usize) -> Self {
         let releases = holds.releases();
         Self {
             holds,
