@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 mod commits;
 mod follow;
 mod poll;
+mod rebalance;
 mod settle;
 
 use commits::AckRequest;
@@ -46,7 +47,8 @@ use crate::backend::{
 };
 use crate::error::BackendError;
 use crate::headers::Headers;
-use poll::{PollThread, RawConsumer, RebalanceLog};
+use poll::{PollThread, RawConsumer};
+use rebalance::RebalanceLog;
 use settle::Settlement;
 
 /// Records per batch sent to the runtime.

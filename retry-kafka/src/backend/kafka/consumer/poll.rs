@@ -3,172 +3,24 @@
 //! between polls in the order they were sent, puts rebalances in order with the records, and
 //! pauses its partitions while the runtime is behind.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
-use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use super::commits::{AckRequest, CommitPolicy, CommitSchedule};
-use super::follow::{Followers, Following};
-use super::settle::Settlement;
+use super::commits::{CommitPolicy, CommitSchedule};
+use super::follow::Following;
+use super::rebalance::{RebalanceEvent, RebalanceLog};
 use super::{
     record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, HELD_POLL_WAIT, PAUSE_AFTER,
     POLL_WAIT,
 };
-use crate::backend::kafka::Refusals;
 use crate::error::BackendError;
-
-/// Collects rebalance events raised inside `poll`, so the thread can put them in order with
-/// the records.
-pub(super) struct RebalanceLog {
-    topic: String,
-    events: Mutex<Vec<RebalanceEvent>>,
-    /// Whether `events` has something: checked after every poll without taking the lock.
-    pending: AtomicBool,
-    /// Asks the handle for the acknowledgements it holds.
-    pub(super) ack_request: Arc<AckRequest>,
-    /// The acknowledgements, stored as offsets: by the poll thread, and by the revoke callback.
-    settlement: Mutex<Settlement>,
-    /// The consumer is closing: the handle sent everything already; a revoke waits for nothing.
-    closing: AtomicBool,
-    /// The refusals this consumer was given.
-    refusals: Refusals,
-    /// Settled work waits past its bound for a commit: set by the poll thread, read by the
-    /// handle ([`Consumer::commits_behind`](crate::backend::Consumer::commits_behind)).
-    pub(super) commits_behind: Arc<AtomicBool>,
-    /// Records of an assignment generation below this are stale: set when the member is left
-    /// with no partition (its assignment was lost, say, when the broker was gone past the
-    /// session timeout), so the handle drops the batches still in the channel at once, rather
-    /// than running up to `CHANNEL_BATCHES` batches of work whose commits cannot succeed.
-    pub(super) stale_below: Arc<AtomicU64>,
-    /// The consumers that read what this one is assigned (a key-ordered handler's levels).
-    followers: Option<Arc<Followers>>,
-}
-
-enum RebalanceEvent {
-    Assigned(Vec<u32>),
-    Revoked(Vec<u32>),
-}
-
-impl RebalanceLog {
-    pub(super) fn new(
-        topic: String,
-        ack_request: Arc<AckRequest>,
-        settlement: Settlement,
-        commits_behind: Arc<AtomicBool>,
-        stale_below: Arc<AtomicU64>,
-        followers: Option<Arc<Followers>>,
-    ) -> Self {
-        RebalanceLog {
-            followers,
-            topic,
-            ack_request,
-            commits_behind,
-            stale_below,
-            settlement: Mutex::new(settlement),
-            closing: AtomicBool::new(false),
-            events: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
-            refusals: Refusals::new("consumer"),
-        }
-    }
-
-    fn log(&self, event: RebalanceEvent) {
-        self.events.lock().expect("never poisoned").push(event);
-        self.pending.store(true, Ordering::Release);
-    }
-
-    /// Only the poll thread takes it (in a round, or in a callback inside `poll`): never
-    /// contended.
-    fn settlement(&self) -> std::sync::MutexGuard<'_, Settlement> {
-        self.settlement.lock().expect("never poisoned")
-    }
-
-    fn take(&self) -> Vec<RebalanceEvent> {
-        if !self.pending.swap(false, Ordering::Acquire) {
-            return Vec::new();
-        }
-        std::mem::take(&mut *self.events.lock().expect("never poisoned"))
-    }
-
-    fn partitions(&self, list: &TopicPartitionList) -> Vec<u32> {
-        list.elements()
-            .iter()
-            .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition() as u32)
-            .collect()
-    }
-}
-
-impl ClientContext for RebalanceLog {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.refusals.note(&error, reason);
-    }
-
-    /// librdkafka's statistics (every `STATS_INTERVAL`): the committed offset of each
-    /// partition, whoever's commit moved it. The only report of an asynchronous commit:
-    /// librdkafka reports those to an `offset_commit_cb` only, which rdkafka does not set (it
-    /// asks for commit events, which only the auto-commit sends). Runs inside `poll`, on the
-    /// poll thread.
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let now = Instant::now();
-        let mut settlement = self.settlement();
-        for (&partition, stats) in &topic.partitions {
-            // -1 is librdkafka's unassigned partition; a negative offset is none committed yet.
-            if partition >= 0 && stats.committed_offset >= 0 {
-                settlement.committed(partition as u32, stats.committed_offset as u64, now);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for RebalanceLog {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let revoked = self.partitions(list);
-            // Followers first: the partitions leave this process on every level together.
-            if let Some(followers) = &self.followers {
-                followers.revoke(&self.topic, &revoked);
-            }
-            // Store what the runtime acknowledged, and what it acknowledges for a moment more,
-            // then commit it before the partitions go to another member. A lost assignment (the
-            // session expired) has nothing to commit to.
-            if !self.closing.load(Ordering::Acquire) && !consumer.assignment_lost() {
-                self.settlement()
-                    .drain_for_revoke(consumer, &self.topic, &revoked, &self.ack_request);
-            }
-            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(topic = %self.topic, %error, "commit on revoke");
-            }
-            tracing::debug!(topic = %self.topic, ?revoked, "partitions revoked");
-            self.log(RebalanceEvent::Revoked(revoked));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let assigned = self.partitions(list);
-                tracing::debug!(topic = %self.topic, ?assigned, "partitions assigned");
-                if let Some(followers) = &self.followers {
-                    followers.assign(&assigned);
-                }
-                self.log(RebalanceEvent::Assigned(assigned));
-            }
-            Rebalance::Error(error) => tracing::warn!(topic = %self.topic, %error, "rebalance failed"),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
 
 /// The poll thread's view of one assigned partition.
 struct Assigned {
