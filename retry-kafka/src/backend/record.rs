@@ -46,8 +46,8 @@ impl Record {
     }
 }
 
-/// A topic as the seam names it: its name and what it is for. Every call of [`TopicAdmin`],
-/// [`Publish`], [`Browse`], [`Backend`], [`RetryStore`] and [`Consumer::hand_off`] takes one, so
+/// A topic as the seam names it: its name and what it is for. Every call of [`TopicAdmin`](super::TopicAdmin),
+/// [`Publish`](super::Publish), [`Browse`](super::Browse), [`Backend`](super::Backend), [`RetryStore`](super::RetryStore) and [`Consumer::hand_off`](super::Consumer::hand_off) takes one, so
 /// a backend routes by the role and never learns it any other way.
 ///
 /// The name is shared (`Arc<str>`): cloning a `Topic` costs a reference count, so a hand-off's
@@ -92,7 +92,7 @@ impl fmt::Display for Topic {
     }
 }
 
-/// What one [`Browse::read_page`] asks for: up to [`limit`](Self::limit) records of one
+/// What one [`Browse::read_page`](super::Browse::read_page) asks for: up to [`limit`](Self::limit) records of one
 /// partition, in a range of offsets. Never empty: [`Page::new`] gives none for an empty range
 /// or a zero limit, so a backend reads every page it is given and checks nothing.
 ///
@@ -154,7 +154,7 @@ impl Page {
 }
 
 /// A place in a topic: a partition and an offset in it. Where a record was read
-/// ([`Record::position`]), where a hand-off's source is ([`Consumer::hand_off`]), and where a
+/// ([`Record::position`]), where a hand-off's source is ([`Consumer::hand_off`](super::Consumer::hand_off)), and where a
 /// produced record landed ([`Delivered`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Position {
