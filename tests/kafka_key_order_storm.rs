@@ -39,19 +39,25 @@ struct Attempt {
     seq: u64,
     ok: bool,
     nanos: u128,
+    /// `worker attempt topic/partition@offset`, for a failure's message.
+    place: String,
 }
 
 fn attempts(workers: &[&Worker]) -> Vec<Attempt> {
     let mut all: Vec<Attempt> = workers
         .iter()
-        .flat_map(|w| w.log_lines())
-        .map(|line| {
+        .flat_map(|w| w.log_lines().into_iter().map(move |line| (w.name.clone(), line)))
+        .map(|(worker, line)| {
             let parts: Vec<&str> = line.split(' ').collect();
             Attempt {
                 account: parts[0].parse().unwrap(),
                 seq: parts[1].parse().unwrap(),
                 ok: parts[3] == "ok",
                 nanos: parts[4].parse().unwrap(),
+                place: format!(
+                    "{worker} attempt {} {}/{}@{}",
+                    parts[2], parts[5], parts[6], parts[7]
+                ),
             }
         })
         .collect();
@@ -71,6 +77,10 @@ async fn key_order_holds_through_a_rebalance_storm_with_kills() {
     let spawn = |name: &str| Worker::spawn_program(env!("CARGO_BIN_EXE_rk-ordered-worker"), name, &env);
 
     let started = Instant::now();
+    let started_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let producer = Producer::new(harness.backend.clone());
     let publishing = tokio::spawn(async move {
         // Every account gets a posting every 250 ms, in order.
@@ -86,6 +96,7 @@ async fn key_order_holds_through_a_rebalance_storm_with_kills() {
     });
     let Storm {
         workers,
+        timeline,
         joins,
         leaves,
         kills,
@@ -149,6 +160,24 @@ async fn key_order_holds_through_a_rebalance_storm_with_kills() {
         dead.len(),
         violations.len()
     );
+    if !violations.is_empty() {
+        for account in &violations {
+            eprintln!(
+                "account {account}: first successes {:?}; its attempts:",
+                firsts[account]
+            );
+            for a in all.iter().filter(|a| a.account == *account) {
+                eprintln!(
+                    "  {:>8.3} s  seq {:>3} {:<6} {}",
+                    (a.nanos as f64 - started_nanos as f64) / 1e9,
+                    a.seq,
+                    if a.ok { "ok" } else { "failed" },
+                    a.place
+                );
+            }
+        }
+        eprintln!("the storm (since the test started): {timeline:#?}");
+    }
     assert_eq!(
         violations,
         Vec::<u64>::new(),

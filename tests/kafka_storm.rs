@@ -96,6 +96,7 @@ async fn storm(protocol: Protocol) {
         joins,
         leaves,
         kills,
+        ..
     } = storm_workers(spawn, started, STORM, EVERY).await;
     let published = publishing.await.unwrap();
     // Published after the storm, on every partition: a partition left paused would keep some.

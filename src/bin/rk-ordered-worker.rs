@@ -1,9 +1,10 @@
 //! A worker process for the key-order storm (`tests/kafka_key_order_storm.rs`): a key-ordered
 //! handler run through `retry_kafka::run()`, with `KAFKA_BROKERS` from the environment.
 //!
-//! Every attempt appends `account seq attempt outcome nanos` to `$WORKER_LOG` (`nanos`: the
-//! wall clock, comparable between the workers of one machine), so a test can put every
-//! worker's successes in one order even after a process was killed with SIGKILL.
+//! Every attempt appends `account seq attempt outcome nanos topic partition offset` to
+//! `$WORKER_LOG` (`nanos`: the wall clock, comparable between the workers of one machine), so a
+//! test can put every worker's successes in one order even after a process was killed with
+//! SIGKILL, and say where an attempt came from when the order breaks.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,11 +35,14 @@ async fn post(posting: Posting, ctx: Context) -> Result<(), HandlerError> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |t| t.as_nanos());
     retry_kafka_suite::worker_log(&format!(
-        "{} {} {} {} {nanos}",
+        "{} {} {} {} {nanos} {} {} {}",
         posting.account,
         posting.seq,
         ctx.attempt(),
-        if outcome.is_ok() { "ok" } else { "failed" }
+        if outcome.is_ok() { "ok" } else { "failed" },
+        ctx.topic(),
+        ctx.partition(),
+        ctx.offset()
     ));
     outcome
 }

@@ -29,6 +29,8 @@ pub struct Order {
 pub struct Worker {
     child: Child,
     log: PathBuf,
+    /// The name it was started with.
+    pub name: String,
 }
 
 impl Worker {
@@ -65,7 +67,11 @@ impl Worker {
             .stderr(Stdio::inherit());
         // Dies with this test process, however it ends.
         let child = retry_kafka_suite::spawn_dying_with_this_process(command).expect("start rk-worker");
-        Worker { child, log }
+        Worker {
+            child,
+            log,
+            name: name.to_owned(),
+        }
     }
 
     /// Every line of the worker's log: one per attempt finished.
@@ -289,6 +295,8 @@ pub async fn a_survivor_finishes_what_a_killed_worker_left<H: Harness>(
 /// (SIGTERM) or was killed (SIGKILL).
 pub struct Storm {
     pub workers: Vec<Worker>,
+    /// What happened when (since `started`), for a failure's message.
+    pub timeline: Vec<String>,
     pub joins: u32,
     pub leaves: u32,
     pub kills: u32,
@@ -305,6 +313,7 @@ pub async fn storm(
 ) -> Storm {
     let mut slots: [Option<Worker>; 3] = [Some(spawn("w0")), Some(spawn("w1")), Some(spawn("w2"))];
     let mut retired: Vec<Worker> = Vec::new();
+    let mut timeline = Vec::new();
     let (mut joins, mut leaves, mut kills) = (0, 0, 0);
     let mut step = 0;
     while started.elapsed() < length {
@@ -314,17 +323,26 @@ pub async fn storm(
             Some(mut worker) => {
                 // Leaving in turn politely (SIGTERM: the app drains and leaves its group) and
                 // not (SIGKILL: the group notices when the session times out).
+                let at = started.elapsed();
                 if (leaves + kills) % 2 == 0 {
                     tokio::task::block_in_place(|| worker.terminate());
                     leaves += 1;
+                    timeline.push(format!(
+                        "{at:.1?} SIGTERM {} (left at {:.1?})",
+                        worker.name,
+                        started.elapsed()
+                    ));
                 } else {
                     worker.kill();
                     kills += 1;
+                    timeline.push(format!("{at:.1?} SIGKILL {}", worker.name));
                 }
                 retired.push(worker);
             }
             None => {
-                slots[slot] = Some(spawn(&format!("w{slot}-{step}")));
+                let name = format!("w{slot}-{step}");
+                timeline.push(format!("{:.1?} start {name}", started.elapsed()));
+                slots[slot] = Some(spawn(&name));
                 joins += 1;
             }
         }
@@ -336,6 +354,7 @@ pub async fn storm(
         .map(|(slot, worker)| worker.unwrap_or_else(|| spawn(&format!("w{slot}-final"))));
     Storm {
         workers: running.chain(retired).collect(),
+        timeline,
         joins,
         leaves,
         kills,

@@ -281,6 +281,9 @@ pub(super) struct KeyOrder {
     releases: watch::Receiver<u64>,
     /// (partition, key) of the attempts under way, when several may be (`concurrency > 1`).
     busy: Option<HashSet<(u32, u64)>>,
+    /// Keys passed over in the current look along a partition's waiting records (see
+    /// [`may_start_in_scan`](Self::may_start_in_scan)); kept for its capacity.
+    passed: HashSet<u64>,
 }
 
 impl KeyOrder {
@@ -291,17 +294,15 @@ impl KeyOrder {
             stage,
             releases,
             busy: (concurrency > 1).then(HashSet::new),
+            passed: HashSet::new(),
         }
     }
 
-    /// Whether a record of this key has an attempt under way here.
-    fn is_busy(&self, record: &Record) -> bool {
-        match &self.busy {
-            Some(busy) => self
-                .holds
-                .key_of(record)
-                .is_some_and(|key| busy.contains(&(record.partition, key))),
-            None => false,
+    /// Whether a record of `key` has an attempt under way here.
+    fn is_busy(&self, partition: u32, key: Option<u64>) -> bool {
+        match (&self.busy, key) {
+            (Some(busy), Some(key)) => busy.contains(&(partition, key)),
+            _ => false,
         }
     }
 
@@ -335,16 +336,47 @@ impl KeyOrder {
     /// Whether `record` may be attempted now. Only the held level waits: for a key without a
     /// head. Marks the releases seen, so [`released`](Self::released) wakes only for later ones.
     pub(super) fn may_start(&mut self, record: &Record) -> bool {
+        let key = self.holds.key_of(record);
+        self.may_start_key(record, key)
+    }
+
+    /// Starts a look along one partition's waiting records, in offset order, with
+    /// [`may_start_in_scan`](Self::may_start_in_scan).
+    pub(super) fn begin_scan(&mut self) {
+        self.passed.clear();
+    }
+
+    /// [`may_start`](Self::may_start) for the next waiting record of a look begun with
+    /// [`begin_scan`](Self::begin_scan): a key passed over earlier in the look stays passed
+    /// over, so no record overtakes an earlier one of its key even when the key's head
+    /// concludes (on another level's task) while the look goes on.
+    pub(super) fn may_start_in_scan(&mut self, record: &Record) -> bool {
+        let key = self.holds.key_of(record);
+        if key.is_some_and(|key| self.passed.contains(&key)) {
+            return false;
+        }
+        let may = self.may_start_key(record, key);
+        if let (false, Some(key)) = (may, key) {
+            self.passed.insert(key);
+        }
+        may
+    }
+
+    fn may_start_key(&mut self, record: &Record, key: Option<u64>) -> bool {
         if self.stage != Stage::Main {
             self.releases.borrow_and_update();
         }
-        self.may_start_now(record)
+        self.may_start_now_key(record, key)
     }
 
     /// [`may_start`](Self::may_start) without marking releases seen, for a look that only
     /// decides when to wake.
     pub(super) fn may_start_now(&self, record: &Record) -> bool {
-        if self.is_busy(record) {
+        self.may_start_now_key(record, self.holds.key_of(record))
+    }
+
+    fn may_start_now_key(&self, record: &Record, key: Option<u64>) -> bool {
+        if self.is_busy(record.partition, key) {
             return false;
         }
         match self.stage {
@@ -354,10 +386,7 @@ impl KeyOrder {
             Stage::Retry => self.holds.is_counted(record.partition),
             Stage::Held => {
                 self.holds.is_counted(record.partition)
-                    && self
-                        .holds
-                        .key_of(record)
-                        .is_none_or(|key| self.holds.is_free(record.partition, key))
+                    && key.is_none_or(|key| self.holds.is_free(record.partition, key))
             }
         }
     }
@@ -495,6 +524,30 @@ mod tests {
         assert!(order.releases.has_changed().unwrap());
         assert!(order.may_start(&r));
         assert!(!order.releases.has_changed().unwrap(), "seen");
+    }
+
+    #[tokio::test]
+    async fn a_look_along_waiting_records_never_lets_a_later_record_of_a_key_overtake() {
+        let holds = std::sync::Arc::new(KeyHolds::default());
+        holds.count(vec![0]).await.unwrap();
+        let mut held = KeyOrder::new(holds.clone(), Stage::Held, 1);
+        let (first, other, second) = (record(0, "k"), record(0, "other"), record(0, "k"));
+        let k = holds.key_of(&first).unwrap();
+        holds.concluded(0, k, Stage::Main, true, 1);
+        held.begin_scan();
+        assert!(!held.may_start_in_scan(&first), "k's head is out");
+        // The head concludes on the retry level's task while this look goes on.
+        holds.concluded(0, k, Stage::Retry, false, 1);
+        assert!(held.may_start_in_scan(&other));
+        assert!(
+            !held.may_start_in_scan(&second),
+            "k's first waiting record was passed over: its second must not start before it"
+        );
+        held.begin_scan();
+        assert!(
+            held.may_start_in_scan(&first),
+            "the next look starts k's first record"
+        );
     }
 
     #[tokio::test]

@@ -364,16 +364,20 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                     break;
                 }
                 // Key-ordered: the first waiting record whose key may go (a record of a key
-                // that may not is passed over, and so are the later ones of that key).
+                // that may not is passed over, and so are the later ones of that key, even if
+                // the key is released while the look goes on).
                 let at = match &mut self.order {
                     None => 0,
-                    Some(order) => match self
-                        .partitions
-                        .first_due(index, now, |record| order.may_start(record))
-                    {
-                        Some(at) => at,
-                        None => break,
-                    },
+                    Some(order) => {
+                        order.begin_scan();
+                        let first = self
+                            .partitions
+                            .first_due(index, now, |record| order.may_start_in_scan(record));
+                        match first {
+                            Some(at) => at,
+                            None => break,
+                        }
+                    }
                 };
                 if !self.gate.admit() {
                     return;
