@@ -56,9 +56,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use redis::Value;
 use retry_kafka::app::TopicNaming;
 use retry_kafka::backend::kafka::Kafka;
@@ -374,34 +374,15 @@ impl KafkaBench {
             bootstrap,
             kafka,
         };
-        let bootstrap = bench.bootstrap.clone();
-        tokio::task::spawn_blocking(move || produce_events(&bootstrap))
-            .await
-            .unwrap();
-        bench
+        tokio::task::spawn_blocking(move || {
+            bench.broker.produce(TOPIC, *EVENTS, |order_id| {
+                (order_id.to_string(), event(order_id).encode().unwrap().to_vec())
+            });
+            bench
+        })
+        .await
+        .unwrap()
     }
-}
-
-fn produce_events(bootstrap: &str) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
-    for order_id in 0..*EVENTS {
-        let payload = event(order_id).encode().unwrap();
-        let key = order_id.to_string();
-        while producer
-            .send(BaseRecord::to(TOPIC).key(&key).payload(&payload))
-            .is_err()
-        {
-            producer.poll(Duration::from_millis(10));
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
 impl Bench for KafkaBench {
@@ -416,24 +397,7 @@ impl Bench for KafkaBench {
     }
 
     async fn reset(&self, group: &str) {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let mut list = TopicPartitionList::new();
-        for partition in 0..PARTITIONS as i32 {
-            list.add_partition_offset(TOPIC, partition, Offset::Offset(0))
-                .unwrap();
-        }
-        // A freshly started broker may not have loaded the group's coordinator yet
-        // (NotCoordinator, CoordinatorLoadInProgress): try again for up to 10 s.
-        let mut tries = 0;
-        while let Err(error) = consumer.commit(&list, CommitMode::Sync) {
-            tries += 1;
-            assert!(tries < 100, "resetting group {group}: {error}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.broker.rewind(group, TOPIC, PARTITIONS).await;
     }
 
     async fn raw_produce(&self, topic: &str, record: &OutboundRecord, count: u64) -> Duration {

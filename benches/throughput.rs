@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers as _, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::Value;
 use retry_kafka::backend::kafka::Kafka;
@@ -85,33 +84,14 @@ async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
     Ok(())
 }
 
-fn produce(bootstrap: &str) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
-    for order_id in 0..*MESSAGES {
-        let event = OrderPlaced {
-            order_id,
-            amount_cents: 500 + order_id % 1000,
-            customer: format!("customer-{}", order_id % 97),
-        };
-        let payload = event.encode().unwrap();
-        let key = order_id.to_string();
-        loop {
-            match producer.send(BaseRecord::to(TOPIC).key(&key).payload(&payload)) {
-                Ok(()) => break,
-                Err((_, _)) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+/// Message `order_id` of the input: its key and payload.
+fn message(order_id: u64) -> (String, Vec<u8>) {
+    let event = OrderPlaced {
+        order_id,
+        amount_cents: 500 + order_id % 1000,
+        customer: format!("customer-{}", order_id % 97),
+    };
+    (order_id.to_string(), event.encode().unwrap().to_vec())
 }
 
 /// The hand-written loop: poll, decode, store the offset; with `read_headers`, it also looks
@@ -371,10 +351,12 @@ async fn kafka_rounds() {
     let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
     let kafka = broker.backend();
     kafka.create_topic(&Topic::main(TOPIC), PARTITIONS).await.unwrap();
-    let bootstrap = broker.bootstrap.clone();
-    tokio::task::spawn_blocking(move || produce(&bootstrap))
-        .await
-        .unwrap();
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.produce(TOPIC, *MESSAGES, message);
+        broker
+    })
+    .await
+    .unwrap();
     println!(
         "{} messages of ~70 bytes on {PARTITIONS} partitions, {} at {}",
         *MESSAGES, broker.description, broker.bootstrap

@@ -2,7 +2,8 @@
 # Every benchmark, as docs/benchmarks.md shows them: the success path against
 # hand-written loops, then the failure path (failures and outage, on Kafka each against the
 # hand-written rdkafka forwarding loop, its floor, storing offsets as it goes and from the
-# delivery reports; lateness; the kafkajs peer).
+# delivery reports; lateness; the kafkajs peer), batch handlers and rate limits, key-ordered
+# retries against unordered ones.
 # Installs the servers first (scripts/install-test-deps.sh). Release build; ~15 minutes on
 # 2 cores. BENCH_ROUNDS (default 3), BENCH_BACKEND=kafka|redis, KAFKA_BROKERS / REDIS_URL to
 # use servers of your own; see the header of each file in benches/.
@@ -19,3 +20,5 @@ echo "== failure path: cargo bench --bench failures"
 cargo bench --bench failures 2>/dev/null
 echo "== batch handlers and rate limits: cargo bench --bench handlers"
 cargo bench --bench handlers 2>/dev/null
+echo "== key-ordered retries: cargo bench --bench key_order"
+cargo bench --bench key_order 2>/dev/null

@@ -130,6 +130,56 @@ impl BenchKafka {
         self.embedded.is_some()
     }
 
+    /// Writes `count` records to `topic` as a benchmark's input: record `i` is `make(i)`'s
+    /// (key, payload), partitioned by key as Java clients do (murmur2); waits until all are
+    /// acknowledged.
+    pub fn produce(&self, topic: &str, count: u64, mut make: impl FnMut(u64) -> (String, Vec<u8>)) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("partitioner", "murmur2_random")
+            .create()
+            .expect("a producer for the benchmark's input");
+        for i in 0..count {
+            let (key, payload) = make(i);
+            while producer
+                .send(BaseRecord::to(topic).key(&key).payload(&payload))
+                .is_err()
+            {
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .expect("the benchmark's input acknowledged");
+    }
+
+    /// Makes the next round of `group` read `topic`'s `partitions` from the start: commits
+    /// offset 0 for each (the group must have no member). A fresh broker may not have loaded
+    /// the group's coordinator yet: tries for up to 10 s.
+    pub async fn rewind(&self, group: &str, topic: &str, partitions: u32) {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("a consumer to rewind the benchmark's group");
+        let mut list = rdkafka::TopicPartitionList::new();
+        for partition in 0..partitions as i32 {
+            list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(0))
+                .expect("a partition list");
+        }
+        let mut tries = 0;
+        while let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+            tries += 1;
+            assert!(tries < 100, "rewinding group {group}: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The backend on it: on the mock cluster, one that makes topics there.
     pub fn backend(&self) -> retry_kafka::backend::kafka::Kafka {
         match &self.embedded {
