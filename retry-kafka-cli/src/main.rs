@@ -1,4 +1,4 @@
-//! `retry-kafka`: dead letters and topics of retry-kafka programs, for operators.
+//! `retry-kafka`: dead letters, topics and held keys of retry-kafka programs, for operators.
 //!
 //! Connects the way `retry_kafka::run()` does, with the library's own `Settings` (read from
 //! `RETRY_KAFKA_BACKEND`, `KAFKA_BROKERS`, `REDIS_URL`, `KAFKA_CLIENT_*`, ...) and the flags
@@ -12,10 +12,11 @@ use retry_kafka::settings::WithBackend;
 
 mod connect;
 mod dlq;
+mod held;
 mod render;
 mod topics;
 
-/// Dead letters and topics of retry-kafka programs.
+/// Dead letters, topics and held keys of retry-kafka programs.
 #[derive(Parser)]
 #[command(name = "retry-kafka", version, about, long_about = None)]
 struct Cli {
@@ -33,6 +34,9 @@ enum Command {
     /// The topics a program's handlers need, against what the cluster has.
     #[command(subcommand)]
     Topics(topics::Topics),
+    /// The keys a key-ordered handler (`ordering = "key"`) holds back: each key with a record
+    /// on a retry level, and its records waiting behind it on the held topic.
+    Held(held::Held),
 }
 
 /// How to print.
@@ -74,6 +78,7 @@ impl WithBackend for Command {
         match self {
             Command::Dlq(command) => command.run(&backend).await,
             Command::Topics(command) => command.run(&backend).await,
+            Command::Held(command) => command.run(&backend).await,
         }
     }
 }

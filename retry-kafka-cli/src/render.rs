@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use comfy_table::{presets::NOTHING, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use retry_kafka::dead_letters::DeadLetter;
+use retry_kafka::headers::names;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -191,6 +192,15 @@ pub(crate) fn age(ms: i64) -> String {
     humantime::format_duration(seconds).to_string()
 }
 
+fn header_number<T: std::str::FromStr>(entry: &DeadLetter, name: &str) -> Option<T> {
+    entry.record.headers.get_str(name)?.parse().ok()
+}
+
+/// When the entry was held back behind an earlier record of its key (`rk-held-at`), if it was.
+fn held_at_ms(entry: &DeadLetter) -> Option<i64> {
+    header_number(entry, names::HELD_AT)
+}
+
 /// When the entry's story began: its first failure, else when it was written.
 fn started_ms(entry: &DeadLetter) -> Option<i64> {
     entry
@@ -227,6 +237,9 @@ pub(crate) fn entry_json(queue: &str, entry: &DeadLetter) -> Value {
         "payload_encoding": payload_encoding,
         "replays": entry.replays(),
         "age_ms": started_ms(entry).map(|at| now_ms() - at),
+        // A key-ordered handler's record that waited behind an earlier one of its key.
+        "held_at": held_at_ms(entry).map(time),
+        "held_behind": header_number::<u64>(entry, names::HELD_BEHIND),
         "headers": headers,
     });
     let fields = object.as_object_mut().expect("built as an object");
@@ -253,9 +266,10 @@ pub(crate) fn entry_json(queue: &str, entry: &DeadLetter) -> Value {
 }
 
 /// The columns of `dlq list`.
-pub(crate) const LIST_HEADER: [&str; 9] = [
+pub(crate) const LIST_HEADER: [&str; 10] = [
     "ENTRY",
     "KEY",
+    "HELD",
     "KIND",
     "ATTEMPTS",
     "REPLAYS",
@@ -274,10 +288,17 @@ pub(crate) fn list_row(entry: &DeadLetter) -> Vec<String> {
         .map(|k| cell(&bytes(k).0, 24))
         .unwrap_or_default();
     let age = started_ms(entry).map(|at| age(now_ms() - at)).unwrap_or_default();
+    // Waited behind an earlier record of its key (a key-ordered handler's follower).
+    let held = match header_number::<u64>(entry, names::HELD_BEHIND) {
+        Some(behind) => format!("behind {behind}"),
+        None if held_at_ms(entry).is_some() => "yes".into(),
+        None => String::new(),
+    };
     match &entry.context {
         Ok(c) => vec![
             entry.position(),
             key,
+            held,
             c.error_kind.as_str().to_owned(),
             c.attempts.to_string(),
             entry.replays().to_string(),
@@ -292,6 +313,7 @@ pub(crate) fn list_row(entry: &DeadLetter) -> Vec<String> {
         Err(error) => vec![
             entry.position(),
             key,
+            held,
             "?".into(),
             String::new(),
             entry.replays().to_string(),

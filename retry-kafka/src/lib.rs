@@ -81,6 +81,7 @@ pub mod handler {
 mod handlers;
 pub mod headers;
 mod health;
+pub mod held_keys;
 mod metrics;
 // The topic-name rule, shared with the macros: a symlink to `retry-kafka-macros/src/names.rs`.
 mod names;

@@ -16,26 +16,23 @@ use super::{consumer, provision};
 use crate::backend::{Backend, Subscription, Topic, TopicRole};
 use crate::breaker::CircuitBreaker;
 use crate::error::{ConfigError, Error};
+use crate::held_keys::HoldSources;
 use crate::metrics::LevelMetrics;
-use crate::policy::{RetryPolicy, Topology};
+use crate::policy::RetryPolicy;
 use crate::rate::AttemptRate;
 use crate::shutdown::Shutdown;
 
 impl<B: Backend> App<B> {
     /// Where a key-ordered handler's holds are counted from: the records of its retry levels
     /// and its held topic not acknowledged yet, in the partitions asked for.
-    fn unsettled(&self, group: &str, topology: &Topology, held: &str) -> Unsettled {
-        let mut out: Vec<(Topic, String, Stage)> = (1..=topology.retries.len() as u32)
-            .map(|level| {
-                let topic = Topic::new(topology.level(level), TopicRole::Retry { level });
-                (
-                    topic,
-                    topology.consumer_group(group, level).to_owned(),
-                    Stage::Retry,
-                )
+    fn unsettled(&self, sources: &HoldSources) -> Unsettled {
+        let out: Vec<(Topic, String, Stage)> = sources
+            .topics()
+            .map(|(topic, group, followers)| {
+                let stage = if followers { Stage::Held } else { Stage::Retry };
+                (topic, group.to_owned(), stage)
             })
             .collect();
-        out.push((Topic::new(held, TopicRole::Held), held.to_owned(), Stage::Held));
         let backend = self.backend.clone();
         Arc::new(move |partitions: Vec<u32>| {
             let (backend, out) = (backend.clone(), out.clone());
@@ -129,12 +126,9 @@ impl<B: Backend> App<B> {
             });
             // A key-ordered handler's levels share its holds, and its held topic has a
             // consumer of its own: its records' first attempts, counted as level 0's.
-            let key_holds = topology.held.as_deref().map(|held| {
+            let key_holds = HoldSources::of(topology).map(|sources| {
                 let handles = crate::metrics::key_hold_handles(&topology.main, spec.group());
-                Arc::new(KeyHolds::new(
-                    handles,
-                    self.unsettled(spec.group(), topology, held),
-                ))
+                Arc::new(KeyHolds::new(handles, self.unsettled(&sources)))
             });
             let consumed: Vec<(u32, TopicRole, &str, &str)> = (0..=policy.levels())
                 .map(|level| {
