@@ -342,9 +342,15 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             && self.partitions.none_waiting(partition)
             && !self.hand_offs.blocks(partition as usize)
             && self.order.as_mut().is_none_or(|order| order.may_start(&record));
-        if ready && self.gate.admit() {
+        if ready {
             let generation = self.partitions.generation(partition);
-            return self.start(record, generation, due).await;
+            // A held key's record is handed on, not attempted: no rate token, no breaker.
+            if let Some(behind) = self.holds_back(&record) {
+                return self.hold_back(record, generation, behind);
+            }
+            if self.gate.admit() {
+                return self.start(record, generation, due).await;
+            }
         }
         if let Some(from) = self.partitions.keep(record, due) {
             self.consumer.hold(partition, from);
@@ -379,7 +385,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                         }
                     }
                 };
-                if !self.gate.admit() {
+                let behind = self
+                    .partitions
+                    .waiting_at(index, at)
+                    .and_then(|r| self.holds_back(r));
+                if behind.is_none() && !self.gate.admit() {
                     return;
                 }
                 let next = self.partitions.take_at(index, at).expect("it is due");
@@ -388,19 +398,32 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                     self.consumer.resume(partition);
                     self.level.metrics.resumed(partition);
                 }
-                self.start(next.record, next.generation, next.due).await;
+                match behind {
+                    Some(behind) => self.hold_back(next.record, next.generation, behind),
+                    None => self.start(next.record, next.generation, next.due).await,
+                }
             }
         }
+    }
+
+    /// On the main topic of a key-ordered handler, for a record whose key is held: the
+    /// main-topic offset it waits behind, and it is counted as a follower (so it must then be
+    /// handed on with [`hold_back`](Self::hold_back)). `None`: it may be attempted.
+    fn holds_back(&self, record: &Record) -> Option<u64> {
+        self.order.as_ref()?.hold_back(record)
+    }
+
+    /// Hands `record` to the held topic, unattempted: its key has a record out on a retry
+    /// level, and it waits behind it.
+    fn hold_back(&mut self, record: Record, generation: u32, behind: u64) {
+        self.partitions.started(record.partition, record.offset);
+        let hand_off = self.level.held_back(record, behind, generation);
+        self.hand_on(hand_off);
     }
 
     async fn start(&mut self, record: Record, generation: u32, due: Option<i64>) {
         self.partitions.started(record.partition, record.offset);
         if let Some(order) = &mut self.order {
-            if let Some(behind) = order.hold_back(&record) {
-                // Its key has a record out on a retry level: it waits behind it, unattempted.
-                let hand_off = self.level.held_back(record, behind, generation);
-                return self.hand_on(hand_off);
-            }
             order.started(&record);
         }
         if let Some(finished) = self.attempts.start(&self.level, record, generation, due) {

@@ -221,6 +221,13 @@ impl Partitions {
             .position(|w| may_start(&w.record))
     }
 
+    /// The record waiting at `at` on the partition at `index` (see [`first_due`]).
+    ///
+    /// [`first_due`]: Partitions::first_due
+    pub(super) fn waiting_at(&self, index: usize, at: usize) -> Option<&Record> {
+        self.list.get(index)?.waiting.get(at).map(|w| &w.record)
+    }
+
     /// Takes the record waiting at `at` on the partition at `index` (see [`first_due`]): the
     /// head, or one passed over records of keys that may not start.
     ///
