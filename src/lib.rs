@@ -991,39 +991,89 @@ impl RedisServer {
     /// A server that requires `password` (when given) and, with `append_only`, logs every write
     /// to an append-only file (fsync every write) so a restart keeps what was acknowledged.
     pub fn start_with(password: Option<&str>, append_only: bool) -> Self {
-        let [port] = free_ports();
-        let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("redis data directory");
-        let mut server = RedisServer {
-            child: None,
-            port,
-            password: password.map(str::to_owned),
-            append_only,
-            tls: false,
-            cluster: None,
-            dir,
+        Self::launched_on_free_ports(|[port, _]| {
+            let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
+            RedisServer {
+                child: None,
+                port,
+                password: password.map(str::to_owned),
+                append_only,
+                tls: false,
+                cluster: None,
+                dir,
+            }
+        })
+    }
+
+    /// `make(ports)`'s server, launched on free ports: again on others when the port turns
+    /// out to be another process's (a server of a test running beside this one may take a port
+    /// between `free_ports` and this server's bind; this one then exits, and the other would
+    /// answer in its place).
+    fn launched_on_free_ports(make: impl Fn([u16; 2]) -> Self) -> Self {
+        for _ in 0..5 {
+            let mut server = make(free_ports());
+            std::fs::create_dir_all(&server.dir).expect("redis data directory");
+            server.launch();
+            if server.is_ours() {
+                return server;
+            }
+            server.kill();
+        }
+        panic!("five redis-servers in a row found their port taken by another process");
+    }
+
+    /// Whether the server answering on the port is this one's child (`INFO server`'s
+    /// `process_id`). A TLS server is taken as ours (it is not started beside others).
+    fn is_ours(&mut self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Some(child) = self.child.as_mut() else {
+            return false;
         };
-        server.launch();
-        server
+        if self.tls {
+            return true;
+        }
+        let pid = child.id().to_string();
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        // RESP arrays: a password may hold spaces.
+        let mut request = String::new();
+        if let Some(password) = &self.password {
+            request += &format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
+        }
+        request += "*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let (mut reply, mut buffer) = (Vec::new(), [0u8; 4096]);
+        while let Ok(read @ 1..) = stream.read(&mut buffer) {
+            reply.extend_from_slice(&buffer[..read]);
+            let text = String::from_utf8_lossy(&reply);
+            if let Some(at) = text.find("process_id:") {
+                if let Some(end) = text[at..].find("\r\n") {
+                    return text[at + "process_id:".len()..at + end] == pid;
+                }
+            }
+        }
+        false
     }
 
     /// A node for [`RedisCluster`]: cluster mode on, no persistence, no password.
     fn start_cluster_node() -> Self {
         // The bus port too: by default it is the port + 10000, which another test may hold.
-        let [port, bus] = free_ports();
-        let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("redis data directory");
-        let mut server = RedisServer {
-            child: None,
-            port,
-            password: None,
-            append_only: false,
-            tls: false,
-            cluster: Some(bus),
-            dir,
-        };
-        server.launch();
-        server
+        Self::launched_on_free_ports(|[port, bus]| {
+            let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
+            RedisServer {
+                child: None,
+                port,
+                password: None,
+                append_only: false,
+                tls: false,
+                cluster: Some(bus),
+                dir,
+            }
+        })
     }
 
     /// Kills the server (SIGKILL), as a crashed machine goes.
