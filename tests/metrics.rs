@@ -725,8 +725,11 @@ async fn the_holds_of_a_key_ordered_handler_are_gauged_and_timed() {
         "one hold ended"
     );
     let lasted = sample(&settled, "retry_kafka_key_hold_seconds_sum", &labels).unwrap();
+    // The retry's due time is a whole epoch millisecond (`rk-due-at`), taken when the record
+    // failed, a moment before its hold began: on the hold's clock the retry may start up to
+    // ~1 ms short of the delay (0.3994 s was seen).
     assert!(
-        (0.4..5.0).contains(&lasted),
+        (0.398..5.0).contains(&lasted),
         "the hold lasted the retry's delay and more: {lasted} s"
     );
     running.shutdown().await.expect("clean stop");
