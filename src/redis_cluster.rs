@@ -58,6 +58,26 @@ impl RedisCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `redis-cli -p port` running the commands of `script` (one per line) on one connection,
+    /// its output (panics if it fails to run).
+    fn cli_script(port: u16, script: &str) -> String {
+        use std::io::Write as _;
+        let mut child = Command::new(redis_cli())
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run redis-cli");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write to redis-cli");
+        let output = child.wait_with_output().expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// The ports of the masters that serve slots (as a live node sees them), each with its
     /// slot ranges.
     pub fn masters(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
@@ -120,7 +140,11 @@ impl RedisCluster {
                 .iter()
                 .filter(|line| line.contains("slave") && !line.contains("fail"))
                 .count();
-            if ok && self.masters().len() == 3 && replicas == live.count() - 3 {
+            if ok
+                && self.masters().len() == 3
+                && replicas == live.count() - 3
+                && self.replicas_streaming(deadline.saturating_duration_since(Instant::now()))
+            {
                 return;
             }
             assert!(
@@ -130,6 +154,45 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Every master with a replica has its replica acknowledge a write made now. A replica
+    /// that says `master_link_status:up` after a diskless first sync gets nothing until its
+    /// master has its first `REPLCONF ACK` (sent once a second): a master killed in that window
+    /// takes every write since the sync with it (session 14 found the master-kill test losing
+    /// its retries that way), as any Redis does; a test that kills a master waits it out.
+    fn replicas_streaming(&self, within: Duration) -> bool {
+        let timeout = within.as_millis().max(1).to_string();
+        self.masters().iter().all(|(port, slots)| {
+            let info = Self::cli(*port, &["info", "replication"]);
+            if info.contains("connected_slaves:0") {
+                return true;
+            }
+            // A key of this master's slots, then WAIT on the same connection (WAIT counts the
+            // replicas that acknowledged this connection's last write).
+            let probes: Vec<String> = (0..64).map(|n| format!("rk-replication-probe-{n}")).collect();
+            let script: String = probes
+                .iter()
+                .map(|key| format!("CLUSTER KEYSLOT {key}\n"))
+                .collect();
+            let slots_of_probes = Self::cli_script(*port, &script);
+            let key = probes
+                .iter()
+                .zip(slots_of_probes.lines())
+                .find(|(_, slot)| {
+                    let slot: u16 = slot.trim().parse().expect("CLUSTER KEYSLOT's answer");
+                    slots.iter().any(|(from, to)| (*from..=*to).contains(&slot))
+                })
+                .map(|(key, _)| key)
+                .expect("a probe key in the master's slots");
+            let answer = Self::cli_script(*port, &format!("SET {key} 1\nWAIT 1 {timeout}\nDEL {key}\n"));
+            let mut lines = answer.lines();
+            lines.next() == Some("OK")
+                && lines
+                    .next()
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+        })
     }
 
     /// Kills the node on `port` (SIGKILL).
