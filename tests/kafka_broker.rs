@@ -19,3 +19,4 @@ async fn apache_kafka() -> KafkaHarness {
 }
 
 conformance_suite!(apache_kafka);
+key_order_suite!(apache_kafka);

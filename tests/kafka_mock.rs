@@ -29,6 +29,7 @@ impl FaultInjection for KafkaHarness {
 }
 
 conformance_suite!(mock);
+key_order_suite!(mock);
 fault_injection_suite!(mock);
 
 // Provisioning, on the mock cluster (its topics are created through the mock's own API).

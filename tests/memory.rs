@@ -49,6 +49,7 @@ async fn memory() -> Memory {
 }
 
 conformance_suite!(memory);
+key_order_suite!(memory);
 fault_injection_suite!(memory);
 
 // A hand-off that keeps failing for one partition holds that partition only: the other

@@ -27,6 +27,7 @@ async fn cluster() -> RedisClusterHarness {
 }
 
 conformance_suite!(cluster);
+key_order_suite!(cluster);
 
 /// A topic of 12 partitions on three shards: each shard holds some of its streams, and the
 /// entries written by key land on all three.

@@ -16,3 +16,4 @@ async fn redis() -> RedisHarness {
 }
 
 conformance_suite!(redis);
+key_order_suite!(redis);

@@ -246,8 +246,10 @@ async fn ordered(_order: Order) -> Result<(), HandlerError> {
 
 #[tokio::test]
 async fn key_ordering_on_a_backend_that_cannot_keep_it_is_refused_before_any_io() {
-    // Nothing listens there: the refusal comes before a connection is tried.
+    // Nothing listens there: the refusal comes before a connection is tried. Unordered Redis
+    // consumers read every partition in every member: no process owns a key's partition.
     let redis = retry_kafka::backend::redis::Redis::builder("redis://127.0.0.1:1")
+        .unordered()
         .build()
         .unwrap();
     let app = App::builder()
@@ -263,6 +265,7 @@ async fn key_ordering_on_a_backend_that_cannot_keep_it_is_refused_before_any_io(
     assert!(message.contains("`validation::ordered`"), "{message}");
     assert!(message.contains("ordering = \"key\""), "{message}");
     assert!(message.contains("redis backend"), "{message}");
+    assert!(message.contains("not `unordered`"), "{message}");
     // In-process, it runs and has a held topic.
     let app = App::builder()
         .backend(InMemory::new())

@@ -27,6 +27,10 @@ use tokio::time::Instant;
 mod codecs;
 #[allow(unused_imports)]
 pub use codecs::*;
+// `ordering = "key"`: its own suite (`key_order_suite!`), for the backends that run it.
+mod key_order;
+#[allow(unused_imports)]
+pub use key_order::*;
 
 /// What a backend's test binary provides.
 pub trait Harness: Send + Sync + 'static {

@@ -38,6 +38,30 @@ pub(crate) fn member_name(n: u64) -> String {
     format!("{host}-{}-{nanos:08x}-{n}", std::process::id())
 }
 
+/// [`Backend::subscribe_together`] for the backends that link followers to their main member
+/// (Kafka, Redis, the in-process broker): each follower made first, so the main member's first
+/// assignment reaches them all, then the main member, first in the list.
+#[cfg(any(feature = "kafka", feature = "redis"))]
+pub(crate) async fn followers_first<C, F, FF, L, LF>(
+    main: Subscription,
+    followers: Vec<Subscription>,
+    mut follower: F,
+    leader: L,
+) -> Result<Vec<C>, BackendError>
+where
+    F: FnMut(Subscription) -> FF,
+    FF: Future<Output = Result<C, BackendError>>,
+    L: FnOnce(Subscription) -> LF,
+    LF: Future<Output = Result<C, BackendError>>,
+{
+    let mut consumers = Vec::with_capacity(followers.len() + 1);
+    for subscription in followers {
+        consumers.push(follower(subscription).await?);
+    }
+    consumers.insert(0, leader(main).await?);
+    Ok(consumers)
+}
+
 /// One member of a consumer group, reading one topic.
 pub trait Consumer: Send + 'static {
     /// The next message or assignment change. Cancel-safe: dropping the future loses nothing.

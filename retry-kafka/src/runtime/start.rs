@@ -53,9 +53,10 @@ impl<B: Backend> App<B> {
             Some(handler) if !self.backend.keeps_partitions_together() => Err(ConfigError::KeyOrdering {
                 handler: handler.spec.name().to_owned(),
                 reason: format!(
-                    "cannot run on the {} backend yet: it keeps each key's holds in the process that \
-                     consumes the key's partition on every level, which only the Kafka backend and \
-                     the in-process broker (`memory`) guarantee so far",
+                    "cannot run on the {} backend: it keeps each key's holds in the process that \
+                     consumes the key's partition on every level, which the Kafka backend, Redis \
+                     with leases (not `unordered`) and the in-process broker (`memory`) guarantee; \
+                     a retry store (PostgreSQL, a tiered pair) does not yet",
                     self.backend.name()
                 ),
             }),

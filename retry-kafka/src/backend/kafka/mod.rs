@@ -494,16 +494,18 @@ impl Backend for Kafka {
         main: Subscription,
         followers: Vec<Subscription>,
     ) -> Result<Vec<KafkaConsumer>, BackendError> {
-        // The followers first, so the main member's first assignment reaches them.
         let links = Arc::new(Followers::default());
-        let mut consumers = Vec::with_capacity(followers.len() + 1);
-        for subscription in followers {
-            let follower = self.consumer(subscription, Membership::Follows)?;
-            follower.follow(&links);
-            consumers.push(follower);
-        }
-        consumers.insert(0, self.consumer(main, Membership::Joins(Some(links)))?);
-        Ok(consumers)
+        let follower = |subscription| {
+            let follower = self.consumer(subscription, Membership::Follows);
+            if let Ok(follower) = &follower {
+                follower.follow(&links);
+            }
+            std::future::ready(follower)
+        };
+        let leader = |subscription| {
+            std::future::ready(self.consumer(subscription, Membership::Joins(Some(links.clone()))))
+        };
+        super::followers_first(main, followers, follower, leader).await
     }
 
     async fn unacknowledged(

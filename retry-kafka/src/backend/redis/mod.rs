@@ -37,6 +37,7 @@
 //! | `fields.rs` | a record as stream fields (a field per value, or packed) and as a delay-set member, and back |
 //! | `msgpack.rs` | the msgpack of a packed entry and of a delay-set member |
 //! | `reply.rs` | reading the server's replies |
+//! | `unsettled.rs` | what a group has not acknowledged, for a key-ordered handler's holds |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,10 +71,12 @@ mod produce;
 mod reply;
 mod scripts;
 mod stream_id;
+mod unsettled;
 
 pub use builder::RedisBuilder;
 pub(crate) use builder::Settings;
 pub use consumer::RedisConsumer;
+use consumer::{Followers, Joining};
 pub(crate) use produce::Source;
 
 /// Redis Streams.
@@ -455,7 +458,37 @@ impl Backend for Redis {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<RedisConsumer, BackendError> {
         let partitions = self.partition_count(&subscription.topic.name).await?;
-        RedisConsumer::start(self.clone(), subscription, partitions).await
+        RedisConsumer::start(self.clone(), subscription, partitions, Joining::Member).await
+    }
+
+    /// With leases (the default): a partition is read by one member at a time. Unordered
+    /// consumers read every partition in every member, so no process owns a key.
+    fn keeps_partitions_together(&self) -> bool {
+        !self.shared.settings.unordered
+    }
+
+    async fn subscribe_together(
+        &self,
+        main: Subscription,
+        followers: Vec<Subscription>,
+    ) -> Result<Vec<RedisConsumer>, BackendError> {
+        let links = Arc::new(Followers::default());
+        let start = |subscription: Subscription, joining| async move {
+            let partitions = self.partition_count(&subscription.topic.name).await?;
+            RedisConsumer::start(self.clone(), subscription, partitions, joining).await
+        };
+        let follower = |subscription| start(subscription, Joining::Follows(links.clone()));
+        let leader = |subscription| start(subscription, Joining::Leads(links.clone()));
+        super::followers_first(main, followers, follower, leader).await
+    }
+
+    async fn unacknowledged(
+        &self,
+        topic: &Topic,
+        group: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<Record>, BackendError> {
+        self.unsettled(topic, group, partitions).await
     }
 
     async fn lag(&self, topic: &Topic, group: &str) -> Result<u64, BackendError> {

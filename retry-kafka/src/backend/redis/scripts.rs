@@ -18,6 +18,8 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUI
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 /// On a cluster, writes a hand-off's next hop once per source; see [`HAND_OFF_ONCE_LUA`].
 pub(crate) static HAND_OFF_ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(HAND_OFF_ONCE_LUA));
+/// Reads what a group has not acknowledged, delay set included; see [`UNSETTLED_LUA`].
+pub(crate) static UNSETTLED: LazyLock<Script> = LazyLock::new(|| Script::new(UNSETTLED_LUA));
 
 /// Whether the server did not know a script (`NOSCRIPT`), alone or among the errors of a
 /// pipeline.
@@ -28,7 +30,13 @@ pub(crate) fn is_missing(error: &RedisError) -> bool {
 /// Sends every script to the server (`SCRIPT LOAD`), one command each: a cluster client sends
 /// each to every node, where a pipeline of them would reach one.
 pub(crate) async fn load(conn: &mut impl ConnectionLike) -> RedisResult<()> {
-    for code in [MOVE_DUE_LUA, ACQUIRE_LUA, RELEASE_LUA, HAND_OFF_ONCE_LUA] {
+    for code in [
+        MOVE_DUE_LUA,
+        ACQUIRE_LUA,
+        RELEASE_LUA,
+        HAND_OFF_ONCE_LUA,
+        UNSETTLED_LUA,
+    ] {
         redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(code)
@@ -103,4 +111,45 @@ else
 end
 redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
 return id
+"#;
+
+/// KEYS: a delay set when ARGV[3] is `1`, then streams (one slot: `keys.rs`). ARGV: the group,
+/// the most pending entries read per stream, whether KEYS[1] is a delay set.
+/// Returns the delay set's members (none without one), then per stream the entries the group
+/// left pending and those it never read, in ID order: read at one instant, so a due entry's
+/// move from the set to its stream is seen once (`unsettled.rs`).
+const UNSETTLED_LUA: &str = r#"
+local first, waiting = 1, {}
+if ARGV[3] == '1' then
+  waiting = redis.call('ZRANGE', KEYS[1], 0, -1)
+  first = 2
+end
+local out = {waiting}
+for i = first, #KEYS do
+  local stream, entries = KEYS[i], {}
+  if redis.call('EXISTS', stream) == 1 then
+    local last = nil
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+      local name, delivered
+      for j = 1, #group, 2 do
+        if group[j] == 'name' then name = group[j + 1] end
+        if group[j] == 'last-delivered-id' then delivered = group[j + 1] end
+      end
+      if name == ARGV[1] then last = delivered end
+    end
+    if last then
+      for _, p in ipairs(redis.call('XPENDING', stream, ARGV[1], '-', '+', tonumber(ARGV[2]))) do
+        local entry = redis.call('XRANGE', stream, p[1], p[1])
+        if entry[1] then table.insert(entries, entry[1]) end
+      end
+    else
+      last = '0-0'
+    end
+    for _, entry in ipairs(redis.call('XRANGE', stream, '(' .. last, '+')) do
+      table.insert(entries, entry)
+    end
+  end
+  table.insert(out, entries)
+end
+return out
 "#;

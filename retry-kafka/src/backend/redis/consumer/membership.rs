@@ -10,6 +10,7 @@ use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::follow::Membership;
 use super::reader::Reader;
 use super::{Acks, Item};
 use crate::backend::redis::error::transport;
@@ -25,6 +26,12 @@ impl Reader {
     /// Renews membership and leases, then gives up what expired meanwhile. Whether the
     /// renewal succeeded.
     pub(super) async fn heartbeat(&mut self) -> bool {
+        if self.membership.follows() {
+            // No membership of its own: only what its main member holds, taken again where a
+            // take failed.
+            self.take_wanted().await;
+            return true;
+        }
         let renewed = if self.settings.unordered {
             self.renew_unordered().await
         } else {
@@ -40,7 +47,8 @@ impl Reader {
     /// Leases not renewed in time may belong to another member by now: their partitions are
     /// given up (ordered consumers only; unordered ones hold no leases).
     async fn give_up_expired_leases(&mut self) {
-        if !self.settings.unordered && Instant::now() >= self.lease_until && !self.owned.is_empty() {
+        let leases = !self.settings.unordered && !self.membership.follows();
+        if leases && Instant::now() >= self.lease_until && !self.owned.is_empty() {
             let lost: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
             tracing::warn!(topic = %self.topic, group = %self.group, partitions = ?lost, "leases expired; partitions given up");
             self.revoke(lost).await;
@@ -129,6 +137,9 @@ impl Reader {
             // partition has its own delay set): look at the sets again in the next read.
             self.next_due = None;
             tracing::debug!(topic = %self.topic, group = %self.group, member = %self.member, partitions = ?taken, "partitions taken");
+            if let Membership::Joins(Some(followers)) = &self.membership {
+                followers.take(&taken);
+            }
             // Informational for the runtime: never wait for room (that would delay heartbeats).
             let _ = self.sender.try_send(Item::Event(Fetched::Assigned(taken)));
         }
@@ -283,8 +294,18 @@ impl Reader {
     }
 
     /// Tells the consumer `partitions` are gone (after sending their acknowledgements) and
-    /// gives up their leases.
+    /// gives up their leases, once the followers gave them up.
     pub(super) async fn revoke(&mut self, partitions: Vec<u32>) {
+        if let Membership::Joins(Some(followers)) = &self.membership {
+            followers.give_up(&self.topic, &partitions).await;
+        }
+        let releasing = self.releasing(&partitions);
+        self.drop_partitions(partitions).await;
+        let _: Result<(), RedisError> = scripts::query(&releasing, &mut self.conn).await;
+    }
+
+    /// Tells the consumer `partitions` are gone, after sending their acknowledgements.
+    pub(super) async fn drop_partitions(&mut self, partitions: Vec<u32>) {
         {
             let mut control = self.control.lock().unwrap();
             for &p in &partitions {
@@ -295,10 +316,7 @@ impl Reader {
         let _ = self.flush_acks().await;
         // Entries of these partitions still queued are stale (their epoch moved), so a full
         // queue may drop the event without harm; waiting would delay heartbeats.
-        let _ = self
-            .sender
-            .try_send(Item::Event(Fetched::Revoked(partitions.clone())));
-        let _: Result<(), RedisError> = scripts::query(&self.releasing(&partitions), &mut self.conn).await;
+        let _ = self.sender.try_send(Item::Event(Fetched::Revoked(partitions)));
     }
 
     /// A pipeline that gives up the leases of `partitions` (those this member still holds).
@@ -363,6 +381,10 @@ impl Reader {
             self.hand_over_pending().await;
         }
         let owned: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
+        if let Membership::Joins(Some(followers)) = &self.membership {
+            // Before the leases go: the next owner's followers must find these unread here.
+            followers.give_up(&self.topic, &owned).await;
+        }
         let mut pipe = self.releasing(&owned);
         pipe.cmd("ZREM").arg(&self.members).arg(&self.member).ignore();
         let _: Result<(), RedisError> = scripts::query(&pipe, &mut self.conn).await;

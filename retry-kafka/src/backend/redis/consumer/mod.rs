@@ -27,8 +27,11 @@ use crate::backend::{
     TopicRole,
 };
 use crate::error::BackendError;
+pub(crate) use follow::Followers;
+use follow::Membership;
 use reader::Reader;
 
+mod follow;
 mod membership;
 mod pacing;
 mod reader;
@@ -80,6 +83,16 @@ impl Control {
     }
 }
 
+/// How a consumer joins its group.
+pub(super) enum Joining {
+    /// A member with its own share of the partitions.
+    Member,
+    /// A member whose followers read what it leases.
+    Leads(Arc<Followers>),
+    /// No member: reads what the main member of these followers leases.
+    Follows(Arc<Followers>),
+}
+
 /// One member of a Redis consumer group, reading one topic. See [`Redis`].
 ///
 /// The runtime drives consumers; reading a topic by hand looks like this:
@@ -117,10 +130,12 @@ pub struct RedisConsumer {
 }
 
 impl RedisConsumer {
+    /// A consumer of `subscription`, joining as `joining` says.
     pub(super) async fn start(
         redis: Redis,
         subscription: Subscription,
         partitions: u32,
+        joining: Joining,
     ) -> Result<Self, BackendError> {
         let Subscription { topic, group } = subscription;
         let (topic, role) = (topic.name.to_string(), topic.role);
@@ -162,6 +177,12 @@ impl RedisConsumer {
             acked: acked.clone(),
             stop: stop.clone(),
             owned: BTreeSet::new(),
+            membership: match joining {
+                Joining::Member => Membership::Joins(None),
+                Joining::Leads(followers) => Membership::Joins(Some(followers)),
+                Joining::Follows(followers) => Membership::Follows(Some(followers.add(wake.clone()))),
+            },
+            wanted: BTreeSet::new(),
             lease_until: Instant::now(),
             next_due: None,
             sweep: false,

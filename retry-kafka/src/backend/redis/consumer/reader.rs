@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::follow::Membership;
 use super::pacing::{AckDebounce, Every, Heartbeat, Recover, Recovery};
 use super::{create_group, Acks, Control, Item};
 use crate::backend::redis::fields::decode;
@@ -43,6 +44,10 @@ pub(super) struct Reader {
     pub(super) acked: Arc<Notify>,
     pub(super) stop: CancellationToken,
     pub(super) owned: BTreeSet<u32>,
+    /// Its own share of the group, or its main member's partitions.
+    pub(super) membership: Membership,
+    /// A follower's: the partitions its main member holds (taken, or to be taken).
+    pub(super) wanted: BTreeSet<u32>,
     /// Until when the leases of `owned` are known to hold.
     pub(super) lease_until: Instant,
     /// When the next entry in the delay set is due (epoch ms), if known.
@@ -68,6 +73,10 @@ impl Reader {
         // A handle of its own, so waiting for room does not borrow `self`.
         let sender = self.sender.clone();
         while !self.stop.is_cancelled() {
+            // A follower's word first: what it reads depends on it.
+            while let Some(command) = self.membership.try_next() {
+                self.follow(command).await;
+            }
             if heartbeat.is_due() {
                 heartbeat.renewed(self.heartbeat().await);
             }
@@ -88,6 +97,10 @@ impl Reader {
                 }
                 _ = acks.elapsed(), if acks.is_waiting() => self.flush_acks().await,
                 _ = tokio::time::sleep_until(heartbeat.next) => Ok(()),
+                command = self.membership.next() => {
+                    self.follow(command).await;
+                    Ok(())
+                }
             };
             if self.recover(&mut recovery, result).await.is_break() {
                 break;
@@ -220,6 +233,11 @@ impl Reader {
         } else {
             let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
             let mut block = self.settings.block.min(until_heartbeat);
+            if self.membership.follows() {
+                // Its main member's word waits for the read's end: a give-up holds up that
+                // member's rebalance, a take its retries.
+                block = block.min(self.settings.due_poll);
+            }
             if waited_for_due {
                 // Waited already: only read what is there (and what the move just added).
                 block = Duration::from_millis(1);
