@@ -69,6 +69,7 @@ impl Harness for TieredHarness {
 }
 
 conformance_suite!(tiered);
+key_order_suite!(tiered);
 
 #[derive(retry_kafka::Event, serde::Serialize, serde::Deserialize, Debug)]
 #[event(topic = "tiered.orders", key = "id")]

@@ -5,9 +5,12 @@
 //! backend is done when the conformance suite (`tests/conformance`) passes on it.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::BackendError;
 
+pub mod follow;
+use follow::Followers;
 mod hand_off;
 pub mod memory;
 #[cfg(any(feature = "redis", feature = "postgres"))]
@@ -41,7 +44,6 @@ pub(crate) fn member_name(n: u64) -> String {
 /// [`Backend::subscribe_together`] for the backends that link followers to their main member
 /// (Kafka, Redis, the in-process broker): each follower made first, so the main member's first
 /// assignment reaches them all, then the main member, first in the list.
-#[cfg(any(feature = "kafka", feature = "redis"))]
 pub(crate) async fn followers_first<C, F, FF, L, LF>(
     main: Subscription,
     followers: Vec<Subscription>,
@@ -60,6 +62,17 @@ where
     }
     consumers.insert(0, leader(main).await?);
     Ok(consumers)
+}
+
+/// The refusal of a backend whose consumers cannot lead or follow (`Followers`).
+fn cannot_follow(backend: &'static str, topic: &Topic) -> BackendError {
+    BackendError::Transport {
+        backend,
+        source: format!(
+            "cannot read {topic} together with a main consumer's partitions (ordering = \"key\")"
+        )
+        .into(),
+    }
 }
 
 /// One member of a consumer group, reading one topic.
@@ -290,21 +303,53 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
     /// of `followers` (its retry levels and held topic) reads, partition for partition, what
     /// the main member is assigned, and gives a partition up before the main member does.
     /// Needed where [`keeps_partitions_together`](Self::keeps_partitions_together) is true; the
-    /// default subscribes each on its own (never asked for: such a backend refuses key-ordered
-    /// handlers at start).
+    /// default links them through [`Followers`] ([`subscribe_following`](Self::subscribe_following)
+    /// and [`subscribe_leading`](Self::subscribe_leading)).
     fn subscribe_together(
         &self,
         main: Subscription,
         followers: Vec<Subscription>,
     ) -> impl Future<Output = Result<Vec<Self::Consumer>, BackendError>> + Send {
         async move {
-            let mut consumers = Vec::with_capacity(followers.len() + 1);
-            consumers.push(self.subscribe(main).await?);
-            for subscription in followers {
-                consumers.push(self.subscribe(subscription).await?);
-            }
-            Ok(consumers)
+            let links = Arc::new(Followers::default());
+            let follower = |subscription| self.subscribe_following(subscription, &links);
+            let leader = |subscription| self.subscribe_leading(subscription, links.clone());
+            followers_first(main, followers, follower, leader).await
         }
+    }
+
+    /// Whether this backend's consumers lead and follow through [`Followers`]
+    /// ([`subscribe_leading`](Self::subscribe_leading),
+    /// [`subscribe_following`](Self::subscribe_following)), so that a [`Tiered`] pair of two
+    /// such backends keeps a key-ordered handler's partitions together across them.
+    fn leads_and_follows(&self) -> bool {
+        false
+    }
+
+    /// Joins `subscription.group` as a main member that tells `followers` each partition it
+    /// takes, and waits for them to give one up before it does. See
+    /// [`leads_and_follows`](Self::leads_and_follows); the default refuses.
+    fn subscribe_leading(
+        &self,
+        subscription: Subscription,
+        followers: Arc<Followers>,
+    ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send {
+        let _ = followers;
+        let error = cannot_follow(self.name(), &subscription.topic);
+        async move { Err(error) }
+    }
+
+    /// A consumer of `subscription` that joins no group: it reads the partitions the main
+    /// member of `followers` holds. See [`leads_and_follows`](Self::leads_and_follows); the
+    /// default refuses.
+    fn subscribe_following(
+        &self,
+        subscription: Subscription,
+        followers: &Arc<Followers>,
+    ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send {
+        let _ = followers;
+        let error = cannot_follow(self.name(), &subscription.topic);
+        async move { Err(error) }
     }
 
     /// The records of `partitions` of `topic` that `group` has not acknowledged, oldest first
@@ -376,6 +421,41 @@ pub trait RetryStore: TopicAdmin + Publish + Browse + Clone + 'static {
 
     /// Records of `topic` not handled yet, due or not: a level's lag.
     fn backlog(&self, topic: &Topic) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
+    /// Whether a level's workers can read, partition for partition, what a main member of the
+    /// transport holds ([`consume_following`](Self::consume_following)): a key-ordered handler
+    /// runs on a [`Tiered`] pair only then.
+    fn can_follow(&self) -> bool {
+        false
+    }
+
+    /// The workers of `level` (a retry level or a held topic) of a key-ordered handler: they
+    /// read only the partitions the main member of `followers` holds. The default refuses.
+    fn consume_following(
+        &self,
+        level: Topic,
+        followers: &Arc<Followers>,
+    ) -> impl Future<Output = Result<Self::Consumer, BackendError>> + Send {
+        let _ = followers;
+        let error = cannot_follow("retry store", &level);
+        async move { Err(error) }
+    }
+
+    /// The records of `partitions` of `topic` not handled yet
+    /// ([`Backend::unacknowledged`], the level's group being the level). Needed where
+    /// [`can_follow`](Self::can_follow) is true; the default refuses.
+    fn unacknowledged(
+        &self,
+        topic: &Topic,
+        partitions: &[u32],
+    ) -> impl Future<Output = Result<Vec<Record>, BackendError>> + Send {
+        let _ = partitions;
+        let error = BackendError::Transport {
+            backend: "retry store",
+            source: format!("cannot list the records of {topic} not handled yet").into(),
+        };
+        async move { Err(error) }
+    }
 }
 
 /// A transport keeps retries as topics read by a group named like the level (the runtime's
@@ -390,6 +470,24 @@ impl<B: Backend + Browse> RetryStore for B {
 
     async fn backlog(&self, topic: &Topic) -> Result<u64, BackendError> {
         self.lag(topic, &topic.name).await
+    }
+
+    fn can_follow(&self) -> bool {
+        self.leads_and_follows()
+    }
+
+    async fn consume_following(
+        &self,
+        level: Topic,
+        followers: &Arc<Followers>,
+    ) -> Result<B::Consumer, BackendError> {
+        let group = level.name.to_string();
+        self.subscribe_following(Subscription { topic: level, group }, followers)
+            .await
+    }
+
+    async fn unacknowledged(&self, topic: &Topic, partitions: &[u32]) -> Result<Vec<Record>, BackendError> {
+        Backend::unacknowledged(self, topic, &topic.name, partitions).await
     }
 }
 

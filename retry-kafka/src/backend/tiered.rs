@@ -2,6 +2,9 @@
 //! events, Redis for the waiting retries (exact delays in a sorted set, no extra Kafka topics)
 //! or PostgreSQL (rows with a due time, feature `postgres`).
 
+use std::sync::Arc;
+
+use super::follow::Followers;
 use super::{
     Backend, Browse, Consumer, Delivered, Fetched, HandOffId, HandOffReports, HandOffTasks, OutboundRecord,
     Page, Position, Publish, Record, RetryStore, Subscription, Topic, TopicAdmin, Undelivered,
@@ -274,6 +277,53 @@ impl<M: Backend, R: RetryStore> Backend for Tiered<M, R> {
                 hand_offs: TieredHandOffs::start(self.retries.clone()),
             }
         })
+    }
+
+    /// When the transport's main members lead and the store's level workers follow them
+    /// ([`RetryStore::can_follow`]): a key-ordered handler's holds then live in one process.
+    fn keeps_partitions_together(&self) -> bool {
+        self.leads_and_follows()
+    }
+
+    fn leads_and_follows(&self) -> bool {
+        self.main.leads_and_follows() && self.retries.can_follow()
+    }
+
+    async fn subscribe_leading(
+        &self,
+        subscription: Subscription,
+        followers: Arc<Followers>,
+    ) -> Result<Self::Consumer, BackendError> {
+        Ok(TieredConsumer::Main {
+            consumer: self.main.subscribe_leading(subscription, followers).await?,
+            hand_offs: TieredHandOffs::start(self.retries.clone()),
+        })
+    }
+
+    async fn subscribe_following(
+        &self,
+        subscription: Subscription,
+        followers: &Arc<Followers>,
+    ) -> Result<Self::Consumer, BackendError> {
+        debug_assert!(subscription.topic.role.is_derived(), "a follower reads a level");
+        let consumer = self
+            .retries
+            .consume_following(subscription.topic, followers)
+            .await?;
+        Ok(TieredConsumer::Retry(consumer))
+    }
+
+    async fn unacknowledged(
+        &self,
+        topic: &Topic,
+        group: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<Record>, BackendError> {
+        if topic.role.is_derived() {
+            RetryStore::unacknowledged(&self.retries, topic, partitions).await
+        } else {
+            self.main.unacknowledged(topic, group, partitions).await
+        }
     }
 
     /// A retry level's lag is its backlog in the store: the level's group is the level.

@@ -28,9 +28,10 @@ mod embedded;
 mod refusals;
 mod writer;
 
+use super::follow::Followers;
 pub use builder::KafkaBuilder;
 pub use consumer::KafkaConsumer;
-use consumer::{Followers, Membership};
+use consumer::Membership;
 pub use embedded::EmbeddedKafka;
 use refusals::{denied, Operation, Refusals};
 
@@ -489,23 +490,26 @@ impl Backend for Kafka {
         true
     }
 
-    async fn subscribe_together(
+    fn leads_and_follows(&self) -> bool {
+        true
+    }
+
+    async fn subscribe_leading(
         &self,
-        main: Subscription,
-        followers: Vec<Subscription>,
-    ) -> Result<Vec<KafkaConsumer>, BackendError> {
-        let links = Arc::new(Followers::default());
-        let follower = |subscription| {
-            let follower = self.consumer(subscription, Membership::Follows);
-            if let Ok(follower) = &follower {
-                follower.follow(&links);
-            }
-            std::future::ready(follower)
-        };
-        let leader = |subscription| {
-            std::future::ready(self.consumer(subscription, Membership::Joins(Some(links.clone()))))
-        };
-        super::followers_first(main, followers, follower, leader).await
+        subscription: Subscription,
+        followers: Arc<Followers>,
+    ) -> Result<KafkaConsumer, BackendError> {
+        self.consumer(subscription, Membership::Joins(Some(followers)))
+    }
+
+    async fn subscribe_following(
+        &self,
+        subscription: Subscription,
+        followers: &Arc<Followers>,
+    ) -> Result<KafkaConsumer, BackendError> {
+        let follower = self.consumer(subscription, Membership::Follows)?;
+        follower.follow(followers);
+        Ok(follower)
     }
 
     async fn unacknowledged(

@@ -73,10 +73,11 @@ mod scripts;
 mod stream_id;
 mod unsettled;
 
+use super::follow::Followers;
 pub use builder::RedisBuilder;
 pub(crate) use builder::Settings;
+use consumer::Joining;
 pub use consumer::RedisConsumer;
-use consumer::{Followers, Joining};
 pub(crate) use produce::Source;
 
 /// Redis Streams.
@@ -467,19 +468,27 @@ impl Backend for Redis {
         !self.shared.settings.unordered
     }
 
-    async fn subscribe_together(
+    fn leads_and_follows(&self) -> bool {
+        self.keeps_partitions_together()
+    }
+
+    async fn subscribe_leading(
         &self,
-        main: Subscription,
-        followers: Vec<Subscription>,
-    ) -> Result<Vec<RedisConsumer>, BackendError> {
-        let links = Arc::new(Followers::default());
-        let start = |subscription: Subscription, joining| async move {
-            let partitions = self.partition_count(&subscription.topic.name).await?;
-            RedisConsumer::start(self.clone(), subscription, partitions, joining).await
-        };
-        let follower = |subscription| start(subscription, Joining::Follows(links.clone()));
-        let leader = |subscription| start(subscription, Joining::Leads(links.clone()));
-        super::followers_first(main, followers, follower, leader).await
+        subscription: Subscription,
+        followers: Arc<Followers>,
+    ) -> Result<RedisConsumer, BackendError> {
+        let partitions = self.partition_count(&subscription.topic.name).await?;
+        RedisConsumer::start(self.clone(), subscription, partitions, Joining::Leads(followers)).await
+    }
+
+    async fn subscribe_following(
+        &self,
+        subscription: Subscription,
+        followers: &Arc<Followers>,
+    ) -> Result<RedisConsumer, BackendError> {
+        let partitions = self.partition_count(&subscription.topic.name).await?;
+        let joining = Joining::Follows(followers.clone());
+        RedisConsumer::start(self.clone(), subscription, partitions, joining).await
     }
 
     async fn unacknowledged(

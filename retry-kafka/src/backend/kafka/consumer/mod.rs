@@ -31,15 +31,13 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::{mpsc, oneshot};
 
 mod commits;
-mod follow;
 mod poll;
 mod rebalance;
 mod settle;
 
+use crate::backend::follow::{Followers, Following};
 use commits::AckRequest;
 pub(crate) use commits::CommitPolicy;
-pub(crate) use follow::Followers;
-use follow::Following;
 
 use super::{transport, Kafka};
 use crate::backend::{
@@ -190,7 +188,7 @@ enum Command {
         generation: u64,
     },
     Close(oneshot::Sender<Result<(), BackendError>>),
-    /// From the main consumer this one follows (`follow.rs`).
+    /// From the main consumer this one follows (`backend/follow.rs`).
     Follow(Following),
 }
 
@@ -198,7 +196,7 @@ enum Command {
 pub(crate) enum Membership {
     /// It joins its group, and those that follow it read what it is assigned.
     Joins(Option<Arc<Followers>>),
-    /// It reads what a main consumer is assigned (`follow.rs`).
+    /// It reads what a main consumer is assigned (`backend/follow.rs`).
     Follows,
 }
 
@@ -354,7 +352,8 @@ impl KafkaConsumer {
     /// Makes this consumer (started with [`Membership::Follows`]) one of `followers`: it reads
     /// what their main consumer is assigned.
     pub(crate) fn follow(&self, followers: &Followers) {
-        followers.add(self.commands.clone());
+        let commands = self.commands.clone();
+        followers.add(move |word| commands.send(Command::Follow(word)).is_ok());
     }
 
     fn command(&mut self, command: Command) {

@@ -14,12 +14,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commits::{CommitPolicy, CommitSchedule};
-use super::follow::Following;
 use super::rebalance::{RebalanceEvent, RebalanceLog};
 use super::{
     record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, HELD_POLL_WAIT, PAUSE_AFTER,
     POLL_WAIT,
 };
+use crate::backend::follow::Following;
 use crate::error::BackendError;
 
 /// The poll thread's view of one assigned partition.
@@ -338,7 +338,7 @@ impl PollThread {
         }
     }
 
-    /// What the main consumer this one follows was assigned or loses (`follow.rs`), as a
+    /// What the main consumer this one follows was assigned or loses (`backend/follow.rs`), as a
     /// rebalance of its own.
     fn follow(&mut self, consumer: &RawConsumer, following: Following) {
         let context = consumer.context();
@@ -351,7 +351,7 @@ impl PollThread {
             list
         };
         match following {
-            Following::Assign(partitions) => {
+            Following::Take(partitions) => {
                 if let Err(error) = consumer.incremental_assign(&list(&partitions)) {
                     tracing::warn!(topic = %self.topic, ?partitions, %error, "assigning what the main consumer was assigned failed");
                     return;
@@ -359,7 +359,7 @@ impl PollThread {
                 tracing::debug!(topic = %self.topic, ?partitions, "partitions assigned (following)");
                 context.log(RebalanceEvent::Assigned(partitions));
             }
-            Following::Revoke(partitions, done) => {
+            Following::GiveUp(partitions, done) => {
                 let owned: Vec<u32> = partitions
                     .iter()
                     .copied()

@@ -12,8 +12,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use super::commits::AckRequest;
-use super::follow::Followers;
 use super::settle::Settlement;
+use crate::backend::follow::Followers;
 use crate::backend::kafka::Refusals;
 
 /// Collects rebalance events raised inside `poll`, so the thread can put them in order with
@@ -129,7 +129,7 @@ impl ConsumerContext for RebalanceLog {
             let revoked = self.partitions(list);
             // Followers first: the partitions leave this process on every level together.
             if let Some(followers) = &self.followers {
-                followers.revoke(&self.topic, &revoked);
+                followers.give_up(&revoked).wait_blocking(&self.topic);
             }
             // Store what the runtime acknowledged, and what it acknowledges for a moment more,
             // then commit it before the partitions go to another member. A lost assignment (the
@@ -152,7 +152,7 @@ impl ConsumerContext for RebalanceLog {
                 let assigned = self.partitions(list);
                 tracing::debug!(topic = %self.topic, ?assigned, "partitions assigned");
                 if let Some(followers) = &self.followers {
-                    followers.assign(&assigned);
+                    followers.take(&assigned);
                 }
                 self.log(RebalanceEvent::Assigned(assigned));
             }

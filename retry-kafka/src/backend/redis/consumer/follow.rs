@@ -1,34 +1,17 @@
-//! A key-ordered handler's retry levels and held topic read, partition for partition, what its
-//! main consumer leases (`Backend::subscribe_together`): the holds of a partition's keys live
-//! in the process that consumes it on every level. A follower never joins its group's
-//! membership nor takes leases; the main member's reader tells it which partitions to read
-//! when it takes them, and, before it gives a lease up (a rebalance, an expired lease, its
-//! leaving), waits until its followers have given those partitions up, their acknowledgements
-//! sent: the next owner never reads a level's partition while this process still does (as
-//! the Kafka backend's followers do, `backend/kafka/consumer/follow.rs`).
+//! A Redis follower of a key-ordered handler's main member (`backend/follow.rs`): it never
+//! joins its group's membership nor takes leases; it reads the partitions the main member
+//! leases, told by that member's reader at each take, and gives one up, acknowledgements sent,
+//! when told, before that member gives up the lease.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::reader::Reader;
 use super::Item;
+use crate::backend::follow::{Followers, Following};
 use crate::backend::Fetched;
-
-/// The longest a main member waits for its followers to give partitions up: each finishes
-/// its current read first (at most the read's block, 500 ms by default) and sends its
-/// acknowledgements.
-const GIVE_UP_WAIT: Duration = Duration::from_secs(5);
-
-/// What a follower's reader is told by its main member's.
-pub(super) enum Following {
-    /// Read these partitions, from the entries the group left pending on.
-    Take(Vec<u32>),
-    /// Give these up, acknowledgements sent; then say so.
-    GiveUp(Vec<u32>, oneshot::Sender<()>),
-}
 
 /// How a consumer's reader comes by its partitions.
 pub(super) enum Membership {
@@ -66,70 +49,16 @@ impl Membership {
     }
 }
 
-/// A follower as its main member reaches it: its command channel, and the wake-up of its
-/// reader, which may be waiting for a partition to read.
-struct Link {
-    commands: mpsc::UnboundedSender<Following>,
-    wake: Arc<Notify>,
-}
-
-impl Link {
-    fn send(&self, command: Following) -> bool {
-        let sent = self.commands.send(command).is_ok();
-        self.wake.notify_one();
+/// A follower's channel, its main member's words delivered to it and its reader woken (it may
+/// be waiting for a partition to read).
+pub(super) fn follow(followers: &Followers, wake: Arc<Notify>) -> mpsc::UnboundedReceiver<Following> {
+    let (commands, receiver) = mpsc::unbounded_channel();
+    followers.add(move |word| {
+        let sent = commands.send(word).is_ok();
+        wake.notify_one();
         sent
-    }
-}
-
-/// The followers of one main consumer: their readers' command channels.
-#[derive(Default)]
-pub(crate) struct Followers {
-    links: Mutex<Vec<Link>>,
-}
-
-impl Followers {
-    /// A new follower's channel; `wake` wakes its reader.
-    pub(super) fn add(&self, wake: Arc<Notify>) -> mpsc::UnboundedReceiver<Following> {
-        let (commands, receiver) = mpsc::unbounded_channel();
-        self.links().push(Link { commands, wake });
-        receiver
-    }
-
-    fn links(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
-        self.links.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The main member took `partitions`: so do its followers.
-    pub(super) fn take(&self, partitions: &[u32]) {
-        for link in self.links().iter() {
-            // A follower already closed (shutdown) reads nothing more anyway.
-            link.send(Following::Take(partitions.to_vec()));
-        }
-    }
-
-    /// The main member gives `partitions` up: its followers do first, and this waits for
-    /// them (at most [`GIVE_UP_WAIT`] in all).
-    pub(super) async fn give_up(&self, topic: &str, partitions: &[u32]) {
-        let replies: Vec<oneshot::Receiver<()>> = self
-            .links()
-            .iter()
-            .filter_map(|link| {
-                let (done, reply) = oneshot::channel();
-                link.send(Following::GiveUp(partitions.to_vec(), done))
-                    .then_some(reply)
-            })
-            .collect();
-        // A follower closed meanwhile drops its sender: it reads nothing more either.
-        let all = futures_util::future::join_all(replies);
-        if tokio::time::timeout(GIVE_UP_WAIT, all).await.is_err() {
-            tracing::warn!(
-                topic,
-                ?partitions,
-                "a retry level did not give up its partitions in time; \
-                 the next owner may run their retries while this process still does"
-            );
-        }
-    }
+    });
+    receiver
 }
 
 impl Reader {

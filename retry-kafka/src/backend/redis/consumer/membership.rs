@@ -297,7 +297,7 @@ impl Reader {
     /// gives up their leases, once the followers gave them up.
     pub(super) async fn revoke(&mut self, partitions: Vec<u32>) {
         if let Membership::Joins(Some(followers)) = &self.membership {
-            followers.give_up(&self.topic, &partitions).await;
+            followers.give_up(&partitions).wait(&self.topic).await;
         }
         let releasing = self.releasing(&partitions);
         self.drop_partitions(partitions).await;
@@ -383,7 +383,7 @@ impl Reader {
         let owned: Vec<u32> = std::mem::take(&mut self.owned).into_iter().collect();
         if let Membership::Joins(Some(followers)) = &self.membership {
             // Before the leases go: the next owner's followers must find these unread here.
-            followers.give_up(&self.topic, &owned).await;
+            followers.give_up(&owned).wait(&self.topic).await;
         }
         let mut pipe = self.releasing(&owned);
         pipe.cmd("ZREM").arg(&self.members).arg(&self.member).ignore();

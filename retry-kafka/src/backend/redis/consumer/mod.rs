@@ -22,12 +22,12 @@ use super::hand_offs::HandOffWriter;
 use super::link::Link;
 use super::stream_id::StreamId;
 use super::{Redis, Source};
+use crate::backend::follow::Followers;
 use crate::backend::{
     Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Record, Subscription, Topic,
     TopicRole,
 };
 use crate::error::BackendError;
-pub(crate) use follow::Followers;
 use follow::Membership;
 use reader::Reader;
 
@@ -180,7 +180,9 @@ impl RedisConsumer {
             membership: match joining {
                 Joining::Member => Membership::Joins(None),
                 Joining::Leads(followers) => Membership::Joins(Some(followers)),
-                Joining::Follows(followers) => Membership::Follows(Some(followers.add(wake.clone()))),
+                Joining::Follows(followers) => {
+                    Membership::Follows(Some(follow::follow(&followers, wake.clone())))
+                }
             },
             wanted: BTreeSet::new(),
             lease_until: Instant::now(),
