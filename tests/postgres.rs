@@ -40,6 +40,7 @@ mod on_kafka {
     }
 
     crate::conformance_suite!(harness);
+    crate::key_order_suite!(harness);
 }
 
 /// A retry of `order`'s first failure (partition 0, offset `offset` of `orders`), due `due_in`

@@ -15,3 +15,4 @@ async fn harness() -> PostgresHarness<RedisHarness> {
 }
 
 conformance_suite!(harness);
+key_order_suite!(harness);

@@ -55,8 +55,8 @@ impl<B: Backend> App<B> {
                 reason: format!(
                     "cannot run on the {} backend: it keeps each key's holds in the process that \
                      consumes the key's partition on every level, which the Kafka backend, Redis \
-                     with leases (not `unordered`), a tiered pair of those and the in-process \
-                     broker (`memory`) guarantee; retries in PostgreSQL do not yet",
+                     with leases (not `unordered`), either of them with retries on Kafka, Redis or \
+                     PostgreSQL (`Tiered`) and the in-process broker (`memory`) guarantee",
                     self.backend.name()
                 ),
             }),

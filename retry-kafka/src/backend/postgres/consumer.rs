@@ -19,9 +19,11 @@ use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::error::transport;
+use super::follow::Followed;
 use super::link::Link;
 use super::sql::params;
 use super::{decode, sql, Postgres, Settings};
+use crate::backend::follow::{Followers, Following};
 use crate::backend::{
     Consumer, Fetched, HandOffId, HandOffReports, HandOffTasks, OutboundRecord, Position, Record, Topic,
     Undelivered,
@@ -74,13 +76,17 @@ pub struct PostgresConsumer {
     /// Hand-offs' statements, many at once, each reported by its id.
     hand_offs: HandOffTasks<(Position, Topic, OutboundRecord)>,
     hand_off_reports: HandOffReports,
+    /// A key-ordered handler's worker: the partitions its main member holds (`follow.rs`).
+    followed: Option<Arc<Followed>>,
 }
 
 impl PostgresConsumer {
+    /// A worker of `level`; following the main member of `followers` when given.
     pub(crate) async fn start(
         backend: Postgres,
         level: Topic,
         partitions: u32,
+        followers: Option<&Followers>,
     ) -> Result<Self, BackendError> {
         let link = Arc::new(Link::new(backend.connector().clone()));
         link.client().await?;
@@ -88,12 +94,15 @@ impl PostgresConsumer {
         let member: Arc<str> = backend.member_name().into();
         let wake = backend.watch(&topic);
         let (acks, received) = mpsc::unbounded_channel();
+        let following = followers.map(Followed::join);
+        let followed = following.as_ref().map(|(followed, _)| followed.clone());
         let keeper = tokio::spawn(keep(
             link.clone(),
             topic.clone(),
             member.clone(),
             backend.settings().clone(),
             received,
+            following,
         ));
         let hand_off_reports = HandOffReports::new();
         let hand_offs = {
@@ -126,15 +135,26 @@ impl PostgresConsumer {
             wake,
             acks: Some(acks),
             keeper: Some(keeper),
+            followed,
         })
     }
 
     fn claim(&self) -> Claim {
         let (link, topic, member) = (self.link.clone(), self.topic.clone(), self.member.clone());
-        let held = self.held.clone();
+        // Held partitions, and a follower's partitions its main member does not hold.
+        let mut held = self.held.clone();
+        let claims = self.followed.as_ref().map(|followed| {
+            held.extend(followed.not_owned(self.partitions));
+            followed.claims.clone()
+        });
         let settings = self.backend.settings();
         let (lease, batch) = (settings.lease.as_millis() as i64, settings.batch);
         Box::pin(async move {
+            // A follower's give-up waits for this claim before it gives its rows back.
+            let _claiming = match claims {
+                Some(claims) => Some(claims.read_owned().await),
+                None => None,
+            };
             let client = link.client().await?;
             let now = now_ms();
             let until = now + lease;
@@ -183,32 +203,66 @@ impl PostgresConsumer {
 
 impl Consumer for PostgresConsumer {
     async fn next(&mut self) -> Result<Fetched, BackendError> {
-        if !self.announced {
+        if let Some(followed) = &self.followed {
+            if let Some(event) = followed.next_event() {
+                if let Fetched::Revoked(partitions) = &event {
+                    // Given back by the keeper: another worker takes them from here.
+                    self.buffer.retain(|r| !partitions.contains(&r.partition));
+                }
+                return Ok(event);
+            }
+        } else if !self.announced {
             self.announced = true;
             return Ok(Fetched::Assigned((0..self.partitions).collect()));
         }
         loop {
-            let free = self
-                .buffer
-                .iter()
-                .position(|r| !self.held.contains(&(r.partition as i32)));
+            let followed = self.followed.as_deref();
+            let free = self.buffer.iter().position(|r| {
+                !self.held.contains(&(r.partition as i32)) && followed.is_none_or(|f| f.owns(r.partition))
+            });
             if let Some(record) = free.and_then(|at| self.buffer.remove(at)) {
                 let p = record.partition as usize;
                 if p >= self.delivered.len() {
                     self.delivered.resize_with(p + 1, Vec::new);
                 }
                 self.delivered[p].push(record.offset);
+                if let Some(followed) = followed {
+                    followed.delivered(record.partition);
+                }
                 return Ok(Fetched::Record(record));
+            }
+            if let Some(followed) = &self.followed {
+                if let Some(event) = followed.next_event() {
+                    if let Fetched::Revoked(partitions) = &event {
+                        self.buffer.retain(|r| !partitions.contains(&r.partition));
+                    }
+                    return Ok(event);
+                }
+                if followed.owns_none() && self.claiming.is_none() {
+                    // Nothing to claim until its main member takes a partition.
+                    let followed = followed.clone();
+                    followed.changed.notified().await;
+                    continue;
+                }
             }
             if self.claiming.is_none() {
                 if let Some(until) = self.idle_until {
-                    // Nothing due: sleep until the next due time, a write to the topic, or the
-                    // poll interval (a notification missed while the listener reconnected).
+                    // Nothing due: sleep until the next due time, a write to the topic, the
+                    // poll interval (a notification missed while the listener reconnected), or
+                    // a follower's change of partitions.
+                    let changed = self.followed.clone();
+                    let partitions_changed = async move {
+                        match changed {
+                            Some(followed) => followed.changed.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         changed = self.wake.changed() => if changed.is_err() {
                             tokio::time::sleep_until(until).await;
                         },
                         _ = tokio::time::sleep_until(until) => {}
+                        _ = partitions_changed => {}
                     }
                     self.idle_until = None;
                 }
@@ -261,6 +315,7 @@ impl Consumer for PostgresConsumer {
         let (Some(delivered), Some(acks)) = (self.delivered.get_mut(partition as usize), &self.acks) else {
             return Ok(());
         };
+        let before = delivered.len();
         delivered.retain(|&o| {
             if o <= offset {
                 let _ = acks.send((partition, o));
@@ -269,6 +324,10 @@ impl Consumer for PostgresConsumer {
                 true
             }
         });
+        if let Some(followed) = &self.followed {
+            // After the sends: a give-up that sees none in flight finds them all queued.
+            followed.acknowledged(partition, before - delivered.len());
+        }
         Ok(())
     }
 
@@ -310,6 +369,7 @@ async fn keep(
     member: Arc<str>,
     settings: Settings,
     mut acks: mpsc::UnboundedReceiver<(u32, u64)>,
+    mut following: Option<(Arc<Followed>, mpsc::UnboundedReceiver<Following>)>,
 ) {
     let lease = settings.lease.as_millis() as i64;
     let renew_every = settings.lease / 3;
@@ -345,6 +405,23 @@ async fn keep(
                     tracing::warn!(%topic, %error, "renewing leases failed; rows may go to another worker");
                 }
             }
+            word = next_word(&mut following) => {
+                let Some((followed, _)) = &following else { continue };
+                let followed = followed.clone();
+                match word {
+                    Some(Following::Take(partitions)) => followed.take(partitions),
+                    Some(Following::GiveUp(partitions, done)) => {
+                        give_up(&link, &topic, &member, &followed, &partitions, &mut acks, &mut pending).await;
+                        let _ = done.send(());
+                    }
+                    None => {
+                        // The main member is gone without a word: claim nothing more.
+                        following = None;
+                        let owned = followed.owned();
+                        give_up(&link, &topic, &member, &followed, &owned, &mut acks, &mut pending).await;
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(next_sweep) => {
                 next_sweep = Instant::now() + sweep_every;
                 let before = now_ms() - settings.keep_handled.as_millis() as i64;
@@ -362,6 +439,61 @@ async fn keep(
     .await
     {
         tracing::debug!(%topic, %error, "giving rows back failed; they return when their lease ends");
+    }
+}
+
+/// The next word of the main member a worker follows; never, for a worker of its own.
+async fn next_word(
+    following: &mut Option<(Arc<Followed>, mpsc::UnboundedReceiver<Following>)>,
+) -> Option<Following> {
+    match following {
+        Some((_, words)) => words.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A follower gives `partitions` up: no more claims there, the rows delivered from them
+/// acknowledged (300 ms at most) and marked handled, then every row of theirs it still holds
+/// given back once no claim is under way.
+async fn give_up(
+    link: &Link,
+    topic: &str,
+    member: &str,
+    followed: &Followed,
+    partitions: &[u32],
+    acks: &mut mpsc::UnboundedReceiver<(u32, u64)>,
+    pending: &mut Vec<(u32, u64)>,
+) {
+    let given = followed.give_up(partitions);
+    if given.is_empty() {
+        return;
+    }
+    followed.drained(&given).await;
+    while let Ok(ack) = acks.try_recv() {
+        pending.push(ack);
+    }
+    if !pending.is_empty() {
+        match mark_handled(link, topic, pending).await {
+            Ok(()) => pending.clear(),
+            Err(error) => {
+                tracing::warn!(%topic, %error, "marking rows handled before giving partitions up failed")
+            }
+        }
+    }
+    let _no_claim = followed.claims.write().await;
+    let given: Vec<i32> = given.iter().map(|&p| p as i32).collect();
+    let released = run(
+        link,
+        sql::RELEASE_PARTITIONS,
+        params![
+            (&topic, Type::TEXT),
+            (&member, Type::TEXT),
+            (&given, Type::INT4_ARRAY)
+        ],
+    )
+    .await;
+    if let Err(error) = released {
+        tracing::warn!(%topic, %error, "giving rows back failed; they return when their lease ends");
     }
 }
 

@@ -66,6 +66,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
 
+use super::follow::Followers;
 use super::{
     Browse, Delivered, OutboundRecord, Page, PartitionCounts, Publish, Record, RetryStore, Topic, TopicAdmin,
     TopicRole,
@@ -81,6 +82,7 @@ mod builder;
 mod conninfo;
 mod consumer;
 mod error;
+mod follow;
 mod link;
 mod sql;
 mod tls;
@@ -524,7 +526,37 @@ impl RetryStore for Postgres {
     async fn consume(&self, level: Topic) -> Result<PostgresConsumer, BackendError> {
         debug_assert!(level.role.is_derived(), "a retry store keeps derived topics only");
         let partitions = self.count_partitions(&level.name).await?;
-        PostgresConsumer::start(self.clone(), level, partitions).await
+        PostgresConsumer::start(self.clone(), level, partitions, None).await
+    }
+
+    /// A worker that claims only the rows of the partitions the main member of `followers`
+    /// holds (`follow.rs`).
+    fn can_follow(&self) -> bool {
+        true
+    }
+
+    async fn consume_following(
+        &self,
+        level: Topic,
+        followers: &Arc<Followers>,
+    ) -> Result<PostgresConsumer, BackendError> {
+        let partitions = self.count_partitions(&level.name).await?;
+        PostgresConsumer::start(self.clone(), level, partitions, Some(followers)).await
+    }
+
+    /// The rows of `partitions` not handled yet.
+    async fn unacknowledged(&self, topic: &Topic, partitions: &[u32]) -> Result<Vec<Record>, BackendError> {
+        let client = self.client().await?;
+        let name = &*topic.name;
+        let partitions: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
+        let rows = client
+            .query_typed(
+                sql::WAITING,
+                params![(&name, Type::TEXT), (&partitions, Type::INT4_ARRAY)],
+            )
+            .await
+            .map_err(transport)?;
+        Ok(rows.iter().map(|row| decode(row, 0)).collect())
     }
 
     /// Rows of the topic not handled yet, due or not.

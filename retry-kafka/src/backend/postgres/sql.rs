@@ -78,6 +78,21 @@ pub(crate) const RENEW: &str =
 pub(crate) const RELEASE: &str = "UPDATE retry_kafka_records SET claimed_by = NULL, claimed_until_ms = NULL \
                                   WHERE topic = $1 AND claimed_by = $2 AND state = 'waiting'";
 
+/// Gives member `$2`'s rows of `$1` in partitions `$3` back at once (a follower gives the
+/// partitions up).
+pub(crate) const RELEASE_PARTITIONS: &str =
+    "UPDATE retry_kafka_records SET claimed_by = NULL, claimed_until_ms = NULL \
+                                             WHERE topic = $1 AND claimed_by = $2 AND state = 'waiting' \
+                                             AND partition = ANY($3)";
+
+/// Rows of `$1` in partitions `$2` not handled yet, in partition and offset order.
+pub(crate) const WAITING: &str = r#"
+SELECT partition, "offset", written_at_ms, key, payload, header_names, header_values
+FROM retry_kafka_records
+WHERE topic = $1 AND state = 'waiting' AND partition = ANY($2)
+ORDER BY partition, "offset"
+"#;
+
 /// Deletes the rows of `$1` handled before `$2`.
 pub(crate) const SWEEP: &str =
     "DELETE FROM retry_kafka_records WHERE topic = $1 AND state = 'handled' AND handled_at_ms < $2";
