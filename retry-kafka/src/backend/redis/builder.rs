@@ -11,6 +11,7 @@ use redis::cluster::{ClusterClient, ClusterConfig};
 use super::error::redact;
 use super::keys::KeyLayout;
 use super::link::Link;
+use super::sentinel::{SentinelLink, SentinelUrl, Sentinels};
 use super::{Client, Redis, Shared};
 use crate::config::vars;
 use crate::error::ConfigError;
@@ -47,7 +48,24 @@ pub struct RedisBuilder {
 
 impl Redis {
     /// Settings for the server at `url` (`redis://[:password@]host:port[/db]`, or `rediss://`
-    /// for TLS with the `redis-tls` feature).
+    /// for TLS with the `redis-tls` feature), or for the primary that Redis Sentinel names:
+    /// `redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/master-name[/db]`.
+    ///
+    /// With `redis+sentinel://` the hosts are sentinels (port 26379 unless given), the path
+    /// names the primary as the sentinels monitor it (`sentinel monitor <master-name> …`), and
+    /// the user and password are the primary's; sentinels that want a password of their own
+    /// take it as `?sentinel_password=…` (and `&sentinel_username=…`). Keys have the one-server
+    /// layout, so a deployment moves from one server to a Sentinel-managed primary by its URL.
+    /// After a failover the connections ask the sentinels for the new primary (ARCHITECTURE.md,
+    /// Redis Sentinel).
+    ///
+    /// ```
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let one_server = Redis::builder("redis://:secret@10.0.0.1:6379/0");
+    /// let behind_sentinel =
+    ///     Redis::builder("redis+sentinel://:secret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/orders/0");
+    /// ```
     pub fn builder(url: impl Into<String>) -> RedisBuilder {
         RedisBuilder {
             url: url.into(),
@@ -190,7 +208,27 @@ impl RedisBuilder {
             return Err(ConfigError::NoRuntime { backend: "redis" });
         }
         let timeout = self.settings.response_timeout;
-        let (client, conn, keys) = if self.cluster_nodes.is_empty() {
+        let (client, conn, keys) = if self.cluster_nodes.is_empty() && SentinelUrl::is_sentinel(&self.url) {
+            let invalid = |reason: String| ConfigError::Invalid {
+                field: vars::REDIS_URL,
+                reason: format!("{}: {reason}", redact(&self.url)),
+            };
+            let url = SentinelUrl::parse(&self.url).map_err(|error| invalid(error.to_string()))?;
+            if self.tls_root.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: vars::REDIS_TLS_CA_FILE,
+                    reason: "TLS through Sentinel is not supported yet".into(),
+                });
+            }
+            let sentinels =
+                Arc::new(Sentinels::new(&url, timeout).map_err(|error| invalid(error.to_string()))?);
+            let conn = SentinelLink::new(sentinels.clone(), timeout, timeout, url.db());
+            let client = Client::Sentinel {
+                sentinels,
+                db: url.db(),
+            };
+            (client, Link::Sentinel(conn), KeyLayout::Server)
+        } else if self.cluster_nodes.is_empty() {
             let invalid = |error: redis::RedisError| ConfigError::Invalid {
                 field: vars::REDIS_URL,
                 reason: format!("{}: {error}", redact(&self.url)),
@@ -216,6 +254,19 @@ impl RedisBuilder {
             let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(invalid)?;
             (Client::Server(client), Link::Server(conn), KeyLayout::Server)
         } else {
+            if let Some(url) = self
+                .cluster_nodes
+                .iter()
+                .find(|url| SentinelUrl::is_sentinel(url))
+            {
+                return Err(ConfigError::Invalid {
+                    field: vars::REDIS_CLUSTER_URLS,
+                    reason: format!(
+                        "{} names sentinels, not a cluster's node: give a redis+sentinel:// URL in REDIS_URL",
+                        redact(url)
+                    ),
+                });
+            }
             let nodes: Vec<String> = self.cluster_nodes.iter().map(|url| redact(url)).collect();
             let invalid = |error: redis::RedisError| ConfigError::Invalid {
                 field: vars::REDIS_CLUSTER_URLS,
