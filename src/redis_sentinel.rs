@@ -34,8 +34,8 @@ pub struct Failover {
     pub primary: u16,
     /// Until every sentinel still running named the new primary.
     pub promoted: Duration,
-    /// Until the new primary accepted a write its replica acknowledged (`min-replicas-to-write`
-    /// refuses writes until a replica follows it).
+    /// Until the new primary took a write its replica acknowledged (`WAIT 1`;
+    /// `min-replicas-to-write` refuses writes until a replica follows it).
     pub writable: Duration,
 }
 
@@ -134,12 +134,35 @@ impl RedisSentinel {
             std::thread::sleep(Duration::from_millis(20));
         };
         let promoted = start.elapsed();
+        while !Self::replicated_write(primary, 1) {
+            assert!(
+                Instant::now() < deadline,
+                "the new primary on {primary} took no write a replica acknowledged within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let writable = start.elapsed();
         self.wait_until_ready(deadline.saturating_duration_since(Instant::now()));
         Failover {
             primary,
             promoted,
-            writable: start.elapsed(),
+            writable,
         }
+    }
+
+    /// Whether the primary on `port` takes a write and `replicas` replicas acknowledge it within
+    /// a second (`WAIT`).
+    fn replicated_write(port: u16, replicas: usize) -> bool {
+        let answer = RedisCluster::cli_script(
+            port,
+            &format!("SET rk-replication-probe 1\nWAIT {replicas} 1000\n"),
+        );
+        let mut lines = answer.lines();
+        lines.next() == Some("OK")
+            && lines
+                .next()
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .is_some_and(|n| n >= replicas)
     }
 
     /// Every sentinel still running names the same primary, is sure it is up, knows the other
@@ -209,17 +232,8 @@ impl RedisSentinel {
         if !info.contains("role:master") || !info.contains(&format!("connected_slaves:{replicas}")) {
             return Some(format!("the primary on {primary} says {info}"));
         }
-        let answer = RedisCluster::cli_script(
-            primary,
-            &format!("SET rk-replication-probe 1\nWAIT {replicas} 1000\n"),
-        );
-        let mut lines = answer.lines();
-        let acknowledged = lines.next() == Some("OK")
-            && lines
-                .next()
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .is_some_and(|n| n >= replicas);
-        (!acknowledged).then(|| format!("the probe write on {primary}: {answer:?}"))
+        (!Self::replicated_write(primary, replicas))
+            .then(|| format!("the probe write on {primary} was not acknowledged by {replicas} replicas"))
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use conformance::Harness as _;
 use process_support::{expected_dead, order_id, Order, Worker, DLQ, TOPIC};
-use redis_support::{RedisSentinel, RedisSentinelHarness};
+use redis_support::{test_settings, RedisSentinel, RedisSentinelHarness};
+use retry_kafka::backend::redis::Redis;
+use retry_kafka::backend::{Browse as _, Topic, TopicRole};
 use retry_kafka::prelude::Producer;
 
 async fn sentinel() -> RedisSentinelHarness {
@@ -24,26 +26,56 @@ async fn sentinel() -> RedisSentinelHarness {
 conformance_suite!(sentinel);
 
 /// A worker process (`rk-worker`) on the Sentinel setup, through `REDIS_URL=redis+sentinel://…`
-/// as a deployment runs it; the primary killed (SIGKILL) mid-run, its scripts gone from the new
-/// one (`SCRIPT FLUSH`, so the worker must load them again), more orders published after the
-/// sentinels promoted a replica: every order succeeds or is dead-lettered, none is lost, and the
-/// worker carries on by itself.
+/// as a deployment runs it; the primary killed (SIGKILL) mid-run while a producer publishes
+/// (each send waiting for a replica's acknowledgement: `wait_for_replicas(1)`), its scripts
+/// gone from the new one (`SCRIPT FLUSH`, so the worker must load them again), more orders
+/// published after the sentinels promoted a replica: every order succeeds or is
+/// dead-lettered, none is lost, and the worker carries on by itself. The session timeout is
+/// the default, 10 s, longer than the failover: the worker keeps its partitions and sends its
+/// acknowledgements once the new primary takes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_killed_mid_run_loses_nothing_and_the_worker_follows_the_new_one() {
+    the_primary_killed(Duration::from_secs(10)).await;
+}
+
+/// As above with a session timeout (1.5 s) shorter than the failover: the worker's leases
+/// lapse while no primary answers, and it takes its partitions over again on the new primary,
+/// claiming what it had not acknowledged: nothing lost, the work done meanwhile repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_killed_with_leases_lapsing_loses_nothing() {
+    the_primary_killed(Duration::from_millis(1500)).await;
+}
+
+/// The run of the two tests above, with the worker's `REDIS_SESSION_TIMEOUT_MS`.
+async fn the_primary_killed(session_timeout: Duration) {
+    const ORDERS: u64 = 450;
     let mut harness = sentinel().await;
     harness.create_topic(TOPIC, 4).await;
-    publish(&harness, 0..300).await;
+    let producer = Producer::new(
+        test_settings(&harness.server.url())
+            .wait_for_replicas(1)
+            .build()
+            .expect("a backend that waits for a replica"),
+    );
+    publish(&producer, 0..300, Duration::ZERO).await;
     let worker = Worker::spawn(
-        "sentinel-failover",
+        &format!("sentinel-failover-{}ms", session_timeout.as_millis()),
         &[
             ("REDIS_URL", harness.server.url()),
-            ("REDIS_SESSION_TIMEOUT_MS", "1500".into()),
+            (
+                "REDIS_SESSION_TIMEOUT_MS",
+                session_timeout.as_millis().to_string(),
+            ),
             ("REDIS_KEEP_ACKNOWLEDGED_MS", "3600000".into()),
         ],
     );
     worker.wait_for_attempts(60, "the worker did not get going").await;
-    // Everything the old primary acknowledged so far is on both replicas before the kill, as
-    // `min-replicas-to-write` promises for what it accepted (the harness's probe write).
+    // Publishing on across the kill: one order every 20 ms, each sent again until it returns.
+    let across = tokio::spawn({
+        let producer = producer.clone();
+        async move { publish(&producer, 300..400, Duration::from_millis(20)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let at_kill = worker.attempts().len();
     let old = harness.server.primary();
     let failover = tokio::task::block_in_place(|| {
@@ -56,10 +88,15 @@ async fn the_primary_killed_mid_run_loses_nothing_and_the_worker_follows_the_new
     );
     let flushed = RedisSentinel::cli(failover.primary, &["SCRIPT", "FLUSH"]);
     assert_eq!(flushed.trim(), "OK", "SCRIPT FLUSH on the new primary");
+    let (failed, longest) = across.await.expect("the publisher across the kill");
+    assert!(
+        longest > Duration::from_secs(1),
+        "no send waited for the failover: the kill missed the publisher"
+    );
 
     // Published after the failover: the worker must be reading every partition again.
-    publish(&harness, 300..350).await;
-    let (lost, dead, repeats) = outcome(&harness, &worker, 350, Duration::from_secs(60)).await;
+    publish(&producer, 400..ORDERS, Duration::ZERO).await;
+    let (lost, dead, repeats) = outcome(&harness, &worker, ORDERS, Duration::from_secs(60)).await;
     // The repeated successes whose first success was before the kill (the rest were done
     // while the primary was away: their acknowledgements did not get through).
     let attempts = worker.attempts();
@@ -70,9 +107,10 @@ async fn the_primary_killed_mid_run_loses_nothing_and_the_worker_follows_the_new
         .filter(|a| a.2 && !seen.insert(a.0) && before.contains(&a.0))
         .count();
     eprintln!(
-        "primary on {old} killed after {at_kill} attempts; {} promoted in {:?}, writable (a replica \
-         following it) in {:?}: {} of 350 lost, {} dead-lettered, {repeats} repeated successes \
-         ({repeated_before} of them first done before the kill)",
+        "session timeout {session_timeout:?}: primary on {old} killed after {at_kill} attempts; {} promoted in {:?}, writable (a replica \
+         following it) in {:?}; a send waited up to {longest:?} ({failed} failed and were sent again): {} of {ORDERS} \
+         lost, {} dead-lettered, {repeats} repeated successes ({repeated_before} of them first \
+         done before the kill)",
         failover.primary,
         failover.promoted,
         failover.writable,
@@ -80,20 +118,32 @@ async fn the_primary_killed_mid_run_loses_nothing_and_the_worker_follows_the_new
         dead.len()
     );
     assert!(lost.is_empty(), "orders lost: {lost:?}");
-    assert_eq!(dead, expected_dead(350));
+    assert_eq!(dead, expected_dead(ORDERS));
 }
 
-/// Publishes orders `ids` through the backend, each tried again for a while when refused (a
-/// primary without a replica in sync refuses writes).
-async fn publish(harness: &RedisSentinelHarness, ids: std::ops::Range<u64>) {
-    let producer = Producer::new(harness.backend.clone());
+/// Publishes orders `ids`, `pause` apart, each sent again until it returns Ok (a failover
+/// refuses sends until a replica follows the new primary); how many sends failed, and the
+/// longest time one order took to publish.
+async fn publish(
+    producer: &Producer<Redis>,
+    ids: std::ops::Range<u64>,
+    pause: Duration,
+) -> (usize, Duration) {
+    let (mut failed, mut longest) = (0, Duration::ZERO);
     for id in ids {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let start = Instant::now();
         while let Err(error) = producer.send(&Order { id }).await {
-            assert!(Instant::now() < deadline, "order {id} not published: {error}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "order {id} not published: {error}"
+            );
+            failed += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        longest = longest.max(start.elapsed());
+        tokio::time::sleep(pause).await;
     }
+    (failed, longest)
 }
 
 /// Waits (up to `within`) until every order of `0..count` succeeded or was dead-lettered;
@@ -109,7 +159,17 @@ async fn outcome(
     loop {
         let attempts = worker.attempts();
         let succeeded: HashSet<u64> = attempts.iter().filter(|a| a.2).map(|a| a.0).collect();
-        let dead: HashSet<u64> = harness.records(DLQ).await.iter().map(order_id).collect();
+        // The harness's own connection went to the old primary: its first command after the
+        // failover fails (as after any dropped connection), the next asks the sentinels.
+        let dead_letters = harness
+            .backend
+            .read(&Topic::new(DLQ, TopicRole::DeadLetter), &[])
+            .await;
+        let Ok(dead_letters) = dead_letters else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        let dead: HashSet<u64> = dead_letters.iter().map(order_id).collect();
         let lost: Vec<u64> = (0..count)
             .filter(|id| !succeeded.contains(id) && !dead.contains(id))
             .collect();

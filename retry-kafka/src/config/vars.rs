@@ -73,6 +73,10 @@ pub const REDIS_UNORDERED: &str = "REDIS_UNORDERED";
 pub const REDIS_DEFAULT_PARTITIONS: &str = "REDIS_DEFAULT_PARTITIONS";
 /// The path of a PEM file of root certificates to trust for `rediss://` (feature `redis-tls`).
 pub const REDIS_TLS_CA_FILE: &str = "REDIS_TLS_CA_FILE";
+/// How many replicas must acknowledge each entry the Redis backend publishes before the send
+/// returns (`WAIT`; default 0: the primary's acknowledgement is enough). With a primary behind
+/// Sentinel, `1` means a failover loses no entry whose send returned.
+pub const REDIS_WAIT_REPLICAS: &str = "REDIS_WAIT_REPLICAS";
 
 /// The PostgreSQL database's URL, for retries and dead letters beside Kafka or Redis.
 pub const DATABASE_URL: &str = "DATABASE_URL";

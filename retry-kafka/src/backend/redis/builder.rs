@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) default_partitions: u32,
     pub(crate) response_timeout: Duration,
     pub(crate) unordered: bool,
+    /// Replicas that must acknowledge a published entry (`WAIT`); 0: none.
+    pub(crate) wait_replicas: u32,
 }
 
 /// Settings of a [`Redis`] backend.
@@ -81,6 +83,7 @@ impl Redis {
                 default_partitions: 1,
                 response_timeout: Duration::from_secs(10),
                 unordered: false,
+                wait_replicas: 0,
             },
             tls_root: None,
         }
@@ -180,6 +183,26 @@ impl RedisBuilder {
         self
     }
 
+    /// Makes every entry this backend publishes ([`Publish::send`](crate::backend::Publish::send):
+    /// a producer's event, a replayed dead letter, and on `Tiered` the first retry of a main
+    /// topic's record) wait until `replicas` replicas acknowledged it (`WAIT`, up to half the
+    /// response timeout, 5 s) before the send returns: with a primary behind Sentinel, a
+    /// failover then loses no entry whose send returned. Fewer acknowledgements fail the send
+    /// (the entry may be on the primary: a send tried again may write it twice). Default 0:
+    /// the primary's acknowledgement is enough. Hand-offs need none: one is a MULTI/EXEC with
+    /// its source's acknowledgement, so a promoted replica has both or neither, and a source
+    /// not acknowledged is read again. Not on a Redis Cluster (yet).
+    ///
+    /// ```
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let builder = Redis::builder("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/orders").wait_for_replicas(1);
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: u32) -> Self {
+        self.settings.wait_replicas = replicas;
+        self
+    }
+
     /// Root certificates (PEM) to trust for `rediss://`, for a server whose certificate a
     /// private CA signed. Without it the system's root certificates are trusted.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -201,6 +224,12 @@ impl RedisBuilder {
             return Err(ConfigError::Invalid {
                 field: vars::REDIS_TLS_CA_FILE,
                 reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
+            });
+        }
+        if self.settings.wait_replicas > 0 && !self.cluster_nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: vars::REDIS_WAIT_REPLICAS,
+                reason: "waiting for replicas is not supported on a Redis Cluster yet".into(),
             });
         }
         // The connections spawn their tasks on the current runtime (and panic without one).
@@ -298,6 +327,7 @@ impl RedisBuilder {
                 conn,
                 settings: self.settings,
                 partitions: Default::default(),
+                publishing: Default::default(),
                 next_member: AtomicU64::new(0),
                 admitted: AtomicBool::new(false),
             }),

@@ -109,6 +109,9 @@ struct Shared {
     conn: Link,
     settings: Settings,
     partitions: PartitionCounts,
+    /// With [`RedisBuilder::wait_for_replicas`]: the connection publishes go on, made on the
+    /// first (`WAIT` blocks its connection, and waits for that connection's writes).
+    publishing: std::sync::OnceLock<Link>,
     next_member: AtomicU64,
     /// The server accepted this client once (see [`Redis::admitted`]).
     admitted: AtomicBool,
@@ -174,6 +177,19 @@ impl Redis {
         self.shared
             .client
             .connect(settings.response_timeout, settings.response_timeout)
+    }
+
+    /// The connection a publish goes on: the shared one, or with
+    /// [`RedisBuilder::wait_for_replicas`] one of its own.
+    pub(crate) fn publishing_connection(&self) -> Result<Link, BackendError> {
+        if self.shared.settings.wait_replicas == 0 {
+            return Ok(self.connection());
+        }
+        if let Some(link) = self.shared.publishing.get() {
+            return Ok(link.clone());
+        }
+        let link = self.writing_connection()?;
+        Ok(self.shared.publishing.get_or_init(|| link).clone())
     }
 
     pub(crate) fn member_name(&self) -> String {
