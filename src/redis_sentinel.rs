@@ -19,6 +19,18 @@ const DOWN_AFTER_MS: u64 = 1000;
 const MAX_LAG_S: u64 = 10;
 
 /// One primary, two replicas, three sentinels.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use retry_kafka_suite::RedisSentinel;
+///
+/// let mut setup = RedisSentinel::start();
+/// let url = setup.url(); // redis+sentinel://127.0.0.1:…,…/rk-primary, for REDIS_URL
+/// let old = setup.primary();
+/// setup.kill(old);
+/// let failover = setup.failover_from(old, Duration::from_secs(30));
+/// assert_ne!(failover.primary, old);
+/// ```
 pub struct RedisSentinel {
     /// The data servers: the first primary, then its replicas (after a failover, one of them is
     /// the primary).

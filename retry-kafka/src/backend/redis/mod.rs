@@ -143,6 +143,17 @@ impl Redis {
 
     /// Whether this backend finds its server through Redis Sentinel (a `redis+sentinel://`
     /// URL), with the one-server key layout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), retry_kafka::error::ConfigError> {
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let redis = Redis::builder("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/orders").build()?;
+    /// assert!(redis.is_sentinel() && !redis.is_cluster());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_sentinel(&self) -> bool {
         matches!(self.shared.client, Client::Sentinel { .. })
     }
