@@ -14,7 +14,11 @@ use conformance::Harness as _;
 use process_support::{expected_dead, order_id, Order, Worker, DLQ, TOPIC};
 use redis_support::{test_settings, RedisSentinel, RedisSentinelHarness};
 use retry_kafka::backend::redis::Redis;
-use retry_kafka::backend::{Browse as _, Topic, TopicRole};
+use retry_kafka::backend::redis::RedisConsumer;
+use retry_kafka::backend::{
+    Backend as _, Browse as _, Consumer as _, Fetched, OutboundRecord, Publish as _, Subscription, Topic,
+    TopicAdmin as _, TopicRole,
+};
 use retry_kafka::prelude::Producer;
 
 async fn sentinel() -> RedisSentinelHarness {
@@ -119,6 +123,93 @@ async fn the_primary_killed(session_timeout: Duration) {
     );
     assert!(lost.is_empty(), "orders lost: {lost:?}");
     assert_eq!(dead, expected_dead(ORDERS));
+}
+
+/// A failover asked of the sentinels (`SENTINEL FAILOVER`): the old primary lives on as a
+/// replica (the sentinels drop its clients; a write that reaches it is answered `READONLY`),
+/// and the backend's connections move to the new one: a consumer's blocking reads, the shared
+/// connection's sends and reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_asked_of_the_sentinels_moves_every_connection_to_the_new_primary() {
+    let harness = sentinel().await;
+    let backend = &harness.backend;
+    let topic = Topic::main("orders");
+    backend.create_topic(&topic, 1).await.expect("create topic");
+    let mut consumer = backend
+        .subscribe(Subscription {
+            topic: topic.clone(),
+            group: "billing".into(),
+        })
+        .await
+        .expect("subscribe");
+    let send = |n: u32| {
+        let topic = topic.clone();
+        let record = OutboundRecord {
+            partition: Some(0),
+            payload: Some(n.to_string().into_bytes().into()),
+            ..Default::default()
+        };
+        async move {
+            for _ in 0..100 {
+                if backend.send(&topic, record.clone()).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("record {n} was never sent");
+        }
+    };
+    send(0).await;
+    assert_eq!(next_payload(&mut consumer).await, "0");
+
+    let old = harness.server.primary();
+    let asked = RedisSentinel::cli(
+        harness.server.sentinels[0].port,
+        &["SENTINEL", "FAILOVER", RedisSentinel::MASTER_NAME],
+    );
+    assert_eq!(asked.trim(), "OK", "SENTINEL FAILOVER");
+    let failover = tokio::task::block_in_place(|| harness.server.failover_from(old, Duration::from_secs(30)));
+    assert!(
+        RedisSentinel::cli(old, &["ROLE"]).starts_with("slave"),
+        "the old primary is a replica now"
+    );
+
+    for n in 1..20 {
+        send(n).await;
+    }
+    // Each record read at least once (one whose acknowledgement failed may be read again).
+    let mut unread: HashSet<String> = (1..20).map(|n| n.to_string()).collect();
+    while !unread.is_empty() {
+        unread.remove(&next_payload(&mut consumer).await);
+    }
+    let read = backend.read(&topic, &[]).await;
+    let read = match read {
+        Ok(records) => records,
+        // The first command on a connection to the old primary fails; the next one does not.
+        Err(_) => backend.read(&topic, &[]).await.expect("read the topic"),
+    };
+    assert_eq!(read.len(), 20);
+    eprintln!(
+        "asked failover from {old} to {}: promoted in {:?}, writable in {:?}",
+        failover.primary, failover.promoted, failover.writable
+    );
+}
+
+/// The payload of the consumer's next record (acknowledged), skipping assignments.
+async fn next_payload(consumer: &mut RedisConsumer) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), consumer.next()).await {
+            Ok(Ok(Fetched::Record(record))) => {
+                let at = record.position();
+                // An acknowledgement that fails (the primary is changing) is read again: at least once.
+                let _ = consumer.ack(at.partition, at.offset).await;
+                return String::from_utf8_lossy(record.payload.as_deref().unwrap_or_default()).into_owned();
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(error)) => panic!("fetch failed: {error}"),
+            Err(_) => panic!("no record within 20 s"),
+        }
+    }
 }
 
 /// Publishes orders `ids`, `pause` apart, each sent again until it returns Ok (a failover
