@@ -4,7 +4,8 @@
 #   write bytes retry-kafka did not produce.
 #   redis-server and redis-cli 7.x, Debian's package (system-wide: apt needs root, or sudo;
 #   redis-server depends on redis-tools, which has redis-cli: the Redis Cluster tests create
-#   their cluster with `redis-cli --cluster create`), and openssl, which makes the
+#   their cluster with `redis-cli --cluster create`; the Sentinel tests run the sentinels as
+#   `redis-server --sentinel`, so Debian's redis-sentinel package is not needed), and openssl, which makes the
 #   certificates of the TLS tests' servers.
 #   libssl-dev and pkg-config (Debian's), for the kafka-ssl feature the tests build with (TLS
 #   and SASL/SCRAM against Apache Kafka); libsasl2-dev, for kafka-gssapi, which the

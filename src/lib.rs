@@ -14,8 +14,10 @@ mod kafka_cluster;
 pub use kafka_cluster::KafkaCluster;
 mod postgres_server;
 mod redis_cluster;
+mod redis_sentinel;
 pub use postgres_server::{PostgresServer, ServerTls};
 pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::{Failover, RedisSentinel};
 
 /// CPU time this process has used so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`): what the
 /// benchmarks divide by messages, steadier than wall time on a shared machine.
@@ -960,6 +962,11 @@ pub struct RedisServer {
     /// A node of a Redis Cluster (`--cluster-enabled yes`), with its cluster bus port:
     /// [`RedisCluster`].
     cluster: Option<u16>,
+    /// More options for the command line (a replica's `--replicaof`, say: [`RedisSentinel`]).
+    options: Vec<String>,
+    /// A sentinel (`redis-server sentinel.conf --sentinel`) with this configuration, written
+    /// to its directory at launch: [`RedisSentinel`].
+    sentinel: Option<String>,
     dir: PathBuf,
 }
 
@@ -992,16 +999,10 @@ impl RedisServer {
     /// to an append-only file (fsync every write) so a restart keeps what was acknowledged.
     pub fn start_with(password: Option<&str>, append_only: bool) -> Self {
         Self::launched_on_free_ports(|[port, _]| {
-            let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
-            RedisServer {
-                child: None,
-                port,
-                password: password.map(str::to_owned),
-                append_only,
-                tls: false,
-                cluster: None,
-                dir,
-            }
+            let mut server = RedisServer::unlaunched(port);
+            server.password = password.map(str::to_owned);
+            server.append_only = append_only;
+            server
         })
     }
 
@@ -1059,20 +1060,30 @@ impl RedisServer {
         false
     }
 
+    /// A server on `port`, not launched yet, without persistence, password, TLS or options,
+    /// with a data directory of its own.
+    fn unlaunched(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
+        RedisServer {
+            child: None,
+            port,
+            password: None,
+            append_only: false,
+            tls: false,
+            cluster: None,
+            options: Vec::new(),
+            sentinel: None,
+            dir,
+        }
+    }
+
     /// A node for [`RedisCluster`]: cluster mode on, no persistence, no password.
     fn start_cluster_node() -> Self {
         // The bus port too: by default it is the port + 10000, which another test may hold.
         Self::launched_on_free_ports(|[port, bus]| {
-            let dir = std::env::temp_dir().join(format!("retry-kafka-redis-{port}-{}", std::process::id()));
-            RedisServer {
-                child: None,
-                port,
-                password: None,
-                append_only: false,
-                tls: false,
-                cluster: Some(bus),
-                dir,
-            }
+            let mut server = RedisServer::unlaunched(port);
+            server.cluster = Some(bus);
+            server
         })
     }
 
@@ -1141,6 +1152,12 @@ impl RedisServer {
     fn launch(&mut self) {
         let log = self.dir.join("server.log");
         let mut command = Command::new(Self::binary());
+        if let Some(config) = &self.sentinel {
+            // A sentinel rewrites its configuration file as it learns: one of its own.
+            let file = self.dir.join("sentinel.conf");
+            std::fs::write(&file, config).expect("write sentinel.conf");
+            command.arg(&file).arg("--sentinel");
+        }
         if self.tls {
             let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
             command
@@ -1166,11 +1183,14 @@ impl RedisServer {
                 "--logfile",
                 log.to_str().unwrap(),
             ]);
-        if self.append_only {
+        if self.sentinel.is_some() {
+            // Neither persistence nor a save point in a sentinel.
+        } else if self.append_only {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.options);
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }

@@ -60,7 +60,7 @@ impl RedisCluster {
 
     /// `redis-cli -p port` running the commands of `script` (one per line) on one connection,
     /// its output (panics if it fails to run).
-    fn cli_script(port: u16, script: &str) -> String {
+    pub(crate) fn cli_script(port: u16, script: &str) -> String {
         use std::io::Write as _;
         let mut child = Command::new(redis_cli())
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -207,7 +207,7 @@ impl RedisCluster {
 }
 
 /// `redis-cli`, beside `redis-server` (Debian's redis-tools, which redis-server depends on).
-fn redis_cli() -> PathBuf {
+pub(crate) fn redis_cli() -> PathBuf {
     let cli = RedisServer::binary().with_file_name("redis-cli");
     assert!(
         cli.is_file(),

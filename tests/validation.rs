@@ -174,6 +174,24 @@ async fn run_without_a_backend_fails_naming_the_setting() {
         "{message}"
     );
     std::env::remove_var("REDIS_CLUSTER_URLS");
+    // Sentinels without the primary's name, a sentinel URL given as a cluster's node.
+    std::env::set_var("REDIS_URL", "redis+sentinel://:secret@127.0.0.1:1,127.0.0.1:2");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert!(
+        message
+            .starts_with("invalid REDIS_URL: redis+sentinel://:***@127.0.0.1:1,127.0.0.1:2: no master name"),
+        "{message}"
+    );
+    std::env::remove_var("REDIS_URL");
+    std::env::set_var("REDIS_CLUSTER_URLS", "redis+sentinel://127.0.0.1:1/orders");
+    let message = retry_kafka::run().await.unwrap_err().to_string();
+    assert!(
+        message
+            .starts_with("invalid REDIS_CLUSTER_URLS: redis+sentinel://127.0.0.1:1/orders names sentinels"),
+        "{message}"
+    );
+    std::env::remove_var("REDIS_CLUSTER_URLS");
+    std::env::set_var("REDIS_URL", "redis://127.0.0.1:1");
 
     // Both set: the choice must be made, and the message names the three.
     std::env::remove_var(retry_kafka::settings::vars::RETRY_KAFKA_BACKEND);

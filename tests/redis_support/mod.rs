@@ -9,7 +9,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::Value;
 use retry_kafka::backend::redis::{Redis, RedisBuilder};
 use retry_kafka::backend::{Backend as _, Browse as _, Record, Topic, TopicAdmin, TopicRole};
-pub use retry_kafka_suite::{RedisCluster, RedisServer};
+pub use retry_kafka_suite::{RedisCluster, RedisSentinel, RedisServer};
 
 use crate::conformance::Harness;
 
@@ -56,6 +56,37 @@ impl Servers for RedisCluster {
             .get_async_connection()
             .await
             .expect("connect to the redis cluster")
+    }
+}
+
+impl Servers for RedisSentinel {
+    /// A connection to the primary the sentinels name now.
+    async fn connection(&self) -> impl ConnectionLike + Send {
+        use redis::sentinel::{SentinelClient, SentinelServerType};
+        SentinelClient::build(
+            self.sentinel_urls(),
+            RedisSentinel::MASTER_NAME,
+            None,
+            SentinelServerType::Master,
+        )
+        .expect("sentinel client")
+        .get_async_connection()
+        .await
+        .expect("connect to the primary through the sentinels")
+    }
+}
+
+/// The conformance harness on a primary with two replicas behind three sentinels, through a
+/// `redis+sentinel://` URL (the one-server key layout).
+pub type RedisSentinelHarness = RedisHarness<RedisSentinel>;
+
+impl RedisHarness<RedisSentinel> {
+    pub fn start_sentinel() -> Self {
+        init_tracing();
+        let server = RedisSentinel::start();
+        let backend = test_backend(&server.url());
+        assert!(backend.is_sentinel());
+        RedisHarness { backend, server }
     }
 }
 

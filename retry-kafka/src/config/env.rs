@@ -116,6 +116,9 @@ impl RedisSettings {
                 .map(|partitions| partitions.try_into().unwrap_or(u32::MAX)),
             unordered: vars.flag(REDIS_UNORDERED)?,
             tls_ca_file: vars.get(REDIS_TLS_CA_FILE).map(Into::into),
+            wait_replicas: vars
+                .number(REDIS_WAIT_REPLICAS)?
+                .map(|replicas| replicas.try_into().unwrap_or(u32::MAX)),
         })
     }
 }

@@ -88,6 +88,8 @@ pub struct RedisSettings {
     pub unordered: bool,
     /// [`REDIS_TLS_CA_FILE`](vars::REDIS_TLS_CA_FILE): read when connecting.
     pub tls_ca_file: Option<PathBuf>,
+    /// [`REDIS_WAIT_REPLICAS`](vars::REDIS_WAIT_REPLICAS).
+    pub wait_replicas: Option<u32>,
 }
 
 /// PostgreSQL's settings (`Postgres::builder` in code, feature `postgres`).
@@ -365,6 +367,7 @@ impl fmt::Debug for RedisSettings {
             .field("default_partitions", &self.default_partitions)
             .field("unordered", &self.unordered)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }

@@ -52,7 +52,10 @@ pub const KAFKA_AT_RISK_MS: &str = "KAFKA_AT_RISK_MS";
 /// waiting for their commit past which the level starts no attempt.
 pub const KAFKA_AT_RISK_RECORDS: &str = "KAFKA_AT_RISK_RECORDS";
 
-/// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`.
+/// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`; or, for a
+/// primary with replicas behind Redis Sentinel, the sentinels and the primary's name:
+/// `redis+sentinel://[:password@]host:port,host:port,host:port/master-name[/db]` (the password
+/// is the primary's; the same one-server key layout).
 pub const REDIS_URL: &str = "REDIS_URL";
 /// A Redis Cluster's nodes, comma-separated URLs (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`):
 /// the cluster's key layout instead of [`REDIS_URL`]'s one server. One node is enough; more
@@ -70,6 +73,10 @@ pub const REDIS_UNORDERED: &str = "REDIS_UNORDERED";
 pub const REDIS_DEFAULT_PARTITIONS: &str = "REDIS_DEFAULT_PARTITIONS";
 /// The path of a PEM file of root certificates to trust for `rediss://` (feature `redis-tls`).
 pub const REDIS_TLS_CA_FILE: &str = "REDIS_TLS_CA_FILE";
+/// How many replicas must acknowledge each entry the Redis backend publishes before the send
+/// returns (`WAIT`; default 0: the primary's acknowledgement is enough). With a primary behind
+/// Sentinel, `1` means a failover loses no entry whose send returned.
+pub const REDIS_WAIT_REPLICAS: &str = "REDIS_WAIT_REPLICAS";
 
 /// The PostgreSQL database's URL, for retries and dead letters beside Kafka or Redis.
 pub const DATABASE_URL: &str = "DATABASE_URL";

@@ -184,6 +184,9 @@ fn redis(settings: &RedisSettings) -> Result<Redis, ConfigError> {
     if settings.unordered {
         builder = builder.unordered();
     }
+    if let Some(replicas) = settings.wait_replicas {
+        builder = builder.wait_for_replicas(replicas);
+    }
     builder.build()
 }
 
@@ -227,10 +230,11 @@ impl Kafka {
 
 #[cfg(feature = "redis")]
 impl Redis {
-    /// The server named by `REDIS_URL` (or the cluster of `REDIS_CLUSTER_URLS`), with settings from the environment where given:
-    /// `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`,
+    /// The server named by `REDIS_URL` (one server, or the primary behind the sentinels of a
+    /// `redis+sentinel://` URL) or the cluster of `REDIS_CLUSTER_URLS`, with settings from the
+    /// environment where given: `REDIS_SESSION_TIMEOUT_MS`, `REDIS_KEEP_ACKNOWLEDGED_MS`,
     /// `REDIS_KEEP_ACKNOWLEDGED_ENTRIES`, `REDIS_DEFAULT_PARTITIONS`, `REDIS_UNORDERED`,
-    /// `REDIS_TLS_CA_FILE`: the Redis part of [`Settings::from_env`]. A value that does not
+    /// `REDIS_TLS_CA_FILE`, `REDIS_WAIT_REPLICAS`: the Redis part of [`Settings::from_env`]. A value that does not
     /// parse fails, naming the variable.
     ///
     /// ```no_run

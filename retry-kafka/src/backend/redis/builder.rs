@@ -11,6 +11,7 @@ use redis::cluster::{ClusterClient, ClusterConfig};
 use super::error::redact;
 use super::keys::KeyLayout;
 use super::link::Link;
+use super::sentinel::{SentinelLink, SentinelUrl, Sentinels};
 use super::{Client, Redis, Shared};
 use crate::config::vars;
 use crate::error::ConfigError;
@@ -27,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) default_partitions: u32,
     pub(crate) response_timeout: Duration,
     pub(crate) unordered: bool,
+    /// Replicas that must acknowledge a published entry (`WAIT`); 0: none.
+    pub(crate) wait_replicas: u32,
 }
 
 /// Settings of a [`Redis`] backend.
@@ -47,7 +50,24 @@ pub struct RedisBuilder {
 
 impl Redis {
     /// Settings for the server at `url` (`redis://[:password@]host:port[/db]`, or `rediss://`
-    /// for TLS with the `redis-tls` feature).
+    /// for TLS with the `redis-tls` feature), or for the primary that Redis Sentinel names:
+    /// `redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/master-name[/db]`.
+    ///
+    /// With `redis+sentinel://` the hosts are sentinels (port 26379 unless given), the path
+    /// names the primary as the sentinels monitor it (`sentinel monitor <master-name> …`), and
+    /// the user and password are the primary's; sentinels that want a password of their own
+    /// take it as `?sentinel_password=…` (and `&sentinel_username=…`). Keys have the one-server
+    /// layout, so a deployment moves from one server to a Sentinel-managed primary by its URL.
+    /// After a failover the connections ask the sentinels for the new primary (ARCHITECTURE.md,
+    /// Redis Sentinel).
+    ///
+    /// ```
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let one_server = Redis::builder("redis://:secret@10.0.0.1:6379/0");
+    /// let behind_sentinel =
+    ///     Redis::builder("redis+sentinel://:secret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/orders/0");
+    /// ```
     pub fn builder(url: impl Into<String>) -> RedisBuilder {
         RedisBuilder {
             url: url.into(),
@@ -63,6 +83,7 @@ impl Redis {
                 default_partitions: 1,
                 response_timeout: Duration::from_secs(10),
                 unordered: false,
+                wait_replicas: 0,
             },
             tls_root: None,
         }
@@ -162,6 +183,26 @@ impl RedisBuilder {
         self
     }
 
+    /// Makes every entry this backend publishes ([`Publish::send`](crate::backend::Publish::send):
+    /// a producer's event, a replayed dead letter, and on `Tiered` the first retry of a main
+    /// topic's record) wait until `replicas` replicas acknowledged it (`WAIT`, up to half the
+    /// response timeout, 5 s) before the send returns: with a primary behind Sentinel, a
+    /// failover then loses no entry whose send returned. Fewer acknowledgements fail the send
+    /// (the entry may be on the primary: a send tried again may write it twice). Default 0:
+    /// the primary's acknowledgement is enough. Hand-offs need none: one is a MULTI/EXEC with
+    /// its source's acknowledgement, so a promoted replica has both or neither, and a source
+    /// not acknowledged is read again. Not on a Redis Cluster (yet).
+    ///
+    /// ```
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let builder = Redis::builder("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/orders").wait_for_replicas(1);
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: u32) -> Self {
+        self.settings.wait_replicas = replicas;
+        self
+    }
+
     /// Root certificates (PEM) to trust for `rediss://`, for a server whose certificate a
     /// private CA signed. Without it the system's root certificates are trusted.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -185,12 +226,38 @@ impl RedisBuilder {
                 reason: "TLS needs the cargo feature `redis-tls` of retry-kafka".into(),
             });
         }
+        if self.settings.wait_replicas > 0 && !self.cluster_nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: vars::REDIS_WAIT_REPLICAS,
+                reason: "waiting for replicas is not supported on a Redis Cluster yet".into(),
+            });
+        }
         // The connections spawn their tasks on the current runtime (and panic without one).
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime { backend: "redis" });
         }
         let timeout = self.settings.response_timeout;
-        let (client, conn, keys) = if self.cluster_nodes.is_empty() {
+        let (client, conn, keys) = if self.cluster_nodes.is_empty() && SentinelUrl::is_sentinel(&self.url) {
+            let invalid = |reason: String| ConfigError::Invalid {
+                field: vars::REDIS_URL,
+                reason: format!("{}: {reason}", redact(&self.url)),
+            };
+            let url = SentinelUrl::parse(&self.url).map_err(|error| invalid(error.to_string()))?;
+            if self.tls_root.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: vars::REDIS_TLS_CA_FILE,
+                    reason: "TLS through Sentinel is not supported yet".into(),
+                });
+            }
+            let sentinels =
+                Arc::new(Sentinels::new(&url, timeout).map_err(|error| invalid(error.to_string()))?);
+            let conn = SentinelLink::new(sentinels.clone(), timeout, timeout, url.db());
+            let client = Client::Sentinel {
+                sentinels,
+                db: url.db(),
+            };
+            (client, Link::Sentinel(conn), KeyLayout::Server)
+        } else if self.cluster_nodes.is_empty() {
             let invalid = |error: redis::RedisError| ConfigError::Invalid {
                 field: vars::REDIS_URL,
                 reason: format!("{}: {error}", redact(&self.url)),
@@ -216,6 +283,19 @@ impl RedisBuilder {
             let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(invalid)?;
             (Client::Server(client), Link::Server(conn), KeyLayout::Server)
         } else {
+            if let Some(url) = self
+                .cluster_nodes
+                .iter()
+                .find(|url| SentinelUrl::is_sentinel(url))
+            {
+                return Err(ConfigError::Invalid {
+                    field: vars::REDIS_CLUSTER_URLS,
+                    reason: format!(
+                        "{} names sentinels, not a cluster's node: give a redis+sentinel:// URL in REDIS_URL",
+                        redact(url)
+                    ),
+                });
+            }
             let nodes: Vec<String> = self.cluster_nodes.iter().map(|url| redact(url)).collect();
             let invalid = |error: redis::RedisError| ConfigError::Invalid {
                 field: vars::REDIS_CLUSTER_URLS,
@@ -247,6 +327,7 @@ impl RedisBuilder {
                 conn,
                 settings: self.settings,
                 partitions: Default::default(),
+                publishing: Default::default(),
                 next_member: AtomicU64::new(0),
                 admitted: AtomicBool::new(false),
             }),

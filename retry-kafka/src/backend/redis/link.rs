@@ -1,5 +1,5 @@
-//! A connection to one server or to a Redis Cluster ([`Link`]), so every command of the backend
-//! is written once, whichever the deployment.
+//! A connection to one server, to the primary Redis Sentinel names, or to a Redis Cluster
+//! ([`Link`]), so every command of the backend is written once, whichever the deployment.
 //!
 //! A cluster takes a pipeline only when all its keys are in one slot; the backend's pipelines
 //! (acknowledgements of several partitions, lease renewals, a batch of hand-offs) span slots,
@@ -13,10 +13,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
-/// One server's connection, or a cluster's (a connection per shard, kept by redis-rs).
+use super::sentinel::SentinelLink;
+
+/// One server's connection, the Sentinel-managed primary's (asked of the sentinels again
+/// after it failed: `sentinel.rs`), or a cluster's (a connection per shard, kept by redis-rs).
 #[derive(Clone)]
 pub(crate) enum Link {
     Server(ConnectionManager),
+    Sentinel(SentinelLink),
     Cluster(ClusterConnection),
 }
 
@@ -30,6 +34,7 @@ impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::Server(conn) => conn.req_packed_command(cmd),
+            Link::Sentinel(conn) => conn.req_packed_command(cmd),
             Link::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -42,6 +47,7 @@ impl ConnectionLike for Link {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Link::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
             Link::Cluster(conn) => {
                 // An atomic pipeline (MULTI/EXEC by `Pipeline::atomic`) is never split: the
                 // cluster refuses it if its keys span slots, as it should.
@@ -56,6 +62,7 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Link::Server(conn) => conn.get_db(),
+            Link::Sentinel(conn) => conn.get_db(),
             Link::Cluster(conn) => conn.get_db(),
         }
     }

@@ -5,6 +5,10 @@
 //! acknowledge the source in one transaction (MULTI/EXEC), many of them pipelined in one round
 //! trip. What a failure means is decided by the runtime.
 //!
+//! A primary with replicas behind Redis Sentinel (`redis+sentinel://` URLs, `sentinel.rs`) has
+//! the one-server key layout: the sentinels are asked for the primary, and asked again when a
+//! connection to it fails, so the backend follows a failover.
+//!
 //! On a Redis Cluster ([`Redis::cluster_builder`]) keys are tagged per partition, so a topic's
 //! partitions spread over the shards, and a hand-off, whose write and source are in different
 //! slots, writes once per source and then acknowledges (ARCHITECTURE.md, Redis Cluster).
@@ -33,6 +37,7 @@
 //! | `keys.rs` | key names, in the one-server or the cluster layout |
 //! | `link.rs` | a connection to one server or to a cluster; a cluster's pipelines split by slot |
 //! | `scripts.rs` | the Lua scripts, run by their SHA1 |
+//! | `sentinel.rs` | `redis+sentinel://` URLs; a connection that asks the sentinels for the primary again after a failover |
 //! | `stream_id.rs` | stream entry IDs as offsets |
 //! | `fields.rs` | a record as stream fields (a field per value, or packed) and as a delay-set member, and back |
 //! | `msgpack.rs` | the msgpack of a packed entry and of a delay-set member |
@@ -70,6 +75,7 @@ mod msgpack;
 mod produce;
 mod reply;
 mod scripts;
+mod sentinel;
 mod stream_id;
 mod unsettled;
 
@@ -107,15 +113,24 @@ struct Shared {
     conn: Link,
     settings: Settings,
     partitions: PartitionCounts,
+    /// With [`RedisBuilder::wait_for_replicas`]: the connection publishes go on, made on the
+    /// first (`WAIT` blocks its connection, and waits for that connection's writes).
+    publishing: std::sync::OnceLock<Link>,
     next_member: AtomicU64,
     /// The server accepted this client once (see [`Redis::admitted`]).
     admitted: AtomicBool,
 }
 
-/// What connections are made from: one server's client, or a cluster's.
+/// What connections are made from: one server's client, the sentinels that name the primary,
+/// or a cluster's client.
 #[allow(clippy::large_enum_variant)] // one per backend, behind its `Arc`
 enum Client {
     Server(redis::Client),
+    Sentinel {
+        sentinels: Arc<sentinel::Sentinels>,
+        /// The primary's database.
+        db: i64,
+    },
     Cluster(ClusterClient),
 }
 
@@ -128,6 +143,23 @@ impl Redis {
     /// Whether this backend talks to a Redis Cluster (with the cluster's key layout).
     pub fn is_cluster(&self) -> bool {
         self.shared.keys == KeyLayout::Cluster
+    }
+
+    /// Whether this backend finds its server through Redis Sentinel (a `redis+sentinel://`
+    /// URL), with the one-server key layout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), retry_kafka::error::ConfigError> {
+    /// use retry_kafka::backend::redis::Redis;
+    ///
+    /// let redis = Redis::builder("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/orders").build()?;
+    /// assert!(redis.is_sentinel() && !redis.is_cluster());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.shared.client, Client::Sentinel { .. })
     }
 
     pub(crate) fn keys(&self) -> KeyLayout {
@@ -160,6 +192,19 @@ impl Redis {
         self.shared
             .client
             .connect(settings.response_timeout, settings.response_timeout)
+    }
+
+    /// The connection a publish goes on: the shared one, or with
+    /// [`RedisBuilder::wait_for_replicas`] one of its own.
+    pub(crate) fn publishing_connection(&self) -> Result<Link, BackendError> {
+        if self.shared.settings.wait_replicas == 0 {
+            return Ok(self.connection());
+        }
+        if let Some(link) = self.shared.publishing.get() {
+            return Ok(link.clone());
+        }
+        let link = self.writing_connection()?;
+        Ok(self.shared.publishing.get_or_init(|| link).clone())
     }
 
     pub(crate) fn member_name(&self) -> String {
@@ -297,6 +342,13 @@ impl Redis {
                     let mut conn = client
                         .get_multiplexed_async_connection_with_config(&config)
                         .await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                }
+                Client::Sentinel { sentinels, .. } => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout));
+                    let mut conn = sentinels.connect(&config).await?;
                     redis::cmd("PING").query_async::<String>(&mut conn).await
                 }
                 Client::Cluster(client) => {
@@ -518,6 +570,12 @@ impl Client {
                     .map(Link::Server)
                     .map_err(transport)
             }
+            Client::Sentinel { sentinels, db } => Ok(Link::Sentinel(sentinel::SentinelLink::new(
+                sentinels.clone(),
+                response,
+                connection,
+                *db,
+            ))),
             Client::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_response_timeout(response)

@@ -145,24 +145,63 @@ impl Redis {
         }
     }
 
-    /// XADD (or, with a due time, ZADD to the delay set), on its own.
+    /// XADD (or, with a due time, ZADD to the delay set), on its own; with
+    /// [`wait_for_replicas`](super::RedisBuilder::wait_for_replicas), then `WAIT` on the same
+    /// connection.
     pub(crate) async fn write(
         &self,
         to: &Topic,
         partition: u32,
         record: &OutboundRecord,
     ) -> Result<Delivered, BackendError> {
+        let settings = &self.shared.settings;
         let mut write = self.prepare(to, partition, record, None);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         write.add_to(&mut pipe);
+        let within = settings.response_timeout / 2;
+        if settings.wait_replicas > 0 {
+            pipe.cmd("WAIT")
+                .arg(settings.wait_replicas)
+                .arg(within.as_millis() as u64);
+        }
         let reply: Vec<Value> =
-            query_retrying(&self.connection(), &pipe, self.shared.settings.response_timeout)
+            query_retrying(&self.publishing_connection()?, &pipe, settings.response_timeout)
                 .await
                 .map_err(|error| error::produce(&write.topic, error))?;
         let mut replies = reply.into_iter();
-        write.delivered(&mut replies)
+        let delivered = write.delivered(&mut replies)?;
+        if settings.wait_replicas > 0 {
+            let acknowledged = match replies.next() {
+                Some(Value::Int(replicas)) => replicas.max(0) as u32,
+                _ => 0,
+            };
+            if acknowledged < settings.wait_replicas {
+                return Err(BackendError::Produce {
+                    topic: write.topic.to_string(),
+                    source: Box::new(NotReplicated {
+                        acknowledged,
+                        wanted: settings.wait_replicas,
+                        within,
+                    }),
+                });
+            }
+        }
+        Ok(delivered)
     }
+}
+
+/// A published entry fewer replicas acknowledged than
+/// [`wait_for_replicas`](super::RedisBuilder::wait_for_replicas) asks for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the entry was acknowledged by {acknowledged} replica(s) within {within:?}, not the {wanted} \
+     REDIS_WAIT_REPLICAS asks for; it may be on the primary only, and a failover may lose it"
+)]
+pub(crate) struct NotReplicated {
+    acknowledged: u32,
+    wanted: u32,
+    within: Duration,
 }
 
 /// One write, built: the next hop, and for a hand-off the XACK of its source.
