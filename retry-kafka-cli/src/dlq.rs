@@ -1,4 +1,4 @@
-//! `retry-kafka dlq list | show | replay`.
+//! `retry-kafka dlq list | show | export | import | replay`.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -22,6 +22,19 @@ pub(crate) enum Dlq {
     List(Listing),
     /// Shows entries in full: failure context, headers, payload.
     Show(Listing),
+    /// Writes the selected entries to stdout as JSON lines, every byte kept, for `import`
+    /// (moving a queue to another deployment or key layout, or keeping a copy).
+    Export(Exporting),
+    /// Writes the entries `export` wrote (JSON lines on stdin) into the queue, each in the
+    /// partition it had; run it once per export (a second run writes them again).
+    Import {
+        #[command(flatten)]
+        queue: Queue,
+        /// Creates the queue with this many partitions when it does not exist yet (as many as
+        /// the exported one had).
+        #[arg(long)]
+        partitions: Option<u32>,
+    },
     /// Sends the selected entries back to the main topic (or a retry level).
     ///
     /// Exits with 3 when entries were selected but the loop guard held back every one of them
@@ -51,6 +64,19 @@ pub(crate) struct Listing {
     progress: bool,
 }
 
+/// Which entries of whose queue, for `export`.
+#[derive(Args)]
+pub(crate) struct Exporting {
+    #[command(flatten)]
+    queue: Queue,
+    #[command(flatten)]
+    select: Select,
+    /// Shows progress on stderr even when it is not a terminal (a line a second); on a
+    /// terminal it shows anyway.
+    #[arg(long)]
+    progress: bool,
+}
+
 /// Whose queue.
 #[derive(Args)]
 pub(crate) struct Queue {
@@ -69,7 +95,7 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    fn role(&self) -> TopicRole {
+    pub(crate) fn role(&self) -> TopicRole {
         if self.parked {
             TopicRole::Parked
         } else {
@@ -77,7 +103,7 @@ impl Queue {
         }
     }
 
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let naming = TopicNaming::default();
         match (&self.queue, self.parked) {
             (Some(queue), _) => queue.clone(),
@@ -195,6 +221,8 @@ impl Dlq {
         match self {
             Dlq::List(listing) => listing.list(backend).await?,
             Dlq::Show(listing) => listing.show(backend).await?,
+            Dlq::Export(exporting) => exporting.export(backend).await?,
+            Dlq::Import { queue, partitions } => crate::transfer::import(backend, &queue, partitions).await?,
             Dlq::Replay {
                 queue,
                 select,
@@ -205,32 +233,59 @@ impl Dlq {
     }
 }
 
+impl Exporting {
+    /// Calls `each` with every selected entry, reading the queue a page at a time.
+    pub(crate) async fn each<B: Browse>(
+        &self,
+        backend: &B,
+        each: impl FnMut(&str, &DeadLetter) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        selected(backend, &self.queue, &self.select, self.progress, each).await
+    }
+
+    pub(crate) fn queue_name(&self) -> String {
+        self.queue.name()
+    }
+}
+
+/// Calls `each` with every entry of `queue` that `select` selects, reading the queue a page at
+/// a time; how many there were.
+async fn selected<B: Browse>(
+    backend: &B,
+    queue: &Queue,
+    select: &Select,
+    progress: bool,
+    mut each: impl FnMut(&str, &DeadLetter) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let filter = select.filter()?;
+    let name = queue.name();
+    let could_not_read = || format!("could not read {name}");
+    let mut scan = Scan::new(backend, Topic::new(name.as_str(), queue.role()))
+        .await
+        .with_context(could_not_read)?;
+    let bar = render::progress_bar(progress);
+    let mut matched = 0;
+    while let Some(entry) = scan.next().await.with_context(could_not_read)? {
+        if filter.matches(&entry) {
+            matched += 1;
+            each(&name, &entry)?;
+        }
+        if scan.read().is_multiple_of(1000) {
+            bar.set_message(format!("{} entries read, {matched} selected", scan.read()));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(matched)
+}
+
 impl Listing {
     /// Calls `each` with every selected entry, reading the queue a page at a time.
     async fn each<B: Browse>(
         &self,
         backend: &B,
-        mut each: impl FnMut(&str, &DeadLetter) -> anyhow::Result<()>,
+        each: impl FnMut(&str, &DeadLetter) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let filter = self.select.filter()?;
-        let name = self.queue.name();
-        let could_not_read = || format!("could not read {name}");
-        let mut scan = Scan::new(backend, Topic::new(name.as_str(), self.queue.role()))
-            .await
-            .with_context(could_not_read)?;
-        let bar = render::progress_bar(self.progress);
-        let mut matched = 0;
-        while let Some(entry) = scan.next().await.with_context(could_not_read)? {
-            if filter.matches(&entry) {
-                matched += 1;
-                each(&name, &entry)?;
-            }
-            if scan.read().is_multiple_of(1000) {
-                bar.set_message(format!("{} entries read, {matched} selected", scan.read()));
-            }
-        }
-        bar.finish_and_clear();
-        Ok(matched)
+        selected(backend, &self.queue, &self.select, self.progress, each).await
     }
 
     async fn list<B: Browse>(&self, backend: &B) -> anyhow::Result<()> {

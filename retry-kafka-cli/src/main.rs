@@ -15,6 +15,7 @@ mod dlq;
 mod held;
 mod render;
 mod topics;
+mod transfer;
 
 /// Dead letters, topics and held keys of retry-kafka programs.
 #[derive(Parser)]
