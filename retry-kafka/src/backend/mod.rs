@@ -41,29 +41,6 @@ pub(crate) fn member_name(n: u64) -> String {
     format!("{host}-{}-{nanos:08x}-{n}", std::process::id())
 }
 
-/// [`Backend::subscribe_together`] for the backends that link followers to their main member
-/// (Kafka, Redis, the in-process broker): each follower made first, so the main member's first
-/// assignment reaches them all, then the main member, first in the list.
-pub(crate) async fn followers_first<C, F, FF, L, LF>(
-    main: Subscription,
-    followers: Vec<Subscription>,
-    mut follower: F,
-    leader: L,
-) -> Result<Vec<C>, BackendError>
-where
-    F: FnMut(Subscription) -> FF,
-    FF: Future<Output = Result<C, BackendError>>,
-    L: FnOnce(Subscription) -> LF,
-    LF: Future<Output = Result<C, BackendError>>,
-{
-    let mut consumers = Vec::with_capacity(followers.len() + 1);
-    for subscription in followers {
-        consumers.push(follower(subscription).await?);
-    }
-    consumers.insert(0, leader(main).await?);
-    Ok(consumers)
-}
-
 /// The refusal of a backend whose consumers cannot lead or follow (`Followers`).
 fn cannot_follow(backend: &'static str, topic: &Topic) -> BackendError {
     BackendError::Transport {
@@ -311,10 +288,14 @@ pub trait Backend: TopicAdmin + Publish + Clone + 'static {
         followers: Vec<Subscription>,
     ) -> impl Future<Output = Result<Vec<Self::Consumer>, BackendError>> + Send {
         async move {
+            // The followers first, so the main member's first assignment reaches them all.
             let links = Arc::new(Followers::default());
-            let follower = |subscription| self.subscribe_following(subscription, &links);
-            let leader = |subscription| self.subscribe_leading(subscription, links.clone());
-            followers_first(main, followers, follower, leader).await
+            let mut consumers = Vec::with_capacity(followers.len() + 1);
+            for subscription in followers {
+                consumers.push(self.subscribe_following(subscription, &links).await?);
+            }
+            consumers.insert(0, self.subscribe_leading(main, links).await?);
+            Ok(consumers)
         }
     }
 

@@ -203,19 +203,18 @@ impl PostgresConsumer {
 
 impl Consumer for PostgresConsumer {
     async fn next(&mut self) -> Result<Fetched, BackendError> {
-        if let Some(followed) = &self.followed {
-            if let Some(event) = followed.next_event() {
+        if self.followed.is_none() && !self.announced {
+            self.announced = true;
+            return Ok(Fetched::Assigned((0..self.partitions).collect()));
+        }
+        loop {
+            if let Some(event) = self.followed.as_ref().and_then(|f| f.next_event()) {
                 if let Fetched::Revoked(partitions) = &event {
                     // Given back by the keeper: another worker takes them from here.
                     self.buffer.retain(|r| !partitions.contains(&r.partition));
                 }
                 return Ok(event);
             }
-        } else if !self.announced {
-            self.announced = true;
-            return Ok(Fetched::Assigned((0..self.partitions).collect()));
-        }
-        loop {
             let followed = self.followed.as_deref();
             let free = self.buffer.iter().position(|r| {
                 !self.held.contains(&(r.partition as i32)) && followed.is_none_or(|f| f.owns(r.partition))
@@ -232,12 +231,6 @@ impl Consumer for PostgresConsumer {
                 return Ok(Fetched::Record(record));
             }
             if let Some(followed) = &self.followed {
-                if let Some(event) = followed.next_event() {
-                    if let Fetched::Revoked(partitions) = &event {
-                        self.buffer.retain(|r| !partitions.contains(&r.partition));
-                    }
-                    return Ok(event);
-                }
                 if followed.owns_none() && self.claiming.is_none() {
                     // Nothing to claim until its main member takes a partition.
                     let followed = followed.clone();
