@@ -12,6 +12,14 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 cargo --version
 
+# A CI run builds once from a fresh clone: incremental state would only double what target/ holds.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+# The debug build of the whole suite needs several GiB in target/ (it once ran out of disk on a
+# machine that still held other checkouts' builds): say what there is, so a failure for want of
+# space is recognised at once.
+step "disk"
+df -h . | tail -n 1 | awk '{ print "free where target/ goes: " $4 " of " $2 }'
+
 step "test dependencies (pinned, into .tools/)"
 ./scripts/install-test-deps.sh
 
@@ -49,3 +57,4 @@ step "cargo test: a retry store is not a transport"
 cargo test -p retry-kafka --no-default-features --features postgres --test retry_store
 
 step "all tests passed"
+du -sh target 2>/dev/null | awk '{ print "target/ holds " $1 }' 
