@@ -168,8 +168,43 @@ pub enum RetryOrdering {
     #[default]
     None,
     /// A failing record holds back the later records of its key until it concludes
-    /// (`ordering = "key"`).
+    /// (`ordering = "key"`); a record that ends in the dead letters (or the parking queue)
+    /// concludes there, and releases its key.
     Key,
+    /// As [`Key`](Self::Key), but a record that fails for the last time keeps holding its
+    /// key's later records until an operator replays or discards it with the tool
+    /// (`ordering = "key", on_dead_letter = "hold_key"`): it waits at the head of its key's
+    /// line on the held topic, not in the dead-letter queue; `retry-kafka held` shows it,
+    /// `held replay` attempts it again before the records behind it, `held discard` sends it to
+    /// the dead letters and lets the key go on.
+    KeyUntilResolved,
+}
+
+impl RetryOrdering {
+    /// Whether each key's order is kept (either key mode).
+    ///
+    /// ```
+    /// use retry_kafka::handler::RetryOrdering;
+    ///
+    /// assert!(RetryOrdering::KeyUntilResolved.by_key());
+    /// assert!(!RetryOrdering::None.by_key());
+    /// ```
+    pub fn by_key(self) -> bool {
+        self != RetryOrdering::None
+    }
+
+    /// Whether a record that fails for the last time keeps holding its key
+    /// ([`KeyUntilResolved`](Self::KeyUntilResolved)).
+    ///
+    /// ```
+    /// use retry_kafka::handler::RetryOrdering;
+    ///
+    /// assert!(RetryOrdering::KeyUntilResolved.dead_letters_hold_key());
+    /// assert!(!RetryOrdering::Key.dead_letters_hold_key());
+    /// ```
+    pub fn dead_letters_hold_key(self) -> bool {
+        self == RetryOrdering::KeyUntilResolved
+    }
 }
 
 /// One registered handler, as `#[retry_handler]` declared it.

@@ -53,6 +53,18 @@ pub mod names {
     /// Beside [`HELD_AT`]: the main-topic offset of the record of its key it waited behind
     /// (the first of the key's records on a retry level when it was held back).
     pub const HELD_BEHIND: &str = "rk-held-behind";
+    /// On a key-ordered handler's held topic, a record that failed for the last time and holds
+    /// its key's later records until an operator resolves it (`on_dead_letter = "hold_key"`):
+    /// the queue it goes to when discarded, `dlq` or `parked`. Its failure story is in the
+    /// other headers, as a dead letter's.
+    pub const DEAD_HELD: &str = "rk-dead-held";
+    /// On a key-ordered handler's held topic, a resolution written by the tool (`retry-kafka
+    /// held replay|discard`): the offset, on the held topic, of the dead-held record it
+    /// resolves. The record has no payload.
+    pub const RESOLVES: &str = "rk-resolves";
+    /// Beside [`RESOLVES`]: `replay` (the record is attempted again, before its key's later
+    /// records) or `discard` (it goes to its queue and its key is released).
+    pub const RESOLUTION: &str = "rk-resolution";
     /// W3C trace context. Without the `opentelemetry` feature (or without an OpenTelemetry
     /// layer) it is carried unchanged; with them every retry and dead-letter hop gets one that
     /// continues the trace, the failed attempt's span as its parent.
@@ -65,7 +77,7 @@ pub mod names {
     /// The names above, so a header read from a broker under one of them takes the constant
     /// instead of a copy of its name.
     #[cfg(any(feature = "kafka", feature = "redis", feature = "postgres"))]
-    pub(crate) const KNOWN: [&str; 19] = [
+    pub(crate) const KNOWN: [&str; 22] = [
         SCHEMA,
         ORIGINAL_TOPIC,
         ORIGINAL_PARTITION,
@@ -83,6 +95,9 @@ pub mod names {
         REPLAY_ORIGIN,
         HELD_AT,
         HELD_BEHIND,
+        DEAD_HELD,
+        RESOLVES,
+        RESOLUTION,
         TRACEPARENT,
         TRACESTATE,
     ];

@@ -1,6 +1,8 @@
 //! What a key-ordered handler (`ordering = "key"`) holds, read back from the backend: for each
-//! key of each partition with a record out on a retry level (its *heads*) or waiting on the
-//! held topic (its *followers*), where they are.
+//! key of each partition with a record out on a retry level (its *heads*), waiting on the
+//! held topic (its *followers*) or holding it after its last failure (a *dead head*,
+//! `on_dead_letter = "hold_key"`), where they are; and the resolution of a dead head
+//! ([`HoldSources::resolve`]).
 //!
 //! The same records the running handler counts its holds from when it is assigned a
 //! partition ([`HoldSources`]): those of its retry levels and held topic that their consumer
@@ -28,7 +30,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, Record, Topic, TopicRole};
+use crate::backend::{Backend, Delivered, OutboundRecord, Publish, Record, Topic, TopicRole};
 use crate::error::BackendError;
 use crate::headers::{names, Headers};
 use crate::policy::{TopicNaming, Topology};
@@ -53,6 +55,120 @@ pub struct Head {
     pub main_offset: Option<u64>,
 }
 
+/// A record of a held key that failed for the last time and holds its key until an operator
+/// resolves it (`on_dead_letter = "hold_key"`): it waits on the held topic, before the key's
+/// later records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadHead {
+    /// Its offset on the held topic: what [`HoldSources::resolve`] names.
+    pub offset: u64,
+    /// Its offset on the main topic (`rk-original-offset`).
+    pub main_offset: Option<u64>,
+    /// Where a discard sends it: the dead letters, or the parking queue (a replay that failed).
+    pub queue: TopicRole,
+    /// Attempts that failed (`rk-attempts`).
+    pub attempts: Option<u32>,
+    /// Times it was replayed (`rk-replays`).
+    pub replays: u32,
+    /// `rk-error-kind` of its last failure.
+    pub error_kind: Option<String>,
+    /// `rk-error-message` of its last failure.
+    pub error_message: Option<String>,
+    /// A resolution written for it that the handler has not applied yet.
+    pub resolution: Option<Resolution>,
+}
+
+/// How an operator resolves a [`DeadHead`] (`retry-kafka held replay|discard`).
+///
+/// ```
+/// use retry_kafka::held_keys::Resolution;
+///
+/// assert_eq!(Resolution::parse("replay"), Some(Resolution::Replay));
+/// assert_eq!(Resolution::Discard.as_str(), "discard");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Attempt it again, before its key's later records; it counts as a replay (`rk-replays`
+    /// one higher) and, failing again after its retries, it is parked (and holds its key again).
+    Replay,
+    /// Send it to its queue (the dead letters, or the parking queue) and let its key go on.
+    Discard,
+}
+
+impl Resolution {
+    /// As the `rk-resolution` header says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Replay => "replay",
+            Resolution::Discard => "discard",
+        }
+    }
+
+    /// The `rk-resolution` header's value read back; `None` when it is neither.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "replay" => Some(Resolution::Replay),
+            "discard" => Some(Resolution::Discard),
+            _ => None,
+        }
+    }
+}
+
+/// What a record on a key-ordered handler's held topic is, by its headers: the one reading of
+/// them, for the runtime and the tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeldRecord {
+    /// A record held back behind its key, waiting for its first attempt.
+    Follower,
+    /// A record that failed for the last time and holds its key until resolved; a discard
+    /// sends it to `queue`.
+    Dead {
+        /// The dead letters or the parking queue.
+        queue: TopicRole,
+    },
+    /// An operator's resolution of the dead-held record at offset `of` of the same partition.
+    Resolution {
+        /// The dead-held record's offset.
+        of: u64,
+        /// What to do with it.
+        how: Resolution,
+    },
+}
+
+impl HeldRecord {
+    /// The kind of a held topic's record with these headers. A resolution that does not read
+    /// is taken for a follower's record without a payload: it never resolves anything.
+    pub(crate) fn of(headers: &Headers) -> Self {
+        if let Some(queue) = headers.get_str(names::DEAD_HELD) {
+            let queue = match queue {
+                PARKED => TopicRole::Parked,
+                _ => TopicRole::DeadLetter,
+            };
+            return HeldRecord::Dead { queue };
+        }
+        let resolution = headers
+            .get_str(names::RESOLVES)
+            .and_then(|of| of.parse().ok())
+            .zip(headers.get_str(names::RESOLUTION).and_then(Resolution::parse));
+        match resolution {
+            Some((of, how)) => HeldRecord::Resolution { of, how },
+            None => HeldRecord::Follower,
+        }
+    }
+
+    /// The `rk-dead-held` value of a record that a discard sends to `queue`.
+    pub(crate) fn dead_held_value(queue: TopicRole) -> &'static str {
+        match queue {
+            TopicRole::Parked => PARKED,
+            _ => DEAD_LETTERS,
+        }
+    }
+}
+
+/// `rk-dead-held` values.
+const DEAD_LETTERS: &str = "dlq";
+const PARKED: &str = "parked";
+
 /// One key held in one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldKey {
@@ -68,6 +184,9 @@ pub struct HeldKey {
     pub held_since_ms: Option<i64>,
     /// The main-topic offset its oldest follower waits behind (`rk-held-behind`).
     pub behind: Option<u64>,
+    /// Its records that failed for the last time and hold it until resolved
+    /// (`on_dead_letter = "hold_key"`), in held-topic order.
+    pub dead: Vec<DeadHead>,
 }
 
 impl HoldSources {
@@ -131,6 +250,7 @@ impl HoldSources {
     /// Every key held now, by partition then key.
     pub async fn held_keys<B: Backend>(&self, backend: &B) -> Result<Vec<HeldKey>, BackendError> {
         let mut keys: BTreeMap<(u32, Bytes), HeldKey> = BTreeMap::new();
+        let mut resolutions = Vec::new();
         for (topic, group, followers) in self.topics() {
             let Some(partitions) = backend.partitions(&topic).await? else {
                 continue;
@@ -150,9 +270,14 @@ impl HoldSources {
                         followers: 0,
                         held_since_ms: None,
                         behind: None,
+                        dead: Vec::new(),
                     });
                 match (followers, topic.role) {
-                    (true, _) => held.follower(&record),
+                    (true, _) => match HeldRecord::of(&record.headers) {
+                        HeldRecord::Follower => held.follower(&record),
+                        HeldRecord::Dead { queue } => held.dead.push(DeadHead::of(&record, queue)),
+                        HeldRecord::Resolution { of, how } => resolutions.push((record.partition, of, how)),
+                    },
                     (false, TopicRole::Retry { level }) => held.heads.push(Head {
                         level,
                         offset: record.offset,
@@ -162,7 +287,79 @@ impl HoldSources {
                 }
             }
         }
+        // A resolution comes after the record it resolves, and is written with its key.
+        for (partition, of, how) in resolutions {
+            let dead = keys
+                .iter_mut()
+                .filter(|((p, _), _)| *p == partition)
+                .flat_map(|(_, held)| held.dead.iter_mut())
+                .find(|dead| dead.offset == of);
+            if let Some(dead) = dead {
+                dead.resolution.get_or_insert(how);
+            }
+        }
+        // A resolution's own record is not a hold.
+        keys.retain(|_, held| !held.heads.is_empty() || held.followers > 0 || !held.dead.is_empty());
         Ok(keys.into_values().collect())
+    }
+
+    /// Resolves the dead-held record `dead` of `key` in `partition` ([`HeldKey::dead`]): writes
+    /// the resolution on the held topic, where the handler's held level reads it and replays or
+    /// discards the record (before any later record of its key starts). A second resolution of
+    /// the same record changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn replay(backend: retry_kafka::backend::kafka::Kafka) -> Result<(), retry_kafka::error::BackendError> {
+    /// use retry_kafka::app::TopicNaming;
+    /// use retry_kafka::held_keys::{HoldSources, Resolution};
+    ///
+    /// let sources = HoldSources::find(&backend, "postings", "ledger", &TopicNaming::default())
+    ///     .await?
+    ///     .expect("ledger keeps each key's order");
+    /// for key in sources.held_keys(&backend).await? {
+    ///     for dead in &key.dead {
+    ///         sources.resolve(&backend, key.partition, &key.key, dead.offset, Resolution::Replay).await?;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn resolve<P: Publish>(
+        &self,
+        backend: &P,
+        partition: u32,
+        key: &Bytes,
+        dead: u64,
+        how: Resolution,
+    ) -> Result<Delivered, BackendError> {
+        let mut headers = Headers::with_capacity(3);
+        headers.insert(names::SCHEMA, crate::headers::SCHEMA_VERSION.to_string());
+        headers.insert(names::RESOLVES, dead.to_string());
+        headers.insert(names::RESOLUTION, how.as_str());
+        let record = OutboundRecord {
+            partition: Some(partition),
+            key: Some(key.clone()),
+            payload: None,
+            headers,
+        };
+        backend
+            .send(&Topic::new(self.held.as_str(), TopicRole::Held), record)
+            .await
+    }
+}
+
+impl DeadHead {
+    fn of(record: &Record, queue: TopicRole) -> Self {
+        DeadHead {
+            offset: record.offset,
+            main_offset: number(&record.headers, names::ORIGINAL_OFFSET),
+            queue,
+            attempts: number(&record.headers, names::ATTEMPTS),
+            replays: number(&record.headers, names::REPLAYS).unwrap_or(0),
+            error_kind: record.headers.get_str(names::ERROR_KIND).map(str::to_owned),
+            error_message: record.headers.get_str(names::ERROR_MESSAGE).map(str::to_owned),
+            resolution: None,
+        }
     }
 }
 

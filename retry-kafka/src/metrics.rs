@@ -70,6 +70,10 @@ pub(crate) const HELD_RECORDS: &str = "retry_kafka_held_records";
 /// How long a key-ordered handler's key was held, from its first retry to its last held
 /// record's conclusion, in seconds. Labels: `topic`, `group`.
 pub(crate) const KEY_HOLD: &str = "retry_kafka_key_hold_seconds";
+/// Records of a key-ordered handler that failed for the last time and hold their key until an
+/// operator replays or discards them (`on_dead_letter = "hold_key"`): alert on it above 0.
+/// Labels: `topic`, `group`.
+pub(crate) const DEAD_HELD: &str = "retry_kafka_dead_held_records";
 
 /// Every kind in the order of [`kind_index`].
 const KINDS: [ErrorKind; 5] = [
@@ -141,6 +145,10 @@ pub(crate) fn describe() {
         "Records of a key-ordered handler held back behind their key's retry"
     );
     describe_histogram!(KEY_HOLD, Unit::Seconds, "How long a key was held");
+    describe_gauge!(
+        DEAD_HELD,
+        "Records that failed for the last time and hold their key until replayed or discarded"
+    );
 }
 
 /// The metric handles of a key-ordered handler's holds, on its main topic in `group`.
@@ -149,6 +157,7 @@ pub(crate) fn key_hold_handles(main_topic: &str, group: &str) -> KeyHoldHandles 
     KeyHoldHandles {
         keys: ::metrics::gauge!(HELD_KEYS, &labels),
         records: ::metrics::gauge!(HELD_RECORDS, &labels),
+        dead: ::metrics::gauge!(DEAD_HELD, &labels),
         hold: ::metrics::histogram!(KEY_HOLD, &labels),
     }
 }
@@ -157,6 +166,7 @@ pub(crate) fn key_hold_handles(main_topic: &str, group: &str) -> KeyHoldHandles 
 pub(crate) struct KeyHoldHandles {
     pub(crate) keys: Gauge,
     pub(crate) records: Gauge,
+    pub(crate) dead: Gauge,
     pub(crate) hold: Histogram,
 }
 
@@ -166,6 +176,7 @@ impl Default for KeyHoldHandles {
         KeyHoldHandles {
             keys: Gauge::noop(),
             records: Gauge::noop(),
+            dead: Gauge::noop(),
             hold: Histogram::noop(),
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::failure::ErrorKind;
-use crate::handlers::{HandlerSpec, OnExhausted, RetryOrdering};
+use crate::handlers::{HandlerSpec, OnExhausted};
 
 /// What a topic is for in a handler's topology: the policy decides it, and every topic the
 /// runtime names to a backend carries it (a [`Topic`](crate::backend::Topic)), wherever a
@@ -269,7 +269,7 @@ impl Topology {
                 .collect(),
             dead_letter: keeps_dead_letters.then(|| naming.dead_letter(topic, group)),
             parked: keeps_dead_letters.then(|| naming.parked(topic, group)),
-            held: (spec.ordering() == RetryOrdering::Key).then(|| naming.held(topic, group)),
+            held: spec.ordering().by_key().then(|| naming.held(topic, group)),
         }
     }
 

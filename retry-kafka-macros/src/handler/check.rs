@@ -5,7 +5,7 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
-use super::parse::HandlerArgs;
+use super::parse::{Exhausted, HandlerArgs};
 use crate::errors::Errors;
 
 /// Reports `dlq` together with `on_exhausted`, and neither (failures would vanish).
@@ -20,6 +20,20 @@ pub(super) fn check_policy(args: &HandlerArgs, errors: &Errors) {
             "this handler's failures would vanish: add `dlq` to keep messages that exhaust their retries in a dead-letter queue, or `on_exhausted = \"drop\"` to drop them on purpose",
         )),
         _ => {}
+    }
+    if let Some(hold) = args.dead_letter_holds_key {
+        if args.key_ordered.is_none() {
+            errors.push(syn::Error::new(
+                hold,
+                "`on_dead_letter = \"hold_key\"` keeps a dead letter's key held, which needs `ordering = \"key\"`",
+            ));
+        } else if let Some((Exhausted::Drop, drop)) = args.on_exhausted {
+            errors.push(syn::Error::new(
+                hold,
+                "`on_dead_letter = \"hold_key\"` holds a key until its dead letter is replayed or discarded, but this handler drops what exhausts its retries: use `dlq`",
+            ));
+            errors.push(syn::Error::new(drop, "drops it here"));
+        }
     }
     if let (Some(ordering), Some((batch, _))) = (args.key_ordered, args.batch) {
         errors.push(syn::Error::new(

@@ -51,9 +51,10 @@ pub(super) fn registration(function: &ItemFn, args: &HandlerArgs, signature: &Si
         }
         None => quote!(::core::option::Option::None),
     };
-    let ordering = match args.key_ordered {
-        Some(_) => quote!(#rk::RetryOrdering::Key),
-        None => quote!(#rk::RetryOrdering::None),
+    let ordering = match (args.key_ordered, args.dead_letter_holds_key) {
+        (Some(_), Some(_)) => quote!(#rk::RetryOrdering::KeyUntilResolved),
+        (Some(_), None) => quote!(#rk::RetryOrdering::Key),
+        (None, _) => quote!(#rk::RetryOrdering::None),
     };
     // Every name the expansion introduces starts with `__rk_`, so a handler or a type named
     // `payload`, `event` or `context` is never shadowed by one of them.

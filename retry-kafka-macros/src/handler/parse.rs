@@ -27,7 +27,7 @@ const BATCH_FORM: &str = "expected `batch(max = 500, linger = \"50ms\")`";
 const MAX_BATCH: u32 = 100_000;
 
 /// Every option `parse_args` accepts, as the "unknown option" message lists them.
-const OPTIONS: [&str; 12] = [
+const OPTIONS: [&str; 13] = [
     "topic",
     "group",
     "retries",
@@ -39,6 +39,7 @@ const OPTIONS: [&str; 12] = [
     "rate",
     "breaker",
     "ordering",
+    "on_dead_letter",
     "crate",
 ];
 
@@ -97,6 +98,9 @@ pub(super) struct HandlerArgs {
     pub(super) krate: Option<Path>,
     /// `ordering = "key"`: where it was written, so a batch handler's is reported there.
     pub(super) key_ordered: Option<Span>,
+    /// `on_dead_letter = "hold_key"`: where it was written, so it is reported there when the
+    /// handler keeps no key order or no dead letters. (`"release_key"`, the default, is `None`.)
+    pub(super) dead_letter_holds_key: Option<Span>,
 }
 
 /// What happens to a message after its last retry (`on_exhausted = "..."`).
@@ -209,6 +213,19 @@ pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
                         other => errors.spanned(
                             &value,
                             format!("unknown ordering {other:?}; expected \"key\" (a failing record holds back later records of its key) or \"none\""),
+                        ),
+                    }
+                }
+            }
+            "on_dead_letter" => {
+                let expected = "expected a string literal: `on_dead_letter = \"hold_key\"` or `on_dead_letter = \"release_key\"`";
+                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
+                    match value.value().as_str() {
+                        "hold_key" => parsed.dead_letter_holds_key = Some(value.span()),
+                        "release_key" => {}
+                        other => errors.spanned(
+                            &value,
+                            format!("unknown on_dead_letter value {other:?}; expected \"hold_key\" (a record that fails for the last time holds its key's later records until it is replayed or discarded with the tool) or \"release_key\""),
                         ),
                     }
                 }

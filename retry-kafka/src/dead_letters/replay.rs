@@ -522,6 +522,8 @@ struct Pending {
 /// `rk-replays`, one higher, `rk-replay-of` and `rk-replay-origin` (the entry's own, if it has
 /// one: a parked copy of an earlier replay keeps its line's origin). Onto a retry level the failure context stays,
 /// due now, so the level runs it at once as its next attempt; that needs a context that reads.
+/// A dead-held record replayed where it waits (`TopicRole::Held`, `retry-kafka held replay`)
+/// is rewritten as for a retry level.
 /// Other headers (`traceparent`, the application's) stay, in order.
 ///
 /// ```
@@ -547,7 +549,9 @@ pub fn replayed(
     let origin = origin_of(headers, replay_of).to_owned();
     let mut out = headers.clone();
     match to {
-        TopicRole::Retry { .. } => {
+        // A dead-held record replayed where it waits (the held topic) is attempted as a
+        // retry level's record is: its failure story kept.
+        TopicRole::Retry { .. } | TopicRole::Held => {
             let mut context = headers::FailureContext::from_headers(headers)?;
             context.due_at_ms = Some(now_ms);
             context.replays = Some(replays);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use retry_kafka::prelude::*;
-use retry_kafka::handler::OnExhausted;
+use retry_kafka::handler::{OnExhausted, RetryOrdering};
 use serde::{Deserialize, Serialize};
 
 #[derive(Event, Serialize, Deserialize)]
@@ -43,6 +43,16 @@ async fn exponential_backoff(_order: OrderPlaced) -> Result<(), HandlerError> {
 }
 
 // No retries at all: failures go straight to the dead-letter queue.
+#[retry_handler(group = "ledger", retries = ["1s"], dlq, ordering = "key", on_dead_letter = "hold_key")]
+async fn held_until_resolved(_order: OrderPlaced) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[retry_handler(group = "ledger-released", retries = ["1s"], dlq, ordering = "key", on_dead_letter = "release_key")]
+async fn released_on_dead_letter(_order: OrderPlaced) -> Result<(), HandlerError> {
+    Ok(())
+}
+
 #[retry_handler(group = "no-retries", retries = [], dlq)]
 async fn no_retries(_order: OrderPlaced) -> Result<(), HandlerError> {
     Ok(())
@@ -63,7 +73,7 @@ fn spec(function: &str) -> &'static retry_kafka::handler::HandlerSpec {
 }
 
 fn main() {
-    assert_eq!(retry_kafka::handler::registered_handlers().count(), 6);
+    assert_eq!(retry_kafka::handler::registered_handlers().count(), 8);
 
     let defaults = spec("minimal");
     assert_eq!((defaults.topic(), defaults.group(), defaults.event_type()), ("orders", "minimal", "OrderPlaced"));
@@ -90,6 +100,10 @@ fn main() {
         [1, 3, 9, 27, 60]
     );
     assert_eq!(exponential.on_exhausted(), OnExhausted::DeadLetter);
+
+    assert_eq!(spec("held_until_resolved").ordering(), RetryOrdering::KeyUntilResolved);
+    assert_eq!(spec("released_on_dead_letter").ordering(), RetryOrdering::Key);
+    assert_eq!(spec("minimal").ordering(), RetryOrdering::None);
 
     assert_eq!(spec("no_retries").retries().len(), 0);
     assert_eq!(spec("in").group(), "nested");

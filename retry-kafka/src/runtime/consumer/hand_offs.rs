@@ -47,8 +47,12 @@ pub(super) struct Ticket {
     pub(super) offset: u64,
     /// The source partition's generation when it failed.
     pub(super) generation: u32,
-    /// Where it goes: a retry level, the dead letters or the parking queue.
+    /// Where it goes: a retry level, the dead letters, the parking queue or the held topic.
     pub(super) target: TopicRole,
+    /// Where the metrics count it as gone, once durable: its target, but for a record held
+    /// back (nowhere: no failure) and a dead-held one (the queue it stands for) or a discarded
+    /// one (nowhere: counted when it became dead-held).
+    pub(super) counted_as: Option<TopicRole>,
     /// Since when the message has been failing (its original timestamp, or its first failure),
     /// epoch ms: a dead letter's age.
     pub(super) failing_since_ms: Option<i64>,
@@ -69,8 +73,17 @@ impl Ticket {
             offset,
             generation,
             target,
+            counted_as: (target != TopicRole::Held).then_some(target),
             failing_since_ms,
             again: false,
+        }
+    }
+
+    /// The same ticket, counted as gone to `role` (or nowhere) instead of its target.
+    pub(super) fn counted_as(self, role: Option<TopicRole>) -> Self {
+        Self {
+            counted_as: role,
+            ..self
         }
     }
 }

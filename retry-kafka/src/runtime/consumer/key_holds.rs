@@ -9,6 +9,12 @@
 //! follower has been attempted. Counts, not records: memory grows with the keys held, never
 //! with a key's backlog (the followers wait on the held topic).
 //!
+//! With `on_dead_letter = "hold_key"` a record that fails for the last time goes to the held
+//! topic too, marked dead (`rk-dead-held`): it stays a head of its key (so the key stays held)
+//! until an operator's resolution, read on the same topic (`rk-resolves`), lets it start:
+//! replayed (attempted before the key's later records) or discarded (sent to its queue). Both
+//! stay unacknowledged until then, so a restart or a new owner counts them again.
+//!
 //! Keys are kept as 64-bit hashes: two keys of a partition sharing one only hold each other
 //! back (order is kept, a record waits longer), never the other way round.
 
@@ -21,10 +27,15 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::Record;
+use crate::backend::{Record, TopicRole};
 use crate::error::BackendError;
 use crate::headers::{names, Headers};
+use crate::held_keys::{HeldRecord, Resolution};
 use crate::metrics::KeyHoldHandles;
+
+/// How often a held level looks for resolutions it cannot fetch (see
+/// [`KeyOrder::resolution_look`]).
+const RESOLUTION_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Which part of the chain a level is: where its records are in a key's story.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,11 +48,26 @@ pub(crate) enum Stage {
     Held,
 }
 
+/// What a record's conclusion did with it, as a key's hold counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Conclusion {
+    /// Done with: succeeded, or went to the dead letters, the parking queue or nowhere.
+    Done,
+    /// Handed to a retry level: a head of its key.
+    Retried,
+    /// Failed for the last time and holds its key on the held topic until resolved
+    /// (`on_dead_letter = "hold_key"`): a head of its key still.
+    DeadHeld,
+}
+
 /// A key's hold in one partition.
 #[derive(Debug)]
 struct Hold {
-    /// Its records on retry levels: waiting there, or being attempted.
+    /// Its records on retry levels (waiting there, or being attempted) and its dead-held
+    /// records on the held topic: each keeps the key held.
     heads: u32,
+    /// Of `heads`, the dead-held records not resolved yet.
+    dead: u32,
     /// Its records on the held topic, not concluded yet.
     followers: u32,
     /// The main-topic offset of the record that started the hold, for `rk-held-behind`.
@@ -54,6 +80,7 @@ impl Default for Hold {
     fn default() -> Self {
         Hold {
             heads: 0,
+            dead: 0,
             followers: 0,
             behind: 0,
             since: Instant::now(),
@@ -66,6 +93,11 @@ impl Default for Hold {
 struct Holds {
     keys: HashMap<(u32, u64), Hold>,
     followers: u64,
+    /// Dead-held records over all keys (for the gauge).
+    dead: u64,
+    /// Resolutions read (or counted) on the held topic, by (partition, offset of the dead-held
+    /// record they resolve), until that record starts.
+    resolutions: HashMap<(u32, u64), Resolution>,
     /// Partitions whose holds have been counted since the main consumer was assigned them:
     /// only their retries and held records may start.
     counted: HashSet<u32>,
@@ -104,6 +136,7 @@ impl KeyHolds {
     pub(crate) fn new(handles: KeyHoldHandles, unsettled: Unsettled) -> Self {
         handles.keys.set(0.0);
         handles.records.set(0.0);
+        handles.dead.set(0.0);
         Self {
             holds: Mutex::new(Holds::default()),
             unsettled,
@@ -129,6 +162,7 @@ impl KeyHolds {
     fn publish(&self, holds: &Holds) {
         self.handles.keys.set(holds.keys.len() as f64);
         self.handles.records.set(holds.followers as f64);
+        self.handles.dead.set(holds.dead as f64);
     }
 
     /// A main-topic record of `key`: if the key is held, it becomes one more follower and the
@@ -151,10 +185,17 @@ impl KeyHolds {
             .is_none_or(|hold| hold.heads == 0)
     }
 
-    /// A record of `key` concluded on `stage`: `retried` when it was handed to a retry level
-    /// (otherwise it succeeded, or went to the dead letters, the parking queue or nowhere).
-    /// `origin` is its main-topic offset.
-    pub(crate) fn concluded(&self, partition: u32, key: u64, stage: Stage, retried: bool, origin: u64) {
+    /// A record of `key` concluded on `stage` as `conclusion` says; `origin` is its main-topic
+    /// offset. (A dead-held record replayed on the held level concludes as a head: `Retry`.)
+    pub(crate) fn concluded(
+        &self,
+        partition: u32,
+        key: u64,
+        stage: Stage,
+        conclusion: Conclusion,
+        origin: u64,
+    ) {
+        let retried = conclusion != Conclusion::Done;
         let mut guard = self.holds();
         let holds = &mut *guard;
         let hold = match holds.keys.entry((partition, key)) {
@@ -179,6 +220,10 @@ impl KeyHolds {
             }
             hold.heads += 1;
         }
+        if conclusion == Conclusion::DeadHeld {
+            hold.dead += 1;
+            holds.dead += 1;
+        }
         let (heads, followers) = (hold.heads, hold.followers);
         if heads == 0 && followers == 0 {
             if let Some(ended) = holds.keys.remove(&(partition, key)) {
@@ -190,6 +235,59 @@ impl KeyHolds {
         if heads_before > 0 && heads == 0 {
             self.released.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// An operator's resolution of the dead-held record at `of` in `partition`, read on the
+    /// held topic: that record may start (the first resolution read is the one that counts).
+    pub(crate) fn resolve(&self, partition: u32, of: u64, how: Resolution) {
+        self.holds().resolutions.entry((partition, of)).or_insert(how);
+        self.released.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The resolution of the dead-held record at `offset` in `partition`, if one was read.
+    pub(crate) fn resolution(&self, partition: u32, offset: u64) -> Option<Resolution> {
+        self.holds().resolutions.get(&(partition, offset)).copied()
+    }
+
+    /// The dead-held record at `offset` of `key` starts as resolved: it is no longer dead (it
+    /// stays a head until it concludes). Returns the resolution.
+    pub(crate) fn take_resolution(
+        &self,
+        partition: u32,
+        key: Option<u64>,
+        offset: u64,
+    ) -> Option<Resolution> {
+        let mut guard = self.holds();
+        let holds = &mut *guard;
+        let how = holds.resolutions.remove(&(partition, offset))?;
+        if let Some(hold) = key.and_then(|key| holds.keys.get_mut(&(partition, key))) {
+            if hold.dead > 0 {
+                hold.dead -= 1;
+                holds.dead -= 1;
+            }
+        }
+        self.publish(holds);
+        Some(how)
+    }
+
+    /// Reads the resolutions written on the held topic for `partitions` (with the records not
+    /// acknowledged there, as a count does) and applies them: for a held level that cannot
+    /// fetch them, its partition full of records waiting behind dead-held keys. Returns how
+    /// many it read.
+    pub(crate) async fn read_resolutions(&self, partitions: Vec<u32>) -> Result<usize, BackendError> {
+        let out = (self.unsettled)(partitions).await?;
+        let mut read = 0;
+        for record in out
+            .iter()
+            .filter(|(stage, _)| *stage == Stage::Held)
+            .flat_map(|(_, r)| r)
+        {
+            if let HeldRecord::Resolution { of, how } = HeldRecord::of(&record.headers) {
+                self.resolve(record.partition, of, how);
+                read += 1;
+            }
+        }
+        Ok(read)
     }
 
     /// Whether the holds of `partition` have been counted since it was assigned.
@@ -222,15 +320,20 @@ impl KeyHolds {
     pub(crate) fn forget(&self, partitions: &[u32]) {
         let mut guard = self.holds();
         let holds = &mut *guard;
-        let mut dropped = 0;
+        let (mut dropped, mut dead) = (0, 0);
         holds.keys.retain(|(partition, _), hold| {
             let keep = !partitions.contains(partition);
             if !keep {
                 dropped += u64::from(hold.followers);
+                dead += u64::from(hold.dead);
             }
             keep
         });
         holds.followers -= dropped;
+        holds.dead -= dead;
+        holds
+            .resolutions
+            .retain(|(partition, _), _| !partitions.contains(partition));
         for partition in partitions {
             holds.counted.remove(partition);
         }
@@ -239,22 +342,34 @@ impl KeyHolds {
 
     fn restore<'r>(&self, holds: &mut Holds, stage: Stage, records: impl IntoIterator<Item = &'r Record>) {
         for record in records {
+            let kind = match stage {
+                Stage::Held => HeldRecord::of(&record.headers),
+                _ => HeldRecord::Follower,
+            };
+            if let HeldRecord::Resolution { of, how } = kind {
+                holds.resolutions.entry((record.partition, of)).or_insert(how);
+                continue;
+            }
             let Some(key) = self.key_of(record) else {
                 continue;
             };
             let hold = holds.keys.entry((record.partition, key)).or_default();
-            match stage {
-                Stage::Retry => {
+            match (stage, kind) {
+                (Stage::Retry, _) | (Stage::Held, HeldRecord::Dead { .. }) => {
                     if hold.heads == 0 {
                         hold.behind = origin_offset(&record.headers).unwrap_or(record.offset);
                     }
                     hold.heads += 1;
+                    if stage == Stage::Held {
+                        hold.dead += 1;
+                        holds.dead += 1;
+                    }
                 }
-                Stage::Held => {
+                (Stage::Held, _) => {
                     hold.followers += 1;
                     holds.followers += 1;
                 }
-                Stage::Main => {}
+                (Stage::Main, _) => {}
             }
         }
     }
@@ -270,6 +385,52 @@ impl KeyHolds {
         let holds = self.holds();
         (holds.keys.len(), holds.followers)
     }
+
+    /// Dead-held records not resolved yet, over all partitions.
+    #[cfg(test)]
+    pub(crate) fn dead(&self) -> u64 {
+        self.holds().dead
+    }
+}
+
+/// What starting a record means on a level of a key-ordered handler ([`KeyOrder::begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Begin {
+    /// An attempt (after a rate token).
+    Attempt,
+    /// On the main topic: held back behind its key's head, the main-topic offset given; it is
+    /// counted as a follower already.
+    HoldBack(u64),
+    /// A dead-held record an operator replays: attempted again (after a rate token) with a
+    /// replay's headers ([`KeyOrder::replaying`]), a head of its key until it concludes.
+    Replay,
+    /// A dead-held record an operator discards: sent to `queue` unattempted
+    /// ([`KeyOrder::discarding`]); its key goes on.
+    Discard(TopicRole),
+    /// An operator's resolution of the dead-held record at `of`: applied, then acknowledged.
+    Resolve {
+        /// The dead-held record's offset.
+        of: u64,
+        /// Replay or discard.
+        how: Resolution,
+    },
+}
+
+impl Begin {
+    /// Whether it is an attempt, which takes a rate token.
+    pub(super) fn attempts(self) -> bool {
+        matches!(self, Begin::Attempt | Begin::Replay)
+    }
+}
+
+/// A conclusion as the holds count it ([`KeyOrder::concluding`]).
+pub(super) struct Concluding {
+    partition: u32,
+    key: u64,
+    /// Its main-topic offset.
+    origin: u64,
+    /// The stage it concluded as: a replayed dead-held record, on the held level, as a head.
+    stage: Stage,
 }
 
 /// One level's view of its handler's holds: what the loop asks before it starts a record and
@@ -284,6 +445,11 @@ pub(super) struct KeyOrder {
     /// Keys passed over in the current look along a partition's waiting records (see
     /// [`may_start_in_scan`](Self::may_start_in_scan)); kept for its capacity.
     passed: HashSet<u64>,
+    /// (partition, offset) of the dead-held records being replayed here: they conclude as heads.
+    replaying: HashSet<(u32, u64)>,
+    /// On the held level, when to look for resolutions it cannot fetch (see
+    /// [`look_for_resolutions`](Self::look_for_resolutions)).
+    look_at: Option<Instant>,
 }
 
 impl KeyOrder {
@@ -295,6 +461,8 @@ impl KeyOrder {
             releases,
             busy: (concurrency > 1).then(HashSet::new),
             passed: HashSet::new(),
+            replaying: HashSet::new(),
+            look_at: None,
         }
     }
 
@@ -315,22 +483,117 @@ impl KeyOrder {
         }
     }
 
-    /// An attempt of `record` concluded (whatever its outcome, stale or not).
-    pub(super) fn finished(&mut self, record: &Record) {
-        if let Some(busy) = &mut self.busy {
-            if let Some(key) = self.holds.key_of(record) {
-                busy.remove(&(record.partition, key));
+    /// An attempt of `record` concluded (whatever its outcome, stale or not): its key is no
+    /// longer busy here. Returns what its hold counts, read before the record is handed on;
+    /// `None` when the conclusion changes no hold (a main-topic success, a record without a key).
+    pub(super) fn concluding(&mut self, record: &Record, succeeded: bool) -> Option<Concluding> {
+        let key = self.holds.key_of(record);
+        if let (Some(busy), Some(key)) = (&mut self.busy, key) {
+            busy.remove(&(record.partition, key));
+        }
+        let replayed =
+            !self.replaying.is_empty() && self.replaying.remove(&(record.partition, record.offset));
+        if succeeded && self.stage == Stage::Main {
+            return None;
+        }
+        Some(Concluding {
+            partition: record.partition,
+            key: key?,
+            origin: self.origin_offset(record),
+            stage: if replayed { Stage::Retry } else { self.stage },
+        })
+    }
+
+    /// What [`begin`](Self::begin) returned `Replay` for starts: no longer dead, a head of its
+    /// key until it concludes here.
+    pub(super) fn replaying(&mut self, record: &Record) {
+        let key = self.holds.key_of(record);
+        self.holds.take_resolution(record.partition, key, record.offset);
+        self.replaying.insert((record.partition, record.offset));
+    }
+
+    /// What [`begin`](Self::begin) returned `Discard` for goes to its queue: its key's hold
+    /// loses that head.
+    pub(super) fn discarding(&self, record: &Record) {
+        let key = self.holds.key_of(record);
+        self.holds.take_resolution(record.partition, key, record.offset);
+        if let Some(key) = key {
+            let origin = self.origin_offset(record);
+            self.holds
+                .concluded(record.partition, key, Stage::Retry, Conclusion::Done, origin);
+        }
+    }
+
+    /// Whether this is the held level.
+    pub(super) fn reads_held_topic(&self) -> bool {
+        self.stage == Stage::Held
+    }
+
+    /// Whether `record`, waiting on the held level, waits for an operator: dead-held and not
+    /// resolved.
+    pub(super) fn waits_for_operator(&self, record: &Record) -> bool {
+        self.stage == Stage::Held
+            && matches!(HeldRecord::of(&record.headers), HeldRecord::Dead { .. })
+            && self.holds.resolution(record.partition, record.offset).is_none()
+    }
+
+    /// When to look for resolutions past what `stuck` partitions can fetch: a held partition
+    /// is full (records kept in memory are bounded) and one of its records waits for an
+    /// operator, whose resolution is further on the topic, where the partition does not read
+    /// until records it keeps start; without a look, none would. Every
+    /// [`RESOLUTION_LOOK`] while it lasts; `None` when nothing is stuck.
+    pub(super) fn resolution_look(&mut self, stuck: bool) -> Option<Instant> {
+        if !stuck {
+            self.look_at = None;
+            return None;
+        }
+        Some(
+            *self
+                .look_at
+                .get_or_insert_with(|| Instant::now() + RESOLUTION_LOOK),
+        )
+    }
+
+    /// Reads the resolutions of `partitions` from the held topic (see
+    /// [`resolution_look`](Self::resolution_look)).
+    pub(super) async fn look_for_resolutions(&mut self, partitions: Vec<u32>) {
+        self.look_at = Some(Instant::now() + RESOLUTION_LOOK);
+        match self.holds.read_resolutions(partitions.clone()).await {
+            Ok(read) => tracing::debug!(
+                ?partitions,
+                read,
+                "looked for resolutions past full held partitions"
+            ),
+            Err(error) => {
+                tracing::warn!(?partitions, %error, "looking for resolutions past full held partitions failed; trying again")
             }
         }
     }
 
-    /// Whether a conclusion here can change a hold: anything but a main-topic success.
-    pub(super) fn counts(&self, succeeded: bool) -> bool {
-        !(succeeded && self.stage == Stage::Main)
+    /// An operator's resolution read here ([`Begin::Resolve`]): the record it names may start.
+    pub(super) fn resolve(&self, partition: u32, of: u64, how: Resolution) {
+        self.holds.resolve(partition, of, how);
     }
 
-    pub(super) fn key_of(&self, record: &Record) -> Option<u64> {
-        self.holds.key_of(record)
+    /// What starting `record` means here; `None` when it may not start: a dead-held record
+    /// not resolved yet (which [`may_start`](Self::may_start) keeps waiting anyway). On the
+    /// main topic a held key's record is counted as a follower here.
+    pub(super) fn begin(&self, record: &Record) -> Option<Begin> {
+        Some(match self.stage {
+            Stage::Main => match self.hold_back(record) {
+                Some(behind) => Begin::HoldBack(behind),
+                None => Begin::Attempt,
+            },
+            Stage::Retry => Begin::Attempt,
+            Stage::Held => match HeldRecord::of(&record.headers) {
+                HeldRecord::Follower => Begin::Attempt,
+                HeldRecord::Resolution { of, how } => Begin::Resolve { of, how },
+                HeldRecord::Dead { queue } => match self.holds.resolution(record.partition, record.offset)? {
+                    Resolution::Replay => Begin::Replay,
+                    Resolution::Discard => Begin::Discard(queue),
+                },
+            },
+        })
     }
 
     /// Whether `record` may be attempted now. Only the held level waits: for a key without a
@@ -350,9 +613,13 @@ impl KeyOrder {
     /// [`begin_scan`](Self::begin_scan): a key passed over earlier in the look stays passed
     /// over, so no record overtakes an earlier one of its key even when the key's head
     /// concludes (on another level's task) while the look goes on.
+    /// A resolution, and a dead-held record once resolved, go past the key's waiting records:
+    /// the one is not of the key's line, the other heads it.
     pub(super) fn may_start_in_scan(&mut self, record: &Record) -> bool {
         let key = self.holds.key_of(record);
-        if key.is_some_and(|key| self.passed.contains(&key)) {
+        let heads_its_key =
+            self.stage == Stage::Held && HeldRecord::of(&record.headers) != HeldRecord::Follower;
+        if !heads_its_key && key.is_some_and(|key| self.passed.contains(&key)) {
             return false;
         }
         let may = self.may_start_key(record, key);
@@ -386,7 +653,15 @@ impl KeyOrder {
             Stage::Retry => self.holds.is_counted(record.partition),
             Stage::Held => {
                 self.holds.is_counted(record.partition)
-                    && key.is_none_or(|key| self.holds.is_free(record.partition, key))
+                    && match HeldRecord::of(&record.headers) {
+                        HeldRecord::Follower => {
+                            key.is_none_or(|key| self.holds.is_free(record.partition, key))
+                        }
+                        HeldRecord::Dead { .. } => {
+                            self.holds.resolution(record.partition, record.offset).is_some()
+                        }
+                        HeldRecord::Resolution { .. } => true,
+                    }
             }
         }
     }
@@ -416,13 +691,19 @@ impl KeyOrder {
         self.holds.hold_back(record.partition, key)
     }
 
-    /// A record of `key` concluded: handed to a retry level (`retried`) or done with.
-    pub(super) fn concluded(&self, partition: u32, key: u64, retried: bool, origin: u64) {
-        self.holds.concluded(partition, key, self.stage, retried, origin);
+    /// A record concluded as `conclusion` says ([`concluding`](Self::concluding) read it).
+    pub(super) fn concluded(&self, concluding: Concluding, conclusion: Conclusion) {
+        let Concluding {
+            partition,
+            key,
+            origin,
+            stage,
+        } = concluding;
+        self.holds.concluded(partition, key, stage, conclusion, origin);
     }
 
     /// The main-topic offset of `record`: its own on the main topic, else as its headers say.
-    pub(super) fn origin_offset(&self, record: &Record) -> u64 {
+    fn origin_offset(&self, record: &Record) -> u64 {
         match self.stage {
             Stage::Main => record.offset,
             _ => origin_offset(&record.headers).unwrap_or(record.offset),
@@ -469,7 +750,7 @@ mod tests {
         let other = holds.key_of(&record(0, "other")).unwrap();
         assert_eq!(holds.hold_back(0, k), None, "nothing failed yet");
         // k's record at offset 10 fails on the main topic and goes to level 1.
-        holds.concluded(0, k, Stage::Main, true, 10);
+        holds.concluded(0, k, Stage::Main, Conclusion::Retried, 10);
         assert_eq!(
             holds.hold_back(0, k),
             Some(10),
@@ -485,18 +766,18 @@ mod tests {
         assert!(!holds.is_free(0, k), "followers wait while the head is out");
         assert_eq!(holds.counts(), (1, 2));
         // The head fails on level 1 and goes to level 2: still out.
-        holds.concluded(0, k, Stage::Retry, true, 10);
+        holds.concluded(0, k, Stage::Retry, Conclusion::Retried, 10);
         assert!(!holds.is_free(0, k));
         // It succeeds on level 2: the followers may go, and a main record still waits behind them.
-        holds.concluded(0, k, Stage::Retry, false, 10);
+        holds.concluded(0, k, Stage::Retry, Conclusion::Done, 10);
         assert!(holds.is_free(0, k));
         assert_eq!(holds.hold_back(0, k), Some(10), "followers are still waiting");
         // The first follower fails: it is the key's head now.
-        holds.concluded(0, k, Stage::Held, true, 11);
+        holds.concluded(0, k, Stage::Held, Conclusion::Retried, 11);
         assert!(!holds.is_free(0, k));
-        holds.concluded(0, k, Stage::Retry, false, 11);
-        holds.concluded(0, k, Stage::Held, false, 12);
-        holds.concluded(0, k, Stage::Held, false, 13);
+        holds.concluded(0, k, Stage::Retry, Conclusion::Done, 11);
+        holds.concluded(0, k, Stage::Held, Conclusion::Done, 12);
+        holds.concluded(0, k, Stage::Held, Conclusion::Done, 13);
         assert_eq!(holds.counts(), (0, 0), "the hold is gone");
         assert_eq!(holds.hold_back(0, k), None);
     }
@@ -517,10 +798,10 @@ mod tests {
         );
         assert!(order.may_start(&r));
         let k = holds.key_of(&r).unwrap();
-        holds.concluded(3, k, Stage::Main, true, 1);
+        holds.concluded(3, k, Stage::Main, Conclusion::Retried, 1);
         assert!(!order.may_start(&r));
         assert!(!order.releases.has_changed().unwrap());
-        holds.concluded(3, k, Stage::Retry, false, 1);
+        holds.concluded(3, k, Stage::Retry, Conclusion::Done, 1);
         assert!(order.releases.has_changed().unwrap());
         assert!(order.may_start(&r));
         assert!(!order.releases.has_changed().unwrap(), "seen");
@@ -533,11 +814,11 @@ mod tests {
         let mut held = KeyOrder::new(holds.clone(), Stage::Held, 1);
         let (first, other, second) = (record(0, "k"), record(0, "other"), record(0, "k"));
         let k = holds.key_of(&first).unwrap();
-        holds.concluded(0, k, Stage::Main, true, 1);
+        holds.concluded(0, k, Stage::Main, Conclusion::Retried, 1);
         held.begin_scan();
         assert!(!held.may_start_in_scan(&first), "k's head is out");
         // The head concludes on the retry level's task while this look goes on.
-        holds.concluded(0, k, Stage::Retry, false, 1);
+        holds.concluded(0, k, Stage::Retry, Conclusion::Done, 1);
         assert!(held.may_start_in_scan(&other));
         assert!(
             !held.may_start_in_scan(&second),
@@ -548,6 +829,136 @@ mod tests {
             held.may_start_in_scan(&first),
             "the next look starts k's first record"
         );
+    }
+
+    fn held_record(
+        partition: u32,
+        offset: u64,
+        key: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> Record {
+        Record {
+            offset,
+            headers: headers.iter().copied().collect(),
+            ..record(partition, key)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_held_head_holds_its_key_until_an_operator_resolves_it() {
+        let holds = std::sync::Arc::new(KeyHolds::default());
+        holds.count(vec![0]).await.unwrap();
+        let main = KeyOrder::new(holds.clone(), Stage::Main, 1);
+        let mut held = KeyOrder::new(holds.clone(), Stage::Held, 1);
+        let k = holds.key_of(&record(0, "k")).unwrap();
+        // k's record at main offset 7 fails for the last time: it goes to the held topic, dead.
+        holds.concluded(0, k, Stage::Main, Conclusion::DeadHeld, 7);
+        assert_eq!(holds.dead(), 1);
+        assert_eq!(
+            main.begin(&record(0, "k")),
+            Some(Begin::HoldBack(7)),
+            "later records wait"
+        );
+        let follower = held_record(0, 40, "k", &[]);
+        let dead = held_record(
+            0,
+            41,
+            "k",
+            &[(names::DEAD_HELD, "dlq"), (names::ORIGINAL_OFFSET, "7")],
+        );
+        assert!(!held.may_start(&follower), "the key is held by its dead head");
+        assert!(!held.may_start(&dead), "not resolved yet");
+        assert_eq!(held.begin(&dead), None);
+        // The operator replays it: the resolution starts at once, and then the dead head does,
+        // ahead of the follower before it.
+        let replay = held_record(
+            0,
+            42,
+            "k",
+            &[(names::RESOLVES, "41"), (names::RESOLUTION, "replay")],
+        );
+        held.begin_scan();
+        assert!(!held.may_start_in_scan(&follower));
+        assert!(
+            held.may_start_in_scan(&replay),
+            "a resolution is not of the key's line"
+        );
+        assert_eq!(
+            held.begin(&replay),
+            Some(Begin::Resolve {
+                of: 41,
+                how: Resolution::Replay
+            })
+        );
+        held.resolve(0, 41, Resolution::Replay);
+        held.begin_scan();
+        assert!(!held.may_start_in_scan(&follower), "the key is still held");
+        assert!(
+            held.may_start_in_scan(&dead),
+            "the resolved dead head goes past its follower"
+        );
+        assert_eq!(held.begin(&dead), Some(Begin::Replay));
+        held.replaying(&dead);
+        assert_eq!(holds.dead(), 0);
+        assert!(
+            !held.may_start(&follower),
+            "its replay is under way: a head still"
+        );
+        // The replay succeeds: it concludes as a head, and the follower may go.
+        let concluding = held.concluding(&dead, true).unwrap();
+        held.concluded(concluding, Conclusion::Done);
+        assert!(held.may_start(&follower));
+        assert_eq!(holds.counts(), (1, 1), "the follower still waits: counted");
+    }
+
+    #[tokio::test]
+    async fn a_discarded_dead_head_releases_its_key_and_a_count_restores_dead_heads() {
+        let holds = std::sync::Arc::new(KeyHolds::new(
+            KeyHoldHandles::default(),
+            std::sync::Arc::new(|_| {
+                Box::pin(async {
+                    let dead = held_record(
+                        2,
+                        5,
+                        "k",
+                        &[(names::DEAD_HELD, "parked"), (names::ORIGINAL_OFFSET, "3")],
+                    );
+                    let follower = held_record(2, 6, "k", &[]);
+                    let discard = held_record(
+                        2,
+                        9,
+                        "k",
+                        &[(names::RESOLVES, "5"), (names::RESOLUTION, "discard")],
+                    );
+                    Ok(vec![(Stage::Held, vec![dead, follower, discard])])
+                })
+            }),
+        ));
+        holds.count(vec![2]).await.unwrap();
+        assert_eq!(
+            (holds.counts(), holds.dead()),
+            ((1, 1), 1),
+            "the dead head and its follower, counted"
+        );
+        let mut held = KeyOrder::new(holds.clone(), Stage::Held, 1);
+        let dead = held_record(
+            2,
+            5,
+            "k",
+            &[(names::DEAD_HELD, "parked"), (names::ORIGINAL_OFFSET, "3")],
+        );
+        let follower = held_record(2, 6, "k", &[]);
+        assert!(!held.may_start(&follower));
+        assert_eq!(
+            held.begin(&dead),
+            Some(Begin::Discard(TopicRole::Parked)),
+            "the resolution counted with it: discard to the parking queue it stands for"
+        );
+        held.discarding(&dead);
+        assert_eq!(holds.dead(), 0);
+        assert!(held.may_start(&follower), "the key goes on");
+        holds.forget(&[2]);
+        assert_eq!((holds.counts(), holds.dead()), ((0, 0), 0));
     }
 
     #[tokio::test]
@@ -568,8 +979,8 @@ mod tests {
         holds.count(vec![0, 1]).await.unwrap();
         let (a, b) = (record(0, "a"), record(1, "b"));
         let (ka, kb) = (holds.key_of(&a).unwrap(), holds.key_of(&b).unwrap());
-        holds.concluded(0, ka, Stage::Main, true, 5);
-        holds.concluded(1, kb, Stage::Main, true, 6);
+        holds.concluded(0, ka, Stage::Main, Conclusion::Retried, 5);
+        holds.concluded(1, kb, Stage::Main, Conclusion::Retried, 6);
         assert_eq!(holds.hold_back(0, ka), Some(5));
         assert_eq!(holds.counts(), (2, 1));
         holds.forget(&[0]);

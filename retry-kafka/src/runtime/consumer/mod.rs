@@ -32,7 +32,7 @@ use self::attempt::{Attempts, Done};
 use self::batches::Batches;
 use self::gate::RateGate;
 use self::hand_offs::{HandOffs, PendingHandOff, Targets, Ticket};
-use self::key_holds::{KeyHolds, KeyOrder, Stage};
+use self::key_holds::{Begin, Concluding, Conclusion, KeyHolds, KeyOrder, Stage};
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
 use crate::backend::{Consumer, Delivered, Fetched, Record, TopicRole, Undelivered};
@@ -174,6 +174,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             let fetch = self.wants_fetch();
             let waits_for_releases = self.partitions.waiting() > 0
                 && self.order.as_ref().is_some_and(KeyOrder::waits_for_releases);
+            let (stuck, look) = self.stuck_on_operators();
             tokio::select! {
                 biased;
                 finished = self.attempts.next(), if self.attempts.in_flight() > 0 => {
@@ -192,6 +193,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
                 // A key's retry concluded: its held records may start (the top of the loop).
                 _ = released(&mut self.order), if waits_for_releases => {}
+                _ = sleep_until_opt(look), if look.is_some() => {
+                    if let Some(order) = &mut self.order {
+                        order.look_for_resolutions(stuck).await;
+                    }
+                }
                 fetched = self.consumer.next(), if fetch => {
                     // Once per round, not per record: a clock read per record showed in the
                     // success path's instruction count.
@@ -220,6 +226,19 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         drop(attempts);
         drop(hand_offs);
         consumer.close().await.map_err(Error::from)
+    }
+
+    /// The held level's partitions that are full while a record of theirs waits for an
+    /// operator, and when to look past them for resolutions (see [`KeyOrder::resolution_look`]).
+    fn stuck_on_operators(&mut self) -> (Vec<u32>, Option<Instant>) {
+        let Some(order) = self.order.as_mut().filter(|order| order.reads_held_topic()) else {
+            return (Vec::new(), None);
+        };
+        let stuck = self
+            .partitions
+            .held_with(|record| order.waits_for_operator(record));
+        let look = order.resolution_look(!stuck.is_empty());
+        (stuck, look)
     }
 
     /// Whether to fetch: not stopping, commits not behind, room for another attempt and in the
@@ -345,11 +364,10 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         if ready {
             let generation = self.partitions.generation(partition);
             // A held key's record is handed on, not attempted: no rate token, no breaker.
-            if let Some(behind) = self.holds_back(&record) {
-                return self.hold_back(record, generation, behind);
-            }
-            if self.gate.admit() {
-                return self.start(record, generation, due).await;
+            if let Some(begin) = self.begin_of(&record) {
+                if !begin.attempts() || self.gate.admit() {
+                    return self.begin(begin, record, generation, due).await;
+                }
             }
         }
         if let Some(from) = self.partitions.keep(record, due) {
@@ -385,11 +403,14 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                         }
                     }
                 };
-                let behind = self
+                let Some(begin) = self
                     .partitions
                     .waiting_at(index, at)
-                    .and_then(|r| self.holds_back(r));
-                if behind.is_none() && !self.gate.admit() {
+                    .and_then(|r| self.begin_of(r))
+                else {
+                    break;
+                };
+                if begin.attempts() && !self.gate.admit() {
                     return;
                 }
                 let next = self.partitions.take_at(index, at).expect("it is due");
@@ -398,19 +419,52 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                     self.consumer.resume(partition);
                     self.level.metrics.resumed(partition);
                 }
-                match behind {
-                    Some(behind) => self.hold_back(next.record, next.generation, behind),
-                    None => self.start(next.record, next.generation, next.due).await,
-                }
+                self.begin(begin, next.record, next.generation, next.due).await;
             }
         }
     }
 
-    /// On the main topic of a key-ordered handler, for a record whose key is held: the
-    /// main-topic offset it waits behind, and it is counted as a follower (so it must then be
-    /// handed on with [`hold_back`](Self::hold_back)). `None`: it may be attempted.
-    fn holds_back(&self, record: &Record) -> Option<u64> {
-        self.order.as_ref()?.hold_back(record)
+    /// What starting `record` means: an attempt, but on a key-ordered handler's levels (see
+    /// [`Begin`]); a main-topic record found held back is counted as a follower here, so it
+    /// must then be begun. `None`: it may not start yet.
+    fn begin_of(&self, record: &Record) -> Option<Begin> {
+        match &self.order {
+            Some(order) => order.begin(record),
+            None => Some(Begin::Attempt),
+        }
+    }
+
+    /// Starts `record` as `begin` says: attempted, held back behind its key, or (on the held
+    /// topic, `on_dead_letter = "hold_key"`) replayed, discarded to its queue, or an operator's
+    /// resolution applied.
+    async fn begin(&mut self, begin: Begin, mut record: Record, generation: u32, due: Option<i64>) {
+        match begin {
+            Begin::Attempt => self.start(record, generation, due).await,
+            Begin::HoldBack(behind) => self.hold_back(record, generation, behind),
+            Begin::Replay => {
+                if let Some(order) = &mut self.order {
+                    order.replaying(&record);
+                }
+                self.level.replaying(&mut record);
+                self.start(record, generation, due).await
+            }
+            Begin::Discard(queue) => {
+                self.partitions.started(record.partition, record.offset);
+                if let Some(order) = &self.order {
+                    order.discarding(&record);
+                }
+                let hand_off = self.level.discarded(record, queue, generation);
+                self.hand_on(hand_off);
+            }
+            Begin::Resolve { of, how } => {
+                let (partition, offset) = (record.partition, record.offset);
+                self.partitions.started(partition, offset);
+                if let Some(order) = &self.order {
+                    order.resolve(partition, of, how);
+                }
+                self.finish(partition, offset).await;
+            }
+        }
     }
 
     /// Hands `record` to the held topic, unattempted: its key has a record out on a retry
@@ -445,18 +499,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         } = done;
         self.level.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
-        if let Some(order) = &mut self.order {
-            order.finished(&record);
-        }
-        // Read before the record is handed on: its key and where it first came from (not for
-        // a main-topic success, which changes no hold).
-        let key = self.order.as_ref().and_then(|order| {
-            if !order.counts(result.is_ok()) {
-                return None;
-            }
-            let key = order.key_of(&record)?;
-            Some((key, order.origin_offset(&record)))
-        });
+        // Read before the record is handed on: its key and where it first came from.
+        let key = self
+            .order
+            .as_mut()
+            .and_then(|order| order.concluding(&record, result.is_ok()));
         // Every outcome tells the breaker about the dependency, a revoked partition's too.
         let held_back = self.level.breaker.as_ref().is_some_and(|breaker| {
             breaker.conclude(match &result {
@@ -471,7 +518,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         let failure = match result {
             Ok(()) => {
                 self.level.metrics.handled();
-                self.key_concluded(partition, key, false);
+                self.key_concluded(key, Conclusion::Done);
                 return self.finish(partition, offset).await;
             }
             Err(failure) => failure,
@@ -487,18 +534,25 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             return;
         }
         let Some(hand_off) = self.level.hand_off_of(record, failure, span, generation) else {
-            self.key_concluded(partition, key, false);
+            self.key_concluded(key, Conclusion::Done);
             return self.finish(partition, offset).await;
         };
-        let retried = matches!(hand_off.ticket.target, TopicRole::Retry { .. });
-        self.key_concluded(partition, key, retried);
+        self.key_concluded(
+            key,
+            match hand_off.ticket.target {
+                TopicRole::Retry { .. } => Conclusion::Retried,
+                // A failure handed to the held topic is a last one that holds its key.
+                TopicRole::Held => Conclusion::DeadHeld,
+                _ => Conclusion::Done,
+            },
+        );
         self.hand_on(hand_off);
     }
 
     /// Tells the key's holds that one of its records concluded here (see [`KeyOrder`]).
-    fn key_concluded(&self, partition: u32, key: Option<(u64, u64)>, retried: bool) {
-        if let (Some(order), Some((key, origin))) = (&self.order, key) {
-            order.concluded(partition, key, retried, origin);
+    fn key_concluded(&self, concluding: Option<Concluding>, conclusion: Conclusion) {
+        if let (Some(order), Some(concluding)) = (&self.order, concluding) {
+            order.concluded(concluding, conclusion);
         }
     }
 

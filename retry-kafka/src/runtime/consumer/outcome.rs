@@ -1,13 +1,17 @@
 //! What a failed attempt becomes, by the handler's policy: a hand-off to the next retry level
 //! (with its due time), the dead letters or the parking queue, with the failure's story in the
-//! headers; or nothing, when the policy drops it.
+//! headers; or nothing, when the policy drops it. For a key-ordered handler also what a record
+//! held back behind its key becomes, and (`on_dead_letter = "hold_key"`) a last failure that
+//! holds its key on the held topic, and that record replayed or discarded.
 
 use super::attempt::Failure;
 use super::hand_offs::{PendingHandOff, Ticket};
 use super::Level;
 use crate::backend::{OutboundRecord, Record, TopicRole};
 use crate::clock::now_ms;
-use crate::headers::{FailureContext, HeldBack};
+use crate::dead_letters::replayed;
+use crate::headers::{names, FailureContext, HeldBack};
+use crate::held_keys::HeldRecord;
 use crate::policy::Step;
 use crate::trace::AttemptSpan;
 
@@ -66,6 +70,14 @@ impl Level {
         let mut headers = record.headers;
         context.write_to(&mut headers);
         span.hand_on(&mut headers);
+        // Its last failure: with `on_dead_letter = "hold_key"` it waits on the held topic,
+        // holding its key, until an operator replays or discards it (then it goes to `target`).
+        let holds_key = matches!(target, TopicRole::DeadLetter | TopicRole::Parked)
+            && self.spec.ordering().dead_letters_hold_key()
+            && record.key.is_some();
+        if holds_key {
+            headers.insert(names::DEAD_HELD, HeldRecord::dead_held_value(target));
+        }
         let record = OutboundRecord {
             partition: Some(partition),
             key: record.key,
@@ -78,8 +90,44 @@ impl Level {
             .timestamp_ms
             .or(lineage.first_failure_ms)
             .or(Some(now));
-        let ticket = Ticket::new(partition, offset, generation, target, failing_since_ms);
+        let ticket = match holds_key {
+            true => Ticket::new(partition, offset, generation, TopicRole::Held, failing_since_ms)
+                .counted_as(Some(target)),
+            false => Ticket::new(partition, offset, generation, target, failing_since_ms),
+        };
         Some(PendingHandOff::new(ticket, record))
+    }
+
+    /// The hand-off that sends a dead-held record an operator discarded to its `queue` (the
+    /// dead letters, or the parking queue), unattempted: its failure story as it was. Counted
+    /// when it became dead-held, not again.
+    pub(super) fn discarded(&self, record: Record, queue: TopicRole, generation: u32) -> PendingHandOff {
+        let (partition, offset) = (record.partition, record.offset);
+        tracing::info!(topic = %self.topic, partition, offset, group = self.spec.group(), ?queue,
+            "a dead-held record was discarded: it goes to its queue and its key goes on");
+        let mut headers = record.headers;
+        headers.retain(|name| name != names::DEAD_HELD);
+        let record = OutboundRecord {
+            partition: Some(partition),
+            key: record.key,
+            payload: record.payload,
+            headers,
+        };
+        let ticket = Ticket::new(partition, offset, generation, queue, None).counted_as(None);
+        PendingHandOff::new(ticket, record)
+    }
+
+    /// A dead-held record an operator replays gets a replay's headers before its attempt here:
+    /// `rk-replays` one higher, its failure story kept, no longer dead-held.
+    pub(super) fn replaying(&self, record: &mut Record) {
+        let replay_of = format!("{}/{}/{}", self.topic, record.partition, record.offset);
+        match replayed(&record.headers, TopicRole::Held, &replay_of, now_ms()) {
+            Ok(headers) => record.headers = headers,
+            // A failure story that does not read: replayed as it is, but no longer dead-held.
+            Err(_) => record.headers.retain(|name| name != names::DEAD_HELD),
+        }
+        tracing::info!(topic = %self.topic, partition = record.partition, offset = record.offset,
+            group = self.spec.group(), "a dead-held record is replayed before its key's later records");
     }
 
     /// The hand-off that holds `record` back on the held topic, unattempted, behind the
@@ -120,12 +168,13 @@ impl Level {
 
     /// Counts a hand-off that is durable, by where it went.
     pub(super) fn handed_off(&self, ticket: &Ticket) {
-        match ticket.target {
-            TopicRole::Retry { level } => self.metrics.retried(level),
-            TopicRole::Parked => self.metrics.parked(),
-            // Not a failure's: a record held back behind its key's retry, no attempt made.
-            TopicRole::Held => {}
-            _ => self.metrics.dead_lettered(ticket.failing_since_ms),
+        match ticket.counted_as {
+            Some(TopicRole::Retry { level }) => self.metrics.retried(level),
+            Some(TopicRole::Parked) => self.metrics.parked(),
+            Some(TopicRole::DeadLetter) => self.metrics.dead_lettered(ticket.failing_since_ms),
+            // A record held back behind its key's retry (no attempt made), or a discarded
+            // dead-held one (counted when it became dead-held).
+            _ => {}
         }
     }
 }

@@ -154,6 +154,19 @@ impl Partitions {
             .is_some_and(|p| p.generation == generation)
     }
 
+    /// The partitions held (full: nothing more is fetched) while one of their waiting records
+    /// is as `stuck` says, for a look past what they can fetch.
+    pub(super) fn held_with(&self, mut stuck: impl FnMut(&Record) -> bool) -> Vec<u32> {
+        if self.waiting == 0 {
+            return Vec::new();
+        }
+        (0..)
+            .zip(&self.list)
+            .filter(|(_, p)| p.held && p.waiting.iter().any(|w| stuck(&w.record)))
+            .map(|(partition, _)| partition)
+            .collect()
+    }
+
     /// Whether nothing of `partition` waits: a record fetched now may start at once.
     pub(super) fn none_waiting(&mut self, partition: u32) -> bool {
         self.get(partition).waiting.is_empty()
