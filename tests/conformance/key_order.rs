@@ -4,13 +4,18 @@
 //! three partitions with four keys each, through a second instance joining while keys are
 //! held and the first leaving (two rebalances; the last record of every key is published
 //! after it left); keys that never fail are not held; held
-//! records carry `rk-held-at` and count no attempt they did not make.
+//! records carry `rk-held-at` and count no attempt they did not make. And
+//! `on_dead_letter = "hold_key"`: a record's last failure holds its key, through a restart,
+//! until an operator replays or discards it (`HoldSources::resolve`, what `retry-kafka held
+//! replay|discard` writes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use retry_kafka::app::TopicNaming;
 use retry_kafka::headers::names;
+use retry_kafka::held_keys::{HoldSources, Resolution};
 use retry_kafka::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -24,6 +29,7 @@ macro_rules! key_order_suite {
     ($harness:expr) => {
         $crate::conformance_suite!(@cases $harness;
             each_keys_successes_follow_production_order_through_rebalances,
+            a_dead_held_head_holds_its_key_through_a_restart_until_resolved,
         );
     };
 }
@@ -259,5 +265,182 @@ async fn eventually_records<H: Harness>(
             records.len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(topic = "conf.vault", key = "account")]
+pub struct Entry {
+    pub account: u64,
+    pub seq: u64,
+}
+
+/// Account 1's first entry fails until this is set; account 2's always fails.
+static VAULT_FIXED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// (account, seq, `rk-replays`) of every attempt.
+static VAULT_TRIES: Mutex<Vec<(u64, u64, Option<String>)>> = Mutex::new(Vec::new());
+static VAULT_SUCCESSES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+#[retry_handler(topic = "conf.vault", group = "conf-vault", retries = ["1s"], dlq, ordering = "key", on_dead_letter = "hold_key")]
+async fn enter_until_resolved(entry: Entry, ctx: Context) -> Result<(), HandlerError> {
+    let replays = ctx.headers().get_str(names::REPLAYS).map(str::to_owned);
+    VAULT_TRIES
+        .lock()
+        .unwrap()
+        .push((entry.account, entry.seq, replays));
+    let fails = match (entry.account, entry.seq) {
+        (1, 0) => !VAULT_FIXED.load(std::sync::atomic::Ordering::SeqCst),
+        (2, 0) => true,
+        _ => false,
+    };
+    if fails {
+        return Err(HandlerError::permanent(format!("{entry:?} is refused")));
+    }
+    VAULT_SUCCESSES.lock().unwrap().push((entry.account, entry.seq));
+    Ok(())
+}
+
+const VAULT_ACCOUNTS: u64 = 6;
+const VAULT_ENTRIES: u64 = 4;
+
+fn vault_successes(account: u64) -> Vec<u64> {
+    let successes = VAULT_SUCCESSES.lock().unwrap();
+    let mut seqs = Vec::new();
+    for &(a, seq) in successes.iter() {
+        if a == account && !seqs.contains(&seq) {
+            seqs.push(seq);
+        }
+    }
+    seqs
+}
+
+pub async fn a_dead_held_head_holds_its_key_through_a_restart_until_resolved<H: Harness>(harness: &H) {
+    harness.create_topic("conf.vault", 3).await;
+    let (app, running) = start(harness, "conf-vault").await;
+    let producer = app.producer();
+    for seq in 0..VAULT_ENTRIES {
+        for account in 0..VAULT_ACCOUNTS {
+            producer.send(&Entry { account, seq }).await.expect("publish");
+        }
+    }
+    let backend = harness.backend();
+    let sources = HoldSources::find(&backend, "conf.vault", "conf-vault", &TopicNaming::default())
+        .await
+        .expect("look up the held topic")
+        .expect("a key-ordered handler has a held topic");
+    // Accounts 1 and 2 are held by their dead-held first entries, their later entries waiting
+    // behind them; the other accounts flow.
+    eventually(
+        Duration::from_secs(30),
+        "the free accounts done, 1 and 2 held by their dead heads",
+        || {
+            [0, 3, 4, 5]
+                .iter()
+                .all(|&a| vault_successes(a).len() == VAULT_ENTRIES as usize)
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let held = sources.held_keys(&backend).await.expect("held keys");
+        let dead: usize = held.iter().map(|k| k.dead.len()).sum();
+        let followers: u64 = held.iter().map(|k| k.followers).sum();
+        if dead == 2 && followers == 2 * (VAULT_ENTRIES - 1) {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two dead heads and their followers: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A restart: the holds are counted again from the held topic.
+    running.shutdown().await.expect("the instance stops");
+    for account in [1, 2] {
+        assert_eq!(
+            vault_successes(account),
+            Vec::<u64>::new(),
+            "account {account} is held"
+        );
+    }
+    let (_app, running) = start(harness, "conf-vault").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for account in [1, 2] {
+        assert_eq!(
+            vault_successes(account),
+            Vec::<u64>::new(),
+            "account {account} is still held after the restart"
+        );
+    }
+    assert!(
+        harness.records("conf.vault.conf-vault.dlq").await.is_empty(),
+        "a dead-held record waits on the held topic, not in the DLQ"
+    );
+
+    // The operator: account 1 fixed and replayed, account 2 discarded.
+    VAULT_FIXED.store(true, std::sync::atomic::Ordering::SeqCst);
+    for key in &held {
+        let how = match &key.key[..] {
+            b"1" => Resolution::Replay,
+            b"2" => Resolution::Discard,
+            other => panic!("held key {other:?}"),
+        };
+        assert_eq!(key.dead[0].error_kind.as_deref(), Some("permanent"));
+        sources
+            .resolve(&backend, key.partition, &key.key, key.dead[0].offset, how)
+            .await
+            .expect("write the resolution");
+    }
+    eventually(Duration::from_secs(30), "accounts 1 and 2 resolved", || {
+        vault_successes(1).len() == VAULT_ENTRIES as usize
+            && vault_successes(2).len() == VAULT_ENTRIES as usize - 1
+    })
+    .await;
+    let dead = eventually_records(harness, "conf.vault.conf-vault.dlq", 1).await;
+    running.shutdown().await.expect("the instance stops");
+
+    assert_eq!(
+        vault_successes(1),
+        [0, 1, 2, 3],
+        "the replayed head first, then the rest in order"
+    );
+    assert_eq!(
+        vault_successes(2),
+        [1, 2, 3],
+        "after the discard, the rest in order"
+    );
+    let tries = VAULT_TRIES.lock().unwrap().clone();
+    let replay = tries
+        .iter()
+        .filter(|t| (t.0, t.1) == (1, 0))
+        .nth(1)
+        .expect("replayed");
+    assert_eq!(
+        replay.2.as_deref(),
+        Some("1"),
+        "the replay counts as one: rk-replays"
+    );
+    assert!(
+        tries.iter().filter(|t| (t.0, t.1) == (2, 0)).count() <= 2,
+        "the discarded record is never attempted again: {tries:?}"
+    );
+    assert!(dead.len() <= 2, "{} dead letters", dead.len());
+    let letter = &dead[0];
+    assert_eq!(
+        letter.payload.as_deref(),
+        Some(&br#"{"account":2,"seq":0}"#[..]),
+        "byte for byte"
+    );
+    assert_eq!(letter.key.as_deref(), Some(&b"2"[..]));
+    assert_eq!(letter.headers.get_str(names::ERROR_KIND), Some("permanent"));
+    assert_eq!(letter.headers.get_str(names::DEAD_HELD), None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = sources.held_keys(&backend).await.expect("held keys");
+        if held.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing held once resolved: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
