@@ -431,6 +431,9 @@ pub(super) struct Concluding {
     origin: u64,
     /// The stage it concluded as: a replayed dead-held record, on the held level, as a head.
     stage: Stage,
+    /// Its (partition, offset), when it was a replayed dead-held record: no longer one once
+    /// [`KeyOrder::concluded`].
+    replayed: Option<(u32, u64)>,
 }
 
 /// One level's view of its handler's holds: what the loop asks before it starts a record and
@@ -491,8 +494,11 @@ impl KeyOrder {
         if let (Some(busy), Some(key)) = (&mut self.busy, key) {
             busy.remove(&(record.partition, key));
         }
-        let replayed =
-            !self.replaying.is_empty() && self.replaying.remove(&(record.partition, record.offset));
+        // Still replaying until concluded: an attempt the breaker held back starts again as
+        // the head it is.
+        let replayed = self
+            .is_replaying(record)
+            .then_some((record.partition, record.offset));
         if succeeded && self.stage == Stage::Main {
             return None;
         }
@@ -500,8 +506,18 @@ impl KeyOrder {
             partition: record.partition,
             key: key?,
             origin: self.origin_offset(record),
-            stage: if replayed { Stage::Retry } else { self.stage },
+            stage: if replayed.is_some() {
+                Stage::Retry
+            } else {
+                self.stage
+            },
+            replayed,
         })
+    }
+
+    /// Whether `record` is a dead-held record being replayed here.
+    fn is_replaying(&self, record: &Record) -> bool {
+        !self.replaying.is_empty() && self.replaying.contains(&(record.partition, record.offset))
     }
 
     /// What [`begin`](Self::begin) returned `Replay` for starts: no longer dead, a head of its
@@ -585,6 +601,8 @@ impl KeyOrder {
                 None => Begin::Attempt,
             },
             Stage::Retry => Begin::Attempt,
+            // Its replay put back (the breaker held its failure back): attempted again.
+            Stage::Held if self.is_replaying(record) => Begin::Attempt,
             Stage::Held => match HeldRecord::of(&record.headers) {
                 HeldRecord::Follower => Begin::Attempt,
                 HeldRecord::Resolution { of, how } => Begin::Resolve { of, how },
@@ -617,8 +635,8 @@ impl KeyOrder {
     /// the one is not of the key's line, the other heads it.
     pub(super) fn may_start_in_scan(&mut self, record: &Record) -> bool {
         let key = self.holds.key_of(record);
-        let heads_its_key =
-            self.stage == Stage::Held && HeldRecord::of(&record.headers) != HeldRecord::Follower;
+        let heads_its_key = self.stage == Stage::Held
+            && (self.is_replaying(record) || HeldRecord::of(&record.headers) != HeldRecord::Follower);
         if !heads_its_key && key.is_some_and(|key| self.passed.contains(&key)) {
             return false;
         }
@@ -651,6 +669,7 @@ impl KeyOrder {
             // A key's head runs once its partition's holds are counted (else its conclusion
             // could come before the count and be counted again).
             Stage::Retry => self.holds.is_counted(record.partition),
+            Stage::Held if self.is_replaying(record) => true,
             Stage::Held => {
                 self.holds.is_counted(record.partition)
                     && match HeldRecord::of(&record.headers) {
@@ -675,10 +694,12 @@ impl KeyOrder {
         self.holds.count(partitions.to_vec()).await
     }
 
-    pub(super) fn revoked(&self, partitions: &[u32]) {
+    pub(super) fn revoked(&mut self, partitions: &[u32]) {
         if self.stage == Stage::Main {
             self.holds.forget(partitions);
         }
+        self.replaying
+            .retain(|(partition, _)| !partitions.contains(partition));
     }
 
     /// On the main topic, for a record whose key is held: the main-topic offset it waits
@@ -692,13 +713,17 @@ impl KeyOrder {
     }
 
     /// A record concluded as `conclusion` says ([`concluding`](Self::concluding) read it).
-    pub(super) fn concluded(&self, concluding: Concluding, conclusion: Conclusion) {
+    pub(super) fn concluded(&mut self, concluding: Concluding, conclusion: Conclusion) {
         let Concluding {
             partition,
             key,
             origin,
             stage,
+            replayed,
         } = concluding;
+        if let Some(replayed) = replayed {
+            self.replaying.remove(&replayed);
+        }
         self.holds.concluded(partition, key, stage, conclusion, origin);
     }
 
@@ -904,8 +929,20 @@ mod tests {
             !held.may_start(&follower),
             "its replay is under way: a head still"
         );
+        // Its attempt fails while the breaker is open: put back with a replay's headers (no
+        // longer dead-held), it starts again as the head it is.
+        let replayed = held_record(
+            0,
+            41,
+            "k",
+            &[(names::REPLAYS, "1"), (names::ORIGINAL_OFFSET, "7")],
+        );
+        let _ = held.concluding(&replayed, false);
+        assert!(held.may_start(&replayed), "the put-back replay starts again");
+        assert_eq!(held.begin(&replayed), Some(Begin::Attempt));
+        assert!(!held.may_start(&follower));
         // The replay succeeds: it concludes as a head, and the follower may go.
-        let concluding = held.concluding(&dead, true).unwrap();
+        let concluding = held.concluding(&replayed, true).unwrap();
         held.concluded(concluding, Conclusion::Done);
         assert!(held.may_start(&follower));
         assert_eq!(holds.counts(), (1, 1), "the follower still waits: counted");

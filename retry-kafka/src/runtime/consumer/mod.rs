@@ -305,7 +305,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             Ok(Fetched::Revoked(partitions)) => {
                 metrics.revoked(&partitions);
                 tracing::debug!(topic = %level.topic, group = level.spec.group(), ?partitions, "revoked");
-                if let Some(order) = &self.order {
+                if let Some(order) = &mut self.order {
                     order.revoked(&partitions);
                 }
                 for partition in partitions {
@@ -550,8 +550,8 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     }
 
     /// Tells the key's holds that one of its records concluded here (see [`KeyOrder`]).
-    fn key_concluded(&self, concluding: Option<Concluding>, conclusion: Conclusion) {
-        if let (Some(order), Some(concluding)) = (&self.order, concluding) {
+    fn key_concluded(&mut self, concluding: Option<Concluding>, conclusion: Conclusion) {
+        if let (Some(order), Some(concluding)) = (&mut self.order, concluding) {
             order.concluded(concluding, conclusion);
         }
     }
