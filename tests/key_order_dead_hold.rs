@@ -197,3 +197,88 @@ async fn a_dead_held_head_holds_its_key_until_replayed_or_discarded() {
     app.settle().await;
     app.shutdown().await;
 }
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(topic = "kd.late", key = "account")]
+struct Transfer {
+    account: u64,
+    seq: u64,
+}
+
+/// Account 1's first transfer fails once (a retry), then for good until this is set.
+static LATE_FIXED: AtomicBool = AtomicBool::new(false);
+static LATE_DONE: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+#[retry_handler(group = "kd-late", retries = ["1s"], dlq, ordering = "key", on_dead_letter = "hold_key")]
+async fn transfer(transfer: Transfer, ctx: Context) -> Result<(), HandlerError> {
+    if (transfer.account, transfer.seq) == (1, 0) && !LATE_FIXED.load(Ordering::SeqCst) {
+        return Err(match ctx.attempt() {
+            1 => HandlerError::transient("the bank is busy"),
+            _ => HandlerError::permanent("the account is closed"),
+        });
+    }
+    LATE_DONE.lock().unwrap().push((transfer.account, transfer.seq));
+    Ok(())
+}
+
+/// The record that holds a key for good can be behind more waiting records of its key than a
+/// held partition keeps in memory: account 1's first transfer fails on the main topic, 299
+/// more wait on the held topic while it waits on the retry level (128 kept, the partition
+/// full), and then it fails for good: it is written after them, where the full partition never
+/// fetches. Its resolution, read past the partition, brings it in.
+#[tokio::test(start_paused = true)]
+async fn a_dead_held_head_behind_a_full_held_partition_is_resolved_too() {
+    let app = TestApp::start_only(|spec| spec.group() == "kd-late").await;
+    for seq in 0..300 {
+        for account in 0..3 {
+            if account == 1 || seq < 5 {
+                app.publish(&Transfer { account, seq }).await;
+            }
+        }
+    }
+    app.advance(Duration::from_secs(30)).await;
+    let broker = app.broker().clone();
+    let sources = HoldSources::find(&broker, "kd.late", "kd-late", &TopicNaming::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let held = sources.held_keys(&broker).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!((held[0].followers, held[0].dead.len()), (299, 1), "{held:?}");
+    let dead = held[0].dead[0].clone();
+    assert_eq!(dead.error_message.as_deref(), Some("the account is closed"));
+    assert!(
+        LATE_DONE.lock().unwrap().iter().all(|d| d.0 != 1),
+        "account 1 is held"
+    );
+
+    LATE_FIXED.store(true, Ordering::SeqCst);
+    sources
+        .resolve(
+            &broker,
+            held[0].partition,
+            &held[0].key,
+            dead.offset,
+            Resolution::Replay,
+        )
+        .await
+        .unwrap();
+    app.advance(Duration::from_secs(30)).await;
+    let done: Vec<u64> = LATE_DONE
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.0 == 1)
+        .map(|d| d.1)
+        .collect();
+    assert_eq!(
+        done,
+        (0..300).collect::<Vec<_>>(),
+        "the replayed head first, then the rest in order"
+    );
+    // Everything acknowledged, the record put in past the full partition too (when the
+    // partition fetched it again).
+    assert_eq!(app.backlog(), Vec::<(String, u64)>::new());
+    assert!(sources.held_keys(&broker).await.unwrap().is_empty());
+    app.shutdown().await;
+}

@@ -232,7 +232,9 @@ impl KeyHolds {
         }
         self.publish(holds);
         drop(guard);
-        if heads_before > 0 && heads == 0 {
+        // A key held for good now wakes the held level too: a partition of it that is full
+        // must look past what it keeps (see `KeyOrder::resolution_look`).
+        if (heads_before > 0 && heads == 0) || conclusion == Conclusion::DeadHeld {
             self.released.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
@@ -272,22 +274,34 @@ impl KeyHolds {
 
     /// Reads the resolutions written on the held topic for `partitions` (with the records not
     /// acknowledged there, as a count does) and applies them: for a held level that cannot
-    /// fetch them, its partition full of records waiting behind dead-held keys. Returns how
-    /// many it read.
-    pub(crate) async fn read_resolutions(&self, partitions: Vec<u32>) -> Result<usize, BackendError> {
+    /// fetch them, its partition full of records waiting behind dead-held keys. Returns the
+    /// dead-held records read that are resolved now (the level puts in those it has not
+    /// fetched: its full partition would never reach them).
+    pub(crate) async fn read_resolutions(&self, partitions: Vec<u32>) -> Result<Vec<Record>, BackendError> {
         let out = (self.unsettled)(partitions).await?;
-        let mut read = 0;
-        for record in out
-            .iter()
-            .filter(|(stage, _)| *stage == Stage::Held)
-            .flat_map(|(_, r)| r)
-        {
+        let held = || {
+            out.iter()
+                .filter(|(stage, _)| *stage == Stage::Held)
+                .flat_map(|(_, r)| r)
+        };
+        for record in held() {
             if let HeldRecord::Resolution { of, how } = HeldRecord::of(&record.headers) {
                 self.resolve(record.partition, of, how);
-                read += 1;
             }
         }
-        Ok(read)
+        Ok(held()
+            .filter(|r| matches!(HeldRecord::of(&r.headers), HeldRecord::Dead { .. }))
+            .filter(|r| self.resolution(r.partition, r.offset).is_some())
+            .cloned()
+            .collect())
+    }
+
+    /// Whether `key` of `partition` is held by a dead-held record.
+    pub(crate) fn has_dead(&self, partition: u32, key: u64) -> bool {
+        self.holds()
+            .keys
+            .get(&(partition, key))
+            .is_some_and(|hold| hold.dead > 0)
     }
 
     /// Whether the holds of `partition` have been counted since it was assigned.
@@ -545,12 +559,14 @@ impl KeyOrder {
         self.stage == Stage::Held
     }
 
-    /// Whether `record`, waiting on the held level, waits for an operator: dead-held and not
-    /// resolved.
+    /// Whether `record`, waiting on the held level, waits for an operator: its key is held by
+    /// a dead-held record (itself, or one the partition may not have fetched).
     pub(super) fn waits_for_operator(&self, record: &Record) -> bool {
         self.stage == Stage::Held
-            && matches!(HeldRecord::of(&record.headers), HeldRecord::Dead { .. })
-            && self.holds.resolution(record.partition, record.offset).is_none()
+            && self
+                .holds
+                .key_of(record)
+                .is_some_and(|key| self.holds.has_dead(record.partition, key))
     }
 
     /// When to look for resolutions past what `stuck` partitions can fetch: a held partition
@@ -571,17 +587,22 @@ impl KeyOrder {
     }
 
     /// Reads the resolutions of `partitions` from the held topic (see
-    /// [`resolution_look`](Self::resolution_look)).
-    pub(super) async fn look_for_resolutions(&mut self, partitions: Vec<u32>) {
+    /// [`resolution_look`](Self::resolution_look)); returns the resolved dead-held records read,
+    /// for the level to put in those it has not fetched.
+    pub(super) async fn look_for_resolutions(&mut self, partitions: Vec<u32>) -> Vec<Record> {
         self.look_at = Some(Instant::now() + RESOLUTION_LOOK);
         match self.holds.read_resolutions(partitions.clone()).await {
-            Ok(read) => tracing::debug!(
-                ?partitions,
-                read,
-                "looked for resolutions past full held partitions"
-            ),
+            Ok(resolved) => {
+                tracing::debug!(
+                    ?partitions,
+                    resolved = resolved.len(),
+                    "looked for resolutions past full held partitions"
+                );
+                resolved
+            }
             Err(error) => {
-                tracing::warn!(?partitions, %error, "looking for resolutions past full held partitions failed; trying again")
+                tracing::warn!(?partitions, %error, "looking for resolutions past full held partitions failed; trying again");
+                Vec::new()
             }
         }
     }

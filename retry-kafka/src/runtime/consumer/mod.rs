@@ -195,7 +195,9 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 _ = released(&mut self.order), if waits_for_releases => {}
                 _ = sleep_until_opt(look), if look.is_some() => {
                     if let Some(order) = &mut self.order {
-                        order.look_for_resolutions(stuck).await;
+                        for record in order.look_for_resolutions(stuck).await {
+                            self.partitions.inject(record);
+                        }
                     }
                 }
                 fetched = self.consumer.next(), if fetch => {
@@ -354,8 +356,15 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     /// A fetched record: started now, or kept until it is due (retry levels) or until the
     /// partition's failed hand-off is through.
     async fn take(&mut self, record: Record) {
-        let due = self.level.due_at(&record);
         let partition = record.partition;
+        // Put in before it was fetched (a held level's look past a full partition): not again.
+        if let Some(done) = self.partitions.fetched_again(partition, record.offset) {
+            if let Some(upto) = done {
+                self.acknowledge(partition, upto).await;
+            }
+            return;
+        }
+        let due = self.level.due_at(&record);
         let ready = due.is_none_or(|due| due <= now_ms())
             && !self.commits.stopped()
             && self.partitions.none_waiting(partition)
@@ -609,10 +618,15 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
     /// Acknowledges what finishing `offset` completes.
     async fn finish(&mut self, partition: u32, offset: u64) {
         if let Some(upto) = self.partitions.finish(partition, offset) {
-            if let Err(error) = self.consumer.ack(partition, upto).await {
-                tracing::warn!(topic = %self.level.topic, partition, offset = upto, %error,
-                    "acknowledge failed; the message may be redelivered");
-            }
+            self.acknowledge(partition, upto).await;
+        }
+    }
+
+    /// Acknowledges `partition` up to `upto`.
+    async fn acknowledge(&mut self, partition: u32, upto: u64) {
+        if let Err(error) = self.consumer.ack(partition, upto).await {
+            tracing::warn!(topic = %self.level.topic, partition, offset = upto, %error,
+                "acknowledge failed; the message may be redelivered");
         }
     }
 }

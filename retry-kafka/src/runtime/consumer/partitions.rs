@@ -91,6 +91,14 @@ struct Partition {
     waiting: VecDeque<Waiting>,
     /// Whether the consumer holds the partition (rewound to after the last waiting record).
     held: bool,
+    /// Where the consumer was held: the first offset it fetches again.
+    held_from: u64,
+    /// Records put in from beyond `held_from` without being fetched ([`Partitions::inject`]):
+    /// not in the acknowledged prefix's reckoning until fetched, so acknowledging them never
+    /// commits past what was not fetched yet.
+    injected: Vec<u64>,
+    /// Of those, the ones concluded: acknowledged in their turn when the consumer fetches them.
+    injected_done: Vec<u64>,
 }
 
 impl Partition {
@@ -100,6 +108,9 @@ impl Partition {
             progress: Progress::default(),
             waiting: VecDeque::new(),
             held: false,
+            held_from: 0,
+            injected: Vec::new(),
+            injected_done: Vec::new(),
         }
     }
 }
@@ -121,6 +132,8 @@ pub(super) struct Partitions {
     list: Vec<Partition>,
     /// Records waiting over all partitions: when 0, there is nothing to look for in `list`.
     waiting: usize,
+    /// Whether any partition has injected records: a fetched record is looked up only then.
+    injected: bool,
 }
 
 impl Partitions {
@@ -184,6 +197,9 @@ impl Partitions {
         });
         let hold = state.waiting.len() >= WAITING_LIMIT && !state.held;
         state.held |= hold;
+        if hold {
+            state.held_from = offset + 1;
+        }
         self.waiting += 1;
         hold.then_some(offset + 1)
     }
@@ -202,6 +218,42 @@ impl Partitions {
             },
         );
         self.waiting += 1;
+    }
+
+    /// Puts in a record of a held partition read from beyond where it was held (the held
+    /// level's look past a full partition: a resolved dead-held record its key's waiting
+    /// records wait for, which the partition would never fetch). Ignored unless the partition is
+    /// held and the record is beyond what it fetched. It waits, due now, after the kept ones; its
+    /// offset counts for the acknowledged prefix only once the consumer fetches it
+    /// ([`fetched_again`](Self::fetched_again)).
+    pub(super) fn inject(&mut self, record: Record) -> bool {
+        let state = self.get(record.partition);
+        let offset = record.offset;
+        if !state.held || offset < state.held_from || state.injected.contains(&offset) {
+            return false;
+        }
+        state.injected.push(offset);
+        let at = state.waiting.partition_point(|w| w.record.offset < offset);
+        state.waiting.insert(at, Waiting { due: 0, record });
+        self.waiting += 1;
+        self.injected = true;
+        true
+    }
+
+    /// A fetched record that was injected before: `Some(upto)` to acknowledge (it concluded:
+    /// now in its turn), `Some(None)` when it is still under way (the fetched copy is dropped),
+    /// `None` when it was not injected.
+    pub(super) fn fetched_again(&mut self, partition: u32, offset: u64) -> Option<Option<u64>> {
+        if !self.injected {
+            return None;
+        }
+        let state = self.get(partition);
+        if let Some(at) = state.injected_done.iter().position(|&o| o == offset) {
+            state.injected_done.swap_remove(at);
+            state.progress.start(offset);
+            return Some(state.progress.finish(offset));
+        }
+        state.injected.contains(&offset).then_some(None)
     }
 
     /// Whether the first record waiting on the partition at `index` is due at `now` (epoch ms).
@@ -295,12 +347,22 @@ impl Partitions {
 
     /// Notes `offset` started: it holds the acknowledged prefix back until it finishes.
     pub(super) fn started(&mut self, partition: u32, offset: u64) {
-        self.get(partition).progress.start(offset);
+        let state = self.get(partition);
+        if !state.injected.contains(&offset) {
+            state.progress.start(offset);
+        }
     }
 
     /// Notes `offset` finished; returns the offset to acknowledge up to, if that moved.
     pub(super) fn finish(&mut self, partition: u32, offset: u64) -> Option<u64> {
-        self.get(partition).progress.finish(offset)
+        let state = self.get(partition);
+        if let Some(at) = state.injected.iter().position(|&o| o == offset) {
+            // Acknowledged when fetched: the records before it may not have been.
+            state.injected.swap_remove(at);
+            state.injected_done.push(offset);
+            return None;
+        }
+        state.progress.finish(offset)
     }
 
     /// Forgets the partition: what waited is dropped (its new owner fetches it again), and
@@ -398,6 +460,53 @@ mod tests {
         assert!(partitions.take_head(1).is_none());
         assert_eq!(partitions.waiting(), 0);
         assert!(!partitions.head_due(0, i64::MAX), "partition 0 was never fetched");
+    }
+
+    #[test]
+    fn a_record_put_in_past_a_full_partition_is_acknowledged_only_when_fetched_in_its_turn() {
+        let mut partitions = Partitions::default();
+        let mut held_at = None;
+        for offset in 0..WAITING_LIMIT as u64 {
+            held_at = partitions.keep(record(0, offset), None).or(held_at);
+        }
+        assert_eq!(
+            held_at,
+            Some(WAITING_LIMIT as u64),
+            "full: held after the last kept"
+        );
+        assert!(!partitions.inject(record(0, 5)), "not past where it was held");
+        assert!(!partitions.inject(record(1, 500)), "not a held partition");
+        assert!(partitions.inject(record(0, 500)));
+        assert!(!partitions.inject(record(0, 500)), "once");
+        // The record put in runs first and concludes: nothing is acknowledged past 128..499,
+        // which were not fetched.
+        let at = partitions.first_due(0, 0, |r| r.offset == 500).unwrap();
+        let next = partitions.take_at(0, at).unwrap();
+        partitions.started(0, next.record.offset);
+        assert_eq!(partitions.finish(0, 500), None);
+        // Fetched again while under way, a record put in is dropped; the kept ones run.
+        for offset in 0..WAITING_LIMIT as u64 {
+            let next = partitions.take_head(0).unwrap();
+            assert_eq!(next.record.offset, offset);
+            partitions.started(0, offset);
+        }
+        let mut upto = None;
+        for offset in 0..WAITING_LIMIT as u64 {
+            upto = partitions.finish(0, offset).or(upto);
+        }
+        assert_eq!(upto, Some(WAITING_LIMIT as u64 - 1), "up to the last fetched one");
+        // The rest is fetched again; the record put in is acknowledged in its turn.
+        assert_eq!(
+            partitions.fetched_again(0, 200),
+            None,
+            "not put in: runs as fetched"
+        );
+        for offset in WAITING_LIMIT as u64..500 {
+            partitions.started(0, offset);
+            partitions.finish(0, offset);
+        }
+        assert_eq!(partitions.fetched_again(0, 500), Some(Some(500)));
+        assert_eq!(partitions.fetched_again(0, 500), None, "once");
     }
 
     #[test]
