@@ -29,6 +29,13 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The workspace unifies features; code (and its unit tests) behind one backend's feature is
+# checked in a build of the runtime with that backend alone.
+step "cargo clippy: the runtime with one backend at a time"
+for backend in kafka redis postgres; do
+  cargo clippy -p retry-kafka --no-default-features --features "$backend" --all-targets -- -D warnings
+done
+
 # Warnings denied: the runtime with its own default features (a link to an item behind a feature
 # that is off is a warning only there), the workspace (features unified, the root package's on;
 # the macros crate included) and the workspace with every feature, as docs.rs builds it. The

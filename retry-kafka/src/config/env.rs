@@ -238,6 +238,8 @@ pub(crate) fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Every backend it names is behind a feature.
+    #[cfg(any(feature = "kafka", feature = "redis"))]
     use crate::config::BackendChoice;
 
     #[test]
@@ -256,6 +258,8 @@ mod tests {
         );
     }
 
+    // RETRY_KAFKA_BACKEND=kafka names a backend only a build with `kafka` has.
+    #[cfg(feature = "kafka")]
     #[test]
     fn every_value_is_typed_and_a_bad_one_is_named() {
         let settings = Settings::from_vars([
