@@ -33,11 +33,11 @@ use bytes::Bytes;
 use crate::backend::{Backend, Delivered, OutboundRecord, Publish, Record, Topic, TopicRole};
 use crate::error::BackendError;
 use crate::headers::{names, Headers};
-use crate::policy::{TopicNaming, Topology};
+use crate::policy::{derived_group, TopicNaming, Topology};
 
 /// Where a key-ordered handler's holds are read from: its retry levels and its held topic,
-/// each read as far as the consumer group that consumes it has acknowledged (a level's group
-/// and the held topic's are named after the topic).
+/// each read as far as the consumer group that consumes it has acknowledged (each named like
+/// its topic: `policy::derived_group`).
 #[derive(Clone, Debug)]
 pub struct HoldSources {
     levels: Vec<String>,
@@ -236,13 +236,13 @@ impl HoldSources {
         let levels = (1..).zip(&self.levels).map(|(level, name)| {
             (
                 Topic::new(name.as_str(), TopicRole::Retry { level }),
-                name.as_str(),
+                derived_group(name),
                 false,
             )
         });
         levels.chain(std::iter::once((
             Topic::new(self.held.as_str(), TopicRole::Held),
-            self.held.as_str(),
+            derived_group(&self.held),
             true,
         )))
     }

@@ -336,7 +336,7 @@ impl Topology {
     pub fn consumer_group<'a>(&'a self, group: &'a str, level: u32) -> &'a str {
         match level {
             0 => group,
-            n => &self.retries[n as usize - 1],
+            n => derived_group(&self.retries[n as usize - 1]),
         }
     }
 
@@ -464,6 +464,13 @@ impl HandlerPlan {
             .chain(levels)
             .chain(kept.into_iter().filter_map(|(t, role)| t.map(|t| (t, role))))
     }
+}
+
+/// The consumer group that reads a topic the framework derives and consumes itself (a retry
+/// level, a held topic): named like the topic, so each is its own group whatever the handler's
+/// group, and the tool finds it from the topic's name. The one place this rule is written.
+pub(crate) fn derived_group(topic: &str) -> &str {
+    topic
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::breaker::CircuitBreaker;
 use crate::error::{ConfigError, Error};
 use crate::held_keys::HoldSources;
 use crate::metrics::LevelMetrics;
-use crate::policy::RetryPolicy;
+use crate::policy::{derived_group, RetryPolicy};
 use crate::rate::AttemptRate;
 use crate::shutdown::Shutdown;
 
@@ -145,7 +145,7 @@ impl<B: Backend> App<B> {
                     topology
                         .held
                         .as_deref()
-                        .map(|held| (0, TopicRole::Held, held, held)),
+                        .map(|held| (0, TopicRole::Held, held, derived_group(held))),
                 )
                 .collect();
             let mut subscriptions = consumed.iter().map(|&(_, role, topic, group)| Subscription {
