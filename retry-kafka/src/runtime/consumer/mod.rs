@@ -9,14 +9,17 @@
 //! - [`gate`]: the handler's `rate`;
 //! - [`at_risk`]: no attempt starts while the consumer's commits are behind;
 //! - [`outcome`]: what a failure becomes by the policy;
-//! - [`key_holds`]: a key-ordered handler's later records wait behind their key's retry.
+//! - [`key_holds`]: a key-ordered handler's later records wait behind their key's retry;
+//!   [`key_order`] is one level's view of those holds, and [`begin`] the loop's steps for them.
 
 mod at_risk;
 mod attempt;
 mod batches;
+mod begin;
 mod gate;
 mod hand_offs;
 pub(crate) mod key_holds;
+mod key_order;
 mod one_record;
 mod outcome;
 mod partitions;
@@ -32,7 +35,8 @@ use self::attempt::{Attempts, Done};
 use self::batches::Batches;
 use self::gate::RateGate;
 use self::hand_offs::{HandOffs, PendingHandOff, Targets, Ticket};
-use self::key_holds::{Begin, Concluding, Conclusion, KeyHolds, KeyOrder, Stage};
+use self::key_holds::{Conclusion, KeyHolds, Stage};
+use self::key_order::KeyOrder;
 use self::one_record::OneRecord;
 use self::partitions::Partitions;
 use crate::backend::{Consumer, Delivered, Fetched, Record, TopicRole, Undelivered};
@@ -230,19 +234,6 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         consumer.close().await.map_err(Error::from)
     }
 
-    /// The held level's partitions that are full while a record of theirs waits for an
-    /// operator, and when to look past them for resolutions (see [`KeyOrder::resolution_look`]).
-    fn stuck_on_operators(&mut self) -> (Vec<u32>, Option<Instant>) {
-        let Some(order) = self.order.as_mut().filter(|order| order.reads_held_topic()) else {
-            return (Vec::new(), None);
-        };
-        let stuck = self
-            .partitions
-            .held_with(|record| order.waits_for_operator(record));
-        let look = order.resolution_look(!stuck.is_empty());
-        (stuck, look)
-    }
-
     /// Whether to fetch: not stopping, commits not behind, room for another attempt and in the
     /// hand-off window, and, under a rate limit, no records waiting for a token (those go
     /// first).
@@ -433,57 +424,6 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
         }
     }
 
-    /// What starting `record` means: an attempt, but on a key-ordered handler's levels (see
-    /// [`Begin`]); a main-topic record found held back is counted as a follower here, so it
-    /// must then be begun. `None`: it may not start yet.
-    fn begin_of(&self, record: &Record) -> Option<Begin> {
-        match &self.order {
-            Some(order) => order.begin(record),
-            None => Some(Begin::Attempt),
-        }
-    }
-
-    /// Starts `record` as `begin` says: attempted, held back behind its key, or (on the held
-    /// topic, `on_dead_letter = "hold_key"`) replayed, discarded to its queue, or an operator's
-    /// resolution applied.
-    async fn begin(&mut self, begin: Begin, mut record: Record, generation: u32, due: Option<i64>) {
-        match begin {
-            Begin::Attempt => self.start(record, generation, due).await,
-            Begin::HoldBack(behind) => self.hold_back(record, generation, behind),
-            Begin::Replay => {
-                if let Some(order) = &mut self.order {
-                    order.replaying(&record);
-                }
-                self.level.replaying(&mut record);
-                self.start(record, generation, due).await
-            }
-            Begin::Discard(queue) => {
-                self.partitions.started(record.partition, record.offset);
-                if let Some(order) = &self.order {
-                    order.discarding(&record);
-                }
-                let hand_off = self.level.discarded(record, queue, generation);
-                self.hand_on(hand_off);
-            }
-            Begin::Resolve { of, how } => {
-                let (partition, offset) = (record.partition, record.offset);
-                self.partitions.started(partition, offset);
-                if let Some(order) = &self.order {
-                    order.resolve(partition, of, how);
-                }
-                self.finish(partition, offset).await;
-            }
-        }
-    }
-
-    /// Hands `record` to the held topic, unattempted: its key has a record out on a retry
-    /// level, and it waits behind it.
-    fn hold_back(&mut self, record: Record, generation: u32, behind: u64) {
-        self.partitions.started(record.partition, record.offset);
-        let hand_off = self.level.held_back(record, behind, generation);
-        self.hand_on(hand_off);
-    }
-
     async fn start(&mut self, record: Record, generation: u32, due: Option<i64>) {
         self.partitions.started(record.partition, record.offset);
         if let Some(order) = &mut self.order {
@@ -556,13 +496,6 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             },
         );
         self.hand_on(hand_off);
-    }
-
-    /// Tells the key's holds that one of its records concluded here (see [`KeyOrder`]).
-    fn key_concluded(&mut self, concluding: Option<Concluding>, conclusion: Conclusion) {
-        if let (Some(order), Some(concluding)) = (&mut self.order, concluding) {
-            order.concluded(concluding, conclusion);
-        }
     }
 
     /// Sends a hand-off, or queues it behind its partition's failed one.
