@@ -40,6 +40,52 @@ pub(crate) fn value<T: Parse>(
     Ok(None)
 }
 
+/// One of the string values an option takes: `choices` are each written form, what it reads
+/// as, and what it means (shown beside it when the value is none of them; empty for nothing).
+pub(crate) struct Choice<'a, T> {
+    pub(crate) written: &'a str,
+    pub(crate) value: T,
+    pub(crate) meaning: &'a str,
+}
+
+/// Reads `= "choice"` for the option `meta` names: the value of the choice written and where
+/// it was written. A value that is not a string literal, or none of `choices`, is reported
+/// (naming every choice) and `Err(())` returned, so the caller can tell it from a right one.
+pub(crate) fn choice<T: Copy>(
+    meta: &ParseNestedMeta,
+    errors: &Errors,
+    choices: &[Choice<'_, T>],
+) -> syn::Result<Result<(T, Span), ()>> {
+    let option = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+    let forms: Vec<String> = choices
+        .iter()
+        .map(|c| format!("`{option} = \"{}\"`", c.written))
+        .collect();
+    let expected = format!("expected a string literal: {}", forms.join(" or "));
+    let Some(value) = self::value::<LitStr>(meta, errors, &expected)? else {
+        return Ok(Err(()));
+    };
+    let written = value.value();
+    if let Some(choice) = choices.iter().find(|c| c.written == written) {
+        return Ok(Ok((choice.value, value.span())));
+    }
+    let known: Vec<String> = choices
+        .iter()
+        .map(|c| match c.meaning {
+            "" => format!("{:?}", c.written),
+            meaning => format!("{:?} ({meaning})", c.written),
+        })
+        .collect();
+    errors.spanned(
+        &value,
+        format!(
+            "unknown {option} value {written:?}; expected {}",
+            known.join(" or ")
+        ),
+    );
+    Ok(Err(()))
+}
+
 /// Skips what follows an option that was already reported (`= value` or `(...)`).
 pub(crate) fn skip(meta: &ParseNestedMeta) -> syn::Result<()> {
     if meta.input.peek(Token![=]) {

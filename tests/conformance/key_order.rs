@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use retry_kafka::app::TopicNaming;
 use retry_kafka::headers::names;
-use retry_kafka::held_keys::{HoldSources, Resolution};
+use retry_kafka::held_keys::{HeldKey, HoldSources, Resolution};
 use retry_kafka::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -340,20 +340,18 @@ pub async fn a_dead_held_head_holds_its_key_through_a_restart_until_resolved<H: 
         },
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let held = loop {
-        let held = sources.held_keys(&backend).await.expect("held keys");
-        let dead: usize = held.iter().map(|k| k.dead.len()).sum();
-        let followers: u64 = held.iter().map(|k| k.followers).sum();
-        if dead == 2 && followers == 2 * (VAULT_ENTRIES - 1) {
-            break held;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "two dead heads and their followers: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let held = held_keys_until(
+        &sources,
+        &backend,
+        Duration::from_secs(30),
+        "two dead heads and their followers",
+        |held| {
+            let dead: usize = held.iter().map(|k| k.dead.len()).sum();
+            let followers: u64 = held.iter().map(|k| k.followers).sum();
+            dead == 2 && followers == 2 * (VAULT_ENTRIES - 1)
+        },
+    )
+    .await;
     // A restart: the holds are counted again from the held topic.
     running.shutdown().await.expect("the instance stops");
     for account in [1, 2] {
@@ -434,13 +432,32 @@ pub async fn a_dead_held_head_holds_its_key_through_a_restart_until_resolved<H: 
     assert_eq!(letter.key.as_deref(), Some(&b"2"[..]));
     assert_eq!(letter.headers.get_str(names::ERROR_KIND), Some("permanent"));
     assert_eq!(letter.headers.get_str(names::DEAD_HELD), None);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    held_keys_until(
+        &sources,
+        &backend,
+        Duration::from_secs(10),
+        "nothing held once resolved",
+        <[HeldKey]>::is_empty,
+    )
+    .await;
+}
+
+/// Reads the held keys (as the tool does) until `done` says they are as expected, within
+/// `within`; fails naming `what` and showing the last reading.
+async fn held_keys_until<B: retry_kafka::backend::Backend>(
+    sources: &HoldSources,
+    backend: &B,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[HeldKey]) -> bool,
+) -> Vec<HeldKey> {
+    let deadline = Instant::now() + within;
     loop {
-        let held = sources.held_keys(&backend).await.expect("held keys");
-        if held.is_empty() {
-            break;
+        let held = sources.held_keys(backend).await.expect("held keys");
+        if done(&held) {
+            return held;
         }
-        assert!(Instant::now() < deadline, "nothing held once resolved: {held:?}");
+        assert!(Instant::now() < deadline, "{what}: {held:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

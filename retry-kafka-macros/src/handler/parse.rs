@@ -8,7 +8,7 @@ use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprArray, ExprCall, ExprLit, Lit, LitInt, LitStr, Path};
 
-use crate::attr;
+use crate::attr::{self, Choice};
 use crate::breaker_rules::{self as rules, OutOfRange};
 use crate::duration::{parse_millis, parse_rate};
 use crate::errors::Errors;
@@ -154,22 +154,21 @@ pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
                 }
             }
             "on_exhausted" => {
-                let expected =
-                    "expected a string literal: `on_exhausted = \"dlq\"` or `on_exhausted = \"drop\"`";
-                let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? else {
-                    parsed.exhaustion_misspelled = true;
-                    return Ok(());
-                };
-                match value.value().as_str() {
-                    "dlq" => parsed.on_exhausted = Some((Exhausted::DeadLetter, value.span())),
-                    "drop" => parsed.on_exhausted = Some((Exhausted::Drop, value.span())),
-                    other => {
-                        errors.spanned(
-                            &value,
-                            format!("unknown on_exhausted value {other:?}; expected \"dlq\" or \"drop\""),
-                        );
-                        parsed.exhaustion_misspelled = true;
-                    }
+                let choices = [
+                    Choice {
+                        written: "dlq",
+                        value: Exhausted::DeadLetter,
+                        meaning: "",
+                    },
+                    Choice {
+                        written: "drop",
+                        value: Exhausted::Drop,
+                        meaning: "",
+                    },
+                ];
+                match attr::choice(&meta, errors, &choices)? {
+                    Ok(chosen) => parsed.on_exhausted = Some(chosen),
+                    Err(()) => parsed.exhaustion_misspelled = true,
                 }
             }
             "timeout" => {
@@ -205,29 +204,33 @@ pub(super) fn parse_args(args: TokenStream, errors: &Errors) -> HandlerArgs {
             "batch" => parsed.batch = Some((meta.path.span(), parse_batch(&meta, errors)?)),
             "breaker" => parsed.breaker = parse_breaker(&meta, errors)?,
             "ordering" => {
-                let expected = "expected a string literal: `ordering = \"key\"` or `ordering = \"none\"`";
-                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
-                    match value.value().as_str() {
-                        "key" => parsed.key_ordered = Some(value.span()),
-                        "none" => {}
-                        other => errors.spanned(
-                            &value,
-                            format!("unknown ordering {other:?}; expected \"key\" (a failing record holds back later records of its key) or \"none\""),
-                        ),
-                    }
+                let choices = [
+                    Choice {
+                        written: "key",
+                        value: true,
+                        meaning: "a failing record holds back later records of its key",
+                    },
+                    Choice {
+                        written: "none",
+                        value: false,
+                        meaning: "",
+                    },
+                ];
+                if let Ok((true, span)) = attr::choice(&meta, errors, &choices)? {
+                    parsed.key_ordered = Some(span);
                 }
             }
             "on_dead_letter" => {
-                let expected = "expected a string literal: `on_dead_letter = \"hold_key\"` or `on_dead_letter = \"release_key\"`";
-                if let Some(value) = attr::value::<LitStr>(&meta, errors, expected)? {
-                    match value.value().as_str() {
-                        "hold_key" => parsed.dead_letter_holds_key = Some(value.span()),
-                        "release_key" => {}
-                        other => errors.spanned(
-                            &value,
-                            format!("unknown on_dead_letter value {other:?}; expected \"hold_key\" (a record that fails for the last time holds its key's later records until it is replayed or discarded with the tool) or \"release_key\""),
-                        ),
-                    }
+                let choices = [
+                    Choice {
+                        written: "hold_key",
+                        value: true,
+                        meaning: "a record that fails for the last time holds its key's later records until it is replayed or discarded with the tool",
+                    },
+                    Choice { written: "release_key", value: false, meaning: "" },
+                ];
+                if let Ok((true, span)) = attr::choice(&meta, errors, &choices)? {
+                    parsed.dead_letter_holds_key = Some(span);
                 }
             }
             "crate" => parsed.krate = attr::crate_path(&meta, errors)?,

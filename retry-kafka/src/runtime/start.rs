@@ -34,11 +34,11 @@ impl<B: Backend> App<B> {
             })
             .collect();
         let backend = self.backend.clone();
-        Arc::new(move |partitions: Vec<u32>| {
+        Arc::new(move |partitions: Vec<u32>, only: Option<Stage>| {
             let (backend, out) = (backend.clone(), out.clone());
             Box::pin(async move {
                 let mut found = Vec::with_capacity(out.len());
-                for (topic, group, stage) in &out {
+                for (topic, group, stage) in out.iter().filter(|o| only.is_none_or(|only| o.2 == only)) {
                     found.push((*stage, backend.unacknowledged(topic, group, &partitions).await?));
                 }
                 Ok(found)

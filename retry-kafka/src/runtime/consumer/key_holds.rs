@@ -94,15 +94,23 @@ struct Holds {
     /// Resolutions read (or counted) on the held topic, by (partition, offset of the dead-held
     /// record they resolve), until that record starts.
     resolutions: HashMap<(u32, u64), Resolution>,
+    /// Of those, the ones taken (their record started), until the partition is forgotten: a
+    /// resolution is read again (fetched in its turn after a look applied it, or by the next
+    /// look while the partition stays full) and must not resolve its record twice. One per
+    /// operator's resolution.
+    taken: HashSet<(u32, u64)>,
     /// Partitions whose holds have been counted since the main consumer was assigned them:
     /// only their retries and held records may start.
     counted: HashSet<u32>,
 }
 
 /// Where the holds of newly assigned partitions are counted from: for each retry level and
-/// the held topic, the records of those partitions not acknowledged yet.
+/// the held topic, the records of those partitions not acknowledged yet; with `Some(stage)`,
+/// only the topics of that stage are read.
 pub(crate) type Unsettled = Arc<
-    dyn Fn(Vec<u32>) -> BoxFuture<'static, Result<Vec<(Stage, Vec<Record>)>, BackendError>> + Send + Sync,
+    dyn Fn(Vec<u32>, Option<Stage>) -> BoxFuture<'static, Result<Vec<(Stage, Vec<Record>)>, BackendError>>
+        + Send
+        + Sync,
 >;
 
 /// The holds of one key-ordered handler, shared by its levels.
@@ -121,7 +129,7 @@ impl Default for KeyHolds {
     fn default() -> Self {
         Self::new(
             KeyHoldHandles::default(),
-            Arc::new(|_| Box::pin(async { Ok(Vec::new()) })),
+            Arc::new(|_, _| Box::pin(async { Ok(Vec::new()) })),
         )
     }
 }
@@ -238,7 +246,12 @@ impl KeyHolds {
     /// An operator's resolution of the dead-held record at `of` in `partition`, read on the
     /// held topic: that record may start (the first resolution read is the one that counts).
     pub(crate) fn resolve(&self, partition: u32, of: u64, how: Resolution) {
-        self.holds().resolutions.entry((partition, of)).or_insert(how);
+        {
+            let mut holds = self.holds();
+            if !holds.taken.contains(&(partition, of)) {
+                holds.resolutions.entry((partition, of)).or_insert(how);
+            }
+        }
         self.released.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -258,6 +271,7 @@ impl KeyHolds {
         let mut guard = self.holds();
         let holds = &mut *guard;
         let how = holds.resolutions.remove(&(partition, offset))?;
+        holds.taken.insert((partition, offset));
         if let Some(hold) = key.and_then(|key| holds.keys.get_mut(&(partition, key))) {
             if hold.dead > 0 {
                 hold.dead -= 1;
@@ -274,22 +288,19 @@ impl KeyHolds {
     /// dead-held records read that are resolved now (the level puts in those it has not
     /// fetched: its full partition would never reach them).
     pub(crate) async fn read_resolutions(&self, partitions: Vec<u32>) -> Result<Vec<Record>, BackendError> {
-        let out = (self.unsettled)(partitions).await?;
-        let held = || {
-            out.iter()
-                .filter(|(stage, _)| *stage == Stage::Held)
-                .flat_map(|(_, r)| r)
-        };
-        for record in held() {
-            if let HeldRecord::Resolution { of, how } = HeldRecord::of(&record.headers) {
-                self.resolve(record.partition, of, how);
+        // The held topic alone: the retry levels hold no resolutions.
+        let out = (self.unsettled)(partitions, Some(Stage::Held)).await?;
+        let mut dead = Vec::new();
+        for record in out.into_iter().flat_map(|(_, records)| records) {
+            match HeldRecord::of(&record.headers) {
+                HeldRecord::Resolution { of, how } => self.resolve(record.partition, of, how),
+                HeldRecord::Dead { .. } => dead.push(record),
+                HeldRecord::Follower => {}
             }
         }
-        Ok(held()
-            .filter(|r| matches!(HeldRecord::of(&r.headers), HeldRecord::Dead { .. }))
-            .filter(|r| self.resolution(r.partition, r.offset).is_some())
-            .cloned()
-            .collect())
+        // Resolutions come after the records they resolve: all applied, then looked up.
+        dead.retain(|r| self.resolution(r.partition, r.offset).is_some());
+        Ok(dead)
     }
 
     /// Whether `key` of `partition` is held by a dead-held record.
@@ -311,7 +322,7 @@ impl KeyHolds {
     /// is consumed again and concludes again. Until then no retry or held record of theirs
     /// starts.
     pub(crate) async fn count(&self, partitions: Vec<u32>) -> Result<(), BackendError> {
-        let out = (self.unsettled)(partitions.clone()).await?;
+        let out = (self.unsettled)(partitions.clone(), None).await?;
         {
             let mut holds = self.holds();
             for (stage, records) in &out {
@@ -344,6 +355,9 @@ impl KeyHolds {
         holds
             .resolutions
             .retain(|(partition, _), _| !partitions.contains(partition));
+        holds
+            .taken
+            .retain(|(partition, _)| !partitions.contains(partition));
         for partition in partitions {
             holds.counted.remove(partition);
         }

@@ -251,7 +251,14 @@ impl KeyOrder {
     /// head. Marks the releases seen, so [`released`](Self::released) wakes only for later ones.
     pub(super) fn may_start(&mut self, record: &Record) -> bool {
         let key = self.holds.key_of(record);
-        self.may_start_key(record, key)
+        let kind = self.held_kind(record);
+        self.may_start_key(record, key, kind)
+    }
+
+    /// What kind of held-topic record `record` is, read once per look at it; `None` on the
+    /// other stages, and for a replay put back (attempted again, whatever its headers say).
+    fn held_kind(&self, record: &Record) -> Option<HeldRecord> {
+        (self.stage == Stage::Held && !self.is_replaying(record)).then(|| HeldRecord::of(&record.headers))
     }
 
     /// Starts a look along one partition's waiting records, in offset order, with
@@ -268,32 +275,33 @@ impl KeyOrder {
     /// the one is not of the key's line, the other heads it.
     pub(super) fn may_start_in_scan(&mut self, record: &Record) -> bool {
         let key = self.holds.key_of(record);
-        let heads_its_key = self.stage == Stage::Held
-            && (self.is_replaying(record) || HeldRecord::of(&record.headers) != HeldRecord::Follower);
+        let kind = self.held_kind(record);
+        let heads_its_key = self.stage == Stage::Held && kind != Some(HeldRecord::Follower);
         if !heads_its_key && key.is_some_and(|key| self.passed.contains(&key)) {
             return false;
         }
-        let may = self.may_start_key(record, key);
+        let may = self.may_start_key(record, key, kind);
         if let (false, Some(key)) = (may, key) {
             self.passed.insert(key);
         }
         may
     }
 
-    fn may_start_key(&mut self, record: &Record, key: Option<u64>) -> bool {
+    fn may_start_key(&mut self, record: &Record, key: Option<u64>, kind: Option<HeldRecord>) -> bool {
         if self.stage != Stage::Main {
             self.releases.borrow_and_update();
         }
-        self.may_start_now_key(record, key)
+        self.may_start_now_key(record, key, kind)
     }
 
     /// [`may_start`](Self::may_start) without marking releases seen, for a look that only
     /// decides when to wake.
     pub(super) fn may_start_now(&self, record: &Record) -> bool {
-        self.may_start_now_key(record, self.holds.key_of(record))
+        self.may_start_now_key(record, self.holds.key_of(record), self.held_kind(record))
     }
 
-    fn may_start_now_key(&self, record: &Record, key: Option<u64>) -> bool {
+    /// `kind`: [`held_kind`](Self::held_kind) of `record`.
+    fn may_start_now_key(&self, record: &Record, key: Option<u64>, kind: Option<HeldRecord>) -> bool {
         if self.is_busy(record.partition, key) {
             return false;
         }
@@ -302,19 +310,22 @@ impl KeyOrder {
             // A key's head runs once its partition's holds are counted (else its conclusion
             // could come before the count and be counted again).
             Stage::Retry => self.holds.is_counted(record.partition),
-            Stage::Held if self.is_replaying(record) => true,
-            Stage::Held => {
-                self.holds.is_counted(record.partition)
-                    && match HeldRecord::of(&record.headers) {
-                        HeldRecord::Follower => {
-                            key.is_none_or(|key| self.holds.is_free(record.partition, key))
+            Stage::Held => match kind {
+                // A replay put back.
+                None => true,
+                Some(kind) => {
+                    self.holds.is_counted(record.partition)
+                        && match kind {
+                            HeldRecord::Follower => {
+                                key.is_none_or(|key| self.holds.is_free(record.partition, key))
+                            }
+                            HeldRecord::Dead { .. } => {
+                                self.holds.resolution(record.partition, record.offset).is_some()
+                            }
+                            HeldRecord::Resolution { .. } => true,
                         }
-                        HeldRecord::Dead { .. } => {
-                            self.holds.resolution(record.partition, record.offset).is_some()
-                        }
-                        HeldRecord::Resolution { .. } => true,
-                    }
-            }
+                }
+            },
         }
     }
 

@@ -229,7 +229,13 @@ impl Partitions {
     pub(super) fn inject(&mut self, record: Record) -> bool {
         let state = self.get(record.partition);
         let offset = record.offset;
-        if !state.held || offset < state.held_from || state.injected.contains(&offset) {
+        // Once put in is enough: a look reads a resolved record again while it is not
+        // acknowledged, concluded or not.
+        if !state.held
+            || offset < state.held_from
+            || state.injected.contains(&offset)
+            || state.injected_done.contains(&offset)
+        {
             return false;
         }
         state.injected.push(offset);
@@ -484,6 +490,10 @@ mod tests {
         let next = partitions.take_at(0, at).unwrap();
         partitions.started(0, next.record.offset);
         assert_eq!(partitions.finish(0, 500), None);
+        assert!(
+            !partitions.inject(record(0, 500)),
+            "concluded, read again by the next look: not put in twice"
+        );
         // Fetched again while under way, a record put in is dropped; the kept ones run.
         for offset in 0..WAITING_LIMIT as u64 {
             let next = partitions.take_head(0).unwrap();

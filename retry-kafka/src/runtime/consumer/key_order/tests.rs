@@ -191,11 +191,61 @@ async fn a_dead_held_head_holds_its_key_until_an_operator_resolves_it() {
     assert_eq!(holds.counts(), (1, 1), "the follower still waits: counted");
 }
 
+/// A look reads the held topic's unacknowledged records every round while a partition stays
+/// full, and the partition fetches the resolution in its turn later: a resolution read again
+/// once its record started must not resolve (and so replay) it again.
+#[tokio::test]
+async fn a_resolution_read_again_after_its_record_started_resolves_nothing() {
+    let dead = held_record(
+        0,
+        41,
+        "k",
+        &[(names::DEAD_HELD, "dlq"), (names::ORIGINAL_OFFSET, "7")],
+    );
+    let replay = held_record(
+        0,
+        42,
+        "k",
+        &[(names::RESOLVES, "41"), (names::RESOLUTION, "replay")],
+    );
+    let (on_topic, asked) = (
+        vec![dead.clone(), replay.clone()],
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let asks = asked.clone();
+    let holds = std::sync::Arc::new(KeyHolds::new(
+        KeyHoldHandles::default(),
+        std::sync::Arc::new(move |_, only| {
+            asks.lock().unwrap().push(only);
+            let records = on_topic.clone();
+            Box::pin(async move { Ok(vec![(Stage::Held, records)]) })
+        }),
+    ));
+    holds.count(vec![0]).await.unwrap();
+    let mut held = KeyOrder::new(holds.clone(), Stage::Held, 1);
+    assert_eq!(holds.dead(), 1, "counted from the held topic");
+    // The look (the held topic alone) finds the dead record resolved: it is put in and starts.
+    let resolved = holds.read_resolutions(vec![0]).await.unwrap();
+    assert_eq!(resolved.iter().map(|r| r.offset).collect::<Vec<_>>(), [41]);
+    assert_eq!(*asked.lock().unwrap(), [None, Some(Stage::Held)]);
+    assert_eq!(held.begin(&dead), Some(Begin::Replay));
+    held.replaying(&dead);
+    // The next look, and the resolution fetched in its turn, resolve nothing more.
+    assert!(holds.read_resolutions(vec![0]).await.unwrap().is_empty());
+    held.resolve(0, 41, Resolution::Replay);
+    assert_eq!(holds.resolution(0, 41), None, "no entry left behind");
+    assert_eq!(holds.dead(), 0);
+    // Forgotten with its partition: a new count starts from the topic again.
+    holds.forget(&[0]);
+    holds.count(vec![0]).await.unwrap();
+    assert_eq!(holds.resolution(0, 41), Some(Resolution::Replay));
+}
+
 #[tokio::test]
 async fn a_discarded_dead_head_releases_its_key_and_a_count_restores_dead_heads() {
     let holds = std::sync::Arc::new(KeyHolds::new(
         KeyHoldHandles::default(),
-        std::sync::Arc::new(|_| {
+        std::sync::Arc::new(|_, _| {
             Box::pin(async {
                 let dead = held_record(
                     2,
