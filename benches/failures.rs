@@ -39,10 +39,14 @@
 //!
 //! 5. **idle** (Kafka): CPU of an app whose consumers have nothing to do for 10 s (group join
 //!    included) against bare rdkafka consumers.
+//! 6. **outage-rss** (Kafka): the outage workload's peak RSS with each side (retry-kafka, both
+//!    floors) in a process of its own: this binary started again with `BENCH_FRESH_SIDE`, one
+//!    run each, the sides' order rotating per round. In one process a run inherits what the
+//!    runs before it left resident, so the outage lines' RSS only compare within a round.
 //!
 //! Rounds (`BENCH_ROUNDS`, 3) alternate, after `BENCH_WARMUP` (1) unmeasured rounds of the
 //! failures workload that warm the broker up; medians and the spread (min–max) are printed.
-//! `BENCH_ONLY=failures,outage,lateness,idle,peer` picks workloads; `BENCH_WINDOW` sets the
+//! `BENCH_ONLY=failures,outage,outage-rss,lateness,idle,peer` picks workloads; `BENCH_WINDOW` sets the
 //! hand-off window (and the plain producer's), `BENCH_FETCH_WAIT_MS` the consumers'
 //! `fetch.wait.max.ms`, `BENCH_COMMIT_INTERVAL_MS`, `BENCH_COMMIT_RECORDS` and
 //! `BENCH_AT_RISK_RECORDS` the Kafka builder's settings of those names, `BENCH_PRODUCER=linger.ms=20,...` producer properties (the app's and the
@@ -333,6 +337,29 @@ fn producer_properties() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The app's Kafka backend on `bootstrap`, with the experiments' settings from the
+/// environment.
+fn kafka_backend(bootstrap: &str) -> Kafka {
+    let mut kafka = Kafka::builder(bootstrap.to_owned());
+    if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
+        kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
+    }
+    // Experiments on the poll thread's commits and the work-at-risk bound.
+    if let Ok(ms) = std::env::var("BENCH_COMMIT_INTERVAL_MS") {
+        kafka = kafka.commit_interval(Duration::from_millis(ms.parse().unwrap()));
+    }
+    if let Ok(records) = std::env::var("BENCH_COMMIT_RECORDS") {
+        kafka = kafka.commit_records(records.parse().unwrap());
+    }
+    if let Ok(records) = std::env::var("BENCH_AT_RISK_RECORDS") {
+        kafka = kafka.at_risk_records(records.parse().unwrap());
+    }
+    for (key, value) in producer_properties() {
+        kafka = kafka.producer_property(key, value);
+    }
+    kafka.build().unwrap()
+}
+
 struct KafkaBench {
     broker: BenchKafka,
     bootstrap: String,
@@ -347,24 +374,7 @@ impl KafkaBench {
             // The mock cluster in this process (for callgrind): topics made through it.
             broker.backend()
         } else {
-            let mut kafka = Kafka::builder(bootstrap.clone());
-            if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
-                kafka = kafka.consumer_property("fetch.wait.max.ms", wait);
-            }
-            // Experiments on the poll thread's commits and the work-at-risk bound.
-            if let Ok(ms) = std::env::var("BENCH_COMMIT_INTERVAL_MS") {
-                kafka = kafka.commit_interval(Duration::from_millis(ms.parse().unwrap()));
-            }
-            if let Ok(records) = std::env::var("BENCH_COMMIT_RECORDS") {
-                kafka = kafka.commit_records(records.parse().unwrap());
-            }
-            if let Ok(records) = std::env::var("BENCH_AT_RISK_RECORDS") {
-                kafka = kafka.at_risk_records(records.parse().unwrap());
-            }
-            for (key, value) in producer_properties() {
-                kafka = kafka.producer_property(key, value);
-            }
-            kafka.build().unwrap()
+            kafka_backend(&bootstrap)
         };
         for topic in [TOPIC, LATE_TOPIC] {
             kafka.create_topic(&Topic::main(topic), PARTITIONS).await.unwrap();
@@ -452,17 +462,33 @@ impl Bench for KafkaBench {
     }
 
     async fn floor(&self, mode: Mode, stores: Stores, round: u64) -> Option<Run> {
-        let name = format!("{mode:?}-{}-{round}", stores.slug()).to_lowercase();
-        let retry_topic = format!("{TOPIC}.floor.{name}.retry.1");
-        self.kafka
-            .create_topic(&Topic::main(retry_topic.as_str()), PARTITIONS)
-            .await
-            .unwrap();
-        let (bootstrap, group) = (self.bootstrap.clone(), format!("bench-floor-{name}"));
+        let (group, retry_topic) = self.floor_topics(mode, stores, round).await;
+        let bootstrap = self.bootstrap.clone();
         let run =
             tokio::task::spawn_blocking(move || floor::run(&bootstrap, &group, &retry_topic, mode, stores));
         Some(run.await.unwrap())
     }
+}
+
+impl KafkaBench {
+    /// A floor run's group and retry topic (created here), fresh for each `round`.
+    async fn floor_topics(&self, mode: Mode, stores: Stores, round: u64) -> (String, String) {
+        let (group, retry_topic) = floor_names(mode, stores, round);
+        self.kafka
+            .create_topic(&Topic::main(retry_topic.as_str()), PARTITIONS)
+            .await
+            .unwrap();
+        (group, retry_topic)
+    }
+}
+
+/// A floor run's group and retry topic, fresh for each `round`.
+fn floor_names(mode: Mode, stores: Stores, round: u64) -> (String, String) {
+    let name = format!("{mode:?}-{}-{round}", stores.slug()).to_lowercase();
+    (
+        format!("bench-floor-{name}"),
+        format!("{TOPIC}.floor.{name}.retry.1"),
+    )
 }
 
 struct RedisBench {
@@ -862,6 +888,129 @@ async fn outage<X: Bench>(bench: &X) {
     );
 }
 
+/// One side of the fresh-process outage runs, by the name the parent gives its child.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    RetryKafka,
+    Floor(Stores),
+}
+
+impl Side {
+    const ALL: [Side; 3] = [
+        Side::RetryKafka,
+        Side::Floor(Stores::AsItGoes),
+        Side::Floor(Stores::FromReports),
+    ];
+
+    fn slug(self) -> &'static str {
+        match self {
+            Side::RetryKafka => "retry-kafka",
+            Side::Floor(stores) => stores.slug(),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Side::RetryKafka => "retry-kafka",
+            Side::Floor(stores) => stores.label(),
+        }
+    }
+}
+
+/// Rounds of the fresh-process runs are numbered from here: their topics and groups never
+/// meet the in-process rounds' (`outage` may run in the same invocation).
+const FRESH_ROUNDS: u64 = 2000;
+/// The line a child prints for its parent: peak RSS, RSS at the run's start (MiB), hand-offs/s.
+const FRESH_LINE: &str = "fresh-process-run:";
+
+/// The outage workload's memory, each side in a process of its own (this binary, started
+/// again with `BENCH_FRESH_SIDE`): in one process a run inherits what the runs before it left
+/// resident (glibc keeps freed memory), so only a fresh process's peak is a figure.
+async fn outage_fresh(bench: &KafkaBench) {
+    let mut peaks: Vec<Vec<f64>> = vec![Vec::new(); Side::ALL.len()];
+    for round in 0..*ROUNDS {
+        // Alternate which side goes first: the broker's state is not charged to one side.
+        let mut order: Vec<(usize, Side)> = Side::ALL.into_iter().enumerate().collect();
+        order.rotate_left(round as usize % Side::ALL.len());
+        for (at, side) in order {
+            let numbered = FRESH_ROUNDS + round;
+            match side {
+                Side::RetryKafka => bench.reset("bench-fail").await,
+                Side::Floor(stores) => {
+                    bench.floor_topics(Mode::Outage, stores, numbered).await;
+                }
+            }
+            let output = tokio::process::Command::new(std::env::current_exe().unwrap())
+                .arg("--bench")
+                .env("BENCH_FRESH_SIDE", side.slug())
+                .env("BENCH_FRESH_ROUND", numbered.to_string())
+                .env("KAFKA_BROKERS", &bench.bootstrap)
+                .env("BENCH_EVENTS", EVENTS.to_string())
+                .output()
+                .await
+                .expect("starting the benchmark again for a fresh-process run");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let figures: Vec<f64> = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(FRESH_LINE))
+                .map(|rest| rest.split_whitespace().map(|v| v.parse().unwrap()).collect())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the fresh-process run of {} printed no figures ({}): {stdout}{}",
+                        side.label(),
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                });
+            let [peak, start, rate] = figures[..] else {
+                panic!("{FRESH_LINE} {figures:?}: expected three figures");
+            };
+            println!(
+                "kafka round {round}: outage in a fresh process: {}: peak RSS {peak:.0} MiB ({start:.0} at the run's start), {rate:.0} hand-offs/s",
+                side.label()
+            );
+            peaks[at].push(peak);
+        }
+    }
+    println!(
+        "median (kafka) outage, a fresh process per run: peak RSS retry-kafka {:.0} MiB (spread {}) vs the floors' {:.0} (as it goes) and {:.0} MiB (from reports); \
+         ratio {:.2} to the floor from reports (target ≤ 100 MiB)",
+        median(&peaks[0]),
+        spread(&peaks[0]),
+        median(&peaks[1]),
+        median(&peaks[2]),
+        median(&peaks[0]) / median(&peaks[2]),
+    );
+}
+
+/// A fresh-process run (see [`outage_fresh`]): one outage run of `side` against the parent's
+/// broker (`KAFKA_BROKERS`), its figures printed on one line.
+async fn outage_fresh_child(side: &str) {
+    let round: u64 = env_or("BENCH_FRESH_ROUND", FRESH_ROUNDS);
+    let bootstrap = std::env::var("KAFKA_BROKERS").expect("KAFKA_BROKERS: the parent's broker");
+    let side = Side::ALL
+        .into_iter()
+        .find(|s| s.slug() == side)
+        .unwrap_or_else(|| panic!("BENCH_FRESH_SIDE={side}: not a side"));
+    let run = match side {
+        Side::RetryKafka => run_charge(kafka_backend(&bootstrap), Mode::Outage, round).await,
+        Side::Floor(stores) => {
+            let (group, retry_topic) = floor_names(Mode::Outage, stores, round);
+            tokio::task::spawn_blocking(move || {
+                floor::run(&bootstrap, &group, &retry_topic, Mode::Outage, stores)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    println!(
+        "{FRESH_LINE} {} {} {}",
+        run.peak_rss_mib,
+        run.start_rss_mib,
+        run.hand_off_rate()
+    );
+}
+
 /// Runs `late` while `count` events are produced `every` apart (or all at once when zero);
 /// prints the lateness of their retries.
 async fn lateness<X: Bench>(bench: &X, what: &str, count: u64, every: Duration) {
@@ -1076,6 +1225,9 @@ async fn lateness_runs<X: Bench>(bench: &X) {
 
 #[tokio::main]
 async fn main() {
+    if let Ok(side) = std::env::var("BENCH_FRESH_SIDE") {
+        return outage_fresh_child(&side).await;
+    }
     let backend = std::env::var("BENCH_BACKEND").unwrap_or_default();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wants = |what: &str| only.is_empty() || only.split(',').any(|o| o == what);
@@ -1093,6 +1245,9 @@ async fn main() {
         }
         if wants("outage") {
             outage(&bench).await;
+        }
+        if wants("outage-rss") && !bench.broker.is_embedded() {
+            outage_fresh(&bench).await;
         }
         if wants("lateness") {
             lateness_runs(&bench).await;
