@@ -65,6 +65,8 @@ pub struct KafkaSettings {
     pub at_risk_limit: Option<Duration>,
     /// [`KAFKA_AT_RISK_RECORDS`](vars::KAFKA_AT_RISK_RECORDS).
     pub at_risk_records: Option<u64>,
+    /// [`KAFKA_RETRY_FETCH_WAIT_MS`](vars::KAFKA_RETRY_FETCH_WAIT_MS).
+    pub retry_fetch_wait: Option<Duration>,
 }
 
 /// Redis's settings ([`Redis::builder`](crate::backend::redis::Redis::builder) in code).
@@ -345,6 +347,7 @@ impl fmt::Debug for KafkaSettings {
             .field("commit_records", &self.commit_records)
             .field("at_risk_limit", &self.at_risk_limit)
             .field("at_risk_records", &self.at_risk_records)
+            .field("retry_fetch_wait", &self.retry_fetch_wait)
             .finish()
     }
 }

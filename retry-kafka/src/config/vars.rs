@@ -52,6 +52,12 @@ pub const KAFKA_AT_RISK_MS: &str = "KAFKA_AT_RISK_MS";
 /// waiting for their commit past which the level starts no attempt.
 pub const KAFKA_AT_RISK_RECORDS: &str = "KAFKA_AT_RISK_RECORDS";
 
+/// How long a retry level's (and a held topic's) fetch waits at the broker for records, in
+/// milliseconds (default 25; 1 to 500): a partition resumed as its retries come due is fetched
+/// once the fetch under way returns. Lower it for retries on time to the millisecond in a
+/// burst; each idle retry-level consumer then fetches that much more often.
+pub const KAFKA_RETRY_FETCH_WAIT_MS: &str = "KAFKA_RETRY_FETCH_WAIT_MS";
+
 /// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`; or, for a
 /// primary with replicas behind Redis Sentinel, the sentinels and the primary's name:
 /// `redis+sentinel://[:password@]host:port,host:port,host:port/master-name[/db]` (the password

@@ -138,6 +138,9 @@ fn kafka(settings: &KafkaSettings) -> Result<Kafka, ConfigError> {
     if let Some(records) = settings.at_risk_records {
         builder = builder.at_risk_records(records);
     }
+    if let Some(wait) = settings.retry_fetch_wait {
+        builder = builder.retry_fetch_wait(wait);
+    }
     builder.build()
 }
 

@@ -21,7 +21,12 @@ pub struct KafkaBuilder {
     pub(super) replication_factor: i32,
     pub(super) embedded: Option<Arc<EmbeddedKafka>>,
     pub(super) commit_policy: CommitPolicy,
+    pub(super) retry_fetch_wait: Option<Duration>,
 }
+
+/// The bounds of [`KafkaBuilder::retry_fetch_wait`]: librdkafka's own default is the most.
+const RETRY_FETCH_WAIT: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_millis(500);
 
 impl KafkaBuilder {
     /// Puts retry and dead-letter topics on another cluster.
@@ -118,10 +123,43 @@ impl KafkaBuilder {
         self
     }
 
+    /// How long a retry level's (and a key-ordered handler's held topic's) fetch waits at the
+    /// broker for records (librdkafka's `fetch.wait.max.ms` on those consumers only; default
+    /// 25 ms, or the `fetch.wait.max.ms` given with
+    /// [`consumer_property`](Self::consumer_property); 1 to 500 ms). A level resumes a
+    /// partition as its retries come due, and the resumed partition is fetched once the fetch
+    /// under way returns: in a burst of retries due at once, their p99 lateness is about this
+    /// (see docs/benchmarks.md). Each idle retry-level consumer sends a fetch this often.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use retry_kafka::backend::kafka::Kafka;
+    ///
+    /// let builder = Kafka::builder("localhost:9092").retry_fetch_wait(Duration::from_millis(5));
+    /// ```
+    pub fn retry_fetch_wait(mut self, wait: Duration) -> Self {
+        self.retry_fetch_wait = Some(wait);
+        self
+    }
+
     /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it, and
-    /// on a commit or work-at-risk setting out of range, naming its variable.
+    /// on a commit, work-at-risk or fetch-wait setting out of range, naming its variable.
     pub fn build(self) -> Result<Kafka, ConfigError> {
         self.commit_policy.check()?;
+        if let Some(wait) = self
+            .retry_fetch_wait
+            .filter(|wait| !RETRY_FETCH_WAIT.contains(wait))
+        {
+            return Err(ConfigError::Invalid {
+                field: crate::config::vars::KAFKA_RETRY_FETCH_WAIT_MS,
+                reason: format!(
+                    "{} ms is out of range: give {} to {} ms",
+                    wait.as_millis(),
+                    RETRY_FETCH_WAIT.start().as_millis(),
+                    RETRY_FETCH_WAIT.end().as_millis()
+                ),
+            });
+        }
         let cluster = |brokers: &str| -> Result<Cluster, ConfigError> {
             let mut config = ClientConfig::new();
             config
@@ -163,6 +201,7 @@ impl KafkaBuilder {
                 replication_factor: self.replication_factor,
                 embedded: self.embedded,
                 commit_policy: self.commit_policy,
+                retry_fetch_wait: self.retry_fetch_wait,
             }),
         })
     }
@@ -172,5 +211,57 @@ fn invalid(field: &'static str, error: KafkaError) -> ConfigError {
     ConfigError::Invalid {
         field,
         reason: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::backend::kafka::Kafka;
+    use crate::backend::TopicRole;
+
+    fn fetch_waits(kafka: &Kafka) -> [Option<String>; 3] {
+        [TopicRole::Main, TopicRole::Retry { level: 1 }, TopicRole::Held].map(|role| {
+            kafka
+                .consumer_properties(role)
+                .into_iter()
+                .rev()
+                .find(|(key, _)| key == "fetch.wait.max.ms")
+                .map(|(_, value)| value)
+        })
+    }
+
+    #[test]
+    fn retry_levels_fetch_with_their_own_wait_and_the_main_topic_with_the_users() {
+        let some = |ms: &str| Some(ms.to_owned());
+        let default = Kafka::builder("127.0.0.1:1").build().unwrap();
+        assert_eq!(fetch_waits(&default), [None, some("25"), some("25")]);
+        let for_all = Kafka::builder("127.0.0.1:1")
+            .consumer_property("fetch.wait.max.ms", "100")
+            .build()
+            .unwrap();
+        assert_eq!(fetch_waits(&for_all), [some("100"), some("100"), some("100")]);
+        let both = Kafka::builder("127.0.0.1:1")
+            .consumer_property("fetch.wait.max.ms", "100")
+            .retry_fetch_wait(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        assert_eq!(fetch_waits(&both), [some("100"), some("5"), some("5")]);
+    }
+
+    #[test]
+    fn a_retry_fetch_wait_out_of_range_names_its_variable() {
+        for (ms, bound) in [(0, "give 1 to 500 ms"), (501, "give 1 to 500 ms")] {
+            let error = Kafka::builder("127.0.0.1:1")
+                .retry_fetch_wait(Duration::from_millis(ms))
+                .build()
+                .err()
+                .expect("out of range");
+            assert_eq!(
+                error.to_string(),
+                format!("invalid KAFKA_RETRY_FETCH_WAIT_MS: {ms} ms is out of range: {bound}")
+            );
+        }
     }
 }

@@ -35,8 +35,9 @@ use consumer::Membership;
 pub use embedded::EmbeddedKafka;
 use refusals::{denied, Operation, Refusals};
 
-/// `fetch.wait.max.ms` of retry-level consumers, unless set with `consumer_property`.
-const RETRY_LEVEL_FETCH_WAIT_MS: &str = "25";
+/// `fetch.wait.max.ms` of retry-level consumers, unless set with
+/// [`KafkaBuilder::retry_fetch_wait`] or `consumer_property`.
+const RETRY_LEVEL_FETCH_WAIT_MS: u128 = 25;
 /// `fetch.wait.max.ms` of the client that [`Browse::read`] reads with.
 const READER_FETCH_WAIT_MS: &str = "10";
 /// `queued.max.messages.kbytes` of that client.
@@ -67,6 +68,8 @@ struct Shared {
     replication_factor: i32,
     embedded: Option<Arc<EmbeddedKafka>>,
     commit_policy: consumer::CommitPolicy,
+    /// [`KafkaBuilder::retry_fetch_wait`], when given.
+    retry_fetch_wait: Option<Duration>,
 }
 
 struct Cluster {
@@ -105,6 +108,7 @@ impl Kafka {
             replication_factor: -1,
             embedded: None,
             commit_policy: consumer::CommitPolicy::default(),
+            retry_fetch_wait: None,
         }
     }
 
@@ -535,6 +539,31 @@ impl Backend for Kafka {
 }
 
 impl Kafka {
+    /// The librdkafka properties of a consumer of a topic of `role`: the user's, and on retry
+    /// levels and the held topic the fetch wait.
+    fn consumer_properties(&self, role: TopicRole) -> Vec<(String, String)> {
+        let mut properties = self.shared.consumer_properties.clone();
+        // Retry levels and the held topic hold partitions back and resume them (records not
+        // due, keys held): they must be fetched again soon after.
+        if !matches!(role, TopicRole::Retry { .. } | TopicRole::Held) {
+            return properties;
+        }
+        // A retry level pauses and resumes partitions as retries come due (the held topic as
+        // keys are released: 4,500 held records settled ~0.45 s later without); a resumed
+        // partition is fetched only when the fetch already waiting at the broker returns, after
+        // up to this long (librdkafka's default, 500 ms, made a burst of retries up to ~490 ms
+        // late; 25 ms keeps an idle level's fetches cheap). Set last: the later setting wins.
+        let set_by_user = properties.iter().any(|(key, _)| key == "fetch.wait.max.ms");
+        let wait = match self.shared.retry_fetch_wait {
+            Some(wait) => Some(wait.as_millis()),
+            None => (!set_by_user).then_some(RETRY_LEVEL_FETCH_WAIT_MS),
+        };
+        if let Some(wait) = wait {
+            properties.push(("fetch.wait.max.ms".to_owned(), wait.to_string()));
+        }
+        properties
+    }
+
     /// A consumer of `subscription`, joining its group or following a main consumer.
     fn consumer(
         &self,
@@ -542,23 +571,7 @@ impl Kafka {
         membership: Membership,
     ) -> Result<KafkaConsumer, BackendError> {
         let brokers = self.cluster_of(subscription.topic.role).brokers.clone();
-        // Retry levels and the held topic hold partitions back and resume them (records not
-        // due, keys held): they must be fetched again soon after.
-        let resumes_often = matches!(subscription.topic.role, TopicRole::Retry { .. } | TopicRole::Held);
-        let set_by_user = |key: &str| self.shared.consumer_properties.iter().any(|(k, _)| k == key);
-        let mut properties = Vec::new();
-        if resumes_often && !set_by_user("fetch.wait.max.ms") {
-            // A retry level pauses and resumes partitions as retries come due (the held topic
-            // as keys are released: 4,500 held records settled ~0.45 s later without); a resumed
-            // partition is fetched only when the fetch already waiting at the broker returns,
-            // after up to this long (librdkafka's default, 500 ms, made a burst of retries up to
-            // ~490 ms late; 25 ms keeps an idle level's fetches cheap).
-            properties.push((
-                "fetch.wait.max.ms".to_owned(),
-                RETRY_LEVEL_FETCH_WAIT_MS.to_owned(),
-            ));
-        }
-        properties.extend(self.shared.consumer_properties.iter().cloned());
+        let properties = self.consumer_properties(subscription.topic.role);
         let commits = self.shared.commit_policy;
         KafkaConsumer::start(
             self.clone(),
