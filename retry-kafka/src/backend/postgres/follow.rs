@@ -38,6 +38,8 @@ pub(super) struct Followed {
     pub(super) claims: Arc<RwLock<()>>,
     /// Woken when the partitions change.
     pub(super) changed: Notify,
+    /// Woken when a partition's delivered rows are all acknowledged, for a give-up's drain.
+    emptied: Notify,
 }
 
 impl Followed {
@@ -83,8 +85,15 @@ impl Followed {
     }
 
     pub(super) fn acknowledged(&self, partition: u32, rows: usize) {
-        if let Some(count) = self.state().in_flight.get_mut(&partition) {
-            *count = count.saturating_sub(rows);
+        let emptied = match self.state().in_flight.get_mut(&partition) {
+            Some(count) if *count > 0 => {
+                *count = count.saturating_sub(rows);
+                *count == 0
+            }
+            _ => false,
+        };
+        if emptied {
+            self.emptied.notify_waiters();
         }
     }
 
@@ -120,17 +129,61 @@ impl Followed {
     /// Until the rows delivered from `partitions` are acknowledged, [`DRAIN`] at most.
     pub(super) async fn drained(&self, partitions: &[u32]) {
         let deadline = Instant::now() + DRAIN;
-        while Instant::now() < deadline {
+        loop {
+            // Listening before looking: an acknowledgement between the two still wakes it.
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
             let busy = {
                 let state = self.state();
                 partitions
                     .iter()
                     .any(|p| state.in_flight.get(p).is_some_and(|&n| n > 0))
             };
-            if !busy {
+            if !busy || tokio::time::timeout_at(deadline, emptied).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Followed, DRAIN};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_give_up_drains_until_the_last_acknowledgement_and_no_longer_than_its_bound() {
+        let followed = Arc::new(Followed::default());
+        let started = Instant::now();
+        followed.drained(&[0]).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing in flight: at once");
+        followed.delivered(0);
+        followed.delivered(0);
+        followed.delivered(1);
+        let acks = {
+            let followed = followed.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                followed.acknowledged(0, 1);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                followed.acknowledged(0, 1);
+            })
+        };
+        let started = Instant::now();
+        followed.drained(&[0]).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(70),
+            "woken by the last acknowledgement of partition 0, not by a poll"
+        );
+        acks.await.unwrap();
+        let started = Instant::now();
+        followed.drained(&[1]).await;
+        assert_eq!(started.elapsed(), DRAIN, "partition 1 never drains: the bound");
     }
 }
