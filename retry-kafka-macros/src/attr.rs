@@ -40,8 +40,8 @@ pub(crate) fn value<T: Parse>(
     Ok(None)
 }
 
-/// One of the string values an option takes: `choices` are each written form, what it reads
-/// as, and what it means (shown beside it when the value is none of them; empty for nothing).
+/// One of the string values an option takes: how it is written, what it reads as, and what it
+/// means (shown beside it when the value written is none of the choices; empty for nothing).
 pub(crate) struct Choice<'a, T> {
     pub(crate) written: &'a str,
     pub(crate) value: T,
