@@ -6,6 +6,7 @@
 mod check;
 mod expand;
 mod parse;
+mod retries;
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
