@@ -94,6 +94,7 @@ impl KafkaSettings {
             at_risk_limit: vars.millis(KAFKA_AT_RISK_MS)?,
             at_risk_records: vars.number(KAFKA_AT_RISK_RECORDS)?,
             retry_fetch_wait: vars.millis(KAFKA_RETRY_FETCH_WAIT_MS)?,
+            exactly_once: vars.flag(KAFKA_EXACTLY_ONCE)?,
         })
     }
 }
@@ -273,6 +274,7 @@ mod tests {
             ("KAFKA_AT_RISK_MS", "2000"),
             ("KAFKA_AT_RISK_RECORDS", "4000"),
             ("KAFKA_RETRY_FETCH_WAIT_MS", "5"),
+            ("KAFKA_EXACTLY_ONCE", "true"),
             ("POSTGRES_URL", "postgres://app@db/app"),
             ("POSTGRES_LEASE_MS", "60000"),
             ("RETRY_KAFKA_METRICS_ADDR", " 0.0.0.0:9090 "),
@@ -293,6 +295,7 @@ mod tests {
         assert_eq!(settings.kafka.at_risk_limit, Some(Duration::from_secs(2)));
         assert_eq!(settings.kafka.at_risk_records, Some(4000));
         assert_eq!(settings.kafka.retry_fetch_wait, Some(Duration::from_millis(5)));
+        assert!(settings.kafka.exactly_once);
         assert_eq!(settings.postgres.url_variable, POSTGRES_URL);
         assert_eq!(settings.postgres.lease, Some(Duration::from_secs(60)));
         assert_eq!(settings.metrics_addr, Some(([0, 0, 0, 0], 9090).into()));

@@ -67,6 +67,8 @@ pub struct KafkaSettings {
     pub at_risk_records: Option<u64>,
     /// [`KAFKA_RETRY_FETCH_WAIT_MS`](vars::KAFKA_RETRY_FETCH_WAIT_MS).
     pub retry_fetch_wait: Option<Duration>,
+    /// [`KAFKA_EXACTLY_ONCE`](vars::KAFKA_EXACTLY_ONCE).
+    pub exactly_once: bool,
 }
 
 /// Redis's settings ([`Redis::builder`](crate::backend::redis::Redis::builder) in code).
@@ -348,6 +350,7 @@ impl fmt::Debug for KafkaSettings {
             .field("at_risk_limit", &self.at_risk_limit)
             .field("at_risk_records", &self.at_risk_records)
             .field("retry_fetch_wait", &self.retry_fetch_wait)
+            .field("exactly_once", &self.exactly_once)
             .finish()
     }
 }

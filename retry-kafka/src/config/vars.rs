@@ -58,6 +58,11 @@ pub const KAFKA_AT_RISK_RECORDS: &str = "KAFKA_AT_RISK_RECORDS";
 /// burst; each idle retry-level consumer then fetches that much more often.
 pub const KAFKA_RETRY_FETCH_WAIT_MS: &str = "KAFKA_RETRY_FETCH_WAIT_MS";
 
+/// `true` for exactly-once hand-offs (default false): each consumer's hand-offs to retry
+/// levels and the dead letters commit in one Kafka transaction with the offsets of the records
+/// they conclude. Not with `KAFKA_RETRY_BROKERS` (a transaction stays on one cluster).
+pub const KAFKA_EXACTLY_ONCE: &str = "KAFKA_EXACTLY_ONCE";
+
 /// The Redis server's URL, `redis://[:password@]host:port[/db]` or `rediss://`; or, for a
 /// primary with replicas behind Redis Sentinel, the sentinels and the primary's name:
 /// `redis+sentinel://[:password@]host:port,host:port,host:port/master-name[/db]` (the password

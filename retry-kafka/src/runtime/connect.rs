@@ -141,6 +141,7 @@ fn kafka(settings: &KafkaSettings) -> Result<Kafka, ConfigError> {
     if let Some(wait) = settings.retry_fetch_wait {
         builder = builder.retry_fetch_wait(wait);
     }
+    builder = builder.exactly_once(settings.exactly_once);
     builder.build()
 }
 

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer as _;
+use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{consumer, partition_count, transport, until_settled, Kafka};
+use crate::backend::TopicRole;
 use crate::backend::{Browse, Page, Record, Topic};
 use crate::error::BackendError;
 
@@ -68,7 +70,19 @@ impl Browse for Kafka {
                     continue;
                 };
                 deadline = std::time::Instant::now() + Duration::from_secs(30);
-                let message = message.map_err(|error| reader.client.context().explain(error))?;
+                let message = match message {
+                    Ok(message) => message,
+                    // Transaction markers (and aborted records) take offsets no record has: the
+                    // end is an event (read_committed: the last stable offset). One of an earlier
+                    // assignment is outdated, and librdkafka drops it.
+                    Err(KafkaError::PartitionEOF(eof)) => {
+                        if eof == partition {
+                            return Ok(records);
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(reader.client.context().explain(error)),
+                };
                 // One fetched for an earlier assignment, still queued when this one was made.
                 if message.partition() != partition || message.topic() != name || message.offset() < start {
                     continue;
@@ -89,6 +103,74 @@ impl Browse for Kafka {
                     return Ok(records);
                 }
             }
+        })
+        .await
+    }
+}
+
+impl Kafka {
+    /// What [`Browse::read`] reads, `from[p]` onward on partition `p`, from the low watermark
+    /// where `from` has no entry: with the reader client, outside any group.
+    pub(super) async fn read_from(
+        &self,
+        topic: &str,
+        role: TopicRole,
+        from: Vec<u64>,
+    ) -> Result<Vec<Record>, BackendError> {
+        let topic = topic.to_owned();
+        self.with_reader(role, move |reader| {
+            reader.next = None;
+            let client = &reader.client;
+            let timeout = Duration::from_secs(10);
+            let partitions = partition_count(client, &topic)?;
+            let mut records = Vec::new();
+            let mut arena = consumer::Arena::default();
+            for partition in 0..partitions {
+                let (low, high) = until_settled(client.context(), timeout, |left| {
+                    client.fetch_watermarks(&topic, partition, left)
+                })?;
+                let start = from
+                    .get(partition as usize)
+                    .map_or(low, |&from| low.max(from.min(i64::MAX as u64) as i64));
+                if high <= start {
+                    continue;
+                }
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(&topic, partition, Offset::Offset(start))
+                    .map_err(transport)?;
+                client.assign(&list).map_err(transport)?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if std::time::Instant::now() > deadline {
+                        return Err(BackendError::Transport {
+                            backend: "kafka",
+                            source: format!("reading {topic}[{partition}] up to offset {high} timed out")
+                                .into(),
+                        });
+                    }
+                    let Some(message) = client.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let message = match message {
+                        Ok(message) => message,
+                        // As in `read_page`.
+                        Err(KafkaError::PartitionEOF(eof)) => {
+                            if eof == partition {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(error) => return Err(client.context().explain(error)),
+                    };
+                    let record = consumer::record_of(&message, &mut arena);
+                    let done = record.offset + 1 >= high as u64;
+                    records.push(record);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            Ok(records)
         })
         .await
     }

@@ -22,6 +22,7 @@ pub struct KafkaBuilder {
     pub(super) embedded: Option<Arc<EmbeddedKafka>>,
     pub(super) commit_policy: CommitPolicy,
     pub(super) retry_fetch_wait: Option<Duration>,
+    pub(super) exactly_once: bool,
 }
 
 /// The bounds of [`KafkaBuilder::retry_fetch_wait`]: librdkafka's own default is the most.
@@ -142,10 +143,42 @@ impl KafkaBuilder {
         self
     }
 
+    /// Exactly-once hand-offs (default off): each consumer's hand-offs to retry levels and the
+    /// dead letters, and the offsets of the records they conclude, commit in one Kafka
+    /// transaction (its own transactional producer; the group's metadata fences a member that
+    /// lost its partitions), every [`commit_interval`](Self::commit_interval). A crash or a
+    /// rebalance then writes no record twice to a retry level or the dead letters; a handler's
+    /// own side effects stay at least once. Not with [`retry_brokers`](Self::retry_brokers): a
+    /// transaction stays on one cluster; nor on the embedded cluster, whose mock brokers keep
+    /// no offsets a transaction commits. See docs/kafka.md, "Exactly once".
+    ///
+    /// ```
+    /// use retry_kafka::backend::kafka::Kafka;
+    ///
+    /// let builder = Kafka::builder("localhost:9092").exactly_once(true);
+    /// ```
+    pub fn exactly_once(mut self, on: bool) -> Self {
+        self.exactly_once = on;
+        self
+    }
+
     /// Creates the clients. Fails on an unknown or invalid librdkafka property, naming it, and
-    /// on a commit, work-at-risk or fetch-wait setting out of range, naming its variable.
+    /// on a commit, work-at-risk or fetch-wait setting out of range, naming its variable, and
+    /// on exactly-once with a retry cluster or on the embedded mock cluster.
     pub fn build(self) -> Result<Kafka, ConfigError> {
         self.commit_policy.check()?;
+        if self.exactly_once && self.embedded.is_some() {
+            return Err(ConfigError::Invalid {
+                field: crate::config::vars::KAFKA_EXACTLY_ONCE,
+                reason: "librdkafka's mock cluster (the embedded default) does not keep the offsets a transaction commits: run it on Kafka".into(),
+            });
+        }
+        if self.exactly_once && self.retry_brokers.is_some() {
+            return Err(ConfigError::Invalid {
+                field: crate::config::vars::KAFKA_EXACTLY_ONCE,
+                reason: "a transaction stays on one cluster, and KAFKA_RETRY_BROKERS puts retries on another: unset one of them".into(),
+            });
+        }
         if let Some(wait) = self
             .retry_fetch_wait
             .filter(|wait| !RETRY_FETCH_WAIT.contains(wait))
@@ -185,6 +218,7 @@ impl KafkaBuilder {
             Ok(Cluster {
                 brokers: brokers.to_owned(),
                 writer,
+                producer_config: config,
                 admin,
                 metadata: Arc::new(metadata),
                 reader: Arc::default(),
@@ -202,6 +236,7 @@ impl KafkaBuilder {
                 embedded: self.embedded,
                 commit_policy: self.commit_policy,
                 retry_fetch_wait: self.retry_fetch_wait,
+                exactly_once: self.exactly_once,
             }),
         })
     }
@@ -263,5 +298,32 @@ mod tests {
                 format!("invalid KAFKA_RETRY_FETCH_WAIT_MS: {ms} ms is out of range: {bound}")
             );
         }
+    }
+
+    #[test]
+    fn exactly_once_refuses_a_retry_cluster_and_the_mock_cluster_naming_its_variable() {
+        let retry_cluster = Kafka::builder("127.0.0.1:1")
+            .retry_brokers("127.0.0.1:2")
+            .exactly_once(true)
+            .build()
+            .err()
+            .expect("two clusters");
+        assert_eq!(
+            retry_cluster.to_string(),
+            "invalid KAFKA_EXACTLY_ONCE: a transaction stays on one cluster, and KAFKA_RETRY_BROKERS puts \
+             retries on another: unset one of them"
+        );
+        let cluster = std::sync::Arc::new(crate::backend::kafka::EmbeddedKafka::start(1).unwrap());
+        let mock = Kafka::embedded_builder(cluster)
+            .exactly_once(true)
+            .build()
+            .err()
+            .expect("the mock cluster");
+        assert!(
+            mock.to_string()
+                .starts_with("invalid KAFKA_EXACTLY_ONCE: librdkafka's mock cluster"),
+            "{mock}"
+        );
+        assert!(Kafka::builder("127.0.0.1:1").exactly_once(true).build().is_ok());
     }
 }

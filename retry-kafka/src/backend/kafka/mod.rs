@@ -70,12 +70,16 @@ struct Shared {
     commit_policy: consumer::CommitPolicy,
     /// [`KafkaBuilder::retry_fetch_wait`], when given.
     retry_fetch_wait: Option<Duration>,
+    /// [`KafkaBuilder::exactly_once`].
+    exactly_once: bool,
 }
 
 struct Cluster {
     brokers: String,
     /// Writes hand-offs and published records.
     writer: writer::Writer,
+    /// The producer's settings, for a consumer's transactional producer (exactly-once).
+    producer_config: ClientConfig,
     admin: AdminClient<Refusals>,
     /// Answers metadata questions without creating topics (a producer's metadata request may
     /// auto-create the topic it asks about). The first client an app's start uses.
@@ -109,6 +113,7 @@ impl Kafka {
             embedded: None,
             commit_policy: consumer::CommitPolicy::default(),
             retry_fetch_wait: None,
+            exactly_once: false,
         }
     }
 
@@ -123,12 +128,27 @@ impl Kafka {
 
     /// A backend on an embedded cluster that is already running.
     pub fn on_embedded(cluster: Arc<EmbeddedKafka>) -> Result<Self, ConfigError> {
+        Self::embedded_builder(cluster).build()
+    }
+
+    /// Settings of a backend on an embedded cluster that is already running (its consumers
+    /// tuned to join and rebalance fast), for more settings than [`on_embedded`](Self::on_embedded).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use retry_kafka::backend::kafka::{EmbeddedKafka, Kafka};
+    ///
+    /// let cluster = Arc::new(EmbeddedKafka::start(1)?);
+    /// let kafka = Kafka::embedded_builder(cluster).exactly_once(true).build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn embedded_builder(cluster: Arc<EmbeddedKafka>) -> KafkaBuilder {
         let mut builder = Self::builder(cluster.bootstrap_servers());
         for (key, value) in EmbeddedKafka::consumer_defaults() {
             builder = builder.consumer_property(key, value);
         }
         builder.embedded = Some(cluster);
-        builder.build()
+        builder
     }
 
     /// The embedded cluster this backend runs on, if any.
@@ -156,6 +176,9 @@ impl Kafka {
         // What librdkafka fetches ahead of a page: 64 MiB by default, most of a tool's memory
         // when it pages through a big queue; 16 MiB keeps the pages coming as fast.
         config.set("queued.max.messages.kbytes", READER_QUEUED_KIB);
+        // The end of a partition is an event: in a topic written in transactions the last
+        // offsets are markers, which no record comes back for.
+        config.set("enable.partition.eof", "true");
         config
     }
 
@@ -179,62 +202,6 @@ impl Kafka {
                 });
             }
             work(slot.as_mut().expect("made above"))
-        })
-        .await
-    }
-
-    /// What [`Browse::read`] reads, `from[p]` onward on partition `p`, from the low watermark
-    /// where `from` has no entry: with the reader client, outside any group.
-    async fn read_from(
-        &self,
-        topic: &str,
-        role: TopicRole,
-        from: Vec<u64>,
-    ) -> Result<Vec<Record>, BackendError> {
-        let topic = topic.to_owned();
-        self.with_reader(role, move |reader| {
-            reader.next = None;
-            let client = &reader.client;
-            let timeout = Duration::from_secs(10);
-            let partitions = partition_count(client, &topic)?;
-            let mut records = Vec::new();
-            let mut arena = consumer::Arena::default();
-            for partition in 0..partitions {
-                let (low, high) = until_settled(client.context(), timeout, |left| {
-                    client.fetch_watermarks(&topic, partition, left)
-                })?;
-                let start = from
-                    .get(partition as usize)
-                    .map_or(low, |&from| low.max(from.min(i64::MAX as u64) as i64));
-                if high <= start {
-                    continue;
-                }
-                let mut list = TopicPartitionList::new();
-                list.add_partition_offset(&topic, partition, Offset::Offset(start))
-                    .map_err(transport)?;
-                client.assign(&list).map_err(transport)?;
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                loop {
-                    if std::time::Instant::now() > deadline {
-                        return Err(BackendError::Transport {
-                            backend: "kafka",
-                            source: format!("reading {topic}[{partition}] up to offset {high} timed out")
-                                .into(),
-                        });
-                    }
-                    let Some(message) = client.poll(Duration::from_millis(100)) else {
-                        continue;
-                    };
-                    let message = message.map_err(|error| client.context().explain(error))?;
-                    let record = consumer::record_of(&message, &mut arena);
-                    let done = record.offset + 1 >= high as u64;
-                    records.push(record);
-                    if done {
-                        break;
-                    }
-                }
-            }
-            Ok(records)
         })
         .await
     }
@@ -573,6 +540,11 @@ impl Kafka {
         let brokers = self.cluster_of(subscription.topic.role).brokers.clone();
         let properties = self.consumer_properties(subscription.topic.role);
         let commits = self.shared.commit_policy;
+        // Exactly-once needs one cluster (`build` refuses a retry cluster with it).
+        let exactly_once = self
+            .shared
+            .exactly_once
+            .then_some(&self.shared.main.producer_config);
         KafkaConsumer::start(
             self.clone(),
             &brokers,
@@ -580,6 +552,7 @@ impl Kafka {
             &properties,
             commits,
             membership,
+            exactly_once,
         )
     }
 

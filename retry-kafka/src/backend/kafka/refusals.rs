@@ -69,6 +69,13 @@ impl Refusals {
     /// What a client's context does with an error event: notes it when it is a refusal, and
     /// logs it as rdkafka's default context does. librdkafka's reasons carry no secrets.
     pub(crate) fn note(&self, error: &KafkaError, reason: &str) {
+        // The reader asks for the end of each partition it reads: an event, not an error.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
         self.note_at(error, reason, Instant::now());
         tracing::error!(target: "rdkafka::client", client = self.client, "librdkafka: {error}: {reason}");
     }

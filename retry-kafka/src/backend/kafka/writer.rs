@@ -70,6 +70,11 @@ impl Writer {
         })
     }
 
+    /// The producer, for a transaction's calls (`consumer/transaction.rs`).
+    pub(super) fn producer(&self) -> &BaseProducer<Reports> {
+        &self.producer
+    }
+
     /// Queues `record` for `topic`; the returned future resolves with the broker's
     /// acknowledgement (or why there was none). librdkafka copies what it sends: the caller
     /// keeps `record`.

@@ -22,7 +22,7 @@ use crate::config::vars;
 use crate::error::ConfigError;
 
 /// How often librdkafka reports the committed offsets (`statistics.interval.ms`): the one
-/// report of an asynchronous commit's outcome (`poll.rs`). Each costs a parse of a few KiB of
+/// report of an asynchronous commit's outcome (`poll/mod.rs`). Each costs a parse of a few KiB of
 /// JSON on the poll thread.
 pub(super) const STATS_INTERVAL: Duration = Duration::from_millis(500);
 

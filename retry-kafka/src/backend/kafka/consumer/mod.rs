@@ -14,7 +14,7 @@
 //! where it stopped handing records over. Each record carries the partition's assignment
 //! generation at fetch time; the handle drops records of an assignment that has since changed.
 //!
-//! This file is the handle; `poll.rs` the thread; `settle.rs` the acknowledgements it stores;
+//! This file is the handle; `poll/` the thread; `settle.rs` the acknowledgements it stores;
 //! `commits.rs` when it commits them.
 
 use std::collections::VecDeque;
@@ -34,6 +34,8 @@ mod commits;
 mod poll;
 mod rebalance;
 mod settle;
+mod transaction;
+mod written;
 
 use crate::backend::follow::{Followers, Following};
 use commits::AckRequest;
@@ -48,6 +50,7 @@ use crate::headers::Headers;
 use poll::{PollThread, RawConsumer};
 use rebalance::RebalanceLog;
 use settle::Settlement;
+use transaction::Transaction;
 
 /// Records per batch sent to the runtime.
 const BATCH: usize = 256;
@@ -278,6 +281,8 @@ pub struct KafkaConsumer {
     kafka: Kafka,
     /// Where the producer's delivery reports complete this consumer's hand-offs.
     hand_offs: HandOffReports,
+    /// Exactly-once: the transaction this consumer's hand-offs go into.
+    transaction: Option<Arc<Transaction>>,
 }
 
 impl KafkaConsumer {
@@ -288,8 +293,13 @@ impl KafkaConsumer {
         properties: &[(String, String)],
         commits: CommitPolicy,
         membership: Membership,
+        exactly_once: Option<&ClientConfig>,
     ) -> Result<Self, BackendError> {
         let name = subscription.topic.name.to_string();
+        let transaction = exactly_once
+            .map(|producer| Transaction::start(producer, &subscription.group, &name).map(Arc::new))
+            .transpose()
+            .map_err(transport)?;
         let ack_request = Arc::new(AckRequest::default());
         let (acks_out, acks_in) = std_mpsc::channel();
         let commits_behind = Arc::new(AtomicBool::new(false));
@@ -297,15 +307,24 @@ impl KafkaConsumer {
         let context = RebalanceLog::new(
             name.clone(),
             ack_request.clone(),
-            Settlement::new(acks_in),
+            Settlement::new(acks_in, transaction.is_none()),
             commits_behind.clone(),
             stale_below.clone(),
             match &membership {
                 Membership::Joins(followers) => followers.clone(),
                 Membership::Follows => None,
             },
+            transaction.clone(),
         );
-        let consumer: RawConsumer = config(brokers, &subscription.group, properties)
+        let mut config = config(brokers, &subscription.group, properties);
+        if transaction.is_some() {
+            // The transaction commits the offsets; only what is committed is read (retry levels
+            // are written in transactions; librdkafka's default, said here).
+            config
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+        }
+        let consumer: RawConsumer = config
             // After the user's properties: the committed offsets are read from them.
             .set(
                 "statistics.interval.ms",
@@ -346,6 +365,7 @@ impl KafkaConsumer {
             topic,
             kafka,
             hand_offs: HandOffReports::new(),
+            transaction,
         })
     }
 
@@ -443,8 +463,18 @@ impl Consumer for KafkaConsumer {
         }
     }
 
-    fn hand_off(&mut self, id: HandOffId, _from: Position, to: Topic, record: OutboundRecord) {
-        self.kafka.hand_off(id, &to, record, &self.hand_offs);
+    fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord) {
+        match &self.transaction {
+            Some(transaction) => {
+                // A partition not (or no longer) this handle's: the transaction refuses it.
+                let generation = self
+                    .partitions
+                    .get(from.partition)
+                    .map_or(0, |view| view.generation);
+                transaction.hand_off(id, from, generation, to, record, &self.hand_offs);
+            }
+            None => self.kafka.hand_off(id, &to, record, &self.hand_offs),
+        }
     }
 
     fn hand_off_reports(&self) -> &HandOffReports {

@@ -13,6 +13,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use super::commits::AckRequest;
 use super::settle::Settlement;
+use super::transaction::{Committed, Transaction};
 use crate::backend::follow::Followers;
 use crate::backend::kafka::Refusals;
 
@@ -41,6 +42,20 @@ pub(super) struct RebalanceLog {
     pub(super) stale_below: Arc<AtomicU64>,
     /// The consumers that read what this one is assigned (a key-ordered handler's levels).
     pub(super) followers: Option<Arc<Followers>>,
+    /// Exactly-once: the transaction that commits this consumer's hand-offs and offsets.
+    pub(super) transaction: Option<Arc<Transaction>>,
+    /// A transaction aborted: the partitions kept are to be read again from their committed
+    /// offsets (the poll thread's next round).
+    pub(super) rewind: AtomicBool,
+}
+
+/// Why a commit of what was settled failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CommitError {
+    #[error(transparent)]
+    Offsets(#[from] KafkaError),
+    #[error("the transaction aborted: its hand-offs and offsets were taken back, and its records run again")]
+    Aborted,
 }
 
 pub(super) enum RebalanceEvent {
@@ -56,9 +71,12 @@ impl RebalanceLog {
         commits_behind: Arc<AtomicBool>,
         stale_below: Arc<AtomicU64>,
         followers: Option<Arc<Followers>>,
+        transaction: Option<Arc<Transaction>>,
     ) -> Self {
         RebalanceLog {
             followers,
+            transaction,
+            rewind: AtomicBool::new(false),
             topic,
             ack_request,
             commits_behind,
@@ -80,6 +98,35 @@ impl RebalanceLog {
     /// contended.
     pub(super) fn settlement(&self) -> std::sync::MutexGuard<'_, Settlement> {
         self.settlement.lock().expect("never poisoned")
+    }
+
+    /// Commits what was settled: the offsets stored in librdkafka, or (exactly-once) the
+    /// transaction with each partition's acknowledged prefix; `leaving` are given up after it.
+    pub(super) fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        mode: CommitMode,
+        leaving: &[u32],
+    ) -> Result<(), CommitError> {
+        let Some(transaction) = &self.transaction else {
+            return Ok(consumer.commit_consumer_state(mode)?);
+        };
+        let floors = self.settlement().floors();
+        match transaction.commit(consumer, &floors, leaving) {
+            Committed::Through(through) => {
+                let now = Instant::now();
+                let mut settlement = self.settlement();
+                for (partition, next) in through {
+                    settlement.committed(partition, next, now);
+                }
+                Ok(())
+            }
+            Committed::Nothing | Committed::Waits => Ok(()),
+            Committed::Aborted => {
+                self.rewind.store(true, Ordering::Release);
+                Err(CommitError::Aborted)
+            }
+        }
     }
 
     pub(super) fn take(&self) -> Vec<RebalanceEvent> {
@@ -138,7 +185,7 @@ impl ConsumerContext for RebalanceLog {
                 self.settlement()
                     .drain_for_revoke(consumer, &self.topic, &revoked, &self.ack_request);
             }
-            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            if let Err(error) = self.commit(consumer, CommitMode::Sync, &revoked) {
                 tracing::debug!(topic = %self.topic, %error, "commit on revoke");
             }
             tracing::debug!(topic = %self.topic, ?revoked, "partitions revoked");

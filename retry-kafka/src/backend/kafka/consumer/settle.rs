@@ -21,6 +21,8 @@ pub(super) const REVOKE_DRAIN: Duration = Duration::from_millis(300);
 /// One assigned partition's progress.
 struct Progress {
     generation: u64,
+    /// Where the assignment started reading: its committed offset, or its first record's.
+    start: Option<u64>,
     /// The offset after the last record settled (its offset stored).
     settled: Option<u64>,
     /// The offset after the last record handed to the runtime.
@@ -64,13 +66,17 @@ pub(super) struct AtRisk {
 pub(super) struct Settlement {
     acks: std_mpsc::Receiver<Acks>,
     partitions: ByPartition<Progress>,
+    /// Offsets are stored in librdkafka for its commits; not when a transaction commits them
+    /// (`floors`).
+    stores_offsets: bool,
 }
 
 impl Settlement {
-    pub(super) fn new(acks: std_mpsc::Receiver<Acks>) -> Self {
+    pub(super) fn new(acks: std_mpsc::Receiver<Acks>, stores_offsets: bool) -> Self {
         Self {
             acks,
             partitions: ByPartition::default(),
+            stores_offsets,
         }
     }
 
@@ -79,6 +85,7 @@ impl Settlement {
             partition,
             Progress {
                 generation,
+                start: None,
                 settled: None,
                 handed: None,
                 committed: None,
@@ -92,6 +99,37 @@ impl Settlement {
         self.partitions.remove(partition);
     }
 
+    /// The assignment of `partition` reads from `offset` on (unless it was told already).
+    pub(super) fn started(&mut self, partition: u32, offset: u64) {
+        if let Some(progress) = self.partitions.get_mut(partition) {
+            progress.start.get_or_insert(offset);
+        }
+    }
+
+    /// Each partition's offset to commit (the next to read): after its acknowledged prefix, or
+    /// where it started when nothing is acknowledged yet.
+    pub(super) fn floors(&self) -> Vec<(u32, u64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(partition, progress)| Some((partition, progress.settled.or(progress.start)?)))
+            .collect()
+    }
+
+    /// `partition`'s position is `position`, and `next` is the offset after the last record
+    /// fetched: when everything fetched is settled, it is settled through the position (the
+    /// offsets between have no record: transaction markers, aborted records).
+    /// Returns whether it moved.
+    pub(super) fn passed(&mut self, partition: u32, next: u64, position: u64) -> bool {
+        let Some(progress) = self.partitions.get_mut(partition) else {
+            return false;
+        };
+        let moved = progress.settled == Some(next) && position > next;
+        if moved {
+            progress.settled = Some(position);
+        }
+        moved
+    }
+
     /// Records up to `next` (exclusive) of `partition` went to the runtime.
     pub(super) fn handed(&mut self, partition: u32, next: Option<u64>) {
         if let Some(progress) = self.partitions.get_mut(partition) {
@@ -100,8 +138,8 @@ impl Settlement {
     }
 
     /// Stores the offsets of every acknowledgement that has arrived, folded, as one list.
-    /// Returns how many records they settle (the first acknowledgement of an assignment counts
-    /// none: where it started is not known here), and whether the handle is gone.
+    /// Returns how many records they settle (counted from where the assignment started; none
+    /// by the first acknowledgement when that is not known), and whether the handle is gone.
     pub(super) fn store<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -139,7 +177,11 @@ impl Settlement {
                 return false;
             }
             let settled = offset + 1;
-            let from = progress.settled.replace(settled).unwrap_or(settled);
+            let from = progress
+                .settled
+                .replace(settled)
+                .or(progress.start)
+                .unwrap_or(settled);
             let added = settled.saturating_sub(from);
             records += added;
             match progress.committed {
@@ -155,7 +197,7 @@ impl Settlement {
             }
             true
         });
-        if acks.is_empty() {
+        if acks.is_empty() || !self.stores_offsets {
             return records;
         }
         let mut list = TopicPartitionList::with_capacity(acks.0.len());
@@ -288,7 +330,7 @@ mod tests {
     fn counts_what_acknowledgements_settle_and_drops_stale_ones() {
         let client = client();
         let (tx, rx) = std_mpsc::channel();
-        let mut settlement = Settlement::new(rx);
+        let mut settlement = Settlement::new(rx, true);
         settlement.assigned(0, 2);
         settlement.handed(0, Some(10));
         // The first of an assignment counts nothing; one of an earlier assignment is stale.
@@ -306,7 +348,7 @@ mod tests {
     fn settled_records_are_at_risk_past_an_age_or_a_count_until_a_commit_is_reported() {
         let client = client();
         let (tx, rx) = std_mpsc::channel();
-        let mut settlement = Settlement::new(rx);
+        let mut settlement = Settlement::new(rx, true);
         let age = Duration::from_secs(5);
         let bound = RiskBound {
             age,
@@ -362,7 +404,7 @@ mod tests {
     fn a_revoke_waits_for_acknowledgements_until_everything_handed_over_is_settled_or_no_longer() {
         let client = client();
         let (tx, rx) = std_mpsc::channel();
-        let mut settlement = Settlement::new(rx);
+        let mut settlement = Settlement::new(rx, true);
         let request = AckRequest::default();
         settlement.assigned(3, 1);
         settlement.handed(3, Some(100));

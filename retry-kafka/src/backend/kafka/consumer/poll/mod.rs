@@ -13,13 +13,16 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+mod assignment;
+
 use super::commits::{CommitPolicy, CommitSchedule};
-use super::rebalance::{RebalanceEvent, RebalanceLog};
+use super::rebalance::{CommitError, RebalanceLog};
+use super::written::Written;
+
 use super::{
     record_of, Arena, ByPartition, Command, Item, BATCH, CLOSE_COMMIT_LIMIT, HELD_POLL_WAIT, PAUSE_AFTER,
     POLL_WAIT,
 };
-use crate::backend::follow::Following;
 use crate::error::BackendError;
 
 /// The poll thread's view of one assigned partition.
@@ -29,6 +32,11 @@ struct Assigned {
     held: bool,
     /// The offset after the last record handed to the runtime.
     next: Option<u64>,
+    /// Exactly-once: records whose hand-offs were committed above the committed offset, not
+    /// handed to the runtime again (`written.rs`).
+    skip: Written,
+    /// A record of the assignment was fetched (where it started reading is known).
+    started: bool,
 }
 
 pub(super) type RawConsumer = BaseConsumer<RebalanceLog>;
@@ -57,6 +65,11 @@ pub(super) struct PollThread {
     /// so the runtime is cycling through a backlog and its next resume comes soon.
     cycling_until: Option<Instant>,
 }
+
+/// How long one read of the committed offsets waits (exactly-once, at an assignment)...
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...and how many times a failed one is made again.
+const COMMITTED_TRIES: usize = 3;
 
 /// How long after a hold or a resume polls wait only [`HELD_POLL_WAIT`].
 const CYCLING: Duration = Duration::from_millis(100);
@@ -93,6 +106,9 @@ impl PollThread {
             let answered = consumer.context().ack_request.is_answered();
             if let Err(reply) = self.drain_commands(&consumer) {
                 return self.close(consumer, reply);
+            }
+            if consumer.context().rewind.swap(false, Ordering::AcqRel) {
+                self.rewind(&consumer);
             }
             self.commit_if_due(&consumer, answered);
             self.watch_commits(&consumer);
@@ -186,6 +202,9 @@ impl PollThread {
     fn commit_if_due(&mut self, consumer: &RawConsumer, answered: bool) {
         let context = consumer.context();
         let now = Instant::now();
+        if context.transaction.is_some() && self.commits.interval_passed(now) && self.past_markers(consumer) {
+            self.commits.settled(1);
+        }
         if !self.commits.due(now, self.acks_asked && answered) {
             if self.commits.interval_passed(now) {
                 context.ack_request.raise();
@@ -195,7 +214,7 @@ impl PollThread {
         }
         self.commits.started(now);
         self.acks_asked = false;
-        if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
+        if let Err(error) = context.commit(consumer, CommitMode::Async, &[]) {
             // Tried again at the next interval, with whatever was settled by then.
             tracing::debug!(topic = %self.topic, %error, "commit not started");
         }
@@ -224,7 +243,7 @@ impl PollThread {
             self.take_rebalances(consumer, batch);
             match polled {
                 None => break,
-                Some(Ok(message)) => self.push_record(&message, batch),
+                Some(Ok(message)) => self.push_record(consumer, &message, batch),
                 Some(Err(error)) => {
                     // The brokers' refusal, when a recent one explains it.
                     let error = consumer.context().refusals.explain(error);
@@ -236,64 +255,23 @@ impl PollThread {
         }
     }
 
-    fn take_rebalances(&mut self, consumer: &RawConsumer, batch: &mut Vec<Item>) {
-        let events = consumer.context().take();
-        for event in events {
-            match event {
-                RebalanceEvent::Revoked(revoked) => {
-                    let mut settlement = consumer.context().settlement();
-                    for partition in &revoked {
-                        self.partitions.remove(*partition);
-                        settlement.revoked(*partition);
-                    }
-                    drop(settlement);
-                    if let Some(pending) = &mut self.pending {
-                        pending.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
-                    }
-                    batch.retain(|item| !matches!(item, Item::Record { record, .. } if revoked.contains(&record.partition)));
-                    batch.push(Item::Revoked(revoked));
-                    if self.partitions.iter().next().is_none() {
-                        consumer
-                            .context()
-                            .stale_below
-                            .store(self.generations + 1, Ordering::Relaxed);
-                    }
-                }
-                RebalanceEvent::Assigned(assigned) => {
-                    let mut tagged = Vec::with_capacity(assigned.len());
-                    for partition in assigned {
-                        self.generations += 1;
-                        let generation = self.generations;
-                        self.partitions.insert(
-                            partition,
-                            Assigned {
-                                generation,
-                                held: false,
-                                next: None,
-                            },
-                        );
-                        consumer.context().settlement().assigned(partition, generation);
-                        tagged.push((partition, generation));
-                    }
-                    // A partition may come back paused from an earlier assignment; start fresh,
-                    // unless the runtime is behind.
-                    let partitions: Vec<u32> = tagged.iter().map(|(p, _)| *p).collect();
-                    if self.backpressure {
-                        self.pause(consumer, &partitions);
-                    } else {
-                        self.resume(consumer, &partitions);
-                    }
-                    batch.push(Item::Assigned(tagged));
-                }
-            }
-        }
-    }
-
-    fn push_record(&mut self, message: &BorrowedMessage<'_>, batch: &mut Vec<Item>) {
+    fn push_record(&mut self, consumer: &RawConsumer, message: &BorrowedMessage<'_>, batch: &mut Vec<Item>) {
         let partition = message.partition() as u32;
         let Some(assigned) = self.partitions.get_mut(partition) else {
             return;
         };
+        if !assigned.started {
+            // Where the assignment started reading, unless its committed offset said so.
+            assigned.started = true;
+            consumer
+                .context()
+                .settlement()
+                .started(partition, message.offset() as u64);
+        }
+        if !assigned.skip.is_empty() && assigned.skip.contains(message.offset() as u64) {
+            // Handed on in a committed transaction already.
+            return;
+        }
         let record = record_of(message, &mut self.arena);
         assigned.next = Some(record.offset + 1);
         batch.push(Item::Record {
@@ -335,54 +313,6 @@ impl PollThread {
             }
             Command::Follow(following) => self.follow(consumer, following),
             Command::Close(_) => unreachable!("handled by run"),
-        }
-    }
-
-    /// What the main consumer this one follows was assigned or loses (`backend/follow.rs`), as a
-    /// rebalance of its own.
-    fn follow(&mut self, consumer: &RawConsumer, following: Following) {
-        let context = consumer.context();
-        let list = |partitions: &[u32]| {
-            let mut list = TopicPartitionList::new();
-            for &partition in partitions {
-                // From the committed offset (the group's start when none: auto.offset.reset).
-                let _ = list.add_partition_offset(&self.topic, partition as i32, Offset::Stored);
-            }
-            list
-        };
-        match following {
-            Following::Take(partitions) => {
-                if let Err(error) = consumer.incremental_assign(&list(&partitions)) {
-                    tracing::warn!(topic = %self.topic, ?partitions, %error, "assigning what the main consumer was assigned failed");
-                    return;
-                }
-                tracing::debug!(topic = %self.topic, ?partitions, "partitions assigned (following)");
-                context.log(RebalanceEvent::Assigned(partitions));
-            }
-            Following::GiveUp(partitions, done) => {
-                let owned: Vec<u32> = partitions
-                    .iter()
-                    .copied()
-                    .filter(|&p| self.partitions.get(p).is_some())
-                    .collect();
-                if !owned.is_empty() {
-                    context.settlement().drain_for_revoke(
-                        consumer,
-                        &self.topic,
-                        &owned,
-                        &context.ack_request,
-                    );
-                    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                        tracing::debug!(topic = %self.topic, %error, "commit on revoke (following)");
-                    }
-                }
-                if let Err(error) = consumer.incremental_unassign(&list(&partitions)) {
-                    tracing::debug!(topic = %self.topic, ?partitions, %error, "unassign (following)");
-                }
-                tracing::debug!(topic = %self.topic, ?partitions, "partitions revoked (following)");
-                context.log(RebalanceEvent::Revoked(partitions));
-                let _ = done.send(());
-            }
         }
     }
 
@@ -444,24 +374,32 @@ impl PollThread {
         list
     }
 
-    fn close(self, consumer: RawConsumer, reply: oneshot::Sender<Result<(), BackendError>>) {
+    fn close(mut self, consumer: RawConsumer, reply: oneshot::Sender<Result<(), BackendError>>) {
         // The handle sent its acknowledgements before asking to close.
         consumer.context().closing.store(true, Ordering::Release);
         consumer.context().settlement().store(&consumer, &self.topic);
+        if consumer.context().transaction.is_some() {
+            self.past_markers(&consumer);
+        }
         // Other members of the group (the other levels) may be leaving at the same moment; a
         // commit during their rebalance is refused, so keep serving the group and try again.
         let deadline = std::time::Instant::now() + CLOSE_COMMIT_LIMIT;
+        let all: Vec<u32> = self.partitions.iter().map(|(p, _)| p).collect();
         let committed = loop {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
+            match consumer.context().commit(&consumer, CommitMode::Sync, &all) {
                 // Nothing stored since the last commit is not a failure.
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => break Ok(()),
-                Err(KafkaError::ConsumerCommit(code))
+                Ok(())
+                | Err(CommitError::Offsets(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
+                    break Ok(())
+                }
+                Err(CommitError::Offsets(KafkaError::ConsumerCommit(code)))
                     if retriable(code) && std::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(topic = %self.topic, %code, "commit on close refused; retrying");
                     let _ = consumer.poll(Duration::from_millis(50));
                 }
-                Err(error) => break Err(consumer.context().refusals.explain(error)),
+                Err(CommitError::Offsets(error)) => break Err(consumer.context().refusals.explain(error)),
+                Err(error @ CommitError::Aborted) => break Err(super::transport(error)),
             }
         };
         // Dropping the consumer closes it: it leaves the group now, not after a session timeout.

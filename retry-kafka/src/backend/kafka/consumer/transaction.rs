@@ -1,0 +1,414 @@
+//! Exactly-once hand-offs ([`KafkaBuilder::exactly_once`]): a consumer's own transactional
+//! producer, whose hand-offs and the offsets of the records they conclude commit in one Kafka
+//! transaction, sent with the consumer's group metadata (KIP-447: the group's generation fences
+//! a member that lost its partitions, so its transaction cannot commit).
+//!
+//! The poll thread commits (every commit interval, on a revoke, on close): it closes the gate
+//! (hand-offs made meanwhile wait, in order, and go into the next transaction), sends the
+//! acknowledged prefix of each partition as its offset with the records written above it as
+//! metadata (`written.rs`), commits, begins the next and opens the gate. A hand-off is sent only
+//! for a partition this member reads in the generation its record came from: one of a revoked
+//! partition, or of a transaction aborted since, is refused (its new reader runs the record).
+//!
+//! An abort (a write failed, the transaction timed out, the member was fenced) takes back every
+//! hand-off and offset since the last commit: the gate forgets its partitions, and the poll
+//! thread reads them again from their committed offsets (`poll/assignment.rs`, a rewind). A fatal error
+//! (the producer fenced by another with its id) makes a new producer.
+//!
+//! [`KafkaBuilder::exactly_once`]: crate::backend::kafka::KafkaBuilder::exactly_once
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer as _;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::poll::RawConsumer;
+use super::written::{Written, METADATA_LIMIT};
+use super::ByPartition;
+use crate::backend::kafka::transport;
+use crate::backend::kafka::writer::Writer;
+use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Position, Topic, Undelivered};
+
+/// How long a transaction's call (init, offsets, commit, abort) may take. The poll thread waits
+/// for it; librdkafka keeps the member in its group meanwhile.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `transaction.timeout.ms` unless the producer's properties set it.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a call that failed with a retriable error is made again.
+const RETRIES: usize = 3;
+
+/// A consumer's transactional producer and what its open transaction holds.
+pub(super) struct Transaction {
+    /// The source topic, whose offsets the transaction commits.
+    topic: String,
+    /// The producer's settings, to make a new one after a fatal error.
+    config: ClientConfig,
+    gate: Mutex<Gate>,
+}
+
+struct Gate {
+    writer: Arc<Writer>,
+    /// A transaction is open and not committing: hand-offs go in now, else they wait.
+    open: bool,
+    /// Hand-offs made while the gate was closed, in the order made.
+    queued: Vec<Queued>,
+    /// The partitions this member reads, in the generation whose records may hand off.
+    partitions: ByPartition<Owned>,
+    /// Something was written since the transaction began.
+    wrote: bool,
+}
+
+struct Owned {
+    generation: u64,
+    /// The records at or above the committed offset whose hand-offs are written.
+    written: Written,
+    /// The offset last committed (or read at the assignment).
+    committed: Option<u64>,
+}
+
+struct Queued {
+    id: HandOffId,
+    from: Position,
+    generation: u64,
+    to: Topic,
+    record: OutboundRecord,
+    reports: HandOffReports,
+}
+
+/// How a commit went.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// These partitions are committed through these offsets (the next to read).
+    Through(Vec<(u32, u64)>),
+    /// Nothing moved since the last commit: the transaction stays open.
+    Nothing,
+    /// A partition's map of written records is longer than a commit's metadata may be: the
+    /// transaction stays open until its acknowledged prefix catches up.
+    Waits,
+    /// Aborted: everything since the last commit is taken back; the partitions kept must be
+    /// read again from their committed offsets.
+    Aborted,
+}
+
+impl Transaction {
+    /// A transactional producer for the consumer of `topic` in `group`, its first transaction
+    /// begun. `config` is the cluster's producer settings.
+    pub(super) fn start(config: &ClientConfig, group: &str, topic: &str) -> Result<Self, KafkaError> {
+        let mut config = config.clone();
+        config.set("transactional.id", transactional_id(group, topic));
+        if config.get("transaction.timeout.ms").is_none() {
+            // A process killed mid-transaction leaves it open until this passes (its id dies
+            // with it, so no successor fences it sooner), and read_committed readers of what
+            // it wrote wait as long: Kafka Streams' exactly-once default, not the 60 s of
+            // librdkafka's.
+            config.set(
+                "transaction.timeout.ms",
+                TRANSACTION_TIMEOUT.as_millis().to_string(),
+            );
+        }
+        // librdkafka refuses a delivery timeout past the transaction's.
+        let limit = config
+            .get("transaction.timeout.ms")
+            .and_then(|ms| ms.parse::<u64>().ok());
+        let delivery = config
+            .get("message.timeout.ms")
+            .and_then(|ms| ms.parse::<u64>().ok());
+        if let (Some(limit), Some(delivery)) = (limit, delivery) {
+            if delivery > limit {
+                config.set("message.timeout.ms", limit.to_string());
+            }
+        }
+        let writer = begun(&config)?;
+        Ok(Self {
+            topic: topic.to_owned(),
+            config,
+            gate: Mutex::new(Gate {
+                writer: Arc::new(writer),
+                open: true,
+                queued: Vec::new(),
+                partitions: ByPartition::default(),
+                wrote: false,
+            }),
+        })
+    }
+
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a hand-off of the record at `from` (of assignment `generation`) into the open
+    /// transaction, or after it when the gate is closed; refused when the partition is no
+    /// longer read in that generation.
+    pub(super) fn hand_off(
+        &self,
+        id: HandOffId,
+        from: Position,
+        generation: u64,
+        to: Topic,
+        record: OutboundRecord,
+        reports: &HandOffReports,
+    ) {
+        let mut gate = self.gate();
+        if !gate.reads(from.partition, generation) {
+            drop(gate);
+            return reports.report(id, Err(stale(record)));
+        }
+        if !gate.open {
+            return gate.queued.push(Queued {
+                id,
+                from,
+                generation,
+                to,
+                record,
+                reports: reports.clone(),
+            });
+        }
+        gate.write(id, from, &to, record, reports);
+    }
+
+    /// This member reads `partition` in `generation`, committed through `committed` (if ever)
+    /// with `written` above it.
+    pub(super) fn assigned(&self, partition: u32, generation: u64, committed: Option<u64>, written: Written) {
+        self.gate().partitions.insert(
+            partition,
+            Owned {
+                generation,
+                written,
+                committed,
+            },
+        );
+    }
+
+    /// Commits the open transaction: hand-offs written so far and, per partition, `floors`
+    /// (the acknowledged prefix: the next offset to read) with the records written above it.
+    /// `leaving` are given up after the commit: their hand-offs waiting are refused.
+    pub(super) fn commit(&self, consumer: &RawConsumer, floors: &[(u32, u64)], leaving: &[u32]) -> Committed {
+        let (writer, offsets, through) = {
+            let mut gate = self.gate();
+            let mut offsets = TopicPartitionList::with_capacity(floors.len());
+            let mut through = Vec::new();
+            let mut too_long = false;
+            let wrote = gate.wrote;
+            for &(partition, floor) in floors {
+                let Some(owned) = gate.partitions.get_mut(partition) else {
+                    continue;
+                };
+                if owned.committed == Some(floor) && !wrote {
+                    continue;
+                }
+                let metadata = owned.written.encode(floor);
+                too_long |= metadata.len() > METADATA_LIMIT;
+                let added =
+                    offsets.add_partition_offset(&self.topic, partition as i32, Offset::Offset(floor as i64));
+                if added.is_ok() {
+                    if let Some(mut element) = offsets.find_partition(&self.topic, partition as i32) {
+                        element.set_metadata(metadata);
+                    }
+                    through.push((partition, floor));
+                }
+            }
+            if through.is_empty() && !gate.wrote {
+                gate.leave(leaving);
+                return Committed::Nothing;
+            }
+            if too_long && !leaving.is_empty() {
+                // Partitions going must commit now, and cannot: everything since the last
+                // commit is taken back, and what stays is read again.
+                tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata at a revoke; aborting");
+                let writer = gate.writer.clone();
+                gate.leave(leaving);
+                self.recover(
+                    &mut gate,
+                    &writer,
+                    KafkaError::ConsumerCommit(RDKafkaErrorCode::OffsetMetadataTooLarge),
+                );
+                return Committed::Aborted;
+            }
+            if too_long {
+                tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata; the transaction stays open");
+                gate.leave(leaving);
+                return Committed::Waits;
+            }
+            gate.open = false;
+            (gate.writer.clone(), offsets, through)
+        };
+        match self.end(consumer, &writer, &offsets) {
+            Ok(()) => {
+                let mut gate = self.gate();
+                for &(partition, floor) in &through {
+                    if let Some(owned) = gate.partitions.get_mut(partition) {
+                        owned.committed = Some(floor);
+                        owned.written.prune(floor);
+                    }
+                }
+                gate.leave(leaving);
+                gate.wrote = false;
+                match writer.producer().begin_transaction() {
+                    Ok(()) => {
+                        gate.reopen();
+                        Committed::Through(through)
+                    }
+                    Err(error) => {
+                        tracing::warn!(topic = %self.topic, %error, "beginning a transaction failed");
+                        self.recover(&mut gate, &writer, error);
+                        // Committed: the next reader starts after it; what was kept is read again.
+                        Committed::Aborted
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "the transaction did not commit; its hand-offs and offsets are taken back and its records read again");
+                let mut gate = self.gate();
+                self.recover(&mut gate, &writer, error);
+                Committed::Aborted
+            }
+        }
+    }
+
+    /// Sends the offsets and commits, calls failed with a retriable error made again.
+    fn end(
+        &self,
+        consumer: &RawConsumer,
+        writer: &Writer,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        let producer = writer.producer();
+        if offsets.count() > 0 {
+            // Only a consumer without a group.id has none, and every consumer here has one.
+            let group = consumer
+                .group_metadata()
+                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+            retried(|| producer.send_offsets_to_transaction(offsets, &group, CALL_TIMEOUT))?;
+        }
+        retried(|| producer.commit_transaction(CALL_TIMEOUT))
+    }
+
+    /// After a failed commit or begin: aborts (or, after a fatal error, makes a new producer),
+    /// begins again, refuses what waited and forgets every partition: the poll thread reads
+    /// them again and assigns them anew.
+    fn recover(&self, gate: &mut Gate, writer: &Writer, error: KafkaError) {
+        let fatal = matches!(&error, KafkaError::Transaction(error) if error.is_fatal());
+        let mut again = !fatal;
+        if again {
+            if let Err(error) = writer.producer().abort_transaction(CALL_TIMEOUT) {
+                tracing::warn!(topic = %self.topic, %error, "aborting the transaction failed; making a new producer");
+                again = false;
+            }
+        }
+        if again && writer.producer().begin_transaction().is_err() {
+            again = false;
+        }
+        if !again {
+            // Fenced, or in a state only a new producer leaves: the new one's init fences this
+            // one's transaction (same id) and aborts it.
+            match begun(&self.config) {
+                Ok(writer) => gate.writer = Arc::new(writer),
+                Err(error) => {
+                    tracing::error!(topic = %self.topic, %error, "a new transactional producer could not start; hand-offs fail until one does")
+                }
+            }
+        }
+        gate.partitions = ByPartition::default();
+        gate.wrote = false;
+        for queued in std::mem::take(&mut gate.queued) {
+            queued.reports.report(queued.id, Err(stale(queued.record)));
+        }
+        gate.open = true;
+    }
+}
+
+impl Gate {
+    fn reads(&self, partition: u32, generation: u64) -> bool {
+        self.partitions
+            .get(partition)
+            .is_some_and(|owned| owned.generation == generation)
+    }
+
+    fn write(
+        &mut self,
+        id: HandOffId,
+        from: Position,
+        to: &Topic,
+        record: OutboundRecord,
+        reports: &HandOffReports,
+    ) {
+        if let Some(owned) = self.partitions.get_mut(from.partition) {
+            owned.written.insert(from.offset);
+        }
+        self.wrote = true;
+        self.writer.hand_off(id, to, record, reports);
+    }
+
+    fn leave(&mut self, leaving: &[u32]) {
+        for &partition in leaving {
+            self.partitions.remove(partition);
+        }
+    }
+
+    /// Opens the gate: the hand-offs that waited go into the new transaction, in order.
+    fn reopen(&mut self) {
+        for Queued {
+            id,
+            from,
+            generation,
+            to,
+            record,
+            reports,
+        } in std::mem::take(&mut self.queued)
+        {
+            if self.reads(from.partition, generation) {
+                self.write(id, from, &to, record, &reports);
+            } else {
+                reports.report(id, Err(stale(record)));
+            }
+        }
+        self.open = true;
+    }
+}
+
+/// A producer with `config` (a `transactional.id` in it), its transactions initialised (which
+/// aborts what an earlier producer with the id left open) and the first begun.
+fn begun(config: &ClientConfig) -> Result<Writer, KafkaError> {
+    let writer = Writer::create(config)?;
+    retried(|| writer.producer().init_transactions(CALL_TIMEOUT))?;
+    writer.producer().begin_transaction()?;
+    Ok(writer)
+}
+
+/// `call`, made again while it fails with a retriable error, [`RETRIES`] times at most.
+fn retried(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(error)) if error.is_retriable() && tries < RETRIES => tries += 1,
+            result => return result,
+        }
+    }
+}
+
+/// A hand-off refused: its partition is no longer read in its record's generation.
+fn stale(record: OutboundRecord) -> Undelivered {
+    Undelivered::new(
+        transport("the partition was given up or its transaction aborted: its record is run again from the committed offset"),
+        record,
+    )
+}
+
+/// Unique per producer: with KIP-447 fencing rides on the group's generation, so the id need
+/// not be stable across restarts, only never shared by two live producers.
+fn transactional_id(group: &str, topic: &str) -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!(
+        "{group}.{topic}.{}-{nanos:x}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
+}

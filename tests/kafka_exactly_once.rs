@@ -1,0 +1,158 @@
+//! Exactly-once hand-offs (`Kafka::builder().exactly_once(true)`): the delivery contract holds
+//! with each consumer's hand-offs and offsets committed in Kafka transactions, on librdkafka's
+//! mock cluster and on Apache Kafka (one broker for the binary).
+
+mod conformance;
+mod kafka_support;
+mod process_support;
+
+use kafka_support::KafkaHarness;
+
+async fn apache_kafka_exactly_once() -> KafkaHarness {
+    KafkaHarness::on_shared_broker(|settings| settings.exactly_once(true)).await
+}
+
+mod apache_kafka {
+    use super::*;
+    conformance_suite!(apache_kafka_exactly_once);
+    key_order_suite!(apache_kafka_exactly_once);
+}
+
+// The kill -9 loop: 20,000 orders, the worker (`rk-worker`: every 7th order fails once, every
+// 50th from 13 on is invalid) killed with SIGKILL five times mid-run and started again, on a
+// broker of the test's own (the worker's topic and group are built in). Exactly-once on: not
+// one record twice in the retry level or the dead letters; off: what a kill repeats there, counted.
+
+mod kill_loop {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use crate::conformance::Harness;
+    use crate::kafka_support::KafkaHarness;
+    use crate::process_support::{order_id, wait_until_done, Order, Worker, DLQ, TOPIC};
+    use retry_kafka::prelude::*;
+
+    const ORDERS: u64 = 20_000;
+    const KILLS: usize = 5;
+    const RETRY: &str = "proc.orders.proc-workers.retry.1";
+
+    /// How often each id is in `topic`, read committed.
+    async fn copies(harness: &KafkaHarness, topic: &str) -> HashMap<u64, usize> {
+        let mut copies = HashMap::new();
+        for record in harness.records(topic).await {
+            *copies.entry(order_id(&record)).or_default() += 1;
+        }
+        copies
+    }
+
+    /// What the run wrote twice or more (ids and copies past the first) and what it missed.
+    struct Count {
+        repeated_ids: usize,
+        extra_copies: usize,
+        missing: Vec<u64>,
+    }
+
+    fn count(copies: &HashMap<u64, usize>, expected: impl Iterator<Item = u64>) -> Count {
+        let expected: Vec<u64> = expected.collect();
+        Count {
+            repeated_ids: copies.values().filter(|&&n| n > 1).count(),
+            extra_copies: copies.values().map(|&n| n.saturating_sub(1)).sum(),
+            missing: expected
+                .into_iter()
+                .filter(|id| !copies.contains_key(id))
+                .collect(),
+        }
+    }
+
+    /// Runs the loop with `KAFKA_EXACTLY_ONCE` set to `exactly_once`; returns the counts of the
+    /// retry level and the dead letters, and the repeated successful attempts.
+    async fn kill_loop(exactly_once: bool) -> (Count, Count, usize) {
+        let harness = KafkaHarness::on_own_broker(|settings| settings).await;
+        harness.create_topic(TOPIC, 4).await;
+        let producer = Producer::new(harness.backend());
+        let orders: Vec<Order> = (0..ORDERS).map(|id| Order { id }).collect();
+        for chunk in orders.chunks(1000) {
+            let sends = chunk.iter().map(|order| producer.send(order));
+            for sent in futures::future::join_all(sends).await {
+                sent.expect("publish an order");
+            }
+        }
+        let env = vec![
+            ("KAFKA_BROKERS", harness.backend.brokers().to_owned()),
+            ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()),
+            ("KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500".into()),
+            ("KAFKA_EXACTLY_ONCE", exactly_once.to_string()),
+            ("WORKER_HANDLER_MS", "1".into()),
+        ];
+        let mut workers: Vec<Worker> = Vec::new();
+        let started = Instant::now();
+        for kill in 0..KILLS {
+            let worker = Worker::spawn(&format!("w{kill}"), &env);
+            // A kill lands mid-run: after some attempts of this worker's own.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while worker.attempts().len() < 1500 {
+                assert!(Instant::now() < deadline, "worker {kill} did not get going");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            workers.push(worker);
+            workers.last_mut().expect("pushed").kill();
+        }
+        workers.push(Worker::spawn("last", &env));
+        let all: Vec<&Worker> = workers.iter().collect();
+        let (dead, repeats) = wait_until_done(&harness, &all, ORDERS).await;
+        let invalid = |id: &u64| id % 50 == 13;
+        assert_eq!(
+            dead,
+            (0..ORDERS).filter(invalid).collect(),
+            "exactly the invalid orders are dead-lettered"
+        );
+        // Every retry concluded (succeeded on its second attempt): its record is in the retry
+        // level, committed, however many workers were killed on the way.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let retried = |id: &u64| id.is_multiple_of(7) && !invalid(id);
+        while workers
+            .iter()
+            .flat_map(|w| w.attempts())
+            .filter(|a| a.1 == 2)
+            .map(|a| a.0)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            < (0..ORDERS).filter(retried).count()
+        {
+            assert!(Instant::now() < deadline, "retries never all ran");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let retry = count(&copies(&harness, RETRY).await, (0..ORDERS).filter(retried));
+        let dlq = count(&copies(&harness, DLQ).await, (0..ORDERS).filter(invalid));
+        eprintln!(
+            "kill -9 loop, exactly-once {}: {ORDERS} orders, {KILLS} kills in {:.1?}; retry level: {} ids written \
+             more than once ({} extra copies); dead letters: {} ids more than once ({} extra); {repeats} successful \
+             attempts repeated",
+            if exactly_once { "on" } else { "off" },
+            started.elapsed(),
+            retry.repeated_ids,
+            retry.extra_copies,
+            dlq.repeated_ids,
+            dlq.extra_copies,
+        );
+        assert!(retry.missing.is_empty(), "retries lost: {:?}", retry.missing);
+        assert!(dlq.missing.is_empty(), "dead letters lost: {:?}", dlq.missing);
+        (retry, dlq, repeats)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_five_times_exactly_once_writes_no_record_twice() {
+        let (retry, dlq, _) = kill_loop(true).await;
+        assert_eq!(
+            (retry.extra_copies, dlq.extra_copies),
+            (0, 0),
+            "records written twice to the retry level and the dead letters"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_five_times_at_least_once_loses_nothing_and_counts_its_repeats() {
+        // Its repeats are printed beside the exactly-once run's (README, "Exactly once").
+        kill_loop(false).await;
+    }
+}
