@@ -43,10 +43,13 @@
 //!    floors) in a process of its own: this binary started again with `BENCH_FRESH_SIDE`, one
 //!    run each, the sides' order rotating per round. In one process a run inherits what the
 //!    runs before it left resident, so the outage lines' RSS only compare within a round.
+//! 7. **exactly-once** (Kafka, not the mock cluster): the failures workload at least once and
+//!    with `exactly_once(true)`, alternating which goes first: exactly-once's drain rate, CPU per
+//!    event and settle time over at-least-once's.
 //!
 //! Rounds (`BENCH_ROUNDS`, 3) alternate, after `BENCH_WARMUP` (1) unmeasured rounds of the
 //! failures workload that warm the broker up; medians and the spread (min–max) are printed.
-//! `BENCH_ONLY=failures,outage,outage-rss,lateness,idle,peer` picks workloads; `BENCH_WINDOW` sets the
+//! `BENCH_ONLY=failures,outage,outage-rss,lateness,idle,peer,exactly-once` picks workloads; `BENCH_WINDOW` sets the
 //! hand-off window (and the plain producer's), `BENCH_FETCH_WAIT_MS` the consumers'
 //! `fetch.wait.max.ms`, `BENCH_RETRY_FETCH_WAIT_MS` the retry levels' (`retry_fetch_wait`), `BENCH_COMMIT_INTERVAL_MS`, `BENCH_COMMIT_RECORDS` and
 //! `BENCH_AT_RISK_RECORDS` the Kafka builder's settings of those names, `BENCH_PRODUCER=linger.ms=20,...` producer properties (the app's and the
@@ -1247,6 +1250,50 @@ async fn lateness_runs<X: Bench>(bench: &X) {
     lateness(bench, "burst", 20_000, Duration::ZERO).await;
 }
 
+/// Workload 7: the failures workload at least once and exactly once, alternating.
+async fn exactly_once(bench: &KafkaBench) {
+    let transactional = kafka_builder(&bench.bootstrap)
+        .exactly_once(true)
+        .build()
+        .unwrap();
+    let (mut plain, mut exact) = (Vec::new(), Vec::new());
+    for round in 0..*ROUNDS {
+        for exactly in [round % 2 == 1, round % 2 == 0] {
+            bench.reset("bench-fail").await;
+            let (backend, runs, name, offset) = match exactly {
+                true => (transactional.clone(), &mut exact, "exactly once ", 3000),
+                false => (bench.backend(), &mut plain, "at least once", 2000),
+            };
+            let run = run_charge(backend, Mode::Failures, offset + round).await;
+            println!(
+                "kafka round {round}: {name}  drain {:>8.0} ev/s  {:>5.2} CPU-µs/ev  settle {:>6.2} s",
+                run.drain_rate(),
+                run.cpu_us(),
+                run.settle.as_secs_f64()
+            );
+            runs.push(run);
+        }
+    }
+    let ratios = |f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+        exact.iter().zip(&plain).map(|(e, p)| f(e) / f(p)).collect()
+    };
+    let (drain, cpu, settle) = (
+        ratios(&Run::drain_rate),
+        ratios(&Run::cpu_us),
+        ratios(&|run: &Run| run.settle.as_secs_f64()),
+    );
+    println!(
+        "median (kafka) exactly once vs at least once, 10% once + 1% always: drain {:.2}× (spread {}), CPU per \
+         event {:.2}× ({}), settle {:.2}× ({})",
+        median(&drain),
+        spread(&drain),
+        median(&cpu),
+        spread(&cpu),
+        median(&settle),
+        spread(&settle)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     if let Ok(side) = std::env::var("BENCH_FRESH_SIDE") {
@@ -1281,6 +1328,9 @@ async fn main() {
         }
         if wants("peer") {
             peer(&bench).await;
+        }
+        if wants("exactly-once") && !bench.broker.is_embedded() {
+            exactly_once(&bench).await;
         }
     }
     if backend == "memory" {

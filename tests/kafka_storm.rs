@@ -5,9 +5,11 @@
 //! handled on every partition (none was left paused) and the group's lag on the main and the
 //! retry topic is 0. Repeats (at least once) are counted and printed.
 //!
-//! Run once with the classic group protocol (cooperative-sticky assignment) and once with the
+//! Run once with the classic group protocol (cooperative-sticky assignment), once with the
 //! consumer group protocol of KIP-848 (`group.protocol=consumer`), which librdkafka 2.12 and
-//! Apache Kafka 4 support; each test on a broker of its own, one after the other.
+//! Apache Kafka 4 support, and once with the classic protocol and exactly-once hand-offs
+//! (`KAFKA_EXACTLY_ONCE`), where no record may be in the retry level or the dead letters twice;
+//! each test on a broker of its own, one after the other.
 
 mod conformance;
 mod kafka_support;
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 use conformance::Harness;
 use kafka_support::KafkaHarness;
 use process_support::{
-    expected_dead, publish_orders, storm as storm_workers, wait_until_done, Storm, Worker, TOPIC,
+    expected_dead, order_id, publish_orders, storm as storm_workers, wait_until_done, Storm, Worker, DLQ,
+    TOPIC,
 };
 use retry_kafka::backend::kafka::Kafka;
 use retry_kafka_suite::ApacheKafka;
@@ -39,7 +42,7 @@ enum Protocol {
     Consumer,
 }
 
-async fn storm(protocol: Protocol) {
+async fn storm(protocol: Protocol, exactly_once: bool) {
     let _turn = ONE_STORM.lock().await;
     kafka_support::init_tracing();
     // The consumer protocol's session and heartbeat are the broker's (45 s and 5 s by
@@ -72,6 +75,7 @@ async fn storm(protocol: Protocol) {
         }
         Protocol::Consumer => env.push(("KAFKA_CONSUMER_GROUP_PROTOCOL", "consumer".into())),
     }
+    env.push(("KAFKA_EXACTLY_ONCE", exactly_once.to_string()));
     let spawn = |name: &str| Worker::spawn(name, &env);
 
     let started = Instant::now();
@@ -114,16 +118,30 @@ async fn storm(protocol: Protocol) {
     for (topic, group) in [(TOPIC, "proc-workers"), (RETRY_TOPIC, RETRY_TOPIC)] {
         assert_lag_is_zero(&harness, topic, group).await;
     }
+    // Records written more than once: a hand-off repeated after a kill or a revoke.
+    let mut twice = 0;
+    for topic in [RETRY_TOPIC, DLQ] {
+        let mut ids = std::collections::HashMap::<u64, usize>::new();
+        for record in harness.records(topic).await {
+            *ids.entry(order_id(&record)).or_default() += 1;
+        }
+        twice += ids.values().map(|&n| n - 1).sum::<usize>();
+    }
     eprintln!(
-        "rebalance storm ({}): {total} orders over {:.0} s with {joins} joins, {leaves} SIGTERM leaves and {kills} \
-         SIGKILLs: lost 0, {} dead-lettered as expected, {repeats} repeated successes; lag 0",
+        "rebalance storm ({}{}): {total} orders over {:.0} s with {joins} joins, {leaves} SIGTERM leaves and \
+         {kills} SIGKILLs: lost 0, {} dead-lettered as expected, {repeats} repeated successes, {twice} records \
+         written twice to the retry level and the dead letters; lag 0",
         match protocol {
             Protocol::Classic => "classic protocol",
             Protocol::Consumer => "consumer protocol, KIP-848",
         },
+        if exactly_once { ", exactly-once" } else { "" },
         STORM.as_secs_f64(),
         dead.len()
     );
+    if exactly_once {
+        assert_eq!(twice, 0, "records written twice with exactly-once on");
+    }
 }
 
 /// Waits (30 s at most) until `group` has committed every partition of `topic` to its end.
@@ -145,10 +163,15 @@ async fn assert_lag_is_zero(harness: &KafkaHarness, topic: &str, group: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_storm_on_the_classic_protocol_loses_nothing() {
-    storm(Protocol::Classic).await;
+    storm(Protocol::Classic, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_with_exactly_once_writes_no_record_twice() {
+    storm(Protocol::Classic, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_storm_on_the_consumer_protocol_loses_nothing() {
-    storm(Protocol::Consumer).await;
+    storm(Protocol::Consumer, false).await;
 }
