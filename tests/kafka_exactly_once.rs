@@ -133,8 +133,15 @@ mod kill_loop {
         let (harness, env) = orders_on_own_broker(exactly_once).await;
         let mut workers: Vec<Worker> = Vec::new();
         let started = Instant::now();
+        // Names of this run's own: a worker's log is named after it, and the other runs of this
+        // binary go on beside this one.
+        let mode = if exactly_once {
+            "exactly-once"
+        } else {
+            "at-least-once"
+        };
         for kill in 0..KILLS {
-            let mut worker = Worker::spawn(&format!("w{kill}"), &env);
+            let mut worker = Worker::spawn(&format!("{mode}-w{kill}"), &env);
             let deadline = Instant::now() + Duration::from_secs(90);
             while worker.attempts().len() < 1500 {
                 assert!(Instant::now() < deadline, "worker {kill} did not get going");
@@ -143,7 +150,7 @@ mod kill_loop {
             worker.kill();
             workers.push(worker);
         }
-        workers.push(Worker::spawn("last", &env));
+        workers.push(Worker::spawn(&format!("{mode}-last"), &env));
         let run = format!(
             "kill -9 loop, exactly-once {}: {ORDERS} orders, {KILLS} kills in {:.1?}",
             if exactly_once { "on" } else { "off" },

@@ -78,7 +78,8 @@ impl KafkaBuilder {
     }
 
     /// Settled records after which a consumer commits without waiting for
-    /// [`commit_interval`](Self::commit_interval) (default 1000; at least 1).
+    /// [`commit_interval`](Self::commit_interval) (default 1000; at least 1). Not used with
+    /// [`exactly_once`](Self::exactly_once), whose transactions commit every interval.
     ///
     /// ```
     /// use retry_kafka::backend::kafka::Kafka;
@@ -146,7 +147,8 @@ impl KafkaBuilder {
     /// Exactly-once hand-offs (default off): each consumer's hand-offs to retry levels and the
     /// dead letters, and the offsets of the records they conclude, commit in one Kafka
     /// transaction (its own transactional producer; the group's metadata fences a member that
-    /// lost its partitions), every [`commit_interval`](Self::commit_interval). A crash or a
+    /// lost its partitions), every [`commit_interval`](Self::commit_interval) (on a thread of
+    /// its own, so the consumer goes on fetching; not after a count of records). A crash or a
     /// rebalance then writes no record twice to a retry level or the dead letters; a handler's
     /// own side effects stay at least once. Not with [`retry_brokers`](Self::retry_brokers): a
     /// transaction stays on one cluster; nor on the embedded cluster, whose mock brokers keep

@@ -31,6 +31,7 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::{mpsc, oneshot};
 
 mod commits;
+mod committer;
 mod poll;
 mod rebalance;
 mod settle;
@@ -47,6 +48,7 @@ use crate::backend::{
 };
 use crate::error::BackendError;
 use crate::headers::Headers;
+use committer::Committer;
 use poll::{PollThread, RawConsumer};
 use rebalance::RebalanceLog;
 use settle::Settlement;
@@ -314,7 +316,11 @@ impl KafkaConsumer {
                 Membership::Joins(followers) => followers.clone(),
                 Membership::Follows => None,
             },
-            transaction.clone(),
+            transaction
+                .clone()
+                .map(|transaction| Committer::start(transaction, &name))
+                .transpose()
+                .map_err(transport)?,
         );
         let mut config = config(brokers, &subscription.group, properties);
         if transaction.is_some() {

@@ -12,8 +12,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use super::commits::AckRequest;
+use super::committer::Committer;
 use super::settle::Settlement;
-use super::transaction::{Committed, Transaction};
+use super::transaction::Committed;
 use crate::backend::follow::Followers;
 use crate::backend::kafka::Refusals;
 
@@ -42,8 +43,9 @@ pub(super) struct RebalanceLog {
     pub(super) stale_below: Arc<AtomicU64>,
     /// The consumers that read what this one is assigned (a key-ordered handler's levels).
     pub(super) followers: Option<Arc<Followers>>,
-    /// Exactly-once: the transaction that commits this consumer's hand-offs and offsets.
-    pub(super) transaction: Option<Arc<Transaction>>,
+    /// Exactly-once: the transaction that commits this consumer's hand-offs and offsets, and
+    /// the thread its commits run on.
+    pub(super) transaction: Option<Committer>,
     /// A transaction aborted: the partitions kept are to be read again from their committed
     /// offsets (the poll thread's next round).
     pub(super) rewind: AtomicBool,
@@ -71,7 +73,7 @@ impl RebalanceLog {
         commits_behind: Arc<AtomicBool>,
         stale_below: Arc<AtomicU64>,
         followers: Option<Arc<Followers>>,
-        transaction: Option<Arc<Transaction>>,
+        transaction: Option<Committer>,
     ) -> Self {
         RebalanceLog {
             followers,
@@ -108,11 +110,49 @@ impl RebalanceLog {
         mode: CommitMode,
         leaving: &[u32],
     ) -> Result<(), CommitError> {
-        let Some(transaction) = &self.transaction else {
+        let Some(committer) = &self.transaction else {
             return Ok(consumer.commit_consumer_state(mode)?);
         };
+        // The commit under way on the committer thread first: one at a time, in order.
+        if let Some(earlier) = committer.wait() {
+            self.committed(earlier)?;
+        }
         let floors = self.settlement().floors();
-        match transaction.commit(consumer, &floors, leaving) {
+        self.committed(committer.transaction().commit(consumer, &floors, leaving))
+    }
+
+    /// Exactly-once: starts a commit of the transaction on the committer thread (its outcome
+    /// is taken by [`take_committed`](Self::take_committed)). False when one is under way.
+    pub(super) fn commit_in_background(&self, consumer: &BaseConsumer<Self>) -> bool {
+        let Some(committer) = &self.transaction else {
+            return false;
+        };
+        if committer.busy() {
+            return false;
+        }
+        let floors = self.settlement().floors();
+        match committer.transaction().prepare(consumer, &floors, &[]) {
+            Ok(ready) => committer.submit(ready),
+            Err(outcome) => {
+                let _ = self.committed(outcome);
+            }
+        }
+        true
+    }
+
+    /// Exactly-once: the outcome of the commit the committer thread finished, if any.
+    pub(super) fn take_committed(&self) {
+        if let Some(outcome) = self.transaction.as_ref().and_then(Committer::take) {
+            if let Err(error) = self.committed(outcome) {
+                tracing::debug!(topic = %self.topic, %error, "commit");
+            }
+        }
+    }
+
+    /// What a transaction's commit means for the settled records: committed through its
+    /// offsets, or (aborted) to be read again.
+    fn committed(&self, outcome: Committed) -> Result<(), CommitError> {
+        match outcome {
             Committed::Through(through) => {
                 let now = Instant::now();
                 let mut settlement = self.settlement();

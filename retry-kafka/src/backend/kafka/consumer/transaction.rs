@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::{Consumer as _, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -78,6 +78,15 @@ struct Queued {
     to: Topic,
     record: OutboundRecord,
     reports: HandOffReports,
+}
+
+/// What a commit sends, taken from the gate by the poll thread.
+pub(super) struct Ready {
+    writer: Arc<Writer>,
+    offsets: TopicPartitionList,
+    group: Option<ConsumerGroupMetadata>,
+    through: Vec<(u32, u64)>,
+    leaving: Vec<u32>,
 }
 
 /// How a commit went.
@@ -184,60 +193,93 @@ impl Transaction {
         );
     }
 
-    /// Commits the open transaction: hand-offs written so far and, per partition, `floors`
-    /// (the acknowledged prefix: the next offset to read) with the records written above it.
-    /// `leaving` are given up after the commit: their hand-offs waiting are refused.
+    /// Commits the open transaction here and now: hand-offs written so far and, per
+    /// partition, `floors` (the acknowledged prefix: the next offset to read) with the records
+    /// written above it. `leaving` are given up after the commit: their hand-offs waiting are
+    /// refused.
     pub(super) fn commit(&self, consumer: &RawConsumer, floors: &[(u32, u64)], leaving: &[u32]) -> Committed {
-        let (writer, offsets, through) = {
-            let mut gate = self.gate();
-            let mut offsets = TopicPartitionList::with_capacity(floors.len());
-            let mut through = Vec::new();
-            let mut too_long = false;
-            let wrote = gate.wrote;
-            for &(partition, floor) in floors {
-                let Some(owned) = gate.partitions.get_mut(partition) else {
-                    continue;
-                };
-                if owned.committed == Some(floor) && !wrote {
-                    continue;
+        match self.prepare(consumer, floors, leaving) {
+            Ok(ready) => self.finish(ready),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// The poll thread's part of a commit: closes the gate and takes what to commit (the
+    /// offsets with their written maps, the group's metadata). `Err` when there is nothing to
+    /// commit, or it cannot be (with what that means).
+    pub(super) fn prepare(
+        &self,
+        consumer: &RawConsumer,
+        floors: &[(u32, u64)],
+        leaving: &[u32],
+    ) -> Result<Ready, Committed> {
+        let mut gate = self.gate();
+        let mut offsets = TopicPartitionList::with_capacity(floors.len());
+        let mut through = Vec::new();
+        let mut too_long = false;
+        let wrote = gate.wrote;
+        for &(partition, floor) in floors {
+            let Some(owned) = gate.partitions.get_mut(partition) else {
+                continue;
+            };
+            if owned.committed == Some(floor) && !wrote {
+                continue;
+            }
+            let metadata = owned.written.encode(floor);
+            too_long |= metadata.len() > METADATA_LIMIT;
+            let added =
+                offsets.add_partition_offset(&self.topic, partition as i32, Offset::Offset(floor as i64));
+            if added.is_ok() {
+                if let Some(mut element) = offsets.find_partition(&self.topic, partition as i32) {
+                    element.set_metadata(metadata);
                 }
-                let metadata = owned.written.encode(floor);
-                too_long |= metadata.len() > METADATA_LIMIT;
-                let added =
-                    offsets.add_partition_offset(&self.topic, partition as i32, Offset::Offset(floor as i64));
-                if added.is_ok() {
-                    if let Some(mut element) = offsets.find_partition(&self.topic, partition as i32) {
-                        element.set_metadata(metadata);
-                    }
-                    through.push((partition, floor));
-                }
+                through.push((partition, floor));
             }
-            if through.is_empty() && !gate.wrote {
-                gate.leave(leaving);
-                return Committed::Nothing;
-            }
-            if too_long && !leaving.is_empty() {
-                // Partitions going must commit now, and cannot: everything since the last
-                // commit is taken back, and what stays is read again.
-                tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata at a revoke; aborting");
-                let writer = gate.writer.clone();
-                gate.leave(leaving);
-                self.recover(
-                    &mut gate,
-                    &writer,
-                    KafkaError::ConsumerCommit(RDKafkaErrorCode::OffsetMetadataTooLarge),
-                );
-                return Committed::Aborted;
-            }
-            if too_long {
-                tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata; the transaction stays open");
-                gate.leave(leaving);
-                return Committed::Waits;
-            }
-            gate.open = false;
-            (gate.writer.clone(), offsets, through)
-        };
-        match self.end(consumer, &writer, &offsets) {
+        }
+        if through.is_empty() && !wrote {
+            gate.leave(leaving);
+            return Err(Committed::Nothing);
+        }
+        if too_long && !leaving.is_empty() {
+            // Partitions going must commit now, and cannot: everything since the last commit
+            // is taken back, and what stays is read again.
+            tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata at a revoke; aborting");
+            let writer = gate.writer.clone();
+            drop(gate);
+            self.recover(
+                &writer,
+                KafkaError::ConsumerCommit(RDKafkaErrorCode::OffsetMetadataTooLarge),
+            );
+            return Err(Committed::Aborted);
+        }
+        if too_long {
+            tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata; the transaction stays open");
+            gate.leave(leaving);
+            return Err(Committed::Waits);
+        }
+        // Only a consumer without a group.id has none, and every consumer here has one.
+        let group = (!through.is_empty()).then(|| consumer.group_metadata()).flatten();
+        gate.open = false;
+        Ok(Ready {
+            writer: gate.writer.clone(),
+            offsets,
+            group,
+            through,
+            leaving: leaving.to_vec(),
+        })
+    }
+
+    /// The rest of a commit, which waits for the broker (on the committer thread, or here):
+    /// sends the offsets, commits, begins the next transaction and opens the gate; or recovers.
+    pub(super) fn finish(&self, ready: Ready) -> Committed {
+        let Ready {
+            writer,
+            offsets,
+            group,
+            through,
+            leaving,
+        } = ready;
+        match end(&writer, &offsets, group.as_ref()) {
             Ok(()) => {
                 let mut gate = self.gate();
                 for &(partition, floor) in &through {
@@ -246,16 +288,18 @@ impl Transaction {
                         owned.written.prune(floor);
                     }
                 }
-                gate.leave(leaving);
+                gate.leave(&leaving);
                 gate.wrote = false;
+                // Local (no request): it may be made under the lock.
                 match writer.producer().begin_transaction() {
                     Ok(()) => {
                         gate.reopen();
                         Committed::Through(through)
                     }
                     Err(error) => {
+                        drop(gate);
                         tracing::warn!(topic = %self.topic, %error, "beginning a transaction failed");
-                        self.recover(&mut gate, &writer, error);
+                        self.recover(&writer, error);
                         // Committed: the next reader starts after it; what was kept is read again.
                         Committed::Aborted
                     }
@@ -263,35 +307,27 @@ impl Transaction {
             }
             Err(error) => {
                 tracing::warn!(topic = %self.topic, %error, "the transaction did not commit; its hand-offs and offsets are taken back and its records read again");
-                let mut gate = self.gate();
-                self.recover(&mut gate, &writer, error);
+                self.recover(&writer, error);
                 Committed::Aborted
             }
         }
     }
 
-    /// Sends the offsets and commits, calls failed with a retriable error made again.
-    fn end(
-        &self,
-        consumer: &RawConsumer,
-        writer: &Writer,
-        offsets: &TopicPartitionList,
-    ) -> Result<(), KafkaError> {
-        let producer = writer.producer();
-        if offsets.count() > 0 {
-            // Only a consumer without a group.id has none, and every consumer here has one.
-            let group = consumer
-                .group_metadata()
-                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
-            retried(|| producer.send_offsets_to_transaction(offsets, &group, CALL_TIMEOUT))?;
+    /// After a failed commit or begin: forgets every partition (so every hand-off is refused
+    /// until the poll thread has read them again and assigned them anew) and refuses what
+    /// waited, then aborts (or, after a fatal error, makes a new producer) and begins again.
+    /// The gate's lock is not held while the broker is asked: a hand-off never waits for it.
+    fn recover(&self, writer: &Writer, error: KafkaError) {
+        let waited = {
+            let mut gate = self.gate();
+            gate.partitions = ByPartition::default();
+            gate.wrote = false;
+            gate.open = true;
+            std::mem::take(&mut gate.queued)
+        };
+        for queued in waited {
+            queued.reports.report(queued.id, Err(stale(queued.record)));
         }
-        retried(|| producer.commit_transaction(CALL_TIMEOUT))
-    }
-
-    /// After a failed commit or begin: aborts (or, after a fatal error, makes a new producer),
-    /// begins again, refuses what waited and forgets every partition: the poll thread reads
-    /// them again and assigns them anew.
-    fn recover(&self, gate: &mut Gate, writer: &Writer, error: KafkaError) {
         let fatal = matches!(&error, KafkaError::Transaction(error) if error.is_fatal());
         let mut again = !fatal;
         if again {
@@ -307,18 +343,11 @@ impl Transaction {
             // Fenced, or in a state only a new producer leaves: the new one's init fences this
             // one's transaction (same id) and aborts it.
             match begun(&self.config) {
-                Ok(writer) => gate.writer = Arc::new(writer),
-                Err(error) => {
-                    tracing::error!(topic = %self.topic, %error, "a new transactional producer could not start; hand-offs fail until one does")
-                }
+                Ok(writer) => self.gate().writer = Arc::new(writer),
+                Err(error) => tracing::error!(topic = %self.topic, %error,
+                    "a new transactional producer could not start; hand-offs fail until one does"),
             }
         }
-        gate.partitions = ByPartition::default();
-        gate.wrote = false;
-        for queued in std::mem::take(&mut gate.queued) {
-            queued.reports.report(queued.id, Err(stale(queued.record)));
-        }
-        gate.open = true;
     }
 }
 
@@ -369,6 +398,21 @@ impl Gate {
         }
         self.open = true;
     }
+}
+
+/// Sends the offsets (with the group's metadata: KIP-447) and commits; calls that failed with
+/// a retriable error are made again.
+fn end(
+    writer: &Writer,
+    offsets: &TopicPartitionList,
+    group: Option<&ConsumerGroupMetadata>,
+) -> Result<(), KafkaError> {
+    let producer = writer.producer();
+    if offsets.count() > 0 {
+        let group = group.ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+        retried(|| producer.send_offsets_to_transaction(offsets, group, CALL_TIMEOUT))?;
+    }
+    retried(|| producer.commit_transaction(CALL_TIMEOUT))
 }
 
 /// A producer with `config` (a `transactional.id` in it), its transactions initialised (which

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Assigned, PollThread, RawConsumer, COMMITTED_TIMEOUT, COMMITTED_TRIES};
+use super::{Assigned, PollThread, RawConsumer, COMMITTED_BACKOFF, COMMITTED_TIMEOUT};
 use crate::backend::follow::Following;
 use crate::backend::kafka::consumer::rebalance::RebalanceEvent;
 use crate::backend::kafka::consumer::written::Written;
@@ -109,11 +109,13 @@ impl PollThread {
                 .unwrap_or_default();
             let mut settlement = context.settlement();
             settlement.assigned(partition, generation);
-            if let Some(transaction) = &context.transaction {
+            if let Some(committer) = &context.transaction {
                 if let Some(committed) = committed {
                     settlement.started(partition, committed);
                 }
-                transaction.assigned(partition, generation, committed, skip.clone());
+                committer
+                    .transaction()
+                    .assigned(partition, generation, committed, skip.clone());
             }
             drop(settlement);
             self.partitions.insert(
@@ -154,19 +156,15 @@ impl PollThread {
     /// offsets, so a transaction still committing is waited for (read_committed).
     fn committed(&self, consumer: &RawConsumer, partitions: &[u32]) -> Vec<(u32, Option<u64>, Written)> {
         let list = self.list(partitions);
-        let mut tries = 0;
+        // Until they are read: without them a partition would start without skipping what was
+        // handed on (twice) or, after an abort, where the fetch was (lost). librdkafka waits for
+        // the same offsets before it fetches anything; the group's heartbeats go on meanwhile.
         let read = loop {
             match consumer.committed_offsets(list.clone(), COMMITTED_TIMEOUT) {
                 Ok(read) => break read,
-                Err(error) if tries < COMMITTED_TRIES => {
-                    tries += 1;
-                    tracing::warn!(topic = %self.topic, ?partitions, %error, "reading the committed offsets failed; trying again");
-                }
                 Err(error) => {
-                    // Read as never committed: records whose hand-offs were written above the
-                    // committed offset would be handed on again.
-                    tracing::error!(topic = %self.topic, ?partitions, %error, "reading the committed offsets failed; their partitions start without skipping what was handed on");
-                    return Vec::new();
+                    tracing::warn!(topic = %self.topic, ?partitions, %error, "reading the committed offsets failed; trying again");
+                    std::thread::sleep(COMMITTED_BACKOFF);
                 }
             }
         };

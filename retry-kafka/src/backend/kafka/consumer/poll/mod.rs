@@ -68,8 +68,8 @@ pub(super) struct PollThread {
 
 /// How long one read of the committed offsets waits (exactly-once, at an assignment)...
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
-/// ...and how many times a failed one is made again.
-const COMMITTED_TRIES: usize = 3;
+/// ...and how long after a failed one the next is made.
+const COMMITTED_BACKOFF: Duration = Duration::from_millis(500);
 
 /// How long after a hold or a resume polls wait only [`HELD_POLL_WAIT`].
 const CYCLING: Duration = Duration::from_millis(100);
@@ -107,6 +107,8 @@ impl PollThread {
             if let Err(reply) = self.drain_commands(&consumer) {
                 return self.close(consumer, reply);
             }
+            // Exactly-once: how the commit on the committer thread went (an abort rewinds).
+            consumer.context().take_committed();
             if consumer.context().rewind.swap(false, Ordering::AcqRel) {
                 self.rewind(&consumer);
             }
@@ -212,12 +214,17 @@ impl PollThread {
             }
             return;
         }
-        self.commits.started(now);
-        self.acks_asked = false;
-        if let Err(error) = context.commit(consumer, CommitMode::Async, &[]) {
+        if context.transaction.is_some() {
+            // On the committer thread; one under way: this one starts after it.
+            if !context.commit_in_background(consumer) {
+                return;
+            }
+        } else if let Err(error) = context.commit(consumer, CommitMode::Async, &[]) {
             // Tried again at the next interval, with whatever was settled by then.
             tracing::debug!(topic = %self.topic, %error, "commit not started");
         }
+        self.commits.started(now);
+        self.acks_asked = false;
     }
 
     /// Says whether settled work waits past its bound for a commit, and logs when that changes.
