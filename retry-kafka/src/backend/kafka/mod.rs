@@ -136,10 +136,13 @@ impl Kafka {
     ///
     /// ```
     /// use std::sync::Arc;
+    /// use std::time::Duration;
     /// use retry_kafka::backend::kafka::{EmbeddedKafka, Kafka};
     ///
     /// let cluster = Arc::new(EmbeddedKafka::start(1)?);
-    /// let kafka = Kafka::embedded_builder(cluster).exactly_once(true).build()?;
+    /// let kafka = Kafka::embedded_builder(cluster)
+    ///     .commit_interval(Duration::from_millis(50))
+    ///     .build()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn embedded_builder(cluster: Arc<EmbeddedKafka>) -> KafkaBuilder {
