@@ -1014,11 +1014,14 @@ impl RedisServer {
         for _ in 0..5 {
             let mut server = make(free_ports());
             std::fs::create_dir_all(&server.dir).expect("redis data directory");
-            server.launch();
-            if server.is_ours() {
-                return server;
+            match server.try_launch() {
+                Ok(()) if server.is_ours() => return server,
+                Ok(()) => server.kill(),
+                // A port taken by another test's server between `free_ports` and the bind
+                // (the cluster bus port too): the server exits at once; others are tried.
+                Err(log) if log.contains("Address already in use") => server.kill(),
+                Err(log) => panic!("redis-server exited before it listened; log: {log}"),
             }
-            server.kill();
         }
         panic!("five redis-servers in a row found their port taken by another process");
     }
@@ -1150,6 +1153,13 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
+        if let Err(log) = self.try_launch() {
+            panic!("redis-server exited before it listened; log: {log}");
+        }
+    }
+
+    /// Starts the server and waits until it listens; `Err(its log)` when it exits first.
+    fn try_launch(&mut self) -> Result<(), String> {
         let log = self.dir.join("server.log");
         let mut command = Command::new(Self::binary());
         if let Some(config) = &self.sentinel {
@@ -1213,10 +1223,11 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                panic!(
-                    "redis-server exited with {status}; log: {}",
+                self.child = None;
+                return Err(format!(
+                    "{status}; {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -1225,6 +1236,7 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
     }
 }
 

@@ -92,8 +92,16 @@ impl PostgresServer {
         if let Some(tls) = tls {
             server.configure_tls(tls);
         }
-        server.launch();
-        server
+        // A port taken by another test's server between `free_ports` and the bind: postgres
+        // exits at once, and is started again on another.
+        for _ in 0..5 {
+            match server.try_launch() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => [server.port] = free_ports(),
+                Err(log) => panic!("postgres exited before it accepted connections; log: {log}"),
+            }
+        }
+        panic!("five postgres servers in a row found their port taken by another process");
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -208,7 +216,9 @@ impl PostgresServer {
         std::io::Write::write_all(&mut file, conf.as_bytes()).expect("write postgresql.conf");
     }
 
-    fn launch(&mut self) {
+    /// Starts the server and waits until it accepts connections; `Err(its log)` when it exits
+    /// first.
+    fn try_launch(&mut self) -> Result<(), String> {
         let log = self.dir.join("server.log");
         let mut postgres = Self::command(&Self::bin_dir().join("postgres"));
         postgres
@@ -236,10 +246,11 @@ impl PostgresServer {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("ready to accept connections") {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                panic!("postgres exited with {status}; log: {text}");
+                self.child = None;
+                return Err(format!("{status}; {text}"));
             }
             assert!(
                 Instant::now() < deadline,
