@@ -20,8 +20,10 @@ mod apache_kafka {
 
 // The kill -9 loop: 20,000 orders, the worker (`rk-worker`: every 7th order fails once, every
 // 50th from 13 on is invalid) killed with SIGKILL five times mid-run and started again, on a
-// broker of the test's own (the worker's topic and group are built in). Exactly-once on: not
-// one record twice in the retry level or the dead letters; off: what a kill repeats there, counted.
+// broker of the test's own (the worker's topic and group are built in); each success emits a
+// shipment (a consume, transform, produce handler). Exactly-once on: not one record twice in the
+// retry level, the dead letters or the shipments (read committed here and by confluent-kafka);
+// off: what a kill repeats there, counted.
 
 mod kill_loop {
     use std::collections::HashMap;
@@ -35,6 +37,8 @@ mod kill_loop {
     const ORDERS: u64 = 20_000;
     const KILLS: usize = 5;
     const RETRY: &str = "proc.orders.proc-workers.retry.1";
+    /// What the worker's successful attempts emit (`WORKER_OUTPUT`).
+    const SHIPMENTS: &str = "proc.shipments";
 
     /// How often each id is in `topic`, read committed.
     async fn copies(harness: &KafkaHarness, topic: &str) -> HashMap<u64, usize> {
@@ -68,6 +72,7 @@ mod kill_loop {
     async fn orders_on_own_broker(exactly_once: bool) -> (KafkaHarness, Vec<(&'static str, String)>) {
         let harness = KafkaHarness::on_own_broker(|settings| settings).await;
         harness.create_topic(TOPIC, 4).await;
+        harness.create_topic(SHIPMENTS, 4).await;
         let producer = Producer::new(harness.backend());
         let orders: Vec<Order> = (0..ORDERS).map(|id| Order { id }).collect();
         for chunk in orders.chunks(1000) {
@@ -83,14 +88,23 @@ mod kill_loop {
             ("KAFKA_EXACTLY_ONCE", exactly_once.to_string()),
             // ~1 ms an attempt: ~20 s of work, so kills land mid-run.
             ("WORKER_HANDLER_MS", "1".into()),
+            // Each success emits a shipment: a consume, transform, produce handler.
+            ("WORKER_OUTPUT", "1".into()),
         ];
         (harness, env)
     }
 
-    /// Waits until every order is done and every retry ran, then counts the retry level and the
-    /// dead letters (read committed) and checks nothing was lost. Returns those counts and the
-    /// repeated successful attempts.
-    async fn settled(harness: &KafkaHarness, workers: &[Worker], run: &str) -> (Count, Count, usize) {
+    /// What one run wrote: the retry level, the dead letters and the handler's outputs (each read
+    /// committed).
+    struct Settled {
+        retry: Count,
+        dlq: Count,
+        outputs: Count,
+    }
+
+    /// Waits until every order is done and every retry ran, then counts the retry level, the
+    /// dead letters and the shipments (read committed) and checks nothing was lost.
+    async fn settled(harness: &KafkaHarness, workers: &[Worker], run: &str) -> Settled {
         let all: Vec<&Worker> = workers.iter().collect();
         let (dead, repeats) = wait_until_done(harness, &all, ORDERS).await;
         let invalid = |id: &u64| id % 50 == 13;
@@ -117,19 +131,82 @@ mod kill_loop {
         }
         let retry = count(&copies(harness, RETRY).await, (0..ORDERS).filter(retried));
         let dlq = count(&copies(harness, DLQ).await, (0..ORDERS).filter(invalid));
+        let valid = |id: &u64| !invalid(id);
+        let outputs = count(&copies(harness, SHIPMENTS).await, (0..ORDERS).filter(valid));
         eprintln!(
             "{run}: retry level: {} ids written more than once ({} extra copies); dead letters: {} ids more \
-             than once ({} extra); {repeats} successful attempts repeated",
-            retry.repeated_ids, retry.extra_copies, dlq.repeated_ids, dlq.extra_copies,
+             than once ({} extra); outputs: {} ids more than once ({} extra); {repeats} successful attempts \
+             repeated",
+            retry.repeated_ids,
+            retry.extra_copies,
+            dlq.repeated_ids,
+            dlq.extra_copies,
+            outputs.repeated_ids,
+            outputs.extra_copies,
         );
         assert!(retry.missing.is_empty(), "retries lost: {:?}", retry.missing);
         assert!(dlq.missing.is_empty(), "dead letters lost: {:?}", dlq.missing);
-        (retry, dlq, repeats)
+        assert!(outputs.missing.is_empty(), "outputs lost: {:?}", outputs.missing);
+        // A client of another language, reading committed, sees what this one does.
+        let foreign = foreign_read_committed(harness.backend.brokers(), SHIPMENTS);
+        let expected = (0..ORDERS).filter(valid).count() as u64;
+        assert_eq!(
+            foreign,
+            (expected + outputs.extra_copies as u64, expected),
+            "confluent-kafka's read-committed count of {SHIPMENTS} (records, distinct ids)"
+        );
+        Settled { retry, dlq, outputs }
+    }
+
+    /// `topic` read from the beginning to its end by confluent-kafka (Python, librdkafka of its
+    /// own) with `isolation.level = read_committed`: how many records and how many distinct ids.
+    fn foreign_read_committed(brokers: &str, topic: &str) -> (u64, u64) {
+        let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python");
+        assert!(
+            python.is_file(),
+            "confluent-kafka is not installed: run ./scripts/install-test-deps.sh"
+        );
+        let script = r#"
+import json, sys
+from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+brokers, topic = sys.argv[1], sys.argv[2]
+c = Consumer({"bootstrap.servers": brokers, "group.id": "foreign-read-committed",
+              "isolation.level": "read_committed", "enable.auto.commit": False,
+              "enable.partition.eof": True})
+partitions = c.list_topics(topic, timeout=10).topics[topic].partitions
+c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+open_partitions, total, ids = set(partitions), 0, set()
+while open_partitions:
+    m = c.poll(10)
+    if m is None:
+        sys.exit("no message nor end of partition within 10 s")
+    if m.error():
+        if m.error().code() == -191:  # _PARTITION_EOF
+            open_partitions.discard(m.partition())
+            continue
+        sys.exit(str(m.error()))
+    total += 1
+    ids.add(json.loads(m.value())["id"])
+c.close()
+print(total, len(ids))
+"#;
+        let output = std::process::Command::new(&python)
+            .args(["-c", script, brokers, topic])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "the foreign reader failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        let mut counts = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        (counts.next().unwrap(), counts.next().unwrap())
     }
 
     /// The worker killed with SIGKILL [`KILLS`] times, each after 1,500 attempts of its own, and
     /// started again, with `KAFKA_EXACTLY_ONCE` set to `exactly_once`.
-    async fn kill_loop(exactly_once: bool) -> (Count, Count, usize) {
+    async fn kill_loop(exactly_once: bool) -> Settled {
         let (harness, env) = orders_on_own_broker(exactly_once).await;
         let mut workers: Vec<Worker> = Vec::new();
         let started = Instant::now();
@@ -161,11 +238,15 @@ mod kill_loop {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_five_times_exactly_once_writes_no_record_twice() {
-        let (retry, dlq, _) = kill_loop(true).await;
+        let run = kill_loop(true).await;
         assert_eq!(
-            (retry.extra_copies, dlq.extra_copies),
-            (0, 0),
-            "records written twice to the retry level and the dead letters"
+            (
+                run.retry.extra_copies,
+                run.dlq.extra_copies,
+                run.outputs.extra_copies
+            ),
+            (0, 0, 0),
+            "records written twice to the retry level, the dead letters and the outputs"
         );
     }
 
@@ -186,12 +267,15 @@ mod kill_loop {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let broker = harness.broker.as_mut().expect("a broker of the test's own");
         tokio::task::block_in_place(|| broker.restart(Duration::from_secs(20)));
-        let (retry, dlq, _) =
-            settled(&harness, &[worker], "broker SIGKILLed for 20 s, exactly-once on").await;
+        let run = settled(&harness, &[worker], "broker SIGKILLed for 20 s, exactly-once on").await;
         assert_eq!(
-            (retry.extra_copies, dlq.extra_copies),
-            (0, 0),
-            "records written twice to the retry level and the dead letters"
+            (
+                run.retry.extra_copies,
+                run.dlq.extra_copies,
+                run.outputs.extra_copies
+            ),
+            (0, 0, 0),
+            "records written twice to the retry level, the dead letters and the outputs"
         );
     }
 }

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use crate::event::Event;
 use crate::headers::Headers;
+use crate::outbox::{EmitError, Emitted, Outbox};
 
 /// Where a message was first consumed, before any retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub struct Context {
     pub(crate) first_failure_ms: Option<i64>,
     pub(crate) replays: u32,
     pub(crate) headers: Headers,
+    /// What the attempt emits, written when it succeeds.
+    pub(crate) outbox: Outbox,
 }
 
 impl Context {
@@ -110,5 +116,62 @@ impl Context {
     /// The message's headers, including the `rk-*` failure context on retries.
     pub fn headers(&self) -> &Headers {
         &self.headers
+    }
+
+    /// Emits `event` to its topic, keyed by its key, when this attempt succeeds: an attempt
+    /// that fails writes nothing it emitted (its retry emits again). With Kafka's exactly-once
+    /// ([`KafkaBuilder::exactly_once`](crate::backend::kafka::KafkaBuilder::exactly_once)) the
+    /// events are written in the transaction that commits this message's offset, so a
+    /// consume, transform, produce handler writes each once, whatever crashes; otherwise they
+    /// are published before the message is acknowledged (at least once: a crash between the
+    /// two writes them again). What a handler writes elsewhere (a database, an HTTP call)
+    /// stays at least once.
+    ///
+    /// ```
+    /// use retry_kafka::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// #[event(topic = "orders", key = "order_id")]
+    /// struct OrderPlaced { order_id: u64, cents: u64 }
+    ///
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// #[event(topic = "invoices", key = "order_id")]
+    /// struct InvoiceDue { order_id: u64, cents: u64 }
+    ///
+    /// #[retry_handler(retries = ["1s"], dlq)]
+    /// async fn invoice(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+    ///     ctx.emit(&InvoiceDue { order_id: order.order_id, cents: order.cents })?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn emit<E: Event>(&self, event: &E) -> Result<(), EmitError> {
+        self.emit_to(E::TOPIC, event, Headers::new())
+    }
+
+    /// Emits `event` to `topic` with `headers`, keyed by its key, when this attempt
+    /// succeeds (see [`emit`](Context::emit)).
+    ///
+    /// ```
+    /// use retry_kafka::headers::Headers;
+    /// use retry_kafka::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Event, Serialize, Deserialize)]
+    /// # #[event(topic = "orders", key = "order_id")]
+    /// # struct OrderPlaced { order_id: u64 }
+    /// #[retry_handler(retries = ["1s"], dlq)]
+    /// async fn audit(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+    ///     let mut headers = Headers::new();
+    ///     headers.insert("source", "billing");
+    ///     ctx.emit_to("orders.audit", &order, headers)?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn emit_to<E: Event>(&self, topic: &str, event: &E, headers: Headers) -> Result<(), EmitError> {
+        self.outbox.push(Emitted {
+            topic: topic.into(),
+            key: event.key(),
+            payload: Bytes::from(event.encode()?),
+            headers,
+        })
     }
 }

@@ -65,6 +65,8 @@ pub mod error;
 pub mod event;
 // A failed attempt: its kind and the error behind it.
 mod failure;
+// A handler's output (`Context::emit`), kept until its attempt succeeds.
+mod outbox;
 /// What a handler is: its registration ([`HandlerSpec`](handler::HandlerSpec)), its failures
 /// ([`HandlerError`]) and what it knows about the message it handles ([`Context`]).
 pub mod handler {
@@ -73,6 +75,7 @@ pub mod handler {
     pub use crate::context::{Context, Origin};
     pub use crate::failure::{ErrorKind, HandlerError};
     pub use crate::handlers::{registered_handlers, HandlerSpec, OnExhausted, RetryOrdering};
+    pub use crate::outbox::EmitError;
     pub use crate::rate::Rate;
 }
 // The file behind `handler`; what only the macro expansions use is public through `__private`

@@ -15,6 +15,21 @@ struct Order {
     id: u64,
 }
 
+/// What a successful attempt emits (`Context::emit`) when `WORKER_OUTPUT` is set: the
+/// transforming handler of the exactly-once kill loop, whose outputs are counted.
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "proc.shipments", key = "id")]
+struct Shipment {
+    id: u64,
+}
+
+/// Whether successful attempts emit a [`Shipment`] (`WORKER_OUTPUT` set).
+fn emits() -> bool {
+    static EMITS: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var_os("WORKER_OUTPUT").is_some());
+    *EMITS
+}
+
 /// How long an attempt takes: `WORKER_HANDLER_MS`, 5 ms unless set (a test of many orders sets
 /// 0).
 fn handler_time() -> Duration {
@@ -28,6 +43,7 @@ fn handler_time() -> Duration {
 
 /// Fails transiently on the first attempt of every 7th order, permanently for orders ending in
 /// 13 of each 50, and takes a few milliseconds (`WORKER_HANDLER_MS`), so a kill lands mid-run.
+/// A success emits a shipment when `WORKER_OUTPUT` is set.
 #[retry_handler(group = "proc-workers", retries = ["500ms"], dlq)]
 async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
     let time = handler_time();
@@ -39,6 +55,9 @@ async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
     } else if order.id.is_multiple_of(7) && ctx.attempt() == 1 {
         Err(HandlerError::transient("try again"))
     } else {
+        if emits() {
+            ctx.emit(&Shipment { id: order.id })?;
+        }
         Ok(())
     };
     retry_kafka_suite::worker_log(&format!(

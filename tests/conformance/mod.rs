@@ -27,6 +27,10 @@ use tokio::time::Instant;
 mod codecs;
 #[allow(unused_imports)]
 pub use codecs::*;
+// A handler's outputs (`Context::emit`): a case of the suite like the ones below.
+mod outputs;
+#[allow(unused_imports)]
+pub use outputs::*;
 // `ordering = "key"`: its own suite (`key_order_suite!`), for the backends that run it.
 mod key_order;
 #[allow(unused_imports)]
@@ -106,6 +110,7 @@ macro_rules! conformance_suite {
             raw_bytes_events_round_trip_whatever_the_bytes,
             raw_vec_events_round_trip_whatever_the_bytes,
             a_dependency_outage_waits_behind_the_breaker,
+            a_handlers_outputs_are_written_once_when_its_attempt_succeeds,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {$(

@@ -25,7 +25,7 @@ pub use hand_off::{HandOffId, HandOffReports, HandedOff};
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use partition_counts::PartitionCounts;
 pub use record::{
-    Delivered, Fetched, OutboundRecord, Page, Position, Record, Subscription, Topic, Undelivered,
+    Delivered, Fetched, OutboundRecord, Output, Page, Position, Record, Subscription, Topic, Undelivered,
 };
 pub use tiered::{Tiered, TieredConsumer, TieredHandOffs};
 
@@ -85,6 +85,45 @@ pub trait Consumer: Send + 'static {
     /// Where [`hand_off`](Consumer::hand_off) reports: the runtime takes a clone once and
     /// drains it each round of its loop.
     fn hand_off_reports(&self) -> &HandOffReports;
+
+    /// Whether this consumer writes a handler's outputs itself, in the transaction that
+    /// commits their source's offset ([`emit`](Consumer::emit)): Kafka with exactly-once.
+    /// Otherwise (the default) the runtime publishes them before the attempt counts as a
+    /// success (at least once). Read once, when the consumer starts.
+    fn emits_in_transaction(&self) -> bool {
+        false
+    }
+
+    /// Writes what a successful attempt of the message at `from` emitted, all in the same
+    /// transaction as its offset, and reports as `id` into
+    /// [`hand_off_reports`](Consumer::hand_off_reports) like a hand-off (the runtime
+    /// acknowledges the source after it, and tries again after a failure). Called only when
+    /// [`emits_in_transaction`](Consumer::emits_in_transaction); the default refuses.
+    ///
+    /// ```
+    /// use retry_kafka::backend::{memory::InMemory, Backend, Consumer, HandOffId, Position, Subscription, Topic};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), retry_kafka::error::BackendError> {
+    /// let broker = InMemory::new();
+    /// let subscription = Subscription { topic: Topic::main("orders"), group: "billing".into() };
+    /// let mut consumer = broker.subscribe(subscription).await?;
+    /// assert!(!consumer.emits_in_transaction());
+    /// consumer.emit(HandOffId(1), Position { partition: 0, offset: 0 }, Vec::new());
+    /// let mut finished = Vec::new();
+    /// consumer.hand_off_reports().wait(&mut finished).await;
+    /// assert!(finished[0].result.is_err());
+    /// # Ok(()) }
+    /// ```
+    fn emit(&mut self, id: HandOffId, from: Position, outputs: Vec<Output>) {
+        let _ = (from, outputs);
+        let error = BackendError::Transport {
+            backend: "consumer",
+            source: "this consumer writes no outputs in transactions: the runtime publishes them".into(),
+        };
+        self.hand_off_reports()
+            .report(id, Err(Undelivered::new(error, OutboundRecord::default())));
+    }
 
     /// Marks every offset up to and including `offset` on `partition` as done.
     fn ack(&mut self, partition: u32, offset: u64) -> impl Future<Output = Result<(), BackendError>> + Send;

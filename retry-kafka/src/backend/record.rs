@@ -177,6 +177,24 @@ pub struct OutboundRecord {
     pub headers: Headers,
 }
 
+/// A record a handler emitted ([`Context::emit`](crate::Context::emit)), bound for a main
+/// topic and written only when its attempt succeeds: into the consumer's transaction when it
+/// writes in one ([`Consumer::emit`](super::Consumer::emit)), else published by the runtime.
+///
+/// ```
+/// use retry_kafka::backend::{OutboundRecord, Output, Topic};
+///
+/// let output = Output { topic: Topic::main("invoices"), record: OutboundRecord::default() };
+/// assert!(!output.topic.role.is_derived());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Where it goes: a main topic.
+    pub topic: Topic,
+    /// What is written.
+    pub record: OutboundRecord,
+}
+
 impl OutboundRecord {
     /// When a retry is due (epoch ms), from its `rk-due-at` header: the runtime writes it, a
     /// backend with a delay store (Redis) keeps the record out of sight until then, the others

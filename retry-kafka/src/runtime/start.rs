@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 
 use super::app::{App, AppHandler};
 use super::consumer::key_holds::{KeyHolds, Stage, Unsettled};
+use super::consumer::outputs::PublishOutputs;
 #[cfg(feature = "prometheus")]
 use super::endpoint;
 use super::lag::{report_lag, Lag, LagPace};
@@ -94,6 +95,8 @@ impl<B: Backend> App<B> {
             timeout: self.shutdown_timeout,
         };
         let mut levels = Vec::new();
+        // Handlers' outputs, when a consumer does not write them in its transaction.
+        let publisher: Arc<dyn PublishOutputs> = Arc::new(self.backend.clone());
         let mut lags = Vec::new();
         // Woken when a level settles messages, so its lag is asked soon after (see `report_lag`).
         let lag_wake = self.lag_interval.map(|_| Arc::new(Notify::new()));
@@ -202,6 +205,7 @@ impl<B: Backend> App<B> {
                     key_holds: key_holds.clone(),
                     held: role == TopicRole::Held,
                     metrics,
+                    publisher: publisher.clone(),
                 };
                 levels.push((level, consumer));
             }

@@ -100,6 +100,24 @@ impl Writer {
         }
     }
 
+    /// Queues `record` for `topic` in the open transaction, unwatched: its delivery report only
+    /// frees its slot (a record that is not written fails the transaction's commit, which is
+    /// what stands for it). `Err` when librdkafka does not queue it.
+    pub(super) fn write_in_transaction(
+        &self,
+        topic: &Topic,
+        record: &OutboundRecord,
+    ) -> Result<(), BackendError> {
+        let context = self.producer.context();
+        let slot = context.slots().insert(Slot::Abandoned);
+        self.producer
+            .send(outbound(topic, record, slot))
+            .map_err(|(error, _)| {
+                context.slots().remove(slot);
+                context.refusals.explain_write(&topic.name, error)
+            })
+    }
+
     /// Queues a hand-off's `record` for `topic`; its delivery report (or librdkafka's refusal
     /// to queue it) is reported as `id` into `reports`, the record given back on failure.
     pub(super) fn hand_off(

@@ -13,12 +13,14 @@ use futures_util::FutureExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::outputs::{self, OutputRoute};
 use super::partitions::Partitions;
 use super::Level;
-use crate::backend::Record;
+use crate::backend::{Output, Record};
 use crate::context::{Context, Origin};
 use crate::failure::{ErrorKind, HandlerError};
 use crate::headers::{self, EarlierHops};
+use crate::outbox::{Emitted, Outbox};
 use crate::trace::AttemptSpan;
 
 /// How a level starts attempts. The loop asks it whether another record may start, gives it
@@ -78,10 +80,37 @@ impl Failure {
         }
     }
 
+    pub(super) fn transient(message: String) -> Self {
+        Failure {
+            kind: ErrorKind::Transient,
+            message,
+        }
+    }
+
     pub(super) fn decode(error: impl std::fmt::Display) -> Self {
         Failure {
             kind: ErrorKind::Decode,
             message: error.to_string(),
+        }
+    }
+}
+
+/// A successful attempt's end: its outputs published (the route says by whom), or kept for
+/// the consumer's transaction. A publish that fails fails the attempt (it runs again, and
+/// emits again); a failed attempt's outputs are dropped unwritten.
+pub(super) async fn settled(
+    result: Result<(), Failure>,
+    emitted: Vec<Emitted>,
+    route: &OutputRoute,
+) -> (Result<(), Failure>, Vec<Output>) {
+    if result.is_err() || emitted.is_empty() {
+        return (result, Vec::new());
+    }
+    match route {
+        OutputRoute::Transaction => (Ok(()), outputs::outputs(emitted)),
+        OutputRoute::Publish(publisher) => {
+            let published = outputs::publish(&**publisher, outputs::outputs(emitted)).await;
+            (published.map_err(Failure::transient), Vec::new())
         }
     }
 }
@@ -107,6 +136,9 @@ pub(super) struct Done {
     pub(super) span: AttemptSpan,
     /// When the attempt started, for its duration.
     pub(super) started: std::time::Instant,
+    /// What a successful attempt emitted, for the consumer's transaction (empty otherwise:
+    /// the attempt published them itself, or emitted nothing).
+    pub(super) outputs: Vec<Output>,
 }
 
 /// What the message's earlier hops say about it; trusted only on retry levels.
@@ -207,8 +239,8 @@ impl Level {
         headers::due_at_ms(&record.headers)
     }
 
-    /// What the handler is told about `record`.
-    pub(super) fn context(&self, record: &Record) -> Context {
+    /// What the handler is told about `record`; what it emits goes into `outbox`.
+    pub(super) fn context(&self, record: &Record, outbox: Outbox) -> Context {
         let Lineage {
             origin,
             first_failure_ms,
@@ -225,6 +257,7 @@ impl Level {
             first_failure_ms,
             replays: replays.unwrap_or(0),
             headers: record.headers.clone(),
+            outbox,
         }
     }
 

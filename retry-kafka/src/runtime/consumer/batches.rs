@@ -14,6 +14,7 @@ use super::Level;
 use crate::backend::Record;
 use crate::batch::{BatchInput, BatchStart};
 use crate::handlers::BatchCall;
+use crate::outbox::Outbox;
 use crate::trace::AttemptSpan;
 
 /// A record gathered for the next batch.
@@ -36,6 +37,8 @@ pub(super) struct Batches {
     gathered: Vec<Gathered>,
     /// When the batch starts even if not full.
     deadline: Option<Instant>,
+    /// The outbox every context of a batch shares: it refuses emits.
+    outbox: Outbox,
 }
 
 impl Batches {
@@ -49,6 +52,7 @@ impl Batches {
             in_flight: InFlight::new(concurrency),
             gathered: Vec::with_capacity(max),
             deadline: None,
+            outbox: Outbox::of_batch(),
         }
     }
 
@@ -86,7 +90,7 @@ impl Batches {
         } in gathered
         {
             level.metrics.started(due);
-            let context = level.context(&record);
+            let context = level.context(&record, self.outbox.clone());
             input.push((record.payload.clone().unwrap_or_default(), context));
             members.push((record, generation));
         }
@@ -155,6 +159,7 @@ fn settle(
             result,
             span: AttemptSpan::of(span),
             started,
+            outputs: Vec::new(),
         })
         .collect()
 }

@@ -1,5 +1,6 @@
 //! The hand-off pipeline of one level: failed messages on their way to the next level, the
-//! dead-letter or the parking queue. Up to a window of writes are in flight at once (never one
+//! dead-letter or the parking queue (and, when the consumer writes in transactions, a
+//! successful attempt's outputs on their way into it). Up to a window of writes are in flight at once (never one
 //! round trip per message in line); a source offset stays unacknowledged until its write is
 //! durable. A failed write is tried again after a pause (50 ms doubling to 5 s), in source
 //! order, and its partition hands nothing else on meanwhile: later failures would overtake it
@@ -16,8 +17,8 @@ use slab::Slab;
 use tokio::time::Instant;
 
 use crate::backend::{
-    Consumer, Delivered, HandOffId, HandOffReports, HandedOff, OutboundRecord, Position, Topic, TopicRole,
-    Undelivered,
+    Consumer, Delivered, HandOffId, HandOffReports, HandedOff, OutboundRecord, Output, Position, Topic,
+    TopicRole, Undelivered,
 };
 use crate::policy::Topology;
 
@@ -37,6 +38,15 @@ pub(super) struct PendingHandOff {
 impl PendingHandOff {
     pub(super) fn new(ticket: Ticket, record: OutboundRecord) -> Self {
         Self { ticket, record }
+    }
+
+    /// A successful attempt's `outputs`, for the consumer's transaction: its source stays in
+    /// flight until they are in, as a failure's does until its hand-off is durable.
+    pub(super) fn emitting(partition: u32, offset: u64, generation: u32, outputs: Vec<Output>) -> Self {
+        let mut ticket = Ticket::new(partition, offset, generation, TopicRole::Main, None);
+        ticket.counted_as = None;
+        ticket.outputs = outputs;
+        Self::new(ticket, OutboundRecord::default())
     }
 }
 
@@ -58,6 +68,9 @@ pub(super) struct Ticket {
     pub(super) failing_since_ms: Option<i64>,
     /// Whether it is being tried again after a failure.
     again: bool,
+    /// A successful attempt's outputs (its target is then [`TopicRole::Main`]), kept to be
+    /// written again after a failed write; empty for a failure's hand-off.
+    outputs: Vec<Output>,
 }
 
 impl Ticket {
@@ -76,6 +89,7 @@ impl Ticket {
             counted_as: (target != TopicRole::Held).then_some(target),
             failing_since_ms,
             again: false,
+            outputs: Vec::new(),
         }
     }
 
@@ -120,7 +134,8 @@ impl Targets {
         }
     }
 
-    /// Starts writing a hand-off's record to its target; the consumer reports it as `id`.
+    /// Starts writing a hand-off's record to its target (a successful attempt's outputs to
+    /// theirs); the consumer reports it as `id`.
     pub(super) fn write(
         &self,
         consumer: &mut impl Consumer,
@@ -128,14 +143,17 @@ impl Targets {
         ticket: &Ticket,
         record: OutboundRecord,
     ) {
-        let to = self
-            .get(ticket.target)
-            .expect("the policy hands on only to topics of the handler's topology")
-            .clone();
         let from = Position {
             partition: ticket.partition,
             offset: ticket.offset,
         };
+        if ticket.target == TopicRole::Main {
+            return consumer.emit(id, from, ticket.outputs.clone());
+        }
+        let to = self
+            .get(ticket.target)
+            .expect("the policy hands on only to topics of the handler's topology")
+            .clone();
         consumer.hand_off(id, from, to, record)
     }
 }

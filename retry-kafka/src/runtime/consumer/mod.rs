@@ -9,6 +9,7 @@
 //! - [`gate`]: the handler's `rate`;
 //! - [`at_risk`]: no attempt starts while the consumer's commits are behind;
 //! - [`outcome`]: what a failure becomes by the policy;
+//! - [`outputs`]: where a successful attempt's outputs (`Context::emit`) go;
 //! - [`key_holds`]: a key-ordered handler's later records wait behind their key's retry;
 //!   [`key_order`] is one level's view of those holds, and [`begin`] the loop's steps for them.
 
@@ -22,6 +23,7 @@ pub(crate) mod key_holds;
 mod key_order;
 mod one_record;
 mod outcome;
+pub(crate) mod outputs;
 mod partitions;
 
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use self::hand_offs::{HandOffs, PendingHandOff, Targets, Ticket};
 use self::key_holds::{Conclusion, KeyHolds, Stage};
 use self::key_order::KeyOrder;
 use self::one_record::OneRecord;
+use self::outputs::{OutputRoute, PublishOutputs};
 use self::partitions::Partitions;
 use crate::backend::{Consumer, Delivered, Fetched, Record, TopicRole, Undelivered};
 use crate::breaker::{CircuitBreaker, Outcome};
@@ -79,6 +82,9 @@ pub(crate) struct Level {
     /// Whether this consumer reads the handler's held topic (then `level` is 0: its records
     /// get their first attempt here).
     pub(crate) held: bool,
+    /// Where successful attempts' outputs are published when the consumer does not write
+    /// them in its transaction: the app's backend.
+    pub(crate) publisher: Arc<dyn PublishOutputs>,
 }
 
 impl Level {
@@ -87,7 +93,11 @@ impl Level {
         let concurrency = self.spec.concurrency().max(1) as usize;
         match self.spec.call() {
             Call::Single(call) => {
-                let attempts = OneRecord::new(call, concurrency);
+                let route = match consumer.emits_in_transaction() {
+                    true => OutputRoute::Transaction,
+                    false => OutputRoute::Publish(self.publisher.clone()),
+                };
+                let attempts = OneRecord::new(call, concurrency, route);
                 LevelLoop::new(self, consumer, attempts).run().await
             }
             Call::Batch { max, linger_ms, call } => {
@@ -445,6 +455,7 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             result,
             span,
             started,
+            outputs,
         } = done;
         self.level.metrics.concluded(started);
         let (partition, offset) = (record.partition, record.offset);
@@ -468,6 +479,11 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
             Ok(()) => {
                 self.level.metrics.handled();
                 self.key_concluded(key, Conclusion::Done);
+                if !outputs.is_empty() {
+                    // Into the consumer's transaction; acknowledged once they are in, like a
+                    // hand-off.
+                    return self.hand_on(PendingHandOff::emitting(partition, offset, generation, outputs));
+                }
                 return self.finish(partition, offset).await;
             }
             Err(failure) => failure,

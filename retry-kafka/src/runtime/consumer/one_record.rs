@@ -7,11 +7,13 @@ use std::time::Instant as StdInstant;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::attempt::{guarded, Attempts, Done, Failure, InFlight};
+use super::attempt::{guarded, settled, Attempts, Done, Failure, InFlight};
+use super::outputs::{self, OutputRoute};
 use super::partitions::Partitions;
 use super::Level;
 use crate::backend::Record;
 use crate::handlers::{HandlerCall, HandlerFuture, HandlerSlot};
+use crate::outbox::{Emitted, Outbox};
 use crate::trace::{self, AttemptSpan};
 
 /// Calls of a one-record handler.
@@ -22,15 +24,21 @@ pub(super) struct OneRecord {
     slot: HandlerSlot,
     in_flight: InFlight<[Done; 1]>,
     concurrency: usize,
+    /// Where successful attempts' outputs go.
+    route: OutputRoute,
+    /// The last inline attempt's outbox, for the next: no allocation per attempt.
+    spare: Option<Outbox>,
 }
 
 impl OneRecord {
-    pub(super) fn new(call: HandlerCall, concurrency: usize) -> Self {
+    pub(super) fn new(call: HandlerCall, concurrency: usize, route: OutputRoute) -> Self {
         Self {
             call,
             slot: HandlerSlot::default(),
             in_flight: InFlight::new(concurrency),
             concurrency: concurrency.max(1),
+            route,
+            spare: None,
         }
     }
 
@@ -40,7 +48,8 @@ impl OneRecord {
     /// polled again by the loop with a real waker, before anything else is started.
     fn attempt(&mut self, level: &Level, record: Record, generation: u32, poll_now: bool) -> Started {
         let began = StdInstant::now();
-        let context = level.context(&record);
+        let outbox = self.spare.take().unwrap_or_default();
+        let context = level.context(&record, outbox.clone());
         let span = tracing::info_span!(
             "message",
             topic = %level.topic,
@@ -71,7 +80,8 @@ impl OneRecord {
                 match polled {
                     Ok(Poll::Pending) => {
                         let handler = slot.take().expect("the call put its future");
-                        return Started::Running(running(level, record, generation, handler, span, began));
+                        let attempt = Attempt::new(record, generation, began, outbox, self.route.clone());
+                        return Started::Running(running(level, attempt, handler, span));
                     }
                     Ok(Poll::Ready(outcome)) => outcome.map_err(Failure::from),
                     Err(panic) => {
@@ -82,16 +92,63 @@ impl OneRecord {
             }
             Ok(Ok(())) => {
                 let handler = slot.take().expect("the call put its future");
-                return Started::Running(running(level, record, generation, handler, span, began));
+                let attempt = Attempt::new(record, generation, began, outbox, self.route.clone());
+                return Started::Running(running(level, attempt, handler, span));
             }
         };
+        let emitted = outbox.close();
+        let outputs = match &self.route {
+            _ if result.is_err() || emitted.is_empty() => Vec::new(),
+            OutputRoute::Transaction => outputs::outputs(emitted),
+            OutputRoute::Publish(_) => {
+                // Finished without waiting, but its outputs are written before it counts.
+                let attempt = Attempt::new(record, generation, began, outbox, self.route.clone());
+                return Started::Running(publishing(attempt, emitted, span));
+            }
+        };
+        self.spare = outbox.reused();
         Started::Done(Done {
             record,
             generation,
             result,
             span: AttemptSpan::of(&span),
             started: began,
+            outputs,
         })
+    }
+}
+
+/// What an attempt that goes on after its start carries to its end.
+struct Attempt {
+    record: Record,
+    generation: u32,
+    started: StdInstant,
+    outbox: Outbox,
+    route: OutputRoute,
+}
+
+impl Attempt {
+    fn new(record: Record, generation: u32, started: StdInstant, outbox: Outbox, route: OutputRoute) -> Self {
+        Self {
+            record,
+            generation,
+            started,
+            outbox,
+            route,
+        }
+    }
+
+    /// The attempt's end: `result`, with what it emitted written or kept (`settled`).
+    async fn done(self, result: Result<(), Failure>, emitted: Vec<Emitted>, span: AttemptSpan) -> Done {
+        let (result, outputs) = settled(result, emitted, &self.route).await;
+        Done {
+            record: self.record,
+            generation: self.generation,
+            result,
+            span,
+            started: self.started,
+            outputs,
+        }
     }
 }
 
@@ -107,14 +164,7 @@ enum Started {
 type Running = super::attempt::AttemptFuture<[Done; 1]>;
 
 /// An attempt whose handler is waiting: boxed, to run in the loop or on its own task.
-fn running(
-    level: &Level,
-    record: Record,
-    generation: u32,
-    handler: HandlerFuture,
-    span: tracing::Span,
-    started: StdInstant,
-) -> Running {
+fn running(level: &Level, attempt: Attempt, handler: HandlerFuture, span: tracing::Span) -> Running {
     let timeout = level.spec.timeout();
     let attempt_span = AttemptSpan::of(&span);
     Box::pin(
@@ -123,16 +173,17 @@ fn running(
                 Ok(outcome) => outcome.map_err(Failure::from),
                 Err(failure) => Err(failure),
             };
-            [Done {
-                record,
-                generation,
-                result,
-                span: attempt_span,
-                started,
-            }]
+            let emitted = attempt.outbox.close();
+            [attempt.done(result, emitted, attempt_span).await]
         }
         .instrument(span),
     )
+}
+
+/// A successful attempt that finished without waiting, its outputs being published.
+fn publishing(attempt: Attempt, emitted: Vec<Emitted>, span: tracing::Span) -> Running {
+    let attempt_span = AttemptSpan::of(&span);
+    Box::pin(async move { [attempt.done(Ok(()), emitted, attempt_span).await] }.instrument(span))
 }
 
 impl Attempts for OneRecord {

@@ -44,7 +44,8 @@ pub(crate) use commits::CommitPolicy;
 
 use super::{transport, Kafka};
 use crate::backend::{
-    Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Position, Record, Subscription, Topic,
+    Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Output, Position, Record, Subscription,
+    Topic, Undelivered,
 };
 use crate::error::BackendError;
 use crate::headers::Headers;
@@ -485,6 +486,25 @@ impl Consumer for KafkaConsumer {
 
     fn hand_off_reports(&self) -> &HandOffReports {
         &self.hand_offs
+    }
+
+    fn emits_in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    fn emit(&mut self, id: HandOffId, from: Position, outputs: Vec<Output>) {
+        let Some(transaction) = &self.transaction else {
+            let error =
+                transport("this consumer writes no outputs in transactions: the runtime publishes them");
+            return self
+                .hand_offs
+                .report(id, Err(Undelivered::new(error, OutboundRecord::default())));
+        };
+        let generation = self
+            .partitions
+            .get(from.partition)
+            .map_or(0, |view| view.generation);
+        transaction.emit(id, from, generation, outputs, &self.hand_offs);
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already

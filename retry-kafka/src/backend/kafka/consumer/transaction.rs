@@ -32,7 +32,7 @@ use super::written::{Written, METADATA_LIMIT};
 use super::ByPartition;
 use crate::backend::kafka::transport;
 use crate::backend::kafka::writer::Writer;
-use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Position, Topic, Undelivered};
+use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Output, Position, Topic, Undelivered};
 
 /// How long a transaction's call (init, offsets, commit, abort) may take. The poll thread waits
 /// for it; librdkafka keeps the member in its group meanwhile.
@@ -61,6 +61,9 @@ struct Gate {
     partitions: ByPartition<Owned>,
     /// Something was written since the transaction began.
     wrote: bool,
+    /// Part of a successful attempt's outputs may be in the open transaction without the rest:
+    /// it must abort, not commit.
+    broken: bool,
 }
 
 struct Owned {
@@ -75,9 +78,25 @@ struct Queued {
     id: HandOffId,
     from: Position,
     generation: u64,
-    to: Topic,
-    record: OutboundRecord,
+    carried: Carried,
     reports: HandOffReports,
+}
+
+/// What a write puts into the transaction: a failure's hand-off, or a successful attempt's
+/// outputs (all of them, in one go: a commit never splits them).
+enum Carried {
+    HandOff(Topic, OutboundRecord),
+    Outputs(Vec<Output>),
+}
+
+impl Carried {
+    /// The record a refusal gives back (none for outputs: the runtime keeps its own copy).
+    fn given_back(self) -> OutboundRecord {
+        match self {
+            Carried::HandOff(_, record) => record,
+            Carried::Outputs(_) => OutboundRecord::default(),
+        }
+    }
 }
 
 /// What a commit sends, taken from the gate by the poll thread.
@@ -142,6 +161,7 @@ impl Transaction {
                 queued: Vec::new(),
                 partitions: ByPartition::default(),
                 wrote: false,
+                broken: false,
             }),
         })
     }
@@ -162,22 +182,46 @@ impl Transaction {
         record: OutboundRecord,
         reports: &HandOffReports,
     ) {
+        self.put(id, from, generation, Carried::HandOff(to, record), reports);
+    }
+
+    /// Queues a successful attempt's `outputs` (of the record at `from`, of assignment
+    /// `generation`) into the open transaction, as [`hand_off`](Transaction::hand_off) does
+    /// a failure's record; reported as `id` once the last is written.
+    pub(super) fn emit(
+        &self,
+        id: HandOffId,
+        from: Position,
+        generation: u64,
+        outputs: Vec<Output>,
+        reports: &HandOffReports,
+    ) {
+        self.put(id, from, generation, Carried::Outputs(outputs), reports);
+    }
+
+    fn put(
+        &self,
+        id: HandOffId,
+        from: Position,
+        generation: u64,
+        carried: Carried,
+        reports: &HandOffReports,
+    ) {
         let mut gate = self.gate();
         if !gate.reads(from.partition, generation) {
             drop(gate);
-            return reports.report(id, Err(stale(record)));
+            return reports.report(id, Err(stale(carried.given_back())));
         }
         if !gate.open {
             return gate.queued.push(Queued {
                 id,
                 from,
                 generation,
-                to,
-                record,
+                carried,
                 reports: reports.clone(),
             });
         }
-        gate.write(id, from, &to, record, reports);
+        gate.write(id, from, carried, reports);
     }
 
     /// This member reads `partition` in `generation`, committed through `committed` (if ever)
@@ -240,16 +284,21 @@ impl Transaction {
             gate.leave(leaving);
             return Err(Committed::Nothing);
         }
-        if too_long && !leaving.is_empty() {
-            // Partitions going must commit now, and cannot: everything since the last commit
-            // is taken back, and what stays is read again.
-            tracing::debug!(topic = %self.topic, "written records above the acknowledged prefix are too many for a commit's metadata at a revoke; aborting");
+        // A handler's outputs written in part (the rest refused), or partitions going that must
+        // commit now and whose written map is too long: everything since the last commit is
+        // taken back, and what stays is read again.
+        let abort = if gate.broken {
+            Some(RDKafkaErrorCode::InvalidTransactionalState)
+        } else if too_long && !leaving.is_empty() {
+            Some(RDKafkaErrorCode::OffsetMetadataTooLarge)
+        } else {
+            None
+        };
+        if let Some(code) = abort {
+            tracing::warn!(topic = %self.topic, reason = %code, broken = gate.broken, "aborting the transaction");
             let writer = gate.writer.clone();
             drop(gate);
-            self.recover(
-                &writer,
-                KafkaError::ConsumerCommit(RDKafkaErrorCode::OffsetMetadataTooLarge),
-            );
+            self.recover(&writer, KafkaError::ConsumerCommit(code));
             return Err(Committed::Aborted);
         }
         if too_long {
@@ -322,11 +371,14 @@ impl Transaction {
             let mut gate = self.gate();
             gate.partitions = ByPartition::default();
             gate.wrote = false;
+            gate.broken = false;
             gate.open = true;
             std::mem::take(&mut gate.queued)
         };
         for queued in waited {
-            queued.reports.report(queued.id, Err(stale(queued.record)));
+            queued
+                .reports
+                .report(queued.id, Err(stale(queued.carried.given_back())));
         }
         let fatal = matches!(&error, KafkaError::Transaction(error) if error.is_fatal());
         let mut again = !fatal;
@@ -358,19 +410,37 @@ impl Gate {
             .is_some_and(|owned| owned.generation == generation)
     }
 
-    fn write(
-        &mut self,
-        id: HandOffId,
-        from: Position,
-        to: &Topic,
-        record: OutboundRecord,
-        reports: &HandOffReports,
-    ) {
+    fn write(&mut self, id: HandOffId, from: Position, carried: Carried, reports: &HandOffReports) {
         if let Some(owned) = self.partitions.get_mut(from.partition) {
             owned.written.insert(from.offset);
         }
         self.wrote = true;
-        self.writer.hand_off(id, to, record, reports);
+        match carried {
+            Carried::HandOff(to, record) => self.writer.hand_off(id, &to, record, reports),
+            Carried::Outputs(outputs) => {
+                // Only the last is reported: the commit fails, so the transaction aborts, if
+                // any of them is not written, and the record is run again.
+                let mut outputs = outputs.into_iter();
+                let last = outputs.next_back();
+                for output in outputs {
+                    if let Err(error) = self.writer.write_in_transaction(&output.topic, &output.record) {
+                        // Some of its outputs may be in: the transaction cannot commit.
+                        self.broken = true;
+                        return reports.report(id, Err(Undelivered::new(error, OutboundRecord::default())));
+                    }
+                }
+                match last {
+                    Some(Output { topic, record }) => self.writer.hand_off(id, &topic, record, reports),
+                    None => reports.report(
+                        id,
+                        Ok(Position {
+                            partition: from.partition,
+                            offset: from.offset,
+                        }),
+                    ),
+                }
+            }
+        }
     }
 
     fn leave(&mut self, leaving: &[u32]) {
@@ -385,15 +455,14 @@ impl Gate {
             id,
             from,
             generation,
-            to,
-            record,
+            carried,
             reports,
         } in std::mem::take(&mut self.queued)
         {
             if self.reads(from.partition, generation) {
-                self.write(id, from, &to, record, &reports);
+                self.write(id, from, carried, &reports);
             } else {
-                reports.report(id, Err(stale(record)));
+                reports.report(id, Err(stale(carried.given_back())));
             }
         }
         self.open = true;
