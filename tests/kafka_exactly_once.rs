@@ -132,7 +132,17 @@ mod kill_loop {
         let retry = count(&copies(harness, RETRY).await, (0..ORDERS).filter(retried));
         let dlq = count(&copies(harness, DLQ).await, (0..ORDERS).filter(invalid));
         let valid = |id: &u64| !invalid(id);
-        let outputs = count(&copies(harness, SHIPMENTS).await, (0..ORDERS).filter(valid));
+        // The last successes' shipments commit with their offsets, a moment after the log says
+        // they succeeded; and a transaction a killed worker left open hides what follows it in
+        // its partitions from read-committed readers until the broker aborts it (10 s).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let outputs = loop {
+            let outputs = count(&copies(harness, SHIPMENTS).await, (0..ORDERS).filter(valid));
+            if outputs.missing.is_empty() || Instant::now() > deadline {
+                break outputs;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         eprintln!(
             "{run}: retry level: {} ids written more than once ({} extra copies); dead letters: {} ids more \
              than once ({} extra); outputs: {} ids more than once ({} extra); {repeats} successful attempts \

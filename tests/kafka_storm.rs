@@ -8,8 +8,9 @@
 //! Run once with the classic group protocol (cooperative-sticky assignment), once with the
 //! consumer group protocol of KIP-848 (`group.protocol=consumer`), which librdkafka 2.12 and
 //! Apache Kafka 4 support, and once with the classic protocol and exactly-once hand-offs
-//! (`KAFKA_EXACTLY_ONCE`), where no record may be in the retry level or the dead letters twice;
-//! each test on a broker of its own, one after the other.
+//! (`KAFKA_EXACTLY_ONCE`), where no record may be in the retry level or the dead letters twice,
+//! nor a success's output (each success emits a shipment: none may be lost in any run); each
+//! test on a broker of its own, one after the other.
 
 mod conformance;
 mod kafka_support;
@@ -27,6 +28,8 @@ use retry_kafka::backend::kafka::Kafka;
 use retry_kafka_suite::ApacheKafka;
 
 const RETRY_TOPIC: &str = "proc.orders.proc-workers.retry.1";
+/// What the workers' successes emit (`WORKER_OUTPUT`).
+const SHIPMENTS: &str = "proc.shipments";
 const PARTITIONS: u32 = 6;
 /// How long the storm lasts, and how often a worker joins or leaves.
 const STORM: Duration = Duration::from_secs(60);
@@ -67,7 +70,12 @@ async fn storm(protocol: Protocol, exactly_once: bool) {
         broker: None,
     };
     harness.create_topic(TOPIC, PARTITIONS).await;
-    let mut env = vec![("KAFKA_BROKERS", broker.bootstrap.clone())];
+    harness.create_topic(SHIPMENTS, PARTITIONS).await;
+    // Each success emits a shipment (`ctx.emit`): the outputs are counted too.
+    let mut env = vec![
+        ("KAFKA_BROKERS", broker.bootstrap.clone()),
+        ("WORKER_OUTPUT", "1".into()),
+    ];
     match protocol {
         Protocol::Classic => {
             env.push(("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000".into()));
@@ -118,19 +126,41 @@ async fn storm(protocol: Protocol, exactly_once: bool) {
     for (topic, group) in [(TOPIC, "proc-workers"), (RETRY_TOPIC, RETRY_TOPIC)] {
         assert_lag_is_zero(&harness, topic, group).await;
     }
-    // Records written more than once: a hand-off repeated after a kill or a revoke.
-    let mut twice = 0;
-    for topic in [RETRY_TOPIC, DLQ] {
+    // Records written more than once: a hand-off (or a success's output) repeated after a kill
+    // or a revoke.
+    let copies = |records: Vec<retry_kafka::backend::Record>| {
         let mut ids = std::collections::HashMap::<u64, usize>::new();
-        for record in harness.records(topic).await {
+        for record in records {
             *ids.entry(order_id(&record)).or_default() += 1;
         }
-        twice += ids.values().map(|&n| n - 1).sum::<usize>();
+        ids
+    };
+    let mut twice = 0;
+    for topic in [RETRY_TOPIC, DLQ] {
+        twice += copies(harness.records(topic).await)
+            .values()
+            .map(|&n| n - 1)
+            .sum::<usize>();
     }
+    // Read committed: a transaction a killed worker left open hides what follows it in its
+    // partitions until the broker aborts it (`transaction.timeout.ms`, 10 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (shipments, lost) = loop {
+        let shipments = copies(harness.records(SHIPMENTS).await);
+        let lost: Vec<u64> = (0..total)
+            .filter(|id| !dead.contains(id) && !shipments.contains_key(id))
+            .collect();
+        if lost.is_empty() || Instant::now() > deadline {
+            break (shipments, lost);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(lost.is_empty(), "successes whose output was lost: {lost:?}");
+    let outputs_twice: usize = shipments.values().map(|&n| n - 1).sum();
     eprintln!(
         "rebalance storm ({}{}): {total} orders over {:.0} s with {joins} joins, {leaves} SIGTERM leaves and \
          {kills} SIGKILLs: lost 0, {} dead-lettered as expected, {repeats} repeated successes, {twice} records \
-         written twice to the retry level and the dead letters; lag 0",
+         written twice to the retry level and the dead letters, {outputs_twice} outputs twice; lag 0",
         match protocol {
             Protocol::Classic => "classic protocol",
             Protocol::Consumer => "consumer protocol, KIP-848",
@@ -140,7 +170,11 @@ async fn storm(protocol: Protocol, exactly_once: bool) {
         dead.len()
     );
     if exactly_once {
-        assert_eq!(twice, 0, "records written twice with exactly-once on");
+        assert_eq!(
+            (twice, outputs_twice),
+            (0, 0),
+            "records and outputs written twice with exactly-once on"
+        );
     }
 }
 
