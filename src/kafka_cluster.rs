@@ -14,6 +14,28 @@ use crate::{
     spawn_dying_with_this_process, ApacheKafka,
 };
 
+/// Lists the cluster's transactions and their coordinators (Java's single-file launch).
+const COORDINATORS_JAVA: &str = r#"
+import java.util.*;
+import org.apache.kafka.clients.admin.*;
+
+public class Coordinators {
+    public static void main(String[] args) throws Exception {
+        Properties properties = new Properties();
+        properties.put("bootstrap.servers", args[0]);
+        try (Admin admin = Admin.create(properties)) {
+            List<String> ids = new ArrayList<>();
+            for (TransactionListing listing : admin.listTransactions().all().get()) {
+                ids.add(listing.transactionalId());
+            }
+            for (Map.Entry<String, TransactionDescription> entry : admin.describeTransactions(ids).all().get().entrySet()) {
+                System.out.println("transaction " + entry.getKey() + " " + entry.getValue().coordinatorId());
+            }
+        }
+    }
+}
+"#;
+
 /// How the cluster's temporary directory begins; `<port>-<pid>` follows.
 const CLUSTER_DIRECTORY: &str = "retry-kafka-cluster-";
 
@@ -213,6 +235,32 @@ impl KafkaCluster {
             .find(|p| p.id() == partition as i32)?
             .leader();
         (leader > 0).then_some(leader as u32)
+    }
+
+    /// Every open or recent transaction's id and the node coordinating it, as the cluster's
+    /// Admin API says now (`listTransactions`, `describeTransactions`: librdkafka has neither,
+    /// so a Java program of a few lines asks, with the cluster's own `kafka-clients` jar).
+    pub fn transaction_coordinators(&self) -> Vec<(String, u32)> {
+        let source = self.dir.join("Coordinators.java");
+        std::fs::write(&source, COORDINATORS_JAVA).expect("write Coordinators.java");
+        let output = broker_java(&ApacheKafka::java(), &ApacheKafka::libs(), &self.dir)
+            .arg(&source)
+            .arg(&self.bootstrap)
+            .output()
+            .expect("run java (17+) on Coordinators.java");
+        assert!(
+            output.status.success(),
+            "listing the cluster's transactions failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let (id, node) = line.strip_prefix("transaction ")?.rsplit_once(' ')?;
+                Some((id.to_owned(), node.parse().ok()?))
+            })
+            .collect()
     }
 
     /// The in-sync replicas of `partition` of `topic`, as the cluster's metadata says now.

@@ -6,7 +6,10 @@
 //!    are still retried, never early, and late by no more than the failover took;
 //! 3. all three nodes are killed, stay down 20 s and are restarted on their data: the app
 //!    carries on by itself;
-//! 4. a rolling restart (SIGTERM, restart, wait for the replicas to catch up) of all three.
+//! 4. a rolling restart (SIGTERM, restart, wait for the replicas to catch up) of all three;
+//! 5. exactly-once on, the node coordinating the main topic consumer's transactions is killed
+//!    mid-run and restarted: nothing written twice to the retry level, the dead letters or the
+//!    handler's outputs.
 //!
 //! Every test fails if an event is lost: each id must end handled or dead-lettered, exactly the
 //! invalid ones dead-lettered. Repeats (at least once) are counted and printed, not hidden.
@@ -106,6 +109,11 @@ struct Setup {
 
 /// A fresh cluster with `topic`, and an app of the handlers of `group` running on it.
 async fn setup(topic: &str, group: &'static str) -> Setup {
+    setup_with(topic, group, false).await
+}
+
+/// [`setup`], with exactly-once hand-offs and outputs when `exactly_once`.
+async fn setup_with(topic: &str, group: &'static str, exactly_once: bool) -> Setup {
     let turn = ONE_CLUSTER.lock().await;
     retry_kafka_suite::init_test_tracing();
     *HANDLED.lock().unwrap() = Some(HashMap::new());
@@ -120,6 +128,7 @@ async fn setup(topic: &str, group: &'static str) -> Setup {
     let kafka = Kafka::builder(cluster.bootstrap.clone())
         .replication_factor(3)
         .consumer_property("topic.metadata.refresh.interval.ms", "1000")
+        .exactly_once(exactly_once)
         .build()
         .unwrap();
     kafka.create_topic(&Topic::main(topic), PARTITIONS).await.unwrap();
@@ -141,6 +150,16 @@ async fn setup(topic: &str, group: &'static str) -> Setup {
 /// Sends orders `ids`, `per_tick` at once every 10 ms; each send waits for the cluster's
 /// acknowledgement (acks=all), retried by the producer through a failover.
 async fn publish(producer: Producer<Kafka>, ids: std::ops::Range<u64>, per_tick: u64) {
+    publish_events(producer, ids, per_tick, |id| Order { id }).await
+}
+
+/// [`publish`] of the events `make` makes of the ids.
+async fn publish_events<E: Event + Send + Sync + 'static>(
+    producer: Producer<Kafka>,
+    ids: std::ops::Range<u64>,
+    per_tick: u64,
+    make: fn(u64) -> E,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut next = ids.start;
     while next < ids.end {
@@ -148,7 +167,7 @@ async fn publish(producer: Producer<Kafka>, ids: std::ops::Range<u64>, per_tick:
         let upto = (next + per_tick).min(ids.end);
         let sends = (next..upto).map(|id| {
             let producer = producer.clone();
-            async move { producer.send(&Order { id }).await }
+            async move { producer.send(&make(id)).await }
         });
         for sent in futures::future::join_all(sends).await {
             sent.expect("an order was not acknowledged by the cluster");
@@ -161,19 +180,29 @@ async fn publish(producer: Producer<Kafka>, ids: std::ops::Range<u64>, per_tick:
 /// asserts that exactly the invalid ones are dead-lettered and returns how many successful
 /// attempts were repeats.
 async fn assert_all_done(kafka: &Kafka, count: u64, within: Duration) -> usize {
+    assert_all_done_in(kafka, ORDERS_DLQ, count, within).await
+}
+
+/// The ids of the events in `topic` (each `{"id": …}`), read committed, in offset order.
+async fn ids_in(kafka: &Kafka, topic: &str, role: TopicRole) -> Vec<u64> {
+    kafka
+        .read(&Topic::new(topic, role), &[])
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|record| {
+            let order: Order = serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
+            order.id
+        })
+        .collect()
+}
+
+/// [`assert_all_done`], the dead letters read from `dlq`.
+async fn assert_all_done_in(kafka: &Kafka, dlq: &str, count: u64, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     loop {
         let handled = handled();
-        let dead: Vec<u64> = kafka
-            .read(&Topic::new(ORDERS_DLQ, TopicRole::DeadLetter), &[])
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(|record| {
-                let order: Order = serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
-                order.id
-            })
-            .collect();
+        let dead: Vec<u64> = ids_in(kafka, dlq, TopicRole::DeadLetter).await;
         let dead_set: HashSet<u64> = dead.iter().copied().collect();
         let missing: Vec<u64> = (0..count)
             .filter(|id| !handled.contains_key(id) && !dead_set.contains(id))
@@ -444,4 +473,130 @@ async fn a_rolling_restart_of_all_three_nodes_under_load_loses_nothing() {
         roll.lock().unwrap().join(", "),
         rolled_in.as_secs_f64()
     );
+}
+
+// The transaction coordinator killed, exactly-once on.
+
+const PARCELS: &str = "cluster.parcels";
+const PARCELS_RETRY: &str = "cluster.parcels.cluster-parcels.retry.1";
+const PARCELS_DLQ: &str = "cluster.parcels.cluster-parcels.dlq";
+const SHIPPED: &str = "cluster.shipped";
+
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "cluster.parcels", key = "id")]
+struct Parcel {
+    id: u64,
+}
+
+/// What a parcel's successful attempt emits.
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "cluster.shipped", key = "id")]
+struct Shipped {
+    id: u64,
+}
+
+/// As [`work`], and each success emits a [`Shipped`] (a consume, transform, produce handler).
+#[retry_handler(group = "cluster-parcels", retries = ["1s"], dlq)]
+async fn ship(parcel: Parcel, ctx: Context) -> Result<(), HandlerError> {
+    if parcel.id % 50 == 13 {
+        return Err(HandlerError::permanent(format!(
+            "parcel {} is invalid",
+            parcel.id
+        )));
+    }
+    if parcel.id % 10 == 7 && ctx.attempt() == 1 {
+        return Err(HandlerError::transient("try again"));
+    }
+    ctx.emit(&Shipped { id: parcel.id })?;
+    *HANDLED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(parcel.id)
+        .or_default() += 1;
+    Ok(())
+}
+
+/// How many ids are in `ids` more than once (copies past the first).
+fn extra_copies(ids: &[u64]) -> usize {
+    ids.len() - ids.iter().collect::<HashSet<_>>().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transaction_coordinator_killed_mid_run_exactly_once_writes_nothing_twice() {
+    let Setup {
+        mut cluster,
+        kafka,
+        app,
+        running,
+        _turn,
+    } = setup_with(PARCELS, "cluster-parcels", true).await;
+    kafka
+        .create_topic(&Topic::main(SHIPPED), PARTITIONS)
+        .await
+        .unwrap();
+    // ~8 s of parcels at ~5k/s: the kill and the failover land while they come.
+    const COUNT: u64 = 40_000;
+    let publishing = tokio::spawn(publish_events(app.producer(), 0..COUNT, 50, |id| Parcel { id }));
+    wait_for_handled(2_000, Duration::from_secs(120), "the app did not get going").await;
+
+    // The main topic's consumer commits through its transactional producer, whose id begins
+    // with its group and topic; its coordinator is the leader of that id's partition of
+    // `__transaction_state`.
+    let coordinators = tokio::task::block_in_place(|| cluster.transaction_coordinators());
+    let prefix = format!("cluster-parcels.{PARCELS}.");
+    let coordinator = coordinators
+        .iter()
+        .find(|(id, _)| id.starts_with(&prefix))
+        .map(|&(_, node)| node)
+        .unwrap_or_else(|| panic!("no transaction of {prefix}… among {coordinators:?}"));
+    let handled_at_kill = handled().len();
+    let killed_at = Instant::now();
+    cluster.kill_9(coordinator);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| cluster.restart(coordinator));
+    let restarted_after = killed_at.elapsed();
+    let moved_to = tokio::task::block_in_place(|| cluster.transaction_coordinators())
+        .into_iter()
+        .filter(|(id, _)| id.starts_with(&prefix))
+        .map(|(_, node)| node)
+        .collect::<Vec<_>>();
+
+    publishing.await.unwrap();
+    let repeats = assert_all_done_in(&kafka, PARCELS_DLQ, COUNT, Duration::from_secs(240)).await;
+    // Every success's shipment, read committed (a transaction left open by the killed
+    // coordinator's failover is aborted or completed by its successor first).
+    let valid = (0..COUNT).filter(|id| id % 50 != 13).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shipped = loop {
+        let shipped = ids_in(&kafka, SHIPPED, TopicRole::Main).await;
+        if shipped.iter().collect::<HashSet<_>>().len() >= valid || Instant::now() > deadline {
+            break shipped;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    running.shutdown().await.unwrap();
+    let retried = ids_in(&kafka, PARCELS_RETRY, TopicRole::Retry { level: 1 }).await;
+    let dead = ids_in(&kafka, PARCELS_DLQ, TopicRole::DeadLetter).await;
+    let twice = (
+        extra_copies(&retried),
+        extra_copies(&dead),
+        extra_copies(&shipped),
+    );
+    eprintln!(
+        "transaction coordinator (node {coordinator}) of {prefix}… killed after {handled_at_kill} parcels \
+         handled, restarted after {:.1} s (coordinators after: {moved_to:?}); {COUNT} parcels, exactly-once: \
+         lost 0, {repeats} successes repeated; written twice: {} to the retry level, {} dead letters, {} \
+         shipments",
+        restarted_after.as_secs_f64(),
+        twice.0,
+        twice.1,
+        twice.2
+    );
+    assert_eq!(
+        shipped.iter().collect::<HashSet<_>>().len(),
+        valid,
+        "every success's shipment is written"
+    );
+    assert_eq!(twice, (0, 0, 0), "written twice with exactly-once on");
 }

@@ -255,6 +255,39 @@ async fn kafka_commit_and_at_risk_settings_out_of_range_are_refused_naming_their
         error,
         "invalid KAFKA_AT_RISK_MS: 7200000 ms is out of range: give 100 to 3600000 ms"
     );
+    // Exactly-once with the retries outside Kafka: they cannot join its transactions.
+    for (store, vars) in [
+        (
+            "Redis",
+            [
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("RETRY_KAFKA_BACKEND", "kafka+redis"),
+            ],
+        ),
+        (
+            "PostgreSQL",
+            [
+                ("DATABASE_URL", "postgres://127.0.0.1:1/db"),
+                ("RETRY_KAFKA_BACKEND", "kafka+postgres"),
+            ],
+        ),
+    ] {
+        let mut all = vec![
+            ("KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("KAFKA_EXACTLY_ONCE", "true"),
+        ];
+        all.extend(vars);
+        let settings = Settings::from_vars(all).unwrap();
+        let error = settings.with_backend(Nothing).await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "invalid KAFKA_EXACTLY_ONCE: exactly-once needs the retries and dead letters in Kafka, and here \
+                 they are kept in {store}, which cannot take part in a Kafka transaction; unset it, or keep the \
+                 retries in Kafka (RETRY_KAFKA_BACKEND=kafka)"
+            )
+        );
+    }
 }
 
 #[retry_handler(group = "val-ordered", retries = ["1s"], dlq, ordering = "key")]

@@ -89,11 +89,13 @@ impl Settings {
             BackendChoice::Redis => work.run(redis(&self.redis)?).await,
             #[cfg(all(feature = "kafka", feature = "redis"))]
             BackendChoice::KafkaRedis => {
+                no_exactly_once_with(&self.kafka, "Redis")?;
                 let backend = crate::backend::Tiered::new(kafka(&self.kafka)?, redis(&self.redis)?);
                 work.run(backend).await
             }
             #[cfg(all(feature = "kafka", feature = "postgres"))]
             BackendChoice::KafkaPostgres => {
+                no_exactly_once_with(&self.kafka, "PostgreSQL")?;
                 let backend = crate::backend::Tiered::new(kafka(&self.kafka)?, postgres(&self.postgres)?);
                 work.run(backend).await
             }
@@ -103,6 +105,23 @@ impl Settings {
                 work.run(backend).await
             }
         })
+    }
+}
+
+/// Exactly-once is Kafka's alone: a hand-off to retries kept in `store` cannot join the
+/// transaction that commits its source's offset, so asking for it there is refused.
+#[cfg(all(feature = "kafka", any(feature = "redis", feature = "postgres")))]
+fn no_exactly_once_with(settings: &KafkaSettings, store: &str) -> Result<(), ConfigError> {
+    match settings.exactly_once {
+        false => Ok(()),
+        true => Err(ConfigError::Invalid {
+            field: vars::KAFKA_EXACTLY_ONCE,
+            reason: format!(
+                "exactly-once needs the retries and dead letters in Kafka, and here they are kept in \
+                 {store}, which cannot take part in a Kafka transaction; unset it, or keep the retries \
+                 in Kafka (RETRY_KAFKA_BACKEND=kafka)"
+            ),
+        }),
     }
 }
 
