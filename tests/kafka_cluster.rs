@@ -55,17 +55,23 @@ static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// orders ending in 13 of each 50 (dead-lettered).
 #[retry_handler(group = "cluster-workers", retries = ["1s"], dlq)]
 async fn work(order: Order, ctx: Context) -> Result<(), HandlerError> {
-    if order.id % 50 == 13 {
-        return Err(HandlerError::permanent(format!("order {} is invalid", order.id)));
+    settle(order.id, ctx.attempt())
+}
+
+/// The workload's rule for attempt `attempt` of event `id` (every 50th from 13 invalid, every
+/// 10th from 7 failing once); a success is counted in [`HANDLED`].
+fn settle(id: u64, attempt: u32) -> Result<(), HandlerError> {
+    if id % 50 == 13 {
+        return Err(HandlerError::permanent(format!("event {id} is invalid")));
     }
-    if order.id % 10 == 7 && ctx.attempt() == 1 {
+    if id % 10 == 7 && attempt == 1 {
         return Err(HandlerError::transient("try again"));
     }
     *HANDLED
         .lock()
         .unwrap()
         .get_or_insert_with(HashMap::new)
-        .entry(order.id)
+        .entry(id)
         .or_default() += 1;
     Ok(())
 }
@@ -498,23 +504,9 @@ struct Shipped {
 /// As [`work`], and each success emits a [`Shipped`] (a consume, transform, produce handler).
 #[retry_handler(group = "cluster-parcels", retries = ["1s"], dlq)]
 async fn ship(parcel: Parcel, ctx: Context) -> Result<(), HandlerError> {
-    if parcel.id % 50 == 13 {
-        return Err(HandlerError::permanent(format!(
-            "parcel {} is invalid",
-            parcel.id
-        )));
-    }
-    if parcel.id % 10 == 7 && ctx.attempt() == 1 {
-        return Err(HandlerError::transient("try again"));
-    }
+    // Kept until the attempt succeeds: a failed attempt's shipment is never written.
     ctx.emit(&Shipped { id: parcel.id })?;
-    *HANDLED
-        .lock()
-        .unwrap()
-        .get_or_insert_with(HashMap::new)
-        .entry(parcel.id)
-        .or_default() += 1;
-    Ok(())
+    settle(parcel.id, ctx.attempt())
 }
 
 /// How many ids are in `ids` more than once (copies past the first).
