@@ -46,7 +46,7 @@ struct Attempt {
 fn attempts(workers: &[&Worker]) -> Vec<Attempt> {
     let mut all: Vec<Attempt> = workers
         .iter()
-        .flat_map(|w| w.log_lines().into_iter().map(move |line| (w.name.clone(), line)))
+        .flat_map(|w| w.lines().into_iter().map(move |line| (w.name.clone(), line)))
         .map(|(worker, line)| {
             let parts: Vec<&str> = line.split(' ').collect();
             Attempt {

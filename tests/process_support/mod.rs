@@ -76,27 +76,17 @@ impl Worker {
 
     /// Every line of the worker's log: one per attempt finished.
     pub fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The lines of this worker's log of attempts, as its binary wrote them.
-    pub fn log_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // A line the worker is writing as this reads may be there in part: up to the last
+        // newline only.
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete.lines().map(str::to_owned).collect()
     }
 
     /// `(id, attempt, ok)` for every attempt this worker finished.
     pub fn attempts(&self) -> Vec<(u64, u32, bool)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
+        self.lines()
+            .iter()
             .map(|line| {
                 let mut parts = line.split(' ');
                 let id = parts.next().unwrap().parse().unwrap();

@@ -265,11 +265,36 @@ pub struct Undelivered {
     pub error: BackendError,
     /// The record, as it was given.
     pub record: OutboundRecord,
+    /// Not written because its source's partition is no longer this consumer's (revoked, or
+    /// taken back by an aborted transaction): its next reader runs the source again, so the
+    /// runtime does not try it again and says so quietly.
+    pub given_up: bool,
 }
 
 impl Undelivered {
     /// A failed write of `record`.
     pub fn new(error: BackendError, record: OutboundRecord) -> Self {
-        Self { error, record }
+        Self {
+            error,
+            record,
+            given_up: false,
+        }
+    }
+
+    /// A write of `record` not made because its source's partition was given up (see
+    /// [`given_up`](Undelivered::given_up)).
+    ///
+    /// ```
+    /// use retry_kafka::backend::{OutboundRecord, Undelivered};
+    /// use retry_kafka::error::BackendError;
+    ///
+    /// let error = BackendError::Produce { topic: "t".into(), source: "revoked".into() };
+    /// assert!(Undelivered::given_up(error, OutboundRecord::default()).given_up);
+    /// ```
+    pub fn given_up(error: BackendError, record: OutboundRecord) -> Self {
+        Self {
+            given_up: true,
+            ..Self::new(error, record)
+        }
     }
 }

@@ -319,6 +319,14 @@ impl HandOffs {
         }
     }
 
+    /// A write the consumer did not make because the partition is being given up: its source
+    /// stays unacknowledged, and nothing is tried again.
+    pub(super) fn given_up(&mut self, ticket: &Ticket) {
+        if ticket.again {
+            self.partition(ticket.partition).retrying -= 1;
+        }
+    }
+
     /// A write of the partition's current generation failed: it is kept, in source order, to
     /// be tried again after the partition's next pause. Returns when.
     pub(super) fn write_failed(&mut self, hand_off: PendingHandOff) -> Instant {

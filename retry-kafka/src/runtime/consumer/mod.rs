@@ -553,6 +553,17 @@ impl<C: Consumer, A: Attempts> LevelLoop<C, A> {
                 self.level.handed_off(&ticket);
                 self.finish(partition, offset).await;
             }
+            Err(Undelivered {
+                error,
+                given_up: true,
+                ..
+            }) => {
+                // Its partition is being taken away (a revoke or a rewind is on its way): the
+                // next reader runs the source again; nothing to try again here.
+                self.hand_offs.given_up(&ticket);
+                tracing::debug!(topic = %self.level.topic, partition, offset, %error,
+                    "hand-off not written: its partition was given up");
+            }
             Err(Undelivered { error, record, .. }) => {
                 let retry_at = self.hand_offs.write_failed(PendingHandOff::new(ticket, record));
                 tracing::warn!(

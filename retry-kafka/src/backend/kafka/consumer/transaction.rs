@@ -506,7 +506,7 @@ fn retried(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), Kafka
 
 /// A hand-off refused: its partition is no longer read in its record's generation.
 fn stale(record: OutboundRecord) -> Undelivered {
-    Undelivered::new(
+    Undelivered::given_up(
         transport("the partition was given up or its transaction aborted: its record is run again from the committed offset"),
         record,
     )
