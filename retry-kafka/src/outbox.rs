@@ -22,10 +22,6 @@ pub enum EmitError {
     /// attempt (a context kept past its handler's return, in a spawned task say).
     #[error("the attempt this context belongs to has finished: an event emitted after it is not written")]
     AttemptOver,
-    /// A batch handler's contexts do not emit (yet): its records settle one by one, and
-    /// which of them an event would belong to is not said.
-    #[error("a batch handler's contexts do not emit events; publish them with a Producer")]
-    InBatch,
 }
 
 /// One attempt's emitted events, shared by its [`Context`](crate::Context) (and its clones)
@@ -48,8 +44,6 @@ pub(crate) struct Emitted {
 struct Kept {
     outputs: Vec<Emitted>,
     closed: bool,
-    /// A batch's: every emit is refused.
-    batch: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -67,19 +61,9 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The outbox of a batch handler's contexts (one for all): it refuses every emit.
-    pub(crate) fn of_batch() -> Self {
-        let outbox = Self::default();
-        outbox.lock().batch = true;
-        outbox
-    }
-
     /// Keeps `output` for the attempt's end; refused once the attempt is over.
     pub(crate) fn push(&self, output: Emitted) -> Result<(), EmitError> {
         let mut kept = self.lock();
-        if kept.batch {
-            return Err(EmitError::InBatch);
-        }
         if kept.closed {
             return Err(EmitError::AttemptOver);
         }
@@ -141,9 +125,5 @@ mod tests {
         let taken = again.close();
         assert_eq!(taken.len(), 1, "open and empty again");
         assert_eq!(taken[0].payload, "d");
-        assert!(matches!(
-            Outbox::of_batch().push(emitted("e")),
-            Err(EmitError::InBatch)
-        ));
     }
 }

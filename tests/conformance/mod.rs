@@ -1368,6 +1368,14 @@ async fn batched(orders: Vec<Order>, ctx: BatchContext) -> Result<(), BatchError
     let mut failures = BatchFailures::new();
     for (index, (order, record)) in orders.iter().zip(&ctx).enumerate() {
         self::record("batch", order, record);
+        // Written only if this record succeeds (its own outbox, not the batch's).
+        let output = Order {
+            id: order.id,
+            note: format!("attempt {}", record.attempt()),
+        };
+        record
+            .emit_to("conf.batch.out", &output, Headers::new())
+            .map_err(BatchError::whole_batch)?;
         if order.id % 5 == 0 {
             failures.fail(
                 index,
@@ -1385,6 +1393,7 @@ async fn batched(orders: Vec<Order>, ctx: BatchContext) -> Result<(), BatchError
 
 pub async fn a_batch_handler_settles_each_record_on_its_own<H: Harness>(harness: &H) {
     harness.create_topic("conf.batch", 2).await;
+    harness.create_topic("conf.batch.out", 2).await;
     let (app, running) = start(harness, "conf-batch").await;
     // Published together, so they arrive within the linger and share batches.
     let garbage: &[u8] = b"\x00 not an order \xff";
@@ -1453,6 +1462,20 @@ pub async fn a_batch_handler_settles_each_record_on_its_own<H: Harness>(harness:
         ),
         (poison.partition, poison.offset)
     );
+    // What succeeded emitted once, by the attempt that succeeded; a failed record nothing.
+    let mut outputs: Vec<(u64, String)> = harness
+        .records("conf.batch.out")
+        .await
+        .iter()
+        .map(|r| {
+            let order = decode(r);
+            (order.id, order.note)
+        })
+        .collect();
+    outputs.sort();
+    let attempt = |id: u64| format!("attempt {}", if id.is_multiple_of(2) { 2 } else { 1 });
+    let expected: Vec<(u64, String)> = [1, 2, 3, 4, 6, 7, 8, 9].map(|id| (id, attempt(id))).into();
+    assert_eq!(outputs, expected);
     let retried = harness.records("conf.batch.conf-batch.retry.1").await;
     let mut retried_ids: Vec<u64> = retried.iter().map(|r| decode(r).id).collect();
     retried_ids.sort();

@@ -9,8 +9,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::attempt::{guarded, Attempts, Done, Failure, InFlight};
+use super::outputs::{self, OutputRoute};
 use super::partitions::Partitions;
 use super::Level;
+use crate::backend::Output;
 use crate::backend::Record;
 use crate::batch::{BatchInput, BatchStart};
 use crate::handlers::BatchCall;
@@ -37,12 +39,18 @@ pub(super) struct Batches {
     gathered: Vec<Gathered>,
     /// When the batch starts even if not full.
     deadline: Option<Instant>,
-    /// The outbox every context of a batch shares: it refuses emits.
-    outbox: Outbox,
+    /// Where successful records' outputs go.
+    route: OutputRoute,
 }
 
 impl Batches {
-    pub(super) fn new(call: BatchCall, max: u32, linger: Duration, concurrency: usize) -> Self {
+    pub(super) fn new(
+        call: BatchCall,
+        max: u32,
+        linger: Duration,
+        concurrency: usize,
+        route: OutputRoute,
+    ) -> Self {
         let max = max.max(1) as usize;
         Self {
             call,
@@ -52,7 +60,7 @@ impl Batches {
             in_flight: InFlight::new(concurrency),
             gathered: Vec::with_capacity(max),
             deadline: None,
-            outbox: Outbox::of_batch(),
+            route,
         }
     }
 
@@ -83,6 +91,8 @@ impl Batches {
         );
         let mut input = Vec::with_capacity(gathered.len());
         let mut members = Vec::with_capacity(gathered.len());
+        // One per record: each record's outputs are written if that record succeeds.
+        let mut outboxes = Vec::with_capacity(gathered.len());
         for Gathered {
             record,
             generation,
@@ -90,7 +100,9 @@ impl Batches {
         } in gathered
         {
             level.metrics.started(due);
-            let context = level.context(&record, self.outbox.clone());
+            let outbox = Outbox::default();
+            let context = level.context(&record, outbox.clone());
+            outboxes.push(outbox);
             input.push((record.payload.clone().unwrap_or_default(), context));
             members.push((record, generation));
         }
@@ -109,8 +121,14 @@ impl Batches {
             Err(panic) => {
                 let failure = Failure::panic(&*panic);
                 let outcomes = (0..len).map(|_| Err(failure.clone())).collect();
-                let dones = settle(members, outcomes, &span, began);
-                return self.in_flight.push(Box::pin(std::future::ready(dones)));
+                let batch = Batch {
+                    members,
+                    outboxes,
+                    started: began,
+                };
+                let route = self.route.clone();
+                let settled = async move { batch.settle(outcomes, &route, &tracing::Span::current()).await };
+                return self.in_flight.push(Box::pin(settled.instrument(span)));
             }
         };
         let mut outcomes: Vec<Result<(), Failure>> = (0..len).map(|_| Ok(())).collect();
@@ -118,6 +136,14 @@ impl Batches {
             outcomes[position] = Err(Failure::decode(error));
         }
         let timeout = level.spec.timeout();
+        let (route, batch) = (
+            self.route.clone(),
+            Batch {
+                members,
+                outboxes,
+                started: began,
+            },
+        );
         let batch = async move {
             if let Some(future) = future {
                 match guarded(future, timeout).await {
@@ -137,31 +163,69 @@ impl Batches {
                     }
                 }
             }
-            settle(members, outcomes, &tracing::Span::current(), began)
+            batch.settle(outcomes, &route, &tracing::Span::current()).await
         };
         self.in_flight.push(Box::pin(batch.instrument(span)));
     }
 }
 
-/// Each record of a batch with its outcome, as a finished attempt of its own.
-fn settle(
+/// A started batch's records, with what each one's context emits.
+struct Batch {
     members: Vec<(Record, u32)>,
-    outcomes: Vec<Result<(), Failure>>,
-    span: &tracing::Span,
+    outboxes: Vec<Outbox>,
     started: StdInstant,
-) -> Vec<Done> {
-    members
-        .into_iter()
-        .zip(outcomes)
-        .map(|((record, generation), result)| Done {
-            record,
-            generation,
-            result,
-            span: AttemptSpan::of(span),
+}
+
+impl Batch {
+    /// Each record of the batch with its outcome, as a finished attempt of its own: a
+    /// successful record's outputs kept for the consumer's transaction, or published first
+    /// (all the batch's at once; a record whose output failed fails).
+    async fn settle(
+        self,
+        mut outcomes: Vec<Result<(), Failure>>,
+        route: &OutputRoute,
+        span: &tracing::Span,
+    ) -> Vec<Done> {
+        let Batch {
+            members,
+            outboxes,
             started,
-            outputs: Vec::new(),
-        })
-        .collect()
+        } = self;
+        let mut outputs: Vec<Vec<Output>> = outcomes
+            .iter()
+            .zip(&outboxes)
+            .map(|(outcome, outbox)| {
+                let emitted = outbox.close();
+                match outcome {
+                    Ok(()) if !emitted.is_empty() => outputs::outputs(emitted),
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+        if let OutputRoute::Publish(publisher) = route {
+            if outputs.iter().any(|each| !each.is_empty()) {
+                let failed = outputs::publish_each(&**publisher, &mut outputs).await;
+                for (outcome, failure) in outcomes.iter_mut().zip(failed) {
+                    if let Some(message) = failure {
+                        *outcome = Err(Failure::transient(message));
+                    }
+                }
+            }
+        }
+        members
+            .into_iter()
+            .zip(outcomes)
+            .zip(outputs)
+            .map(|(((record, generation), result), outputs)| Done {
+                record,
+                generation,
+                result,
+                span: AttemptSpan::of(span),
+                started,
+                outputs,
+            })
+            .collect()
+    }
 }
 
 impl Attempts for Batches {

@@ -91,18 +91,18 @@ impl Level {
     /// Consumes until shutdown, then commits what finished and leaves the group.
     pub(crate) async fn run<C: Consumer>(self, consumer: C) -> Result<(), Error> {
         let concurrency = self.spec.concurrency().max(1) as usize;
+        let route = match consumer.emits_in_transaction() {
+            true => OutputRoute::Transaction,
+            false => OutputRoute::Publish(self.publisher.clone()),
+        };
         match self.spec.call() {
             Call::Single(call) => {
-                let route = match consumer.emits_in_transaction() {
-                    true => OutputRoute::Transaction,
-                    false => OutputRoute::Publish(self.publisher.clone()),
-                };
                 let attempts = OneRecord::new(call, concurrency, route);
                 LevelLoop::new(self, consumer, attempts).run().await
             }
             Call::Batch { max, linger_ms, call } => {
                 let linger = Duration::from_millis(linger_ms);
-                let attempts = Batches::new(call, max, linger, concurrency);
+                let attempts = Batches::new(call, max, linger, concurrency, route);
                 LevelLoop::new(self, consumer, attempts).run().await
             }
         }

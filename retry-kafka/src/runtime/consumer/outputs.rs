@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 
 use crate::backend::{Delivered, OutboundRecord, Output, Publish, Topic};
 use crate::error::BackendError;
@@ -47,6 +47,27 @@ pub(super) async fn publish(publisher: &dyn PublishOutputs, outputs: Vec<Output>
         .await
         .map(drop)
         .map_err(|error| format!("writing the handler's output failed: {error}"))
+}
+
+/// Writes the outputs of a batch's records through `publisher`, all started at once in record
+/// order (each list taken); for each record, why one of its outputs failed, if one did.
+pub(super) async fn publish_each(
+    publisher: &dyn PublishOutputs,
+    each: &mut [Vec<Output>],
+) -> Vec<Option<String>> {
+    let writes = each.iter_mut().enumerate().flat_map(|(index, outputs)| {
+        std::mem::take(outputs)
+            .into_iter()
+            .map(move |output| (index, publisher.write(output)))
+    });
+    let written = join_all(writes.map(|(index, write)| async move { (index, write.await) })).await;
+    let mut failed = vec![None; each.len()];
+    for (index, result) in written {
+        if let (Err(error), None) = (result, &failed[index]) {
+            failed[index] = Some(format!("writing the handler's output failed: {error}"));
+        }
+    }
+    failed
 }
 
 /// What a handler emitted, as the seam writes it: each to its main topic, keyed by its event.
