@@ -86,19 +86,22 @@ pub trait Consumer: Send + 'static {
     /// drains it each round of its loop.
     fn hand_off_reports(&self) -> &HandOffReports;
 
-    /// Whether this consumer writes a handler's outputs itself, in the transaction that
-    /// commits their source's offset ([`emit`](Consumer::emit)): Kafka with exactly-once.
-    /// Otherwise (the default) the runtime publishes them before the attempt counts as a
-    /// success (at least once). Read once, when the consumer starts.
-    fn emits_in_transaction(&self) -> bool {
+    /// Whether this consumer writes a successful attempt's outputs itself
+    /// ([`emit`](Consumer::emit)): pipelined and reported like hand-offs, so the runtime
+    /// waits for none of them in line, and in the transaction that commits their source's
+    /// offset where the consumer has one (Kafka; exactly-once). Otherwise (the default) the
+    /// runtime publishes them, awaited, before the attempt counts as a success. Read once,
+    /// when the consumer starts.
+    fn writes_outputs(&self) -> bool {
         false
     }
 
-    /// Writes what a successful attempt of the message at `from` emitted, all in the same
-    /// transaction as its offset, and reports as `id` into
-    /// [`hand_off_reports`](Consumer::hand_off_reports) like a hand-off (the runtime
-    /// acknowledges the source after it, and tries again after a failure). Called only when
-    /// [`emits_in_transaction`](Consumer::emits_in_transaction); the default refuses.
+    /// Writes what a successful attempt of the message at `from` emitted, in order (in the
+    /// same transaction as its offset, where there is one), and reports as `id` into
+    /// [`hand_off_reports`](Consumer::hand_off_reports) once all are durable or one failed,
+    /// like a hand-off (the runtime acknowledges the source after it, and tries again after a
+    /// failure). Called only when [`writes_outputs`](Consumer::writes_outputs); the default
+    /// refuses.
     ///
     /// ```
     /// use retry_kafka::backend::{memory::InMemory, Backend, Consumer, HandOffId, Position, Subscription, Topic};
@@ -108,7 +111,7 @@ pub trait Consumer: Send + 'static {
     /// let broker = InMemory::new();
     /// let subscription = Subscription { topic: Topic::main("orders"), group: "billing".into() };
     /// let mut consumer = broker.subscribe(subscription).await?;
-    /// assert!(!consumer.emits_in_transaction());
+    /// assert!(!consumer.writes_outputs());
     /// consumer.emit(HandOffId(1), Position { partition: 0, offset: 0 }, Vec::new());
     /// let mut finished = Vec::new();
     /// consumer.hand_off_reports().wait(&mut finished).await;
@@ -119,7 +122,7 @@ pub trait Consumer: Send + 'static {
         let _ = (from, outputs);
         let error = BackendError::Transport {
             backend: "consumer",
-            source: "this consumer writes no outputs in transactions: the runtime publishes them".into(),
+            source: "this consumer does not write outputs: the runtime publishes them".into(),
         };
         self.hand_off_reports()
             .report(id, Err(Undelivered::new(error, OutboundRecord::default())));

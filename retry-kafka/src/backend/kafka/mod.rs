@@ -16,8 +16,8 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    Backend, Delivered, HandOffId, HandOffReports, OutboundRecord, Publish, Record, Subscription, Topic,
-    TopicAdmin, TopicRole,
+    Backend, Delivered, HandOffId, HandOffReports, OutboundRecord, Output, Publish, Record, Subscription,
+    Topic, TopicAdmin, TopicRole,
 };
 use crate::error::{BackendError, ConfigError};
 
@@ -579,5 +579,11 @@ impl Kafka {
         self.cluster_of(topic.role)
             .writer
             .hand_off(id, topic, record, reports)
+    }
+
+    /// Writes a successful attempt's outputs (to main topics: the main cluster), reported as
+    /// `id` once all are through.
+    fn emit(&self, id: HandOffId, outputs: Vec<Output>, reports: &HandOffReports) {
+        self.cluster_of(TopicRole::Main).writer.emit(id, outputs, reports);
     }
 }

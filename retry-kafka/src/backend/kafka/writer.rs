@@ -27,7 +27,7 @@ use rdkafka::ClientContext;
 use slab::Slab;
 
 use super::Refusals;
-use crate::backend::{Delivered, HandOffId, HandOffReports, OutboundRecord, Topic, Undelivered};
+use crate::backend::{Delivered, HandOffId, HandOffReports, OutboundRecord, Output, Topic, Undelivered};
 use crate::error::BackendError;
 
 /// How long one poll of the producer waits for reports; also how long closing waits for the
@@ -100,22 +100,40 @@ impl Writer {
         }
     }
 
-    /// Queues `record` for `topic` in the open transaction, unwatched: its delivery report only
-    /// frees its slot (a record that is not written fails the transaction's commit, which is
-    /// what stands for it). `Err` when librdkafka does not queue it.
-    pub(super) fn write_in_transaction(
-        &self,
-        topic: &Topic,
-        record: &OutboundRecord,
-    ) -> Result<(), BackendError> {
+    /// Queues a successful attempt's `outputs` ([`Consumer::emit`](crate::backend::Consumer::emit)),
+    /// in order; reported as `id` into `reports` once each one is written or failed (the
+    /// first failure, if any). No slot waits on another: each output's report counts down
+    /// their join. Returns whether librdkafka queued every one (a refusal ends the queueing:
+    /// the rest are not sent, and the join reports the refusal).
+    pub(super) fn emit(&self, id: HandOffId, outputs: Vec<Output>, reports: &HandOffReports) -> bool {
         let context = self.producer.context();
-        let slot = context.slots().insert(Slot::Abandoned);
-        self.producer
-            .send(outbound(topic, record, slot))
-            .map_err(|(error, _)| {
+        let join = Arc::new(Joined {
+            id,
+            reports: reports.clone(),
+            state: Mutex::new(JoinState {
+                remaining: outputs.len(),
+                last: None,
+                failed: None,
+            }),
+        });
+        if outputs.is_empty() {
+            join.count_down(0, None);
+            return true;
+        }
+        let total = outputs.len();
+        for (sent, output) in outputs.iter().enumerate() {
+            let slot = context
+                .slots()
+                .insert(Slot::Joined(join.clone(), output.topic.name.clone()));
+            if let Err((error, _)) = self.producer.send(outbound(&output.topic, &output.record, slot)) {
                 context.slots().remove(slot);
-                context.refusals.explain_write(&topic.name, error)
-            })
+                let error = context.refusals.explain_write(&output.topic.name, error);
+                // This one and the ones after it are never sent.
+                join.count_down(total - sent, Some(Err(error)));
+                return false;
+            }
+        }
+        true
     }
 
     /// Queues a hand-off's `record` for `topic`; its delivery report (or librdkafka's refusal
@@ -240,7 +258,7 @@ impl Future for Write {
                         }
                         return Poll::Pending;
                     }
-                    Slot::Abandoned | Slot::HandOff(_) | Slot::Sending => {
+                    Slot::Abandoned | Slot::HandOff(_) | Slot::Sending | Slot::Joined(..) => {
                         unreachable!("a write's slot is its own")
                     }
                 }
@@ -284,6 +302,50 @@ enum Slot {
     Sending,
     /// A hand-off: its report goes to its consumer's reports.
     HandOff(PendingHandOff),
+    /// One of a successful attempt's outputs (its topic, for a failure's words): its report
+    /// counts down their join.
+    Joined(Arc<Joined>, Arc<str>),
+}
+
+/// A successful attempt's outputs being written: reported once, when the last is through.
+struct Joined {
+    id: HandOffId,
+    reports: HandOffReports,
+    state: Mutex<JoinState>,
+}
+
+struct JoinState {
+    remaining: usize,
+    last: Option<Delivered>,
+    failed: Option<BackendError>,
+}
+
+impl Joined {
+    /// `done` outputs are through, one of them with `result`; the last reports the join.
+    fn count_down(&self, done: usize, result: Option<Result<Delivered, BackendError>>) {
+        let finished = {
+            let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match result {
+                Some(Ok(delivered)) => state.last = Some(delivered),
+                Some(Err(error)) => {
+                    state.failed.get_or_insert(error);
+                }
+                None => {}
+            }
+            state.remaining = state.remaining.saturating_sub(done);
+            if state.remaining > 0 {
+                return;
+            }
+            match state.failed.take() {
+                Some(error) => Err(Undelivered::new(error, OutboundRecord::default())),
+                None => Ok(state.last.unwrap_or(Delivered {
+                    partition: 0,
+                    offset: 0,
+                })),
+            }
+        };
+        self.reports.report(self.id, finished);
+    }
 }
 
 /// A hand-off queued in librdkafka.
@@ -344,6 +406,14 @@ impl ProducerContext for Reports {
             let Some(entry) = slots.get_mut(slot) else {
                 return;
             };
+            if matches!(entry, Slot::Joined(..)) {
+                let Slot::Joined(join, topic) = slots.remove(slot) else {
+                    unreachable!("matched above")
+                };
+                drop(slots);
+                let result = result.map_err(|error| self.refusals.explain_write(&topic, error));
+                return join.count_down(1, Some(result));
+            }
             if matches!(entry, Slot::HandOff(_)) {
                 let Slot::HandOff(hand_off) = slots.remove(slot) else {
                     unreachable!("matched above")
@@ -359,7 +429,7 @@ impl ProducerContext for Reports {
                 }
                 // A hand-off being sent: its sender finds the result and reports it.
                 Slot::Sending => None,
-                Slot::Done(_) | Slot::HandOff(_) => unreachable!("one report per write"),
+                Slot::Done(_) | Slot::HandOff(_) | Slot::Joined(..) => unreachable!("one report per write"),
             }
         };
         // Outside the lock: the woken task may poll its write at once.
@@ -374,7 +444,7 @@ mod tests {
     use rdkafka::producer::Producer as _;
 
     use crate::backend::kafka::Kafka;
-    use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Topic, TopicAdmin as _};
+    use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Output, Topic, TopicAdmin as _};
 
     #[tokio::test]
     async fn reports_complete_writes_by_slot_and_a_dropped_write_frees_its_own() {
@@ -427,6 +497,47 @@ mod tests {
             .collect();
         assert_eq!(written, (0..100).map(|n| (n, n)).collect::<Vec<_>>());
         assert!(batches < 100, "reports are taken many at once: {batches} batches");
+        let slots = kafka.shared.main.writer.producer.context().slots();
+        assert!(slots.is_empty(), "{} slots left", slots.len());
+    }
+
+    #[tokio::test]
+    async fn an_attempts_outputs_are_reported_once_when_all_are_through() {
+        let kafka = Kafka::embedded().unwrap();
+        let topic = Topic::main("writer.outputs");
+        kafka.create_topic(&topic, 1).await.unwrap();
+        let output = |partition: u32, n: u64| Output {
+            topic: topic.clone(),
+            record: OutboundRecord {
+                partition: Some(partition),
+                payload: Some(n.to_string().into()),
+                ..Default::default()
+            },
+        };
+        let reports = HandOffReports::new();
+        let writer = &kafka.shared.main.writer;
+        assert!(writer.emit(HandOffId(1), (0..3).map(|n| output(0, n)).collect(), &reports));
+        // One of three to a partition that does not exist: the join fails, once.
+        writer.emit(
+            HandOffId(2),
+            vec![output(0, 3), output(7, 4), output(0, 5)],
+            &reports,
+        );
+        let (mut finished, mut batch) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while finished.len() < 2 {
+            tokio::time::timeout_at(deadline, reports.wait(&mut batch))
+                .await
+                .expect("both joins report");
+            finished.append(&mut batch);
+        }
+        finished.sort_by_key(|done| done.id.0);
+        assert_eq!(finished[0].id, HandOffId(1));
+        assert!(finished[0].result.is_ok(), "{:?}", finished[0].result);
+        assert_eq!(finished[1].id, HandOffId(2));
+        assert!(finished[1].result.is_err(), "a missing partition fails the join");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!reports.take(&mut batch), "each join reports once");
         let slots = kafka.shared.main.writer.producer.context().slots();
         assert!(slots.is_empty(), "{} slots left", slots.len());
     }

@@ -107,7 +107,7 @@ pub(super) async fn settled(
         return (result, Vec::new());
     }
     match route {
-        OutputRoute::Transaction => (Ok(()), outputs::outputs(emitted)),
+        OutputRoute::Consumer => (Ok(()), outputs::outputs(emitted)),
         OutputRoute::Publish(publisher) => {
             let published = outputs::publish(&**publisher, outputs::outputs(emitted)).await;
             (published.map_err(Failure::transient), Vec::new())

@@ -91,8 +91,8 @@ impl Level {
     /// Consumes until shutdown, then commits what finished and leaves the group.
     pub(crate) async fn run<C: Consumer>(self, consumer: C) -> Result<(), Error> {
         let concurrency = self.spec.concurrency().max(1) as usize;
-        let route = match consumer.emits_in_transaction() {
-            true => OutputRoute::Transaction,
+        let route = match consumer.writes_outputs() {
+            true => OutputRoute::Consumer,
             false => OutputRoute::Publish(self.publisher.clone()),
         };
         match self.spec.call() {

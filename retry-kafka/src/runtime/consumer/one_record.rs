@@ -99,7 +99,7 @@ impl OneRecord {
         let emitted = outbox.close();
         let outputs = match &self.route {
             _ if result.is_err() || emitted.is_empty() => Vec::new(),
-            OutputRoute::Transaction => outputs::outputs(emitted),
+            OutputRoute::Consumer => outputs::outputs(emitted),
             OutputRoute::Publish(_) => {
                 // Finished without waiting, but its outputs are written before it counts.
                 let attempt = Attempt::new(record, generation, began, outbox, self.route.clone());

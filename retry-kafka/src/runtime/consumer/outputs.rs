@@ -1,8 +1,9 @@
-//! Where a successful attempt's outputs (`Context::emit`) go, chosen once per consumer: into
-//! the consumer's transaction ([`Consumer::emit`](crate::backend::Consumer::emit), Kafka's
-//! exactly-once), or published by the attempt through the app's backend before it counts as
-//! a success (at least once: a failure after some were written runs the attempt again, and
-//! writes them again).
+//! Where a successful attempt's outputs (`Context::emit`) go, chosen once per consumer: to
+//! the consumer ([`Consumer::emit`](crate::backend::Consumer::emit): Kafka, pipelined like
+//! hand-offs, in the transaction of their source's offset with exactly-once), or published by
+//! the attempt through the app's backend before it counts as a success. Either way a source
+//! is acknowledged only after its outputs are durable (at least once without a transaction:
+//! a failure after some were written runs the attempt again, and writes them again).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +18,9 @@ use crate::outbox::Emitted;
 /// Where a level's successful attempts' outputs go, chosen once per consumer.
 #[derive(Clone)]
 pub(crate) enum OutputRoute {
-    /// To the consumer, which writes them in the transaction of their source's offset.
-    Transaction,
+    /// To the consumer, which writes them like hand-offs, pipelined (in the transaction of
+    /// their source's offset where it has one).
+    Consumer,
     /// Published by the attempt before it counts as a success.
     Publish(Arc<dyn PublishOutputs>),
 }

@@ -45,7 +45,7 @@ pub(crate) use commits::CommitPolicy;
 use super::{transport, Kafka};
 use crate::backend::{
     Consumer, Fetched, HandOffId, HandOffReports, OutboundRecord, Output, Position, Record, Subscription,
-    Topic, Undelivered,
+    Topic,
 };
 use crate::error::BackendError;
 use crate::headers::Headers;
@@ -400,6 +400,13 @@ impl KafkaConsumer {
         }
         self.ack_request.answered();
     }
+
+    /// The generation `partition` is read in by this handle (0 when it is not): a write into
+    /// the transaction carries it, and the transaction refuses one of a partition no longer
+    /// read in it.
+    fn generation_of(&self, partition: u32) -> u64 {
+        self.partitions.get(partition).map_or(0, |view| view.generation)
+    }
 }
 
 impl Consumer for KafkaConsumer {
@@ -473,11 +480,7 @@ impl Consumer for KafkaConsumer {
     fn hand_off(&mut self, id: HandOffId, from: Position, to: Topic, record: OutboundRecord) {
         match &self.transaction {
             Some(transaction) => {
-                // A partition not (or no longer) this handle's: the transaction refuses it.
-                let generation = self
-                    .partitions
-                    .get(from.partition)
-                    .map_or(0, |view| view.generation);
+                let generation = self.generation_of(from.partition);
                 transaction.hand_off(id, from, generation, to, record, &self.hand_offs);
             }
             None => self.kafka.hand_off(id, &to, record, &self.hand_offs),
@@ -488,23 +491,18 @@ impl Consumer for KafkaConsumer {
         &self.hand_offs
     }
 
-    fn emits_in_transaction(&self) -> bool {
-        self.transaction.is_some()
+    fn writes_outputs(&self) -> bool {
+        true
     }
 
     fn emit(&mut self, id: HandOffId, from: Position, outputs: Vec<Output>) {
-        let Some(transaction) = &self.transaction else {
-            let error =
-                transport("this consumer writes no outputs in transactions: the runtime publishes them");
-            return self
-                .hand_offs
-                .report(id, Err(Undelivered::new(error, OutboundRecord::default())));
-        };
-        let generation = self
-            .partitions
-            .get(from.partition)
-            .map_or(0, |view| view.generation);
-        transaction.emit(id, from, generation, outputs, &self.hand_offs);
+        match &self.transaction {
+            Some(transaction) => {
+                let generation = self.generation_of(from.partition);
+                transaction.emit(id, from, generation, outputs, &self.hand_offs);
+            }
+            None => self.kafka.emit(id, outputs, &self.hand_offs),
+        }
     }
 
     /// Pauses fetching the partition. Records of it from `offset` on that were fetched already

@@ -418,26 +418,9 @@ impl Gate {
         match carried {
             Carried::HandOff(to, record) => self.writer.hand_off(id, &to, record, reports),
             Carried::Outputs(outputs) => {
-                // Only the last is reported: the commit fails, so the transaction aborts, if
-                // any of them is not written, and the record is run again.
-                let mut outputs = outputs.into_iter();
-                let last = outputs.next_back();
-                for output in outputs {
-                    if let Err(error) = self.writer.write_in_transaction(&output.topic, &output.record) {
-                        // Some of its outputs may be in: the transaction cannot commit.
-                        self.broken = true;
-                        return reports.report(id, Err(Undelivered::new(error, OutboundRecord::default())));
-                    }
-                }
-                match last {
-                    Some(Output { topic, record }) => self.writer.hand_off(id, &topic, record, reports),
-                    None => reports.report(
-                        id,
-                        Ok(Position {
-                            partition: from.partition,
-                            offset: from.offset,
-                        }),
-                    ),
+                if !self.writer.emit(id, outputs, reports) {
+                    // Some of its outputs may be in: the transaction cannot commit.
+                    self.broken = true;
                 }
             }
         }
