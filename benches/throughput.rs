@@ -17,7 +17,9 @@
 //! Redis the raw loop reads 256 entries per XREADGROUP and acknowledges each batch with one
 //! XACK per stream, pipelined with its next read, as retry-kafka does. The clock starts at the
 //! first message, so group joins are not measured. Rounds alternate, and the median of each
-//! side is reported with the ratio.
+//! side is reported with the ratio. On Kafka a transforming handler (one output per order,
+//! `ctx.emit`) runs too, at least once and exactly once, its rate counted until its outputs
+//! are written.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -84,6 +86,29 @@ async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// What the transforming handler emits per order.
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(topic = "bench.invoices", key = "order_id")]
+struct InvoiceDue {
+    order_id: u64,
+    amount_cents: u64,
+}
+
+const INVOICES: &str = "bench.invoices";
+
+/// A consume, transform, produce handler: one output per order (`ctx.emit`).
+#[retry_handler(topic = "bench.orders", group = "bench-emit", retries = ["1s"], dlq)]
+async fn invoice(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+    if HANDLED.fetch_add(1, Ordering::Relaxed) == 0 {
+        *FIRST.lock().unwrap() = Some((Instant::now(), process_cpu_time()));
+    }
+    ctx.emit(&InvoiceDue {
+        order_id: order.order_id,
+        amount_cents: order.amount_cents,
+    })?;
+    Ok(())
+}
+
 /// Message `order_id` of the input: its key and payload.
 fn message(order_id: u64) -> (String, Vec<u8>) {
     let event = OrderPlaced {
@@ -133,22 +158,72 @@ async fn retry_kafka_round(kafka: &Kafka, fresh: bool, breaker: bool) -> Rate {
     if !fresh {
         reset_group(kafka.brokers(), "bench-rk");
     }
-    app_round(kafka.clone(), breaker).await
+    app_round(kafka.clone(), "bench-rk", breaker).await
 }
 
-/// Runs the registered handler on `backend` until it has handled every message; its rate.
-async fn app_round<B: retry_kafka::backend::Backend>(backend: B, breaker: bool) -> Rate {
+/// The transforming handler (`invoice`, one output per order) on `kafka`, its rate counted
+/// until every output is written (the outputs topic's high watermarks grew by `MESSAGES`).
+async fn transform_round(kafka: &Kafka) -> Rate {
+    reset_group(kafka.brokers(), "bench-emit");
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .create()
+        .unwrap();
+    let before = tokio::task::block_in_place(|| invoices_written(&client));
+    let (_app, running) = start_app(kafka.clone(), "bench-emit", false).await;
+    wait_until_handled().await;
+    let rate = tokio::task::block_in_place(|| loop {
+        if invoices_written(&client) >= before + *MESSAGES {
+            let (first, cpu_first) = FIRST.lock().unwrap().unwrap();
+            break Rate::since(first, cpu_first);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    });
+    running.shutdown().await.unwrap();
+    rate
+}
+
+/// How many invoices the outputs topic holds: the sum of its high watermarks.
+fn invoices_written(client: &BaseConsumer) -> u64 {
+    (0..PARTITIONS as i32)
+        .map(|p| {
+            client
+                .fetch_watermarks(INVOICES, p, Duration::from_secs(10))
+                .unwrap()
+                .1 as u64
+        })
+        .sum()
+}
+
+/// Starts the handlers of `group` on `backend`, the counters reset.
+async fn start_app<B: retry_kafka::backend::Backend>(
+    backend: B,
+    group: &'static str,
+    breaker: bool,
+) -> (App<B>, retry_kafka::app::Running) {
     HANDLED.store(0, Ordering::SeqCst);
     *FIRST.lock().unwrap() = None;
-    let mut app = App::builder().backend(backend);
+    let mut app = App::builder()
+        .backend(backend)
+        .handlers(move |spec| spec.group() == group);
     if breaker {
         app = app.breaker("charge", Breaker::default());
     }
     let app = app.build().unwrap();
     let running = app.start().await.unwrap();
+    (app, running)
+}
+
+async fn wait_until_handled() {
     while HANDLED.load(Ordering::Relaxed) < *MESSAGES {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Runs the handler of `group` on `backend` until it has handled every message; its rate.
+async fn app_round<B: retry_kafka::backend::Backend>(backend: B, group: &'static str, breaker: bool) -> Rate {
+    let (_app, running) = start_app(backend, group, breaker).await;
+    wait_until_handled().await;
     let (first, cpu_first) = FIRST.lock().unwrap().unwrap();
     let rate = Rate::since(first, cpu_first);
     running.shutdown().await.unwrap();
@@ -296,7 +371,7 @@ async fn redis_retry_kafka_round(redis: &Redis, url: &str) -> Rate {
             .await
             .unwrap();
     }
-    app_round(redis.clone(), false).await
+    app_round(redis.clone(), "bench-rk", false).await
 }
 
 /// Prints one round of both sides.
@@ -371,6 +446,11 @@ async fn kafka_rounds() {
             .expect("an exactly-once backend on the benchmark's broker")
     });
     let mut transactional = Vec::new();
+    kafka
+        .create_topic(&Topic::main(INVOICES), PARTITIONS)
+        .await
+        .unwrap();
+    let (mut transforming, mut transforming_once) = (Vec::new(), Vec::new());
     for round in 0..*ROUNDS {
         let raw_side = |read_headers: bool| {
             let bootstrap = broker.bootstrap.clone();
@@ -392,6 +472,25 @@ async fn kafka_rounds() {
             let rate = retry_kafka_round(exactly_once, false, false).await;
             print_pair("kafka", round, ("retry-kafka", our_rate), ("exactly-once", rate));
             transactional.push(rate);
+        }
+        // A transforming handler (one output per order), at least once and exactly once.
+        let transform = transform_round(&kafka).await;
+        print_pair(
+            "kafka",
+            round,
+            ("retry-kafka", our_rate),
+            ("transform", transform),
+        );
+        transforming.push(transform);
+        if let Some(exactly_once) = &exactly_once {
+            let rate = transform_round(exactly_once).await;
+            print_pair(
+                "kafka",
+                round,
+                ("transform", transform),
+                ("transform, exactly-once", rate),
+            );
+            transforming_once.push(rate);
         }
         print_round("kafka", round, "raw rdkafka loop", raw_rate, our_rate);
         print_round("kafka", round, "raw loop + headers()", raw_headers_rate, our_rate);
@@ -415,6 +514,18 @@ async fn kafka_rounds() {
         &ours,
         &guarded,
     );
+    print_medians(
+        "kafka, a transforming handler's cost: \"raw\" = no output, \"retry-kafka\" = one output per order, counted until written",
+        &ours,
+        &transforming,
+    );
+    if !transforming_once.is_empty() {
+        print_medians(
+            "kafka, exactly-once's cost with outputs: \"raw\" = transform at least once, \"retry-kafka\" = exactly once",
+            &transforming,
+            &transforming_once,
+        );
+    }
     if !transactional.is_empty() {
         print_medians(
             "kafka, exactly-once's cost: \"raw\" = at least once, \"retry-kafka\" = exactly once",
