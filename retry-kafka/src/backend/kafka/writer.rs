@@ -100,6 +100,20 @@ impl Writer {
         }
     }
 
+    /// Queues `record` for `topic` in the open transaction, unwatched: its delivery report only
+    /// frees its slot (a record that is not written fails the transaction's commit, which is
+    /// what stands for it). `Err` when librdkafka does not queue it.
+    pub(super) fn write_unwatched(&self, topic: &Topic, record: &OutboundRecord) -> Result<(), BackendError> {
+        let context = self.producer.context();
+        let slot = context.slots().insert(Slot::Abandoned);
+        self.producer
+            .send(outbound(topic, record, slot))
+            .map_err(|(error, _)| {
+                context.slots().remove(slot);
+                context.refusals.explain_write(&topic.name, error)
+            })
+    }
+
     /// Queues a successful attempt's `outputs` ([`Consumer::emit`](crate::backend::Consumer::emit)),
     /// in order; reported as `id` into `reports` once each one is written or failed (the
     /// first failure, if any). No slot waits on another: each output's report counts down

@@ -9,6 +9,10 @@
 //! metadata (`written.rs`), commits, begins the next and opens the gate. A hand-off is sent only
 //! for a partition this member reads in the generation its record came from: one of a revoked
 //! partition, or of a transaction aborted since, is refused (its new reader runs the record).
+//! One accepted (a failure's record, or a successful attempt's outputs) is reported as written
+//! at once: it is durable when its transaction commits, with its source's offset, and a write
+//! that fails fails that commit. So neither a delivery report nor a commit under way holds the
+//! runtime's window of hand-offs.
 //!
 //! An abort (a write failed, the transaction timed out, the member was fenced) takes back every
 //! hand-off and offset since the last commit: the gate forgets its partitions, and the poll
@@ -61,8 +65,8 @@ struct Gate {
     partitions: ByPartition<Owned>,
     /// Something was written since the transaction began.
     wrote: bool,
-    /// Part of a successful attempt's outputs may be in the open transaction without the rest:
-    /// it must abort, not commit.
+    /// librdkafka refused a write (reported as written already, and maybe only part of an
+    /// attempt's outputs): the transaction must abort, not commit.
     broken: bool,
 }
 
@@ -74,12 +78,11 @@ struct Owned {
     committed: Option<u64>,
 }
 
+/// A write that waits for the gate to open (reported as written already).
 struct Queued {
-    id: HandOffId,
     from: Position,
     generation: u64,
     carried: Carried,
-    reports: HandOffReports,
 }
 
 /// What a write puts into the transaction: a failure's hand-off, or a successful attempt's
@@ -199,6 +202,11 @@ impl Transaction {
         self.put(id, from, generation, Carried::Outputs(outputs), reports);
     }
 
+    /// A write accepted for the open transaction (now, or when the gate opens) is reported
+    /// as written at once: in a transaction a record is durable when it commits, with its
+    /// source's offset, and a write that fails fails that commit (librdkafka's transaction
+    /// then only aborts), which takes both back. So no hand-off waits for its delivery
+    /// report or for a commit under way, and the runtime's window never fills with them.
     fn put(
         &self,
         id: HandOffId,
@@ -207,21 +215,27 @@ impl Transaction {
         carried: Carried,
         reports: &HandOffReports,
     ) {
-        let mut gate = self.gate();
-        if !gate.reads(from.partition, generation) {
-            drop(gate);
-            return reports.report(id, Err(stale(carried.given_back())));
+        let accepted = {
+            let mut gate = self.gate();
+            if !gate.reads(from.partition, generation) {
+                Err(carried)
+            } else {
+                if gate.open {
+                    gate.write(from, carried);
+                } else {
+                    gate.queued.push(Queued {
+                        from,
+                        generation,
+                        carried,
+                    });
+                }
+                Ok(())
+            }
+        };
+        match accepted {
+            Ok(()) => reports.report(id, Ok(from)),
+            Err(carried) => reports.report(id, Err(stale(carried.given_back()))),
         }
-        if !gate.open {
-            return gate.queued.push(Queued {
-                id,
-                from,
-                generation,
-                carried,
-                reports: reports.clone(),
-            });
-        }
-        gate.write(id, from, carried, reports);
     }
 
     /// This member reads `partition` in `generation`, committed through `committed` (if ever)
@@ -367,18 +381,14 @@ impl Transaction {
     /// waited, then aborts (or, after a fatal error, makes a new producer) and begins again.
     /// The gate's lock is not held while the broker is asked: a hand-off never waits for it.
     fn recover(&self, writer: &Writer, error: KafkaError) {
-        let waited = {
+        {
             let mut gate = self.gate();
             gate.partitions = ByPartition::default();
             gate.wrote = false;
             gate.broken = false;
             gate.open = true;
-            std::mem::take(&mut gate.queued)
-        };
-        for queued in waited {
-            queued
-                .reports
-                .report(queued.id, Err(stale(queued.carried.given_back())));
+            // Reported as written, and taken back with the rest: their sources are read again.
+            gate.queued.clear();
         }
         let fatal = matches!(&error, KafkaError::Transaction(error) if error.is_fatal());
         let mut again = !fatal;
@@ -410,19 +420,21 @@ impl Gate {
             .is_some_and(|owned| owned.generation == generation)
     }
 
-    fn write(&mut self, id: HandOffId, from: Position, carried: Carried, reports: &HandOffReports) {
+    fn write(&mut self, from: Position, carried: Carried) {
         if let Some(owned) = self.partitions.get_mut(from.partition) {
             owned.written.insert(from.offset);
         }
         self.wrote = true;
-        match carried {
-            Carried::HandOff(to, record) => self.writer.hand_off(id, &to, record, reports),
-            Carried::Outputs(outputs) => {
-                if !self.writer.emit(id, outputs, reports) {
-                    // Some of its outputs may be in: the transaction cannot commit.
-                    self.broken = true;
-                }
-            }
+        let written = match carried {
+            Carried::HandOff(to, record) => self.writer.write_unwatched(&to, &record),
+            // In order, all before the next commit; a refusal ends them (the commit aborts).
+            Carried::Outputs(outputs) => outputs
+                .iter()
+                .try_for_each(|output| self.writer.write_unwatched(&output.topic, &output.record)),
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, "a write into the transaction was refused; it aborts at its commit");
+            self.broken = true;
         }
     }
 
@@ -435,17 +447,14 @@ impl Gate {
     /// Opens the gate: the hand-offs that waited go into the new transaction, in order.
     fn reopen(&mut self) {
         for Queued {
-            id,
             from,
             generation,
             carried,
-            reports,
         } in std::mem::take(&mut self.queued)
         {
+            // One of a partition given up meanwhile is dropped: its next reader runs the source.
             if self.reads(from.partition, generation) {
-                self.write(id, from, carried, &reports);
-            } else {
-                reports.report(id, Err(stale(carried.given_back())));
+                self.write(from, carried);
             }
         }
         self.open = true;
