@@ -289,3 +289,62 @@ print(total, len(ids))
         );
     }
 }
+
+// Shutting down with the broker gone, exactly-once on: the last commits cannot get through,
+// and the app still stops within a bound (what it ran since its last commit runs again).
+
+mod broker_gone {
+    use std::time::{Duration, Instant};
+
+    use crate::conformance::Harness;
+    use crate::kafka_support::KafkaHarness;
+    use retry_kafka::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Event, Serialize, Deserialize, Debug)]
+    #[event(topic = "eos.gone", key = "id")]
+    struct Parcel {
+        id: u64,
+    }
+
+    /// Every other parcel fails once; each success emits itself to `eos.gone.out`.
+    #[retry_handler(group = "eos-gone", retries = ["500ms"], dlq)]
+    async fn forward(parcel: Parcel, ctx: Context) -> Result<(), HandlerError> {
+        if parcel.id.is_multiple_of(2) && ctx.attempt() == 1 {
+            return Err(HandlerError::transient("later"));
+        }
+        ctx.emit_to("eos.gone.out", &parcel, Default::default())?;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_with_the_broker_gone_ends_within_a_bound() {
+        let mut harness = KafkaHarness::on_own_broker(|settings| settings.exactly_once(true)).await;
+        harness.create_topic("eos.gone", 2).await;
+        harness.create_topic("eos.gone.out", 2).await;
+        let app = App::builder()
+            .backend(harness.backend())
+            .handlers(|spec| spec.group() == "eos-gone")
+            .build()
+            .unwrap();
+        let running = app.start().await.unwrap();
+        for id in 0..200 {
+            app.producer().send(&Parcel { id }).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while app.stats().handler("forward").is_none_or(|h| h.succeeded < 100) {
+            assert!(Instant::now() < deadline, "the app did not get going");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let broker = harness.broker.as_mut().expect("a broker of the test's own");
+        tokio::task::block_in_place(|| broker.kill());
+        let stopping = Instant::now();
+        let _ = running.shutdown().await;
+        let took = stopping.elapsed();
+        eprintln!("shutdown with the broker gone, exactly-once on, took {took:.1?}");
+        assert!(
+            took < Duration::from_secs(30),
+            "shutdown with the broker gone took {took:?}"
+        );
+    }
+}

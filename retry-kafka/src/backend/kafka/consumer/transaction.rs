@@ -23,7 +23,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer as _, ConsumerGroupMetadata};
@@ -38,13 +38,17 @@ use crate::backend::kafka::transport;
 use crate::backend::kafka::writer::Writer;
 use crate::backend::{HandOffId, HandOffReports, OutboundRecord, Output, Position, Topic, Undelivered};
 
-/// How long a transaction's call (init, offsets, commit, abort) may take. The poll thread waits
-/// for it; librdkafka keeps the member in its group meanwhile.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transaction's call (init, offsets, commit, abort) may take: a call that waits
+/// longer than the transaction's own timeout (10 s here unless set) is for a transaction the
+/// broker aborts anyway. The poll thread waits for it; librdkafka keeps the member in its group
+/// meanwhile.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// `transaction.timeout.ms` unless the producer's properties set it.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a call that failed with a retriable error is made again.
 const RETRIES: usize = 3;
+/// The shortest a call may be given once the consumer closes, so it is still made.
+const LEAST_CALL: Duration = Duration::from_millis(100);
 
 /// A consumer's transactional producer and what its open transaction holds.
 pub(super) struct Transaction {
@@ -53,6 +57,10 @@ pub(super) struct Transaction {
     /// The producer's settings, to make a new one after a fatal error.
     config: ClientConfig,
     gate: Mutex<Gate>,
+    /// Once the consumer closes, when every call to the broker must be over (with the broker
+    /// or its coordinator gone, calls and their retries would take minutes: the broker aborts
+    /// an open transaction by its timeout anyway).
+    closing_by: Mutex<Option<Instant>>,
 }
 
 struct Gate {
@@ -154,7 +162,7 @@ impl Transaction {
                 config.set("message.timeout.ms", limit.to_string());
             }
         }
-        let writer = begun(&config)?;
+        let writer = begun(&config, &|| None)?;
         Ok(Self {
             topic: topic.to_owned(),
             config,
@@ -166,7 +174,23 @@ impl Transaction {
                 wrote: false,
                 broken: false,
             }),
+            closing_by: Mutex::new(None),
         })
+    }
+
+    /// From now on every call to the broker ends by `deadline` (the consumer closes).
+    pub(super) fn close_by(&self, deadline: Instant) {
+        *self
+            .closing_by
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(deadline);
+    }
+
+    fn closing_by(&self) -> Option<Instant> {
+        *self
+            .closing_by
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn gate(&self) -> MutexGuard<'_, Gate> {
@@ -342,7 +366,7 @@ impl Transaction {
             through,
             leaving,
         } = ready;
-        match end(&writer, &offsets, group.as_ref()) {
+        match end(&writer, &offsets, group.as_ref(), &|| self.closing_by()) {
             Ok(()) => {
                 let mut gate = self.gate();
                 for &(partition, floor) in &through {
@@ -393,7 +417,10 @@ impl Transaction {
         let fatal = matches!(&error, KafkaError::Transaction(error) if error.is_fatal());
         let mut again = !fatal;
         if again {
-            if let Err(error) = writer.producer().abort_transaction(CALL_TIMEOUT) {
+            if let Err(error) = writer
+                .producer()
+                .abort_transaction(call_timeout(self.closing_by()))
+            {
                 tracing::warn!(topic = %self.topic, %error, "aborting the transaction failed; making a new producer");
                 again = false;
             }
@@ -404,7 +431,7 @@ impl Transaction {
         if !again {
             // Fenced, or in a state only a new producer leaves: the new one's init fences this
             // one's transaction (same id) and aborts it.
-            match begun(&self.config) {
+            match begun(&self.config, &|| self.closing_by()) {
                 Ok(writer) => self.gate().writer = Arc::new(writer),
                 Err(error) => tracing::error!(topic = %self.topic, %error,
                     "a new transactional producer could not start; hand-offs fail until one does"),
@@ -461,36 +488,63 @@ impl Gate {
     }
 }
 
+/// When the calls to the broker must end, asked before each (the consumer may start closing
+/// while a commit is under way): `None` until it closes.
+type Closing<'a> = &'a dyn Fn() -> Option<Instant>;
+
 /// Sends the offsets (with the group's metadata: KIP-447) and commits; calls that failed with
-/// a retriable error are made again.
+/// a retriable error are made again (not past `closing`).
 fn end(
     writer: &Writer,
     offsets: &TopicPartitionList,
     group: Option<&ConsumerGroupMetadata>,
+    closing: Closing<'_>,
 ) -> Result<(), KafkaError> {
     let producer = writer.producer();
     if offsets.count() > 0 {
         let group = group.ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
-        retried(|| producer.send_offsets_to_transaction(offsets, group, CALL_TIMEOUT))?;
+        retried(closing, |timeout| {
+            producer.send_offsets_to_transaction(offsets, group, timeout)
+        })?;
     }
-    retried(|| producer.commit_transaction(CALL_TIMEOUT))
+    retried(closing, |timeout| producer.commit_transaction(timeout))
 }
 
 /// A producer with `config` (a `transactional.id` in it), its transactions initialised (which
 /// aborts what an earlier producer with the id left open) and the first begun.
-fn begun(config: &ClientConfig) -> Result<Writer, KafkaError> {
+fn begun(config: &ClientConfig, closing: Closing<'_>) -> Result<Writer, KafkaError> {
     let writer = Writer::create(config)?;
-    retried(|| writer.producer().init_transactions(CALL_TIMEOUT))?;
+    retried(closing, |timeout| writer.producer().init_transactions(timeout))?;
     writer.producer().begin_transaction()?;
     Ok(writer)
 }
 
-/// `call`, made again while it fails with a retriable error, [`RETRIES`] times at most.
-fn retried(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+/// How long the next call may take: [`CALL_TIMEOUT`], or what is left until `by`.
+fn call_timeout(by: Option<Instant>) -> Duration {
+    match by {
+        Some(by) => by
+            .saturating_duration_since(Instant::now())
+            .clamp(LEAST_CALL, CALL_TIMEOUT),
+        None => CALL_TIMEOUT,
+    }
+}
+
+/// `call` (given its timeout), made again while it fails with a retriable error, [`RETRIES`]
+/// times at most and not past `closing`.
+fn retried(
+    closing: Closing<'_>,
+    mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
     let mut tries = 0;
     loop {
-        match call() {
-            Err(KafkaError::Transaction(error)) if error.is_retriable() && tries < RETRIES => tries += 1,
+        match call(call_timeout(closing())) {
+            Err(KafkaError::Transaction(error))
+                if error.is_retriable()
+                    && tries < RETRIES
+                    && closing().is_none_or(|by| Instant::now() < by) =>
+            {
+                tries += 1
+            }
             result => return result,
         }
     }

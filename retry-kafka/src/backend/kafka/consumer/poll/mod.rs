@@ -391,6 +391,10 @@ impl PollThread {
         // Other members of the group (the other levels) may be leaving at the same moment; a
         // commit during their rebalance is refused, so keep serving the group and try again.
         let deadline = std::time::Instant::now() + CLOSE_COMMIT_LIMIT;
+        if let Some(committer) = &consumer.context().transaction {
+            // The commit under way and this one, with their recoveries, end by then too.
+            committer.transaction().close_by(deadline);
+        }
         let all: Vec<u32> = self.partitions.iter().map(|(p, _)| p).collect();
         let committed = loop {
             match consumer.context().commit(&consumer, CommitMode::Sync, &all) {
