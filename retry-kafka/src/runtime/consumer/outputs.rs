@@ -28,8 +28,8 @@ pub(crate) enum OutputRoute {
 /// A future writing one output.
 pub(crate) type Writing = Pin<Box<dyn Future<Output = Result<Delivered, BackendError>> + Send>>;
 
-/// Where the runtime publishes a successful attempt's outputs when its consumer does not take
-/// them into a transaction: the app's backend, erased (a level does not know its type).
+/// Where the runtime publishes a successful attempt's outputs when its consumer does not write
+/// them itself: the app's backend, erased (a level does not know its type).
 pub(crate) trait PublishOutputs: Send + Sync + 'static {
     /// Starts writing `output`.
     fn write(&self, output: Output) -> Writing;
