@@ -15,7 +15,7 @@
 //! generation at fetch time; the handle drops records of an assignment that has since changed.
 //!
 //! This file is the handle; `poll/` the thread; `settle.rs` the acknowledgements it stores;
-//! `commits.rs` when it commits them.
+//! `commits.rs` when it commits them; `record.rs` how a fetched message is copied into a record.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,16 +24,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::{mpsc, oneshot};
 
 mod commits;
 mod committer;
 mod poll;
 mod rebalance;
+mod record;
 mod settle;
 mod transaction;
 mod written;
@@ -41,6 +40,7 @@ mod written;
 use crate::backend::follow::{Followers, Following};
 use commits::AckRequest;
 pub(crate) use commits::CommitPolicy;
+pub(crate) use record::{record_of, Arena};
 
 use super::{transport, Kafka};
 use crate::backend::{
@@ -48,7 +48,6 @@ use crate::backend::{
     Topic,
 };
 use crate::error::BackendError;
-use crate::headers::Headers;
 use committer::Committer;
 use poll::{PollThread, RawConsumer};
 use rebalance::RebalanceLog;
@@ -67,55 +66,6 @@ const CLOSE_COMMIT_LIMIT: Duration = Duration::from_secs(10);
 const POLL_WAIT: Duration = Duration::from_millis(20);
 /// The same while the runtime holds a partition: its resume comes soon and must not wait.
 const HELD_POLL_WAIT: Duration = Duration::from_millis(1);
-
-/// A fetched message as a [`Record`]: its bytes copied once out of librdkafka's buffer (which
-/// a record may outlive by minutes, waiting for its due time), into `arena`.
-pub(crate) fn record_of(message: &BorrowedMessage<'_>, arena: &mut Arena) -> Record {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            let mut copied = Headers::with_capacity(headers.count());
-            for header in headers.iter() {
-                copied.insert_read(header.key, arena.copy(header.value.unwrap_or_default()));
-            }
-            copied
-        })
-        .unwrap_or_default();
-    Record {
-        partition: message.partition() as u32,
-        offset: message.offset() as u64,
-        timestamp_ms: message.timestamp().to_millis(),
-        key: message.key().map(|key| arena.copy(key)),
-        payload: message.payload().map(|payload| arena.copy(payload)),
-        headers,
-    }
-}
-
-/// Where the poll thread copies fetched bytes: one buffer shared by the keys, payloads and
-/// header values of consecutive records, each a view of it. Profiled, two or more allocations
-/// per record (made on the poll thread, freed on the runtime's) were most of what the copy
-/// cost. A chunk lives while any record in it does; records are consecutive, so a chunk of
-/// 16 KiB pins little, and a value over a quarter of it gets an allocation of its own.
-#[derive(Default)]
-pub(crate) struct Arena(BytesMut);
-
-impl Arena {
-    const CHUNK: usize = 16 * 1024;
-
-    fn copy(&mut self, bytes: &[u8]) -> Bytes {
-        if bytes.is_empty() {
-            return Bytes::new();
-        }
-        if bytes.len() > Self::CHUNK / 4 {
-            return Bytes::copy_from_slice(bytes);
-        }
-        if self.0.capacity() < bytes.len() {
-            self.0 = BytesMut::with_capacity(Self::CHUNK);
-        }
-        self.0.put_slice(bytes);
-        self.0.split().freeze()
-    }
-}
 
 pub(crate) fn config(brokers: &str, group: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -587,28 +537,5 @@ impl Drop for KafkaConsumer {
             let (reply, _) = oneshot::channel();
             self.command(Command::Close(reply));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Arena;
-
-    #[test]
-    fn copies_keep_their_bytes_across_chunks_and_large_values_stand_alone() {
-        let mut arena = Arena::default();
-        // ~100 KiB in all: several chunks.
-        let values: Vec<Vec<u8>> = (0..3000)
-            .map(|n| format!("value-{n};").repeat(n % 7 + 1).into_bytes())
-            .collect();
-        let copies: Vec<_> = values.iter().map(|value| arena.copy(value)).collect();
-        for (value, copy) in values.iter().zip(&copies) {
-            assert_eq!(&copy[..], &value[..]);
-        }
-        let large = vec![7u8; Arena::CHUNK];
-        assert_eq!(&arena.copy(&large)[..], &large[..]);
-        assert!(arena.copy(&[]).is_empty());
-        // Earlier views are unchanged by later copies.
-        assert_eq!(&copies[0][..], b"value-0;");
     }
 }
