@@ -78,8 +78,12 @@ impl KafkaBuilder {
     }
 
     /// Settled records after which a consumer commits without waiting for
-    /// [`commit_interval`](Self::commit_interval) (default 1000; at least 1). Not used with
-    /// [`exactly_once`](Self::exactly_once), whose transactions commit every interval.
+    /// [`commit_interval`](Self::commit_interval) (at least 1; by default none: the interval
+    /// alone). Fewer records repeated after a kill at full speed, for throughput: every commit
+    /// is an OffsetCommit the broker appends, and on Apache Kafka a commit every 1,000
+    /// records took a consumer at full speed from ~0.9x to ~0.55x of a raw rdkafka loop's
+    /// rate. Not used with [`exactly_once`](Self::exactly_once), whose transactions commit
+    /// every interval.
     ///
     /// ```
     /// use retry_kafka::backend::kafka::Kafka;
@@ -87,7 +91,7 @@ impl KafkaBuilder {
     /// let builder = Kafka::builder("localhost:9092").commit_records(5000);
     /// ```
     pub fn commit_records(mut self, records: u64) -> Self {
-        self.commit_policy.records = records;
+        self.commit_policy.records = Some(records);
         self
     }
 

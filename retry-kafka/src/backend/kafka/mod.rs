@@ -553,7 +553,7 @@ impl Kafka {
             // broker and holds hand-offs back meanwhile, and back to back (at 1,000 records)
             // they drained the failures workload at 0.25x at-least-once's rate, against 0.95x
             // by the interval alone (docs/benchmarks.md, "Exactly once").
-            commits.records = u64::MAX;
+            commits.records = None;
         }
         KafkaConsumer::start(
             self.clone(),

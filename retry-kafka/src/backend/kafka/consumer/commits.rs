@@ -1,9 +1,9 @@
 //! When the poll thread commits. The offsets the runtime settles are stored as they come and
-//! committed asynchronously every `interval`, or as soon as `records` records were settled,
-//! whichever comes first, so a consumer killed with SIGKILL repeats at most that much work
+//! committed asynchronously every `interval` (and, when the user sets `records`, as soon as that
+//! many were settled), so a consumer killed with SIGKILL repeats at most that much work
 //! (librdkafka's auto-commit does it every second). Commits are not paced by their outcomes:
-//! at 500,000 records a second the count makes 500 small requests a second, each one list of
-//! stored offsets. A failed one is sent again by librdkafka's auto-commit, kept on as the
+//! at 500,000 records a second a count of 1,000 makes 500 requests a second, which is why no
+//! count is the default (`CommitPolicy::DEFAULT_RECORDS`). A failed one is sent again by librdkafka's auto-commit, kept on as the
 //! backstop (`consumer::config`). librdkafka's statistics (every `STATS_INTERVAL`) tell the
 //! poll thread what got through, whoever's commit it was: settled work that waits past
 //! `at_risk_limit` or `at_risk_records` for it makes the consumer's commits behind, and its
@@ -34,7 +34,9 @@ pub(super) const STATS_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CommitPolicy {
     pub(crate) interval: Duration,
-    pub(crate) records: u64,
+    /// Settled records after which a commit starts before the interval is over; none by
+    /// default (see [`DEFAULT_RECORDS`](Self::DEFAULT_RECORDS)).
+    pub(crate) records: Option<u64>,
     /// Work at risk: the oldest acknowledgement still uncommitted may be this old at most...
     pub(crate) at_risk_limit: Duration,
     /// ...and this many acknowledged records per partition may wait for their commit, before
@@ -46,7 +48,12 @@ pub(crate) struct CommitPolicy {
 
 impl CommitPolicy {
     pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
-    pub(crate) const DEFAULT_RECORDS: u64 = 1000;
+    /// No count: measured on Apache Kafka 4.4.0, a commit every 1,000 records (the default
+    /// until session 19) took the success path from ~0.9x to ~0.55x of a raw rdkafka loop's
+    /// msg/s (hundreds of commits a second at full speed, each an OffsetCommit the broker
+    /// appends, on the same cores); the interval alone makes ten a second per consumer and
+    /// bounds what a kill repeats by time (docs/benchmarks.md, "Session 19").
+    pub(crate) const DEFAULT_RECORDS: Option<u64> = None;
     /// A minute: a longer interval is more likely seconds given as milliseconds than meant.
     const MAX_INTERVAL: Duration = Duration::from_secs(60);
     pub(crate) const DEFAULT_AT_RISK_LIMIT: Duration = Duration::from_secs(5);
@@ -80,7 +87,7 @@ impl CommitPolicy {
                 ),
             });
         }
-        if self.records == 0 {
+        if self.records == Some(0) {
             return Err(ConfigError::Invalid {
                 field: vars::KAFKA_COMMIT_RECORDS,
                 reason: "0 records: give at least 1".into(),
@@ -160,7 +167,7 @@ impl CommitSchedule {
             return false;
         }
         let elapsed = now.duration_since(self.last);
-        self.settled >= self.policy.records
+        self.policy.records.is_some_and(|records| self.settled >= records)
             || (elapsed >= self.policy.interval && (acks_in || elapsed >= 2 * self.policy.interval))
     }
 
@@ -208,7 +215,10 @@ mod tests {
     #[test]
     fn commits_after_the_interval_or_the_count_whichever_first() {
         let start = Instant::now();
-        let mut schedule = CommitSchedule::new(policy());
+        let mut schedule = CommitSchedule::new(CommitPolicy {
+            records: Some(1000),
+            ..policy()
+        });
         schedule.last = start;
         let later = |ms| start + Duration::from_millis(ms);
         // Nothing settled: nothing to commit, however long it has been.
@@ -232,6 +242,16 @@ mod tests {
     }
 
     #[test]
+    fn by_default_only_the_interval_starts_a_commit() {
+        let start = Instant::now();
+        let mut schedule = CommitSchedule::new(policy());
+        schedule.last = start;
+        schedule.settled(1_000_000);
+        assert!(!schedule.due(start + Duration::from_millis(99), true));
+        assert!(schedule.due(start + Duration::from_millis(100), true));
+    }
+
+    #[test]
     fn an_interval_or_a_count_out_of_range_is_named() {
         assert!(policy().check().is_ok());
         let refusals = [
@@ -244,7 +264,7 @@ mod tests {
             ),
             (
                 CommitPolicy {
-                    records: 0,
+                    records: Some(0),
                     ..policy()
                 },
                 "invalid KAFKA_COMMIT_RECORDS: 0 records: give at least 1",
