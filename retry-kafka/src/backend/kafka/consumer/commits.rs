@@ -1,13 +1,14 @@
 //! When the poll thread commits. The offsets the runtime settles are stored as they come and
-//! committed asynchronously every `interval` (and, when the user sets `records`, as soon as that
-//! many were settled), so a consumer killed with SIGKILL repeats at most that much work
+//! committed asynchronously every `interval` (and, when the user sets `records`, as soon as
+//! that many were settled), so a consumer killed with SIGKILL repeats at most that much work
 //! (librdkafka's auto-commit does it every second). Commits are not paced by their outcomes:
 //! at 500,000 records a second a count of 1,000 makes 500 requests a second, which is why no
-//! count is the default (`CommitPolicy::DEFAULT_RECORDS`). A failed one is sent again by librdkafka's auto-commit, kept on as the
-//! backstop (`consumer::config`). librdkafka's statistics (every `STATS_INTERVAL`) tell the
-//! poll thread what got through, whoever's commit it was: settled work that waits past
-//! `at_risk_limit` or `at_risk_records` for it makes the consumer's commits behind, and its
-//! level starts no attempt until they get through (`settle.rs` keeps the count).
+//! count is the default (`CommitPolicy::DEFAULT_RECORDS`). A failed one is sent again by
+//! librdkafka's auto-commit, kept on as the backstop (`consumer::config`). librdkafka's
+//! statistics (every `STATS_INTERVAL`) tell the poll thread what got through, whoever's commit
+//! it was: settled work that waits past `at_risk_limit` or `at_risk_records` for it makes the
+//! consumer's commits behind, and its level starts no attempt until they get through
+//! (`settle.rs` keeps the count).
 //!
 //! The handle folds acknowledgements and sends them once per batch of records, which at a slow
 //! handler's pace is seconds apart; so when the interval has passed the thread asks for them
