@@ -20,10 +20,15 @@
 //! side is reported with the ratio. On Kafka a transforming handler (one output per order,
 //! `ctx.emit`) runs too, at least once and exactly once, its rate counted until its outputs
 //! are written.
+//!
+//! On the Apache Kafka it starts, each side's line also gives the broker's CPU-µs per message
+//! meanwhile (its JVM's `/proc` times, in 10 ms ticks: coarse over a 0.2 s round).
+//! `BENCH_COMMIT_RECORDS=n` gives retry-kafka's at-least-once consumers a commit count
+//! (`commit_records`; none by default) to price it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
 use std::sync::Mutex;
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -36,7 +41,7 @@ use retry_kafka::backend::{Publish as _, Topic, TopicAdmin as _, TopicRole};
 use retry_kafka::handler::Breaker;
 use retry_kafka::prelude::*;
 use retry_kafka_suite::figures::{env_or, median, spread};
-use retry_kafka_suite::{process_cpu_time, raw_consumer_config, BenchKafka, BenchRedis};
+use retry_kafka_suite::{cpu_time_of, process_cpu_time, raw_consumer_config, BenchKafka, BenchRedis};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "bench.orders";
@@ -56,23 +61,51 @@ struct OrderPlaced {
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 /// When the first message was handled, and the process's CPU time then.
-static FIRST: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+static FIRST: Mutex<Option<Start>> = Mutex::new(None);
+/// The Apache Kafka broker's process, when the benchmark started one: its CPU is read beside
+/// this process's (a commit or a fetch costs the broker, on the same cores).
+static BROKER_PID: OnceLock<u32> = OnceLock::new();
+
+/// Where a side's measurement starts: its first message, this process's CPU time then, and the
+/// broker's.
+#[derive(Clone, Copy)]
+struct Start {
+    at: Instant,
+    cpu: Duration,
+    broker_cpu: Option<Duration>,
+}
+
+impl Start {
+    fn now() -> Self {
+        Start {
+            at: Instant::now(),
+            cpu: process_cpu_time(),
+            broker_cpu: BROKER_PID.get().map(|&pid| cpu_time_of(pid)),
+        }
+    }
+}
 
 /// One side of one round: messages per second and CPU-µs per message, both from the first
-/// message to the last.
+/// message to the last, and the broker's CPU-µs per message meanwhile (Apache Kafka started
+/// by the benchmark; read from `/proc` in clock ticks of 10 ms, so a round's figure is coarse).
 #[derive(Clone, Copy)]
 struct Rate {
     per_second: f64,
     cpu_us: f64,
+    broker_us: Option<f64>,
 }
 
 impl Rate {
-    fn since(first: Instant, cpu_first: Duration) -> Self {
-        let elapsed = first.elapsed();
-        let cpu = process_cpu_time() - cpu_first;
+    fn since(start: Start) -> Self {
+        let elapsed = start.at.elapsed();
+        let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / *MESSAGES as f64;
         Rate {
             per_second: *MESSAGES as f64 / elapsed.as_secs_f64(),
-            cpu_us: cpu.as_secs_f64() * 1e6 / *MESSAGES as f64,
+            cpu_us: per_message(process_cpu_time() - start.cpu),
+            broker_us: start
+                .broker_cpu
+                .zip(BROKER_PID.get())
+                .map(|(before, &pid)| per_message(cpu_time_of(pid) - before)),
         }
     }
 }
@@ -80,7 +113,7 @@ impl Rate {
 #[retry_handler(group = "bench-rk", retries = ["1s"], dlq)]
 async fn charge(order: OrderPlaced) -> Result<(), HandlerError> {
     if HANDLED.fetch_add(1, Ordering::Relaxed) == 0 {
-        *FIRST.lock().unwrap() = Some((Instant::now(), process_cpu_time()));
+        *FIRST.lock().unwrap() = Some(Start::now());
     }
     std::hint::black_box(order);
     Ok(())
@@ -100,7 +133,7 @@ const INVOICES: &str = "bench.invoices";
 #[retry_handler(topic = "bench.orders", group = "bench-emit", retries = ["1s"], dlq)]
 async fn invoice(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
     if HANDLED.fetch_add(1, Ordering::Relaxed) == 0 {
-        *FIRST.lock().unwrap() = Some((Instant::now(), process_cpu_time()));
+        *FIRST.lock().unwrap() = Some(Start::now());
     }
     ctx.emit(&InvoiceDue {
         order_id: order.order_id,
@@ -133,7 +166,7 @@ fn raw_round(bootstrap: &str, group: &str, read_headers: bool) -> Rate {
             continue;
         };
         let message = message.unwrap();
-        first.get_or_insert_with(|| (Instant::now(), process_cpu_time()));
+        first.get_or_insert_with(Start::now);
         if read_headers {
             if let Some(headers) = message.headers() {
                 std::hint::black_box(headers.count());
@@ -144,8 +177,7 @@ fn raw_round(bootstrap: &str, group: &str, read_headers: bool) -> Rate {
         consumer.store_offset_from_message(&message).unwrap();
         seen += 1;
     }
-    let (first, cpu_first) = first.unwrap();
-    let rate = Rate::since(first, cpu_first);
+    let rate = Rate::since(first.unwrap());
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     rate
 }
@@ -174,8 +206,7 @@ async fn transform_round(kafka: &Kafka) -> Rate {
     wait_until_handled().await;
     let rate = tokio::task::block_in_place(|| loop {
         if invoices_written(&client) >= before + *MESSAGES {
-            let (first, cpu_first) = FIRST.lock().unwrap().unwrap();
-            break Rate::since(first, cpu_first);
+            break Rate::since(FIRST.lock().unwrap().unwrap());
         }
         std::thread::sleep(Duration::from_millis(2));
     });
@@ -224,8 +255,7 @@ async fn wait_until_handled() {
 async fn app_round<B: retry_kafka::backend::Backend>(backend: B, group: &'static str, breaker: bool) -> Rate {
     let (_app, running) = start_app(backend, group, breaker).await;
     wait_until_handled().await;
-    let (first, cpu_first) = FIRST.lock().unwrap().unwrap();
-    let rate = Rate::since(first, cpu_first);
+    let rate = Rate::since(FIRST.lock().unwrap().unwrap());
     running.shutdown().await.unwrap();
     rate
 }
@@ -341,7 +371,7 @@ async fn redis_raw_round(url: &str, group: &str) -> Rate {
                         _ => &[],
                     })
                     .unwrap();
-                first.get_or_insert_with(|| (Instant::now(), process_cpu_time()));
+                first.get_or_insert_with(Start::now);
                 let order = OrderPlaced::decode(payload).unwrap();
                 std::hint::black_box(order);
                 ids.push(String::from_utf8(id.clone()).unwrap());
@@ -350,8 +380,7 @@ async fn redis_raw_round(url: &str, group: &str) -> Rate {
             acks.push((p, ids));
         }
     }
-    let (first, cpu_first) = first.unwrap();
-    Rate::since(first, cpu_first)
+    Rate::since(first.unwrap())
 }
 
 /// retry-kafka on Redis: the same handler, run by the app until it has handled every message.
@@ -381,9 +410,19 @@ fn print_round(backend: &str, round: u64, raw_name: &str, raw: Rate, ours: Rate)
 
 /// One round's two sides, each with its name.
 fn print_pair(backend: &str, round: u64, (left_name, left): (&str, Rate), (right_name, right): (&str, Rate)) {
+    let broker = |rate: Rate| {
+        rate.broker_us
+            .map(|us| format!(" (broker {us:.2})"))
+            .unwrap_or_default()
+    };
     println!(
-        "{backend} round {round}: {left_name:<20} {:>9.0} msg/s {:>5.2} CPU-µs/msg | {right_name} {:>9.0} msg/s {:>5.2} CPU-µs/msg",
-        left.per_second, left.cpu_us, right.per_second, right.cpu_us
+        "{backend} round {round}: {left_name:<20} {:>9.0} msg/s {:>5.2} CPU-µs/msg{} | {right_name} {:>9.0} msg/s {:>5.2} CPU-µs/msg{}",
+        left.per_second,
+        left.cpu_us,
+        broker(left),
+        right.per_second,
+        right.cpu_us,
+        broker(right)
     );
 }
 
@@ -409,6 +448,15 @@ fn print_medians(backend: &str, raw: &[Rate], ours: &[Rate]) {
         median(&cpu_ratios),
         spread(&cpu_ratios),
     );
+    let broker = |r: &[Rate]| {
+        let us: Vec<f64> = r.iter().filter_map(|r| r.broker_us).collect();
+        (us.len() == r.len() && !us.is_empty()).then(|| median(&us))
+    };
+    if let (Some(raw_broker), Some(our_broker)) = (broker(raw), broker(ours)) {
+        println!(
+            "median ({backend}): the broker's CPU-µs per message meanwhile: raw {raw_broker:.2}, retry-kafka {our_broker:.2}"
+        );
+    }
 }
 
 #[tokio::main]
@@ -424,7 +472,17 @@ async fn main() {
 
 async fn kafka_rounds() {
     let broker = tokio::task::spawn_blocking(BenchKafka::start).await.unwrap();
-    let kafka = broker.backend();
+    if let Some(pid) = broker.broker_pid() {
+        BROKER_PID.set(pid).expect("one broker per run");
+    }
+    let kafka = match std::env::var("BENCH_COMMIT_RECORDS") {
+        // A commit count (at least once), to price it against the interval alone.
+        Ok(records) if !broker.is_embedded() => Kafka::builder(broker.bootstrap.clone())
+            .commit_records(records.parse().expect("BENCH_COMMIT_RECORDS: a number"))
+            .build()
+            .expect("a Kafka backend on the benchmark's broker"),
+        _ => broker.backend(),
+    };
     kafka.create_topic(&Topic::main(TOPIC), PARTITIONS).await.unwrap();
     let broker = tokio::task::spawn_blocking(move || {
         broker.produce(TOPIC, *MESSAGES, message);

@@ -32,6 +32,20 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// CPU time (user and system) that process `pid` has used so far, from `/proc/<pid>/stat`: in
+/// the kernel's clock ticks (10 ms on most Linux systems), so coarse over short runs.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces: the
+    // state is field 3, utime and stime fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("a /proc/<pid>/stat line") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| fields[index].parse::<u64>().expect("a tick count");
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos((ticks(11) + ticks(12)) * 1_000_000_000 / per_second)
+}
+
 /// Starts a new peak of this process's resident memory: the kernel's high-water mark is set back
 /// to the current RSS (Linux: `5` into `/proc/self/clear_refs`). Returns that RSS, MiB: what the
 /// process holds already (glibc keeps what earlier work freed), the floor of the next peak.
@@ -125,6 +139,11 @@ impl BenchKafka {
             _broker: Some(kafka),
             embedded: None,
         }
+    }
+
+    /// The process of the Apache Kafka broker it started, if it did.
+    pub fn broker_pid(&self) -> Option<u32> {
+        self._broker.as_ref().map(ApacheKafka::pid)
     }
 
     /// Whether it is the mock cluster in this process (fresh: no group has committed anything).
@@ -352,10 +371,19 @@ pub fn init_worker_tracing() {
         .init();
 }
 
-/// Logs to the test's output when `RUST_LOG` is set.
+/// Logs to the test's output when `RUST_LOG` is set (errors otherwise).
 pub fn init_test_tracing() {
+    init_test_tracing_or("error");
+}
+
+/// Logs to the test's output (shown when the test fails) at `RUST_LOG`, or else at `default`
+/// (an `EnvFilter` directive): a test that kills brokers keeps its consumers' warnings, so a
+/// failure in CI says what the consumers saw.
+pub fn init_test_tracing_or(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_test_writer()
         .try_init();
 }
@@ -383,6 +411,14 @@ pub struct ApacheKafka {
 }
 
 impl ApacheKafka {
+    /// The broker's JVM process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .id()
+    }
+
     /// The jars: `$KAFKA_LIBS` (any Kafka 4.x `libs/` directory), or
     /// `.tools/kafka-<version>/libs` as `scripts/install-test-deps.sh` installs them.
     pub fn libs() -> PathBuf {

@@ -121,7 +121,11 @@ async fn setup(topic: &str, group: &'static str) -> Setup {
 /// [`setup`], with exactly-once hand-offs and outputs when `exactly_once`.
 async fn setup_with(topic: &str, group: &'static str, exactly_once: bool) -> Setup {
     let turn = ONE_CLUSTER.lock().await;
-    retry_kafka_suite::init_test_tracing();
+    // The Kafka backend's warnings (transactions, commits, committed offsets) and the loop's
+    // work-at-risk stop, beside librdkafka's errors: shown when a test fails.
+    retry_kafka_suite::init_test_tracing_or(
+        "error,retry_kafka::backend::kafka=warn,retry_kafka::runtime::consumer::at_risk=info",
+    );
     *HANDLED.lock().unwrap() = Some(HashMap::new());
     LATENESS.lock().unwrap().clear();
     let cluster = tokio::task::spawn_blocking(KafkaCluster::start).await.unwrap();
