@@ -21,7 +21,7 @@
 //! `ctx.emit`) runs too, at least once and exactly once, its rate counted until its outputs
 //! are written.
 //!
-//! On the Apache Kafka it starts, each side's line also gives the broker's CPU-µs per message
+//! On an Apache Kafka broker it starts, each side's line also gives the broker's CPU-µs per message
 //! meanwhile (its JVM's `/proc` times, in 10 ms ticks: coarse over a 0.2 s round).
 //! `BENCH_COMMIT_RECORDS=n` gives retry-kafka's at-least-once consumers a commit count
 //! (`commit_records`; none by default) to price it.
